@@ -1,0 +1,80 @@
+import SystemPackage
+
+/// A failed system call on a file: which call, on which path, and the `errno`.
+public struct IOError: Error, Sendable, CustomStringConvertible {
+    /// What kind of failure, as a stable code.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        fileprivate enum Value: String, Hashable, Sendable {
+            case notFound, permissionDenied, isDirectory, readFailed, writeFailed, noSpace, exists
+            case mapFailed, syncFailed, renameFailed, unexpectedEnd
+        }
+        fileprivate let value: Value
+        /// The input does not exist.
+        public static let notFound = Code(value: .notFound)
+        /// The process may not read or write the path.
+        public static let permissionDenied = Code(value: .permissionDenied)
+        /// A file was expected, a directory was found.
+        public static let isDirectory = Code(value: .isDirectory)
+        /// Reading failed after the file was opened.
+        public static let readFailed = Code(value: .readFailed)
+        /// Writing failed.
+        public static let writeFailed = Code(value: .writeFailed)
+        /// The disk or quota is full.
+        public static let noSpace = Code(value: .noSpace)
+        /// The output exists and overwriting was not asked for.
+        public static let exists = Code(value: .exists)
+        /// `mmap` failed.
+        public static let mapFailed = Code(value: .mapFailed)
+        /// `fsync` failed.
+        public static let syncFailed = Code(value: .syncFailed)
+        /// `rename` failed.
+        public static let renameFailed = Code(value: .renameFailed)
+        /// A read returned fewer bytes than the file's size promised.
+        public static let unexpectedEnd = Code(value: .unexpectedEnd)
+        public var description: String { value.rawValue }
+    }
+
+    public var code: Code
+    public var path: String
+    public var call: String
+    public var errno: Errno?
+
+    public init(_ code: Code, path: String, call: String, errno: Errno? = nil) {
+        self.code = code
+        self.path = path
+        self.call = call
+        self.errno = errno
+    }
+
+    /// Classifies an error thrown by swift-system.
+    static func from(_ error: any Error, path: String, call: String, fallback: Code) -> IOError {
+        if let errno = error as? Errno { return from(errno, path: path, call: call, fallback: fallback) }
+        return IOError(fallback, path: path, call: call)
+    }
+
+    /// Classifies a failed call by its errno.
+    static func from(_ errno: Errno, path: String, call: String, fallback: Code) -> IOError {
+        let code: Code
+        switch errno {
+        case .noSuchFileOrDirectory: code = .notFound
+        case .permissionDenied, .notPermitted: code = .permissionDenied
+        case .isDirectory: code = .isDirectory
+        case .noSpace, .diskQuotaExceeded: code = .noSpace
+        case .fileExists: code = .exists
+        default: code = fallback
+        }
+        return IOError(code, path: path, call: call, errno: errno)
+    }
+
+    public var description: String {
+        switch code {
+        case .notFound: "\(path): no such file or directory"
+        case .permissionDenied: "\(path): permission denied"
+        case .isDirectory: "\(path): is a directory"
+        case .exists: "\(path): already exists (use --force to overwrite)"
+        case .noSpace: "\(path): no space left on device"
+        case .unexpectedEnd: "\(path): file ended early (changed while reading?)"
+        default: "\(path): \(call) failed" + (errno.map { ": \($0.description)" } ?? "")
+        }
+    }
+}

@@ -1,0 +1,1 @@
+// Placeholder: this module gets code with its issue.

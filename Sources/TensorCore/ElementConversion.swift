@@ -1,0 +1,136 @@
+/// Bulk conversion of tensor elements between floating-point dtypes, and widening of any
+/// numeric dtype to `Float` for statistics and compute.
+///
+/// Sources may be unaligned (safetensors does not align tensor data); destinations are
+/// written with unaligned stores too, so any byte buffer works.
+public enum ElementConversion {
+    /// Whether `convert` supports this pair: any of F16, BF16, F32, F64 to any other, or a
+    /// dtype to itself.
+    public static func canConvert(from source: DType, to destination: DType) -> Bool {
+        source == destination || (source.isConvertibleFloat && destination.isConvertibleFloat)
+    }
+
+    /// Converts `count` elements of `source` (dtype `from`) into `destination` (dtype `to`).
+    ///
+    /// F64 sources are rounded to F32 first, then to the narrower type.
+    /// - Throws: `unsupportedConversion` for pairs `canConvert` refuses, `lengthMismatch`
+    ///   when either buffer is shorter than `count` elements.
+    /// - Complexity: O(count).
+    public static func convert(
+        _ source: UnsafeRawBufferPointer, from: DType,
+        into destination: UnsafeMutableRawBufferPointer, to: DType,
+        count: Int
+    ) throws(TensorCoreError) {
+        guard canConvert(from: from, to: to), let inWidth = from.byteWidth, let outWidth = to.byteWidth else {
+            throw TensorCoreError(.unsupportedConversion, "cannot convert \(from.name) to \(to.name)")
+        }
+        guard source.count >= count * inWidth, destination.count >= count * outWidth else {
+            throw TensorCoreError(.lengthMismatch, "buffer too short for \(count) elements")
+        }
+        if count == 0 { return }
+        if from == to {
+            destination.baseAddress!.copyMemory(from: source.baseAddress!, byteCount: count * inWidth)
+            return
+        }
+        let src = source.baseAddress!
+        let dst = destination.baseAddress!
+        switch (from, to) {
+        case (.f32, .f16):
+            for i in 0..<count {
+                let x = src.loadUnaligned(fromByteOffset: i &* 4, as: UInt32.self)
+                dst.storeBytes(of: halfBits(fromFloatBits: x), toByteOffset: i &* 2, as: UInt16.self)
+            }
+        case (.f32, .bf16):
+            for i in 0..<count {
+                let x = src.loadUnaligned(fromByteOffset: i &* 4, as: UInt32.self)
+                dst.storeBytes(of: bfloat16Bits(fromFloatBits: x), toByteOffset: i &* 2, as: UInt16.self)
+            }
+        case (.f16, .f32):
+            for i in 0..<count {
+                let h = src.loadUnaligned(fromByteOffset: i &* 2, as: UInt16.self)
+                dst.storeBytes(of: floatBits(fromHalfBits: h), toByteOffset: i &* 4, as: UInt32.self)
+            }
+        case (.bf16, .f32):
+            for i in 0..<count {
+                let b = src.loadUnaligned(fromByteOffset: i &* 2, as: UInt16.self)
+                dst.storeBytes(of: floatBits(fromBFloat16Bits: b), toByteOffset: i &* 4, as: UInt32.self)
+            }
+        default:
+            // Every other pair goes through f32 one element at a time.
+            for i in 0..<count {
+                let value = loadFloat(src, index: i, dtype: from)
+                storeFloat(value, dst, index: i, dtype: to)
+            }
+        }
+    }
+
+    /// Widens `count` elements of a numeric dtype to `Float`.
+    ///
+    /// Integers and booleans are converted by value (large 64-bit integers lose precision).
+    /// - Throws: `unsupportedConversion` for fp8, sub-byte and complex dtypes.
+    public static func widen(
+        _ source: UnsafeRawBufferPointer, dtype: DType,
+        into destination: UnsafeMutableBufferPointer<Float>, count: Int
+    ) throws(TensorCoreError) {
+        guard let width = dtype.byteWidth, dtype != .c64, !isFloat8(dtype) else {
+            throw TensorCoreError(.unsupportedConversion, "cannot read \(dtype.name) values as numbers")
+        }
+        guard source.count >= count * width, destination.count >= count else {
+            throw TensorCoreError(.lengthMismatch, "buffer too short for \(count) elements")
+        }
+        if count == 0 { return }
+        let src = source.baseAddress!
+        switch dtype {
+        case .f32:
+            UnsafeMutableRawPointer(destination.baseAddress!).copyMemory(from: src, byteCount: count * 4)
+        case .f16:
+            for i in 0..<count {
+                destination[i] = Float(bitPattern: floatBits(fromHalfBits: src.loadUnaligned(fromByteOffset: i &* 2, as: UInt16.self)))
+            }
+        case .bf16:
+            for i in 0..<count {
+                destination[i] = Float(bitPattern: floatBits(fromBFloat16Bits: src.loadUnaligned(fromByteOffset: i &* 2, as: UInt16.self)))
+            }
+        default:
+            for i in 0..<count { destination[i] = loadFloat(src, index: i, dtype: dtype) }
+        }
+    }
+
+    private static func isFloat8(_ dtype: DType) -> Bool {
+        switch dtype {
+        case .f8E4M3, .f8E5M2, .f8E8M0, .f8E4M3FNUZ, .f8E5M2FNUZ: true
+        default: false
+        }
+    }
+
+    @inline(__always)
+    private static func loadFloat(_ p: UnsafeRawPointer, index i: Int, dtype: DType) -> Float {
+        switch dtype {
+        case .f32: Float(bitPattern: p.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self))
+        case .f16: Float(halfBits: p.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self))
+        case .bf16: Float(bfloat16Bits: p.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self))
+        case .f64: Float(Double(bitPattern: p.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)))
+        case .bool: p.load(fromByteOffset: i, as: UInt8.self) != 0 ? 1 : 0
+        case .u8: Float(p.load(fromByteOffset: i, as: UInt8.self))
+        case .i8: Float(p.load(fromByteOffset: i, as: Int8.self))
+        case .i16: Float(Int16(littleEndian: p.loadUnaligned(fromByteOffset: i * 2, as: Int16.self)))
+        case .u16: Float(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self)))
+        case .i32: Float(Int32(littleEndian: p.loadUnaligned(fromByteOffset: i * 4, as: Int32.self)))
+        case .u32: Float(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)))
+        case .i64: Float(Int64(littleEndian: p.loadUnaligned(fromByteOffset: i * 8, as: Int64.self)))
+        case .u64: Float(UInt64(littleEndian: p.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)))
+        default: .nan
+        }
+    }
+
+    @inline(__always)
+    private static func storeFloat(_ v: Float, _ p: UnsafeMutableRawPointer, index i: Int, dtype: DType) {
+        switch dtype {
+        case .f32: p.storeBytes(of: v.bitPattern, toByteOffset: i * 4, as: UInt32.self)
+        case .f16: p.storeBytes(of: v.halfBits, toByteOffset: i * 2, as: UInt16.self)
+        case .bf16: p.storeBytes(of: v.bfloat16Bits, toByteOffset: i * 2, as: UInt16.self)
+        case .f64: p.storeBytes(of: Double(v).bitPattern, toByteOffset: i * 8, as: UInt64.self)
+        default: preconditionFailure("storeFloat into \(dtype)")
+        }
+    }
+}

@@ -1,0 +1,122 @@
+/// The name, dtype and shape of a tensor as a store holds it.
+public struct TensorDescriptor: Hashable, Sendable {
+    /// The name as the file stores it.
+    public var name: String
+    public var dtype: DType
+    public var shape: Shape
+    /// Bytes of the tensor's logical (uncompressed, contiguous) data.
+    public var byteCount: Int
+
+    public init(name: String, dtype: DType, shape: Shape, byteCount: Int) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.byteCount = byteCount
+    }
+
+    /// The number of elements.
+    public var elementCount: Int { shape.count }
+}
+
+/// Bytes owned by someone else (a mapping, a decompressed buffer) that stay valid while this
+/// value exists.
+public struct TensorBytes: @unchecked Sendable {
+    /// Keeps the memory alive: a mapping or an allocation.
+    public let owner: AnyObject?
+    private let buffer: UnsafeRawBufferPointer
+
+    /// Wraps memory kept alive by `owner`.
+    public init(owner: AnyObject?, buffer: UnsafeRawBufferPointer) {
+        self.owner = owner
+        self.buffer = buffer
+    }
+
+    /// Copies `bytes` into memory this value owns.
+    public init(copying bytes: UnsafeRawBufferPointer) {
+        let storage = OwnedBuffer(byteCount: bytes.count)
+        if bytes.count > 0 {
+            storage.mutableBytes.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        }
+        self.init(owner: storage, buffer: UnsafeRawBufferPointer(storage.mutableBytes))
+    }
+
+    public var count: Int { buffer.count }
+
+    /// Calls `body` with the bytes; the pointer must not escape the closure.
+    public func withUnsafeBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+        defer { withExtendedLifetime(owner) {} }
+        return try body(buffer)
+    }
+}
+
+/// A heap allocation of raw bytes, 64-byte aligned, freed when the last reference goes.
+public final class OwnedBuffer: @unchecked Sendable {
+    public let mutableBytes: UnsafeMutableRawBufferPointer
+
+    public init(byteCount: Int) {
+        mutableBytes = UnsafeMutableRawBufferPointer.allocate(byteCount: max(byteCount, 1), alignment: 64)
+    }
+
+    deinit { mutableBytes.deallocate() }
+
+    public var bytes: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(mutableBytes)[0..<mutableBytes.count])
+    }
+}
+
+/// A tensor's descriptor and its bytes (row-major, little-endian, contiguous).
+public struct TensorView: Sendable {
+    public let descriptor: TensorDescriptor
+    public let bytes: TensorBytes
+
+    public init(descriptor: TensorDescriptor, bytes: TensorBytes) {
+        precondition(bytes.count == descriptor.byteCount, "tensor bytes do not match the descriptor")
+        self.descriptor = descriptor
+        self.bytes = bytes
+    }
+
+    public var name: String { descriptor.name }
+    public var dtype: DType { descriptor.dtype }
+    public var shape: Shape { descriptor.shape }
+
+    /// Statistics of the values.
+    public func statistics() throws(TensorCoreError) -> TensorStatistics {
+        let descriptor = self.descriptor
+        return try bytes.withUnsafeBytes { (raw) throws(TensorCoreError) in
+            try TensorStatistics(bytes: raw, dtype: descriptor.dtype, count: descriptor.elementCount)
+        }
+    }
+
+    /// The values widened to `Float` (allocates `count` floats).
+    public func floats() throws(TensorCoreError) -> [Float] {
+        let count = descriptor.elementCount
+        let dtype = descriptor.dtype
+        return try [Float](unsafeUninitializedCapacity: count) { (out, initialized) throws(TensorCoreError) in
+            try bytes.withUnsafeBytes { (raw) throws(TensorCoreError) in
+                try ElementConversion.widen(raw, dtype: dtype, into: out, count: count)
+            }
+            initialized = count
+        }
+    }
+}
+
+/// Anything that holds named tensors: a safetensors file, a checkpoint, a `.wpk` file, a
+/// diffusers folder. The engine and the converters consume this, never a file format.
+public protocol TensorStore: AnyObject, Sendable {
+    /// A short name of the format (`safetensors`, `ckpt`, `wpk`, …).
+    var formatName: String { get }
+    /// Every tensor, in the store's own order.
+    var tensors: [TensorDescriptor] { get }
+    /// Free-form string metadata the store carries.
+    var metadata: [String: String] { get }
+    /// The descriptor of the tensor called `name`, if there is one.
+    func descriptor(named name: String) -> TensorDescriptor?
+    /// The tensor called `name`; zero-copy where the format allows.
+    func tensor(named name: String) throws -> TensorView
+}
+
+extension TensorStore {
+    public func descriptor(named name: String) -> TensorDescriptor? {
+        tensors.first { $0.name == name }
+    }
+}

@@ -1,0 +1,3 @@
+import WeightPackCLI
+
+WeightPackCommand.main()
