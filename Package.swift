@@ -50,7 +50,7 @@ let package = Package(
         .target(
             name: "WeightPackCLI",
             dependencies: [
-                "TensorCore", "MappedIO", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine",
+                "TensorCore", "MappedIO", "StrictJSON", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),

@@ -39,7 +39,8 @@ public final class AtomicFileWriter {
         var template = Array("\(folderString)/.\(name).tmp-XXXXXX".utf8CString)
         let raw = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
         guard raw >= 0 else {
-            throw IOError.from(Errno(rawValue: Glibc.errno), path: path, call: "mkstemp", fallback: .writeFailed)
+            let errno = Errno(rawValue: Glibc.errno)
+            throw IOError(errno == .noSpace || errno == .diskQuotaExceeded ? .noSpace : .cannotCreate, path: path, call: "mkstemp", errno: errno)
         }
         temporaryPath = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         fd = FileDescriptor(rawValue: raw)
@@ -136,6 +137,19 @@ public final class AtomicFileWriter {
             _ = try fd.writeAll(bytes)
         } catch {
             throw IOError.from(error, path: path, call: "write", fallback: .writeFailed)
+        }
+    }
+
+    /// Replaces bytes already written at `offset` (flushing first); `position` does not move.
+    public func overwrite(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws(IOError) {
+        try flush()
+        guard let fd, offset >= 0, offset + bytes.count <= position else {
+            throw IOError(.writeFailed, path: path, call: "pwrite")
+        }
+        do {
+            _ = try fd.writeAll(toAbsoluteOffset: Int64(offset), bytes)
+        } catch {
+            throw IOError.from(error, path: path, call: "pwrite", fallback: .writeFailed)
         }
     }
 

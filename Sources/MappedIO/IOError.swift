@@ -6,7 +6,7 @@ public struct IOError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         fileprivate enum Value: String, Hashable, Sendable {
             case notFound, permissionDenied, isDirectory, readFailed, writeFailed, noSpace, exists
-            case mapFailed, syncFailed, renameFailed, unexpectedEnd
+            case mapFailed, syncFailed, renameFailed, unexpectedEnd, cannotCreate
         }
         fileprivate let value: Value
         /// The input does not exist.
@@ -29,6 +29,8 @@ public struct IOError: Error, Sendable, CustomStringConvertible {
         public static let syncFailed = Code(value: .syncFailed)
         /// `rename` failed.
         public static let renameFailed = Code(value: .renameFailed)
+        /// The output file cannot be created (missing folder, read-only file system, …).
+        public static let cannotCreate = Code(value: .cannotCreate)
         /// A read returned fewer bytes than the file's size promised.
         public static let unexpectedEnd = Code(value: .unexpectedEnd)
         public var description: String { value.rawValue }
@@ -74,6 +76,7 @@ public struct IOError: Error, Sendable, CustomStringConvertible {
         case .exists: "\(path): already exists (use --force to overwrite)"
         case .noSpace: "\(path): no space left on device"
         case .unexpectedEnd: "\(path): file ended early (changed while reading?)"
+        case .cannotCreate: "\(path): cannot create output" + (errno.map { ": \($0.description)" } ?? "")
         default: "\(path): \(call) failed" + (errno.map { ": \($0.description)" } ?? "")
         }
     }

@@ -72,6 +72,14 @@ public final class MappedFile: @unchecked Sendable {
         if let base { _ = madvise(UnsafeMutableRawPointer(mutating: base), size, MADV_SEQUENTIAL) }
     }
 
+    /// Drops the pages behind `bytes` (a view of this mapping) from the resident set; views of
+    /// other memory are ignored.
+    public func adviseDone(with bytes: UnsafeRawBufferPointer) {
+        guard let base, let start = bytes.baseAddress, start >= base, start + bytes.count <= base + size else { return }
+        let offset = start - base
+        adviseDone(with: offset..<(offset + bytes.count))
+    }
+
     /// Tells the kernel a range will not be needed again soon, so its pages can be dropped
     /// from this process's resident set (a hint; failures are ignored).
     public func adviseDone(with range: Range<Int>) {

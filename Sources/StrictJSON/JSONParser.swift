@@ -55,8 +55,14 @@ public enum JSONParser {
         }
         defer { json_tokener_free(tokener) }
         json_tokener_set_flags(tokener, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8)
-        let root = json_tokener_parse_ex(tokener, base.assumingMemoryBound(to: CChar.self), Int32(bytes.count))
-        let status = json_tokener_get_error(tokener)
+        var root = json_tokener_parse_ex(tokener, base.assumingMemoryBound(to: CChar.self), Int32(bytes.count))
+        var status = json_tokener_get_error(tokener)
+        let consumed = Int(json_tokener_get_parse_end(tokener))
+        if status == json_tokener_continue, consumed == bytes.count {
+            // A bare top-level number or word has no closing byte: end it with a space.
+            root = json_tokener_parse_ex(tokener, " ", 1)
+            status = json_tokener_get_error(tokener)
+        }
         guard status == json_tokener_success else {
             json_object_put(root)
             let reason = String(cString: json_tokener_error_desc(status))
@@ -70,8 +76,7 @@ public enum JSONParser {
         }
         defer { json_object_put(root) }
         // Everything after the document must be JSON whitespace.
-        let end = Int(json_tokener_get_parse_end(tokener))
-        for i in end..<bytes.count where !isWhitespace(bytes[i]) {
+        for i in consumed..<bytes.count where !isWhitespace(bytes[i]) {
             throw JSONError(.syntax, "unexpected bytes after the JSON document at byte \(i)")
         }
         // json-c keeps the last of duplicated keys; find them first.
@@ -148,9 +153,10 @@ public enum JSONParser {
 import Glibc
 #endif
 
-/// A single pass over JSON text that json-c has already accepted, decoding object keys and
-/// reporting the first key an object repeats. Keys are compared after unescaping, so
-/// `"a"` and `"\u0061"` are the same key.
+/// A single pass over JSON text that json-c has already accepted, closing the gaps json-c
+/// leaves even in strict mode: it reports the first key an object repeats (keys compared
+/// after unescaping, so `"a"` and `"\u0061"` are the same key), and refuses single-quoted
+/// strings, the words `NaN` and `Infinity`, and integers beyond 64 bits.
 struct DuplicateKeyScanner {
     let bytes: UnsafeRawBufferPointer
     var offset = 0
@@ -188,10 +194,44 @@ struct DuplicateKeyScanner {
                     keys.insert(text)
                     stack[stack.count - 1] = .object(keys, expectingKey: false)
                 }
-            default:
+            case 0x20, 0x09, 0x0A, 0x0D, UInt8(ascii: ":"):
                 offset += 1
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"):
+                // json-c accepts NaN and Infinity even in strict mode; JSON has only these words.
+                let start = offset
+                while offset < bytes.count, isLetter(bytes[offset]) { offset += 1 }
+                let word = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<offset]), as: UTF8.self)
+                guard ["true", "false", "null"].contains(word) else {
+                    throw JSONError(.syntax, "invalid JSON literal '\(word)' at byte \(start)")
+                }
+            case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+                let start = offset
+                var integral = true
+                while offset < bytes.count, isNumberByte(bytes[offset]) {
+                    if [UInt8(ascii: "."), UInt8(ascii: "e"), UInt8(ascii: "E")].contains(bytes[offset]) { integral = false }
+                    offset += 1
+                }
+                if integral {
+                    // json-c clamps integers beyond 64 bits without a word; refuse them.
+                    let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<offset]), as: UTF8.self)
+                    guard Int64(text) != nil || UInt64(text) != nil else {
+                        throw JSONError(.numberOutOfRange, "integer \(text.prefix(40)) at byte \(start) is beyond the 64-bit range")
+                    }
+                }
+            default:
+                // Single-quoted strings and other bytes json-c tolerates.
+                throw JSONError(.syntax, "unexpected byte 0x\(String(byte, radix: 16)) at byte \(offset)")
             }
         }
+    }
+
+    private func isLetter(_ b: UInt8) -> Bool {
+        (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(b) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(b)
+    }
+
+    private func isNumberByte(_ b: UInt8) -> Bool {
+        (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(b) || b == UInt8(ascii: "-") || b == UInt8(ascii: "+")
+            || b == UInt8(ascii: ".") || b == UInt8(ascii: "e") || b == UInt8(ascii: "E")
     }
 
     /// Reads a string token starting at the opening quote and returns it unescaped.

@@ -51,13 +51,16 @@ public struct TensorBytes: @unchecked Sendable {
 
 /// A heap allocation of raw bytes, 64-byte aligned, freed when the last reference goes.
 public final class OwnedBuffer: @unchecked Sendable {
+    /// Exactly the requested bytes (the allocation behind them may be larger).
     public let mutableBytes: UnsafeMutableRawBufferPointer
+    private let allocation: UnsafeMutableRawBufferPointer
 
     public init(byteCount: Int) {
-        mutableBytes = UnsafeMutableRawBufferPointer.allocate(byteCount: max(byteCount, 1), alignment: 64)
+        allocation = UnsafeMutableRawBufferPointer.allocate(byteCount: max(byteCount, 1), alignment: 64)
+        mutableBytes = UnsafeMutableRawBufferPointer(rebasing: allocation[0..<byteCount])
     }
 
-    deinit { mutableBytes.deallocate() }
+    deinit { allocation.deallocate() }
 
     public var bytes: UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(mutableBytes)[0..<mutableBytes.count])

@@ -1,8 +1,20 @@
 import ArgumentParser
 
+/// The `weightpack` command: its subcommands are the command-line contract of product.md.
 public struct WeightPackCommand: ParsableCommand {
+    public static let version = "0.1.0"
+
     public static let configuration = CommandConfiguration(
         commandName: "weightpack",
-        abstract: "Convert, inspect and verify Stable Diffusion weights.")
+        abstract: "Convert, inspect and verify Stable Diffusion weights.",
+        discussion: """
+            Inputs may be .safetensors files (or a *.safetensors.index.json of shards) and .wpk files.
+            Exit codes: 0 done; 1 a check found a problem; 64 usage error; 65 input malformed,
+            unsupported or refused as unsafe; 66 input missing or unreadable; 73 output cannot be
+            created (exists without --force, no space); 74 I/O error while reading or writing.
+            """,
+        version: version,
+        subcommands: [Inspect.self, Convert.self, Export.self, Check.self])
+
     public init() {}
 }

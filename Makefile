@@ -1,0 +1,52 @@
+# WeightPack: the two commands of the README's quick start, and their helpers.
+#   make run   install missing Debian packages, build release, run the main job on the tiny model
+#   make test  install missing Debian packages, run the test suite (optimised build)
+
+SHELL := /bin/bash
+DEBIAN_PACKAGES := pkg-config libjson-c-dev libzstd-dev libssl-dev zlib1g-dev libopenblas-dev libpng-dev
+RELEASE_BIN := .build/release/weightpack
+MODEL := Fixtures/tiny-sd1/tiny-sd1.safetensors
+OUT := out
+
+.PHONY: run test deps build release clean
+
+deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	swift build
+
+release: deps
+	swift build -c release
+
+run: release
+	@mkdir -p $(OUT)
+	@echo "== inspect $(MODEL)"
+	$(RELEASE_BIN) inspect $(MODEL) --filter 'cond_stage_model.transformer.text_model.encoder.layers.0.*'
+	@echo "== convert to f16"
+	$(RELEASE_BIN) convert $(MODEL) $(OUT)/tiny-sd1-f16.wpk --dtype f16 --force
+	@echo "== convert, lossless and compressed"
+	$(RELEASE_BIN) convert $(MODEL) $(OUT)/tiny-sd1-keep-zstd.wpk --compress --force
+	@echo "== inspect the .wpk (statistics)"
+	$(RELEASE_BIN) inspect $(OUT)/tiny-sd1-f16.wpk --stats --filter 'first_stage_model.decoder.conv_out.*'
+	@echo "== check every checksum"
+	$(RELEASE_BIN) check $(OUT)/tiny-sd1-f16.wpk
+	$(RELEASE_BIN) check $(OUT)/tiny-sd1-keep-zstd.wpk
+	@echo "== export back to safetensors and compare with the original, byte for byte"
+	$(RELEASE_BIN) export $(OUT)/tiny-sd1-keep-zstd.wpk $(OUT)/tiny-sd1-roundtrip.safetensors --force
+	cmp $(MODEL) $(OUT)/tiny-sd1-roundtrip.safetensors && echo "round trip: identical"
+
+# Numeric tests are far faster optimised; the suite runs in release mode (with testability).
+test: deps
+	swift build -c release --build-tests -Xswiftc -enable-testing
+	swift test -c release --skip-build -Xswiftc -enable-testing
+
+clean:
+	rm -rf .build $(OUT)

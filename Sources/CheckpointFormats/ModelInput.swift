@@ -1,0 +1,72 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MappedIO
+import TensorCore
+
+/// Opens any supported input by looking at its bytes (not only its name).
+public enum ModelInput {
+    /// What an input is.
+    public enum Kind: String, Sendable {
+        case safetensors, shardedSafetensors = "safetensors-index", wpk, torchZip = "ckpt", torchLegacy = "ckpt-legacy", diffusers, folder
+    }
+
+    /// Options for opening inputs.
+    public struct Options: Sendable {
+        /// Read checkpoints whose pickles name dangerous globals (nothing is ever executed).
+        public var allowUnsafeGlobals = false
+        public init(allowUnsafeGlobals: Bool = false) { self.allowUnsafeGlobals = allowUnsafeGlobals }
+    }
+
+    /// Opens `path` with the reader its content calls for.
+    public static func open(_ path: String, options: Options = Options()) throws(FormatError) -> any TensorStore {
+        switch try detect(path) {
+        case .safetensors: return try SafetensorsFile(path: path)
+        case .shardedSafetensors: return try ShardedSafetensors(indexPath: path)
+        case .wpk: return try WPKFile(path: path)
+        case .torchZip, .torchLegacy: return try openTorch(path, options: options)
+        case .diffusers, .folder:
+            throw FormatError(.unrecognizedFormat, "reading diffusers folders is not supported yet", path: path)
+        }
+    }
+
+    /// Decides what `path` holds.
+    public static func detect(_ path: String) throws(FormatError) -> Kind {
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            let code: IOError.Code = errno == ENOENT || errno == ENOTDIR ? .notFound : errno == EACCES ? .permissionDenied : .readFailed
+            throw FormatError(IOError(code, path: path, call: "stat"))
+        }
+        if (info.st_mode & S_IFMT) == S_IFDIR {
+            var probe = stat()
+            return stat(path + "/model_index.json", &probe) == 0 ? .diffusers : .folder
+        }
+        if path.hasSuffix(".safetensors.index.json") { return .shardedSafetensors }
+        let head = try readHead(path, count: 16)
+        if head.starts(with: WPKLayout.magic) { return .wpk }
+        if head.starts(with: [0x50, 0x4B, 0x03, 0x04]) { return .torchZip }
+        // A legacy torch file starts with the pickled magic number: PROTO 2, LONG1 10 bytes.
+        if head.starts(with: [0x80, 0x02, 0x8A, 0x0A]) { return .torchLegacy }
+        if path.hasSuffix(".safetensors") || looksLikeSafetensors(head, fileSize: Int(info.st_size)) { return .safetensors }
+        if [".ckpt", ".pt", ".pth", ".bin"].contains(where: path.hasSuffix), head.first == 0x80 { return .torchLegacy }
+        throw FormatError(.unrecognizedFormat, "not a safetensors, PyTorch or .wpk file, nor a diffusers folder", path: path)
+    }
+
+    private static func looksLikeSafetensors(_ head: [UInt8], fileSize: Int) -> Bool {
+        guard head.count >= 9 else { return false }
+        let n = head[0..<8].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        return n >= 2 && n <= UInt64(fileSize - 8) && [UInt8(ascii: "{"), 0x20, 0x09, 0x0A, 0x0D].contains(head[8])
+    }
+
+    private static func readHead(_ path: String, count: Int) throws(FormatError) -> [UInt8] {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            let code: IOError.Code = errno == EACCES ? .permissionDenied : .readFailed
+            throw FormatError(IOError(code, path: path, call: "open"))
+        }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: count)
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, count) }
+        return n > 0 ? Array(buffer[0..<n]) : []
+    }
+}

@@ -1,0 +1,133 @@
+import MappedIO
+import TensorCore
+
+/// A tensor to be written: its output name, dtype and shape, and how to fetch its source
+/// (lazily, so a writer holds one source tensor at a time).
+public struct OutputTensor: Sendable {
+    public var name: String
+    /// The dtype written. When it differs from the source's, the writer converts.
+    public var dtype: DType
+    public var shape: Shape
+    /// The name and dtype in the source, recorded for `export`.
+    public var sourceName: String
+    public var sourceDType: DType
+    /// Fetches the source tensor.
+    public var load: @Sendable () throws -> TensorView
+
+    public init(name: String, dtype: DType, shape: Shape, sourceName: String, sourceDType: DType, load: @escaping @Sendable () throws -> TensorView) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.sourceName = sourceName
+        self.sourceDType = sourceDType
+        self.load = load
+    }
+
+    /// Bytes written for this tensor (before any compression).
+    public func byteCount() throws(FormatError) -> Int {
+        do { return try shape.byteCount(of: dtype) } catch {
+            throw FormatError(.validationOverflow, error.message, tensor: name)
+        }
+    }
+}
+
+/// The dtype a conversion asks for.
+public enum DTypeChoice: String, Sendable, CaseIterable {
+    case keep, f32, f16, bf16
+
+    /// The output dtype for a source dtype. Only F16, BF16, F32 and F64 are ever cast;
+    /// integers, booleans, fp8 and everything else keep their type.
+    public func outputDType(for source: DType) -> DType {
+        guard source.isConvertibleFloat else { return source }
+        switch self {
+        case .keep: return source
+        case .f32: return .f32
+        case .f16: return .f16
+        case .bf16: return .bf16
+        }
+    }
+}
+
+extension OutputTensor {
+    /// The plan for writing every tensor of `store` (in its order) as `choice` asks.
+    public static func plan(from store: any TensorStore, dtype choice: DTypeChoice, include: (TensorDescriptor) -> Bool = { _ in true }) -> [OutputTensor] {
+        store.tensors.filter(include).map { d in
+            OutputTensor(
+                name: d.name, dtype: choice.outputDType(for: d.dtype), shape: d.shape,
+                sourceName: d.name, sourceDType: d.dtype,
+                load: { try store.tensor(named: d.name) })
+        }
+    }
+}
+
+/// Streams one tensor into a writer: copies or converts chunk by chunk, hashing what it
+/// writes, then lets the kernel drop the source pages it read.
+enum TensorEmitter {
+    static let chunkElements = 1 << 20
+
+    /// Writes `tensor` and returns the XXH64 of the bytes written.
+    static func emit(_ tensor: OutputTensor, to writer: AtomicFileWriter) throws(FormatError) -> UInt64 {
+        let view = try load(tensor)
+        var hasher = XXHash64()
+        try view.bytes.withUnsafeBytes { (source) throws(FormatError) in
+            try emit(source: source, from: tensor.sourceDType, as: tensor.dtype, count: tensor.shape.count, name: tensor.name, to: writer, hasher: &hasher)
+            (view.bytes.owner as? MappedFile)?.adviseDone(with: source)
+        }
+        return hasher.finalize()
+    }
+
+    /// Loads the source of `tensor` and checks it against the plan.
+    static func load(_ tensor: OutputTensor) throws(FormatError) -> TensorView {
+        let view: TensorView
+        do { view = try tensor.load() } catch let error as FormatError {
+            throw error.inTensor(tensor.sourceName)
+        } catch {
+            throw FormatError(.io, "while reading tensor '\(tensor.sourceName)': \(error)", tensor: tensor.sourceName)
+        }
+        guard view.dtype == tensor.sourceDType, view.shape == tensor.shape else {
+            throw FormatError(.tensorInvalidInfo, "tensor '\(tensor.sourceName)' changed while converting", tensor: tensor.sourceName)
+        }
+        return view
+    }
+
+    /// Converts (or copies) `count` elements into `writer`, feeding `hasher`.
+    static func emit(
+        source: UnsafeRawBufferPointer, from: DType, as dtype: DType, count: Int, name: String,
+        to writer: AtomicFileWriter, hasher: inout XXHash64
+    ) throws(FormatError) {
+        do {
+            if from == dtype {
+                var offset = 0
+                let step = chunkElements * 4
+                while offset < source.count {
+                    let piece = UnsafeRawBufferPointer(rebasing: source[offset..<min(source.count, offset + step)])
+                    try writer.write(piece)
+                    hasher.update(piece)
+                    offset += piece.count
+                }
+                return
+            }
+            guard ElementConversion.canConvert(from: from, to: dtype), let inWidth = from.byteWidth, let outWidth = dtype.byteWidth else {
+                throw FormatError(.unsupportedConversion, "cannot convert \(from.name) to \(dtype.name)", tensor: name)
+            }
+            var start = 0
+            while start < count {
+                let n = min(chunkElements, count - start)
+                let piece = UnsafeRawBufferPointer(rebasing: source[(start * inWidth)..<((start + n) * inWidth)])
+                var chunkHash = hasher
+                try writer.withUnsafeOutputBuffer(count: n * outWidth) { out in
+                    try ElementConversion.convert(piece, from: from, into: out, to: dtype, count: n)
+                    chunkHash.update(UnsafeRawBufferPointer(out))
+                }
+                hasher = chunkHash
+                start += n
+            }
+        } catch let error as FormatError {
+            throw error
+        } catch let error as IOError {
+            throw FormatError(error)
+        } catch {
+            throw FormatError(.unsupportedConversion, "\(error)", tensor: name)
+        }
+    }
+}

@@ -1,0 +1,83 @@
+import ArgumentParser
+import CheckpointFormats
+import MappedIO
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The exit codes of product.md, in the sysexits tradition.
+enum ExitStatus: Int32 {
+    case ok = 0
+    case problemFound = 1
+    case usage = 64
+    case dataError = 65
+    case noInput = 66
+    case cannotCreate = 73
+    case ioError = 74
+}
+
+extension ExitStatus {
+    /// The status for an error thrown by the library.
+    static func of(_ error: any Error) -> ExitStatus {
+        if let io = error as? IOError { return of(io) }
+        if let format = error as? FormatError {
+            if format.code == .io, let io = format.underlying as? IOError { return of(io) }
+            if format.code == .io { return .ioError }
+            return .dataError
+        }
+        return .dataError
+    }
+
+    static func of(_ io: IOError) -> ExitStatus {
+        switch io.code {
+        case .notFound, .permissionDenied, .isDirectory: .noInput
+        case .exists, .noSpace, .cannotCreate: .cannotCreate
+        default: .ioError
+        }
+    }
+}
+
+/// Prints one line for `error` on stderr and returns the exit code to leave with.
+func report(_ error: any Error, verbose: Bool = false) -> ExitCode {
+    let status = ExitStatus.of(error)
+    var line = "weightpack: error: \(error)"
+    if verbose, let format = error as? FormatError, let cause = format.underlying {
+        line += " (cause: \(cause))"
+    }
+    printError(line)
+    return ExitCode(status.rawValue)
+}
+
+func printError(_ text: String) {
+    var line = text
+    if !line.hasSuffix("\n") { line += "\n" }
+    writeStandardError(line)
+}
+
+/// Writes text to file descriptor 2 unbuffered.
+func writeStandardError(_ text: String) {
+    var bytes = Array(text.utf8)
+    var offset = 0
+    while offset < bytes.count {
+        let n = bytes.withUnsafeMutableBytes { write(STDERR_FILENO, $0.baseAddress! + offset, $0.count - offset) }
+        if n < 0 { if errno == EINTR { continue }; return }
+        offset += n
+    }
+}
+
+/// Runs `body`, turning library errors into one stderr line and the documented exit code.
+func runReporting(verbose: Bool = false, _ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let exit as ExitCode {
+        throw exit
+    } catch let error as FormatError {
+        throw report(error, verbose: verbose)
+    } catch let error as IOError {
+        throw report(error, verbose: verbose)
+    } catch let error as ValidationError {
+        throw error
+    } catch {
+        throw report(error, verbose: verbose)
+    }
+}

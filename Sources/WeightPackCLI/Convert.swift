@@ -1,0 +1,114 @@
+import ArgumentParser
+import CheckpointFormats
+import MappedIO
+import StrictJSON
+import TensorCore
+import Dispatch
+
+extension DTypeChoice: ExpressibleByArgument {}
+
+struct Convert: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Convert a model into a memory-mapped .wpk file.",
+        discussion: """
+            Floating-point tensors (F16, BF16, F32, F64) are cast as --dtype asks, rounding to
+            nearest even; integer and boolean tensors are never cast. The output is written to a
+            temporary file beside it and renamed into place only when complete.
+            Exit codes: 0 done, 65 malformed input, 66 missing input, 73 output exists (without
+            --force) or cannot be created, 74 I/O error.
+            """)
+
+    @Argument(help: "The model to convert (.safetensors, .safetensors.index.json, .wpk).")
+    var input: String
+
+    @Argument(help: "The .wpk file to write.")
+    var output: String
+
+    @Option(help: "Element type of floating-point tensors: keep, f32, f16 or bf16.")
+    var dtype: DTypeChoice = .keep
+
+    @Flag(help: "Store floating-point tensors as zstd-compressed byte planes (lossless, smaller, not zero-copy).")
+    var compress = false
+
+    @Option(help: "zstd level for --compress (1-19).")
+    var compressionLevel: Int32 = 3
+
+    @Flag(help: "Overwrite the output if it exists.")
+    var force = false
+
+    @Flag(help: "Print the underlying cause of errors.")
+    var verbose = false
+
+    func validate() throws {
+        guard (1...19).contains(compressionLevel) else { throw ValidationError("--compression-level must be between 1 and 19") }
+    }
+
+    func run() throws {
+        try runReporting(verbose: verbose) {
+            let store = try ModelInput.open(input)
+            let sourceDigest = SourceDigest.start(path: input)
+            let plan = OutputTensor.plan(from: store, dtype: dtype)
+            var metadata = JSONObject()
+            metadata["tool"] = .string("weightpack \(WeightPackCommand.version)")
+            metadata["conversion"] = ["dtype": .string(dtype.rawValue), "compress": .bool(compress)]
+            metadata["strings"] = .object(JSONObject(store.metadata.sorted { $0.key < $1.key }.map { ($0.key, JSONValue.string($0.value)) }))
+            // The source digest is computed on the other core while tensors convert; the header
+            // is written last, so it can still be recorded.
+            let entries = try WPKWriter.write(
+                plan, metadata: metadata, to: output, overwrite: force,
+                options: WPKWriter.Options(compress: compress, compressionLevel: compressionLevel),
+                progress: TerminalProgress.make("convert"),
+                finalizeMetadata: { meta in
+                    var source = JSONObject()
+                    source["name"] = .string(String(input.split(separator: "/").last ?? Substring(input)))
+                    source["format"] = .string(store.formatName)
+                    if let digest = try sourceDigest?.wait() {
+                        source["size"] = JSONValue(digest.size)
+                        source["sha256"] = .string(digest.sha256)
+                    }
+                    meta["source"] = .object(source)
+                })
+            let stored = entries.reduce(0) { $0 + $1.length }
+            let logical = entries.reduce(0) { $0 + $1.descriptor.byteCount }
+            var line = "wrote \(output): \(entries.count) tensors, \(formatBytes(stored))"
+            if compress, stored > 0 { line += " (compression ratio \(format1(Double(logical) / Double(stored))))" }
+            printError(line)
+        }
+    }
+}
+
+/// The SHA-256 and size of an input file, computed on a background thread.
+final class SourceDigest: @unchecked Sendable {
+    struct Value { var size: Int; var sha256: String }
+    private let group = DispatchGroup()
+    private var result: Result<Value, any Error>?
+
+    /// Starts hashing `path` if it is a regular file; `nil` for folders and index files.
+    static func start(path: String) -> SourceDigest? {
+        guard let kind = try? ModelInput.detect(path), kind != .diffusers, kind != .folder, kind != .shardedSafetensors else { return nil }
+        let digest = SourceDigest()
+        digest.group.enter()
+        DispatchQueue.global().async {
+            defer { digest.group.leave() }
+            digest.result = Result {
+                let file = try MappedFile(path: path)
+                let sha = SHA256Digest()
+                let chunk = 64 << 20
+                var offset = 0
+                while offset < file.size {
+                    let end = min(file.size, offset + chunk)
+                    file.bytes(in: offset..<end)!.withUnsafeBytes { sha.update($0) }
+                    file.adviseDone(with: offset..<end)
+                    offset = end
+                }
+                return Value(size: file.size, sha256: sha.finalizeHex())
+            }
+        }
+        return digest
+    }
+
+    func wait() throws -> Value {
+        group.wait()
+        return try result!.get()
+    }
+}
