@@ -6,6 +6,7 @@ SHELL := /bin/bash
 DEBIAN_PACKAGES := pkg-config libjson-c-dev libzstd-dev libssl-dev zlib1g-dev libopenblas-dev libpng-dev
 RELEASE_BIN := .build/release/weightpack
 MODEL := Fixtures/tiny-sd1/tiny-sd1.safetensors
+CKPT := Fixtures/tiny-sd1/tiny-sd1.ckpt
 OUT := out
 
 .PHONY: run test deps build release clean
@@ -42,6 +43,11 @@ run: release
 	@echo "== export back to safetensors and compare with the original, byte for byte"
 	$(RELEASE_BIN) export $(OUT)/tiny-sd1-keep-zstd.wpk $(OUT)/tiny-sd1-roundtrip.safetensors --force
 	cmp $(MODEL) $(OUT)/tiny-sd1-roundtrip.safetensors && echo "round trip: identical"
+	@echo "== a PyTorch checkpoint: list its pickle's globals, then convert it (nothing is executed)"
+	$(RELEASE_BIN) scan $(CKPT)
+	$(RELEASE_BIN) convert $(CKPT) $(OUT)/tiny-sd1-from-ckpt.wpk --force
+	@echo "== a malicious checkpoint is refused (exit 1 from scan is expected)"
+	-$(RELEASE_BIN) scan Fixtures/torch/malicious/torch_zip_system.ckpt
 
 # Numeric tests are far faster optimised; the suite runs in release mode (with testability).
 test: deps

@@ -50,7 +50,7 @@ let package = Package(
         .target(
             name: "WeightPackCLI",
             dependencies: [
-                "TensorCore", "MappedIO", "StrictJSON", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine",
+                "TensorCore", "MappedIO", "StrictJSON", "SafePickle", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -64,6 +64,9 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "SafePickleTests", dependencies: ["SafePickle", "TensorCore"], swiftSettings: strict),
         .testTarget(name: "DiffusionEngineTests", dependencies: ["DiffusionEngine", "CheckpointFormats", "TensorCore"], swiftSettings: strict),
-        .testTarget(name: "WeightPackCLITests", dependencies: ["WeightPackCLI", "CheckpointFormats", "TensorCore"], swiftSettings: strict),
+        .testTarget(
+            name: "WeightPackCLITests",
+            dependencies: ["WeightPackCLI", "weightpack", "CheckpointFormats", "StrictJSON", "TensorCore"],
+            swiftSettings: strict),
     ]
 )

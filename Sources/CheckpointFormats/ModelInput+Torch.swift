@@ -1,8 +1,8 @@
 import TensorCore
 
 extension ModelInput {
-    /// Opens a PyTorch archive. Replaced by the torch reader (issue 3).
+    /// Opens a PyTorch archive (zip or legacy) without executing its pickle.
     static func openTorch(_ path: String, options: Options) throws(FormatError) -> any TensorStore {
-        throw FormatError(.unrecognizedFormat, "reading PyTorch checkpoints is not supported yet", path: path)
+        try TorchCheckpoint(path: path, allowUnsafeGlobals: options.allowUnsafeGlobals)
     }
 }

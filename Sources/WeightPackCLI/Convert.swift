@@ -18,7 +18,7 @@ struct Convert: ParsableCommand {
             --force) or cannot be created, 74 I/O error.
             """)
 
-    @Argument(help: "The model to convert (.safetensors, .safetensors.index.json, .wpk).")
+    @Argument(help: "The model to convert: .safetensors (or an index of shards), .ckpt/.pt/.pth/.bin, or .wpk.")
     var input: String
 
     @Argument(help: "The .wpk file to write.")
@@ -36,16 +36,15 @@ struct Convert: ParsableCommand {
     @Flag(help: "Overwrite the output if it exists.")
     var force = false
 
-    @Flag(help: "Print the underlying cause of errors.")
-    var verbose = false
+    @OptionGroup var inputOptions: InputOptions
 
     func validate() throws {
         guard (1...19).contains(compressionLevel) else { throw ValidationError("--compression-level must be between 1 and 19") }
     }
 
     func run() throws {
-        try runReporting(verbose: verbose) {
-            let store = try ModelInput.open(input)
+        try runReporting(verbose: inputOptions.verbose) {
+            let store = try inputOptions.open(input)
             let sourceDigest = SourceDigest.start(path: input)
             let plan = OutputTensor.plan(from: store, dtype: dtype)
             var metadata = JSONObject()

@@ -17,7 +17,7 @@ struct Export: ParsableCommand {
         case source
     }
 
-    @Argument(help: "The model to export (.wpk, .safetensors, .safetensors.index.json).")
+    @Argument(help: "The model to export: .wpk, .safetensors (or an index of shards), .ckpt/.pt/.pth/.bin.")
     var input: String
 
     @Argument(help: "The .safetensors file to write.")
@@ -32,12 +32,11 @@ struct Export: ParsableCommand {
     @Flag(help: "Overwrite the output if it exists.")
     var force = false
 
-    @Flag(help: "Print the underlying cause of errors.")
-    var verbose = false
+    @OptionGroup var inputOptions: InputOptions
 
     func run() throws {
-        try runReporting(verbose: verbose) {
-            let store = try ModelInput.open(input)
+        try runReporting(verbose: inputOptions.verbose) {
+            let store = try inputOptions.open(input)
             var plan = OutputTensor.plan(from: store, dtype: dtype)
             if let wpk = store as? WPKFile {
                 for i in plan.indices {

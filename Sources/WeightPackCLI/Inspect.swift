@@ -16,7 +16,7 @@ struct Inspect: ParsableCommand {
             Exit codes: 0 done, 65 malformed input, 66 missing input.
             """)
 
-    @Argument(help: "A .safetensors, .safetensors.index.json or .wpk file.")
+    @Argument(help: "A model: .safetensors (or a .safetensors.index.json), .ckpt/.pt/.pth/.bin, or .wpk.")
     var input: String
 
     @Flag(help: "Print one JSON document on stdout instead of a table.")
@@ -28,12 +28,11 @@ struct Inspect: ParsableCommand {
     @Option(help: "Only tensors whose name matches this shell pattern (e.g. 'first_stage_model.*').")
     var filter: String?
 
-    @Flag(help: "Print the underlying cause of errors.")
-    var verbose = false
+    @OptionGroup var inputOptions: InputOptions
 
     func run() throws {
-        try runReporting(verbose: verbose) {
-            let store = try ModelInput.open(input)
+        try runReporting(verbose: inputOptions.verbose) {
+            let store = try inputOptions.open(input)
             let report = try InspectionReport(store: store, path: input, filter: filter, computeStatistics: stats)
             if json {
                 print(report.json.serialized(pretty: true))
