@@ -183,16 +183,18 @@ struct DuplicateKeyScanner {
                 _ = stack.popLast()
                 offset += 1
             case UInt8(ascii: ","):
-                if case .object(let keys, _) = stack.last { stack[stack.count - 1] = .object(keys, expectingKey: true) }
+                if case .object(_, false)? = stack.last, case .object(let keys, _) = stack.removeLast() {
+                    stack.append(.object(keys, expectingKey: true))
+                }
                 offset += 1
             case UInt8(ascii: "\""):
                 let text = readString()
-                if case .object(var keys, let expectingKey) = stack.last, expectingKey {
-                    if keys.contains(text) {
+                if case .object(_, true)? = stack.last, case .object(var keys, _) = stack.removeLast() {
+                    // Popped, so the set is uniquely referenced and grows in place.
+                    guard keys.insert(text).inserted else {
                         throw JSONError(.duplicateKey, "duplicate key '\(text)' in a JSON object", key: text)
                     }
-                    keys.insert(text)
-                    stack[stack.count - 1] = .object(keys, expectingKey: false)
+                    stack.append(.object(keys, expectingKey: false))
                 }
             case 0x20, 0x09, 0x0A, 0x0D, UInt8(ascii: ":"):
                 offset += 1

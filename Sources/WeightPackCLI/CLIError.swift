@@ -20,6 +20,7 @@ extension ExitStatus {
     /// The status for an error thrown by the library.
     static func of(_ error: any Error) -> ExitStatus {
         if let io = error as? IOError { return of(io) }
+        if error is TokenizerMissing { return .noInput }
         if let format = error as? FormatError {
             if format.code == .io, let io = format.underlying as? IOError { return of(io) }
             if format.code == .io { return .ioError }

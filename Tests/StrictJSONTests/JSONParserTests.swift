@@ -62,3 +62,20 @@ struct JSONParserTests {
         #expect(try JSONParser.parse(v.serialized(pretty: true)) == v)
     }
 }
+
+@Suite("strict JSON at scale")
+struct JSONScaleTests {
+    @Test("a hostile header with 100,000 keys cannot stall the parser (key bookkeeping is linear)")
+    func manyKeys() throws {
+        let text = "{" + (0..<100_000).map { "\"key\($0)\": \($0)" }.joined(separator: ", ") + "}"
+        let clock = ContinuousClock()
+        let start = clock.now
+        let value = try JSONParser.parse(text)
+        let elapsed = clock.now - start
+        #expect(value.objectValue?.count == 100_000)
+        // Quadratic key bookkeeping took minutes here; linear takes about a second in a debug build.
+        #expect(elapsed < .seconds(20), "took \(elapsed)")
+        let duplicate = String(text.dropLast()) + ", \"key99999\": 0}"
+        #expect(throws: JSONError.self) { try JSONParser.parse(duplicate) }
+    }
+}

@@ -233,3 +233,35 @@ struct CheckpointCLITests {
         #expect(allowed.status == 0, "\(allowed.stderr)")
     }
 }
+
+@Suite("command line: tokenize")
+struct TokenizeCLITests {
+    /// Golden ids from transformers' CLIPTokenizer (Fixtures/golden/tokenizer_cases.json).
+    static let cases: [(prompt: String, ids: [Int], pad0: [Int])] = {
+        let url = repositoryURL.appendingPathComponent("Fixtures/golden/tokenizer_cases.json")
+        guard let text = try? String(contentsOf: url, encoding: .utf8), let root = try? JSONParser.parse(text) else { return [] }
+        let items = root.arrayValue ?? root.objectValue?["cases"]?.arrayValue ?? []
+        return items.compactMap { item in
+            guard let o = item.objectValue, let prompt = o["prompt"]?.stringValue,
+                  let ids = o["ids"]?.arrayValue?.compactMap(\.intValue) else { return nil }
+            return (prompt, ids, o["ids_pad0"]?.arrayValue?.compactMap(\.intValue) ?? [])
+        }
+    }()
+
+    @Test("prints transformers' ids, with the bundled vocabulary and with the model's tokenizer folder")
+    func matchesGoldens() throws {
+        #expect(Self.cases.count > 20)
+        let folder = repositoryURL.appendingPathComponent("Fixtures/tiny-sd1/diffusers/tokenizer").path
+        for c in Self.cases.prefix(8) {
+            for extra in [[], ["--tokenizer", folder]] {
+                let result = try run(["tokenize", c.prompt, "--json"] + extra)
+                #expect(result.status == 0, "\(result.stderr)")
+                let ids = try JSONParser.parse(result.stdout).arrayValue?.compactMap(\.intValue)
+                #expect(ids == c.ids, "\(c.prompt) \(extra)")
+            }
+        }
+        let plain = try run(["tokenize", "a photo of a cat"])
+        #expect(plain.stdout.split(separator: " ").count == 77)
+        #expect(try run(["tokenize", "x", "--tokenizer", "/nonexistent"]).status == 66)
+    }
+}

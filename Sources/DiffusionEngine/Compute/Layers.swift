@@ -1,0 +1,122 @@
+/// The state of one forward pass: the weights, a pool of activation buffers and the scratch
+/// buffers of convolution and attention, reused from layer to layer.
+///
+/// Layer helpers take a module name (`decoder.conv_in`) and read `<name>.weight` and
+/// `<name>.bias` through the ``WeightProvider``. Inputs passed to a helper are left intact;
+/// the result comes from the pool and the caller recycles it when done.
+final class Workspace {
+    let weights: WeightProvider
+    let pool = TensorPool()
+    private var columns: FloatTensor?
+    private var scores: FloatTensor?
+
+    init(weights: WeightProvider) { self.weights = weights }
+
+    /// Scratch of at least `count` floats for im2col columns.
+    private func columnBuffer(_ count: Int) -> UnsafeMutablePointer<Float> {
+        if columns == nil || columns!.capacity < count { columns = FloatTensor(shape: [count]) }
+        return columns!.base
+    }
+
+    private func scoreBuffer(_ count: Int) -> UnsafeMutablePointer<Float> {
+        if scores == nil || scores!.capacity < count { scores = FloatTensor(shape: [count]) }
+        return scores!.base
+    }
+
+    // MARK: Linear
+
+    /// `x[rows, in] -> [rows, out]` with the weight `[out, in]` of `name` and its bias if any.
+    func linear(_ x: FloatTensor, _ name: String, bias useBias: Bool = true) throws -> FloatTensor {
+        let shape = try weights.shape(name + ".weight")
+        guard shape.count == 2, let inFeatures = x.shape.last, shape[1] == inFeatures else {
+            throw EngineError(.shapeMismatch, "linear weight \(shape) does not fit input \(x.shape)", tensorName: weights.prefix + name + ".weight")
+        }
+        let rows = x.count / inFeatures, outFeatures = shape[0]
+        let y = pool.take(Array(x.shape.dropLast()) + [outFeatures])
+        try weights.withFloats(name + ".weight") { w in
+            GEMM.multiply(m: rows, n: outFeatures, k: inFeatures, a: x.base, lda: inFeatures,
+                          b: w, ldb: inFeatures, transposeB: true, c: y.base, ldc: outFeatures)
+        }
+        if useBias, weights.contains(name + ".bias") {
+            try weights.withFloats(name + ".bias", shape: [outFeatures]) { b in
+                Kernels.addRowBias(y.base, rows: rows, columns: outFeatures, bias: b)
+            }
+        }
+        return y
+    }
+
+    // MARK: Convolution
+
+    /// A 2-D convolution of `x[C, H, W]` with the weight `[outC, C, kh, kw]` of `name`.
+    func conv2d(_ x: FloatTensor, _ name: String, stride: Int = 1, padding: Convolution.Padding) throws -> FloatTensor {
+        let shape = try weights.shape(name + ".weight")
+        guard x.shape.count == 3, shape.count == 4, shape[1] == x.shape[0] else {
+            throw EngineError(.shapeMismatch, "convolution weight \(shape) does not fit input \(x.shape)", tensorName: weights.prefix + name + ".weight")
+        }
+        let g = Convolution.Geometry(inChannels: x.shape[0], height: x.shape[1], width: x.shape[2],
+                                     outChannels: shape[0], kernelHeight: shape[2], kernelWidth: shape[3],
+                                     stride: stride, padding: padding)
+        guard g.outHeight > 0, g.outWidth > 0 else {
+            throw EngineError(.shapeMismatch, "input \(x.shape) too small for convolution \(shape)", tensorName: weights.prefix + name + ".weight")
+        }
+        let y = pool.take([g.outChannels, g.outHeight, g.outWidth])
+        let columns = g.isPointwise ? nil : columnBuffer(g.patchSize * Convolution.blockPixels(g))
+        let hasBias = weights.contains(name + ".bias")
+        try weights.withFloats(name + ".weight") { w in
+            if hasBias {
+                try weights.withFloats(name + ".bias", shape: [g.outChannels]) { b in
+                    Convolution.forward(x.base, geometry: g, weight: w, bias: b, output: y.base, columns: columns)
+                }
+            } else {
+                Convolution.forward(x.base, geometry: g, weight: w, bias: nil, output: y.base, columns: columns)
+            }
+        }
+        return y
+    }
+
+    // MARK: Normalisation
+
+    /// Group norm of `x[C, H, W]` (or `[C, N]`) into a new tensor, optionally fused with SiLU.
+    func groupNorm(_ x: FloatTensor, _ name: String, groups: Int, epsilon: Float, silu: Bool = false) throws -> FloatTensor {
+        let channels = x.shape[0], plane = x.count / max(channels, 1)
+        guard groups > 0, channels % groups == 0 else {
+            throw EngineError(.shapeMismatch, "\(channels) channels do not split into \(groups) groups", tensorName: weights.prefix + name + ".weight")
+        }
+        let y = pool.take(x.shape)
+        try weights.withFloats(name + ".weight", shape: [channels]) { w in
+            try weights.withFloats(name + ".bias", shape: [channels]) { b in
+                Kernels.groupNorm(x.base, into: y.base, channels: channels, plane: plane, groups: groups,
+                                  epsilon: epsilon, weight: w, bias: b, silu: silu)
+            }
+        }
+        return y
+    }
+
+    /// Layer norm over the last dimension of `x` into a new tensor.
+    func layerNorm(_ x: FloatTensor, _ name: String, epsilon: Float) throws -> FloatTensor {
+        let features = x.shape.last ?? 0
+        let y = pool.take(x.shape)
+        try weights.withFloats(name + ".weight", shape: [features]) { w in
+            try weights.withFloats(name + ".bias", shape: [features]) { b in
+                Kernels.layerNorm(x.base, into: y.base, rows: x.count / max(features, 1), features: features,
+                                  epsilon: epsilon, weight: w, bias: b)
+            }
+        }
+        return y
+    }
+
+    // MARK: Attention
+
+    /// Multi-head attention over `[tokens, heads * headDim]` projections of one sequence.
+    func attention(q: FloatTensor, k: FloatTensor, v: FloatTensor, heads: Int, causal: Bool, chunk: Int? = nil) -> FloatTensor {
+        let width = q.shape.last!, queries = q.count / width, keys = k.count / width
+        let d = width / heads
+        let out = pool.take(q.shape)
+        let chunk = chunk ?? Attention.defaultChunk(queries: queries, keys: keys)
+        Attention.forward(q: q.base, qStride: width, k: k.base, kStride: width, v: v.base, vStride: width,
+                          out: out.base, outStride: width, queries: queries, keys: keys, heads: heads,
+                          headDimension: d, scale: 1 / Float(d).squareRoot(), causal: causal,
+                          chunk: chunk, scores: scoreBuffer(chunk * keys))
+        return out
+    }
+}

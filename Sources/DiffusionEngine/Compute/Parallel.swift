@@ -1,0 +1,55 @@
+import Dispatch
+import Foundation
+
+/// A pointer that may cross into `concurrentPerform` workers. Each worker touches a disjoint
+/// range, which is what makes this sound.
+struct SharedPointer<T>: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<T>
+    init(_ pointer: UnsafeMutablePointer<T>) { self.pointer = pointer }
+    init(_ pointer: UnsafePointer<T>) { self.pointer = UnsafeMutablePointer(mutating: pointer) }
+}
+
+enum Parallel {
+    /// Worker count for elementwise work (the machine's active processors, at most 8).
+    static let workerCount: Int = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
+
+    /// Runs `body` over `0..<count` split into contiguous ranges, one per worker, when the work
+    /// is large enough to be worth it (`grain` items at least per range).
+    @inline(__always)
+    static func forRanges(_ count: Int, grain: Int = 16_384, _ body: (Range<Int>) -> Void) {
+        if count <= 0 { return }
+        let parts = min(workerCount, max(1, count / max(grain, 1)))
+        if parts == 1 {
+            body(0..<count)
+            return
+        }
+        withoutActuallyEscaping(body) { body in
+            let shared = UnsafeSendableBox(body)
+            DispatchQueue.concurrentPerform(iterations: parts) { p in
+                let lo = count * p / parts
+                let hi = count * (p + 1) / parts
+                shared.value(lo..<hi)
+            }
+        }
+    }
+
+    /// Runs `body(i)` for each `i` in `0..<count` on all workers (each item is large work).
+    static func forEach(_ count: Int, _ body: (Int) -> Void) {
+        if count <= 0 { return }
+        if count == 1 || workerCount == 1 {
+            for i in 0..<count { body(i) }
+            return
+        }
+        withoutActuallyEscaping(body) { body in
+            let shared = UnsafeSendableBox(body)
+            DispatchQueue.concurrentPerform(iterations: count) { i in shared.value(i) }
+        }
+    }
+}
+
+/// Carries a non-Sendable closure into `concurrentPerform`; sound because callers only touch
+/// disjoint memory from each iteration.
+struct UnsafeSendableBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}

@@ -1,0 +1,138 @@
+import TensorCore
+
+/// Reads a network's weights from any ``TensorStore`` as `Float`, one tensor at a time.
+///
+/// F32 tensors at 4-byte-aligned addresses are handed out in place (zero copy from a mapping);
+/// F16, BF16 and F64 tensors, and unaligned F32 ones, are converted into a scratch buffer that
+/// is reused for the next tensor, so the whole model is never expanded at once. Names are
+/// looked up as `prefix + name`.
+///
+/// Not thread-safe: a provider belongs to one network and is used from one thread at a time.
+public final class WeightProvider {
+    /// Where the weights come from.
+    public let store: any TensorStore
+    /// Prepended to every name (`text_model.`, `first_stage_model.`, or empty).
+    public let prefix: String
+
+    /// Scratch buffers, one per nesting level of ``withFloats(_:shape:_:)``.
+    private var scratch: [FloatTensor] = []
+    private var depth = 0
+
+    /// - Parameters:
+    ///   - store: any tensor store (safetensors, checkpoint, `.wpk`, an in-memory store).
+    ///   - prefix: prepended to each weight name.
+    public init(store: any TensorStore, prefix: String = "") {
+        self.store = store
+        self.prefix = prefix
+    }
+
+    /// Whether the store has `prefix + name`.
+    public func contains(_ name: String) -> Bool { store.descriptor(named: prefix + name) != nil }
+
+    /// The descriptor of `prefix + name`.
+    /// - Throws: ``EngineError/Code/missingTensor``.
+    public func descriptor(_ name: String) throws(EngineError) -> TensorDescriptor {
+        guard let d = store.descriptor(named: prefix + name) else {
+            throw EngineError(.missingTensor, "weight missing from the \(store.formatName) store", tensorName: prefix + name)
+        }
+        return d
+    }
+
+    /// The shape of `prefix + name`.
+    public func shape(_ name: String) throws(EngineError) -> [Int] { try descriptor(name).shape.dimensions }
+
+    /// Calls `body` with the tensor's values as `Float`; the pointer must not escape.
+    ///
+    /// - Parameter shape: when given, the tensor must have exactly this shape.
+    /// - Throws: ``EngineError`` for a missing tensor, another shape, or a dtype that is not
+    ///   a float type; errors from `body` pass through.
+    func withFloats<R>(_ name: String, shape expected: [Int]? = nil, _ body: (UnsafePointer<Float>) throws -> R) throws -> R {
+        let full = prefix + name
+        let descriptor = try self.descriptor(name)
+        if let expected, descriptor.shape.dimensions != expected {
+            throw EngineError(.shapeMismatch, "weight has shape \(descriptor.shape), expected \(Shape(expected))", tensorName: full)
+        }
+        guard [.f32, .f16, .bf16, .f64].contains(descriptor.dtype) else {
+            throw EngineError(.unsupportedDType, "weight is \(descriptor.dtype.name); the engine computes with F32, F16, BF16 or F64 weights", tensorName: full)
+        }
+        let view: TensorView
+        do { view = try store.tensor(named: full) } catch {
+            throw EngineError(.missingTensor, "cannot read weight", tensorName: full, underlying: error)
+        }
+        let count = descriptor.elementCount
+        return try view.bytes.withUnsafeBytes { raw throws -> R in
+            guard let base = raw.baseAddress, count > 0 else {
+                let empty = [Float](repeating: 0, count: 1)
+                return try empty.withUnsafeBufferPointer { try body($0.baseAddress!) }
+            }
+            if descriptor.dtype == .f32, Int(bitPattern: base) % MemoryLayout<Float>.alignment == 0 {
+                return try body(base.assumingMemoryBound(to: Float.self))
+            }
+            let buffer = takeScratch(count)
+            defer { depth -= 1 }
+            try Self.widen(raw, dtype: descriptor.dtype, count: count, into: buffer.base, name: full)
+            return try body(buffer.base)
+        }
+    }
+
+    /// The tensor's values as a new array (for small tensors: biases, norms).
+    func floats(_ name: String, shape expected: [Int]? = nil) throws -> [Float] {
+        try withFloats(name, shape: expected) { p in
+            let n = try descriptor(name).elementCount
+            return Array(UnsafeBufferPointer(start: p, count: n))
+        }
+    }
+
+    /// Copies rows `indices` of a `[rows, columns]` tensor (an embedding table) into `output`,
+    /// converting only those rows.
+    func gatherRows(_ name: String, indices: [Int], into output: UnsafeMutablePointer<Float>) throws {
+        let full = prefix + name
+        let descriptor = try self.descriptor(name)
+        guard descriptor.shape.rank == 2 else {
+            throw EngineError(.shapeMismatch, "embedding table has shape \(descriptor.shape), expected two dimensions", tensorName: full)
+        }
+        let rows = descriptor.shape[0], columns = descriptor.shape[1]
+        guard let width = descriptor.dtype.byteWidth, [.f32, .f16, .bf16, .f64].contains(descriptor.dtype) else {
+            throw EngineError(.unsupportedDType, "embedding table is \(descriptor.dtype.name)", tensorName: full)
+        }
+        let view: TensorView
+        do { view = try store.tensor(named: full) } catch {
+            throw EngineError(.missingTensor, "cannot read weight", tensorName: full, underlying: error)
+        }
+        try view.bytes.withUnsafeBytes { raw throws in
+            for (i, index) in indices.enumerated() {
+                guard index >= 0 && index < rows else {
+                    throw EngineError(.invalidInput, "token id \(index) outside the vocabulary of \(rows)", tensorName: full)
+                }
+                let slice = UnsafeRawBufferPointer(rebasing: raw[(index * columns * width)..<((index + 1) * columns * width)])
+                try Self.widen(slice, dtype: descriptor.dtype, count: columns, into: output + i * columns, name: full)
+            }
+        }
+    }
+
+    private func takeScratch(_ count: Int) -> FloatTensor {
+        if depth == scratch.count { scratch.append(FloatTensor(shape: [count])) }
+        if scratch[depth].capacity < count { scratch[depth] = FloatTensor(shape: [count]) }
+        depth += 1
+        return scratch[depth - 1]
+    }
+
+    /// Converts in tiles spread over the processors.
+    private static func widen(_ raw: UnsafeRawBufferPointer, dtype: DType, count: Int, into output: UnsafeMutablePointer<Float>, name: String) throws(EngineError) {
+        guard let width = dtype.byteWidth else {
+            throw EngineError(.unsupportedDType, "cannot read \(dtype.name)", tensorName: name)
+        }
+        let out = SharedPointer(output)
+        let failed = UnsafeSendableBox(UnsafeMutablePointer<Bool>.allocate(capacity: 1))
+        failed.value.initialize(to: false)
+        defer { failed.value.deallocate() }
+        Parallel.forRanges(count, grain: 65_536) { r in
+            let source = UnsafeRawBufferPointer(rebasing: raw[(r.lowerBound * width)..<(r.upperBound * width)])
+            let target = UnsafeMutableBufferPointer(start: out.pointer + r.lowerBound, count: r.count)
+            do { try ElementConversion.widen(source, dtype: dtype, into: target, count: r.count) } catch { failed.value.pointee = true }
+        }
+        if failed.value.pointee {
+            throw EngineError(.unsupportedDType, "cannot convert \(dtype.name) weights to F32", tensorName: name)
+        }
+    }
+}

@@ -1,0 +1,105 @@
+import Foundation
+import StrictJSON
+import Testing
+@testable import DiffusionEngine
+
+/// One golden case of `Fixtures/golden/tokenizer_cases.json` (made by transformers' CLIPTokenizer).
+struct TokenizerCase: CustomTestStringConvertible, Sendable {
+    var name: String
+    var prompt: String
+    var ids: [Int]
+    var idsPad0: [Int]
+    var idsOpenCLIP: [Int]?
+    var testDescription: String { name }
+
+    static let all: [TokenizerCase] = {
+        let url = Fixture.golden.appendingPathComponent("tokenizer_cases.json")
+        guard let text = try? String(contentsOf: url, encoding: .utf8), let json = try? JSONParser.parse(text),
+              let cases = json.arrayValue else { return [] }
+        return cases.compactMap { c in
+            guard let o = c.objectValue, let prompt = o["prompt"]?.stringValue,
+                  let ids = o["ids"]?.arrayValue?.compactMap(\.intValue),
+                  let pad0 = o["ids_pad0"]?.arrayValue?.compactMap(\.intValue) else { return nil }
+            let openCLIP = o["open_clip_agrees"]?.boolValue == true ? o["ids_open_clip"]?.arrayValue?.compactMap(\.intValue) : nil
+            return TokenizerCase(name: o["name"]?.stringValue ?? prompt, prompt: prompt, ids: ids, idsPad0: pad0, idsOpenCLIP: openCLIP)
+        }
+    }()
+}
+
+@Suite("CLIP tokenizer")
+struct CLIPTokenizerTests {
+    static let folder = try! CLIPTokenizer(directory: Fixture.diffusers.appendingPathComponent("tokenizer"))
+    static let bundled = try! CLIPTokenizer.bundled()
+    /// SD 2.x's configuration: `!` (id 0) is the pad token.
+    static let sd2 = try! CLIPTokenizer.bundled(padToken: "!")
+
+    @Test func goldenCasesAreLoaded() {
+        #expect(TokenizerCase.all.count >= 20)
+    }
+
+    @Test("folder vocabulary matches transformers", arguments: TokenizerCase.all)
+    func folderMatchesGolden(_ c: TokenizerCase) {
+        #expect(Self.folder.encode(c.prompt) == c.ids)
+    }
+
+    @Test("pad token '!' matches transformers with SD 2.x's tokenizer configuration", arguments: TokenizerCase.all)
+    func sd2MatchesGolden(_ c: TokenizerCase) {
+        #expect(Self.sd2.encode(c.prompt) == c.idsPad0)
+    }
+
+    @Test("zero padding matches OpenCLIP where OpenCLIP agrees with transformers", arguments: TokenizerCase.all.filter { $0.idsOpenCLIP != nil })
+    func openCLIPPadding(_ c: TokenizerCase) {
+        #expect(Self.bundled.encode(c.prompt, padTokenID: 0) == c.idsOpenCLIP)
+    }
+
+    @Test("bundled vocabulary matches transformers", arguments: TokenizerCase.all)
+    func bundledMatchesGolden(_ c: TokenizerCase) {
+        #expect(Self.bundled.encode(c.prompt) == c.ids)
+    }
+
+    @Test func bundledVocabularyEqualsFolderVocabulary() {
+        #expect(Self.bundled.vocabulary == Self.folder.vocabulary)
+        #expect(Self.bundled.vocabulary.count == 49408)
+    }
+
+    @Test func tokenizerJSONAloneGivesTheSameIDs() throws {
+        // Only tokenizer.json and tokenizer_config.json, as transformers 5 saves a folder.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("wpk-tok-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for name in ["tokenizer.json", "tokenizer_config.json"] {
+            try FileManager.default.copyItem(at: Fixture.diffusers.appendingPathComponent("tokenizer/" + name), to: dir.appendingPathComponent(name))
+        }
+        let tokenizer = try CLIPTokenizer(directory: dir)
+        for c in TokenizerCase.all { #expect(tokenizer.encode(c.prompt) == c.ids, "\(c.name)") }
+    }
+
+    @Test func sd2PaddingFromConfiguration() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("wpk-tok-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for name in ["vocab.json", "merges.txt"] {
+            try FileManager.default.copyItem(at: Fixture.diffusers.appendingPathComponent("tokenizer/" + name), to: dir.appendingPathComponent(name))
+        }
+        try #"{"pad_token": {"content": "!", "lstrip": false}, "model_max_length": 77}"#.write(to: dir.appendingPathComponent("tokenizer_config.json"), atomically: true, encoding: .utf8)
+        let tokenizer = try CLIPTokenizer(directory: dir)
+        #expect(tokenizer.padTokenID == 0)
+        #expect(tokenizer.encode("a cat") == [49406, 320, 2368, 49407] + Array(repeating: 0, count: 73))
+    }
+
+    @Test func truncatesTo77WithEndToken() {
+        let ids = Self.folder.encode(String(repeating: "cat ", count: 100))
+        #expect(ids.count == 77)
+        #expect(ids.first == 49406 && ids.last == 49407)
+    }
+
+    @Test func malformedMergesAreRejected() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("wpk-tok-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try #"{"a": 0}"#.write(to: dir.appendingPathComponent("vocab.json"), atomically: true, encoding: .utf8)
+        try "#version: 0.2\na b c\n".write(to: dir.appendingPathComponent("merges.txt"), atomically: true, encoding: .utf8)
+        let error = #expect(throws: EngineError.self) { try CLIPTokenizer(directory: dir) }
+        #expect(error?.code == .invalidTokenizer)
+    }
+}

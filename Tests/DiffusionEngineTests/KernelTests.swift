@@ -1,0 +1,290 @@
+import Foundation
+import Testing
+import TensorCore
+@testable import DiffusionEngine
+
+/// The compute kernels against naive reference loops.
+@Suite("Compute kernels")
+struct KernelTests {
+    // MARK: GEMM
+
+    struct GEMMCase: Sendable, CustomTestStringConvertible {
+        var m: Int, n: Int, k: Int, transposeA: Bool, transposeB: Bool
+        var testDescription: String { "\(m)x\(n)x\(k) tA=\(transposeA) tB=\(transposeB)" }
+    }
+
+    @Test(arguments: [
+        GEMMCase(m: 1, n: 1, k: 1, transposeA: false, transposeB: false),
+        GEMMCase(m: 7, n: 5, k: 3, transposeA: false, transposeB: true),
+        GEMMCase(m: 33, n: 17, k: 65, transposeA: true, transposeB: false),
+        GEMMCase(m: 64, n: 96, k: 128, transposeA: true, transposeB: true),
+    ])
+    func gemmMatchesNaiveProduct(_ c: GEMMCase) {
+        var random = TestRandom(seed: 11)
+        let a = random.values(c.m * c.k), b = random.values(c.k * c.n)
+        var out = [Float](repeating: 0, count: c.m * c.n)
+        GEMM.multiply(m: c.m, n: c.n, k: c.k, a: a, lda: c.transposeA ? c.m : c.k, transposeA: c.transposeA,
+                      b: b, ldb: c.transposeB ? c.k : c.n, transposeB: c.transposeB, c: &out, ldc: c.n)
+        var expected = [Float](repeating: 0, count: c.m * c.n)
+        for i in 0..<c.m {
+            for j in 0..<c.n {
+                var s: Double = 0
+                for p in 0..<c.k {
+                    let av = c.transposeA ? a[p * c.m + i] : a[i * c.k + p]
+                    let bv = c.transposeB ? b[j * c.k + p] : b[p * c.n + j]
+                    s += Double(av) * Double(bv)
+                }
+                expected[i * c.n + j] = Float(s)
+            }
+        }
+        expectClose(out, expected, shape: [c.m, c.n], tolerance: 1e-4, "gemm")
+    }
+
+    // MARK: Convolution
+
+    struct ConvolutionCase: Sendable, CustomTestStringConvertible {
+        var inC: Int, h: Int, w: Int, outC: Int, kernel: Int, stride: Int
+        var padding: Convolution.Padding
+        var testDescription: String { "\(inC)x\(h)x\(w) -> \(outC) k\(kernel) s\(stride) pad \(padding)" }
+    }
+
+    @Test(arguments: [
+        ConvolutionCase(inC: 3, h: 9, w: 7, outC: 5, kernel: 3, stride: 1, padding: .init(1)),
+        ConvolutionCase(inC: 4, h: 8, w: 8, outC: 6, kernel: 1, stride: 1, padding: .init(0)),
+        ConvolutionCase(inC: 5, h: 10, w: 9, outC: 3, kernel: 3, stride: 2, padding: .init(top: 0, left: 0, bottom: 1, right: 1)),
+        ConvolutionCase(inC: 2, h: 6, w: 11, outC: 4, kernel: 3, stride: 1, padding: .init(0)),
+        ConvolutionCase(inC: 3, h: 5, w: 5, outC: 2, kernel: 5, stride: 1, padding: .init(2)),
+    ])
+    func convolutionMatchesNaiveLoops(_ c: ConvolutionCase) {
+        var random = TestRandom(seed: 12)
+        let g = Convolution.Geometry(inChannels: c.inC, height: c.h, width: c.w, outChannels: c.outC,
+                                     kernelHeight: c.kernel, kernelWidth: c.kernel, stride: c.stride, padding: c.padding)
+        let x = random.values(c.inC * c.h * c.w), weight = random.values(c.outC * g.patchSize), bias = random.values(c.outC)
+        var out = [Float](repeating: .nan, count: c.outC * g.outHeight * g.outWidth)
+        var columns = [Float](repeating: 0, count: g.patchSize * Convolution.blockPixels(g))
+        Convolution.forward(x, geometry: g, weight: weight, bias: bias, output: &out, columns: &columns)
+        var expected = [Float](repeating: 0, count: out.count)
+        for o in 0..<c.outC {
+            for oy in 0..<g.outHeight {
+                for ox in 0..<g.outWidth {
+                    var s = Double(bias[o])
+                    for ci in 0..<c.inC {
+                        for ky in 0..<c.kernel {
+                            for kx in 0..<c.kernel {
+                                let iy = oy * c.stride - c.padding.top + ky, ix = ox * c.stride - c.padding.left + kx
+                                guard iy >= 0, iy < c.h, ix >= 0, ix < c.w else { continue }
+                                s += Double(x[(ci * c.h + iy) * c.w + ix]) * Double(weight[((o * c.inC + ci) * c.kernel + ky) * c.kernel + kx])
+                            }
+                        }
+                    }
+                    expected[(o * g.outHeight + oy) * g.outWidth + ox] = Float(s)
+                }
+            }
+        }
+        expectClose(out, expected, shape: [c.outC, g.outHeight, g.outWidth], tolerance: 1e-4, "conv")
+    }
+
+    @Test func im2colBlocksSmallerThanTheImageGiveTheSameResult() {
+        // A patch size large enough that the column budget forces several blocks.
+        var random = TestRandom(seed: 13)
+        let g = Convolution.Geometry(inChannels: 512, height: 40, width: 40, outChannels: 4, kernelHeight: 3, kernelWidth: 3,
+                                     stride: 1, padding: .init(1))
+        #expect(Convolution.blockPixels(g) < 1600)
+        let x = random.values(512 * 1600), weight = random.values(4 * g.patchSize, scale: 0.05)
+        var blocked = [Float](repeating: 0, count: 4 * 1600)
+        var columns = [Float](repeating: 0, count: g.patchSize * Convolution.blockPixels(g))
+        Convolution.forward(x, geometry: g, weight: weight, bias: nil, output: &blocked, columns: &columns)
+        // Reference: one full im2col and one product.
+        var full = [Float](repeating: 0, count: g.patchSize * 1600)
+        Convolution.im2col(x, geometry: g, pixels: 0..<1600, into: &full)
+        var expected = [Float](repeating: 0, count: 4 * 1600)
+        GEMM.multiply(m: 4, n: 1600, k: g.patchSize, a: weight, lda: g.patchSize, b: full, ldb: 1600, c: &expected, ldc: 1600)
+        expectClose(blocked, expected, shape: [4, 40, 40], tolerance: 1e-4, "blocked conv")
+    }
+
+    // MARK: Normalisation and softmax
+
+    @Test(arguments: [(32, 16, 32), (64, 49, 32), (6, 5, 3)])
+    func groupNormMatchesDefinition(_ channels: Int, _ plane: Int, _ groups: Int) {
+        var random = TestRandom(seed: 14)
+        let x = random.values(channels * plane, scale: 3).map { $0 + 0.5 }
+        let w = random.values(channels), b = random.values(channels)
+        for silu in [false, true] {
+            var y = [Float](repeating: 0, count: x.count)
+            Kernels.groupNorm(x, into: &y, channels: channels, plane: plane, groups: groups, epsilon: 1e-6, weight: w, bias: b, silu: silu)
+            var expected = [Float](repeating: 0, count: x.count)
+            let per = channels / groups
+            for g in 0..<groups {
+                let slice = x[(g * per * plane)..<((g + 1) * per * plane)].map(Double.init)
+                let mean = slice.reduce(0, +) / Double(slice.count)
+                let variance = slice.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(slice.count)
+                for c in (g * per)..<((g + 1) * per) {
+                    for j in 0..<plane {
+                        var v = (Double(x[c * plane + j]) - mean) / (variance + 1e-6).squareRoot() * Double(w[c]) + Double(b[c])
+                        if silu { v = v / (1 + exp(-v)) }
+                        expected[c * plane + j] = Float(v)
+                    }
+                }
+            }
+            expectClose(y, expected, shape: [channels, plane], tolerance: 1e-5, "group norm silu=\(silu)")
+        }
+    }
+
+    @Test func layerNormMatchesDefinition() {
+        var random = TestRandom(seed: 15)
+        let rows = 9, features = 24
+        let x = random.values(rows * features, scale: 2), w = random.values(features), b = random.values(features)
+        var y = [Float](repeating: 0, count: x.count)
+        Kernels.layerNorm(x, into: &y, rows: rows, features: features, epsilon: 1e-5, weight: w, bias: b)
+        var expected = [Float](repeating: 0, count: x.count)
+        for i in 0..<rows {
+            let r = x[(i * features)..<((i + 1) * features)].map(Double.init)
+            let mean = r.reduce(0, +) / Double(features)
+            let variance = r.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(features)
+            for j in 0..<features {
+                expected[i * features + j] = Float((r[j] - mean) / (variance + 1e-5).squareRoot() * Double(w[j]) + Double(b[j]))
+            }
+        }
+        expectClose(y, expected, shape: [rows, features], tolerance: 1e-5, "layer norm")
+    }
+
+    @Test func softmaxRowsSumToOneAndMatchDefinition() {
+        var random = TestRandom(seed: 16)
+        let rows = 5, columns = 13
+        var x = random.values(rows * columns, scale: 20)
+        x[3] = -.infinity
+        let original = x
+        Kernels.softmaxRows(&x, rows: rows, columns: columns)
+        var expected = [Float](repeating: 0, count: x.count)
+        for i in 0..<rows {
+            let r = original[(i * columns)..<((i + 1) * columns)].map(Double.init)
+            let m = r.max()!
+            let e = r.map { exp($0 - m) }
+            let s = e.reduce(0, +)
+            for j in 0..<columns { expected[i * columns + j] = Float(e[j] / s) }
+        }
+        expectClose(x, expected, shape: [rows, columns], tolerance: 1e-6, "softmax")
+        #expect(x[3] == 0)
+    }
+
+    // MARK: Attention
+
+    @Test(arguments: [false, true])
+    func chunkedAttentionEqualsUnchunked(_ causal: Bool) {
+        var random = TestRandom(seed: 17)
+        let tokens = 50, heads = 4, d = 8, width = heads * d
+        let q = random.values(tokens * width), k = random.values(tokens * width), v = random.values(tokens * width)
+        func run(chunk: Int) -> [Float] {
+            var out = [Float](repeating: .nan, count: tokens * width)
+            var scores = [Float](repeating: 0, count: chunk * tokens)
+            Attention.forward(q: q, qStride: width, k: k, kStride: width, v: v, vStride: width, out: &out, outStride: width,
+                              queries: tokens, keys: tokens, heads: heads, headDimension: d, scale: 1 / Float(d).squareRoot(),
+                              causal: causal, chunk: chunk, scores: &scores)
+            return out
+        }
+        let whole = run(chunk: tokens)
+        // Reference in double precision.
+        var expected = [Float](repeating: 0, count: tokens * width)
+        for h in 0..<heads {
+            for i in 0..<tokens {
+                var s = [Double](repeating: -.infinity, count: tokens)
+                for j in 0..<tokens where !causal || j <= i {
+                    var dot: Double = 0
+                    for p in 0..<d { dot += Double(q[i * width + h * d + p]) * Double(k[j * width + h * d + p]) }
+                    s[j] = dot / Double(d).squareRoot()
+                }
+                let m = s.max()!
+                let e = s.map { exp($0 - m) }
+                let sum = e.reduce(0, +)
+                for p in 0..<d {
+                    var acc: Double = 0
+                    for j in 0..<tokens { acc += e[j] / sum * Double(v[j * width + h * d + p]) }
+                    expected[i * width + h * d + p] = Float(acc)
+                }
+            }
+        }
+        expectClose(whole, expected, shape: [tokens, width], tolerance: 1e-5, "attention")
+        for chunk in [1, 7, 16] {
+            expectClose(run(chunk: chunk), whole, shape: [tokens, width], tolerance: 1e-6, "chunk \(chunk)")
+        }
+    }
+
+    @Test func attentionScoreMemoryIsBoundedAt4096Tokens() {
+        // 512-px SD: 4096 latent tokens. One chunk of scores stays within the budget.
+        let chunk = Attention.defaultChunk(queries: 4096, keys: 4096)
+        #expect(chunk * 4096 <= Attention.scoreBudget)
+        #expect(chunk < 4096)
+    }
+
+    // MARK: Elementwise
+
+    @Test func activationsMatchDefinitions() {
+        let x: [Float] = [-6, -2.5, -1, -0.1, 0, 0.3, 1, 2, 7]
+        for (activation, reference) in [
+            (Kernels.Activation.silu, { (v: Double) in v / (1 + exp(-v)) }),
+            (.gelu, { (v: Double) in 0.5 * v * (1 + erf(v / 2.0.squareRoot())) }),
+            (.quickGELU, { (v: Double) in v / (1 + exp(-1.702 * v)) }),
+        ] {
+            var y = x
+            Kernels.apply(activation, &y, count: y.count)
+            expectClose(y, x.map { Float(reference(Double($0))) }, shape: [x.count], tolerance: 1e-6, "\(activation)")
+        }
+    }
+
+    @Test func elementwiseWorkSplitAcrossWorkersCoversEveryElement() {
+        var y = [Float](repeating: 1, count: 1_000_003)
+        let x = [Float](repeating: 2, count: y.count)
+        Kernels.add(x, into: &y, count: y.count)
+        #expect(y.allSatisfy { $0 == 3 })
+    }
+
+    @Test func nearestUpsamplingRepeatsEachPixel() {
+        let x: [Float] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]  // [2, 2, 3]
+        var y = [Float](repeating: 0, count: 48)
+        Kernels.upsampleNearest2x(x, channels: 2, height: 2, width: 3, into: &y)
+        for c in 0..<2 {
+            for i in 0..<4 {
+                for j in 0..<6 { #expect(y[(c * 4 + i) * 6 + j] == x[(c * 2 + i / 2) * 3 + j / 2]) }
+            }
+        }
+    }
+
+    @Test func transposeRoundTrips() {
+        var random = TestRandom(seed: 18)
+        let x = random.values(37 * 70)
+        var t = [Float](repeating: 0, count: x.count), back = [Float](repeating: 0, count: x.count)
+        Kernels.transpose(x, rows: 37, columns: 70, into: &t)
+        Kernels.transpose(t, rows: 70, columns: 37, into: &back)
+        #expect(back == x)
+        #expect(t[5 * 37 + 3] == x[3 * 70 + 5])
+    }
+
+    // MARK: Weights
+
+    @Test(arguments: [DType.f32, .f16, .bf16])
+    func weightProviderConvertsEachDType(_ dtype: DType) throws {
+        var random = TestRandom(seed: 19)
+        let values = random.values(300_000)
+        let store = MemoryStore()
+        store.add("w", shape: [300, 1000], values: values, dtype: dtype)
+        let provider = WeightProvider(store: store)
+        let got = try provider.floats("w", shape: [300, 1000])
+        let tolerance: Float = dtype == .f32 ? 0 : dtype == .f16 ? 1e-3 : 1e-2
+        expectClose(got, values, shape: [300, 1000], tolerance: tolerance, dtype.name)
+        var rows = [Float](repeating: 0, count: 2000)
+        try provider.gatherRows("w", indices: [299, 0], into: &rows)
+        #expect(Array(rows[0..<1000]) == Array(got[299_000..<300_000]))
+        #expect(Array(rows[1000...]) == Array(got[0..<1000]))
+    }
+
+    @Test func weightProviderReportsShapeAndDTypeErrors() throws {
+        let store = MemoryStore()
+        store.add("w", shape: [2, 3], values: [1, 2, 3, 4, 5, 6])
+        let provider = WeightProvider(store: store, prefix: "")
+        let shape = #expect(throws: EngineError.self) { try provider.floats("w", shape: [3, 2]) }
+        #expect(shape?.code == .shapeMismatch)
+        let missing = #expect(throws: EngineError.self) { try provider.floats("nope") }
+        #expect(missing?.code == .missingTensor)
+        #expect(missing?.tensorName == "nope")
+    }
+}

@@ -1,0 +1,116 @@
+import CheckpointFormats
+import Foundation
+import Testing
+import TensorCore
+@testable import DiffusionEngine
+
+/// Paths of the committed fixtures.
+enum Fixture {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures")
+    static let diffusers = root.appendingPathComponent("tiny-sd1/diffusers")
+    static let golden = root.appendingPathComponent("golden")
+
+    static func safetensors(_ relative: String, in base: URL = golden) throws -> SafetensorsFile {
+        try SafetensorsFile(path: base.appendingPathComponent(relative).path)
+    }
+}
+
+extension TensorStore {
+    /// A tensor's values as `Float`.
+    func floats(_ name: String) throws -> [Float] { try tensor(named: name).floats() }
+
+    /// An I64 tensor's values.
+    func int64s(_ name: String) throws -> [Int] {
+        let view = try tensor(named: name)
+        try #require(view.dtype == .i64)
+        return view.bytes.withUnsafeBytes { raw in
+            (0..<view.descriptor.elementCount).map { Int(Int64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self))) }
+        }
+    }
+}
+
+/// A tensor store held in memory, for kernel and layer tests.
+final class MemoryStore: TensorStore, @unchecked Sendable {
+    var formatName: String { "memory" }
+    private(set) var tensors: [TensorDescriptor] = []
+    var metadata: [String: String] { [:] }
+    private var data: [String: TensorBytes] = [:]
+
+    /// Adds `values` as `name`, stored as `dtype` (F32, F16 or BF16).
+    func add(_ name: String, shape: [Int], values: [Float], dtype: DType = .f32) {
+        precondition(shape.reduce(1, *) == values.count)
+        let width = dtype.byteWidth!
+        let buffer = OwnedBuffer(byteCount: values.count * width)
+        values.withUnsafeBytes { src in
+            try! ElementConversion.convert(src, from: .f32, into: buffer.mutableBytes, to: dtype, count: values.count)
+        }
+        let descriptor = TensorDescriptor(name: name, dtype: dtype, shape: Shape(shape), byteCount: values.count * width)
+        tensors.append(descriptor)
+        data[name] = TensorBytes(owner: buffer, buffer: buffer.bytes)
+    }
+
+    func tensor(named name: String) throws -> TensorView {
+        guard let bytes = data[name], let d = tensors.first(where: { $0.name == name }) else {
+            throw EngineError(.missingTensor, "no tensor", tensorName: name)
+        }
+        return TensorView(descriptor: d, bytes: bytes)
+    }
+}
+
+/// The result of comparing two tensors: shape, max abs and relative error, first bad index.
+struct TensorComparison: CustomStringConvertible {
+    var shape: [Int]
+    var maxAbsoluteError: Float
+    var maxRelativeError: Float
+    /// Index of the first element whose error exceeds the tolerance, if any.
+    var firstBadIndex: Int?
+    var tolerance: Float
+
+    var description: String {
+        var s = "shape \(shape): max abs error \(maxAbsoluteError), max rel error \(maxRelativeError) (tolerance \(tolerance))"
+        if let firstBadIndex { s += ", first bad index \(firstBadIndex)" }
+        return s
+    }
+
+    /// Compares `actual` with `expected` element by element with an absolute tolerance.
+    init(_ actual: [Float], _ expected: [Float], shape: [Int], tolerance: Float) {
+        self.shape = shape
+        self.tolerance = tolerance
+        maxAbsoluteError = 0
+        maxRelativeError = 0
+        firstBadIndex = actual.count == expected.count ? nil : 0
+        for i in 0..<min(actual.count, expected.count) {
+            let e = abs(actual[i] - expected[i])
+            if !(e <= tolerance), firstBadIndex == nil { firstBadIndex = i }
+            if e.isNaN { maxAbsoluteError = .nan; continue }
+            maxAbsoluteError = max(maxAbsoluteError, e)
+            maxRelativeError = max(maxRelativeError, e / max(abs(expected[i]), 1e-6))
+        }
+    }
+}
+
+/// Expects `actual` to match `expected` within `tolerance`, reporting the comparison.
+@discardableResult
+func expectClose(_ actual: [Float], _ expected: [Float], shape: [Int], tolerance: Float,
+                 _ label: String = "", sourceLocation: SourceLocation = #_sourceLocation) -> TensorComparison {
+    let c = TensorComparison(actual, expected, shape: shape, tolerance: tolerance)
+    #expect(actual.count == expected.count, "\(label): \(actual.count) values, expected \(expected.count)", sourceLocation: sourceLocation)
+    #expect(c.firstBadIndex == nil, "\(label): \(c)", sourceLocation: sourceLocation)
+    return c
+}
+
+/// Deterministic pseudo-random values in [-1, 1) (SplitMix64).
+struct TestRandom {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> Float {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        z ^= z >> 31
+        return Float(z >> 40) / Float(1 << 23) - 1
+    }
+    mutating func values(_ n: Int, scale: Float = 1) -> [Float] { (0..<n).map { _ in next() * scale } }
+}
