@@ -68,6 +68,9 @@ func writeStandardError(_ text: String) {
 
 /// Runs `body`, turning library errors into one stderr line and the documented exit code.
 func runReporting(verbose: Bool = false, _ body: () throws -> Void) throws {
+    // No thread may still be running when the process exits (libcrypto's exit handlers free
+    // what a hashing thread is using).
+    defer { BackgroundWork.cancelAndWaitForAll() }
     do {
         try body()
     } catch let exit as ExitCode {

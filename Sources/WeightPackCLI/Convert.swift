@@ -75,39 +75,3 @@ struct Convert: ParsableCommand {
         }
     }
 }
-
-/// The SHA-256 and size of an input file, computed on a background thread.
-final class SourceDigest: @unchecked Sendable {
-    struct Value { var size: Int; var sha256: String }
-    private let group = DispatchGroup()
-    private var result: Result<Value, any Error>?
-
-    /// Starts hashing `path` if it is a regular file; `nil` for folders and index files.
-    static func start(path: String) -> SourceDigest? {
-        guard let kind = try? ModelInput.detect(path), kind != .diffusers, kind != .folder, kind != .shardedSafetensors else { return nil }
-        let digest = SourceDigest()
-        digest.group.enter()
-        DispatchQueue.global().async {
-            defer { digest.group.leave() }
-            digest.result = Result {
-                let file = try MappedFile(path: path)
-                let sha = SHA256Digest()
-                let chunk = 64 << 20
-                var offset = 0
-                while offset < file.size {
-                    let end = min(file.size, offset + chunk)
-                    file.bytes(in: offset..<end)!.withUnsafeBytes { sha.update($0) }
-                    file.adviseDone(with: offset..<end)
-                    offset = end
-                }
-                return Value(size: file.size, sha256: sha.finalizeHex())
-            }
-        }
-        return digest
-    }
-
-    func wait() throws -> Value {
-        group.wait()
-        return try result!.get()
-    }
-}
