@@ -24,8 +24,9 @@ deps:
 build: deps
 	swift build
 
+# The Swift runtime is linked statically: a self-contained binary that starts in milliseconds.
 release: deps
-	swift build -c release
+	swift build -c release --static-swift-stdlib
 
 run: release
 	@mkdir -p $(OUT)

@@ -13,7 +13,7 @@ WP="$ROOT/.build/release/weightpack"
 WHAT="${1:-all}"
 mkdir -p "$DIR"
 
-(cd "$ROOT" && swift build -c release >/dev/null)
+(cd "$ROOT" && swift build -c release --static-swift-stdlib >/dev/null)
 [ -x "$PY" ] || { echo "no fixture venv at $VENV: run Fixtures/generate/setup_venv.sh" >&2; exit 1; }
 MODEL="$DIR/sd15-random.safetensors"
 CKPT="$DIR/sd15-random.ckpt"
