@@ -30,12 +30,12 @@ release: deps
 
 run: release
 	@mkdir -p $(OUT)
-	@echo "== inspect $(MODEL)"
+	@echo "== inspect $(MODEL): what model it is, and a few of its tensors"
 	$(RELEASE_BIN) inspect $(MODEL) --filter 'cond_stage_model.transformer.text_model.encoder.layers.0.*'
 	@echo "== convert to f16"
 	$(RELEASE_BIN) convert $(MODEL) $(OUT)/tiny-sd1-f16.wpk --dtype f16 --force
-	@echo "== convert, lossless and compressed"
-	$(RELEASE_BIN) convert $(MODEL) $(OUT)/tiny-sd1-keep-zstd.wpk --compress --force
+	@echo "== convert, lossless and compressed, keeping the schedule buffers too"
+	$(RELEASE_BIN) convert $(MODEL) $(OUT)/tiny-sd1-keep-zstd.wpk --compress --keep-extra --force
 	@echo "== inspect the .wpk (statistics)"
 	$(RELEASE_BIN) inspect $(OUT)/tiny-sd1-f16.wpk --stats --filter 'first_stage_model.decoder.conv_out.*'
 	@echo "== check every checksum"
@@ -44,6 +44,9 @@ run: release
 	@echo "== export back to safetensors and compare with the original, byte for byte"
 	$(RELEASE_BIN) export $(OUT)/tiny-sd1-keep-zstd.wpk $(OUT)/tiny-sd1-roundtrip.safetensors --force
 	cmp $(MODEL) $(OUT)/tiny-sd1-roundtrip.safetensors && echo "round trip: identical"
+	@echo "== the same model as a diffusers folder, and what differs between it and the f16 file"
+	$(RELEASE_BIN) export $(OUT)/tiny-sd1-f16.wpk $(OUT)/tiny-sd1-diffusers --layout diffusers --force
+	-$(RELEASE_BIN) diff $(MODEL) $(OUT)/tiny-sd1-f16.wpk | tail -n 4
 	@echo "== a PyTorch checkpoint: list its pickle's globals, then convert it (nothing is executed)"
 	$(RELEASE_BIN) scan $(CKPT)
 	$(RELEASE_BIN) convert $(CKPT) $(OUT)/tiny-sd1-from-ckpt.wpk --force

@@ -62,6 +62,10 @@ let package = Package(
             name: "CheckpointFormatsTests",
             dependencies: ["CheckpointFormats", "MappedIO", "TensorCore", "StrictJSON"],
             swiftSettings: strict),
+        .testTarget(
+            name: "ModelCatalogTests",
+            dependencies: ["ModelCatalog", "CheckpointFormats", "TensorCore", "StrictJSON"],
+            swiftSettings: strict),
         .testTarget(name: "SafePickleTests", dependencies: ["SafePickle", "TensorCore"], swiftSettings: strict),
         .testTarget(name: "DiffusionEngineTests", dependencies: ["DiffusionEngine", "CheckpointFormats", "TensorCore"], swiftSettings: strict),
         .testTarget(

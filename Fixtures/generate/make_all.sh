@@ -9,6 +9,7 @@ PY="$VENV/bin/python"
 export PYTHONHASHSEED=0
 "$PY" make_malformed.py --check
 "$PY" make_tiny_sd1.py
+"$PY" make_tiny_sd2_sdxl.py
 "$PY" make_goldens.py
 {
   echo "# Installed in the fixture venv ($VENV) when the fixtures were last generated."
@@ -16,4 +17,4 @@ export PYTHONHASHSEED=0
   "$PY" -m pip freeze --all
 } > versions.txt
 echo "fixtures regenerated; sizes:"
-du -sh ../tiny-sd1 ../golden ../malformed
+du -sh ../tiny-sd1 ../tiny-sd2 ../tiny-sdxl ../golden ../malformed

@@ -15,7 +15,12 @@ public enum ModelInput {
     public struct Options: Sendable {
         /// Read checkpoints whose pickles name dangerous globals (nothing is ever executed).
         public var allowUnsafeGlobals = false
-        public init(allowUnsafeGlobals: Bool = false) { self.allowUnsafeGlobals = allowUnsafeGlobals }
+        /// For diffusers folders: prefer weight files of this variant (`fp16`).
+        public var variant: String?
+        public init(allowUnsafeGlobals: Bool = false, variant: String? = nil) {
+            self.allowUnsafeGlobals = allowUnsafeGlobals
+            self.variant = variant
+        }
     }
 
     /// Opens `path` with the reader its content calls for.
@@ -26,7 +31,7 @@ public enum ModelInput {
         case .wpk: return try WPKFile(path: path)
         case .torchZip, .torchLegacy: return try openTorch(path, options: options)
         case .diffusers, .folder:
-            throw FormatError(.unrecognizedFormat, "reading diffusers folders is not supported yet", path: path)
+            return try DiffusersFolder(path: path, variant: options.variant, allowUnsafeGlobals: options.allowUnsafeGlobals)
         }
     }
 

@@ -65,15 +65,24 @@ extension OutputTensor {
 enum TensorEmitter {
     static let chunkElements = 1 << 20
 
-    /// Writes `tensor` and returns the XXH64 of the bytes written.
-    static func emit(_ tensor: OutputTensor, to writer: AtomicFileWriter) throws(FormatError) -> UInt64 {
+    /// What writing one tensor produced.
+    struct Emitted {
+        /// XXH64 of the bytes written.
+        var checksum: UInt64
+        /// Finite source values that became infinite in f16 (0 unless writing f16).
+        var float16Overflow: Int
+    }
+
+    /// Writes `tensor`.
+    static func emit(_ tensor: OutputTensor, to writer: AtomicFileWriter) throws(FormatError) -> Emitted {
         let view = try load(tensor)
         var hasher = XXHash64()
+        var overflow = 0
         try view.bytes.withUnsafeBytes { (source) throws(FormatError) in
-            try emit(source: source, from: tensor.sourceDType, as: tensor.dtype, count: tensor.shape.count, name: tensor.name, to: writer, hasher: &hasher)
+            overflow = try emit(source: source, from: tensor.sourceDType, as: tensor.dtype, count: tensor.shape.count, name: tensor.name, to: writer, hasher: &hasher)
             (view.bytes.owner as? MappedFile)?.adviseDone(with: source)
         }
-        return hasher.finalize()
+        return Emitted(checksum: hasher.finalize(), float16Overflow: overflow)
     }
 
     /// Loads the source of `tensor` and checks it against the plan.
@@ -90,11 +99,13 @@ enum TensorEmitter {
         return view
     }
 
-    /// Converts (or copies) `count` elements into `writer`, feeding `hasher`.
+    /// Converts (or copies) `count` elements into `writer`, feeding `hasher`; returns how many
+    /// finite values became infinite when the output is f16.
+    @discardableResult
     static func emit(
         source: UnsafeRawBufferPointer, from: DType, as dtype: DType, count: Int, name: String,
         to writer: AtomicFileWriter, hasher: inout XXHash64
-    ) throws(FormatError) {
+    ) throws(FormatError) -> Int {
         do {
             if from == dtype {
                 var offset = 0
@@ -105,12 +116,13 @@ enum TensorEmitter {
                     hasher.update(piece)
                     offset += piece.count
                 }
-                return
+                return 0
             }
             guard ElementConversion.canConvert(from: from, to: dtype), let inWidth = from.byteWidth, let outWidth = dtype.byteWidth else {
                 throw FormatError(.unsupportedConversion, "cannot convert \(from.name) to \(dtype.name)", tensor: name)
             }
             var start = 0
+            var overflow = 0
             while start < count {
                 let n = min(chunkElements, count - start)
                 let piece = UnsafeRawBufferPointer(rebasing: source[(start * inWidth)..<((start + n) * inWidth)])
@@ -119,9 +131,12 @@ enum TensorEmitter {
                     try ElementConversion.convert(piece, from: from, into: out, to: dtype, count: n)
                     chunkHash.update(UnsafeRawBufferPointer(out))
                 }
+                // The source chunk is still in cache: count what f16 could not hold.
+                if dtype == .f16 { overflow += ElementConversion.float16OverflowCount(piece, dtype: from, count: n) }
                 hasher = chunkHash
                 start += n
             }
+            return overflow
         } catch let error as FormatError {
             throw error
         } catch let error as IOError {

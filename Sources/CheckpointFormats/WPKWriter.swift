@@ -11,9 +11,13 @@ public enum WPKWriter {
         public var compress = false
         /// The zstd level for `compress`.
         public var compressionLevel: Int32 = 3
-        public init(compress: Bool = false, compressionLevel: Int32 = 3) {
+        /// Told, after each tensor written as f16, how many finite values became infinite
+        /// (only when there were any).
+        public var float16Overflow: (@Sendable (_ tensor: String, _ count: Int) -> Void)?
+        public init(compress: Bool = false, compressionLevel: Int32 = 3, float16Overflow: (@Sendable (String, Int) -> Void)? = nil) {
             self.compress = compress
             self.compressionLevel = compressionLevel
+            self.float16Overflow = float16Overflow
         }
     }
 
@@ -60,12 +64,15 @@ public enum WPKWriter {
                 let offset = writer.position - dataOffset
                 let encoding: WPKEncoding
                 let checksum: UInt64
+                var overflow = 0
                 if options.compress, t.dtype.isConvertibleFloat, let width = t.dtype.byteWidth, t.shape.count > 0 {
-                    (encoding, checksum) = try writeCompressed(t, width: width, level: options.compressionLevel, to: writer)
+                    (encoding, checksum, overflow) = try writeCompressed(t, width: width, level: options.compressionLevel, to: writer)
                 } else {
-                    checksum = try TensorEmitter.emit(t, to: writer)
+                    let emitted = try TensorEmitter.emit(t, to: writer)
+                    (checksum, overflow) = (emitted.checksum, emitted.float16Overflow)
                     encoding = .raw
                 }
+                if overflow > 0 { options.float16Overflow?(t.sourceName, overflow) }
                 let size = try t.byteCount()
                 entries.append(WPKTensorEntry(
                     descriptor: TensorDescriptor(name: t.name, dtype: t.dtype, shape: t.shape, byteCount: size),
@@ -104,11 +111,13 @@ public enum WPKWriter {
 
     /// Converts a tensor into memory, compresses its byte planes and writes them (or the raw
     /// bytes when compression does not pay).
-    private static func writeCompressed(_ t: OutputTensor, width: Int, level: Int32, to writer: AtomicFileWriter) throws(FormatError) -> (WPKEncoding, UInt64) {
+    private static func writeCompressed(_ t: OutputTensor, width: Int, level: Int32, to writer: AtomicFileWriter) throws(FormatError) -> (WPKEncoding, UInt64, Int) {
         let size = try t.byteCount()
         let logical = OwnedBuffer(byteCount: size)
         let view = try TensorEmitter.load(t)
+        var overflow = 0
         try view.bytes.withUnsafeBytes { (source) throws(FormatError) in
+            if t.dtype == .f16 { overflow = ElementConversion.float16OverflowCount(source, dtype: t.sourceDType, count: t.shape.count) }
             do throws(TensorCoreError) {
                 try ElementConversion.convert(source, from: t.sourceDType, into: logical.mutableBytes, to: t.dtype, count: t.shape.count)
             } catch {
@@ -119,10 +128,10 @@ public enum WPKWriter {
         do {
             if let compressed = try ByteGroupCodec.encode(logical.bytes, width: width, level: level) {
                 try writer.write(compressed.bytes)
-                return (.zstdByteGroup(width: width, size: size, rawChecksum: rawChecksum), XXHash64.hash(compressed.bytes))
+                return (.zstdByteGroup(width: width, size: size, rawChecksum: rawChecksum), XXHash64.hash(compressed.bytes), overflow)
             }
             try writer.write(logical.bytes)
-            return (.raw, rawChecksum)
+            return (.raw, rawChecksum, overflow)
         } catch let error as IOError {
             throw FormatError(error)
         } catch let error as FormatError {

@@ -105,6 +105,52 @@ public enum ElementConversion {
         }
     }
 
+    /// How many of `count` finite values become infinite when rounded to f16 (magnitude at or
+    /// above 65520): the values that blacken a VAE stored in half precision.
+    ///
+    /// Counts F32, F64 and BF16 sources; any other dtype has no such values and gives 0.
+    public static func float16OverflowCount(_ source: UnsafeRawBufferPointer, dtype: DType, count: Int) -> Int {
+        guard count > 0, let width = dtype.byteWidth, source.count >= count * width else { return 0 }
+        let src = source.baseAddress!
+        switch dtype {
+        case .f32, .bf16:
+            // Compare magnitudes as integers: finite values at or above 65520 (0x477FF000).
+            var total = 0
+            if dtype == .f32 {
+                let whole = count / 16 * 16
+                var lanes = SIMD16<UInt32>()
+                var i = 0
+                while i < whole {
+                    let m = src.loadUnaligned(fromByteOffset: i &* 4, as: SIMD16<UInt32>.self) & SIMD16(repeating: 0x7FFF_FFFF)
+                    let hit = (m .>= SIMD16(repeating: 0x477F_F000)) .& (m .< SIMD16(repeating: 0x7F80_0000))
+                    lanes &+= SIMD16<UInt32>(repeating: 0).replacing(with: 1, where: hit)
+                    i &+= 16
+                }
+                total = Int(lanes.wrappedSum())
+                while i < count {
+                    let m = src.loadUnaligned(fromByteOffset: i &* 4, as: UInt32.self) & 0x7FFF_FFFF
+                    if m >= 0x477F_F000 && m < 0x7F80_0000 { total += 1 }
+                    i &+= 1
+                }
+            } else {
+                for i in 0..<count {
+                    let m = UInt32(src.loadUnaligned(fromByteOffset: i &* 2, as: UInt16.self) & 0x7FFF) << 16
+                    if m >= 0x477F_F000 && m < 0x7F80_0000 { total += 1 }
+                }
+            }
+            return total
+        case .f64:
+            var total = 0
+            for i in 0..<count {
+                let v = Double(bitPattern: src.loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self))
+                if v.isFinite && Float(v).halfBits & 0x7FFF == 0x7C00 { total += 1 }
+            }
+            return total
+        default:
+            return 0
+        }
+    }
+
     /// `halfBits(fromFloatBits:)` on 16 lanes.
     @inline(__always)
     static func halfBits16(_ x: SIMD16<UInt32>) -> SIMD16<UInt16> {

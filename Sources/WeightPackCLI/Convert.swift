@@ -1,11 +1,13 @@
 import ArgumentParser
 import CheckpointFormats
 import MappedIO
+import ModelCatalog
 import StrictJSON
 import TensorCore
 import Dispatch
 
 extension DTypeChoice: ExpressibleByArgument {}
+extension WeightSelection: ExpressibleByArgument {}
 
 struct Convert: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -16,9 +18,12 @@ struct Convert: ParsableCommand {
             temporary file beside it and renamed into place only when complete.
             Exit codes: 0 done, 65 malformed input, 66 missing input, 73 output exists (without
             --force) or cannot be created, 74 I/O error.
+            A recognised model is stored under canonical names (Formats/names.md) with its
+            detected architecture and source layout, so export can give the layout back.
+            Schedule buffers, EMA bookkeeping and other leftovers are left out unless --keep-extra.
             """)
 
-    @Argument(help: "The model to convert: .safetensors (or an index of shards), .ckpt/.pt/.pth/.bin, or .wpk.")
+    @Argument(help: "The model to convert: .safetensors (or an index of shards), .ckpt/.pt/.pth/.bin, a diffusers folder, or .wpk.")
     var input: String
 
     @Argument(help: "The .wpk file to write.")
@@ -36,6 +41,18 @@ struct Convert: ParsableCommand {
     @Flag(help: "Overwrite the output if it exists.")
     var force = false
 
+    @Option(help: "UNet weights to store: main, or ema (the model_ema.* copies under the main names).")
+    var weights: WeightSelection = .main
+
+    @Flag(help: "Keep schedule buffers, unselected EMA copies and other leftovers (as extra.<name>).")
+    var keepExtra = false
+
+    @Flag(help: "Store CLIP position_ids as the integers 0..n-1 (repairs merge-damaged checkpoints).")
+    var fixPositionIds = false
+
+    @Option(help: "For diffusers folders: prefer weight files of this variant (e.g. fp16).")
+    var variant: String?
+
     @OptionGroup var inputOptions: InputOptions
 
     func validate() throws {
@@ -44,18 +61,50 @@ struct Convert: ParsableCommand {
 
     func run() throws {
         try runReporting(verbose: inputOptions.verbose) {
-            let store = try inputOptions.open(input)
+            var options = inputOptions.modelInputOptions
+            options.variant = variant
+            let source = try ModelInput.open(input, options: options)
+            let model = try CanonicalModel(source, weights: weights, keepExtra: keepExtra)
+            let store = model.store
             let sourceDigest = SourceDigest.start(path: input)
-            let plan = OutputTensor.plan(from: store, dtype: dtype)
+            var plan = OutputTensor.plan(from: store, dtype: dtype)
+            for i in plan.indices {
+                if let name = model.sourceName(of: plan[i].name) { plan[i].sourceName = name }
+            }
+            if fixPositionIds {
+                let broken = Set(try model.brokenPositionIDs().map(\.tensor))
+                for i in plan.indices where broken.contains(plan[i].name) {
+                    let recipe = TensorRecipe(name: plan[i].name, dtype: .i64, shape: plan[i].shape, sources: [], operation: .positionIDs)
+                    plan[i] = OutputTensor(name: plan[i].name, dtype: .i64, shape: plan[i].shape, sourceName: plan[i].sourceName, sourceDType: .i64, load: { try recipe.materialize(from: store) })
+                    printError("repaired \(plan[i].sourceName): position_ids set to 0..\(plan[i].shape.count - 1)")
+                }
+            }
+            let overflows = Float16Overflows()
             var metadata = JSONObject()
             metadata["tool"] = .string("weightpack \(WeightPackCommand.version)")
-            metadata["conversion"] = ["dtype": .string(dtype.rawValue), "compress": .bool(compress)]
+            metadata["conversion"] = [
+                "dtype": .string(dtype.rawValue), "compress": .bool(compress), "weights": .string(weights.rawValue),
+                "keep_extra": .bool(keepExtra), "fix_position_ids": .bool(fixPositionIds),
+            ]
+            if model.isCanonical, let layout = model.layout {
+                metadata["architecture"] = model.detection.json
+                metadata["layout"] = layout.json
+                if !model.leftovers.isEmpty {
+                    metadata["leftovers"] = .array(model.leftovers.map { ["name": .string($0.descriptor.name), "kind": .string($0.kind.rawValue), "kept": .bool(keepExtra)] })
+                }
+                var files = JSONObject()
+                for file in model.auxiliaryFiles {
+                    if let text = String(validating: file.bytes, as: UTF8.self) { files[file.path] = .string(text) }
+                }
+                if files.count > 0 { metadata["diffusers_files"] = .object(files) }
+            }
+            let dropped = keepExtra || !model.isCanonical ? [] : model.leftovers
             metadata["strings"] = .object(JSONObject(store.metadata.sorted { $0.key < $1.key }.map { ($0.key, JSONValue.string($0.value)) }))
             // The source digest is computed on the other core while tensors convert; the header
             // is written last, so it can still be recorded.
             let entries = try WPKWriter.write(
                 plan, metadata: metadata, to: output, overwrite: force,
-                options: WPKWriter.Options(compress: compress, compressionLevel: compressionLevel),
+                options: WPKWriter.Options(compress: compress, compressionLevel: compressionLevel, float16Overflow: overflows.add),
                 progress: TerminalProgress.make("convert"),
                 finalizeMetadata: { meta in
                     var source = JSONObject()
@@ -72,6 +121,27 @@ struct Convert: ParsableCommand {
             var line = "wrote \(output): \(entries.count) tensors, \(formatBytes(stored))"
             if compress, stored > 0 { line += " (compression ratio \(format1(Double(logical) / Double(stored))))" }
             printError(line)
+            overflows.report()
+            if !dropped.isEmpty {
+                printError("left out \(dropped.count) leftover tensors (\(Set(dropped.map(\.kind.rawValue)).sorted().joined(separator: ", "))); --keep-extra keeps them")
+            }
+            if !model.isCanonical { printError("note: no Stable Diffusion layout recognised; tensors keep their names") }
         }
+    }
+}
+
+/// Tensors whose finite values became infinite in f16 (the classic black-image VAE), collected
+/// while converting: the check costs no extra pass over the model.
+final class Float16Overflows: @unchecked Sendable {
+    private var hits: [(String, Int)] = []
+
+    func add(_ tensor: String, _ count: Int) { hits.append((tensor, count)) }
+
+    /// One warning line per tensor (at most ten) on stderr.
+    func report() {
+        for (name, count) in hits.prefix(10) {
+            printError("weightpack: warning: \(name): \(count) values beyond ±65504 became infinite in f16")
+        }
+        if hits.count > 10 { printError("weightpack: warning: \(hits.count - 10) more tensors overflowed f16") }
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CheckpointFormats
 import Dispatch
+import ModelCatalog
 import StrictJSON
 import TensorCore
 #if canImport(Glibc)
@@ -11,12 +12,15 @@ struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show what a model file holds: tensors, dtypes, shapes, metadata, findings.",
         discussion: """
-            Tensor names are shown as the file stores them. --stats reads every value (min, max,
-            mean, std, NaN, Inf, values beyond the f16 range); without it only headers are read.
+            Tensor names are shown as the file stores them, with the canonical name where the
+            layout is recognised. The model is detected from tensor names and shapes (family,
+            variant, prediction type, evidence, rejected candidates, per-component completeness;
+            see Docs/model-knowledge.md). --stats reads every value (min, max, mean, std, NaN,
+            Inf, values beyond the f16 range); without it only headers and CLIP position_ids are read.
             Exit codes: 0 done, 65 malformed input, 66 missing input.
             """)
 
-    @Argument(help: "A model: .safetensors (or a .safetensors.index.json), .ckpt/.pt/.pth/.bin, or .wpk.")
+    @Argument(help: "A model: .safetensors (or a .safetensors.index.json), .ckpt/.pt/.pth/.bin, a diffusers folder, or .wpk.")
     var input: String
 
     @Flag(help: "Print one JSON document on stdout instead of a table.")
@@ -33,7 +37,8 @@ struct Inspect: ParsableCommand {
     func run() throws {
         try runReporting(verbose: inputOptions.verbose) {
             let store = try inputOptions.open(input)
-            let report = try InspectionReport(store: store, path: input, filter: filter, computeStatistics: stats)
+            let model = try CanonicalModel(store)
+            let report = try InspectionReport(store: store, path: input, filter: filter, computeStatistics: stats, model: model)
             if json {
                 print(report.json.serialized(pretty: true))
             } else {
@@ -50,6 +55,7 @@ struct InspectionReport {
         var statistics: TensorStatistics?
         var storedBytes: Int?
         var sourceDType: DType?
+        var canonical: [String] = []
     }
 
     struct Finding {
@@ -66,8 +72,10 @@ struct InspectionReport {
     let findings: [Finding]
     let totalTensorCount: Int
     let wpkMetadata: JSONObject?
+    let model: CanonicalModel?
 
-    init(store: any TensorStore, path: String, filter: String?, computeStatistics: Bool) throws {
+    init(store: any TensorStore, path: String, filter: String?, computeStatistics: Bool, model: CanonicalModel? = nil) throws {
+        self.model = model
         self.path = path
         format = store.formatName
         metadata = store.metadata
@@ -83,8 +91,60 @@ struct InspectionReport {
             let results = try Self.statistics(of: selected, in: store)
             for i in rows.indices { rows[i].statistics = results[i] }
         }
+        var findings = Self.findings(rows: rows)
+        if let model, let remapped = model.store as? RemappedStore {
+            var canonical: [String: [String]] = [:]
+            for r in remapped.recipes { for s in r.sources { canonical[s, default: []].append(r.name) } }
+            for i in rows.indices { rows[i].canonical = canonical[rows[i].descriptor.name] ?? [] }
+        }
+        if let model { findings += try Self.modelFindings(model) }
         self.rows = rows
-        findings = Self.findings(rows: rows)
+        self.findings = findings
+    }
+
+    /// Findings about the model as a whole: position_ids, completeness, leftovers, EMA.
+    private static func modelFindings(_ model: CanonicalModel) throws -> [Finding] {
+        var out: [Finding] = []
+        for (tensor, wrong) in try model.brokenPositionIDs() {
+            let source = model.sourceName(of: tensor) ?? tensor
+            if wrong.isEmpty {
+                out.append(Finding(severity: "warning", code: "position-ids-dtype", message: "position_ids hold the right values but are stored as \(model.store.descriptor(named: tensor)?.dtype.name ?? "?") instead of I64", tensor: source))
+            } else {
+                let list = wrong.prefix(12).map { "[\($0.index)] = \(format3($0.value))" }.joined(separator: ", ")
+                out.append(Finding(severity: "error", code: "position-ids", message: "\(wrong.count) position_ids are not their index: \(list)\(wrong.count > 12 ? ", …" : "") (convert --fix-position-ids repairs them)", tensor: source))
+            }
+        }
+        let d = model.detection
+        if model.isCanonical {
+            if d.family == nil && d.kind == "pipeline" {
+                out.append(Finding(severity: "warning", code: "unknown-family", message: d.candidates.isEmpty ? "no known family fits (see architecture.rejected)" : "several families fit: \(d.candidates.joined(separator: ", "))", tensor: nil))
+            }
+            for c in d.missingComponents {
+                out.append(Finding(severity: "warning", code: "missing-component", message: "the model has no \(c.rawValue)", tensor: nil))
+            }
+            for c in d.components {
+                if !c.missing.isEmpty {
+                    out.append(Finding(severity: "error", code: "missing-tensors", message: "\(c.component.rawValue) lacks \(c.missing.count) tensors: \(c.missing.prefix(5).joined(separator: ", "))\(c.missing.count > 5 ? ", …" : "")", tensor: nil))
+                }
+                if !c.unexpected.isEmpty {
+                    out.append(Finding(severity: "warning", code: "unexpected-tensors", message: "\(c.component.rawValue) has \(c.unexpected.count) tensors its structure does not explain: \(c.unexpected.prefix(5).joined(separator: ", "))\(c.unexpected.count > 5 ? ", …" : "")", tensor: nil))
+                }
+                for m in c.shapeMismatches {
+                    out.append(Finding(severity: "error", code: "shape-mismatch", message: "shape \(m.actual), expected \(m.expected)", tensor: m.tensor))
+                }
+            }
+        } else {
+            out.append(Finding(severity: "info", code: "layout-unknown", message: "no Stable Diffusion layout recognised; tensors are shown as stored", tensor: nil))
+        }
+        if model.ema.isPresent {
+            out.append(Finding(severity: "info", code: "ema", message: "EMA weights present: \(model.ema.tensorCount) tensors, \(formatBytes(model.ema.byteCount)) (convert --weights ema selects them)", tensor: nil))
+        }
+        let grouped = Dictionary(grouping: model.leftovers, by: \.kind)
+        for (kind, items) in grouped.sorted(by: { $0.key.rawValue < $1.key.rawValue }) where kind != .ema {
+            let bytes = items.reduce(0) { $0 + $1.descriptor.byteCount }
+            out.append(Finding(severity: kind == .unknown ? "warning" : "info", code: "leftover-\(kind.rawValue)", message: "\(items.count) \(kind.rawValue) tensors (\(formatBytes(bytes))) are not model weights and are left out by convert/export unless --keep-extra: \(items.prefix(4).map(\.descriptor.name).joined(separator: ", "))\(items.count > 4 ? ", …" : "")", tensor: nil))
+        }
+        return out
     }
 
     /// Statistics of every tensor, two tensors at a time (one per core).
@@ -138,7 +198,14 @@ struct InspectionReport {
         var root = JSONObject()
         root["path"] = .string(path)
         root["format"] = .string(format)
-        root["architecture"] = ["family": "unknown", "evidence": [], "note": "model detection is not implemented yet"]
+        if let model {
+            var architecture = model.detection.json.objectValue ?? JSONObject()
+            architecture["ema"] = ["present": .bool(model.ema.isPresent), "tensors": JSONValue(model.ema.tensorCount), "bytes": JSONValue(model.ema.byteCount)]
+            architecture["leftovers"] = .array(model.leftovers.map { ["name": .string($0.descriptor.name), "kind": .string($0.kind.rawValue), "bytes": JSONValue($0.descriptor.byteCount)] })
+            root["architecture"] = .object(architecture)
+        } else {
+            root["architecture"] = ["family": "unknown", "evidence": [], "note": "model detection was not run"]
+        }
         root["metadata"] = .object(JSONObject(metadata.sorted { $0.key < $1.key }.map { ($0.key, JSONValue.string($0.value)) }))
         if let wpkMetadata { root["wpk"] = .object(wpkMetadata) }
         var summary = JSONObject()
@@ -163,6 +230,7 @@ struct InspectionReport {
             t["shape"] = .array(row.descriptor.shape.dimensions.map { JSONValue($0) })
             if let stored = row.storedBytes, stored != row.descriptor.byteCount { t["stored_bytes"] = JSONValue(stored) }
             if let source = row.sourceDType, source != row.descriptor.dtype { t["source_dtype"] = .string(source.name) }
+            if row.canonical.count == 1 { t["canonical"] = .string(row.canonical[0]) } else if row.canonical.count > 1 { t["canonical"] = .array(row.canonical.map { .string($0) }) }
             if let s = row.statistics {
                 t["stats"] = [
                     "min": JSONValue(s.min), "max": JSONValue(s.max), "mean": JSONValue(s.mean), "std": JSONValue(s.std),
@@ -200,6 +268,18 @@ struct InspectionReport {
             if let f = source["format"]?.stringValue { text += " (\(f))" }
             if let sha = source["sha256"]?.stringValue { text += " sha256 \(sha.prefix(16))…" }
             lines.append("source:     \(text)")
+        }
+        if let d = model?.detection {
+            var text = d.familyID + (d.variant.map { " \($0)" } ?? "") + " (\(d.kind))"
+            if let f = d.family { text += ": \(f.name)" }
+            lines.append("model:      \(text)")
+            lines.append("prediction: \(d.predictionType ?? "unknown") (\(d.predictionSource))")
+            for e in d.evidence { lines.append("evidence:   \(e)") }
+            for r in d.rejected { lines.append("rejected:   \(r.family): \(r.reasons.joined(separator: "; "))") }
+            for c in d.components {
+                lines.append("component:  \(c.component.rawValue): \(c.tensorCount) tensors, \(c.summary); \(c.missing.count) missing, \(c.unexpected.count) unexpected, \(c.shapeMismatches.count) mis-shaped")
+            }
+            if let m = model, m.ema.isPresent { lines.append("ema:        \(m.ema.tensorCount) tensors, \(formatBytes(m.ema.byteCount))") }
         }
         for (k, v) in metadata.sorted(by: { $0.key < $1.key }).prefix(20) {
             lines.append("metadata:   \(k) = \(v.count > 80 ? String(v.prefix(77)) + "..." : v)")

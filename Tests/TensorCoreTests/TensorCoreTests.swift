@@ -202,3 +202,24 @@ struct XXHashTests {
         }
     }
 }
+
+@Suite("f16 overflow counting")
+struct Float16OverflowTests {
+    @Test("counts finite values that round to infinity in f16, from f32, bf16 and f64")
+    func counts() {
+        let values: [Float] = [65504, 65519.99, 65520, -70000, 1e30, .infinity, -.infinity, .nan, 0, 1]
+        // 65520, -70000 and 1e30 overflow; 65519.99 rounds down to 65504; ±inf and NaN were never finite.
+        let padded = values + [Float](repeating: 2, count: 37) + [66000]
+        let f32 = padded.withUnsafeBytes { ElementConversion.float16OverflowCount($0, dtype: .f32, count: padded.count) }
+        #expect(f32 == 4)
+        for (v, expected) in zip(padded, padded.map { $0.isFinite && $0.halfBits & 0x7FFF == 0x7C00 }) {
+            let one = [v].withUnsafeBytes { ElementConversion.float16OverflowCount($0, dtype: .f32, count: 1) }
+            #expect((one == 1) == expected, "\(v)")
+        }
+        let bf16 = padded.map(\.bfloat16Bits)
+        let expectedBF16 = bf16.filter { let f = Float(bfloat16Bits: $0); return f.isFinite && f.halfBits & 0x7FFF == 0x7C00 }.count
+        #expect(bf16.withUnsafeBytes { ElementConversion.float16OverflowCount($0, dtype: .bf16, count: bf16.count) } == expectedBF16)
+        let f64 = padded.map(Double.init)
+        #expect(f64.withUnsafeBytes { ElementConversion.float16OverflowCount($0, dtype: .f64, count: f64.count) } == 4)
+    }
+}

@@ -91,7 +91,8 @@ struct EndToEndTests {
         for compress in [false, true] {
             let wpk = folder.appendingPathComponent("m\(compress).wpk").path
             let back = folder.appendingPathComponent("back\(compress).safetensors").path
-            let convert = try run(["convert", tinyModel, wpk] + (compress ? ["--compress"] : []))
+            // --keep-extra keeps the schedule buffers, so the whole file comes back.
+            let convert = try run(["convert", tinyModel, wpk, "--keep-extra"] + (compress ? ["--compress"] : []))
             #expect(convert.status == 0, "\(convert.stderr)")
             #expect(try run(["check", wpk]).status == 0)
             let export = try run(["export", wpk, back])
@@ -105,7 +106,7 @@ struct EndToEndTests {
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let wpk = folder.appendingPathComponent("m.wpk").path
-        #expect(try run(["convert", tinyModel, wpk, "--dtype", "f16"]).status == 0)
+        #expect(try run(["convert", tinyModel, wpk, "--dtype", "f16", "--keep-extra"]).status == 0)
         let inspect = try run(["inspect", wpk, "--json"])
         #expect(inspect.status == 0)
         let json = try JSONParser.parse(inspect.stdout)
@@ -142,7 +143,7 @@ struct EndToEndTests {
         let wpk = folder.appendingPathComponent("m.wpk").path
         #expect(try run(["convert", tinyModel, wpk]).status == 0)
         let file = try WPKFile(path: wpk)
-        let victim = try #require(file.entries.first { $0.descriptor.name.contains("output_blocks.5") })
+        let victim = try #require(file.entries.first { $0.sourceName?.contains("output_blocks.5") == true })
         var data = try Data(contentsOf: URL(fileURLWithPath: wpk))
         data[file.dataOffset + victim.offset + victim.length / 3] ^= 0x40
         try data.write(to: URL(fileURLWithPath: wpk))
@@ -183,10 +184,10 @@ struct EndToEndTests {
         defer { try? FileManager.default.removeItem(at: folder) }
         let output = folder.appendingPathComponent("out.wpk").path
         try Data("precious".utf8).write(to: URL(fileURLWithPath: output))
-        let refused = try run(["convert", tinyModel, output])
+        let refused = try run(["convert", tinyModel, output, "--keep-extra"])
         #expect(refused.status == 73)
         #expect(try String(contentsOfFile: output, encoding: .utf8) == "precious")
-        #expect(try run(["convert", tinyModel, output, "--force"]).status == 0)
+        #expect(try run(["convert", tinyModel, output, "--force", "--keep-extra"]).status == 0)
         #expect(try WPKFile(path: output).entries.count == 993)
         #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path) == ["out.wpk"])
     }
@@ -203,7 +204,7 @@ struct CheckpointCLITests {
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let wpk = folder.appendingPathComponent("m.wpk").path
-        let convert = try run(["convert", tinyCheckpoint, wpk])
+        let convert = try run(["convert", tinyCheckpoint, wpk, "--keep-extra"])
         #expect(convert.status == 0, "\(convert.stderr)")
         let root = try #require(try JSONParser.parse(run(["inspect", tinyCheckpoint, "--json"]).stdout).objectValue)
         #expect(root["format"] == "ckpt")
@@ -212,7 +213,9 @@ struct CheckpointCLITests {
         // Half-precision checkpoint → wpk keeps F16 bytes exactly as torch stored them.
         let a = try ModelInput.open(tinyCheckpoint), b = try WPKFile(path: wpk)
         for d in a.tensors.prefix(50) {
-            #expect(try a.tensor(named: d.name).bytes.withUnsafeBytes { Array($0) } == b.tensor(named: d.name).bytes.withUnsafeBytes { Array($0) })
+            // Stored under canonical names; each entry records its source name.
+            let entry = try #require(b.entries.first { $0.sourceName == d.name })
+            #expect(try a.tensor(named: d.name).bytes.withUnsafeBytes { Array($0) } == b.tensor(named: entry.descriptor.name).bytes.withUnsafeBytes { Array($0) })
         }
     }
 
@@ -263,5 +266,24 @@ struct TokenizeCLITests {
         let plain = try run(["tokenize", "a photo of a cat"])
         #expect(plain.stdout.split(separator: " ").count == 77)
         #expect(try run(["tokenize", "x", "--tokenizer", "/nonexistent"]).status == 66)
+    }
+}
+
+@Suite("command line: f16 overflow warning")
+struct Float16WarningTests {
+    @Test("convert --dtype f16 names the tensors whose values became infinite")
+    func warns() throws {
+        let folder = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let source = folder.appendingPathComponent("hot.safetensors").path
+        let values: [Float] = [1, 2, 70000, -1e6, 3]
+        let header = #"{"vae.hot":{"dtype":"F32","shape":[5],"data_offsets":[0,20]},"vae.cool":{"dtype":"F32","shape":[1],"data_offsets":[20,24]}}"#
+        var bytes = withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { Array($0) } + Array(header.utf8)
+        bytes += values.withUnsafeBytes { Array($0) } + withUnsafeBytes(of: Float(0.5)) { Array($0) }
+        try Data(bytes).write(to: URL(fileURLWithPath: source))
+        let result = try run(["convert", source, folder.appendingPathComponent("hot.wpk").path, "--dtype", "f16"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stderr.contains("vae.hot: 2 values beyond ±65504 became infinite in f16"), "\(result.stderr)")
+        #expect(!result.stderr.contains("vae.cool"))
     }
 }
