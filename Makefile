@@ -52,6 +52,11 @@ run: release
 	$(RELEASE_BIN) convert $(CKPT) $(OUT)/tiny-sd1-from-ckpt.wpk --force
 	@echo "== a malicious checkpoint is refused (exit 1 from scan is expected)"
 	-$(RELEASE_BIN) scan Fixtures/torch/malicious/torch_zip_system.ckpt
+	@echo "== verify the f16 conversion against the original with the reference engine (tables: per stage, then end to end)"
+	$(RELEASE_BIN) verify $(MODEL) $(OUT)/tiny-sd1-f16.wpk --steps 6 --size 64 --scheduler ddim --report $(OUT)/verify-report
+	@echo "== generate an image with the tiny model"
+	$(RELEASE_BIN) generate $(MODEL) --prompt "a photo of an astronaut riding a horse" --steps 20 --size 64 --seed 42 -o $(OUT)/astronaut.png --force
+	@echo "image: $(OUT)/astronaut.png; verify report: $(OUT)/verify-report/"
 
 # Numeric tests are far faster optimised; the suite runs in release mode (with testability).
 test: deps

@@ -1,0 +1,50 @@
+import CheckpointFormats
+import Foundation
+import Testing
+import TensorCore
+@testable import DiffusionEngine
+
+/// The UNet against diffusers' `UNet2DConditionModel` on the tiny SD 1.x fixture
+/// (`Fixtures/golden/unet.safetensors`, described in `Fixtures/README.md`).
+@Suite("UNet parity with diffusers")
+struct UNetParityTests {
+    static func unet() throws -> UNet2DConditionModel {
+        let config = try UNetConfiguration(jsonText: try String(contentsOf: Fixture.diffusers.appendingPathComponent("unet/config.json"), encoding: .utf8))
+        let store = try Fixture.safetensors("unet/diffusion_pytorch_model.safetensors", in: Fixture.diffusers)
+        return try UNet2DConditionModel(store: store, configuration: config)
+    }
+
+    @Test("one forward pass, batch of 2", arguments: ["t999", "t500"])
+    func forward(_ key: String) throws {
+        let golden = try Fixture.safetensors("unet.safetensors")
+        let model = try Self.unet()
+        let sample = FloatTensor(shape: [2, 4, 8, 8], values: try golden.floats("sample"))
+        let context = FloatTensor(shape: [2, 77, 32], values: try golden.floats("encoder_hidden_states"))
+        let t = try golden.int64s("\(key).timestep")[0]
+        let out = try model.predict(sample, timestep: Float(t), encoderHiddenStates: context)
+        #expect(out.shape == [2, 4, 8, 8])
+        let c = expectClose(out.scalars, try golden.floats("\(key).out"), shape: out.shape, tolerance: 1e-3, "\(key).out")
+        print("UNet \(key): \(c)")
+    }
+
+    @Test func configurationReadsTheFixture() throws {
+        let c = try Self.unet().configuration
+        #expect(c.blockOutChannels == [32, 32, 32, 64])
+        #expect(c.attentionHeads == [8, 8, 8, 8])
+        #expect(c.downBlockCrossAttention == [true, true, true, false])
+        #expect(c.upBlockCrossAttention == [false, true, true, true])
+        #expect(!c.useLinearProjection)
+    }
+
+    @Test func presetsValidate() throws {
+        for c in [UNetConfiguration.sd15, .sd21, .sdxl] { try c.validate() }
+        #expect(UNetConfiguration.sdxl.upTransformerLayers == [10, 2, 1])
+    }
+
+    @Test func wrongInputChannelsAreRejected() throws {
+        let model = try Self.unet()
+        #expect(throws: EngineError.self) {
+            _ = try model.predict(FloatTensor.zeros([1, 3, 8, 8]), timestep: 1, encoderHiddenStates: FloatTensor.zeros([1, 77, 32]))
+        }
+    }
+}

@@ -1,0 +1,105 @@
+import ArgumentParser
+import CheckpointFormats
+import Foundation
+import StrictJSON
+import TensorCore
+import Testing
+@testable import WeightPackCLI
+
+/// `generate`, `trace` and `verify` on the tiny SD 1.x fixture, by running the built binary.
+@Suite("engine commands: generate, trace, verify")
+struct EngineCLITests {
+    static let golden = repositoryURL.appendingPathComponent("Fixtures/golden/pipelines/ddim.safetensors").path
+
+    @Test func argumentsParse() throws {
+        let g = try #require(try WeightPackCommand.parseAsRoot(["generate", "m", "--prompt", "p", "-o", "x.png", "--scheduler", "euler-a",
+                                                                "--timestep-spacing", "trailing", "--prediction-type", "v", "--size", "64"]) as? Generate)
+        #expect(g.generation.scheduler == .eulerAncestral && g.generation.timestepSpacing == .trailing && g.generation.size == 64)
+        #expect(throws: (any Error).self) { try WeightPackCommand.parseAsRoot(["generate", "m", "-o", "x.png", "--size", "65"]) }
+        #expect(throws: (any Error).self) { try WeightPackCommand.parseAsRoot(["generate", "m", "-o", "x.png", "--scheduler", "lms"]) }
+        #expect(throws: (any Error).self) { try WeightPackCommand.parseAsRoot(["trace", "m", "-o", "t.safetensors"]) }
+        let v = try #require(try WeightPackCommand.parseAsRoot(["verify", "a", "b", "--json", "--min-stage-snr", "30"]) as? Verify)
+        #expect(v.json && v.minStageSnr == 30)
+    }
+
+    @Test func helpListsTheCommands() throws {
+        let r = try run(["--help"])
+        for name in ["generate", "trace", "verify"] { #expect(r.stdout.contains(name)) }
+    }
+
+    @Test func generateWritesAPNGWithTextChunks() throws {
+        let folder = try temporaryFolder()
+        let out = folder.appendingPathComponent("cat.png").path
+        let r = try run(["generate", tinyModel, "--prompt", "a cat", "--steps", "4", "--size", "64", "--seed", "3", "-o", out])
+        #expect(r.status == 0, "\(r.stderr)")
+        let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: out)))
+        #expect(bytes.starts(with: [0x89, 0x50, 0x4E, 0x47]))
+        #expect(String(decoding: bytes, as: UTF8.self).contains("a cat"))
+        // Same seed, same image; the output is not overwritten without --force.
+        let again = try run(["generate", tinyModel, "--prompt", "a cat", "--steps", "4", "--size", "64", "--seed", "3", "-o", out])
+        #expect(again.status == 73)
+    }
+
+    @Test func traceMatchesDiffusersDDIM() throws {
+        let folder = try temporaryFolder()
+        // The golden's initial latents as a --latents file.
+        let golden = try SafetensorsFile(path: Self.golden)
+        let latents = try golden.tensor(named: "init_latents")
+        let file = folder.appendingPathComponent("latents.safetensors").path
+        try SafetensorsWriter.write([OutputTensor(name: "latents", dtype: .f32, shape: latents.descriptor.shape, sourceName: "latents", sourceDType: .f32, load: { latents })],
+                                    to: file, overwrite: false)
+        let out = folder.appendingPathComponent("trace.safetensors").path
+        let r = try run(["trace", tinyModel, "--prompt", "a photo of an astronaut riding a horse", "--latents", file,
+                         "--steps", "6", "--scheduler", "ddim", "-o", out])
+        #expect(r.status == 0, "\(r.stderr)")
+        let trace = try SafetensorsFile(path: out)
+        for name in ["tokens.cond", "tokens.uncond", "text.cond", "text.uncond", "latents.initial", "noise_pred.0", "latents.5", "image"] {
+            #expect(trace.descriptor(named: name) != nil, "\(name) missing")
+        }
+        #expect(trace.descriptor(named: "tokens.cond")?.dtype == .i64)
+        #expect(trace.descriptor(named: "image")?.shape.dimensions == [64, 64, 3])
+        let image = try trace.tensor(named: "image").floats(), expected = try golden.tensor(named: "image").floats()
+        var squares = 0.0
+        for (a, b) in zip(image, expected) { squares += Double(a - b) * Double(a - b) }
+        let psnr = 10 * log10(1 / (squares / Double(image.count)))
+        #expect(psnr >= 40, "trace image PSNR \(psnr) dB")
+    }
+
+    @Test func verifyPassesAnFP16Conversion() throws {
+        let folder = try temporaryFolder()
+        let f16 = folder.appendingPathComponent("f16.wpk").path
+        #expect(try run(["convert", tinyModel, f16, "--dtype", "f16"]).status == 0)
+        let report = folder.appendingPathComponent("report").path
+        let r = try run(["verify", tinyModel, f16, "--steps", "6", "--size", "64", "--scheduler", "ddim", "--json", "--report", report])
+        #expect(r.status == 0, "\(r.stderr)")
+        let json = try JSONParser.parse(r.stdout)
+        #expect(json.objectValue?["passed"] == .bool(true))
+        #expect(json.objectValue?["candidate_dtype"]?.stringValue == "F16")
+        for name in ["reference.png", "candidate.png", "difference.png", "comparison.png", "report.json"] {
+            #expect(FileManager.default.fileExists(atPath: report + "/" + name), "\(name) missing")
+        }
+    }
+
+    @Test func verifyFailsWhenTwoCrossAttentionTensorsAreSwapped() throws {
+        let folder = try temporaryFolder()
+        let source = try SafetensorsFile(path: tinyModel)
+        let a = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+        let b = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_v.weight"
+        let plan = OutputTensor.plan(from: source, dtype: .keep).map { t -> OutputTensor in
+            guard t.name == a || t.name == b else { return t }
+            let other = t.name == a ? b : a
+            return OutputTensor(name: t.name, dtype: t.dtype, shape: t.shape, sourceName: other, sourceDType: t.sourceDType,
+                                load: { try source.tensor(named: other) })
+        }
+        let swapped = folder.appendingPathComponent("swapped.safetensors").path
+        try SafetensorsWriter.write(plan, metadata: ["format": "pt"], to: swapped, overwrite: false)
+        let r = try run(["verify", tinyModel, swapped, "--steps", "6", "--size", "64", "--scheduler", "ddim"])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("stage 'unet'"), "\(r.stderr)")
+    }
+
+    @Test func missingLatentsFileIsExit66() throws {
+        let r = try run(["trace", tinyModel, "--latents", "/nonexistent/latents.safetensors", "-o", "/tmp/never.safetensors"])
+        #expect(r.status == 66)
+    }
+}
