@@ -27,6 +27,12 @@ enum ByteGroupCodec {
     /// Decompresses a frame of exactly `size` bytes and interleaves the planes back.
     static func decode(_ stored: UnsafeRawBufferPointer, width: Int, size: Int) throws(FormatError) -> OwnedBuffer {
         guard width > 0, size % width == 0 else { throw FormatError(.corruptData, "bad byte-group width") }
+        // zstd regenerates at most 128 KiB per block of at least 4 bytes (an RLE block), so a
+        // frame cannot expand more than 32 768-fold: refuse before allocating what it claims.
+        let (bound, overflow) = stored.count.multipliedReportingOverflow(by: 32_768)
+        guard overflow || size <= bound else {
+            throw FormatError(.corruptData, "a \(stored.count)-byte zstd frame cannot hold \(size) bytes")
+        }
         let declared = ZSTD_getFrameContentSize(stored.baseAddress, stored.count)
         guard declared == UInt64(size) else {
             throw FormatError(.corruptData, "compressed frame declares \(declared) bytes, header says \(size)")

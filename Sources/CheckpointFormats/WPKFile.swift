@@ -143,6 +143,15 @@ public final class WPKFile: TensorStore, @unchecked Sendable {
         var dataLength: Int
     }
 
+    /// Validates the preamble and header of a whole `.wpk` file held in memory, as opening the
+    /// file does; no tensor data is read (the fuzz target and its regression tests use this).
+    ///
+    /// - Throws: `FormatError` with the code of the first rule the bytes break.
+    /// - Complexity: O(header bytes).
+    public static func validate(bytes: UnsafeRawBufferPointer) throws(FormatError) {
+        _ = try parse(bytes)
+    }
+
     /// Validates the preamble and header of a whole file's bytes (no tensor data is read).
     static func parse(_ bytes: UnsafeRawBufferPointer) throws(FormatError) -> Parsed {
         let reader = BinaryReader(bytes)

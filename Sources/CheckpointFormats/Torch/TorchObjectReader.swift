@@ -34,6 +34,8 @@ struct TorchObjectReader {
 
     /// Deepest dict/list nesting we walk for tensor names.
     static let maximumDepth = 100
+    /// Largest expanded (overlapping-stride) view gathered into memory: 1 GiB.
+    static let maximumExpandedBytes = 1 << 30
     var visitBudget: Int
 
     init(document: PickleDocument, storages: [PickleValueID: TorchStorage]) {
@@ -199,6 +201,14 @@ struct TorchObjectReader {
                 throw outOfRange("tensor view (offset \(offset), size \(sizes), stride \(strides)) reaches byte \(c || d ? "∞" : String(endByte)) of storage '\(storage.key)' which holds \(storageBytes) bytes")
             }
         }
+        // Only a view whose strides overlap (an expanded tensor) holds more bytes than its storage,
+        // and gathering it allocates all of them: the file does not bound that, so cap it.
+        if byteCount > storageBytes, byteCount > maximumExpandedBytes {
+            throw FormatError(
+                .unsupportedTensor,
+                "tensor is an expanded view of \(byteCount) bytes over a \(storageBytes)-byte storage (at most \(maximumExpandedBytes) bytes are gathered)",
+                tensor: name)
+        }
         var contiguous = true
         var expected = 1
         for i in stride(from: sizes.count - 1, through: 0, by: -1) where sizes[i] != 1 {
@@ -206,10 +216,13 @@ struct TorchObjectReader {
             expected &*= sizes[i]
         }
         if count == 0 { contiguous = true }
+        // A dimension of size 1 is never stepped along, so its stride cannot matter and the extent
+        // check cannot bound it; zero it so the gather's offset arithmetic cannot overflow.
+        let gatherStrides = zip(sizes, strides).map { size, stride in size == 1 ? 0 : stride }
         return TorchTensorRecipe(
             descriptor: TensorDescriptor(name: name, dtype: dtype, shape: Shape(sizes), byteCount: byteCount),
             storageKey: storage.key, storageRange: storage.byteRange, byteOffset: count == 0 ? 0 : byteOffset,
-            sizes: sizes, strides: strides, elementSize: elementSize, isContiguous: contiguous)
+            sizes: sizes, strides: gatherStrides, elementSize: elementSize, isContiguous: contiguous)
     }
 
     // MARK: walking the object
