@@ -63,7 +63,8 @@ extension OutputTensor {
 /// Streams one tensor into a writer: copies or converts chunk by chunk, hashing what it
 /// writes, then lets the kernel drop the source pages it read.
 enum TensorEmitter {
-    static let chunkElements = 1 << 20
+    /// Elements converted per step: 256 KiB of f32 source, so the overflow count re-reads it from L2.
+    static let chunkElements = 1 << 16
 
     /// What writing one tensor produced.
     struct Emitted {
