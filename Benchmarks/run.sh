@@ -50,9 +50,13 @@ if [ "$WHAT" = convert ] || [ "$WHAT" = all ]; then
   measure "python safetensors f32->f16" "$PY" "$HERE/python/convert_safetensors.py" "$MODEL" "$DIR/out.st" f16
   measure "weightpack convert --dtype f16" "$WP" convert "$MODEL" "$DIR/out.wpk" --dtype f16
   ratio "weightpack convert --dtype f16" "python safetensors f32->f16"
+  measure "weightpack convert --dtype f16 --no-source-hash" "$WP" convert "$MODEL" "$DIR/out.wpk" --dtype f16 --no-source-hash
+  ratio "weightpack convert --dtype f16 --no-source-hash" "python safetensors f32->f16"
   measure "python safetensors keep" "$PY" "$HERE/python/convert_safetensors.py" "$MODEL" "$DIR/out.st" keep
   measure "weightpack convert --dtype keep" "$WP" convert "$MODEL" "$DIR/out.wpk"
   ratio "weightpack convert --dtype keep" "python safetensors keep"
+  measure "weightpack convert --dtype keep --no-source-hash" "$WP" convert "$MODEL" "$DIR/out.wpk" --no-source-hash
+  ratio "weightpack convert --dtype keep --no-source-hash" "python safetensors keep"
 fi
 
 if [ "$WHAT" = open ] || [ "$WHAT" = all ]; then
@@ -67,6 +71,8 @@ if [ "$WHAT" = ckpt ] || [ "$WHAT" = all ]; then
   measure "torch.load + save_file f16" "$PY" "$HERE/python/torch_convert.py" "$CKPT" "$DIR/out.st"
   measure "weightpack convert ckpt --dtype f16" "$WP" convert "$CKPT" "$DIR/out.wpk" --dtype f16
   ratio "weightpack convert ckpt --dtype f16" "torch.load + save_file f16"
+  measure "weightpack convert ckpt --dtype f16 --no-source-hash" "$WP" convert "$CKPT" "$DIR/out.wpk" --dtype f16 --no-source-hash
+  ratio "weightpack convert ckpt --dtype f16 --no-source-hash" "torch.load + save_file f16"
 fi
 
 if [ "$WHAT" = compress ] || [ "$WHAT" = all ]; then

@@ -47,6 +47,11 @@ struct Convert: ParsableCommand {
     @Flag(help: "Keep schedule buffers, unselected EMA copies and other leftovers (as extra.<name>).")
     var keepExtra = false
 
+    @Flag(help: ArgumentHelp(
+        "Do not record the source file's SHA-256 (saves reading the whole input a second time).",
+        discussion: "The .wpk then records the source's name, format and size only."))
+    var noSourceHash = false
+
     @Flag(help: "Store CLIP position_ids as the integers 0..n-1 (repairs merge-damaged checkpoints).")
     var fixPositionIds = false
 
@@ -66,7 +71,7 @@ struct Convert: ParsableCommand {
             let source = try ModelInput.open(input, options: options)
             let model = try CanonicalModel(source, weights: weights, keepExtra: keepExtra)
             let store = model.store
-            let sourceDigest = SourceDigest.start(path: input)
+            let sourceDigest = noSourceHash ? nil : SourceDigest.start(path: input)
             var plan = OutputTensor.plan(from: store, dtype: dtype)
             for i in plan.indices {
                 if let name = model.sourceName(of: plan[i].name) { plan[i].sourceName = name }
@@ -113,6 +118,8 @@ struct Convert: ParsableCommand {
                     if let digest = try sourceDigest?.wait() {
                         source["size"] = JSONValue(digest.size)
                         source["sha256"] = .string(digest.sha256)
+                    } else if let size = SourceDigest.size(of: input) {
+                        source["size"] = JSONValue(size)
                     }
                     meta["source"] = .object(source)
                 })

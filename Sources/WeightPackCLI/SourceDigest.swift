@@ -42,6 +42,12 @@ final class SourceDigest: @unchecked Sendable {
         return digest
     }
 
+    /// The size of a regular file, without reading it.
+    static func size(of path: String) -> Int? {
+        guard let kind = try? ModelInput.detect(path), kind != .diffusers, kind != .folder else { return nil }
+        return (try? MappedFile(path: path))?.size
+    }
+
     /// The digest, once computed.
     func wait() throws -> Value {
         group.wait()

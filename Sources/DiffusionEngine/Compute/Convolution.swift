@@ -1,6 +1,8 @@
-/// 2-D convolution of one image by lowering to matrix products: each block of output pixels is
-/// gathered into a column matrix (im2col) of bounded size and multiplied by the weight matrix
-/// with `sgemm`. A 1x1, stride-1, unpadded convolution is a single product with no copy.
+/// 2-D convolution of one image by lowering to matrix products. 3x3 stride-1 convolutions with
+/// padding 1 use Winograd F(4x4, 3x3) (`Convolution+Winograd.swift`); otherwise each block of
+/// output pixels is gathered into a column matrix (im2col) of bounded size and multiplied by the
+/// weight matrix with `sgemm`. A 1x1, stride-1, unpadded convolution is a single product with no
+/// copy.
 enum Convolution {
     /// Padding on each side, in pixels (PyTorch `padding=p` is `.init(p)`; diffusers' stride-2
     /// downsampler pads right and bottom by one).
@@ -29,21 +31,59 @@ enum Convolution {
     /// Floats the column buffer may hold (16 MiB); bounds memory at any image size.
     static let columnBudget = 4 << 20
 
-    /// Output pixels per column block for `geometry`.
+    /// Output pixels per column block for `geometry`. The scratch `forward` needs is
+    /// `patchSize * blockPixels(geometry)` floats (for the Winograd path, a block size that
+    /// covers ``winogradScratchCount(_:)``).
     static func blockPixels(_ g: Geometry) -> Int {
+        if usesWinograd(g) {
+            let patch = max(g.patchSize, 1)
+            return (winogradScratchCount(g) + patch - 1) / patch
+        }
+        return im2colBlockPixels(g)
+    }
+
+    /// Output pixels per im2col column block: the column buffer stays within ``columnBudget``.
+    static func im2colBlockPixels(_ g: Geometry) -> Int {
         let pixels = g.outHeight * g.outWidth
         return max(1, min(pixels, columnBudget / max(g.patchSize, 1)))
     }
 
-    /// `output[outC, outH*outW] = weight[outC, patch] * columns + bias`.
+    /// Floats of scratch `forward` needs for `geometry` (none for a pointwise convolution).
+    static func scratchCount(_ g: Geometry) -> Int {
+        g.isPointwise ? 0 : g.patchSize * blockPixels(g)
+    }
+
+    /// `output[outC, outH*outW] = weight[outC, patch] * columns + bias (+ residual)`.
     ///
+    /// 3x3 stride-1 convolutions with padding 1 and at least 8 channels each side go through
+    /// Winograd F(4x4, 3x3) (``winogradForward(_:geometry:weight:bias:residual:output:scratch:)``),
+    /// other convolutions through blocked im2col.
     /// - Parameters:
-    ///   - columns: scratch of at least `patchSize * blockPixels(geometry)` floats (unused for
-    ///     pointwise convolutions).
+    ///   - columns: scratch of at least ``scratchCount(_:)`` floats (unused for pointwise
+    ///     convolutions).
+    ///   - residual: a tensor of the output's shape added to the result; must not overlap
+    ///     `input` or `output`.
     static func forward(
         _ input: UnsafePointer<Float>, geometry g: Geometry,
         weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-        output: UnsafeMutablePointer<Float>, columns: UnsafeMutablePointer<Float>?
+        output: UnsafeMutablePointer<Float>, columns: UnsafeMutablePointer<Float>?,
+        residual: UnsafePointer<Float>? = nil
+    ) {
+        if usesWinograd(g) {
+            guard let columns else { preconditionFailure("convolution needs a scratch buffer") }
+            winogradForward(input, geometry: g, weight: weight, bias: bias, residual: residual, output: output, scratch: columns)
+        } else {
+            loweredForward(input, geometry: g, weight: weight, bias: bias, output: output, columns: columns, residual: residual)
+        }
+    }
+
+    /// The im2col + GEMM convolution (any geometry); `columns` holds
+    /// `patchSize * im2colBlockPixels(geometry)` floats.
+    static func loweredForward(
+        _ input: UnsafePointer<Float>, geometry g: Geometry,
+        weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+        output: UnsafeMutablePointer<Float>, columns: UnsafeMutablePointer<Float>?,
+        residual: UnsafePointer<Float>? = nil
     ) {
         let pixels = g.outHeight * g.outWidth
         if g.isPointwise {
@@ -51,7 +91,7 @@ enum Convolution {
                           a: weight, lda: g.inChannels, b: input, ldb: pixels, c: output, ldc: pixels)
         } else {
             guard let columns else { preconditionFailure("convolution needs a column buffer") }
-            let block = blockPixels(g)
+            let block = im2colBlockPixels(g)
             var start = 0
             while start < pixels {
                 let n = min(block, pixels - start)
@@ -63,6 +103,7 @@ enum Convolution {
             }
         }
         if let bias { Kernels.addChannelBias(output, channels: g.outChannels, plane: pixels, bias: bias) }
+        if let residual { Kernels.add(residual, into: output, count: g.outChannels * pixels) }
     }
 
     /// Gathers the patches of output pixels `pixels` into `columns[patchSize, pixels.count]`.

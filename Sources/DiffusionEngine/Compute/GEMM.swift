@@ -20,6 +20,17 @@ enum GEMM {
             alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
+    /// Runs `body` with OpenBLAS limited to one thread, for code that spreads independent
+    /// products over ``Parallel`` workers itself (two levels of threads would oversubscribe the
+    /// cores). The previous setting is restored afterwards. With a single worker nothing changes.
+    static func withSingleThreadedCalls<R>(_ body: () throws -> R) rethrows -> R {
+        let previous = threadCount
+        if previous == 1 || Parallel.workerCount == 1 { return try body() }
+        threadCount = 1
+        defer { threadCount = previous }
+        return try body()
+    }
+
     /// Threads OpenBLAS uses.
     static var threadCount: Int {
         get { Int(openblas_get_num_threads()) }

@@ -25,13 +25,78 @@ enum Kernels {
             let x = p.pointer
             switch activation {
             case .silu:
-                for i in r { let v = x[i]; x[i] = v / (1 + expf(-v)) }
+                mapVectors(x + r.lowerBound, count: r.count) { v in silu(v) }
             case .gelu:
                 for i in r { let v = x[i]; x[i] = 0.5 * v * (1 + erff(v * 0.70710678118654752)) }
             case .quickGELU:
-                for i in r { let v = x[i]; x[i] = v / (1 + expf(-1.702 * v)) }
+                mapVectors(x + r.lowerBound, count: r.count) { v in v / (1 + exp(-1.702 * v)) }
             }
         }
+    }
+
+    // MARK: Vector helpers
+    //
+    // Written as plain loops over scalars that LLVM vectorises for any x86-64 target (no calls,
+    // selects for min/max, integer bit tricks); the standard library's generic SIMD operations
+    // other than + - * / are lane-by-lane loops and are avoided.
+
+    /// `exp(x)`: Cody-Waite range reduction and Cephes' `expf` polynomial, branch-free (within
+    /// 2 ulp of `expf` on [-87.3, 88]; inputs are clamped to that range, so it gives about
+    /// 2^-126 for anything smaller and saturates at `exp(88)` instead of overflowing; NaN gives
+    /// NaN). Reference: Cephes `expf.c`, https://www.netlib.org/cephes/
+    @inline(__always)
+    static func exp(_ x: Float) -> Float {
+        var x = x < -87.33654 ? -87.33654 : x
+        x = x > 88 ? 88 : x
+        // n = round(x / ln 2) by adding 1.5 * 2^23, which also leaves n in the low mantissa bits.
+        let biased = x * 1.44269504088896341 + 12_582_912
+        let n = biased - 12_582_912
+        let r = x - n * 0.693359375 + n * 2.12194440e-4
+        var p: Float = 1.9875691500e-4
+        p = p * r + 1.3981999507e-3
+        p = p * r + 8.3334519073e-3
+        p = p * r + 4.1665795894e-2
+        p = p * r + 1.6666665459e-1
+        p = p * r + 5.0000001201e-1
+        let e = p * (r * r) + r + 1
+        // 2^n for n in -126...127, built in the exponent field.
+        let exponent = (biased.bitPattern &- 0x4B40_0000 &+ 127) &<< 23
+        return e * Float(bitPattern: exponent)
+    }
+
+    /// `x / (1 + exp(-x))`.
+    @inline(__always)
+    static func silu(_ x: Float) -> Float { x / (1 + exp(-x)) }
+
+    /// Applies `body` to `count` floats at `x` in place.
+    @inline(__always)
+    static func mapVectors(_ x: UnsafeMutablePointer<Float>, count: Int, _ body: (Float) -> Float) {
+        for i in 0..<count { x[i] = body(x[i]) }
+    }
+
+    /// The sum of `x[i] - shift` and of its squares over `count` floats, in double precision
+    /// from 8-lane single-precision partial sums of at most 1024 elements.
+    @inline(__always)
+    static func sum(_ x: UnsafePointer<Float>, count: Int, minus shift: Float = 0) -> (sum: Double, squares: Double) {
+        var total: Double = 0, squares: Double = 0
+        let c = SIMD8<Float>(repeating: shift)
+        var i = 0
+        while i < count {
+            let end = min(count, i + 1024)
+            var a = SIMD8<Float>(), b = SIMD8<Float>()
+            while i + 8 <= end {
+                let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self) - c
+                a += v
+                b += v * v
+                i += 8
+            }
+            var t: Double = 0, q: Double = 0
+            for lane in 0..<8 { t += Double(a[lane]); q += Double(b[lane]) }
+            while i < end { let v = x[i] - shift; t += Double(v); q += Double(v * v); i += 1 }
+            total += t
+            squares += q
+        }
+        return (total, squares)
     }
 
     // MARK: Elementwise arithmetic
@@ -119,29 +184,34 @@ enum Kernels {
             for g in g0..<g1 {
                 let start = g * perGroup * plane
                 let n = perGroup * plane
-                // Two passes in double precision: the mean, then the centred sum of squares.
-                var sum: Double = 0
-                for i in 0..<n { sum += Double(x[start + i]) }
-                let mean = sum / Double(n)
-                var squares: Double = 0
-                for i in 0..<n { let d = Double(x[start + i]) - mean; squares += d * d }
-                let inverse = Float(1 / (squares / Double(n) + Double(epsilon)).squareRoot())
+                // Two passes (the mean, then the centred sum of squares), 16 lanes at a time,
+                // partial sums gathered in double precision.
+                let mean = sum(x + start, count: n).sum / Double(n)
+                let centred = sum(x + start, count: n, minus: Float(mean))
+                // Var = E[(x - m')²] - (E[x - m'])² with m' = Float(mean), exact up to rounding.
+                let offset = centred.sum / Double(n)
+                let variance = max(0, centred.squares / Double(n) - offset * offset)
+                let inverse = Float(1 / (variance + Double(epsilon)).squareRoot())
                 let m = Float(mean)
                 for c in (g * perGroup)..<((g + 1) * perGroup) {
                     let scale = w[c] * inverse
                     let shift = b[c] - m * scale
-                    let row = c * plane
+                    let source = x + c * plane, target = y + c * plane
                     if silu {
-                        for j in 0..<plane {
-                            let v = x[row + j] * scale + shift
-                            y[row + j] = v / (1 + expf(-v))
-                        }
+                        normalise(source, into: target, count: plane, scale: scale, shift: shift) { v in Kernels.silu(v) }
                     } else {
-                        for j in 0..<plane { y[row + j] = x[row + j] * scale + shift }
+                        normalise(source, into: target, count: plane, scale: scale, shift: shift) { v in v }
                     }
                 }
             }
         }
+    }
+
+    /// `y = f(x * scale + shift)` over `count` floats.
+    @inline(__always)
+    private static func normalise(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int,
+                                  scale: Float, shift: Float, _ f: (Float) -> Float) {
+        for i in 0..<count { y[i] = f(x[i] * scale + shift) }
     }
 
     /// Layer normalisation over the last dimension of a `[rows, features]` matrix; `x` and `y`
@@ -178,21 +248,48 @@ enum Kernels {
 
     @inline(__always)
     static func softmaxRow(_ row: UnsafeMutablePointer<Float>, count: Int) {
+        // Eight running maxima so the loop vectorises.
+        var lanes = [Float](repeating: -.infinity, count: 8)
         var maximum = -Float.infinity
-        for j in 0..<count where row[j] > maximum { maximum = row[j] }
+        lanes.withUnsafeMutableBufferPointer { m in
+            var j = 0
+            while j + 8 <= count {
+                for k in 0..<8 { let v = row[j + k]; m[k] = v > m[k] ? v : m[k] }
+                j += 8
+            }
+            while j < count { maximum = Swift.max(maximum, row[j]); j += 1 }
+            for k in 0..<8 { maximum = Swift.max(maximum, m[k]) }
+        }
         if maximum == -.infinity {
             // Every entry masked: PyTorch yields NaN here; we never build such rows.
-            for j in 0..<count { row[j] = 0 }
+            row.update(repeating: 0, count: count)
             return
         }
-        var sum: Float = 0
-        for j in 0..<count {
-            let e = expf(row[j] - maximum)
-            row[j] = e
-            sum += e
+        // Masked entries (-infinity) give exactly 0; eight partial sums keep the loop vectorised.
+        var partial = SIMD8<Float>()
+        var j = 0
+        while j + 8 <= count {
+            var e = SIMD8<Float>()
+            for k in 0..<8 {
+                let v = row[j + k]
+                let p = v == -.infinity ? 0 : exp(v - maximum)
+                row[j + k] = p
+                e[k] = p
+            }
+            partial += e
+            j += 8
         }
+        var sum: Float = 0
+        while j < count {
+            let v = row[j]
+            let p = v == -.infinity ? 0 : exp(v - maximum)
+            row[j] = p
+            sum += p
+            j += 1
+        }
+        for k in 0..<8 { sum += partial[k] }
         let inverse = 1 / sum
-        for j in 0..<count { row[j] *= inverse }
+        for k in 0..<count { row[k] *= inverse }
     }
 
     // MARK: Resampling

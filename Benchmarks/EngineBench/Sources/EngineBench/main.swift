@@ -1,0 +1,164 @@
+// Times WeightPack's engine for Benchmarks/engine.sh; the diffusers side is
+// Benchmarks/python/engine_text_encoder.py and engine_vae.py, which take the same inputs and
+// print the same JSON line.
+//
+//   EngineBench text-encoder DIR RUNS OUT.f32   (DIR: a diffusers text_encoder/ folder)
+//   EngineBench vae DIR LATENT.f32 RUNS OUT.f32 (DIR: a diffusers vae/ folder)
+//   EngineBench kernels                         (convolution and sgemm GFLOP/s)
+import CheckpointFormats
+@testable import DiffusionEngine
+import Foundation
+import TensorCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Peak resident set of this process in MiB (`ru_maxrss` is in KiB on Linux).
+func peakRSSMiB() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_maxrss) / 1024
+}
+
+func seconds(_ body: () throws -> Void) rethrows -> Double {
+    let start = ContinuousClock.now
+    try body()
+    let d = ContinuousClock.now - start
+    return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+}
+
+func loadAverage() -> String {
+    (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?"
+}
+
+func report(_ task: String, load: Double, runs: [Double]) {
+    let list = runs.map { String(format: "%.4f", $0) }.joined(separator: ", ")
+    print(String(format: "{\"side\": \"weightpack\", \"task\": \"%@\", \"best\": %.4f, \"runs\": [%@], \"load_seconds\": %.3f, \"peak_rss_mib\": %.1f, \"loadavg\": \"%@\"}",
+                 task, runs.min()!, list, load, peakRSSMiB(), loadAverage()))
+}
+
+func writeFloats(_ t: FloatTensor, to path: String) throws {
+    let data = t.withUnsafeBufferPointer { Data(buffer: $0) }
+    try data.write(to: URL(fileURLWithPath: path))
+}
+
+/// The benchmark's two prompts as token ids (the Python side builds the same): one full
+/// sequence and one short one padded with the end token.
+func benchmarkTokens() -> [[Int]] {
+    let full = [49406] + (0..<75).map { ($0 * 7919 + 11) % 49406 } + [49407]
+    let short = [49406] + (0..<20).map { ($0 * 104_729 + 5) % 49406 } + [Int](repeating: 49407, count: 56)
+    return [full, short]
+}
+
+func textEncoder(_ dir: String, runs: Int, out: String) throws {
+    var model: CLIPTextModel!
+    let load = try seconds {
+        let config = try CLIPTextConfiguration(jsonText: String(contentsOfFile: dir + "/config.json", encoding: .utf8))
+        let store = try SafetensorsFile(path: dir + "/model.safetensors")
+        model = try CLIPTextModel(store: store, configuration: config)
+    }
+    let tokens = benchmarkTokens()
+    var result = try model.encode(tokens)   // warm-up: maps the weights in
+    var times: [Double] = []
+    for _ in 0..<runs { times.append(try seconds { result = try model.encode(tokens) }) }
+    try writeFloats(result, to: out)
+    report("text_encoder", load: load, runs: times)
+}
+
+func vae(_ dir: String, latentPath: String, runs: Int, out: String) throws {
+    var model: AutoencoderKL!
+    let load = try seconds {
+        let config = try AutoencoderKLConfiguration(jsonText: String(contentsOfFile: dir + "/config.json", encoding: .utf8))
+        let store = try SafetensorsFile(path: dir + "/diffusion_pytorch_model.safetensors")
+        model = try AutoencoderKL(store: store, configuration: config)
+    }
+    let bytes = try Data(contentsOf: URL(fileURLWithPath: latentPath))
+    let latent = FloatTensor(shape: [1, 4, 64, 64])
+    precondition(bytes.count == latent.count * 4, "latent file must hold 1x4x64x64 f32")
+    latent.withUnsafeMutableBufferPointer { p in _ = bytes.copyBytes(to: p) }
+    var result: FloatTensor!
+    var times: [Double] = []
+    for _ in 0..<runs { times.append(try seconds { result = try model.decode(latent) }) }
+    try writeFloats(result, to: out)
+    report("vae_decode", load: load, runs: times)
+}
+
+/// GFLOP/s of the convolution paths on the VAE decoder's 3x3 shapes, and of sgemm alone.
+func kernels() {
+    func filled(_ n: Int, _ scale: Float) -> FloatTensor {
+        let t = FloatTensor(shape: [n])
+        t.withUnsafeMutableBufferPointer { p in for i in 0..<n { p[i] = Float((i * 7919) % 2001 - 1000) * scale / 1000 } }
+        return t
+    }
+    print("load average: \(loadAverage()); BLAS threads \(GEMM.threadCount); workers \(Parallel.workerCount)")
+    let n = 4096, k = 4608, m = 512
+    let a = filled(m * k, 0.02), b = filled(k * n, 1), c = FloatTensor(shape: [m * n])
+    for threads in [GEMM.threadCount, 1] {
+        let previous = GEMM.threadCount
+        GEMM.threadCount = threads
+        var best = Double.infinity
+        for _ in 0..<3 {
+            best = min(best, seconds { GEMM.multiply(m: m, n: n, k: k, a: a.base, lda: k, b: b.base, ldb: n, c: c.base, ldc: n) })
+        }
+        GEMM.threadCount = previous
+        print(String(format: "sgemm %dx%dx%d, %d BLAS thread(s): %.1f GFLOP/s", m, n, k, threads, 2.0 * Double(m * n * k) / best / 1e9))
+    }
+    do {
+        let channels = 128, plane = 512 * 512
+        let x = filled(channels * plane, 1), y = FloatTensor(shape: [channels * plane])
+        let w = filled(channels, 1), b = filled(channels, 0.1)
+        var best = Double.infinity
+        for _ in 0..<3 {
+            best = min(best, seconds {
+                Kernels.groupNorm(x.base, into: y.base, channels: channels, plane: plane, groups: 32, epsilon: 1e-6,
+                                  weight: w.base, bias: b.base, silu: true)
+            })
+        }
+        print(String(format: "group norm + SiLU 128x512x512: %.3f s (%.2f GB/s read+write)", best, 8.0 * Double(channels * plane) / best / 1e9))
+        let rows = 1024, columns = 4096
+        let s = filled(rows * columns, 4)
+        best = .infinity
+        for _ in 0..<3 { best = min(best, seconds { Kernels.softmaxRows(s.base, rows: rows, columns: columns) }) }
+        print(String(format: "softmax 1024x4096: %.3f s", best))
+    }
+    let shapes = [(512, 64, 512), (512, 128, 512), (512, 256, 256), (256, 256, 256), (256, 512, 128), (128, 512, 128)]
+    for (inC, size, outC) in shapes {
+        let g = Convolution.Geometry(inChannels: inC, height: size, width: size, outChannels: outC,
+                                     kernelHeight: 3, kernelWidth: 3, stride: 1, padding: .init(1))
+        let x = filled(inC * size * size, 1), w = filled(outC * inC * 9, 0.05), bias = filled(outC, 0.1)
+        let y = FloatTensor(shape: [outC * size * size])
+        let flops = 2.0 * 9 * Double(inC * outC * size * size)
+        let columns = FloatTensor(shape: [g.patchSize * Convolution.im2colBlockPixels(g)])
+        let scratch = FloatTensor(shape: [Convolution.winogradScratchCount(g)])
+        var im2col = Double.infinity, winograd = Double.infinity
+        for _ in 0..<2 {
+            im2col = min(im2col, seconds {
+                Convolution.loweredForward(x.base, geometry: g, weight: w.base, bias: bias.base, output: y.base, columns: columns.base)
+            })
+            winograd = min(winograd, seconds {
+                Convolution.winogradForward(x.base, geometry: g, weight: w.base, bias: bias.base, residual: nil, output: y.base, scratch: scratch.base)
+            })
+        }
+        print(String(format: "conv3x3 %3d->%3d at %3dx%-3d: im2col %.3f s (%.0f GFLOP/s), winograd %.3f s (%.0f GFLOP/s effective)",
+                     inC, outC, size, size, im2col, flops / im2col / 1e9, winograd, flops / winograd / 1e9))
+    }
+}
+
+let arguments = CommandLine.arguments
+do {
+    switch arguments.count > 1 ? arguments[1] : "" {
+    case "text-encoder" where arguments.count == 5:
+        try textEncoder(arguments[2], runs: Int(arguments[3])!, out: arguments[4])
+    case "vae" where arguments.count == 6:
+        try vae(arguments[2], latentPath: arguments[3], runs: Int(arguments[4])!, out: arguments[5])
+    case "kernels":
+        kernels()
+    default:
+        FileHandle.standardError.write("usage: EngineBench text-encoder DIR RUNS OUT | vae DIR LATENT RUNS OUT | kernels\n".data(using: .utf8)!)
+        exit(2)
+    }
+} catch {
+    FileHandle.standardError.write("EngineBench: \(error)\n".data(using: .utf8)!)
+    exit(1)
+}
