@@ -39,7 +39,7 @@ let package = Package(
         .target(name: "SafePickle", dependencies: ["TensorCore"], swiftSettings: strict),
         .target(
             name: "CheckpointFormats",
-            dependencies: ["TensorCore", "MappedIO", "StrictJSON", "SafePickle", "CZstd"],
+            dependencies: ["TensorCore", "MappedIO", "StrictJSON", "SafePickle", "Quantization", "CZstd"],
             swiftSettings: strict),
         .target(name: "ModelCatalog", dependencies: ["TensorCore", "StrictJSON"], resources: [.copy("Data")], swiftSettings: strict),
         .target(name: "Quantization", dependencies: ["TensorCore"], swiftSettings: strict),
@@ -58,17 +58,18 @@ let package = Package(
         .executableTarget(name: "weightpack", dependencies: ["WeightPackCLI"], swiftSettings: strict),
 
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"], swiftSettings: strict),
+        .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "TensorCore"], swiftSettings: strict),
         .testTarget(name: "StrictJSONTests", dependencies: ["StrictJSON"], swiftSettings: strict),
         .testTarget(
             name: "CheckpointFormatsTests",
-            dependencies: ["CheckpointFormats", "MappedIO", "TensorCore", "StrictJSON"],
+            dependencies: ["CheckpointFormats", "MappedIO", "Quantization", "TensorCore", "StrictJSON"],
             swiftSettings: strict),
         .testTarget(
             name: "ModelCatalogTests",
             dependencies: ["ModelCatalog", "CheckpointFormats", "TensorCore", "StrictJSON"],
             swiftSettings: strict),
         .testTarget(name: "SafePickleTests", dependencies: ["SafePickle", "TensorCore"], swiftSettings: strict),
-        .testTarget(name: "DiffusionEngineTests", dependencies: ["DiffusionEngine", "CheckpointFormats", "TensorCore"], swiftSettings: strict),
+        .testTarget(name: "DiffusionEngineTests", dependencies: ["DiffusionEngine", "CheckpointFormats", "Quantization", "StrictJSON", "TensorCore"], swiftSettings: strict),
         .testTarget(
             name: "WeightPackCLITests",
             dependencies: ["WeightPackCLI", "weightpack", "CheckpointFormats", "StrictJSON", "TensorCore"],

@@ -30,6 +30,17 @@ def main():
         vae_ldm = {k: f.get_tensor(k) for k in f.keys() if k.startswith("first_stage_model.")}
         clip_ldm = {k: f.get_tensor(k) for k in f.keys() if k.startswith("cond_stage_model.transformer.")}
 
+    if not os.path.exists(os.path.join(out, "unet", "diffusion_pytorch_model.safetensors")):
+        from diffusers import UNet2DConditionModel
+        with safe_open(model, framework="pt") as f:
+            unet_ldm = {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.diffusion_model.")}
+        unet = UNet2DConditionModel(**common.SD15_UNET_CONFIG)
+        converted = sfu.convert_ldm_unet_checkpoint(unet_ldm, dict(unet.config))
+        unet.load_state_dict(converted, strict=True)
+        unet.save_pretrained(os.path.join(out, "unet"), safe_serialization=True)
+        print(f"wrote {out}/unet ({len(converted)} tensors)")
+        del unet, converted, unet_ldm
+
     vae = AutoencoderKL(**common.SD15_VAE_CONFIG)
     converted = sfu.convert_ldm_vae_checkpoint(vae_ldm, dict(vae.config))
     vae.load_state_dict(converted, strict=True)

@@ -1,4 +1,5 @@
 import MappedIO
+import Quantization
 import TensorCore
 
 /// A tensor to be written: its output name, dtype and shape, and how to fetch its source
@@ -13,6 +14,9 @@ public struct OutputTensor: Sendable {
     public var sourceDType: DType
     /// Fetches the source tensor.
     public var load: @Sendable () throws -> TensorView
+    /// Set to store the tensor as int8 (`.wpk` only): `dtype` is then `I8` and the writer
+    /// quantises the source values with this layout and records the error they took.
+    public var quantization: Int8BlockLayout? = nil
 
     public init(name: String, dtype: DType, shape: Shape, sourceName: String, sourceDType: DType, load: @escaping @Sendable () throws -> TensorView) {
         self.name = name
@@ -34,6 +38,9 @@ public struct OutputTensor: Sendable {
 /// The dtype a conversion asks for.
 public enum DTypeChoice: String, Sendable, CaseIterable {
     case keep, f32, f16, bf16
+    /// int8 where ``QuantizationRules`` allow, f16/f32 elsewhere (`.wpk` only; plan with
+    /// ``OutputTensor/plan(from:rules:include:)``).
+    case int8
 
     /// The output dtype for a source dtype. Only F16, BF16, F32 and F64 are ever cast;
     /// integers, booleans, fp8 and everything else keep their type.
@@ -44,6 +51,7 @@ public enum DTypeChoice: String, Sendable, CaseIterable {
         case .f32: return .f32
         case .f16: return .f16
         case .bf16: return .bf16
+        case .int8: return .f16  // only where no rules apply; int8 plans go through QuantizationRules
         }
     }
 }
@@ -51,11 +59,30 @@ public enum DTypeChoice: String, Sendable, CaseIterable {
 extension OutputTensor {
     /// The plan for writing every tensor of `store` (in its order) as `choice` asks.
     public static func plan(from store: any TensorStore, dtype choice: DTypeChoice, include: (TensorDescriptor) -> Bool = { _ in true }) -> [OutputTensor] {
-        store.tensors.filter(include).map { d in
+        if choice == .int8 { return plan(from: store, rules: QuantizationRules(), include: include) }
+        return store.tensors.filter(include).map { d in
             OutputTensor(
                 name: d.name, dtype: choice.outputDType(for: d.dtype), shape: d.shape,
                 sourceName: d.name, sourceDType: d.dtype,
                 load: { try store.tensor(named: d.name) })
+        }
+    }
+}
+
+extension OutputTensor {
+    /// The plan for an int8 conversion: tensors the rules pick are quantised, the other
+    /// floating-point tensors are stored as ``QuantizationRules/keptDType(for:)`` says.
+    public static func plan(from store: any TensorStore, rules: QuantizationRules, include: (TensorDescriptor) -> Bool = { _ in true }) -> [OutputTensor] {
+        store.tensors.filter(include).map { d in
+            var t = OutputTensor(
+                name: d.name, dtype: QuantizationRules.keptDType(for: d), shape: d.shape,
+                sourceName: d.name, sourceDType: d.dtype,
+                load: { try store.tensor(named: d.name) })
+            if case .quantize(let layout) = rules.decision(for: d) {
+                t.dtype = .i8
+                t.quantization = layout
+            }
+            return t
         }
     }
 }

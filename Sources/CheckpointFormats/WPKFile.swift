@@ -1,5 +1,6 @@
 import CZstd
 import MappedIO
+import Quantization
 import StrictJSON
 import TensorCore
 
@@ -7,7 +8,8 @@ import TensorCore
 public enum WPKLayout {
     public static let magic: [UInt8] = [0x89, 0x57, 0x50, 0x4B, 0x0D, 0x0A, 0x1A, 0x0A]
     public static let majorVersion: UInt16 = 1
-    public static let minorVersion: UInt16 = 0
+    /// The newest minor version this code writes: 1.1 added int8 tensors (`quantization`).
+    public static let minorVersion: UInt16 = 1
     public static let preambleSize = 64
     public static let alignment = 64
     public static let maximumHeaderSize = 256 << 20
@@ -30,11 +32,31 @@ public struct WPKTensorEntry: Hashable, Sendable {
     public var encoding: WPKEncoding
     public var sourceName: String?
     public var sourceDType: DType?
+    /// Set for an int8 tensor (format 1.1): `descriptor` is then the dequantised F32 view and
+    /// the stored bytes are the layout's int8 values and scales.
+    public var quantization: WPKQuantization? = nil
+}
+
+/// How an int8 tensor is stored (`Formats/wpk.md`, "Quantised tensors").
+public struct WPKQuantization: Hashable, Sendable {
+    public var layout: Int8BlockLayout
+    /// The error the tensor took when it was quantised (SNR, max abs, cosine), if recorded.
+    public var metrics: QuantizationMetrics?
+
+    public init(layout: Int8BlockLayout, metrics: QuantizationMetrics?) {
+        self.layout = layout
+        self.metrics = metrics
+    }
 }
 
 /// A `.wpk` file, memory-mapped. Opening validates the preamble and the header and reads no
 /// tensor data; raw tensors are served zero-copy, compressed ones are decompressed on request.
-public final class WPKFile: TensorStore, @unchecked Sendable {
+///
+/// Int8 tensors (format 1.1) appear in ``tensors`` with their dequantised dtype, F32, and
+/// ``tensor(named:)`` dequantises them into a new buffer, so every consumer of a
+/// ``TensorStore`` reads them as floats; ``quantizedTensor(named:)`` gives the int8 values and
+/// scales themselves, zero-copy, and ``entry(named:)`` the stored layout and error figures.
+public final class WPKFile: QuantizedTensorStore, @unchecked Sendable {
     public let path: String
     public let file: MappedFile
     public let version: (major: UInt16, minor: UInt16)
@@ -83,11 +105,18 @@ public final class WPKFile: TensorStore, @unchecked Sendable {
         return file.bytes(in: start..<(start + entry.length))!  // validated on open
     }
 
+    /// The tensor's values. An int8 tensor is dequantised to F32 into a new buffer (O(n)); use
+    /// ``quantizedTensor(named:)`` to read it without expanding it.
     public func tensor(named name: String) throws(FormatError) -> TensorView {
         guard let entry = entry(named: name) else {
             throw FormatError(.tensorNotFound, "no tensor '\(name)'", path: path, tensor: name)
         }
         let stored = storedBytes(of: entry)
+        if entry.quantization != nil {
+            do { return try quantizedView(entry, stored).dequantized() } catch {
+                throw FormatError(.corruptHeader, error.message, path: path, tensor: name)
+            }
+        }
         switch entry.encoding {
         case .raw:
             return TensorView(descriptor: entry.descriptor, bytes: stored)
@@ -97,6 +126,25 @@ public final class WPKFile: TensorStore, @unchecked Sendable {
             }
             return TensorView(descriptor: entry.descriptor, bytes: TensorBytes(owner: buffer, buffer: buffer.bytes))
         }
+    }
+
+    /// The int8 values and scales of `name`, zero-copy from the mapping; `nil` when the tensor
+    /// is not quantised.
+    ///
+    /// - Throws: `FormatError` (`tensorNotFound`) when there is no such tensor.
+    public func quantizedTensor(named name: String) throws(FormatError) -> QuantizedTensorView? {
+        guard let entry = entry(named: name) else {
+            throw FormatError(.tensorNotFound, "no tensor '\(name)'", path: path, tensor: name)
+        }
+        guard entry.quantization != nil else { return nil }
+        do { return try quantizedView(entry, storedBytes(of: entry)) } catch {
+            throw FormatError(.corruptHeader, error.message, path: path, tensor: name)
+        }
+    }
+
+    private func quantizedView(_ entry: WPKTensorEntry, _ stored: TensorBytes) throws(QuantizationError) -> QuantizedTensorView {
+        let q = entry.quantization!
+        return try QuantizedTensorView(descriptor: entry.descriptor, layout: q.layout, bytes: stored, metrics: q.metrics)
     }
 
     /// A problem `check` found.
@@ -238,8 +286,10 @@ public final class WPKFile: TensorStore, @unchecked Sendable {
         let (end, overflow) = offset.addingReportingOverflow(length)
         guard !overflow, end <= dataLength else { throw bad("data [\(offset), +\(length)) runs past the data section") }
         guard case .string(let checksumText)? = f["checksum"], let checksum = parseChecksum(checksumText) else { throw bad("missing or malformed checksum") }
-        if f["quantization"] != nil, f["quantization"] != .null {
-            throw FormatError(.unsupportedVersion, "tensor '\(name)' is quantised, which this reader cannot decode", tensor: name)
+        if case .object(let q)? = f["quantization"] {
+            return try parseQuantizedEntry(name: name, dtype: dtype, shape: shape, fields: f, quantization: q, offset: offset, length: length, checksum: checksum)
+        } else if f["quantization"] != nil, f["quantization"] != .null {
+            throw bad("malformed quantization")
         }
         var encoding = WPKEncoding.raw
         if case .object(let e)? = f["encoding"] {
@@ -266,6 +316,46 @@ public final class WPKFile: TensorStore, @unchecked Sendable {
             descriptor: TensorDescriptor(name: name, dtype: dtype, shape: shape, byteCount: logical),
             offset: offset, length: length, checksum: checksum, encoding: encoding,
             sourceName: sourceName, sourceDType: sourceDType)
+    }
+
+    /// An int8 tensor (format 1.1): dtype `I8`, raw, `length` equal to its layout's bytes.
+    private static func parseQuantizedEntry(
+        name: String, dtype: DType, shape: Shape, fields f: JSONObject, quantization q: JSONObject,
+        offset: Int, length: Int, checksum: UInt64
+    ) throws(FormatError) -> WPKTensorEntry {
+        func bad(_ what: String) -> FormatError { FormatError(.corruptHeader, "tensor '\(name)': \(what)", tensor: name) }
+        guard q["scheme"]?.stringValue == Int8BlockLayout.schemeName else {
+            throw FormatError(.unsupportedVersion, "tensor '\(name)' uses quantisation scheme '\(q["scheme"]?.stringValue ?? "?")', which this reader cannot decode", tensor: name)
+        }
+        guard dtype == .i8 else { throw bad("an int8-block tensor must have dtype I8, not \(dtype.name)") }
+        guard f["encoding"] == nil || f["encoding"]?.objectValue?["kind"]?.stringValue == "raw" else { throw bad("an int8-block tensor must be stored raw") }
+        guard shape.rank >= 1, let blockSize = q["block_size"]?.nonNegativeInt, blockSize >= 1,
+              let rows = q["rows"]?.nonNegativeInt, let rowLength = q["row_length"]?.nonNegativeInt,
+              q["scale_dtype"]?.stringValue == "F16", let scaleOffset = q["scale_offset"]?.nonNegativeInt,
+              q["dequantized_dtype"]?.stringValue ?? "F32" == "F32"
+        else { throw bad("malformed int8-block quantization") }
+        let layout: Int8BlockLayout
+        do { layout = try Int8BlockLayout(rows: rows, rowLength: rowLength, blockSize: blockSize) } catch { throw bad(error.message) }
+        let (floatBytes, overflow) = shape.count.multipliedReportingOverflow(by: 4)
+        guard !overflow else { throw bad("shape \(shape) is too large") }
+        guard rows == shape[0], layout.elementCount == shape.count else { throw bad("int8 layout \(rows)×\(rowLength) does not fit shape \(shape)") }
+        guard scaleOffset == layout.scaleOffset else { throw bad("scale_offset \(scaleOffset), expected \(layout.scaleOffset)") }
+        guard length == layout.byteCount else { throw bad("stores \(length) bytes but \(layout) needs \(layout.byteCount)") }
+        var metrics: QuantizationMetrics?
+        if case .object(let e)? = q["error"] {
+            guard let maxAbs = e["max_abs"]?.doubleValue, let cosine = e["cosine"]?.doubleValue else { throw bad("malformed quantization error") }
+            metrics = QuantizationMetrics(snrDecibels: e["snr_db"]?.doubleValue, maxAbsoluteError: maxAbs, cosine: cosine, count: shape.count)
+        }
+        var sourceName: String?, sourceDType: DType?
+        if case .object(let s)? = f["source"] {
+            sourceName = s["name"]?.stringValue
+            sourceDType = s["dtype"]?.stringValue.flatMap(DType.init(name:))
+        }
+        return WPKTensorEntry(
+            descriptor: TensorDescriptor(name: name, dtype: .f32, shape: shape, byteCount: floatBytes),
+            offset: offset, length: length, checksum: checksum, encoding: .raw,
+            sourceName: sourceName, sourceDType: sourceDType,
+            quantization: WPKQuantization(layout: layout, metrics: metrics))
     }
 
     static func parseChecksum(_ text: String) -> UInt64? {

@@ -1,4 +1,6 @@
+import Dispatch
 import MappedIO
+import Quantization
 import StrictJSON
 import TensorCore
 
@@ -49,8 +51,10 @@ public enum WPKWriter {
                 descriptor: TensorDescriptor(name: t.name, dtype: t.dtype, shape: t.shape, byteCount: 0),
                 offset: Int.max, length: Int.max, checksum: .max,
                 encoding: t.dtype.isConvertibleFloat && options.compress ? .zstdByteGroup(width: 8, size: Int.max, rawChecksum: .max) : .raw,
-                sourceName: t.sourceName, sourceDType: t.sourceDType)
+                sourceName: t.sourceName, sourceDType: t.sourceDType,
+                quantization: t.quantization.map { _ in WPKQuantization.widest })
         }
+        let quantized = tensors.contains { $0.quantization != nil }
         let reserved = headerText(metadata: metadata, entries: placeholder).count + finalizeReserve
         let dataOffset = (WPKLayout.preambleSize + reserved + WPKLayout.alignment - 1) / WPKLayout.alignment * WPKLayout.alignment
         do {
@@ -65,7 +69,13 @@ public enum WPKWriter {
                 let encoding: WPKEncoding
                 let checksum: UInt64
                 var overflow = 0
-                if options.compress, t.dtype.isConvertibleFloat, let width = t.dtype.byteWidth, t.shape.count > 0 {
+                var quantization: WPKQuantization?
+                if let layout = t.quantization {
+                    let metrics: QuantizationMetrics
+                    (checksum, metrics) = try writeQuantized(t, layout: layout, to: writer)
+                    quantization = WPKQuantization(layout: layout, metrics: metrics)
+                    encoding = .raw
+                } else if options.compress, t.dtype.isConvertibleFloat, let width = t.dtype.byteWidth, t.shape.count > 0 {
                     (encoding, checksum, overflow) = try writeCompressed(t, width: width, level: options.compressionLevel, to: writer)
                 } else {
                     let emitted = try TensorEmitter.emit(t, to: writer)
@@ -74,10 +84,13 @@ public enum WPKWriter {
                 }
                 if overflow > 0 { options.float16Overflow?(t.sourceName, overflow) }
                 let size = try t.byteCount()
+                let descriptor = quantization == nil
+                    ? TensorDescriptor(name: t.name, dtype: t.dtype, shape: t.shape, byteCount: size)
+                    : TensorDescriptor(name: t.name, dtype: .f32, shape: t.shape, byteCount: t.shape.count * 4)
                 entries.append(WPKTensorEntry(
-                    descriptor: TensorDescriptor(name: t.name, dtype: t.dtype, shape: t.shape, byteCount: size),
+                    descriptor: descriptor,
                     offset: offset, length: writer.position - dataOffset - offset, checksum: checksum, encoding: encoding,
-                    sourceName: t.sourceName, sourceDType: t.sourceDType))
+                    sourceName: t.sourceName, sourceDType: t.sourceDType, quantization: quantization))
                 progress?.advance(by: size)
             }
             let dataLength = writer.position - dataOffset
@@ -87,7 +100,8 @@ public enum WPKWriter {
             header.append(contentsOf: repeatElement(0x20, count: reserved - header.count))
             var preamble = WPKLayout.magic
             append(&preamble, WPKLayout.majorVersion)
-            append(&preamble, WPKLayout.minorVersion)
+            // 1.0 when nothing is quantised, so readers of 1.0 still open the file.
+            append(&preamble, quantized ? WPKLayout.minorVersion : UInt16(0))
             append(&preamble, UInt32(0))
             append(&preamble, UInt64(WPKLayout.preambleSize))
             append(&preamble, UInt64(header.count))
@@ -107,6 +121,51 @@ public enum WPKWriter {
         } catch {
             throw FormatError(.io, "\(error)", path: path)
         }
+    }
+
+    /// Widens a tensor to f32, quantises it to int8 (rows spread over the processors), writes
+    /// the layout's bytes and returns their XXH64 and the error measured.
+    private static func writeQuantized(_ t: OutputTensor, layout: Int8BlockLayout, to writer: AtomicFileWriter) throws(FormatError) -> (UInt64, QuantizationMetrics) {
+        guard layout.elementCount == t.shape.count, t.sourceDType.isConvertibleFloat else {
+            throw FormatError(.unsupportedConversion, "cannot quantise \(t.sourceDType.name) \(t.shape) as \(layout)", tensor: t.name)
+        }
+        let view = try TensorEmitter.load(t)
+        let floats = OwnedBuffer(byteCount: layout.elementCount * 4)
+        try view.bytes.withUnsafeBytes { (source) throws(FormatError) in
+            do throws(TensorCoreError) {
+                try ElementConversion.widen(source, dtype: t.sourceDType, into: floats.mutableBytes.bindMemory(to: Float.self), count: layout.elementCount)
+            } catch {
+                throw FormatError(.unsupportedConversion, error.message, tensor: t.name)
+            }
+            (view.bytes.owner as? MappedFile)?.adviseDone(with: source)
+        }
+        let output = OwnedBuffer(byteCount: layout.byteCount)
+        output.mutableBytes.initializeMemory(as: UInt8.self, repeating: 0)
+        let parts = max(1, min(8, layout.rows / 16))
+        let results = QuantizeResults(parts)
+        if let out = output.mutableBytes.baseAddress, let input = floats.mutableBytes.baseAddress {
+            let source = UnsafeSendablePointer(UnsafeRawPointer(input)), target = UnsafeSendablePointer(UnsafeRawPointer(out))
+            DispatchQueue.concurrentPerform(iterations: parts) { p in
+                let rows = (layout.rows * p / parts)..<(layout.rows * (p + 1) / parts)
+                let payload = UnsafeMutableRawPointer(mutating: target.pointer)
+                results.set(p, Result { () throws(QuantizationError) -> ErrorAccumulator in
+                    try Int8Quantizer.quantize(
+                        source.pointer.assumingMemoryBound(to: Float.self), layout: layout, rows: rows,
+                        payload: payload.assumingMemoryBound(to: Int8.self),
+                        scales: (payload + layout.scaleOffset).assumingMemoryBound(to: UInt16.self))
+                })
+            }
+        }
+        var total = ErrorAccumulator()
+        for r in results.values {
+            switch r {
+            case .success(let a): total.merge(a)
+            case .failure(let error): throw FormatError(.unsupportedConversion, "cannot quantise: \(error.message)", tensor: t.name)
+            case nil: break
+            }
+        }
+        do { try writer.write(output.bytes) } catch { throw FormatError(error) }
+        return (XXHash64.hash(output.bytes), total.metrics)
     }
 
     /// Converts a tensor into memory, compresses its byte planes and writes them (or the raw
@@ -157,6 +216,24 @@ public enum WPKWriter {
             if let name = e.sourceName, let dtype = e.sourceDType, name != e.descriptor.name || dtype != e.descriptor.dtype {
                 row["source"] = ["name": .string(name), "dtype": .string(dtype.name)]
             }
+            if let q = e.quantization {
+                row["dtype"] = .string(DType.i8.name)
+                var object = JSONObject()
+                object["scheme"] = .string(Int8BlockLayout.schemeName)
+                object["block_size"] = JSONValue(q.layout.blockSize)
+                object["rows"] = JSONValue(q.layout.rows)
+                object["row_length"] = JSONValue(q.layout.rowLength)
+                object["scale_dtype"] = "F16"
+                object["scale_offset"] = JSONValue(q.layout.scaleOffset)
+                object["dequantized_dtype"] = "F32"
+                if let m = q.metrics {
+                    object["error"] = [
+                        "snr_db": m.snrDecibels.map { JSONValue.compact($0) } ?? .null,
+                        "max_abs": JSONValue.compact(m.maxAbsoluteError), "cosine": JSONValue.compact(m.cosine),
+                    ]
+                }
+                row["quantization"] = .object(object)
+            }
             if case .zstdByteGroup(let width, let size, let rawChecksum) = e.encoding {
                 row["encoding"] = ["kind": "zstd-bytegroup", "width": JSONValue(width), "size": JSONValue(size), "raw_checksum": .string(hex(rawChecksum))]
             }
@@ -165,4 +242,33 @@ public enum WPKWriter {
         let root: JSONValue = ["metadata": .object(metadata), "tensors": .array(rows)]
         return Array(root.serialized().utf8)
     }
+}
+
+extension WPKQuantization {
+    /// A placeholder whose header text is at least as long as any real one's.
+    static let widest = WPKQuantization(
+        layout: try! Int8BlockLayout(rows: 1_000_000_000_000_000_000, rowLength: 1, blockSize: Int.max),
+        metrics: QuantizationMetrics(snrDecibels: -1.2345678e-38, maxAbsoluteError: -1.2345678e-38, cosine: -1.2345678e-38, count: 0))
+}
+
+extension JSONValue {
+    /// A figure at float precision, written with the shortest decimal that reads back to it.
+    static func compact(_ value: Double) -> JSONValue {
+        guard value.isFinite else { return .null }
+        return .double(Double(String(Float(value))) ?? value)
+    }
+}
+
+/// Per-part results of a concurrent quantisation.
+private final class QuantizeResults: @unchecked Sendable {
+    private(set) var values: [Result<ErrorAccumulator, QuantizationError>?]
+    private let lock = DispatchQueue(label: "weightpack.quantize")
+    init(_ count: Int) { values = Array(repeating: nil, count: count) }
+    func set(_ i: Int, _ value: Result<ErrorAccumulator, QuantizationError>) { lock.sync { values[i] = value } }
+}
+
+/// A read-only pointer handed to `concurrentPerform` workers that touch disjoint rows.
+private struct UnsafeSendablePointer: @unchecked Sendable {
+    let pointer: UnsafeRawPointer
+    init(_ pointer: UnsafeRawPointer) { self.pointer = pointer }
 }

@@ -1,11 +1,13 @@
+import Quantization
 import TensorCore
 
 /// Reads a network's weights from any ``TensorStore`` as `Float`, one tensor at a time.
 ///
 /// F32 tensors at 4-byte-aligned addresses are handed out in place (zero copy from a mapping);
 /// F16, BF16 and F64 tensors, and unaligned F32 ones, are converted into a scratch buffer that
-/// is reused for the next tensor, so the whole model is never expanded at once. Names are
-/// looked up as `prefix + name`.
+/// is reused for the next tensor, so the whole model is never expanded at once. Int8 tensors of
+/// a ``QuantizedTensorStore`` are dequantised the same way, tile by tile of rows spread over the
+/// processors, straight from the store's (mapped) bytes. Names are looked up as `prefix + name`.
 ///
 /// Not thread-safe: a provider belongs to one network and is used from one thread at a time.
 public final class WeightProvider {
@@ -13,6 +15,8 @@ public final class WeightProvider {
     public let store: any TensorStore
     /// Prepended to every name (`text_model.`, `first_stage_model.`, or empty).
     public let prefix: String
+    /// The store, when it can hold int8 tensors.
+    private let quantizedStore: (any QuantizedTensorStore)?
 
     /// Scratch buffers, one per nesting level of ``withFloats(_:shape:_:)``.
     private var scratch: [FloatTensor] = []
@@ -24,7 +28,19 @@ public final class WeightProvider {
     public init(store: any TensorStore, prefix: String = "") {
         self.store = store
         self.prefix = prefix
+        quantizedStore = store as? any QuantizedTensorStore
     }
+
+    /// The int8 form of `full`, if the store holds it quantised.
+    private func quantized(_ full: String) throws(EngineError) -> QuantizedTensorView? {
+        guard let quantizedStore else { return nil }
+        do { return try quantizedStore.quantizedTensor(named: full) } catch {
+            throw EngineError(.missingTensor, "cannot read weight", tensorName: full, underlying: error)
+        }
+    }
+
+    /// Whether `prefix + name` is stored as int8.
+    public func isQuantized(_ name: String) -> Bool { ((try? quantized(prefix + name)) ?? nil) != nil }
 
     /// Whether the store has `prefix + name`.
     public func contains(_ name: String) -> Bool { store.descriptor(named: prefix + name) != nil }
@@ -54,6 +70,17 @@ public final class WeightProvider {
         }
         guard [.f32, .f16, .bf16, .f64].contains(descriptor.dtype) else {
             throw EngineError(.unsupportedDType, "weight is \(descriptor.dtype.name); the engine computes with F32, F16, BF16 or F64 weights", tensorName: full)
+        }
+        if let q = try quantized(full) {
+            let count = q.layout.elementCount
+            guard count > 0 else {
+                let empty = [Float](repeating: 0, count: 1)
+                return try empty.withUnsafeBufferPointer { try body($0.baseAddress!) }
+            }
+            let buffer = takeScratch(count)
+            defer { depth -= 1 }
+            try Self.dequantize(q, into: buffer.base, name: full)
+            return try body(buffer.base)
         }
         let view: TensorView
         do { view = try store.tensor(named: full) } catch {
@@ -92,6 +119,17 @@ public final class WeightProvider {
             throw EngineError(.shapeMismatch, "embedding table has shape \(descriptor.shape), expected two dimensions", tensorName: full)
         }
         let rows = descriptor.shape[0], columns = descriptor.shape[1]
+        if let q = try quantized(full) {
+            for (i, index) in indices.enumerated() {
+                guard index >= 0 && index < rows else {
+                    throw EngineError(.invalidInput, "token id \(index) outside the vocabulary of \(rows)", tensorName: full)
+                }
+                do { try q.dequantize(rows: index..<(index + 1), into: output + i * columns) } catch {
+                    throw EngineError(.unsupportedDType, "cannot dequantise", tensorName: full, underlying: error)
+                }
+            }
+            return
+        }
         guard let width = descriptor.dtype.byteWidth, [.f32, .f16, .bf16, .f64].contains(descriptor.dtype) else {
             throw EngineError(.unsupportedDType, "embedding table is \(descriptor.dtype.name)", tensorName: full)
         }
@@ -115,6 +153,25 @@ public final class WeightProvider {
         if scratch[depth].capacity < count { scratch[depth] = FloatTensor(shape: [count]) }
         depth += 1
         return scratch[depth - 1]
+    }
+
+    /// Dequantises an int8 tensor in tiles of rows spread over the processors.
+    private static func dequantize(_ q: QuantizedTensorView, into output: UnsafeMutablePointer<Float>, name: String) throws(EngineError) {
+        let layout = q.layout
+        let out = SharedPointer(output)
+        let grain = max(1, 65_536 / max(layout.rowLength, 1))
+        try q.bytes.withUnsafeBytes { (raw) throws(EngineError) in
+            guard raw.count >= layout.byteCount, let base = raw.baseAddress else {
+                throw EngineError(.unsupportedDType, "int8 weight is shorter than its layout", tensorName: name)
+            }
+            let payload = base.assumingMemoryBound(to: Int8.self), scales = base + layout.scaleOffset
+            let shared = UnsafeSendableBox((payload, scales))
+            Parallel.forRanges(layout.rows, grain: grain) { r in
+                Int8Quantizer.dequantize(
+                    payload: shared.value.0, scales: shared.value.1, layout: layout, rows: r,
+                    into: out.pointer + r.lowerBound * layout.rowLength)
+            }
+        }
     }
 
     /// Converts in tiles spread over the processors.

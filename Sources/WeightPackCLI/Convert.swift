@@ -2,6 +2,7 @@ import ArgumentParser
 import CheckpointFormats
 import MappedIO
 import ModelCatalog
+import Quantization
 import StrictJSON
 import TensorCore
 import Dispatch
@@ -29,8 +30,11 @@ struct Convert: ParsableCommand {
     @Argument(help: "The .wpk file to write.")
     var output: String
 
-    @Option(help: "Element type of floating-point tensors: keep, f32, f16 or bf16.")
+    @Option(help: "Element type of floating-point tensors: keep, f32, f16, bf16, or int8 (weights in int8 blocks, the rest f16/f32; Docs/quantization.md).")
     var dtype: DTypeChoice = .keep
+
+    @Option(name: .customLong("keep"), help: ArgumentHelp("With --dtype int8: keep tensors matching this pattern unquantised (repeatable; * and ?).", valueName: "GLOB"))
+    var keepPatterns: [String] = []
 
     @Flag(help: "Store floating-point tensors as zstd-compressed byte planes (lossless, smaller, not zero-copy).")
     var compress = false
@@ -62,6 +66,7 @@ struct Convert: ParsableCommand {
 
     func validate() throws {
         guard (1...19).contains(compressionLevel) else { throw ValidationError("--compression-level must be between 1 and 19") }
+        guard keepPatterns.isEmpty || dtype == .int8 else { throw ValidationError("--keep applies to --dtype int8 only") }
     }
 
     func run() throws {
@@ -72,7 +77,9 @@ struct Convert: ParsableCommand {
             let model = try CanonicalModel(source, weights: weights, keepExtra: keepExtra)
             let store = model.store
             let sourceDigest = noSourceHash ? nil : SourceDigest.start(path: input)
-            var plan = OutputTensor.plan(from: store, dtype: dtype)
+            var plan = dtype == .int8
+                ? OutputTensor.plan(from: store, rules: QuantizationRules(keep: keepPatterns))
+                : OutputTensor.plan(from: store, dtype: dtype)
             for i in plan.indices {
                 if let name = model.sourceName(of: plan[i].name) { plan[i].sourceName = name }
             }
@@ -128,6 +135,7 @@ struct Convert: ParsableCommand {
             var line = "wrote \(output): \(entries.count) tensors, \(formatBytes(stored))"
             if compress, stored > 0 { line += " (compression ratio \(format1(Double(logical) / Double(stored))))" }
             printError(line)
+            if dtype == .int8 { printError(QuantizationSummary(entries).line) }
             overflows.report()
             if !dropped.isEmpty {
                 printError("left out \(dropped.count) leftover tensors (\(Set(dropped.map(\.kind.rawValue)).sorted().joined(separator: ", "))); --keep-extra keeps them")

@@ -15,6 +15,10 @@ struct Export: ParsableCommand {
             folder (model_index.json, unet/, vae/, text_encoder/…, configs) that diffusers loads;
             a model of one component is written as that component's .safetensors file. Folders
             are built beside the target and renamed into place when complete.
+            --format gguf (the default for a .gguf output) writes the GGUF file stable-diffusion.cpp
+            reads: LDM names, ggml dimension order, --dtype f16 (matrices and kernels F16, 1-D
+            tensors F32), q8_0 (what stable-diffusion.cpp would quantise as Q8_0, int8 blocks of a
+            .wpk copied without requantising, the rest as f16) or keep; see Docs/quantization.md.
             Exit codes: 0 done, 65 malformed input or a layout the model cannot take, 66 missing
             input, 73 output exists (without --force) or cannot be created, 74 I/O error.
             """)
@@ -32,18 +36,35 @@ struct Export: ParsableCommand {
     @Option(help: "Tensor naming of the output: source, ldm or diffusers.")
     var layout: Layout = .source
 
-    @Option(help: "Element type of floating-point tensors: keep, f32, f16 or bf16.")
-    var dtype: DTypeChoice = .keep
+    @Option(help: "Element type of floating-point tensors: keep, f32, f16 or bf16 (and q8_0 for --format gguf).")
+    var dtype: ExportDType = .keep
+
+    @Option(help: "File format: safetensors, or gguf (default: gguf when the output ends in .gguf).")
+    var format: ExportFormat?
 
     @Flag(help: "Overwrite the output if it exists.")
     var force = false
 
     @OptionGroup var inputOptions: InputOptions
 
+    func validate() throws {
+        if resolvedFormat == .gguf {
+            guard [.keep, .f16, .q8_0].contains(dtype) else { throw ValidationError("--format gguf takes --dtype f16, q8_0 or keep") }
+            guard layout != .diffusers else { throw ValidationError("--format gguf writes the LDM layout; --layout diffusers does not apply") }
+        } else if dtype == .q8_0 {
+            throw ValidationError("--dtype q8_0 needs --format gguf")
+        }
+    }
+
     func run() throws {
         try runReporting(verbose: inputOptions.verbose) {
             let source = try inputOptions.open(input)
             let model = try CanonicalModel(source)
+            if resolvedFormat == .gguf {
+                try writeGGUF(model: model)
+                return
+            }
+            let dtype = self.dtype.plain
             guard model.isCanonical, let sourceLayout = model.layout else {
                 guard layout == .source else {
                     throw CatalogError(.unmappable, "no Stable Diffusion layout recognised in \(input); only --layout source can export it")
@@ -129,6 +150,7 @@ struct Export: ParsableCommand {
 
     /// An input with no recognised layout: written with the names it has (as before detection).
     func exportUnrecognized(_ store: any TensorStore) throws {
+        let dtype = self.dtype.plain
         var plan = OutputTensor.plan(from: store, dtype: dtype)
         if let wpk = store as? WPKFile {
             for i in plan.indices {

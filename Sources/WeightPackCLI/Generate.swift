@@ -1,4 +1,5 @@
 import ArgumentParser
+import Quantization
 import CheckpointFormats
 import CPNG
 import DiffusionEngine
@@ -233,7 +234,12 @@ final class EngineModel {
     /// The dominant floating-point dtype of the UNet's weights (how the model was converted).
     var unetDType: DType {
         var bytes: [DType: Int] = [:]
-        for d in canonical.store.tensors where d.name.hasPrefix("unet.") { bytes[d.dtype, default: 0] += d.byteCount }
+        // int8 tensors of a .wpk read as dequantised F32: ask the store how they are stored.
+        let quantized = canonical.store as? any QuantizedTensorStore
+        for d in canonical.store.tensors where d.name.hasPrefix("unet.") {
+            let stored = (try? quantized?.quantizedTensor(named: d.name)) != nil ? DType.i8 : d.dtype
+            bytes[stored, default: 0] += d.byteCount
+        }
         return bytes.max { $0.value < $1.value }?.key ?? .f32
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import CheckpointFormats
 import Dispatch
 import ModelCatalog
+import Quantization
 import StrictJSON
 import TensorCore
 #if canImport(Glibc)
@@ -56,6 +57,10 @@ struct InspectionReport {
         var storedBytes: Int?
         var sourceDType: DType?
         var canonical: [String] = []
+        /// Set for an int8 tensor of a `.wpk` (its layout and the error it took).
+        var quantization: WPKQuantization?
+        /// The dtype stored: I8 for an int8 tensor (whose values read as F32).
+        var storedDType: DType { quantization == nil ? descriptor.dtype : .i8 }
     }
 
     struct Finding {
@@ -85,7 +90,7 @@ struct InspectionReport {
         wpkMetadata = wpk?.headerMetadata
         var rows = selected.map { d in
             let entry = wpk?.entry(named: d.name)
-            return Row(descriptor: d, statistics: nil, storedBytes: entry?.length, sourceDType: entry?.sourceDType)
+            return Row(descriptor: d, statistics: nil, storedBytes: entry?.length, sourceDType: entry?.sourceDType, quantization: entry?.quantization)
         }
         if computeStatistics {
             let results = try Self.statistics(of: selected, in: store)
@@ -214,7 +219,7 @@ struct InspectionReport {
         summary["parameter_count"] = JSONValue(parameterCount)
         summary["bytes"] = JSONValue(byteCount)
         var dtypes = JSONObject()
-        for (dtype, count) in Dictionary(grouping: rows, by: \.descriptor.dtype).mapValues(\.count).sorted(by: { $0.key.name < $1.key.name }) {
+        for (dtype, count) in Dictionary(grouping: rows, by: \.storedDType).mapValues(\.count).sorted(by: { $0.key.name < $1.key.name }) {
             dtypes[dtype.name] = JSONValue(count)
         }
         summary["dtypes"] = .object(dtypes)
@@ -226,7 +231,8 @@ struct InspectionReport {
         root["tensors"] = .array(rows.map { row in
             var t = JSONObject()
             t["name"] = .string(row.descriptor.name)
-            t["dtype"] = .string(row.descriptor.dtype.name)
+            t["dtype"] = .string(row.storedDType.name)
+            if let q = row.quantization { t["quantization"] = Self.json(q) }
             t["shape"] = .array(row.descriptor.shape.dimensions.map { JSONValue($0) })
             if let stored = row.storedBytes, stored != row.descriptor.byteCount { t["stored_bytes"] = JSONValue(stored) }
             if let source = row.sourceDType, source != row.descriptor.dtype { t["source_dtype"] = .string(source.name) }
@@ -258,7 +264,7 @@ struct InspectionReport {
         var counts = "\(rows.count)"
         if rows.count != totalTensorCount { counts += " of \(totalTensorCount) (filtered)" }
         lines.append("tensors:    \(counts), \(formatCount(parameterCount)) parameters, \(formatBytes(byteCount))")
-        let dtypes = Dictionary(grouping: rows, by: \.descriptor.dtype).mapValues(\.count).sorted { $0.value > $1.value }
+        let dtypes = Dictionary(grouping: rows, by: \.storedDType).mapValues(\.count).sorted { $0.value > $1.value }
         lines.append("dtypes:     " + dtypes.map { "\($0.key.name) \($0.value)" }.joined(separator: ", "))
         if let stored = storedByteCount, stored != byteCount {
             lines.append("stored:     \(formatBytes(stored)) (compression ratio \(format1(Double(byteCount) / Double(max(stored, 1)))))")
@@ -287,14 +293,23 @@ struct InspectionReport {
         lines.append("")
         var header = ["NAME", "DTYPE", "SHAPE"]
         if showStatistics { header += ["MIN", "MAX", "MEAN", "STD", "NAN", "INF"] }
+        let showQuantization = rows.contains { $0.quantization != nil }
+        if showQuantization { header += ["SNR DB", "MAX ABS ERR", "COSINE"] }
         var table = [header]
         for row in rows {
-            var cells = [row.descriptor.name, row.descriptor.dtype.name, row.descriptor.shape.description]
+            var cells = [row.descriptor.name, row.storedDType.name, row.descriptor.shape.description]
             if showStatistics {
                 if let s = row.statistics {
                     cells += [num(s.min), num(s.max), num(s.mean), num(s.std), String(s.nanCount), String(s.infinityCount)]
                 } else {
                     cells += ["-", "-", "-", "-", "-", "-"]
+                }
+            }
+            if showQuantization {
+                if let m = row.quantization?.metrics {
+                    cells += [m.snrDecibels.map(format1) ?? "exact", num(m.maxAbsoluteError), cosineText(m.cosine)]
+                } else {
+                    cells += ["-", "-", "-"]
                 }
             }
             table.append(cells)
@@ -308,6 +323,26 @@ struct InspectionReport {
             }
         }
         return lines.joined(separator: "\n")
+    }
+
+    /// Cosine similarity with six decimals (what separates 0.99999 from 0.9999).
+    private func cosineText(_ v: Double) -> String {
+        let scaled = Int((v * 1_000_000).rounded())
+        let digits = String(scaled % 1_000_000)
+        return "\(scaled / 1_000_000)." + String(repeating: "0", count: 6 - digits.count) + digits
+    }
+
+    /// An int8 tensor's layout and error, for `--json`.
+    static func json(_ q: WPKQuantization) -> JSONValue {
+        var o = JSONObject()
+        o["scheme"] = .string(Int8BlockLayout.schemeName)
+        o["block_size"] = JSONValue(q.layout.blockSize)
+        o["scale_dtype"] = "F16"
+        o["dequantized_dtype"] = "F32"
+        if let m = q.metrics {
+            o["error"] = ["snr_db": m.snrDecibels.map { JSONValue($0) } ?? .null, "max_abs": JSONValue(m.maxAbsoluteError), "cosine": JSONValue(m.cosine)]
+        }
+        return .object(o)
     }
 
     private func num(_ v: Double) -> String {

@@ -1,6 +1,7 @@
 import CheckpointFormats
 import Foundation
 import MappedIO
+import Quantization
 import StrictJSON
 import Testing
 import TensorCore
@@ -76,7 +77,9 @@ struct WPKTests {
         let down = UInt16(bits >> 16)
         if bits & 0xFFFF == 0 { return down }
         let up = down &+ 1
-        let lo = Double(Float(bitPattern: UInt32(down) << 16)), hi = Double(Float(bitPattern: UInt32(up) << 16))
+        let lo = Double(Float(bitPattern: UInt32(down) << 16))
+        // Above the largest finite bf16 the next value is infinity: IEEE rounds as if it were 2^128.
+        let hi = up & 0x7FFF == 0x7F80 ? (v < 0 ? -0x1p128 : 0x1p128) : Double(Float(bitPattern: UInt32(up) << 16))
         let x = Double(v)
         if abs(x - lo) < abs(hi - x) { return down }
         if abs(x - lo) > abs(hi - x) { return up }
@@ -212,5 +215,52 @@ struct WPKTests {
         #expect(view.bytes.owner === wpk.file)
         let aligned = view.bytes.withUnsafeBytes { Int(bitPattern: $0.baseAddress!) % 64 == 0 }
         #expect(aligned)
+    }
+}
+
+@Suite("wpk int8 tensors (format 1.1)")
+struct WPKInt8Tests {
+    @Test("int8 tensors round-trip: payload zero-copy, tensor(named:) dequantised F32, errors read back")
+    func roundTrip() throws {
+        let folder = try makeTemporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let count = 64 * 8 * 3 * 3
+        let store = MemoryStore([
+            ("conv.weight", .f32, [64, 8, 3, 3], sampleBytes(.f32, count: count)),
+            ("conv.bias", .f32, [64], sampleBytes(.f32, count: 64, seed: 2)),
+            ("ids", .i64, [1, 4], sampleBytes(.i64, count: 4)),
+        ])
+        let path = folder.appendingPathComponent("q.wpk").path
+        let plan = OutputTensor.plan(from: store, rules: QuantizationRules())
+        #expect(plan.map(\.dtype) == [.i8, .f32, .i64])
+        try WPKWriter.write(plan, metadata: JSONObject([("tool", .string("tests"))]), to: path, overwrite: true)
+        let file = try WPKFile(path: path)
+        #expect(file.version.major == 1 && file.version.minor == 1)
+        #expect(file.verifyChecksums().isEmpty)
+        #expect(file.descriptor(named: "conv.weight")?.dtype == .f32)
+        let q = try #require(try file.quantizedTensor(named: "conv.weight"))
+        #expect(q.layout == (try Int8BlockLayout(shape: [64, 8, 3, 3], blockSize: 32)))
+        #expect(try file.quantizedTensor(named: "conv.bias") == nil)
+        // The stored bytes are exactly what the quantiser makes of the values.
+        let original = try store.tensor(named: "conv.weight").floats()
+        let (expected, metrics) = try original.withUnsafeBufferPointer { try Int8Quantizer.quantize($0, layout: q.layout) }
+        #expect(q.bytes.withUnsafeBytes { Array($0) } == Array(expected.bytes))
+        let stored = try #require(q.metrics)
+        #expect(abs(stored.snrDecibels! - metrics.snrDecibels!) < 1e-3 && stored.snrDecibels! > 38)
+        let values = try file.tensor(named: "conv.weight")
+        #expect(values.dtype == .f32 && values.shape == [64, 8, 3, 3])
+        let back = try values.floats()
+        #expect(QuantizationMetrics.compare(reference: original, candidate: back).maxAbsoluteError <= stored.maxAbsoluteError * 1.0001)
+        #expect(try file.tensor(named: "ids").byteArray == store.tensor(named: "ids").byteArray)
+    }
+
+    @Test("a file without int8 tensors stays version 1.0")
+    func plainStaysOldVersion() throws {
+        let folder = try makeTemporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let store = MemoryStore([("w", .f32, [4, 4], sampleBytes(.f32, count: 16))])
+        let path = folder.appendingPathComponent("p.wpk").path
+        try WPKWriter.write(OutputTensor.plan(from: store, dtype: .keep), metadata: JSONObject([("tool", .string("tests"))]), to: path, overwrite: true)
+        #expect(try WPKFile(path: path).version.minor == 0)
     }
 }

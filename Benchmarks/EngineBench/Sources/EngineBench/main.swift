@@ -85,6 +85,27 @@ func vae(_ dir: String, latentPath: String, runs: Int, out: String) throws {
 }
 
 /// GFLOP/s of the convolution paths on the VAE decoder's 3x3 shapes, and of sgemm alone.
+/// One SD 1.5 UNet step with guidance: batch 2 at 64x64, timestep 999, inputs from a file
+/// (sample [2,4,64,64] then text embeddings [2,77,768]); the same as `engine_unet.py`.
+func unet(_ dir: String, inputsPath: String, runs: Int, out: String) throws {
+    var model: UNet2DConditionModel!
+    let load = try seconds {
+        let config = try UNetConfiguration(jsonText: String(contentsOfFile: dir + "/config.json", encoding: .utf8))
+        let store = try SafetensorsFile(path: dir + "/diffusion_pytorch_model.safetensors")
+        model = try UNet2DConditionModel(store: store, configuration: config)
+    }
+    let data = try Data(contentsOf: URL(fileURLWithPath: inputsPath))
+    let values = data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+    let sampleCount = 2 * 4 * 64 * 64
+    let sample = FloatTensor(shape: [2, 4, 64, 64], values: Array(values[0..<sampleCount]))
+    let context = FloatTensor(shape: [2, 77, 768], values: Array(values[sampleCount...]))
+    var result: FloatTensor!
+    var times: [Double] = []
+    for _ in 0..<runs { times.append(try seconds { result = try model.predict(sample, timestep: 999, encoderHiddenStates: context) }) }
+    try writeFloats(result, to: out)
+    report("unet_step", load: load, runs: times)
+}
+
 func kernels() {
     func filled(_ n: Int, _ scale: Float) -> FloatTensor {
         let t = FloatTensor(shape: [n])
@@ -152,6 +173,8 @@ do {
         try textEncoder(arguments[2], runs: Int(arguments[3])!, out: arguments[4])
     case "vae" where arguments.count == 6:
         try vae(arguments[2], latentPath: arguments[3], runs: Int(arguments[4])!, out: arguments[5])
+    case "unet" where arguments.count == 6:
+        try unet(arguments[2], inputsPath: arguments[3], runs: Int(arguments[4])!, out: arguments[5])
     case "kernels":
         kernels()
     default:

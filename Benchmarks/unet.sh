@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One SD 1.5 UNet step with classifier-free guidance (batch 2, 64x64 latent = 512x512 image,
+# timestep 999) in the engine and in diffusers, on the same machine, in the same run,
+# interleaved, fp32 on the CPU with the same thread count (ENGINE_BENCH_THREADS, default 2).
+#
+#   Benchmarks/unet.sh [ROUNDS]     (default 2; one step is several seconds on each side)
+#
+# Reported per side: the best time, the largest peak RSS (ru_maxrss, weights included: the
+# engine maps them, diffusers copies them), the load average; then the ratios and the max abs
+# difference of the two predictions. Needs the fixture venv and the full-size random model in
+# $WEIGHTPACK_BENCH_DIR (default /tmp/wpbench; generated when missing).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$HERE")"
+DIR="${WEIGHTPACK_BENCH_DIR:-/tmp/wpbench}"
+VENV="${WEIGHTPACK_FIXTURE_VENV:-$HOME/.cache/weightpack/fixture-venv}"
+PY="$VENV/bin/python"
+ROUNDS="${1:-2}"
+export ENGINE_BENCH_THREADS="${ENGINE_BENCH_THREADS:-2}"
+export OPENBLAS_NUM_THREADS="$ENGINE_BENCH_THREADS"
+MODELS="$DIR/sd15-diffusers"
+OUT="$DIR/engine-out"
+mkdir -p "$DIR" "$OUT"
+[ -x "$PY" ] || { echo "no fixture venv at $VENV: run Fixtures/generate/setup_venv.sh" >&2; exit 1; }
+SCRATCH="${ENGINE_BENCH_SCRATCH:-$ROOT/.build-perf-bench}"
+swift build -c release -Xswiftc -enable-testing --package-path "$HERE/EngineBench" --scratch-path "$SCRATCH" >/dev/null
+BENCH="$SCRATCH/release/EngineBench"
+if [ ! -f "$MODELS/unet/diffusion_pytorch_model.safetensors" ]; then
+  [ -f "$DIR/sd15-random.safetensors" ] || "$PY" "$ROOT/Fixtures/generate/make_fullsize_sd15.py" --out "$DIR"
+  "$PY" "$HERE/python/engine_prepare.py" "$DIR/sd15-random.safetensors" "$MODELS"
+fi
+INPUTS="$OUT/unet-inputs.f32"
+[ -f "$INPUTS" ] || "$PY" -c "import numpy as np; r=np.random.default_rng(7); np.concatenate([r.standard_normal(2*4*64*64), r.standard_normal(2*77*768)*0.5]).astype(np.float32).tofile('$INPUTS')"
+cat "$MODELS/unet/"*.safetensors >/dev/null
+: > "$OUT/unet-results.jsonl"
+for round in $(seq 1 "$ROUNDS"); do
+  if [ $((round % 2)) -eq 1 ]; then order="engine diffusers"; else order="diffusers engine"; fi
+  for side in $order; do
+    if [ "$side" = engine ]; then
+      "$BENCH" unet "$MODELS/unet" "$INPUTS" 1 "$OUT/unet-engine.f32" >> "$OUT/unet-results.jsonl"
+    else
+      (cd "$HERE/python" && "$PY" engine_unet.py "$MODELS/unet" "$INPUTS" 1 "$OUT/unet-diffusers.f32") >> "$OUT/unet-results.jsonl"
+    fi
+    tail -n 1 "$OUT/unet-results.jsonl"
+  done
+done
+"$PY" - "$OUT" <<'PYEOF'
+import json, sys
+import numpy as np
+out = sys.argv[1]
+rows = [json.loads(l) for l in open(f"{out}/unet-results.jsonl") if l.strip().startswith("{")]
+best = {}
+for r in rows:
+    side = r.get("side", "engine")
+    b = best.setdefault(side, {"best": float("inf"), "rss": 0.0})
+    b["best"] = min(b["best"], r["best"]); b["rss"] = max(b["rss"], r["peak_rss_mib"])
+for side, b in best.items():
+    print(f"{side:10s} best {b['best']:.2f} s, peak RSS {b['rss']:.0f} MiB")
+e, d = best.get("weightpack"), best.get("diffusers")
+if e and d:
+    print(f"ratio engine/diffusers: time {e['best'] / d['best']:.2f}, peak RSS {e['rss'] / d['rss']:.2f}")
+a = np.fromfile(f"{out}/unet-engine.f32", dtype=np.float32); b = np.fromfile(f"{out}/unet-diffusers.f32", dtype=np.float32)
+print(f"max abs difference of the predictions: {np.abs(a - b).max():.2e} (prediction std {b.std():.3f})")
+PYEOF

@@ -1,1 +1,0 @@
-// Placeholder: this module gets code with its issue.
