@@ -192,7 +192,7 @@ public enum GGUFWriter {
             return false
         }
         var hasher = XXHash64()
-        try view.bytes.withUnsafeBytes { (raw) throws(FormatError) in
+        _ = try view.bytes.withUnsafeBytes { (raw) throws(FormatError) in
             try TensorEmitter.emit(source: raw, from: view.dtype, as: t.type.dtype!, count: count, name: t.name, to: writer, hasher: &hasher)
         }
         return false

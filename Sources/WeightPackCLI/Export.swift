@@ -1,4 +1,5 @@
 import ArgumentParser
+import DiffusionEngine
 import CheckpointFormats
 import ModelCatalog
 import StrictJSON
@@ -140,10 +141,23 @@ struct Export: ParsableCommand {
             if model.detection.predictionType == nil, model.detection.unet != nil {
                 printError("weightpack: warning: the prediction type is unknown (\(model.detection.predictionSource)); scheduler_config.json says epsilon")
             }
-            for (path, value) in DiffusersConfigs.files(for: model.detection, predictionType: model.detection.predictionType) {
-                files.append((path, Array((value.serialized(pretty: true) + "\n").utf8)))
+            var configs = DiffusersConfigs.files(for: model.detection, predictionType: model.detection.predictionType)
+            // The weights hold no tokenizer: every SD text encoder uses the CLIP BPE vocabulary,
+            // so write the bundled one, padded as the family's published tokenizer pads.
+            for t in model.detection.textEncoders {
+                let folder = t.component == .textEncoder ? "tokenizer" : "tokenizer_2"
+                let openCLIP = t.component == .textEncoder2 || model.detection.familyID.hasPrefix("sd2")
+                for file in try CLIPTokenizer.bundledFiles(padToken: openCLIP ? "!" : "<|endoftext|>") {
+                    files.append((folder + "/" + file.name, file.bytes))
+                }
+                if let i = configs.firstIndex(where: { $0.0 == "model_index.json" }), case .object(var index) = configs[i].1 {
+                    index[folder] = ["transformers", "CLIPTokenizer"]
+                    configs[i].1 = JSONValue.object(index)
+                }
             }
-            printError("weightpack: note: no tokenizer files are written (the weights do not hold them); model_index.json lists none")
+            for (path, value) in configs {
+                files.insert((path, Array((value.serialized(pretty: true) + "\n").utf8)), at: path == "model_index.json" ? 0 : files.count)
+            }
         }
         try DiffusersFolderWriter.write(weights: weights, files: files, to: output, overwrite: force, progress: TerminalProgress.make("export"))
     }

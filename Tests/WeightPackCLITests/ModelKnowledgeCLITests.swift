@@ -188,13 +188,16 @@ struct ModelKnowledgeCLITests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let out = dir.appendingPathComponent("out").path
         #expect(try run(["export", fixturePath("tiny-\(model)/tiny-\(model).safetensors"), out, "--layout", "diffusers"]).status == 0)
-        // An LDM file holds no tokenizer, so SD 1.x/2.x pipelines are loaded with tokenizer=None.
+        // The folder is loaded as it is, tokenizer included (written from the bundled CLIP
+        // vocabulary, since an LDM file holds none), and its tokenizer must give our ids.
         let script = """
             import os, sys
             os.environ["HF_HUB_OFFLINE"] = "1"
             from diffusers import DiffusionPipeline
-            p = DiffusionPipeline.from_pretrained(sys.argv[1], **({} if "xl" in sys.argv[2] else {"tokenizer": None}))
+            p = DiffusionPipeline.from_pretrained(sys.argv[1])
             print("loaded", type(p).__name__)
+            t = p.tokenizer if p.tokenizer is not None else p.tokenizer_2
+            print("ids", " ".join(str(i) for i in t("a photo of a cat!", padding="max_length", max_length=77).input_ids))
             """
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.venvPython)
@@ -205,6 +208,10 @@ struct ModelKnowledgeCLITests {
         try process.run()
         let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
+        let theirs = text.split(separator: "\n").first { $0.hasPrefix("ids ") }.map { $0.dropFirst(4).split(separator: " ").compactMap { Int($0) } }
+        // Padding comes from the folder's tokenizer_config.json, as for any diffusers folder.
+        let ours = try run(["tokenize", "a photo of a cat!", "--tokenizer", out + "/tokenizer"])
+        #expect(theirs == ours.stdout.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }, "\(text) vs \(ours.stdout)")
         #expect(process.terminationStatus == 0 && text.contains("loaded"), "\(text)")
     }
 }

@@ -54,6 +54,48 @@ extension CLIPTokenizer {
     ///
     /// - Parameter padToken: `<|endoftext|>` for SD 1.x, `!` for SD 2.x.
     public static func bundled(padToken: String = "<|endoftext|>") throws(EngineError) -> CLIPTokenizer {
+        let (tokens, merges, path) = try bundledVocabulary()
+        var vocabulary: [String: Int] = [:]
+        vocabulary.reserveCapacity(tokens.count)
+        for (i, t) in tokens.enumerated() { vocabulary[t] = i }
+        do {
+            return try CLIPTokenizer(vocabulary: vocabulary, merges: merges, padToken: padToken)
+        } catch {
+            throw EngineError(.missingResource, error.message, path: path)
+        }
+    }
+
+    /// The bundled vocabulary as the files transformers' `CLIPTokenizer.save_pretrained` writes
+    /// (`vocab.json`, `merges.txt`, `tokenizer_config.json`, `special_tokens_map.json`), for a
+    /// diffusers folder exported from a checkpoint that carries no tokenizer.
+    ///
+    /// - Parameter padToken: `<|endoftext|>` for CLIP ViT-L (SD 1.x, SDXL's first encoder), `!`
+    ///   for the OpenCLIP encoders (SD 2.x, SDXL's second), as their published tokenizers pad.
+    public static func bundledFiles(padToken: String = "<|endoftext|>") throws(EngineError) -> [(name: String, bytes: [UInt8])] {
+        let (tokens, merges, _) = try bundledVocabulary()
+        let vocabulary = JSONValue.object(JSONObject(tokens.enumerated().map { ($1, JSONValue($0)) }))
+        var mergesText = "#version: 0.2\n"
+        for (a, b) in merges { mergesText += a + " " + b + "\n" }
+        let special: JSONValue = [
+            "bos_token": .string(CLIPTextNormalization.startOfText), "eos_token": .string(CLIPTextNormalization.endOfText),
+            "pad_token": .string(padToken), "unk_token": .string(CLIPTextNormalization.endOfText),
+        ]
+        var config = special.objectValue!
+        config["add_prefix_space"] = false
+        config["do_lower_case"] = true
+        config["errors"] = "replace"
+        config["model_max_length"] = 77
+        config["tokenizer_class"] = "CLIPTokenizer"
+        return [
+            ("vocab.json", Array((vocabulary.serialized(pretty: true) + "\n").utf8)),
+            ("merges.txt", Array(mergesText.utf8)),
+            ("tokenizer_config.json", Array((JSONValue.object(config).serialized(pretty: true) + "\n").utf8)),
+            ("special_tokens_map.json", Array((special.serialized(pretty: true) + "\n").utf8)),
+        ]
+    }
+
+    /// The bundled vocabulary's tokens in id order and its merges in rank order.
+    private static func bundledVocabulary() throws(EngineError) -> (tokens: [String], merges: [(String, String)], path: String) {
         guard let url = Bundle.module.url(forResource: "bpe_simple_vocab_16e6.txt", withExtension: "gz", subdirectory: "Resources")
             ?? Bundle.module.url(forResource: "bpe_simple_vocab_16e6.txt", withExtension: "gz") else {
             throw EngineError(.missingResource, "the bundled CLIP vocabulary bpe_simple_vocab_16e6.txt.gz is missing")
@@ -76,14 +118,7 @@ extension CLIPTokenizer {
         tokens += tokens.map { $0 + "</w>" }
         tokens += merges.prefix(mergeLimit).map { $0.0 + $0.1 }
         tokens += [CLIPTextNormalization.startOfText, CLIPTextNormalization.endOfText]
-        var vocabulary: [String: Int] = [:]
-        vocabulary.reserveCapacity(tokens.count)
-        for (i, t) in tokens.enumerated() { vocabulary[t] = i }
-        do {
-            return try CLIPTokenizer(vocabulary: vocabulary, merges: merges, padToken: padToken)
-        } catch {
-            throw EngineError(.missingResource, error.message, path: url.path)
-        }
+        return (tokens, Array(merges.prefix(mergeLimit)), url.path)
     }
 
     // MARK: File helpers
