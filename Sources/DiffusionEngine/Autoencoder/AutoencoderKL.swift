@@ -198,22 +198,7 @@ public final class AutoencoderKL {
         let n1 = try ws.groupNorm(x, name + ".norm1", groups: c.normGroups, epsilon: c.normEpsilon, silu: true)
         let h1 = try ws.conv2d(n1, name + ".conv1", padding: .init(1))
         ws.pool.recycle(n1)
-        let n2 = try ws.groupNorm(h1, name + ".norm2", groups: c.normGroups, epsilon: c.normEpsilon, silu: true)
-        ws.pool.recycle(h1)
-        let h2 = try ws.conv2d(n2, name + ".conv2", padding: .init(1))
-        ws.pool.recycle(n2)
-        if weights.contains(name + ".conv_shortcut.weight") {
-            let s = try ws.conv2d(x, name + ".conv_shortcut", padding: .init(0))
-            Kernels.add(s.base, into: h2.base, count: h2.count)
-            ws.pool.recycle(s)
-        } else {
-            guard x.shape == h2.shape else {
-                throw EngineError(.missingTensor, "residual block changes channels but has no shortcut", tensorName: weights.prefix + name + ".conv_shortcut.weight")
-            }
-            Kernels.add(x.base, into: h2.base, count: h2.count)
-        }
-        ws.pool.recycle(x)
-        return h2
+        return try ws.residualTail(input: x, hidden: h1, name, groups: c.normGroups, epsilon: c.normEpsilon)
     }
 
     /// diffusers' single-head spatial self-attention with a residual; consumes `x`.

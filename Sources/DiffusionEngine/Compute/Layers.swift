@@ -77,6 +77,28 @@ final class Workspace {
     // MARK: Normalisation
 
     /// Group norm of `x[C, H, W]` (or `[C, N]`) into a new tensor, optionally fused with SiLU.
+    /// The second half of diffusers' `ResnetBlock2D`: `norm2` + SiLU, `conv2`, then the residual
+    /// (`conv_shortcut` of the input where the block changes channels). Consumes `input` and
+    /// `hidden`.
+    func residualTail(input x: FloatTensor, hidden h1: FloatTensor, _ name: String, groups: Int, epsilon: Float) throws -> FloatTensor {
+        let n2 = try groupNorm(h1, name + ".norm2", groups: groups, epsilon: epsilon, silu: true)
+        pool.recycle(h1)
+        let h2 = try conv2d(n2, name + ".conv2", padding: .init(1))
+        pool.recycle(n2)
+        if weights.contains(name + ".conv_shortcut.weight") {
+            let s = try conv2d(x, name + ".conv_shortcut", padding: .init(0))
+            Kernels.add(s.base, into: h2.base, count: h2.count)
+            pool.recycle(s)
+        } else {
+            guard x.shape == h2.shape else {
+                throw EngineError(.missingTensor, "residual block changes channels but has no shortcut", tensorName: weights.prefix + name + ".conv_shortcut.weight")
+            }
+            Kernels.add(x.base, into: h2.base, count: h2.count)
+        }
+        pool.recycle(x)
+        return h2
+    }
+
     func groupNorm(_ x: FloatTensor, _ name: String, groups: Int, epsilon: Float, silu: Bool = false) throws -> FloatTensor {
         let channels = x.shape[0], plane = x.count / max(channels, 1)
         guard groups > 0, channels % groups == 0 else {

@@ -217,22 +217,7 @@ public final class UNet2DConditionModel {
         }
         Kernels.addChannelBias(h1.base, channels: h1.shape[0], plane: h1.shape[1] * h1.shape[2], bias: t.base)
         ws.pool.recycle(t)
-        let n2 = try ws.groupNorm(h1, name + ".norm2", groups: c.normGroups, epsilon: c.normEpsilon, silu: true)
-        ws.pool.recycle(h1)
-        let h2 = try ws.conv2d(n2, name + ".conv2", padding: .init(1))
-        ws.pool.recycle(n2)
-        if weights.contains(name + ".conv_shortcut.weight") {
-            let s = try ws.conv2d(x, name + ".conv_shortcut", padding: .init(0))
-            Kernels.add(s.base, into: h2.base, count: h2.count)
-            ws.pool.recycle(s)
-        } else {
-            guard x.shape == h2.shape else {
-                throw EngineError(.missingTensor, "residual block changes channels but has no shortcut", tensorName: weights.prefix + name + ".conv_shortcut.weight")
-            }
-            Kernels.add(x.base, into: h2.base, count: h2.count)
-        }
-        ws.pool.recycle(x)
-        return h2
+        return try ws.residualTail(input: x, hidden: h1, name, groups: c.normGroups, epsilon: c.normEpsilon)
     }
 
     /// diffusers' `Transformer2DModel`: group norm, `proj_in`, `depth` basic transformer blocks,
