@@ -114,6 +114,16 @@ public struct FormatError: Error, Sendable, CustomStringConvertible {
         self.init(.io, error.description, path: error.path, underlying: error)
     }
 
+    /// An error thrown while writing `path`, as a `FormatError`: file-system errors wrapped,
+    /// format errors naming the file, anything else reported as an I/O failure.
+    public static func writing(_ error: any Error, to path: String) -> FormatError {
+        switch error {
+        case let io as IOError: FormatError(io)
+        case let format as FormatError: format.inFile(path)
+        default: FormatError(.io, "\(error)", path: path)
+        }
+    }
+
     /// The same error with the file named, unless it already names one.
     public func inFile(_ path: String) -> FormatError {
         var copy = self

@@ -157,12 +157,8 @@ public enum GGUFWriter {
             precondition(writer.position - dataStart == total, "GGUF data size disagrees with the table")
             try writer.commit()
             progress?.finish()
-        } catch let error as IOError {
-            throw FormatError(error)
-        } catch let error as FormatError {
-            throw error.inFile(path)
         } catch {
-            throw FormatError(.io, "\(error)", path: path)
+            throw FormatError.writing(error, to: path)
         }
         return Summary(tensorCount: tensors.count, byteCount: total, repackedCount: repacked)
     }

@@ -56,12 +56,8 @@ public enum SafetensorsWriter {
             }
             try writer.commit()
             progress?.finish()
-        } catch let error as IOError {
-            throw FormatError(error)
-        } catch let error as FormatError {
-            throw error.inFile(path)
         } catch {
-            throw FormatError(.io, "\(error)", path: path)
+            throw FormatError.writing(error, to: path)
         }
     }
 }

@@ -114,12 +114,8 @@ public enum WPKWriter {
             try writer.commit()
             progress?.finish()
             return entries
-        } catch let error as IOError {
-            throw FormatError(error)
-        } catch let error as FormatError {
-            throw error.inFile(path)
         } catch {
-            throw FormatError(.io, "\(error)", path: path)
+            throw FormatError.writing(error, to: path)
         }
     }
 
