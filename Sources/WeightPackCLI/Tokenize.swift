@@ -11,7 +11,7 @@ struct Tokenize: ParsableCommand {
             the prompt's BPE tokens (truncated), end token, then padding to 77. Without
             --tokenizer the CLIP vocabulary bundled with WeightPack is used (it is the vocabulary
             of every SD 1.x and 2.x model). Exit codes: 0 done, 64 usage error, 65 malformed
-            tokenizer files, 66 missing tokenizer folder.
+            tokenizer files, 66 missing tokenizer folder or files.
             """)
 
     @Argument(help: "The prompt.")
@@ -39,7 +39,11 @@ struct Tokenize: ParsableCommand {
             if let tokenizer {
                 var isFolder: ObjCBool = false
                 guard FileManager.default.fileExists(atPath: tokenizer, isDirectory: &isFolder), isFolder.boolValue else {
-                    throw report(TokenizerMissing(path: tokenizer))
+                    throw report(TokenizerMissing(path: tokenizer, reason: "no such tokenizer folder"))
+                }
+                let has = { (name: String) in FileManager.default.fileExists(atPath: tokenizer + "/" + name) }
+                guard (has("vocab.json") && has("merges.txt")) || has("tokenizer.json") else {
+                    throw report(TokenizerMissing(path: tokenizer, reason: "holds neither vocab.json with merges.txt nor tokenizer.json"))
                 }
                 model = try CLIPTokenizer(directory: URL(fileURLWithPath: tokenizer))
             } else {
@@ -60,5 +64,6 @@ struct Tokenize: ParsableCommand {
 /// A tokenizer folder that does not exist (exit 66).
 struct TokenizerMissing: Error, CustomStringConvertible {
     var path: String
-    var description: String { "\(path): no such tokenizer folder" }
+    var reason: String
+    var description: String { "\(path): \(reason)" }
 }

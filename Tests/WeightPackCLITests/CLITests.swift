@@ -266,6 +266,9 @@ struct TokenizeCLITests {
         let plain = try run(["tokenize", "a photo of a cat"])
         #expect(plain.stdout.split(separator: " ").count == 77)
         #expect(try run(["tokenize", "x", "--tokenizer", "/nonexistent"]).status == 66)
+        let empty = try run(["tokenize", "x", "--tokenizer", repositoryURL.appendingPathComponent("Fixtures").path])
+        #expect(empty.status == 66)
+        #expect(empty.stderr.contains("neither vocab.json") && empty.stderr.split(separator: "\n").count == 1, "\(empty.stderr)")
     }
 }
 
