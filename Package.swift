@@ -1,10 +1,49 @@
 // swift-tools-version:6.1
 import PackageDescription
+#if os(Linux)
+import Foundation
+#endif
 
 /// Settings shared by every Swift target.
 let strict: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
 ]
+
+/// The instruction set the engine's kernels are compiled for. By default the build machine's
+/// own (as ggml-based tools such as stable-diffusion.cpp build natively): AVX-512 where the CPU
+/// has it (`skylake-avx512`), else AVX2 + FMA (`haswell`), else baseline x86-64.
+/// `WEIGHTPACK_TARGET_CPU=x86-64` (or any LLVM CPU name) overrides it, e.g. for a binary that
+/// must run on other machines. The `weightpack` executable checks at start-up that the CPU it
+/// runs on has what the build assumed (`Sources/WeightPackCLI/ProcessorCheck.swift`).
+let engineTarget: (cpu: String, level: String)? = {
+    #if os(Linux) && arch(x86_64)
+    if let cpu = Context.environment["WEIGHTPACK_TARGET_CPU"] {
+        switch cpu {
+        case "", "x86-64": return nil
+        case "haswell": return (cpu, "AVX2")
+        case "skylake-avx512": return (cpu, "AVX512")
+        default: return (cpu, "CUSTOM")
+        }
+    }
+    guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+          let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return nil }
+    let flags = Set(line.split(separator: " ").map(String.init))
+    if flags.isSuperset(of: ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx2", "fma", "f16c", "bmi2"]) {
+        return ("skylake-avx512", "AVX512")
+    }
+    if flags.isSuperset(of: ["avx2", "fma", "f16c", "bmi2"]) { return ("haswell", "AVX2") }
+    return nil
+    #else
+    return nil
+    #endif
+}()
+
+/// Settings of the engine target (its kernels are where wide vectors pay) and the define that
+/// tells the command line what to check.
+let engineSettings: [SwiftSetting] = strict + (engineTarget.map {
+    [.unsafeFlags(["-target-cpu", $0.cpu]), .define("WEIGHTPACK_ENGINE_\($0.level)")]
+} ?? [])
+let cliSettings: [SwiftSetting] = strict + (engineTarget.map { [.define("WEIGHTPACK_ENGINE_\($0.level)")] } ?? [])
 
 let package = Package(
     name: "WeightPack",
@@ -47,14 +86,14 @@ let package = Package(
             name: "DiffusionEngine",
             dependencies: ["TensorCore", "Quantization", "StrictJSON", "COpenBLAS", "CZlib"],
             resources: [.copy("Resources")],
-            swiftSettings: strict),
+            swiftSettings: engineSettings),
         .target(
             name: "WeightPackCLI",
             dependencies: [
                 "TensorCore", "MappedIO", "StrictJSON", "SafePickle", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine", "CPNG",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
-            swiftSettings: strict),
+            swiftSettings: cliSettings),
         .executableTarget(name: "weightpack", dependencies: ["WeightPackCLI"], swiftSettings: strict),
 
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"], swiftSettings: strict),

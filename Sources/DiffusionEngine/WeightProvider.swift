@@ -9,6 +9,11 @@ import TensorCore
 /// a ``QuantizedTensorStore`` are dequantised the same way, tile by tile of rows spread over the
 /// processors, straight from the store's (mapped) bytes. Names are looked up as `prefix + name`.
 ///
+/// Weights in a file mapping are handed back to the kernel once a layer is done with them
+/// (``releasesPagesAfterUse``): the page cache keeps them, so the next pass maps them again
+/// with minor faults, but the process's resident set holds only the layers in use, not the
+/// whole model.
+///
 /// Not thread-safe: a provider belongs to one network and is used from one thread at a time.
 public final class WeightProvider {
     /// Where the weights come from.
@@ -17,6 +22,13 @@ public final class WeightProvider {
     public let prefix: String
     /// The store, when it can hold int8 tensors.
     private let quantizedStore: (any QuantizedTensorStore)?
+
+    /// Whether tensors read from a file mapping have their pages dropped from the resident set
+    /// after use (tensors of at least ``pageReleaseMinimumBytes``). On by default.
+    public var releasesPagesAfterUse = true
+
+    /// Smaller tensors stay resident: a system call per bias is not worth a few pages.
+    public static let pageReleaseMinimumBytes = 1 << 20
 
     /// Scratch buffers, one per nesting level of ``withFloats(_:shape:_:)``.
     private var scratch: [FloatTensor] = []
@@ -80,6 +92,7 @@ public final class WeightProvider {
             let buffer = takeScratch(count)
             defer { depth -= 1 }
             try Self.dequantize(q, into: buffer.base, name: full)
+            release(q.bytes)
             return try body(buffer.base)
         }
         let view: TensorView
@@ -87,6 +100,7 @@ public final class WeightProvider {
             throw EngineError(.missingTensor, "cannot read weight", tensorName: full, underlying: error)
         }
         let count = descriptor.elementCount
+        defer { release(view.bytes) }
         return try view.bytes.withUnsafeBytes { raw throws -> R in
             guard let base = raw.baseAddress, count > 0 else {
                 let empty = [Float](repeating: 0, count: 1)
@@ -99,6 +113,78 @@ public final class WeightProvider {
             defer { depth -= 1 }
             try Self.widen(raw, dtype: descriptor.dtype, count: count, into: buffer.base, name: full)
             return try body(buffer.base)
+        }
+    }
+
+    /// The rows per block ``withRowBlocks(_:rowsPerBlock:_:)`` should use for `name` so that a
+    /// converted block holds at most `scratchFloats` floats: every row when the tensor is F32
+    /// (read in place, no scratch), else as many rows as fit (at least one).
+    func rowsPerBlock(_ name: String, scratchFloats: Int) throws -> Int {
+        let descriptor = try self.descriptor(name)
+        let rows = max(1, descriptor.shape.dimensions.first ?? 1)
+        if descriptor.dtype == .f32, try quantized(prefix + name) == nil { return rows }
+        let rowLength = max(1, descriptor.elementCount / rows)
+        return max(1, min(rows, scratchFloats / rowLength))
+    }
+
+    /// Calls `body` with the tensor as consecutive blocks of at most `rowsPerBlock` rows of its
+    /// first dimension (the output channels of a linear or convolution weight), in order, each
+    /// as `Float`: F32 in place; F16, BF16 and F64 converted, and int8 dequantised, block by
+    /// block into one scratch of `rowsPerBlock` rows, so a quantised or half-precision model is
+    /// never expanded a whole tensor at a time. The pointer must not escape.
+    /// - Throws: as ``withFloats(_:shape:_:)``.
+    func withRowBlocks(_ name: String, rowsPerBlock requested: Int, _ body: (Range<Int>, UnsafePointer<Float>) throws -> Void) throws {
+        let full = prefix + name
+        let descriptor = try self.descriptor(name)
+        let rows = descriptor.shape.dimensions.first ?? 1
+        let rowLength = rows == 0 ? 0 : descriptor.elementCount / rows
+        guard descriptor.shape.rank >= 1, rows > 0, rowLength > 0, requested < rows else {
+            return try withFloats(name) { try body(0..<rows, $0) }
+        }
+        guard [.f32, .f16, .bf16, .f64].contains(descriptor.dtype) else {
+            return try withFloats(name) { try body(0..<rows, $0) }   // throws the dtype error
+        }
+        let per = max(1, requested)
+        func blocks(_ each: (Range<Int>) throws -> Void) rethrows {
+            var start = 0
+            while start < rows {
+                let block = start..<min(rows, start + per)
+                try each(block)
+                start = block.upperBound
+            }
+        }
+        if let q = try quantized(full) {
+            guard q.layout.rows == rows, q.layout.rowLength == rowLength else {
+                return try withFloats(name) { try body(0..<rows, $0) }
+            }
+            let buffer = takeScratch(per * rowLength)
+            defer { depth -= 1 }
+            try blocks { block in
+                try Self.dequantize(q, rows: block, into: buffer.base, name: full)
+                try body(block, buffer.base)
+            }
+            release(q.bytes)
+            return
+        }
+        let view: TensorView
+        do { view = try store.tensor(named: full) } catch {
+            throw EngineError(.missingTensor, "cannot read weight", tensorName: full, underlying: error)
+        }
+        defer { release(view.bytes) }
+        try view.bytes.withUnsafeBytes { raw throws in
+            guard let base = raw.baseAddress, let width = descriptor.dtype.byteWidth else { return }
+            if descriptor.dtype == .f32, Int(bitPattern: base) % MemoryLayout<Float>.alignment == 0 {
+                let floats = base.assumingMemoryBound(to: Float.self)
+                try blocks { block in try body(block, floats + block.lowerBound * rowLength) }
+                return
+            }
+            let buffer = takeScratch(per * rowLength)
+            defer { depth -= 1 }
+            try blocks { block in
+                let bytes = UnsafeRawBufferPointer(rebasing: raw[(block.lowerBound * rowLength * width)..<(block.upperBound * rowLength * width)])
+                try Self.widen(bytes, dtype: descriptor.dtype, count: block.count * rowLength, into: buffer.base, name: full)
+                try body(block, buffer.base)
+            }
         }
     }
 
@@ -148,6 +234,10 @@ public final class WeightProvider {
         }
     }
 
+    private func release(_ bytes: TensorBytes) {
+        if releasesPagesAfterUse && bytes.count >= Self.pageReleaseMinimumBytes { bytes.releasePages() }
+    }
+
     private func takeScratch(_ count: Int) -> FloatTensor {
         if depth == scratch.count { scratch.append(FloatTensor(shape: [count])) }
         if scratch[depth].capacity < count { scratch[depth] = FloatTensor(shape: [count]) }
@@ -155,20 +245,23 @@ public final class WeightProvider {
         return scratch[depth - 1]
     }
 
-    /// Dequantises an int8 tensor in tiles of rows spread over the processors.
-    private static func dequantize(_ q: QuantizedTensorView, into output: UnsafeMutablePointer<Float>, name: String) throws(EngineError) {
+    /// Dequantises rows `rows` (all by default) of an int8 tensor into `output`, in tiles of
+    /// rows spread over the processors.
+    private static func dequantize(_ q: QuantizedTensorView, rows: Range<Int>? = nil, into output: UnsafeMutablePointer<Float>, name: String) throws(EngineError) {
         let layout = q.layout
+        let rows = rows ?? 0..<layout.rows
         let out = SharedPointer(output)
         let grain = max(1, 65_536 / max(layout.rowLength, 1))
         try q.bytes.withUnsafeBytes { (raw) throws(EngineError) in
-            guard raw.count >= layout.byteCount, let base = raw.baseAddress else {
+            guard raw.count >= layout.byteCount, let base = raw.baseAddress, rows.lowerBound >= 0, rows.upperBound <= layout.rows else {
                 throw EngineError(.unsupportedDType, "int8 weight is shorter than its layout", tensorName: name)
             }
             let payload = base.assumingMemoryBound(to: Int8.self), scales = base + layout.scaleOffset
             let shared = UnsafeSendableBox((payload, scales))
-            Parallel.forRanges(layout.rows, grain: grain) { r in
+            Parallel.forRanges(rows.count, grain: grain) { r in
+                let tile = (rows.lowerBound + r.lowerBound)..<(rows.lowerBound + r.upperBound)
                 Int8Quantizer.dequantize(
-                    payload: shared.value.0, scales: shared.value.1, layout: layout, rows: r,
+                    payload: shared.value.0, scales: shared.value.1, layout: layout, rows: tile,
                     into: out.pointer + r.lowerBound * layout.rowLength)
             }
         }

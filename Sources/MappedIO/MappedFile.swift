@@ -91,3 +91,5 @@ public final class MappedFile: @unchecked Sendable {
         _ = madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, MADV_DONTNEED)
     }
 }
+
+extension MappedFile: PageReleasing {}

@@ -49,6 +49,26 @@ public struct TensorBytes: @unchecked Sendable {
     }
 }
 
+/// Memory that can hand its pages back to the kernel after use and read them again on demand:
+/// a read-only file mapping. Owners of ``TensorBytes`` may conform.
+public protocol PageReleasing: AnyObject {
+    /// Drops the pages behind `bytes` (and the rest of the first and last page) from the
+    /// process's resident set; a hint, and views of other memory are ignored.
+    func adviseDone(with bytes: UnsafeRawBufferPointer)
+}
+
+extension TensorBytes {
+    /// Whether the bytes are in memory that can give its pages back (``PageReleasing``).
+    public var canReleasePages: Bool { owner is any PageReleasing }
+
+    /// Drops these bytes' pages from the resident set when their owner can read them again
+    /// (a file mapping); does nothing for heap memory.
+    public func releasePages() {
+        guard let owner = owner as? any PageReleasing else { return }
+        withUnsafeBytes { owner.adviseDone(with: $0) }
+    }
+}
+
 /// A heap allocation of raw bytes, 64-byte aligned, freed when the last reference goes.
 public final class OwnedBuffer: @unchecked Sendable {
     /// Exactly the requested bytes (the allocation behind them may be larger).

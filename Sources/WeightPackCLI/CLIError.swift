@@ -12,6 +12,8 @@ enum ExitStatus: Int32 {
     case usage = 64
     case dataError = 65
     case noInput = 66
+    /// The processor lacks the vector instructions this build of the engine was compiled for.
+    case unavailable = 69
     case cannotCreate = 73
     case ioError = 74
 }

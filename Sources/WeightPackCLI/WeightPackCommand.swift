@@ -13,7 +13,8 @@ public struct WeightPackCommand: ParsableCommand {
             and .wpk files.
             Exit codes: 0 done; 1 a check found a problem; 64 usage error; 65 input malformed,
             unsupported or refused as unsafe; 66 input missing or unreadable; 73 output cannot be
-            created (exists without --force, no space); 74 I/O error while reading or writing.
+            created (exists without --force, no space); 69 this processor lacks the vector
+            instructions the build was compiled for; 74 I/O error while reading or writing.
             """,
         version: version,
         subcommands: [Inspect.self, Convert.self, Export.self, Check.self, Scan.self, Diff.self, Tokenize.self, Generate.self, Trace.self, Verify.self])

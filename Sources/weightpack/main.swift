@@ -1,3 +1,4 @@
 import WeightPackCLI
 
+WeightPackCommand.checkProcessor()
 WeightPackCommand.main()

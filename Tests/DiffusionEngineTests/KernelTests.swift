@@ -176,7 +176,7 @@ struct KernelTests {
         let q = random.values(tokens * width), k = random.values(tokens * width), v = random.values(tokens * width)
         func run(chunk: Int) -> [Float] {
             var out = [Float](repeating: .nan, count: tokens * width)
-            var scores = [Float](repeating: 0, count: chunk * tokens)
+            var scores = [Float](repeating: 0, count: Attention.scratchCount(queries: tokens, keys: tokens, heads: heads, chunk: chunk))
             Attention.forward(q: q, qStride: width, k: k, kStride: width, v: v, vStride: width, out: &out, outStride: width,
                               queries: tokens, keys: tokens, heads: heads, headDimension: d, scale: 1 / Float(d).squareRoot(),
                               causal: causal, chunk: chunk, scores: &scores)

@@ -45,7 +45,7 @@ struct WinogradTests {
         var random = TestRandom(seed: 21)
         let g = Convolution.Geometry(inChannels: c.inC, height: c.h, width: c.w, outChannels: c.outC,
                                      kernelHeight: 3, kernelWidth: 3, stride: 1, padding: .init(1))
-        #expect(Convolution.usesWinograd(g))
+        #expect(Convolution.supportsWinograd(g))
         let x = random.values(c.inC * c.h * c.w)
         let weight = random.values(c.outC * c.inC * 9, scale: 1 / Float(c.inC * 9).squareRoot())
         let bias = random.values(c.outC)
@@ -66,10 +66,11 @@ struct WinogradTests {
         let bias = random.values(c.outC)
         let residual = random.values(c.outC * c.h * c.w)
         var out = residual
-        var scratch = [Float](repeating: 0, count: Convolution.scratchCount(g))
+        #expect(Convolution.supportsWinograd(g))
+        var scratch = [Float](repeating: 0, count: Convolution.winogradScratchCount(g))
         out.withUnsafeMutableBufferPointer { o in
-            Convolution.forward(x, geometry: g, weight: weight, bias: bias, output: o.baseAddress!, columns: &scratch,
-                                residual: UnsafePointer(o.baseAddress!))
+            Convolution.winogradForward(x, geometry: g, weight: weight, bias: bias, residual: UnsafePointer(o.baseAddress!),
+                                        output: o.baseAddress!, scratch: &scratch)
         }
         let expected = zip(Self.direct(x, weight, bias, c), residual).map { $0 + $1 }
         expectClose(out, expected, shape: [c.outC, c.h, c.w], tolerance: 1e-4, "winograd + residual")

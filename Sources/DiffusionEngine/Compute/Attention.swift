@@ -1,22 +1,39 @@
 /// Scaled dot-product attention with memory bounded by chunking over queries: for each head,
-/// at most `chunk` query rows of scores (`chunk * keys` floats) exist at a time, so 4096-token
-/// self-attention never holds the full score matrix, let alone one per head.
+/// at most `chunk` query rows of scores (`chunk * keys` floats) exist at a time per worker, so
+/// 4096-token self-attention never holds the full score matrix, let alone one per head.
 enum Attention {
-    /// Floats the score buffer may hold (16 MiB).
-    static let scoreBudget = 4 << 20
+    /// Floats the score buffer of one worker may hold (4 MiB, 256 query rows of 4096 keys).
+    /// Measured on one core for SD 1.5's 4096-token self-attention (`EngineBench attention`):
+    /// chunks of 64, 256 and 1024 rows took 0.64, 0.50 and 0.82 s; small chunks repack the
+    /// keys and values for every product, large ones send every pass over the scores to memory.
+    static let scoreBudget = 1 << 20
 
     /// The query rows per chunk for `keys` keys under the score budget.
     static func defaultChunk(queries: Int, keys: Int) -> Int {
         max(1, min(queries, scoreBudget / max(keys, 1)))
     }
 
+    /// The workers ``forward`` spreads the (head, chunk) pieces over on this thread.
+    static func lanes(queries: Int, heads: Int, chunk: Int) -> Int {
+        let pieces = heads * ((queries + chunk - 1) / max(chunk, 1))
+        return Parallel.isSerialOnThisThread ? 1 : max(1, min(Parallel.workerCount, pieces))
+    }
+
+    /// Floats of score scratch ``forward`` needs.
+    static func scratchCount(queries: Int, keys: Int, heads: Int, chunk: Int) -> Int {
+        lanes(queries: queries, heads: heads, chunk: chunk) * chunk * keys
+    }
+
     /// `out[t, h*D..<(h+1)*D] = softmax(scale * q_h k_h^T + mask) v_h` for every head.
     ///
     /// Inputs are row-major with one row per token and heads side by side in a row (the layout
-    /// a linear projection produces); strides are in floats.
+    /// a linear projection produces); strides are in floats. The pieces (one head, one chunk of
+    /// queries) are independent: with several workers each takes every `lanes`-th piece and
+    /// runs its products on one BLAS thread, so the cores never wait for each other between
+    /// the products and the softmax.
     /// - Parameters:
     ///   - causal: query `i` sees keys `0...i` (CLIP's text transformer).
-    ///   - scores: scratch of at least `chunk * keys` floats.
+    ///   - scores: scratch of at least ``scratchCount(queries:keys:heads:chunk:)`` floats.
     static func forward(
         q: UnsafePointer<Float>, qStride: Int,
         k: UnsafePointer<Float>, kStride: Int,
@@ -26,13 +43,20 @@ enum Attention {
         scale: Float, causal: Bool, chunk: Int, scores: UnsafeMutablePointer<Float>
     ) {
         precondition(chunk >= 1)
-        for h in 0..<heads {
-            var q0 = 0
-            while q0 < queries {
+        let chunks = (queries + chunk - 1) / chunk
+        let pieces = heads * chunks
+        let lanes = lanes(queries: queries, heads: heads, chunk: chunk)
+        let qs = SharedPointer(q), ks = SharedPointer(k), vs = SharedPointer(v)
+        let outs = SharedPointer(out), scoreBase = SharedPointer(scores)
+        func run(lane: Int) {
+            let scores = scoreBase.pointer + lane * chunk * keys
+            var piece = lane
+            while piece < pieces {
+                let h = piece / chunks, q0 = (piece % chunks) * chunk
                 let rows = min(chunk, queries - q0)
                 GEMM.multiply(m: rows, n: keys, k: d,
-                              a: q + q0 * qStride + h * d, lda: qStride,
-                              b: k + h * d, ldb: kStride, transposeB: true,
+                              a: qs.pointer + q0 * qStride + h * d, lda: qStride,
+                              b: ks.pointer + h * d, ldb: kStride, transposeB: true,
                               c: scores, ldc: keys, alpha: scale)
                 if causal {
                     for i in 0..<rows {
@@ -40,13 +64,18 @@ enum Attention {
                         if first < keys { (scores + i * keys + first).update(repeating: -.infinity, count: keys - first) }
                     }
                 }
-                Kernels.softmaxRows(scores, rows: rows, columns: keys)
+                for i in 0..<rows { Kernels.softmaxRow(scores + i * keys, count: keys) }
                 GEMM.multiply(m: rows, n: d, k: keys,
                               a: scores, lda: keys,
-                              b: v + h * d, ldb: vStride,
-                              c: out + q0 * outStride + h * d, ldc: outStride)
-                q0 += rows
+                              b: vs.pointer + h * d, ldb: vStride,
+                              c: outs.pointer + q0 * outStride + h * d, ldc: outStride)
+                piece += lanes
             }
+        }
+        if lanes == 1 {
+            run(lane: 0)
+        } else {
+            GEMM.withSingleThreadedCalls { Parallel.forEach(lanes) { run(lane: $0) } }
         }
     }
 }

@@ -64,6 +64,26 @@ enum Kernels {
         return e * Float(bitPattern: exponent)
     }
 
+    /// ``exp(_:)-(Float)`` on 16 lanes at once, the same operations lane by lane.
+    @inline(__always)
+    static func exp(_ x: SIMD16<Float>) -> SIMD16<Float> {
+        var x = x
+        x.replace(with: -87.33654, where: x .< -87.33654)
+        x.replace(with: 88, where: x .> 88)
+        let biased = x * 1.44269504088896341 + 12_582_912
+        let n = biased - 12_582_912
+        let r = x - n * 0.693359375 + n * 2.12194440e-4
+        var p = SIMD16<Float>(repeating: 1.9875691500e-4)
+        p = p * r + 1.3981999507e-3
+        p = p * r + 8.3334519073e-3
+        p = p * r + 4.1665795894e-2
+        p = p * r + 1.6666665459e-1
+        p = p * r + 5.0000001201e-1
+        let e = p * (r * r) + r + 1
+        let exponent = (unsafeBitCast(biased, to: SIMD16<Int32>.self) &- 0x4B40_0000 &+ 127) &<< 23
+        return e * unsafeBitCast(exponent, to: SIMD16<Float>.self)
+    }
+
     /// `x / (1 + exp(-x))`.
     @inline(__always)
     static func silu(_ x: Float) -> Float { x / (1 + exp(-x)) }
@@ -246,40 +266,38 @@ enum Kernels {
         }
     }
 
+    /// Softmax of one row in place, 16 lanes at a time: the maximum, then `exp(x - max)` and
+    /// its sum in one pass, then the scaling. Masked entries (-infinity) give exactly 0.
     @inline(__always)
     static func softmaxRow(_ row: UnsafeMutablePointer<Float>, count: Int) {
-        // Eight running maxima so the loop vectorises.
-        var lanes = [Float](repeating: -.infinity, count: 8)
-        var maximum = -Float.infinity
-        lanes.withUnsafeMutableBufferPointer { m in
-            var j = 0
-            while j + 8 <= count {
-                for k in 0..<8 { let v = row[j + k]; m[k] = v > m[k] ? v : m[k] }
-                j += 8
-            }
-            while j < count { maximum = Swift.max(maximum, row[j]); j += 1 }
-            for k in 0..<8 { maximum = Swift.max(maximum, m[k]) }
+        typealias V = SIMD16<Float>
+        let raw = UnsafeMutableRawPointer(row)
+        var lanes = V(repeating: -.infinity)
+        var j = 0
+        while j + 16 <= count {
+            let v = raw.loadUnaligned(fromByteOffset: j * 4, as: V.self)
+            lanes.replace(with: v, where: v .> lanes)
+            j += 16
         }
+        var maximum = lanes.max()
+        while j < count { maximum = Swift.max(maximum, row[j]); j += 1 }
         if maximum == -.infinity {
             // Every entry masked: PyTorch yields NaN here; we never build such rows.
             row.update(repeating: 0, count: count)
             return
         }
-        // Masked entries (-infinity) give exactly 0; eight partial sums keep the loop vectorised.
-        var partial = SIMD8<Float>()
-        var j = 0
-        while j + 8 <= count {
-            var e = SIMD8<Float>()
-            for k in 0..<8 {
-                let v = row[j + k]
-                let p = v == -.infinity ? 0 : exp(v - maximum)
-                row[j + k] = p
-                e[k] = p
-            }
+        let shift = V(repeating: maximum)
+        var partial = V()
+        j = 0
+        while j + 16 <= count {
+            let v = raw.loadUnaligned(fromByteOffset: j * 4, as: V.self)
+            var e = exp(v - shift)
+            e.replace(with: 0, where: v .== -.infinity)
+            raw.storeBytes(of: e, toByteOffset: j * 4, as: V.self)
             partial += e
-            j += 8
+            j += 16
         }
-        var sum: Float = 0
+        var sum = partial.sum()
         while j < count {
             let v = row[j]
             let p = v == -.infinity ? 0 : exp(v - maximum)
@@ -287,9 +305,14 @@ enum Kernels {
             sum += p
             j += 1
         }
-        for k in 0..<8 { sum += partial[k] }
         let inverse = 1 / sum
-        for k in 0..<count { row[k] *= inverse }
+        j = 0
+        while j + 16 <= count {
+            let v = raw.loadUnaligned(fromByteOffset: j * 4, as: V.self)
+            raw.storeBytes(of: v * inverse, toByteOffset: j * 4, as: V.self)
+            j += 16
+        }
+        while j < count { row[j] *= inverse; j += 1 }
     }
 
     // MARK: Resampling

@@ -33,9 +33,11 @@ final class Workspace {
         }
         let rows = x.count / inFeatures, outFeatures = shape[0]
         let y = pool.take(Array(x.shape.dropLast()) + [outFeatures])
-        try weights.withFloats(name + ".weight") { w in
-            GEMM.multiply(m: rows, n: outFeatures, k: inFeatures, a: x.base, lda: inFeatures,
-                          b: w, ldb: inFeatures, transposeB: true, c: y.base, ldc: outFeatures)
+        let weight = name + ".weight"
+        let per = try weights.rowsPerBlock(weight, scratchFloats: weightBlockFloats)
+        try weights.withRowBlocks(weight, rowsPerBlock: per) { outputs, w in
+            GEMM.multiply(m: rows, n: outputs.count, k: inFeatures, a: x.base, lda: inFeatures,
+                          b: w, ldb: inFeatures, transposeB: true, c: y.base + outputs.lowerBound, ldc: outFeatures)
         }
         if useBias, weights.contains(name + ".bias") {
             try weights.withFloats(name + ".bias", shape: [outFeatures]) { b in
@@ -60,19 +62,39 @@ final class Workspace {
             throw EngineError(.shapeMismatch, "input \(x.shape) too small for convolution \(shape)", tensorName: weights.prefix + name + ".weight")
         }
         let y = pool.take([g.outChannels, g.outHeight, g.outWidth])
-        let columns = g.isPointwise ? nil : columnBuffer(g.patchSize * Convolution.blockPixels(g))
-        let hasBias = weights.contains(name + ".bias")
-        try weights.withFloats(name + ".weight") { w in
-            if hasBias {
-                try weights.withFloats(name + ".bias", shape: [g.outChannels]) { b in
-                    Convolution.forward(x.base, geometry: g, weight: w, bias: b, output: y.base, columns: columns)
+        let weight = name + ".weight"
+        // Output channels per block: bounded by the scratch an F16 or int8 weight is converted
+        // into, and for Winograd by the transformed weights (36 floats per filter).
+        var per = try weights.rowsPerBlock(weight, scratchFloats: weightBlockFloats)
+        if Convolution.usesWinograd(g) {
+            per = min(per, max(8, winogradWeightFloats / (36 * g.inChannels)))
+        }
+        let plane = g.outHeight * g.outWidth
+        let bias = weights.contains(name + ".bias") ? try weights.floats(name + ".bias", shape: [g.outChannels]) : nil
+        try weights.withRowBlocks(weight, rowsPerBlock: per) { outputs, w in
+            var block = g
+            block.outChannels = outputs.count
+            let columns = block.isPointwise ? nil : columnBuffer(Convolution.scratchCount(block))
+            let out = y.base + outputs.lowerBound * plane
+            if let bias {
+                bias.withUnsafeBufferPointer { b in
+                    Convolution.forward(x.base, geometry: block, weight: w, bias: b.baseAddress! + outputs.lowerBound, output: out, columns: columns)
                 }
             } else {
-                Convolution.forward(x.base, geometry: g, weight: w, bias: nil, output: y.base, columns: columns)
+                Convolution.forward(x.base, geometry: block, weight: w, bias: nil, output: out, columns: columns)
             }
         }
         return y
     }
+
+    /// Floats of one block of an F16, BF16 or int8 weight converted for a product (default
+    /// 16 MiB); F32 weights are read in place whatever their size.
+    var weightBlockFloats = 4 << 20
+
+    /// Floats of Winograd-transformed weights per convolution block (default 64 MiB): the
+    /// largest SD 1.5 layer on that path (1920 -> 640 at 32x32) would otherwise need 177 MB
+    /// per worker.
+    var winogradWeightFloats = 16 << 20
 
     // MARK: Normalisation
 
@@ -138,7 +160,7 @@ final class Workspace {
         Attention.forward(q: q.base, qStride: width, k: k.base, kStride: width, v: v.base, vStride: width,
                           out: out.base, outStride: width, queries: queries, keys: keys, heads: heads,
                           headDimension: d, scale: 1 / Float(d).squareRoot(), causal: causal,
-                          chunk: chunk, scores: scoreBuffer(chunk * keys))
+                          chunk: chunk, scores: scoreBuffer(Attention.scratchCount(queries: queries, keys: keys, heads: heads, chunk: chunk)))
         return out
     }
 }

@@ -1,5 +1,10 @@
 import Dispatch
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// A pointer that may cross into `concurrentPerform` workers. Each worker touches a disjoint
 /// range, which is what makes this sound.
@@ -9,16 +14,36 @@ struct SharedPointer<T>: @unchecked Sendable {
     init(_ pointer: UnsafePointer<T>) { self.pointer = UnsafeMutablePointer(mutating: pointer) }
 }
 
+/// Marks threads whose ``Parallel`` calls run inline (see ``Parallel/serially(_:)``).
+private let serialThreadKey: pthread_key_t = {
+    var key = pthread_key_t()
+    precondition(pthread_key_create(&key, nil) == 0, "cannot create a thread-specific key")
+    return key
+}()
+
 enum Parallel {
     /// Worker count for elementwise work (the machine's active processors, at most 8).
     static let workerCount: Int = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
+
+    /// Whether ``forRanges(_:grain:_:)`` and ``forEach(_:_:)`` run inline on this thread.
+    static var isSerialOnThisThread: Bool { pthread_getspecific(serialThreadKey) != nil }
+
+    /// Runs `body` with every ``Parallel`` call it makes on this thread done inline: for work
+    /// that is already one of several coarse tasks spread over the cores (one batch element
+    /// each), where splitting again would only add synchronisation.
+    static func serially<R>(_ body: () throws -> R) rethrows -> R {
+        let outer = pthread_getspecific(serialThreadKey)
+        pthread_setspecific(serialThreadKey, UnsafeRawPointer(bitPattern: 1))
+        defer { pthread_setspecific(serialThreadKey, outer) }
+        return try body()
+    }
 
     /// Runs `body` over `0..<count` split into contiguous ranges, one per worker, when the work
     /// is large enough to be worth it (`grain` items at least per range).
     @inline(__always)
     static func forRanges(_ count: Int, grain: Int = 16_384, _ body: (Range<Int>) -> Void) {
         if count <= 0 { return }
-        let parts = min(workerCount, max(1, count / max(grain, 1)))
+        let parts = isSerialOnThisThread ? 1 : min(workerCount, max(1, count / max(grain, 1)))
         if parts == 1 {
             body(0..<count)
             return
@@ -36,7 +61,7 @@ enum Parallel {
     /// Runs `body(i)` for each `i` in `0..<count` on all workers (each item is large work).
     static func forEach(_ count: Int, _ body: (Int) -> Void) {
         if count <= 0 { return }
-        if count == 1 || workerCount == 1 {
+        if count == 1 || workerCount == 1 || isSerialOnThisThread {
             for i in 0..<count { body(i) }
             return
         }

@@ -105,14 +105,25 @@ public final class CLIPTextModel {
         }
     }
 
-    /// transformers' `pooler_output`: the final hidden state at each sequence's first end token.
+    /// transformers' `pooler_output`: the final hidden state at each sequence's first end token,
+    /// except for configurations that still say `eos_token_id: 2` (written before transformers'
+    /// PR 24773; SDXL base's published `text_encoder_2/config.json` is one), where transformers
+    /// takes the first largest id (`input_ids.argmax(-1)`), which is the end token of a CLIP
+    /// tokenizer's output. Without an end token the first position is taken, as `argmax` does.
+    /// Matches CLIPTextTransformer.forward, https://github.com/huggingface/transformers/blob/main/src/transformers/models/clip/modeling_clip.py
     ///
     /// - Parameter hidden: the `[batch, tokens, hiddenSize]` result of ``encode(_:)``.
     public func pooledOutput(_ hidden: FloatTensor, tokens: [[Int]]) -> FloatTensor {
-        let d = configuration.hiddenSize
+        let d = configuration.hiddenSize, endTokenID = configuration.endTokenID
         let out = FloatTensor(shape: [tokens.count, d])
         for (b, sequence) in tokens.enumerated() {
-            let position = sequence.firstIndex(of: configuration.endTokenID) ?? (sequence.count - 1)
+            let position: Int
+            if endTokenID == 2 {
+                let largest = sequence.max() ?? 0
+                position = sequence.firstIndex(of: largest) ?? 0
+            } else {
+                position = sequence.firstIndex(of: endTokenID) ?? 0
+            }
             (out.base + b * d).update(from: hidden.base + (b * sequence.count + position) * d, count: d)
         }
         return out
@@ -146,7 +157,7 @@ public final class CLIPTextModel {
                                   out: attended.base + offset, outStride: d, queries: length, keys: length,
                                   heads: c.headCount, headDimension: d / c.headCount,
                                   scale: 1 / Float(d / c.headCount).squareRoot(), causal: true,
-                                  chunk: length, scores: scoreScratch(length * length))
+                                  chunk: length, scores: scoreScratch(Attention.scratchCount(queries: length, keys: length, heads: c.headCount, chunk: length)))
             }
             pool.recycle(q); pool.recycle(k); pool.recycle(v)
             let o = try ws.linear(attended, p + "self_attn.out_proj")

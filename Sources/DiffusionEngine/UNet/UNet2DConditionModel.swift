@@ -86,16 +86,39 @@ public final class UNet2DConditionModel {
             }
         }
         let output = FloatTensor(shape: batched ? [batch, c.outChannels, h, w] : [c.outChannels, h, w])
+        let one = c.outChannels * h * w
+        // One batch element through the whole network into its slice of `output`.
+        func run(_ b: Int, weights: WeightProvider) throws {
+            let ws = Workspace(weights: weights)
+            let x = ws.pool.take([c.inChannels, h, w])
+            x.base.update(from: sample.base + b * x.count, count: x.count)
+            let context = ws.pool.take([tokens, c.crossAttentionDimension])
+            context.base.update(from: encoderHiddenStates.base + b * context.count, count: context.count)
+            let embedding = try timeEmbedding(timestep, batchIndex: b, added: added, ws)
+            let y = try forward(x, embedding: embedding, context: context, ws)
+            (output.base + b * one).update(from: y.base, count: one)
+        }
         do {
-            for b in 0..<batch {
-                let ws = Workspace(weights: weights)
-                let x = ws.pool.take([c.inChannels, h, w])
-                x.base.update(from: sample.base + b * x.count, count: x.count)
-                let context = ws.pool.take([tokens, c.crossAttentionDimension])
-                context.base.update(from: encoderHiddenStates.base + b * context.count, count: context.count)
-                let embedding = try timeEmbedding(timestep, batchIndex: b, added: added, ws)
-                let y = try forward(x, embedding: embedding, context: context, ws)
-                (output.base + b * y.count).update(from: y.base, count: y.count)
+            if batch >= Parallel.workerCount && Parallel.workerCount > 1 && !Parallel.isSerialOnThisThread {
+                // As many elements as cores (classifier-free guidance's pair on two cores): each
+                // element runs on its own core, start to end, with single-threaded matrix products
+                // and its own weight scratch, so the cores never wait for each other.
+                let failures = UnsafeSendableBox(UnsafeMutablePointer<(any Error)?>.allocate(capacity: batch))
+                failures.value.initialize(repeating: nil, count: batch)
+                defer { failures.value.deinitialize(count: batch); failures.value.deallocate() }
+                let store = weights.store, prefix = weights.prefix, releases = weights.releasesPagesAfterUse
+                GEMM.withSingleThreadedCalls {
+                    Parallel.forEach(batch) { b in
+                        Parallel.serially {
+                            let provider = WeightProvider(store: store, prefix: prefix)
+                            provider.releasesPagesAfterUse = releases
+                            do { try run(b, weights: provider) } catch { failures.value[b] = error }
+                        }
+                    }
+                }
+                if let error = (0..<batch).lazy.compactMap({ failures.value[$0] }).first { throw error }
+            } else {
+                for b in 0..<batch { try run(b, weights: weights) }
             }
         } catch let error as EngineError {
             throw error

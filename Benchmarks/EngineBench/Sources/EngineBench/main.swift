@@ -5,6 +5,8 @@
 //   EngineBench text-encoder DIR RUNS OUT.f32   (DIR: a diffusers text_encoder/ folder)
 //   EngineBench vae DIR LATENT.f32 RUNS OUT.f32 (DIR: a diffusers vae/ folder)
 //   EngineBench kernels                         (convolution and sgemm GFLOP/s)
+//   EngineBench unet DIR|FILE.wpk INPUTS RUNS OUT.f32 (DIR: a diffusers unet/ folder)
+//   EngineBench attention | unet-convolutions   (one core, SD 1.5 shapes)
 import CheckpointFormats
 @testable import DiffusionEngine
 import Foundation
@@ -90,10 +92,18 @@ func vae(_ dir: String, latentPath: String, runs: Int, out: String) throws {
 func unet(_ dir: String, inputsPath: String, runs: Int, out: String) throws {
     var model: UNet2DConditionModel!
     let load = try seconds {
-        let config = try UNetConfiguration(jsonText: String(contentsOfFile: dir + "/config.json", encoding: .utf8))
-        let store = try SafetensorsFile(path: dir + "/diffusion_pytorch_model.safetensors")
-        model = try UNet2DConditionModel(store: store, configuration: config)
+        if dir.hasSuffix(".wpk") {
+            // A canonical .wpk (any dtype, int8 included): the UNet under `unet.`.
+            model = try UNet2DConditionModel(store: try WPKFile(path: dir), configuration: .sd15, prefix: "unet.")
+        } else {
+            let config = try UNetConfiguration(jsonText: String(contentsOfFile: dir + "/config.json", encoding: .utf8))
+            let store = try SafetensorsFile(path: dir + "/diffusion_pytorch_model.safetensors")
+            model = try UNet2DConditionModel(store: store, configuration: config)
+        }
     }
+    // WEIGHTPACK_KEEP_RESIDENT=1: leave mapped weight pages resident (the engine drops them
+    // after each layer by default).
+    if ProcessInfo.processInfo.environment["WEIGHTPACK_KEEP_RESIDENT"] == "1" { model.weights.releasesPagesAfterUse = false }
     let data = try Data(contentsOf: URL(fileURLWithPath: inputsPath))
     let values = data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
     let sampleCount = 2 * 4 * 64 * 64
@@ -143,7 +153,20 @@ func kernels() {
         for _ in 0..<3 { best = min(best, seconds { Kernels.softmaxRows(s.base, rows: rows, columns: columns) }) }
         print(String(format: "softmax 1024x4096: %.3f s", best))
     }
-    let shapes = [(512, 64, 512), (512, 128, 512), (512, 256, 256), (256, 256, 256), (256, 512, 128), (128, 512, 128)]
+    convolutions([(512, 64, 512), (512, 128, 512), (512, 256, 256), (256, 256, 256), (256, 512, 128), (128, 512, 128)])
+}
+
+/// 3x3 convolutions by im2col and by Winograd; `serial`: on one core, as each batch element of
+/// a UNet step with guidance runs (one BLAS thread, no workers).
+func convolutions(_ shapes: [(Int, Int, Int)], serial: Bool = false) {
+    func filled(_ n: Int, _ scale: Float) -> FloatTensor {
+        let t = FloatTensor(shape: [n])
+        t.withUnsafeMutableBufferPointer { p in for i in 0..<n { p[i] = Float((i * 7919) % 2001 - 1000) * scale / 1000 } }
+        return t
+    }
+    let previous = GEMM.threadCount
+    if serial { GEMM.threadCount = 1 }
+    defer { GEMM.threadCount = previous }
     for (inC, size, outC) in shapes {
         let g = Convolution.Geometry(inChannels: inC, height: size, width: size, outChannels: outC,
                                      kernelHeight: 3, kernelWidth: 3, stride: 1, padding: .init(1))
@@ -155,10 +178,12 @@ func kernels() {
         var im2col = Double.infinity, winograd = Double.infinity
         for _ in 0..<2 {
             im2col = min(im2col, seconds {
-                Convolution.loweredForward(x.base, geometry: g, weight: w.base, bias: bias.base, output: y.base, columns: columns.base)
+                let run = { Convolution.loweredForward(x.base, geometry: g, weight: w.base, bias: bias.base, output: y.base, columns: columns.base) }
+                if serial { Parallel.serially(run) } else { run() }
             })
             winograd = min(winograd, seconds {
-                Convolution.winogradForward(x.base, geometry: g, weight: w.base, bias: bias.base, residual: nil, output: y.base, scratch: scratch.base)
+                let run = { Convolution.winogradForward(x.base, geometry: g, weight: w.base, bias: bias.base, residual: nil, output: y.base, scratch: scratch.base) }
+                if serial { Parallel.serially(run) } else { run() }
             })
         }
         print(String(format: "conv3x3 %3d->%3d at %3dx%-3d: im2col %.3f s (%.0f GFLOP/s), winograd %.3f s (%.0f GFLOP/s effective)",
@@ -177,6 +202,33 @@ do {
         try unet(arguments[2], inputsPath: arguments[3], runs: Int(arguments[4])!, out: arguments[5])
     case "kernels":
         kernels()
+    case "attention":
+        // SD 1.5's largest self-attention (4096 tokens, 8 heads of 40) on one core, by chunk size.
+        let tokens = 4096, width = 320, heads = 8
+        func filled(_ n: Int, _ scale: Float) -> FloatTensor {
+            let t = FloatTensor(shape: [n])
+            t.withUnsafeMutableBufferPointer { p in for i in 0..<n { p[i] = Float((i * 7919) % 2001 - 1000) * scale / 1000 } }
+            return t
+        }
+        let q = filled(tokens * width, 1), k = filled(tokens * width, 0.7), v = filled(tokens * width, 1), out = FloatTensor(shape: [tokens * width])
+        GEMM.threadCount = 1
+        for chunk in [32, 64, 128, 256, 512, 1024] {
+            let scores = FloatTensor(shape: [chunk * tokens])
+            var best = Double.infinity
+            for _ in 0..<2 {
+                best = min(best, seconds {
+                    Parallel.serially {
+                        Attention.forward(q: q.base, qStride: width, k: k.base, kStride: width, v: v.base, vStride: width,
+                                          out: out.base, outStride: width, queries: tokens, keys: tokens, heads: heads,
+                                          headDimension: width / heads, scale: 0.158, causal: false, chunk: chunk, scores: scores.base)
+                    }
+                })
+            }
+            print(String(format: "attention 4096x4096, 8 heads of 40, chunk %4d: %.3f s (%.1f GFLOP/s)", chunk, best, 4.0 * Double(tokens * tokens * width) / best / 1e9))
+        }
+    case "unet-convolutions":
+        // The 3x3 convolutions of an SD 1.5 UNet (in, size, out), as one batch element runs them.
+        convolutions([(320, 64, 320), (640, 32, 640), (1280, 16, 1280), (1280, 8, 1280), (2560, 8, 1280), (2560, 16, 1280), (1920, 32, 640)], serial: true)
     default:
         FileHandle.standardError.write("usage: EngineBench text-encoder DIR RUNS OUT | vae DIR LATENT RUNS OUT | kernels\n".data(using: .utf8)!)
         exit(2)
