@@ -169,43 +169,51 @@ struct KernelTests {
 
     // MARK: Attention
 
-    @Test(arguments: [false, true])
-    func chunkedAttentionEqualsUnchunked(_ causal: Bool) {
-        var random = TestRandom(seed: 17)
-        let tokens = 50, heads = 4, d = 8, width = heads * d
-        let q = random.values(tokens * width), k = random.values(tokens * width), v = random.values(tokens * width)
-        func run(chunk: Int) -> [Float] {
-            var out = [Float](repeating: .nan, count: tokens * width)
-            var scores = [Float](repeating: 0, count: Attention.scratchCount(queries: tokens, keys: tokens, heads: heads, chunk: chunk))
-            Attention.forward(q: q, qStride: width, k: k, kStride: width, v: v, vStride: width, out: &out, outStride: width,
-                              queries: tokens, keys: tokens, heads: heads, headDimension: d, scale: 1 / Float(d).squareRoot(),
-                              causal: causal, chunk: chunk, scores: &scores)
-            return out
-        }
-        let whole = run(chunk: tokens)
-        // Reference in double precision.
-        var expected = [Float](repeating: 0, count: tokens * width)
-        for h in 0..<heads {
-            for i in 0..<tokens {
-                var s = [Double](repeating: -.infinity, count: tokens)
-                for j in 0..<tokens where !causal || j <= i {
-                    var dot: Double = 0
-                    for p in 0..<d { dot += Double(q[i * width + h * d + p]) * Double(k[j * width + h * d + p]) }
-                    s[j] = dot / Double(d).squareRoot()
-                }
-                let m = s.max()!
-                let e = s.map { exp($0 - m) }
-                let sum = e.reduce(0, +)
-                for p in 0..<d {
-                    var acc: Double = 0
-                    for j in 0..<tokens { acc += e[j] / sum * Double(v[j * width + h * d + p]) }
-                    expected[i * width + h * d + p] = Float(acc)
+    /// Both product paths (BLAS, and the packed kernels of Attention+Packed.swift), causal or
+    /// not, against a double-precision reference, for head widths that fill, straddle and
+    /// exceed the packed kernels' vectors (8, 40 as in SD 1.5, 72), 50 tokens (not a multiple
+    /// of the 4-row or 32-key blocks) and several chunk sizes.
+    @Test(arguments: [false, true], [false, true])
+    func chunkedAttentionEqualsUnchunked(_ causal: Bool, _ packed: Bool) {
+        for d in [8, 40, 72] {
+            var random = TestRandom(seed: 17)
+            let tokens = 50, heads = 3, width = heads * d
+            let q = random.values(tokens * width), k = random.values(tokens * width), v = random.values(tokens * width)
+            let scale = 1 / Float(d).squareRoot()
+            func run(chunk: Int) -> [Float] {
+                var out = [Float](repeating: .nan, count: tokens * width)
+                var scores = [Float](repeating: .nan, count: Attention.scratchCount(queries: tokens, keys: tokens, heads: heads, headDimension: d,
+                                                                                  chunk: chunk, packed: packed))
+                Attention.forward(q: q, qStride: width, k: k, kStride: width, v: v, vStride: width, out: &out, outStride: width,
+                                  queries: tokens, keys: tokens, heads: heads, headDimension: d, scale: scale,
+                                  causal: causal, chunk: chunk, scores: &scores, packed: packed)
+                return out
+            }
+            let whole = run(chunk: tokens)
+            // Reference in double precision.
+            var expected = [Float](repeating: 0, count: tokens * width)
+            for h in 0..<heads {
+                for i in 0..<tokens {
+                    var s = [Double](repeating: -.infinity, count: tokens)
+                    for j in 0..<tokens where !causal || j <= i {
+                        var dot: Double = 0
+                        for p in 0..<d { dot += Double(q[i * width + h * d + p]) * Double(k[j * width + h * d + p]) }
+                        s[j] = dot * Double(scale)
+                    }
+                    let m = s.max()!
+                    let e = s.map { exp($0 - m) }
+                    let sum = e.reduce(0, +)
+                    for p in 0..<d {
+                        var acc: Double = 0
+                        for j in 0..<tokens { acc += e[j] / sum * Double(v[j * width + h * d + p]) }
+                        expected[i * width + h * d + p] = Float(acc)
+                    }
                 }
             }
-        }
-        expectClose(whole, expected, shape: [tokens, width], tolerance: 1e-5, "attention")
-        for chunk in [1, 7, 16] {
-            expectClose(run(chunk: chunk), whole, shape: [tokens, width], tolerance: 1e-6, "chunk \(chunk)")
+            expectClose(whole, expected, shape: [tokens, width], tolerance: 1e-5, "attention d \(d) packed \(packed)")
+            for chunk in [1, 7, 16] {
+                expectClose(run(chunk: chunk), whole, shape: [tokens, width], tolerance: 1e-6, "d \(d) chunk \(chunk)")
+            }
         }
     }
 

@@ -19,9 +19,15 @@ enum Attention {
         return Parallel.isSerialOnThisThread ? 1 : max(1, min(Parallel.workerCount, pieces))
     }
 
-    /// Floats of score scratch ``forward`` needs.
-    static func scratchCount(queries: Int, keys: Int, heads: Int, chunk: Int) -> Int {
-        lanes(queries: queries, heads: heads, chunk: chunk) * chunk * keys
+    /// Floats of scratch ``forward`` needs (scores, and the packed keys and values of one head
+    /// when it uses the packed kernels), for every worker.
+    static func scratchCount(queries: Int, keys: Int, heads: Int, headDimension d: Int, chunk: Int,
+                             packed: Bool = usesPackedKernels) -> Int {
+        lanes(queries: queries, heads: heads, chunk: chunk) * laneScratchCount(keys: keys, headDimension: d, chunk: chunk, packed: packed)
+    }
+
+    static func laneScratchCount(keys: Int, headDimension d: Int, chunk: Int, packed: Bool) -> Int {
+        packed ? packedScratchCount(keys: keys, headDimension: d, chunk: chunk) : chunk * keys
     }
 
     /// `out[t, h*D..<(h+1)*D] = softmax(scale * q_h k_h^T + mask) v_h` for every head.
@@ -33,14 +39,17 @@ enum Attention {
     /// the products and the softmax.
     /// - Parameters:
     ///   - causal: query `i` sees keys `0...i` (CLIP's text transformer).
-    ///   - scores: scratch of at least ``scratchCount(queries:keys:heads:chunk:)`` floats.
+    ///   - scores: scratch of at least ``scratchCount(queries:keys:heads:headDimension:chunk:packed:)``
+    ///     floats for the same `packed`.
+    ///   - packed: the packed SIMD kernels (``usesPackedKernels``) or BLAS for the products.
     static func forward(
         q: UnsafePointer<Float>, qStride: Int,
         k: UnsafePointer<Float>, kStride: Int,
         v: UnsafePointer<Float>, vStride: Int,
         out: UnsafeMutablePointer<Float>, outStride: Int,
         queries: Int, keys: Int, heads: Int, headDimension d: Int,
-        scale: Float, causal: Bool, chunk: Int, scores: UnsafeMutablePointer<Float>
+        scale: Float, causal: Bool, chunk: Int, scores: UnsafeMutablePointer<Float>,
+        packed: Bool = usesPackedKernels
     ) {
         precondition(chunk >= 1)
         let chunks = (queries + chunk - 1) / chunk
@@ -48,27 +57,47 @@ enum Attention {
         let lanes = lanes(queries: queries, heads: heads, chunk: chunk)
         let qs = SharedPointer(q), ks = SharedPointer(k), vs = SharedPointer(v)
         let outs = SharedPointer(out), scoreBase = SharedPointer(scores)
+        let laneFloats = laneScratchCount(keys: keys, headDimension: d, chunk: chunk, packed: packed)
         func run(lane: Int) {
-            let scores = scoreBase.pointer + lane * chunk * keys
+            let scores = scoreBase.pointer + lane * laneFloats
+            // Packed kernels: scores rows of `paddedKeys` floats, then the packed head.
+            let kp = packed ? paddedKeys(keys) : keys
+            let kt = scores + chunk * kp, vp = kt + d * kp
+            var packedHead = -1
             var piece = lane
             while piece < pieces {
                 let h = piece / chunks, q0 = (piece % chunks) * chunk
                 let rows = min(chunk, queries - q0)
-                GEMM.multiply(m: rows, n: keys, k: d,
-                              a: qs.pointer + q0 * qStride + h * d, lda: qStride,
-                              b: ks.pointer + h * d, ldb: kStride, transposeB: true,
-                              c: scores, ldc: keys, alpha: scale)
+                if packed {
+                    if packedHead != h {
+                        packKeys(ks.pointer + h * d, stride: kStride, keys: keys, d: d, into: kt)
+                        packValues(vs.pointer + h * d, stride: vStride, keys: keys, d: d, into: vp)
+                        packedHead = h
+                    }
+                    packedScores(q: qs.pointer + q0 * qStride + h * d, qStride: qStride, rows: rows, kt: kt,
+                                 keys: keys, d: d, scale: scale, into: scores)
+                } else {
+                    GEMM.multiply(m: rows, n: keys, k: d,
+                                  a: qs.pointer + q0 * qStride + h * d, lda: qStride,
+                                  b: ks.pointer + h * d, ldb: kStride, transposeB: true,
+                                  c: scores, ldc: keys, alpha: scale)
+                }
                 if causal {
                     for i in 0..<rows {
                         let first = q0 + i + 1
-                        if first < keys { (scores + i * keys + first).update(repeating: -.infinity, count: keys - first) }
+                        if first < keys { (scores + i * kp + first).update(repeating: -.infinity, count: keys - first) }
                     }
                 }
-                for i in 0..<rows { Kernels.softmaxRow(scores + i * keys, count: keys) }
-                GEMM.multiply(m: rows, n: d, k: keys,
-                              a: scores, lda: keys,
-                              b: vs.pointer + h * d, ldb: vStride,
-                              c: outs.pointer + q0 * outStride + h * d, ldc: outStride)
+                for i in 0..<rows { Kernels.softmaxRow(scores + i * kp, count: keys) }
+                if packed {
+                    packedWeightedSum(p: scores, rows: rows, vp: vp, keys: keys, d: d,
+                                      into: outs.pointer + q0 * outStride + h * d, outStride: outStride)
+                } else {
+                    GEMM.multiply(m: rows, n: d, k: keys,
+                                  a: scores, lda: keys,
+                                  b: vs.pointer + h * d, ldb: vStride,
+                                  c: outs.pointer + q0 * outStride + h * d, ldc: outStride)
+                }
                 piece += lanes
             }
         }

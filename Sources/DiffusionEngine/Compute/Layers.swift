@@ -160,7 +160,7 @@ final class Workspace {
         Attention.forward(q: q.base, qStride: width, k: k.base, kStride: width, v: v.base, vStride: width,
                           out: out.base, outStride: width, queries: queries, keys: keys, heads: heads,
                           headDimension: d, scale: 1 / Float(d).squareRoot(), causal: causal,
-                          chunk: chunk, scores: scoreBuffer(Attention.scratchCount(queries: queries, keys: keys, heads: heads, chunk: chunk)))
+                          chunk: chunk, scores: scoreBuffer(Attention.scratchCount(queries: queries, keys: keys, heads: heads, headDimension: d, chunk: chunk)))
         return out
     }
 }

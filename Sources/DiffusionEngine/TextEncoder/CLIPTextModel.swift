@@ -157,7 +157,7 @@ public final class CLIPTextModel {
                                   out: attended.base + offset, outStride: d, queries: length, keys: length,
                                   heads: c.headCount, headDimension: d / c.headCount,
                                   scale: 1 / Float(d / c.headCount).squareRoot(), causal: true,
-                                  chunk: length, scores: scoreScratch(Attention.scratchCount(queries: length, keys: length, heads: c.headCount, chunk: length)))
+                                  chunk: length, scores: scoreScratch(Attention.scratchCount(queries: length, keys: length, heads: c.headCount, headDimension: d / c.headCount, chunk: length)))
             }
             pool.recycle(q); pool.recycle(k); pool.recycle(v)
             let o = try ws.linear(attended, p + "self_attn.out_proj")

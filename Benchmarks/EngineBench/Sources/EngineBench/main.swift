@@ -213,7 +213,7 @@ do {
         let q = filled(tokens * width, 1), k = filled(tokens * width, 0.7), v = filled(tokens * width, 1), out = FloatTensor(shape: [tokens * width])
         GEMM.threadCount = 1
         for chunk in [32, 64, 128, 256, 512, 1024] {
-            let scores = FloatTensor(shape: [chunk * tokens])
+            let scores = FloatTensor(shape: [Attention.scratchCount(queries: tokens, keys: tokens, heads: heads, headDimension: width / heads, chunk: chunk)])
             var best = Double.infinity
             for _ in 0..<2 {
                 best = min(best, seconds {
