@@ -256,6 +256,9 @@ public final class WPKFile: QuantizedTensorStore, @unchecked Sendable {
             }
             entries.append(entry)
         }
+        if minor == 0, let quantized = entries.first(where: { $0.quantization != nil }) {
+            throw FormatError(.corruptHeader, "the preamble says version 1.0, but tensor '\(quantized.descriptor.name)' is int8-block quantised (a 1.1 feature)", tensor: quantized.descriptor.name)
+        }
         let sorted = entries.sorted { $0.offset < $1.offset }
         for (a, b) in zip(sorted, sorted.dropFirst()) where a.offset + a.length > b.offset {
             throw FormatError(.corruptHeader, "tensors '\(a.descriptor.name)' and '\(b.descriptor.name)' overlap", tensor: b.descriptor.name)
@@ -324,27 +327,49 @@ public final class WPKFile: QuantizedTensorStore, @unchecked Sendable {
         offset: Int, length: Int, checksum: UInt64
     ) throws(FormatError) -> WPKTensorEntry {
         func bad(_ what: String) -> FormatError { FormatError(.corruptHeader, "tensor '\(name)': \(what)", tensor: name) }
-        guard q["scheme"]?.stringValue == Int8BlockLayout.schemeName else {
-            throw FormatError(.unsupportedVersion, "tensor '\(name)' uses quantisation scheme '\(q["scheme"]?.stringValue ?? "?")', which this reader cannot decode", tensor: name)
+        func unsupported(_ what: String) -> FormatError {
+            FormatError(.unsupportedVersion, "tensor '\(name)' \(what), which this reader cannot decode", tensor: name)
+        }
+        // Names of things a later version may define are refused as unsupported, by name;
+        // anything else that does not fit is a corrupt header.
+        guard case .string(let scheme)? = q["scheme"] else { throw bad("int8 quantization has no scheme name") }
+        guard scheme == Int8BlockLayout.schemeName else { throw unsupported("uses quantisation scheme '\(scheme)'") }
+        guard case .string(let scaleDType)? = q["scale_dtype"] else { throw bad("int8-block quantization has no scale_dtype name") }
+        guard scaleDType == "F16" else { throw unsupported("stores its int8-block scales as '\(scaleDType)' (only F16 is defined)") }
+        if let value = q["dequantized_dtype"], value != .null {
+            guard case .string(let dequantized) = value else { throw bad("dequantized_dtype is not a name") }
+            guard dequantized == "F32" else { throw unsupported("dequantises to '\(dequantized)' (only F32 is defined)") }
         }
         guard dtype == .i8 else { throw bad("an int8-block tensor must have dtype I8, not \(dtype.name)") }
         guard f["encoding"] == nil || f["encoding"]?.objectValue?["kind"]?.stringValue == "raw" else { throw bad("an int8-block tensor must be stored raw") }
-        guard shape.rank >= 1, let blockSize = q["block_size"]?.nonNegativeInt, blockSize >= 1,
-              let rows = q["rows"]?.nonNegativeInt, let rowLength = q["row_length"]?.nonNegativeInt,
-              q["scale_dtype"]?.stringValue == "F16", let scaleOffset = q["scale_offset"]?.nonNegativeInt,
-              q["dequantized_dtype"]?.stringValue ?? "F32" == "F32"
-        else { throw bad("malformed int8-block quantization") }
+        guard shape.rank >= 1 else { throw bad("a 0-rank tensor cannot be int8-block quantised") }
+        guard let blockSize = q["block_size"]?.nonNegativeInt, blockSize >= 1 else { throw bad("int8-block block_size must be a positive integer") }
+        guard let rows = q["rows"]?.nonNegativeInt, let rowLength = q["row_length"]?.nonNegativeInt else {
+            throw bad("int8-block rows and row_length must be non-negative integers")
+        }
+        guard let scaleOffset = q["scale_offset"]?.nonNegativeInt else { throw bad("int8-block scale_offset must be a non-negative integer") }
         let layout: Int8BlockLayout
         do { layout = try Int8BlockLayout(rows: rows, rowLength: rowLength, blockSize: blockSize) } catch { throw bad(error.message) }
         let (floatBytes, overflow) = shape.count.multipliedReportingOverflow(by: 4)
         guard !overflow else { throw bad("shape \(shape) is too large") }
         guard rows == shape[0], layout.elementCount == shape.count else { throw bad("int8 layout \(rows)×\(rowLength) does not fit shape \(shape)") }
-        guard scaleOffset == layout.scaleOffset else { throw bad("scale_offset \(scaleOffset), expected \(layout.scaleOffset)") }
-        guard length == layout.byteCount else { throw bad("stores \(length) bytes but \(layout) needs \(layout.byteCount)") }
+        guard scaleOffset == layout.scaleOffset else {
+            throw bad("scale_offset \(scaleOffset), expected \(layout.scaleOffset) (the \(layout.elementCount) int8 values padded to 64 bytes)")
+        }
+        guard length == layout.byteCount else {
+            throw bad("stores \(length) bytes but \(layout) needs \(layout.byteCount) (\(layout.scaleCount) scales after offset \(layout.scaleOffset))")
+        }
         var metrics: QuantizationMetrics?
-        if case .object(let e)? = q["error"] {
-            guard let maxAbs = e["max_abs"]?.doubleValue, let cosine = e["cosine"]?.doubleValue else { throw bad("malformed quantization error") }
+        switch q["error"] {
+        case .object(let e)?:
+            guard let maxAbs = e["max_abs"]?.doubleValue, let cosine = e["cosine"]?.doubleValue,
+                  e["snr_db"] == nil || e["snr_db"] == .null || e["snr_db"]?.doubleValue != nil
+            else { throw bad("malformed quantization error") }
             metrics = QuantizationMetrics(snrDecibels: e["snr_db"]?.doubleValue, maxAbsoluteError: maxAbs, cosine: cosine, count: shape.count)
+        case nil, .null?:
+            break
+        default:
+            throw bad("malformed quantization error")
         }
         var sourceName: String?, sourceDType: DType?
         if case .object(let s)? = f["source"] {

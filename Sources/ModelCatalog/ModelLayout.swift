@@ -142,6 +142,11 @@ public struct ModelLayout: Sendable, Hashable {
             if found.contains(where: { $0.component == component }) { continue }
             found.append(ComponentLayout(component: component, prefix: prefix, naming: textNaming(prefix, naming)))
         }
+        // An EMA-only checkpoint: its UNet is the model_ema.* copies, read under the LDM names
+        // they were flattened from (NameMap.emaOnlyUNet).
+        if !found.contains(where: { $0.component == .unet }), NameMap.emaOnlyUNet(names) != nil {
+            found.insert(ComponentLayout(component: .unet, prefix: "model.diffusion_model.", naming: .ldmUNet), at: 0)
+        }
         if !found.isEmpty { return ModelLayout(kind: .ldm, components: found) }
         for (prefix, component, naming) in diffusersProbes where names.contains(where: { $0.hasPrefix(prefix) && isComponentName(String($0.dropFirst(prefix.count)), component) }) {
             found.append(ComponentLayout(component: component, prefix: prefix, naming: textNaming(prefix, naming)))

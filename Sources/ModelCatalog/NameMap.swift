@@ -33,6 +33,9 @@ public struct EMAInfo: Sendable, Hashable {
     public var byteCount = 0
     /// Whether the conversion took the UNet from them.
     public var selected = false
+    /// Whether the checkpoint holds EMA weights only (`model_ema.*` and no
+    /// `model.diffusion_model.*`): the UNet is then taken from them whatever was asked.
+    public var only = false
     public var isPresent: Bool { tensorCount > 0 }
     public init() {}
 }
@@ -68,7 +71,8 @@ public enum NameMap {
     /// - Parameters:
     ///   - tensors: the source's descriptors, in its order.
     ///   - layout: the source layout (``ModelLayout/recognize(_:)``); `nil` maps nothing.
-    ///   - weights: `.ema` takes the UNet from the `model_ema.*` copies.
+    ///   - weights: `.ema` takes the UNet from the `model_ema.*` copies. A checkpoint that has
+    ///     only those (``emaOnlyUNet(_:)``) gets its UNet from them either way (`ema.only`).
     ///   - keepExtra: keep leftovers as `extra.<source name>` instead of leaving them out.
     /// - Throws: `.noEMA` when EMA weights are asked for and missing, `.unmappable` when two
     ///   source tensors map to one name.
@@ -76,16 +80,30 @@ public enum NameMap {
         _ tensors: [TensorDescriptor], layout: ModelLayout?, weights: WeightSelection = .main, keepExtra: Bool = false,
         catalog: ArchitectureCatalog = .standard
     ) throws(CatalogError) -> CanonicalMapping {
+        var ema = EMAInfo()
+        for d in tensors where d.name.hasPrefix("model_ema.") && !catalog.emaBookkeeping.contains(d.name) {
+            ema.tensorCount += 1
+            ema.byteCount += d.byteCount
+        }
+        // An EMA-only checkpoint is mapped as if its EMA copies had their LDM names; the recipes
+        // and leftovers are given back their source names at the end.
+        var tensors = tensors
+        var sourceName: [String: String] = [:]
+        if layout?.layout(of: .unet)?.naming == .ldmUNet, let emaOnly = emaOnlyUNet(tensors.map(\.name)) {
+            for i in tensors.indices {
+                guard let dotted = emaOnly[tensors[i].name] else { continue }
+                sourceName[dotted] = tensors[i].name
+                tensors[i].name = dotted
+            }
+            ema.only = true
+            ema.selected = true
+        }
+        let weights = ema.only ? WeightSelection.main : weights
         var byName: [String: TensorDescriptor] = [:]
         var position: [String: Int] = [:]
         for (i, d) in tensors.enumerated() {
             byName[d.name] = d
             position[d.name] = i
-        }
-        var ema = EMAInfo()
-        for d in tensors where d.name.hasPrefix("model_ema.") && !catalog.emaBookkeeping.contains(d.name) {
-            ema.tensorCount += 1
-            ema.byteCount += d.byteCount
         }
         if weights == .ema {
             guard ema.isPresent else { throw CatalogError(.noEMA, "the model has no EMA weights (no model_ema.* tensors)") }
@@ -139,6 +157,15 @@ public enum NameMap {
             // EMA copies not used above are leftovers too.
             for d in tensors where d.name.hasPrefix("model_ema.") && !usedAsEMA.contains(d.name) {
                 leftovers.append(Leftover(descriptor: d, kind: classify(d.name, catalog: catalog)))
+            }
+        }
+        if !sourceName.isEmpty {
+            for i in recipes.indices { recipes[i].sources = recipes[i].sources.map { sourceName[$0] ?? $0 } }
+            for i in leftovers.indices {
+                guard let original = sourceName[leftovers[i].descriptor.name] else { continue }
+                position[original] = position[leftovers[i].descriptor.name]
+                leftovers[i].descriptor.name = original
+                leftovers[i].kind = .ema
             }
         }
         if keepExtra {

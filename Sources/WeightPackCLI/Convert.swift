@@ -22,6 +22,8 @@ struct Convert: ParsableCommand {
             A recognised model is stored under canonical names (Formats/names.md) with its
             detected architecture and source layout, so export can give the layout back.
             Schedule buffers, EMA bookkeeping and other leftovers are left out unless --keep-extra.
+            A checkpoint that holds EMA weights only (model_ema.*, no model.diffusion_model.*) is
+            converted from them whatever --weights says, with a note on stderr.
             """)
 
     @Argument(help: "The model to convert: .safetensors (or an index of shards), .ckpt/.pt/.pth/.bin, a diffusers folder, or .wpk.")
@@ -75,6 +77,9 @@ struct Convert: ParsableCommand {
             options.variant = variant
             let source = try ModelInput.open(input, options: options)
             let model = try CanonicalModel(source, weights: weights, keepExtra: keepExtra)
+            if model.ema.only, weights == .main {
+                printError("note: \(input) holds EMA weights only (model_ema.*, no model.diffusion_model.*); the UNet is converted from them, as --weights ema would")
+            }
             let store = model.store
             let sourceDigest = noSourceHash ? nil : SourceDigest.start(path: input)
             var plan = dtype == .int8
@@ -94,10 +99,12 @@ struct Convert: ParsableCommand {
             let overflows = Float16Overflows()
             var metadata = JSONObject()
             metadata["tool"] = .string("weightpack \(WeightPackCommand.version)")
-            metadata["conversion"] = [
-                "dtype": .string(dtype.rawValue), "compress": .bool(compress), "weights": .string(weights.rawValue),
-                "keep_extra": .bool(keepExtra), "fix_position_ids": .bool(fixPositionIds),
-            ]
+            var conversion = JSONObject([
+                ("dtype", .string(dtype.rawValue)), ("compress", .bool(compress)), ("weights", .string(model.ema.selected ? "ema" : "main")),
+                ("keep_extra", .bool(keepExtra)), ("fix_position_ids", .bool(fixPositionIds)),
+            ])
+            if model.ema.only { conversion["ema_only"] = true }
+            metadata["conversion"] = .object(conversion)
             if model.isCanonical, let layout = model.layout {
                 metadata["architecture"] = model.detection.json
                 metadata["layout"] = layout.json

@@ -141,7 +141,9 @@ struct InspectionReport {
         } else {
             out.append(Finding(severity: "info", code: "layout-unknown", message: "no Stable Diffusion layout recognised; tensors are shown as stored", tensor: nil))
         }
-        if model.ema.isPresent {
+        if model.ema.only {
+            out.append(Finding(severity: "info", code: "ema-only", message: "only EMA weights are present (\(model.ema.tensorCount) model_ema.* tensors, \(formatBytes(model.ema.byteCount)), no model.diffusion_model.*): the UNet is read from them, and convert uses them", tensor: nil))
+        } else if model.ema.isPresent {
             out.append(Finding(severity: "info", code: "ema", message: "EMA weights present: \(model.ema.tensorCount) tensors, \(formatBytes(model.ema.byteCount)) (convert --weights ema selects them)", tensor: nil))
         }
         let grouped = Dictionary(grouping: model.leftovers, by: \.kind)
@@ -205,7 +207,7 @@ struct InspectionReport {
         root["format"] = .string(format)
         if let model {
             var architecture = model.detection.json.objectValue ?? JSONObject()
-            architecture["ema"] = ["present": .bool(model.ema.isPresent), "tensors": JSONValue(model.ema.tensorCount), "bytes": JSONValue(model.ema.byteCount)]
+            architecture["ema"] = ["present": .bool(model.ema.isPresent), "only": .bool(model.ema.only), "tensors": JSONValue(model.ema.tensorCount), "bytes": JSONValue(model.ema.byteCount)]
             architecture["leftovers"] = .array(model.leftovers.map { ["name": .string($0.descriptor.name), "kind": .string($0.kind.rawValue), "bytes": JSONValue($0.descriptor.byteCount)] })
             root["architecture"] = .object(architecture)
         } else {
@@ -285,7 +287,9 @@ struct InspectionReport {
             for c in d.components {
                 lines.append("component:  \(c.component.rawValue): \(c.tensorCount) tensors, \(c.summary); \(c.missing.count) missing, \(c.unexpected.count) unexpected, \(c.shapeMismatches.count) mis-shaped")
             }
-            if let m = model, m.ema.isPresent { lines.append("ema:        \(m.ema.tensorCount) tensors, \(formatBytes(m.ema.byteCount))") }
+            if let m = model, m.ema.isPresent {
+                lines.append("ema:        \(m.ema.tensorCount) tensors, \(formatBytes(m.ema.byteCount))" + (m.ema.only ? " (EMA only: the UNet is read from them)" : ""))
+            }
         }
         for (k, v) in metadata.sorted(by: { $0.key < $1.key }).prefix(20) {
             lines.append("metadata:   \(k) = \(v.count > 80 ? String(v.prefix(77)) + "..." : v)")

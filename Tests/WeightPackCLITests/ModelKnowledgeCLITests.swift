@@ -214,4 +214,74 @@ struct ModelKnowledgeCLITests {
         #expect(theirs == ours.stdout.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }, "\(text) vs \(ours.stdout)")
         #expect(process.terminationStatus == 0 && text.contains("loaded"), "\(text)")
     }
+
+    @Test("diffusers loads folders exported from a diffusers source, and their tensors equal the source folder's (runs when the fixture venv exists)",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: venvPython), "the fixture Python environment ($HOME/.cache/weightpack/fixture-venv) is not installed"),
+          arguments: ["sd1", "sd2", "sdxl"])
+    func diffusersLoadsFromDiffusersSource(model: String) throws {
+        let dir = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let source = fixturePath("tiny-\(model)/diffusers")
+        let wpk = dir.appendingPathComponent("m.wpk").path, out = dir.appendingPathComponent("out").path
+        for args in [["convert", source, wpk], ["export", wpk, out, "--layout", "diffusers"]] {
+            let r = try run(args)
+            #expect(r.status == 0, "\(args): \(r.stderr)")
+        }
+        // Ours: every tensor of the export equals the source folder's, byte for byte.
+        let reference = try folderTensors(source)
+        let ours = try folderTensors(out)
+        #expect(Set(ours.keys) == Set(reference.keys))
+        for (name, view) in ours { #expect(reference[name].map { sameBytes(view, $0) } == true, "\(name)") }
+        // Theirs: diffusers loads both folders as they are (the SD 2.x source holds the fp16
+        // variant) and finds the same tensors, tokenizer ids and scheduler configuration.
+        let script = """
+            import os, sys
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            import torch
+            from diffusers import DiffusionPipeline
+            out, src = sys.argv[1], sys.argv[2]
+            variant = "fp16" if any(".fp16." in f for _, _, fs in os.walk(src) for f in fs) else None
+            a = DiffusionPipeline.from_pretrained(out)
+            b = DiffusionPipeline.from_pretrained(src, variant=variant)
+            print("loaded", type(a).__name__, type(b).__name__)
+            different, count = [], 0
+            for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+                x, y = getattr(a, name, None), getattr(b, name, None)
+                if x is None and y is None:
+                    continue
+                if x is None or y is None:
+                    different.append(name)
+                    continue
+                sx, sy = x.state_dict(), y.state_dict()
+                if set(sx) != set(sy):
+                    different.append(name + " (names)")
+                for k in sy:
+                    count += 1
+                    if k not in sx or sx[k].dtype != sy[k].dtype or sx[k].shape != sy[k].shape or not torch.equal(sx[k], sy[k]):
+                        different.append(name + "." + k)
+            print("tensors", count, "different", len(different), " ".join(different[:5]))
+            for t in ("tokenizer", "tokenizer_2"):
+                x, y = getattr(a, t, None), getattr(b, t, None)
+                if x is not None or y is not None:
+                    same = x is not None and y is not None and x("a photo of a cat!").input_ids == y("a photo of a cat!").input_ids
+                    print(t, "same" if same else "different")
+            print("scheduler", type(a.scheduler).__name__, "same" if dict(a.scheduler.config) == dict(b.scheduler.config) else "different")
+            """
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.venvPython)
+        process.arguments = ["-c", script, out, source]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0 && text.contains("loaded"), "\(text)")
+        let lines = text.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+        func line(_ key: String) -> [String] { lines.first { $0.first == key } ?? [] }
+        #expect(line("tensors").count >= 4 && line("tensors")[1] == String(reference.count) && line("tensors")[3] == "0", "\(text)")
+        #expect(line("tokenizer").last == "same", "\(text)")
+        #expect(line("tokenizer_2").last == (model == "sdxl" ? "same" : nil), "\(text)")
+        #expect(line("scheduler").last == "same", "\(text)")
+    }
 }
