@@ -3,8 +3,11 @@
 # timestep 999) in the engine and in diffusers, on the same machine, in the same run,
 # interleaved, fp32 on the CPU with the same thread count (ENGINE_BENCH_THREADS, default 2).
 #
-#   Benchmarks/unet.sh [ROUNDS]     (default 2; one step is several seconds on each side)
+#   Benchmarks/unet.sh [ROUNDS] [STEPS]   (defaults 2 and 2; one step is several seconds)
 #
+# Each process runs STEPS steps on the same inputs and reports its best, so one-time costs of a
+# first call (torch's lazy kernel set-up, our first mapping of the weights) are left out when
+# STEPS >= 2, as in a generation.
 # Reported per side: the best time, the largest peak RSS (ru_maxrss, weights included: the
 # engine maps them, diffusers copies them), the load average; then the ratios and the max abs
 # difference of the two predictions. Needs the fixture venv and the full-size random model in
@@ -16,6 +19,7 @@ DIR="${WEIGHTPACK_BENCH_DIR:-/tmp/wpbench}"
 VENV="${WEIGHTPACK_FIXTURE_VENV:-$HOME/.cache/weightpack/fixture-venv}"
 PY="$VENV/bin/python"
 ROUNDS="${1:-2}"
+STEPS="${2:-2}"
 export ENGINE_BENCH_THREADS="${ENGINE_BENCH_THREADS:-2}"
 export OPENBLAS_NUM_THREADS="$ENGINE_BENCH_THREADS"
 MODELS="$DIR/sd15-diffusers"
@@ -37,9 +41,9 @@ for round in $(seq 1 "$ROUNDS"); do
   if [ $((round % 2)) -eq 1 ]; then order="engine diffusers"; else order="diffusers engine"; fi
   for side in $order; do
     if [ "$side" = engine ]; then
-      "$BENCH" unet "$MODELS/unet" "$INPUTS" 1 "$OUT/unet-engine.f32" >> "$OUT/unet-results.jsonl"
+      "$BENCH" unet "$MODELS/unet" "$INPUTS" "$STEPS" "$OUT/unet-engine.f32" >> "$OUT/unet-results.jsonl"
     else
-      (cd "$HERE/python" && "$PY" engine_unet.py "$MODELS/unet" "$INPUTS" 1 "$OUT/unet-diffusers.f32") >> "$OUT/unet-results.jsonl"
+      (cd "$HERE/python" && "$PY" engine_unet.py "$MODELS/unet" "$INPUTS" "$STEPS" "$OUT/unet-diffusers.f32") >> "$OUT/unet-results.jsonl"
     fi
     tail -n 1 "$OUT/unet-results.jsonl"
   done

@@ -9,12 +9,14 @@ PY="$VENV/bin/python"
 export PYTHONHASHSEED=0
 "$PY" make_malformed.py --check
 "$PY" make_tiny_sd1.py
+"$PY" make_diffusers_variants.py
 "$PY" make_tiny_sd2_sdxl.py
 "$PY" make_goldens.py
+"$PY" make_engine_goldens.py
 {
   echo "# Installed in the fixture venv ($VENV) when the fixtures were last generated."
   echo "# $("$PY" --version 2>&1), $(uname -sm)"
   "$PY" -m pip freeze --all
 } > versions.txt
 echo "fixtures regenerated; sizes:"
-du -sh ../tiny-sd1 ../tiny-sd2 ../tiny-sdxl ../golden ../malformed
+du -sh ../tiny-sd1 ../tiny-sd1/diffusers-bin ../tiny-sd1/diffusers-sharded ../tiny-sd2 ../tiny-sdxl ../golden ../malformed
