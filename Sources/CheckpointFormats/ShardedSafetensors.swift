@@ -27,44 +27,12 @@ public final class ShardedSafetensors: TensorStore, @unchecked Sendable {
         } catch {
             throw FormatError(error.code == .duplicateKey ? .duplicateKey : .invalidHeaderJSON, "index is not valid JSON: \(error.message)", path: indexPath)
         }
-        guard case .object(let object) = root, case .object(let weightMap)? = object["weight_map"] else {
-            throw FormatError(.invalidHeaderJSON, "index has no weight_map object", path: indexPath)
-        }
-        var meta: [String: String] = [:]
-        if case .object(let m)? = object["metadata"] {
-            for (k, v) in m { meta[k] = v.stringValue ?? v.serialized() }
-        }
-        let folder = indexPath.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        var files: [String] = []
-        var fileIndex: [String: Int] = [:]
-        var placement: [(tensor: String, file: Int)] = []
-        for (tensor, value) in weightMap {
-            guard case .string(let name) = value, !name.contains("/"), name != "..", !name.isEmpty else {
-                throw FormatError(.invalidHeaderJSON, "weight_map entry for '\(tensor)' is not a file name in the index's folder", path: indexPath, tensor: tensor)
-            }
-            if fileIndex[name] == nil {
-                fileIndex[name] = files.count
-                files.append(name)
-            }
-            placement.append((tensor, fileIndex[name]!))
-        }
+        let shardIndex = try ShardIndex(root, indexPath: indexPath)
         var opened: [SafetensorsFile] = []
-        for name in files {
-            opened.append(try SafetensorsFile(path: folder.isEmpty ? name : folder + "/" + name))
-        }
-        for (tensor, file) in placement where opened[file].descriptor(named: tensor) == nil {
-            throw FormatError(.tensorNotFound, "index places '\(tensor)' in \(files[file]), which lacks it", path: indexPath, tensor: tensor)
-        }
-        var owner: [String: Int] = [:]
-        var all: [TensorDescriptor] = []
-        for (i, shard) in opened.enumerated() {
-            for d in shard.tensors {
-                guard owner[d.name] == nil else {
-                    throw FormatError(.duplicateTensor, "tensor '\(d.name)' is in two shards", path: indexPath, tensor: d.name)
-                }
-                owner[d.name] = i
-                all.append(d)
-            }
+        for file in shardIndex.files.indices { opened.append(try SafetensorsFile(path: shardIndex.path(of: file))) }
+        let (owner, all) = try shardIndex.assemble(opened)
+        var meta = shardIndex.metadata
+        for shard in opened {
             for (k, v) in shard.metadata where meta[k] == nil { meta[k] = v }
         }
         shards = opened

@@ -53,7 +53,7 @@ struct DiffusersVariantsCLITests {
         }
     }
 
-    @Test("a damaged shard index is a one-line error with exit 65, and a missing shard exit 66")
+    @Test("a damaged shard index is a one-line error with exit 65, a missing shard exit 66, a tensor placed in the wrong shard exit 65")
     func damagedIndex() throws {
         let dir = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -77,5 +77,16 @@ struct DiffusersVariantsCLITests {
         let missing = try run(["inspect", folder.path])
         #expect(missing.status == 66, "\(missing.stderr)")
         #expect(missing.stderr.split(separator: "\n").count == 1, "\(missing.stderr)")
+        // The real index with one tensor placed in a shard that does not hold it.
+        let real = try parseJSON(String(contentsOf: source.appendingPathComponent("vae/diffusion_pytorch_model.bin.index.json"), encoding: .utf8))
+        let map = try #require(real["weight_map"]?.objectValue)
+        let right = try #require(map["decoder.conv_in.weight"]?.stringValue)
+        let wrong = try #require(Set(map.compactMap { $0.value.stringValue }).sorted().first { $0 != right })
+        var entries = map.map { "\"\($0.key)\": \"\($0.key == "decoder.conv_in.weight" ? wrong : $0.value.stringValue ?? "")\"" }
+        entries.sort()
+        try Data("{\"weight_map\": {\(entries.joined(separator: ", "))}}".utf8).write(to: index)
+        let misplaced = try run(["inspect", folder.path])
+        #expect(misplaced.status == 65, "\(misplaced.stderr)")
+        #expect(misplaced.stderr.contains("lacks it") && misplaced.stderr.split(separator: "\n").count == 1, "\(misplaced.stderr)")
     }
 }

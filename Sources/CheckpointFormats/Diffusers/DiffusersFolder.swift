@@ -178,31 +178,15 @@ public final class ShardedTorchCheckpoint: TensorStore, @unchecked Sendable {
         do { root = try bytes.withUnsafeBytes { (raw) throws(JSONError) in try JSONParser.parse(raw) } } catch {
             throw FormatError(.invalidHeaderJSON, "index is not valid JSON: \(error)", path: indexPath)
         }
-        guard let weightMap = root.objectValue?["weight_map"]?.objectValue else {
-            throw FormatError(.invalidHeaderJSON, "index has no weight_map object", path: indexPath)
-        }
-        let folder = indexPath.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        var files: [String] = []
-        for (tensor, value) in weightMap {
-            guard let name = value.stringValue, !name.contains("/"), !name.isEmpty, name != ".." else {
-                throw FormatError(.invalidHeaderJSON, "weight_map entry for '\(tensor)' is not a file name in the index's folder", path: indexPath, tensor: tensor)
-            }
-            if !files.contains(name) { files.append(name) }
-        }
+        let shardIndex = try ShardIndex(root, indexPath: indexPath)
         var opened: [TorchCheckpoint] = []
-        for f in files { opened.append(try TorchCheckpoint(path: folder.isEmpty ? f : folder + "/" + f, allowUnsafeGlobals: allowUnsafeGlobals)) }
-        var owner: [String: Int] = [:]
-        var all: [TensorDescriptor] = []
-        for (i, shard) in opened.enumerated() {
-            for d in shard.tensors {
-                guard owner[d.name] == nil else { throw FormatError(.duplicateTensor, "tensor '\(d.name)' is in two shards", path: indexPath, tensor: d.name) }
-                owner[d.name] = i
-                all.append(d)
-            }
+        for file in shardIndex.files.indices {
+            opened.append(try TorchCheckpoint(path: shardIndex.path(of: file), allowUnsafeGlobals: allowUnsafeGlobals))
         }
+        let (owner, all) = try shardIndex.assemble(opened)
         shards = opened
         tensors = all
-        metadata = [:]
+        metadata = shardIndex.metadata
         self.owner = owner
     }
 
