@@ -12,11 +12,7 @@
 # Needs the fixture venv (Fixtures/generate/setup_venv.sh) and the full-size random model in
 # $WEIGHTPACK_BENCH_DIR (default /tmp/wpbench; generated when missing, about 4.3 GB).
 set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(dirname "$HERE")"
-DIR="${WEIGHTPACK_BENCH_DIR:-/tmp/wpbench}"
-VENV="${WEIGHTPACK_FIXTURE_VENV:-$HOME/.cache/weightpack/fixture-venv}"
-PY="$VENV/bin/python"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ROUNDS="${1:-3}"
 export ENGINE_BENCH_THREADS="${ENGINE_BENCH_THREADS:-2}"
 # The engine's BLAS threads; its own elementwise workers follow the active processor count.

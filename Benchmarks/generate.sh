@@ -12,11 +12,7 @@
 # (default /tmp/wpbench; generated when missing), which is exported once as a complete diffusers
 # folder by the built weightpack so both sides read the same files.
 set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(dirname "$HERE")"
-DIR="${WEIGHTPACK_BENCH_DIR:-/tmp/wpbench}"
-VENV="${WEIGHTPACK_FIXTURE_VENV:-$HOME/.cache/weightpack/fixture-venv}"
-PY="$VENV/bin/python"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ROUNDS="${1:-1}"
 STEPS="${2:-20}"
 export ENGINE_BENCH_THREADS="${ENGINE_BENCH_THREADS:-2}"

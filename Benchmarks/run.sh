@@ -4,11 +4,7 @@
 # Needs the fixture venv (Fixtures/generate/setup_venv.sh) for the Python side and ~20 GB of free
 # space in $WEIGHTPACK_BENCH_DIR (default /tmp/wpbench), where the full-size model is generated.
 set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(dirname "$HERE")"
-DIR="${WEIGHTPACK_BENCH_DIR:-/tmp/wpbench}"
-VENV="${WEIGHTPACK_FIXTURE_VENV:-$HOME/.cache/weightpack/fixture-venv}"
-PY="$VENV/bin/python"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 WP="$ROOT/.build/release/weightpack"
 WHAT="${1:-all}"
 mkdir -p "$DIR"

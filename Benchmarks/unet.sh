@@ -13,11 +13,7 @@
 # difference of the two predictions. Needs the fixture venv and the full-size random model in
 # $WEIGHTPACK_BENCH_DIR (default /tmp/wpbench; generated when missing).
 set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(dirname "$HERE")"
-DIR="${WEIGHTPACK_BENCH_DIR:-/tmp/wpbench}"
-VENV="${WEIGHTPACK_FIXTURE_VENV:-$HOME/.cache/weightpack/fixture-venv}"
-PY="$VENV/bin/python"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ROUNDS="${1:-2}"
 STEPS="${2:-2}"
 export ENGINE_BENCH_THREADS="${ENGINE_BENCH_THREADS:-2}"

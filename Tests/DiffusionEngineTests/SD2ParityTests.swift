@@ -65,15 +65,7 @@ struct SD2ParityTests {
 
     @Test("UNet forward pass, batch of 2 (v prediction)", arguments: ["t999", "t500"])
     func unetForward(_ key: String) throws {
-        let golden = try Fixture.safetensors("sd2/unet.safetensors")
-        let model = try Self.unet()
-        let sample = FloatTensor(shape: [2, 4, 8, 8], values: try golden.floats("sample"))
-        let context = FloatTensor(shape: [2, 77, 32], values: try golden.floats("encoder_hidden_states"))
-        let t = try golden.int64s("\(key).timestep")[0]
-        let out = try model.predict(sample, timestep: Float(t), encoderHiddenStates: context)
-        #expect(out.shape == [2, 4, 8, 8])
-        let c = expectClose(out.scalars, try golden.floats("\(key).out"), shape: out.shape, tolerance: 1e-3, "SD2 \(key).out")
-        print("SD2 UNet \(key): \(c)")
+        try expectUNetMatchesGolden(try Self.unet(), try Fixture.safetensors("sd2/unet.safetensors"), key: key, label: "SD2")
     }
 
     static let cases: [(file: String, kind: SchedulerKind, calls: Int)] = [

@@ -109,18 +109,7 @@ struct SDXLParityTests {
 
     @Test("UNet forward pass with text_time added conditions, batch of 2", arguments: ["t999", "t500"])
     func unetForward(_ key: String) throws {
-        let golden = try Fixture.safetensors("sdxl/unet.safetensors")
-        let model = try Self.unet()
-        let sample = FloatTensor(shape: [2, 4, 8, 8], values: try golden.floats("sample"))
-        let context = FloatTensor(shape: [2, 77, 64], values: try golden.floats("encoder_hidden_states"))
-        let added = UNet2DConditionModel.AddedConditions(
-            textEmbeddings: FloatTensor(shape: [2, 32], values: try golden.floats("text_embeds")),
-            timeIDs: FloatTensor(shape: [2, 6], values: try golden.floats("time_ids")))
-        let t = try golden.int64s("\(key).timestep")[0]
-        let out = try model.predict(sample, timestep: Float(t), encoderHiddenStates: context, added: added)
-        #expect(out.shape == [2, 4, 8, 8])
-        let c = expectClose(out.scalars, try golden.floats("\(key).out"), shape: out.shape, tolerance: 1e-3, "SDXL \(key).out")
-        print("SDXL UNet \(key): \(c)")
+        try expectUNetMatchesGolden(try Self.unet(), try Fixture.safetensors("sdxl/unet.safetensors"), key: key, label: "SDXL")
     }
 
     @Test("six Euler steps from given latents, no negative prompt")

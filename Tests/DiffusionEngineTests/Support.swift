@@ -114,3 +114,24 @@ struct TestRandom {
     }
     mutating func values(_ n: Int, scale: Float = 1) -> [Float] { (0..<n).map { _ in next() * scale } }
 }
+
+/// One UNet forward pass on a golden file's inputs (`sample`, `encoder_hidden_states`,
+/// `<key>.timestep`, and SDXL's `text_embeds` and `time_ids` when it has them), compared with
+/// diffusers' `<key>.out` at 1e-3 max abs.
+@discardableResult
+func expectUNetMatchesGolden(_ model: UNet2DConditionModel, _ golden: SafetensorsFile, key: String, label: String) throws -> TensorComparison {
+    let c = model.configuration
+    let sample = FloatTensor(shape: [2, c.inChannels, 8, 8], values: try golden.floats("sample"))
+    let context = FloatTensor(shape: [2, 77, c.crossAttentionDimension], values: try golden.floats("encoder_hidden_states"))
+    var added: UNet2DConditionModel.AddedConditions?
+    if let pooled = golden.descriptor(named: "text_embeds") {
+        added = .init(textEmbeddings: FloatTensor(shape: pooled.shape.dimensions, values: try golden.floats("text_embeds")),
+                      timeIDs: FloatTensor(shape: [2, 6], values: try golden.floats("time_ids")))
+    }
+    let t = try golden.int64s("\(key).timestep")[0]
+    let out = try model.predict(sample, timestep: Float(t), encoderHiddenStates: context, added: added)
+    #expect(out.shape == [2, c.outChannels, 8, 8])
+    let comparison = expectClose(out.scalars, try golden.floats("\(key).out"), shape: out.shape, tolerance: 1e-3, "\(label) \(key).out")
+    print("\(label) UNet \(key): \(comparison)")
+    return comparison
+}

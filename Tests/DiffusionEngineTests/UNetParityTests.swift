@@ -16,15 +16,7 @@ struct UNetParityTests {
 
     @Test("one forward pass, batch of 2", arguments: ["t999", "t500"])
     func forward(_ key: String) throws {
-        let golden = try Fixture.safetensors("unet.safetensors")
-        let model = try Self.unet()
-        let sample = FloatTensor(shape: [2, 4, 8, 8], values: try golden.floats("sample"))
-        let context = FloatTensor(shape: [2, 77, 32], values: try golden.floats("encoder_hidden_states"))
-        let t = try golden.int64s("\(key).timestep")[0]
-        let out = try model.predict(sample, timestep: Float(t), encoderHiddenStates: context)
-        #expect(out.shape == [2, 4, 8, 8])
-        let c = expectClose(out.scalars, try golden.floats("\(key).out"), shape: out.shape, tolerance: 1e-3, "\(key).out")
-        print("UNet \(key): \(c)")
+        try expectUNetMatchesGolden(try Self.unet(), try Fixture.safetensors("unet.safetensors"), key: key, label: "SD 1.x")
     }
 
     @Test func configurationReadsTheFixture() throws {

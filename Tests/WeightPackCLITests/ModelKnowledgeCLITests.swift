@@ -180,6 +180,20 @@ struct ModelKnowledgeCLITests {
 
     static let venvPython = FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/weightpack/fixture-venv/bin/python").path
 
+    /// Runs `script` with the fixture venv's Python and `arguments`; its exit status and stdout.
+    static func runPython(_ script: String, _ arguments: String...) throws -> (status: Int32, stdout: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: venvPython)
+        process.arguments = ["-c", script] + arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, text)
+    }
+
     @Test("diffusers loads exported folders (runs when the fixture venv exists)",
           .enabled(if: FileManager.default.isExecutableFile(atPath: venvPython), "the fixture Python environment ($HOME/.cache/weightpack/fixture-venv) is not installed"),
           arguments: ["sd1", "sd2", "sdxl"])
@@ -199,20 +213,12 @@ struct ModelKnowledgeCLITests {
             t = p.tokenizer if p.tokenizer is not None else p.tokenizer_2
             print("ids", " ".join(str(i) for i in t("a photo of a cat!", padding="max_length", max_length=77).input_ids))
             """
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.venvPython)
-        process.arguments = ["-c", script, out, model]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
+        let (status, text) = try Self.runPython(script, out, model)
         let theirs = text.split(separator: "\n").first { $0.hasPrefix("ids ") }.map { $0.dropFirst(4).split(separator: " ").compactMap { Int($0) } }
         // Padding comes from the folder's tokenizer_config.json, as for any diffusers folder.
         let ours = try run(["tokenize", "a photo of a cat!", "--tokenizer", out + "/tokenizer"])
         #expect(theirs == ours.stdout.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }, "\(text) vs \(ours.stdout)")
-        #expect(process.terminationStatus == 0 && text.contains("loaded"), "\(text)")
+        #expect(status == 0 && text.contains("loaded"), "\(text)")
     }
 
     @Test("diffusers loads folders exported from a diffusers source, and their tensors equal the source folder's (runs when the fixture venv exists)",
@@ -267,16 +273,8 @@ struct ModelKnowledgeCLITests {
                     print(t, "same" if same else "different")
             print("scheduler", type(a.scheduler).__name__, "same" if dict(a.scheduler.config) == dict(b.scheduler.config) else "different")
             """
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.venvPython)
-        process.arguments = ["-c", script, out, source]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0 && text.contains("loaded"), "\(text)")
+        let (status, text) = try Self.runPython(script, out, source)
+        #expect(status == 0 && text.contains("loaded"), "\(text)")
         let lines = text.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
         func line(_ key: String) -> [String] { lines.first { $0.first == key } ?? [] }
         #expect(line("tensors").count >= 4 && line("tensors")[1] == String(reference.count) && line("tensors")[3] == "0", "\(text)")
