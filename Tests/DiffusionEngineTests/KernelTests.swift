@@ -239,6 +239,36 @@ struct KernelTests {
         }
     }
 
+    /// The 16-lane `erf` against the double-precision one over [-6, 6], and GEGLU (vector body
+    /// and scalar tail) against its definition.
+    @Test func vectorErfAndGEGLUMatchDefinitions() {
+        var worst: Double = 0
+        var x = -6.0
+        while x < 6 {
+            let lanes = SIMD16<Float>((0..<16).map { Float(x + Double($0) * 0.0005) })
+            let y = Kernels.erf(lanes)
+            for l in 0..<16 { worst = max(worst, abs(Double(y[l]) - erf(Double(lanes[l])))) }
+            x += 0.008
+        }
+        print("vector erf: max abs error \(worst) over [-6, 6]")
+        #expect(worst <= 5e-7)
+        #expect(Kernels.erf(SIMD16(repeating: .nan))[0].isNaN)
+        #expect(Kernels.erf(SIMD16(repeating: .infinity))[3] == 1 && Kernels.erf(SIMD16(repeating: -.infinity))[5] == -1)
+        var random = TestRandom(seed: 5)
+        let rows = 3, features = 37  // two vectors and a 5-element tail per row
+        let input = random.values(rows * 2 * features, scale: 4)
+        var out = [Float](repeating: .nan, count: rows * features)
+        Kernels.geglu(input, rows: rows, features: features, into: &out)
+        var expected = [Float](repeating: 0, count: rows * features)
+        for r in 0..<rows {
+            for j in 0..<features {
+                let v = Double(input[r * 2 * features + j]), g = Double(input[r * 2 * features + features + j])
+                expected[r * features + j] = Float(v * 0.5 * g * (1 + erf(g / 2.0.squareRoot())))
+            }
+        }
+        expectClose(out, expected, shape: [rows, features], tolerance: 1e-5, "geglu")
+    }
+
     @Test func elementwiseWorkSplitAcrossWorkersCoversEveryElement() {
         var y = [Float](repeating: 1, count: 1_000_003)
         let x = [Float](repeating: 2, count: y.count)

@@ -32,9 +32,19 @@ extension Kernels {
             let x = xs.pointer, y = ys.pointer
             for i in r {
                 let row = x + i * 2 * features, out = y + i * features
-                for j in 0..<features {
+                let value = UnsafeRawPointer(row), gate = UnsafeRawPointer(row + features)
+                let target = UnsafeMutableRawPointer(out)
+                var j = 0
+                while j + 16 <= features {
+                    let g = gate.loadUnaligned(fromByteOffset: j * 4, as: SIMD16<Float>.self)
+                    let v = value.loadUnaligned(fromByteOffset: j * 4, as: SIMD16<Float>.self)
+                    target.storeBytes(of: v * (0.5 * g * (1 + erf(g * 0.70710678118654752))), toByteOffset: j * 4, as: SIMD16<Float>.self)
+                    j += 16
+                }
+                while j < features {
                     let g = row[features + j]
                     out[j] = row[j] * (0.5 * g * (1 + erff(g * 0.70710678118654752)))
+                    j += 1
                 }
             }
         }
