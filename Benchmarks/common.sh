@@ -6,3 +6,22 @@ ROOT="$(dirname "$HERE")"
 DIR="${WEIGHTPACK_BENCH_DIR:-/tmp/wpbench}"
 VENV="${WEIGHTPACK_FIXTURE_VENV:-$HOME/.cache/weightpack/fixture-venv}"
 PY="$VENV/bin/python"
+
+# The engine benchmarks' shared set-up (engine.sh, unet.sh, generate.sh): thread counts of both
+# sides, the output folder, and a check for the fixture venv.
+engine_bench_setup() {
+  export ENGINE_BENCH_THREADS="${ENGINE_BENCH_THREADS:-2}"
+  # The engine's BLAS threads; its own elementwise workers follow the active processor count.
+  export OPENBLAS_NUM_THREADS="$ENGINE_BENCH_THREADS"
+  MODELS="$DIR/sd15-diffusers"
+  OUT="$DIR/engine-out"
+  mkdir -p "$DIR" "$OUT"
+  [ -x "$PY" ] || { echo "no fixture venv at $VENV: run Fixtures/generate/setup_venv.sh" >&2; exit 1; }
+}
+
+# Builds Benchmarks/EngineBench (release, with @testable access to the engine) and sets BENCH.
+build_engine_bench() {
+  local scratch="${ENGINE_BENCH_SCRATCH:-$ROOT/.build-perf-bench}"
+  swift build -c release -Xswiftc -enable-testing --package-path "$HERE/EngineBench" --scratch-path "$scratch" >/dev/null
+  BENCH="$scratch/release/EngineBench"
+}

@@ -14,17 +14,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ROUNDS="${1:-3}"
-export ENGINE_BENCH_THREADS="${ENGINE_BENCH_THREADS:-2}"
-# The engine's BLAS threads; its own elementwise workers follow the active processor count.
-export OPENBLAS_NUM_THREADS="$ENGINE_BENCH_THREADS"
-MODELS="$DIR/sd15-diffusers"
-OUT="$DIR/engine-out"
-mkdir -p "$DIR" "$OUT"
-
-[ -x "$PY" ] || { echo "no fixture venv at $VENV: run Fixtures/generate/setup_venv.sh" >&2; exit 1; }
-SCRATCH="${ENGINE_BENCH_SCRATCH:-$ROOT/.build-perf-bench}"
-swift build -c release -Xswiftc -enable-testing --package-path "$HERE/EngineBench" --scratch-path "$SCRATCH" >/dev/null
-BENCH="$SCRATCH/release/EngineBench"
+engine_bench_setup
+build_engine_bench
 
 if [ ! -f "$MODELS/vae/diffusion_pytorch_model.safetensors" ] || [ ! -f "$MODELS/text_encoder/model.safetensors" ]; then
   [ -f "$DIR/sd15-random.safetensors" ] || "$PY" "$ROOT/Fixtures/generate/make_fullsize_sd15.py" --out "$DIR"

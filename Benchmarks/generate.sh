@@ -15,11 +15,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ROUNDS="${1:-1}"
 STEPS="${2:-20}"
-export ENGINE_BENCH_THREADS="${ENGINE_BENCH_THREADS:-2}"
-export OPENBLAS_NUM_THREADS="$ENGINE_BENCH_THREADS"
-OUT="$DIR/engine-out"
-mkdir -p "$DIR" "$OUT"
-[ -x "$PY" ] || { echo "no fixture venv at $VENV: run Fixtures/generate/setup_venv.sh" >&2; exit 1; }
+engine_bench_setup
 SCRATCH="${GENERATE_BENCH_SCRATCH:-$ROOT/.build}"
 swift build -c release --package-path "$ROOT" --scratch-path "$SCRATCH" >/dev/null
 WP="$SCRATCH/release/weightpack"

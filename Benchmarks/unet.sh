@@ -16,15 +16,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ROUNDS="${1:-2}"
 STEPS="${2:-2}"
-export ENGINE_BENCH_THREADS="${ENGINE_BENCH_THREADS:-2}"
-export OPENBLAS_NUM_THREADS="$ENGINE_BENCH_THREADS"
-MODELS="$DIR/sd15-diffusers"
-OUT="$DIR/engine-out"
-mkdir -p "$DIR" "$OUT"
-[ -x "$PY" ] || { echo "no fixture venv at $VENV: run Fixtures/generate/setup_venv.sh" >&2; exit 1; }
-SCRATCH="${ENGINE_BENCH_SCRATCH:-$ROOT/.build-perf-bench}"
-swift build -c release -Xswiftc -enable-testing --package-path "$HERE/EngineBench" --scratch-path "$SCRATCH" >/dev/null
-BENCH="$SCRATCH/release/EngineBench"
+engine_bench_setup
+build_engine_bench
 if [ ! -f "$MODELS/unet/diffusion_pytorch_model.safetensors" ]; then
   [ -f "$DIR/sd15-random.safetensors" ] || "$PY" "$ROOT/Fixtures/generate/make_fullsize_sd15.py" --out "$DIR"
   "$PY" "$HERE/python/engine_prepare.py" "$DIR/sd15-random.safetensors" "$MODELS"
