@@ -37,13 +37,14 @@ enum ByteGroupCodec {
         guard declared == UInt64(size) else {
             throw FormatError(.corruptData, "compressed frame declares \(declared) bytes, header says \(size)")
         }
-        let planes = OwnedBuffer(byteCount: size)
+        guard let planes = OwnedBuffer(checkedByteCount: size), let output = OwnedBuffer(checkedByteCount: size) else {
+            throw FormatError(.corruptData, "cannot allocate \(size) bytes for a compressed tensor: more than this machine can hold")
+        }
         let got = ZSTD_decompress(planes.mutableBytes.baseAddress, size, stored.baseAddress, stored.count)
         if ZSTD_isError(got) != 0 {
             throw FormatError(.corruptData, "zstd decompression failed: \(String(cString: ZSTD_getErrorName(got)))")
         }
         guard got == size else { throw FormatError(.corruptData, "decompressed \(got) bytes, expected \(size)") }
-        let output = OwnedBuffer(byteCount: size)
         join(UnsafeRawBufferPointer(planes.mutableBytes), width: width, count: size / width, into: output.mutableBytes)
         return output
     }

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The name, dtype and shape of a tensor as a store holds it.
 public struct TensorDescriptor: Hashable, Sendable {
     /// The name as the file stores it.
@@ -74,13 +80,33 @@ public final class OwnedBuffer: @unchecked Sendable {
     /// Exactly the requested bytes (the allocation behind them may be larger).
     public let mutableBytes: UnsafeMutableRawBufferPointer
     private let allocation: UnsafeMutableRawBufferPointer
+    /// Whether `allocation` came from `posix_memalign` (freed with `free`).
+    private let isMalloced: Bool
 
+    /// Allocates `byteCount` bytes; traps when the system has none (for sizes the program
+    /// chose, not ones a file declares).
     public init(byteCount: Int) {
         allocation = UnsafeMutableRawBufferPointer.allocate(byteCount: max(byteCount, 1), alignment: 64)
         mutableBytes = UnsafeMutableRawBufferPointer(rebasing: allocation[0..<byteCount])
+        isMalloced = false
     }
 
-    deinit { allocation.deallocate() }
+    /// Allocates `byteCount` bytes, or gives `nil` when the system refuses them: for sizes an
+    /// input file declares, which must end in an error, not a trap. (With Linux's default
+    /// overcommit a request larger than memory and swap is refused; a smaller one is granted
+    /// lazily, page by page as it is written.)
+    public init?(checkedByteCount byteCount: Int) {
+        guard byteCount >= 0 else { return nil }
+        var pointer: UnsafeMutableRawPointer?
+        guard posix_memalign(&pointer, 64, max(byteCount, 1)) == 0, let pointer else { return nil }
+        allocation = UnsafeMutableRawBufferPointer(start: pointer, count: max(byteCount, 1))
+        mutableBytes = UnsafeMutableRawBufferPointer(rebasing: allocation[0..<byteCount])
+        isMalloced = true
+    }
+
+    deinit {
+        if isMalloced { free(allocation.baseAddress) } else { allocation.deallocate() }
+    }
 
     public var bytes: UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(mutableBytes)[0..<mutableBytes.count])

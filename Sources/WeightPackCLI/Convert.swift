@@ -69,6 +69,9 @@ struct Convert: ParsableCommand {
     func validate() throws {
         guard (1...19).contains(compressionLevel) else { throw ValidationError("--compression-level must be between 1 and 19") }
         guard keepPatterns.isEmpty || dtype == .int8 else { throw ValidationError("--keep applies to --dtype int8 only") }
+        for pattern in keepPatterns where pattern.contains(where: { "[]{}".contains($0) }) {
+            throw ValidationError("--keep '\(pattern)': only * and ? are wildcards here; brackets and braces would match themselves")
+        }
     }
 
     func run() throws {
@@ -82,6 +85,9 @@ struct Convert: ParsableCommand {
             }
             let store = model.store
             let sourceDigest = noSourceHash ? nil : SourceDigest.start(path: input)
+            for pattern in keepPatterns where !store.tensors.contains(where: { Glob.matches(pattern, $0.name) }) {
+                printError("note: --keep '\(pattern)' matches no tensor (patterns match the canonical names that weightpack inspect shows for the converted file)")
+            }
             var plan = dtype == .int8
                 ? OutputTensor.plan(from: store, rules: QuantizationRules(keep: keepPatterns))
                 : OutputTensor.plan(from: store, dtype: dtype)

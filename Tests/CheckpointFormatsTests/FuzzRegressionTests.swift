@@ -1,4 +1,4 @@
-import CheckpointFormats
+@testable import CheckpointFormats
 import Foundation
 import Testing
 import TensorCore
@@ -123,6 +123,25 @@ struct FuzzRegressionTests {
             #expect(error.code == .corruptData)
         }
         #expect(file.verifyChecksums().contains { $0.tensor == "t" })
+    }
+
+    /// A 1 MiB frame may legitimately expand to 32 GiB, so the bound above lets a header claim
+    /// 30 GiB; allocating that trapped the process when memory ran out. The buffers are now
+    /// allocated with a check: a refused allocation, like a frame that then fails to decode, is
+    /// a `.corruptData` error.
+    @Test("a compressed tensor claiming more than memory is an error, not a trap")
+    func compressedClaimBeyondMemory() throws {
+        let size = 30 << 30
+        var frame = [UInt8](repeating: 0, count: 1 << 20)
+        frame.replaceSubrange(0..<4, with: [0x28, 0xB5, 0x2F, 0xFD])         // zstd magic
+        frame[4] = 0xE0                                                      // single segment, 8-byte content size
+        withUnsafeBytes(of: UInt64(size).littleEndian) { frame.replaceSubrange(5..<13, with: $0) }
+        do {
+            try frame.withUnsafeBytes { raw in _ = try ByteGroupCodec.decode(raw, width: 2, size: size) }
+            Issue.record("decoded a 30 GiB tensor from 1 MiB of zeros")
+        } catch let error as FormatError {
+            #expect(error.code == .corruptData, "\(error)")
+        }
     }
 }
 

@@ -48,7 +48,7 @@ struct QuantizationCLITests {
         #expect((check.stdout + check.stderr).contains("unet.down_blocks.0.resnets.0.conv1.weight"))
     }
 
-    @Test("--keep keeps matching tensors unquantised; --keep without int8 is a usage error")
+    @Test("--keep keeps matching tensors unquantised; --keep without int8 or with brackets is a usage error; an unmatched pattern is noted")
     func keep() throws {
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -59,6 +59,12 @@ struct QuantizationCLITests {
         #expect(!vae.isEmpty && vae.allSatisfy { $0.quantization == nil })
         #expect(file.entries.contains { $0.quantization != nil })
         #expect(try run(["convert", tinyModel, out, "--keep", "vae.*", "--force"]).status == 64)
+        // Brackets are not wildcards here: refused rather than matched literally.
+        let bracket = try run(["convert", tinyModel, out, "--dtype", "int8", "--keep", "unet.down_blocks.[01].*", "--force"])
+        #expect(bracket.status == 64 && bracket.stderr.contains("only * and ?"), "\(bracket.stderr)")
+        // A pattern that matches nothing is said on stderr; the conversion goes on.
+        let unmatched = try run(["convert", tinyModel, out, "--dtype", "int8", "--keep", "model.diffusion_model.*", "--force"])
+        #expect(unmatched.status == 0 && unmatched.stderr.contains("--keep 'model.diffusion_model.*' matches no tensor"), "\(unmatched.stderr)")
     }
 
     @Test("verify recognises an int8 model and passes it at the int8 default thresholds (stages 20 dB SNR, image 32 dB PSNR)")
