@@ -76,6 +76,25 @@ func compareSteps(_ steps: [FloatTensor], golden: SafetensorsFile, label: String
 }
 
 /// Runs `request` and collects the latents after every step.
+/// The samplers of the 6-step pipeline goldens: file stem, kind, and the UNet calls diffusers
+/// makes (PNDM with `skip_prk_steps` makes one more than its steps).
+let sixStepCases: [(file: String, kind: SchedulerKind, calls: Int)] = [
+    ("pndm", .pndm, 7), ("ddim", .ddim, 6), ("euler", .euler, 6), ("euler_ancestral", .eulerAncestral, 6), ("dpmpp_2m", .dpmSolverMultistep, 6),
+]
+
+/// The request the 6-step pipeline goldens were made with: the astronaut prompt, seed 42, the
+/// golden's own initial latents (`init_latents`, 1x4x8x8) and a `size`-pixel square image.
+func sixStepRequest(_ golden: SafetensorsFile, kind: SchedulerKind, size: Int) throws -> StableDiffusionPipeline.Request {
+    var request = StableDiffusionPipeline.Request(prompt: "a photo of an astronaut riding a horse")
+    request.steps = 6
+    request.width = size
+    request.height = size
+    request.scheduler = kind
+    request.seed = 42
+    request.latents = FloatTensor(shape: [1, 4, 8, 8], values: try golden.floats("init_latents"))
+    return request
+}
+
 func runCollectingSteps(_ pipeline: StableDiffusionPipeline, _ request: StableDiffusionPipeline.Request)
     throws -> (output: StableDiffusionPipeline.Output, steps: [FloatTensor]) {
     var steps: [FloatTensor] = []

@@ -14,34 +14,21 @@ struct PipelineParityTests {
                                     schedulerConfiguration: .sd15)
     }
 
-    static let cases: [(file: String, kind: SchedulerKind, steps: Int)] = [
-        ("pndm", .pndm, 7), ("ddim", .ddim, 6), ("euler", .euler, 6), ("euler_ancestral", .eulerAncestral, 6), ("dpmpp_2m", .dpmSolverMultistep, 6),
-    ]
+    static let cases = sixStepCases
 
     @Test("six steps from given latents", arguments: 0..<cases.count)
     func sixSteps(_ index: Int) throws {
         let c = Self.cases[index]
         let golden = try Fixture.safetensors("pipelines/\(c.file).safetensors")
-        let pipeline = try Self.pipeline()
-        var request = StableDiffusionPipeline.Request(prompt: "a photo of an astronaut riding a horse")
-        request.steps = 6
-        request.width = 64
-        request.height = 64
-        request.scheduler = c.kind
-        request.seed = 42
-        request.latents = FloatTensor(shape: [1, 4, 8, 8], values: try golden.floats("init_latents"))
-        var steps: [FloatTensor] = []
-        let output = try pipeline.generate(request) { event in
-            if case .step(_, _, _, let latents) = event { steps.append(latents) }
-        }
+        let (output, steps) = try runCollectingSteps(try Self.pipeline(), try sixStepRequest(golden, kind: c.kind, size: 64))
         #expect(output.conditioning.tokens.conditional == (try golden.int64s("prompt_ids")))
         let expectedTimesteps = try golden.floats("timesteps")
-        #expect(output.timesteps.count == c.steps)
-        expectClose(output.timesteps, expectedTimesteps, shape: [c.steps], tolerance: 1e-3, "\(c.file) timesteps")
+        #expect(output.timesteps.count == c.calls)
+        expectClose(output.timesteps, expectedTimesteps, shape: [c.calls], tolerance: 1e-3, "\(c.file) timesteps")
         if golden.descriptor(named: "sigmas") != nil, let s = (try SchedulerFactory.make(c.kind, configuration: .sd15, steps: 6)) as? EulerDiscreteScheduler {
             expectClose(s.sigmas, try golden.floats("sigmas"), shape: [7], tolerance: 1e-4, "\(c.file) sigmas")
         }
-        #expect(steps.count == c.steps)
+        #expect(steps.count == c.calls)
         var worst = 0.0
         for (i, latents) in steps.enumerated() {
             let m = ParityMetrics(reference: try golden.floats("step\(i).latents"), candidate: latents.scalars)

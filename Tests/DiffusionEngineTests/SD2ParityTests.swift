@@ -68,9 +68,7 @@ struct SD2ParityTests {
         try expectUNetMatchesGolden(try Self.unet(), try Fixture.safetensors("sd2/unet.safetensors"), key: key, label: "SD2")
     }
 
-    static let cases: [(file: String, kind: SchedulerKind, calls: Int)] = [
-        ("pndm", .pndm, 7), ("ddim", .ddim, 6), ("euler", .euler, 6), ("euler_ancestral", .eulerAncestral, 6), ("dpmpp_2m", .dpmSolverMultistep, 6),
-    ]
+    static let cases = sixStepCases
 
     @Test("six v-prediction steps from given latents", arguments: 0..<cases.count)
     func sixSteps(_ index: Int) throws {
@@ -78,14 +76,7 @@ struct SD2ParityTests {
         let golden = try Fixture.safetensors("sd2/pipelines/\(c.file).safetensors")
         let text = try Fixture.safetensors("sd2/text_encoder.safetensors")
         let pipeline = try Self.pipeline()
-        var request = StableDiffusionPipeline.Request(prompt: "a photo of an astronaut riding a horse")
-        request.steps = 6
-        request.width = 16
-        request.height = 16
-        request.scheduler = c.kind
-        request.seed = 42
-        request.latents = FloatTensor(shape: [1, 4, 8, 8], values: try golden.floats("init_latents"))
-        let (output, steps) = try runCollectingSteps(pipeline, request)
+        let (output, steps) = try runCollectingSteps(pipeline, try sixStepRequest(golden, kind: c.kind, size: 16))
 
         #expect(output.conditioning.tokens.conditional == (try golden.int64s("prompt_ids")))
         #expect(output.conditioning.tokens.unconditional == (try golden.int64s("negative_prompt_ids")))

@@ -144,14 +144,8 @@ struct SchedulerParityTests {
         let golden = try Fixture.safetensors("schedulers/\(run.file).safetensors")
         let pipeline = try PipelineParityTests.pipeline()
         if run.karras { pipeline.schedulerConfiguration.useKarrasSigmas = true }
-        var request = StableDiffusionPipeline.Request(prompt: "a photo of an astronaut riding a horse")
-        request.steps = 6
-        request.width = 64
-        request.height = 64
-        request.scheduler = run.kind
+        var request = try sixStepRequest(golden, kind: run.kind, size: 64)
         request.timestepSpacing = run.spacing
-        request.seed = 42
-        request.latents = FloatTensor(shape: [1, 4, 8, 8], values: try golden.floats("init_latents"))
         let (output, steps) = try runCollectingSteps(pipeline, request)
         #expect(output.conditioning.tokens.conditional == (try golden.int64s("prompt_ids")))
         let timesteps = try golden.floats("timesteps")
