@@ -97,6 +97,7 @@ let package = Package(
         .executableTarget(name: "weightpack", dependencies: ["WeightPackCLI"], swiftSettings: strict),
 
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"], swiftSettings: strict),
+        .testTarget(name: "MappedIOTests", dependencies: ["MappedIO"], swiftSettings: strict),
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "TensorCore"], swiftSettings: strict),
         .testTarget(name: "StrictJSONTests", dependencies: ["StrictJSON"], swiftSettings: strict),
         .testTarget(

@@ -7,13 +7,17 @@ import SystemPackage
 
 /// Writes a file so that it appears under its final name whole or not at all.
 ///
-/// Bytes go to a temporary file in the target's folder (`.NAME.tmp-XXXXXX`); `commit()`
-/// flushes, `fsync`s, renames it over the target and syncs the folder. Without `commit()`
-/// (an error, a thrown conversion) the temporary file is removed when the writer goes away.
-/// Writes are buffered; `position` is the logical offset of the next byte.
+/// Bytes go to an unnamed temporary file in the target's folder (`O_TMPFILE`; where the file
+/// system lacks it, a named one, `.NAME.tmp-XXXXXX`: see ``TemporaryName``); `commit()`
+/// flushes, `fsync`s, gives it the target's name and syncs the folder. Without `commit()`
+/// (an error, a thrown conversion) the temporary is removed when the writer goes away.
+/// A target that is a folder, or one of this process's inputs (``InputFiles``), is refused
+/// whatever `overwrite` says. Writes are buffered; `position` is the logical offset of the
+/// next byte.
 public final class AtomicFileWriter {
     public let path: String
-    public let temporaryPath: String
+    /// The named temporary file, or `nil` while the data is in an unnamed (`O_TMPFILE`) one.
+    public let temporaryPath: String?
     private let overwrite: Bool
     private var fd: FileDescriptor?
     private var buffer: UnsafeMutableRawBufferPointer
@@ -25,40 +29,61 @@ public final class AtomicFileWriter {
     /// Creates the temporary file next to `path`.
     ///
     /// - Parameter overwrite: when `false`, an existing `path` is refused now with `.exists`,
-    ///   and again at commit time (the rename never replaces a file that appeared meanwhile).
+    ///   and again at commit time (the final link never replaces a file that appeared meanwhile).
+    /// - Throws: `.outputIsFolder` when `path` names a folder (or ends in `/`), `.outputIsInput`
+    ///   when it is one of this process's inputs, `.exists`, `.cannotCreate`, `.noSpace`.
     public init(path: String, overwrite: Bool, bufferSize: Int = 8 << 20) throws(IOError) {
         self.path = path
         self.overwrite = overwrite
-        if !overwrite, Self.exists(path) {
-            throw IOError(.exists, path: path, call: "open")
+        try Self.checkTarget(path, overwrite: overwrite)
+        let (folder, template) = TemporaryName.template(for: path)
+        let unnamed = Self.openUnnamed(in: folder)
+        let raw: Int32
+        if unnamed >= 0 {
+            raw = unnamed
+            temporaryPath = nil
+        } else {
+            var bytes = Array(template.utf8CString)
+            raw = bytes.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+            guard raw >= 0 else {
+                let errno = Errno(rawValue: Glibc.errno)
+                throw IOError(errno == .noSpace || errno == .diskQuotaExceeded ? .noSpace : .cannotCreate, path: path, call: "mkstemp", errno: errno)
+            }
+            temporaryPath = bytes.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         }
-        let file = FilePath(path)
-        let folder = file.removingLastComponent()
-        let name = file.lastComponent?.string ?? "output"
-        let folderString = folder.isEmpty ? "." : folder.string
-        var template = Array("\(folderString)/.\(name).tmp-XXXXXX".utf8CString)
-        let raw = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        guard raw >= 0 else {
-            let errno = Errno(rawValue: Glibc.errno)
-            throw IOError(errno == .noSpace || errno == .diskQuotaExceeded ? .noSpace : .cannotCreate, path: path, call: "mkstemp", errno: errno)
-        }
-        temporaryPath = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         fd = FileDescriptor(rawValue: raw)
         _ = fchmod(raw, 0o644 & ~Self.currentUmask())
         buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 64)
+    }
+
+    /// Refuses a target that is a folder, an input, or (without `overwrite`) exists.
+    static func checkTarget(_ path: String, overwrite: Bool) throws(IOError) {
+        if path.hasSuffix("/") { throw IOError(.outputIsFolder, path: path, call: "open", detail: "the name ends in /") }
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return }
+        var target = info
+        if (info.st_mode & S_IFMT) == S_IFLNK, stat(path, &target) != 0 { target = info }
+        if (target.st_mode & S_IFMT) == S_IFDIR { throw IOError(.outputIsFolder, path: path, call: "open") }
+        try InputFiles.refuseOverwriting(path)
+        if !overwrite { throw IOError(.exists, path: path, call: "open") }
+    }
+
+    /// An unnamed file in `folder` (`O_TMPFILE`), or -1 where the file system has none.
+    private static func openUnnamed(in folder: String) -> Int32 {
+        // O_TMPFILE is (__O_TMPFILE | O_DIRECTORY) on Linux; the C macro does not import.
+        let tmpfile: Int32 = 0o20_000_000 | O_DIRECTORY
+        while true {
+            let fd = Glibc.open(folder, tmpfile | O_RDWR | O_CLOEXEC, 0o644)
+            if fd >= 0 || Glibc.errno != EINTR { return fd }
+        }
     }
 
     deinit {
         buffer.deallocate()
         if !committed {
             if let fd { try? fd.close() }
-            unlink(temporaryPath)
+            if let temporaryPath { unlink(temporaryPath) }
         }
-    }
-
-    private static func exists(_ path: String) -> Bool {
-        var info = stat()
-        return lstat(path, &info) == 0
     }
 
     private static func currentUmask() -> mode_t {
@@ -132,7 +157,7 @@ public final class AtomicFileWriter {
     }
 
     private func writeThrough(_ bytes: UnsafeRawBufferPointer) throws(IOError) {
-        guard let fd else { throw IOError(.writeFailed, path: temporaryPath, call: "write") }
+        guard let fd else { throw IOError(.writeFailed, path: path, call: "write") }
         do {
             _ = try fd.writeAll(bytes)
         } catch {
@@ -153,30 +178,71 @@ public final class AtomicFileWriter {
         }
     }
 
-    /// Flushes, syncs and renames the temporary file to `path`.
+    /// Flushes, syncs and gives the temporary file the name `path`.
     public func commit() throws(IOError) {
         try flush()
         guard let fd else { throw IOError(.writeFailed, path: path, call: "commit") }
         if fsync(fd.rawValue) != 0 {
             throw IOError.from(Errno(rawValue: Glibc.errno), path: path, call: "fsync", fallback: .syncFailed)
         }
-        do { try fd.close() } catch {
-            throw IOError.from(error, path: path, call: "close", fallback: .writeFailed)
+        // Inputs opened since the writer was made are known now: check once more.
+        try Self.checkTarget(path, overwrite: overwrite)
+        let named: String
+        if let temporaryPath {
+            named = temporaryPath
+        } else if !overwrite {
+            // link(2) fails with EEXIST rather than replacing a file that appeared meanwhile.
+            try Self.linkUnnamed(fd, to: path)
+            try closeDescriptor(fd)
+            committed = true
+            Self.syncFolder(of: path)
+            return
+        } else {
+            named = try Self.linkUnnamedToFreshName(fd, beside: path)
         }
-        self.fd = nil
+        try closeDescriptor(fd)
         if overwrite {
-            guard rename(temporaryPath, path) == 0 else {
-                throw IOError.from(Errno(rawValue: Glibc.errno), path: path, call: "rename", fallback: .renameFailed)
+            guard rename(named, path) == 0 else {
+                let error = IOError.from(Errno(rawValue: Glibc.errno), path: path, call: "rename", fallback: .renameFailed)
+                unlink(named)
+                throw error
             }
         } else {
-            // link(2) fails with EEXIST rather than replacing a file that appeared meanwhile.
-            guard link(temporaryPath, path) == 0 else {
-                throw IOError.from(Errno(rawValue: Glibc.errno), path: path, call: "link", fallback: .renameFailed)
+            guard link(named, path) == 0 else {
+                let error = IOError.from(Errno(rawValue: Glibc.errno), path: path, call: "link", fallback: .renameFailed)
+                unlink(named)
+                throw error
             }
-            unlink(temporaryPath)
+            unlink(named)
         }
         committed = true
         Self.syncFolder(of: path)
+    }
+
+    private func closeDescriptor(_ fd: FileDescriptor) throws(IOError) {
+        self.fd = nil
+        do { try fd.close() } catch {
+            throw IOError.from(error, path: path, call: "close", fallback: .writeFailed)
+        }
+    }
+
+    /// Gives the unnamed file behind `fd` the name `path` (failing if it exists).
+    private static func linkUnnamed(_ fd: FileDescriptor, to path: String) throws(IOError) {
+        guard linkat(AT_FDCWD, "/proc/self/fd/\(fd.rawValue)", AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0 else {
+            throw IOError.from(Errno(rawValue: Glibc.errno), path: path, call: "linkat", fallback: .renameFailed)
+        }
+    }
+
+    /// Names the unnamed file behind `fd` `.NAME.tmp-XXXXXX` beside `path` and returns that name.
+    private static func linkUnnamedToFreshName(_ fd: FileDescriptor, beside path: String) throws(IOError) -> String {
+        for _ in 0..<100 {
+            let candidate = TemporaryName.random(for: path)
+            if linkat(AT_FDCWD, "/proc/self/fd/\(fd.rawValue)", AT_FDCWD, candidate, AT_SYMLINK_FOLLOW) == 0 { return candidate }
+            if Glibc.errno != EEXIST {
+                throw IOError.from(Errno(rawValue: Glibc.errno), path: path, call: "linkat", fallback: .renameFailed)
+            }
+        }
+        throw IOError(.cannotCreate, path: path, call: "linkat", detail: "no free temporary name")
     }
 
     /// Syncs the folder holding `path` so a rename survives a crash (best effort).

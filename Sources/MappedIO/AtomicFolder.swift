@@ -5,34 +5,39 @@ import Darwin
 #endif
 import SystemPackage
 
-/// Builds a folder so that it appears under its final name whole or not at all: files are
-/// written into a temporary folder beside the target (`.NAME.tmp-XXXXXX`, each file itself
-/// through ``AtomicFileWriter``), and `commit()` renames the folder into place. Without
-/// `commit()` the temporary folder and everything in it is removed when the value goes away.
+/// Builds a folder so that nothing of the user's is lost.
+///
+/// Files are written into a temporary folder beside the target (`.NAME.tmp-XXXXXX`, see
+/// ``TemporaryName``; each file itself through ``AtomicFileWriter``). At `commit()`:
+/// - a target that does not exist yet gets the whole folder at once (one rename);
+/// - an existing target (only with `overwrite`, and only when it is empty or holds `marker`, the
+///   file that says it is a folder of the kind being written) gets each written file renamed
+///   over its counterpart, as `save_pretrained` does: files this writer did not write are left
+///   alone, and nothing is ever deleted but the temporary folder.
+/// A target that holds one of this process's inputs is refused (``InputFiles``), and so is a
+/// target whose folders along a written path are symbolic links (a write must not land outside
+/// the folder named). Without `commit()` the temporary folder is removed when the value goes away.
 public final class AtomicFolder {
     public let path: String
     public let temporaryPath: String
     private let overwrite: Bool
+    private let marker: String?
     private var committed = false
 
     /// Creates the temporary folder next to `path`.
     ///
-    /// - Parameter overwrite: when `false`, an existing `path` is refused with `.exists`; when
-    ///   `true`, an existing folder is replaced at commit (moved aside, then removed).
-    public init(path: String, overwrite: Bool) throws(IOError) {
+    /// - Parameters:
+    ///   - overwrite: when `false`, an existing `path` is refused with `.exists`.
+    ///   - marker: with `overwrite`, an existing non-empty folder is written into only when it
+    ///     holds this file (e.g. `model_index.json`); otherwise it is refused with `.refusedTarget`.
+    public init(path: String, overwrite: Bool, marker: String? = nil) throws(IOError) {
         var trimmed = path
         while trimmed.count > 1, trimmed.hasSuffix("/") { trimmed.removeLast() }
         self.path = trimmed
         self.overwrite = overwrite
-        var info = stat()
-        if lstat(trimmed, &info) == 0 {
-            if !overwrite { throw IOError(.exists, path: trimmed, call: "mkdtemp") }
-            if (info.st_mode & S_IFMT) != S_IFDIR { throw IOError(.exists, path: trimmed, call: "mkdtemp") }
-        }
-        let file = FilePath(trimmed)
-        let folder = file.removingLastComponent()
-        let name = file.lastComponent?.string ?? "output"
-        var template = Array("\(folder.isEmpty ? "." : folder.string)/.\(name).tmp-XXXXXX".utf8CString)
+        self.marker = marker
+        try Self.checkTarget(trimmed, overwrite: overwrite, marker: marker)
+        var template = Array(TemporaryName.template(for: trimmed).template.utf8CString)
         let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         guard made != nil else {
             let errno = Errno(rawValue: Glibc.errno)
@@ -42,6 +47,21 @@ public final class AtomicFolder {
         _ = chmod(temporaryPath, 0o755 & ~Self.currentUmask())
     }
 
+    /// Refuses a target this writer may not write into.
+    static func checkTarget(_ path: String, overwrite: Bool, marker: String?) throws(IOError) {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return }
+        guard overwrite else { throw IOError(.exists, path: path, call: "mkdtemp") }
+        guard (info.st_mode & S_IFMT) == S_IFDIR else {
+            throw IOError(.refusedTarget, path: path, call: "mkdtemp", detail: "exists and is not a folder; refusing to replace it with one")
+        }
+        try InputFiles.refuseOverwriting(path)
+        let entries = listFolder(path) ?? []
+        if let marker, !entries.isEmpty, !isRegularFile(path + "/" + marker) {
+            throw IOError(.refusedTarget, path: path, call: "mkdtemp", detail: "is a non-empty folder without \(marker), so not one this command wrote; refusing to write into it (name a new or empty folder)")
+        }
+    }
+
     deinit {
         if !committed { Self.removeTree(temporaryPath) }
     }
@@ -49,9 +69,11 @@ public final class AtomicFolder {
     /// The temporary path of `relative` (creating its parent folders).
     public func prepare(_ relative: String) throws(IOError) -> String {
         let parts = relative.split(separator: "/")
+        guard !parts.isEmpty, !parts.contains(where: { $0 == ".." || $0 == "." }) else {
+            throw IOError(.cannotCreate, path: relative, call: "mkdir", detail: "not a plain relative path")
+        }
         var current = temporaryPath
         for part in parts.dropLast() {
-            guard part != "..", part != "." else { throw IOError(.cannotCreate, path: relative, call: "mkdir") }
             current += "/" + part
             if mkdir(current, 0o755) != 0, Glibc.errno != EEXIST {
                 throw IOError(.cannotCreate, path: current, call: "mkdir", errno: Errno(rawValue: Glibc.errno))
@@ -67,26 +89,65 @@ public final class AtomicFolder {
         try writer.commit()
     }
 
-    /// Renames the folder into place.
+    /// Puts the folder in place: renamed whole when the target is new, file by file into an
+    /// existing target.
     public func commit() throws(IOError) {
+        try Self.checkTarget(path, overwrite: overwrite, marker: marker)
         var info = stat()
-        var aside: String?
-        if lstat(path, &info) == 0 {
-            guard overwrite else { throw IOError(.exists, path: path, call: "rename") }
-            let moved = temporaryPath + ".old"
-            guard rename(path, moved) == 0 else {
-                throw IOError(.renameFailed, path: path, call: "rename", errno: Errno(rawValue: Glibc.errno))
+        if lstat(path, &info) != 0 {
+            guard rename(temporaryPath, path) == 0 else {
+                throw IOError.from(Errno(rawValue: Glibc.errno), path: path, call: "rename", fallback: .renameFailed)
             }
-            aside = moved
+            committed = true
+            AtomicFileWriter.syncFolder(of: path)
+            return
         }
-        guard rename(temporaryPath, path) == 0 else {
-            let errno = Errno(rawValue: Glibc.errno)
-            if let aside { _ = rename(aside, path) }
-            throw IOError(.renameFailed, path: path, call: "rename", errno: errno)
+        let files = Self.files(under: temporaryPath)
+        // Check every destination before moving anything, so a refusal leaves the target as it was.
+        for file in files {
+            var folder = path
+            for part in file.split(separator: "/").dropLast() {
+                folder += "/" + part
+                var entry = stat()
+                if lstat(folder, &entry) == 0, (entry.st_mode & S_IFMT) != S_IFDIR {
+                    throw IOError(.refusedTarget, path: folder, call: "rename", detail: "is not a folder (a symbolic link or a file); refusing to write through it")
+                }
+            }
+            var entry = stat()
+            if lstat(path + "/" + file, &entry) == 0, (entry.st_mode & S_IFMT) == S_IFDIR {
+                throw IOError(.outputIsFolder, path: path + "/" + file, call: "rename")
+            }
+        }
+        for file in files {
+            var folder = path
+            for part in file.split(separator: "/").dropLast() {
+                folder += "/" + part
+                if mkdir(folder, 0o755) != 0, Glibc.errno != EEXIST {
+                    throw IOError(.cannotCreate, path: folder, call: "mkdir", errno: Errno(rawValue: Glibc.errno))
+                }
+            }
+            guard rename(temporaryPath + "/" + file, path + "/" + file) == 0 else {
+                throw IOError.from(Errno(rawValue: Glibc.errno), path: path + "/" + file, call: "rename", fallback: .renameFailed)
+            }
+            AtomicFileWriter.syncFolder(of: path + "/" + file)
         }
         committed = true
-        AtomicFileWriter.syncFolder(of: path)
-        if let aside { Self.removeTree(aside) }
+        Self.removeTree(temporaryPath)
+    }
+
+    /// The relative paths of the regular files under `root`, sorted.
+    static func files(under root: String, relative: String = "") -> [String] {
+        var found: [String] = []
+        let folder = relative.isEmpty ? root : root + "/" + relative
+        for name in listFolder(folder) ?? [] {
+            let child = relative.isEmpty ? name : relative + "/" + name
+            if isFolder(root + "/" + child) {
+                found += files(under: root, relative: child)
+            } else {
+                found.append(child)
+            }
+        }
+        return found
     }
 
     private static func currentUmask() -> mode_t {

@@ -7,6 +7,7 @@ public struct IOError: Error, Sendable, CustomStringConvertible {
         fileprivate enum Value: String, Hashable, Sendable {
             case notFound, permissionDenied, isDirectory, readFailed, writeFailed, noSpace, exists
             case mapFailed, syncFailed, renameFailed, unexpectedEnd, cannotCreate
+            case outputIsInput, outputIsFolder, refusedTarget
         }
         fileprivate let value: Value
         /// The input does not exist.
@@ -33,6 +34,14 @@ public struct IOError: Error, Sendable, CustomStringConvertible {
         public static let cannotCreate = Code(value: .cannotCreate)
         /// A read returned fewer bytes than the file's size promised.
         public static let unexpectedEnd = Code(value: .unexpectedEnd)
+        /// The output is one of the command's inputs (or a folder holding one): never replaced,
+        /// whatever `--force` says.
+        public static let outputIsInput = Code(value: .outputIsInput)
+        /// A file was to be written where a folder is (or the name ends in `/`).
+        public static let outputIsFolder = Code(value: .outputIsFolder)
+        /// The output folder exists but is not one this writer may write into (it is not of the
+        /// kind being written, or a part of it is a symbolic link leading elsewhere).
+        public static let refusedTarget = Code(value: .refusedTarget)
         public var description: String { value.rawValue }
     }
 
@@ -40,12 +49,15 @@ public struct IOError: Error, Sendable, CustomStringConvertible {
     public var path: String
     public var call: String
     public var errno: Errno?
+    /// Why, where the code alone does not say (which input a folder holds, …).
+    public var detail: String?
 
-    public init(_ code: Code, path: String, call: String, errno: Errno? = nil) {
+    public init(_ code: Code, path: String, call: String, errno: Errno? = nil, detail: String? = nil) {
         self.code = code
         self.path = path
         self.call = call
         self.errno = errno
+        self.detail = detail
     }
 
     /// Classifies an error thrown by swift-system.
@@ -76,7 +88,10 @@ public struct IOError: Error, Sendable, CustomStringConvertible {
         case .exists: "\(path): already exists (use --force to overwrite)"
         case .noSpace: "\(path): no space left on device"
         case .unexpectedEnd: "\(path): file ended early (changed while reading?)"
-        case .cannotCreate: "\(path): cannot create output" + (errno.map { ": \($0.description)" } ?? "")
+        case .cannotCreate: "\(path): cannot create output" + (errno.map { ": \($0.description)" } ?? "") + (detail.map { ": \($0)" } ?? "")
+        case .outputIsInput: "\(path): the output is an input of this command (" + (detail ?? "the same file") + "); refusing to overwrite it, even with --force"
+        case .outputIsFolder: "\(path): is a folder, not a file name to write" + (detail.map { " (\($0))" } ?? "")
+        case .refusedTarget: "\(path): " + (detail ?? "refusing to write into this folder")
         default: "\(path): \(call) failed" + (errno.map { ": \($0.description)" } ?? "")
         }
     }

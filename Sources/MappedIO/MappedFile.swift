@@ -33,6 +33,7 @@ public final class MappedFile: @unchecked Sendable {
         if (info.st_mode & S_IFMT) == S_IFDIR {
             throw IOError(.isDirectory, path: path, call: "open")
         }
+        InputFiles.record(device: UInt64(info.st_dev), inode: UInt64(info.st_ino), path: path)
         size = Int(info.st_size)
         if size == 0 {
             base = nil

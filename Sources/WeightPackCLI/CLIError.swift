@@ -34,7 +34,7 @@ extension ExitStatus {
     static func of(_ io: IOError) -> ExitStatus {
         switch io.code {
         case .notFound, .permissionDenied, .isDirectory: .noInput
-        case .exists, .noSpace, .cannotCreate: .cannotCreate
+        case .exists, .noSpace, .cannotCreate, .outputIsInput, .outputIsFolder, .refusedTarget: .cannotCreate
         default: .ioError
         }
     }

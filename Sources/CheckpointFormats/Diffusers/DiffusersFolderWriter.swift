@@ -22,7 +22,7 @@ public enum DiffusersFolderWriter {
         progress: (any ProgressReporter)? = nil
     ) throws(FormatError) {
         do {
-            let folder = try AtomicFolder(path: path, overwrite: overwrite)
+            let folder = try AtomicFolder(path: path, overwrite: overwrite, marker: "model_index.json")
             for file in files { try folder.write(file.path, bytes: file.bytes) }
             for w in weights {
                 let target = try folder.prepare(w.path)
