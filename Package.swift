@@ -54,6 +54,7 @@ let package = Package(
         .library(name: "CheckpointFormats", targets: ["CheckpointFormats"]),
         .library(name: "ModelCatalog", targets: ["ModelCatalog"]),
         .library(name: "DiffusionEngine", targets: ["DiffusionEngine"]),
+        .library(name: "Adapters", targets: ["Adapters"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -82,6 +83,10 @@ let package = Package(
             swiftSettings: strict),
         .target(name: "ModelCatalog", dependencies: ["TensorCore", "StrictJSON"], resources: [.copy("Data")], swiftSettings: strict),
         .target(name: "Quantization", dependencies: ["TensorCore"], swiftSettings: strict),
+        .target(
+            name: "Adapters",
+            dependencies: ["TensorCore", "MappedIO", "StrictJSON", "CheckpointFormats", "ModelCatalog"],
+            swiftSettings: strict),
         .target(
             name: "DiffusionEngine",
             dependencies: ["TensorCore", "Quantization", "StrictJSON", "COpenBLAS", "CZlib"],
