@@ -112,6 +112,10 @@ let package = Package(
             name: "ModelCatalogTests",
             dependencies: ["ModelCatalog", "CheckpointFormats", "TensorCore", "StrictJSON"],
             swiftSettings: strict),
+        .testTarget(
+            name: "AdaptersTests",
+            dependencies: ["Adapters", "CheckpointFormats", "ModelCatalog", "StrictJSON", "TensorCore"],
+            swiftSettings: strict),
         .testTarget(name: "SafePickleTests", dependencies: ["SafePickle", "TensorCore"], swiftSettings: strict),
         .testTarget(name: "DiffusionEngineTests", dependencies: ["DiffusionEngine", "CheckpointFormats", "Quantization", "StrictJSON", "TensorCore"], swiftSettings: strict),
         .testTarget(

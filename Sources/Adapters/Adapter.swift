@@ -79,8 +79,8 @@ public struct AdapterModule: Sendable, Hashable {
 
     /// The kernel size of the convolution the module's down factor runs (LoCon: k×k down).
     public var kernel: [Int]? {
-        if let d = shapes[.down], d.rank == 4 { return [d[2], d[3]] }
         if let d = shapes[.mid], d.rank == 4 { return [d[2], d[3]] }
+        if let d = shapes[.down], d.rank == 4 { return [d[2], d[3]] }
         if let w = shapes[.diff], w.rank == 4 { return [w[2], w[3]] }
         return nil
     }

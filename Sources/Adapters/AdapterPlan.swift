@@ -67,6 +67,8 @@ public struct AdapterPlan: Sendable {
     public let adapters: [ScaledAdapter]
     /// Canonical base tensor → its changes, in adapter order.
     public let changes: [String: [Change]]
+    /// Each adapter's kinds (`LoRA`, `LoHa+Tucker`, …) joined with `+`.
+    public let kinds: [String]
 
     /// Plans applying `adapters` to `base` (a store under canonical names).
     ///
@@ -79,11 +81,13 @@ public struct AdapterPlan: Sendable {
         self.adapters = adapters
         let index = AdapterNameIndex(canonical: base.tensors, family: baseFamily)
         var changes: [String: [Change]] = [:]
+        var kinds: [String] = []
         for (i, a) in adapters.enumerated() {
             guard a.adapter.embedding == nil else {
                 throw AdapterError(.malformed, "'\(a.name)' is a textual-inversion embedding, not a LoRA: it changes no weight (use --embedding)")
             }
             let report = AdapterReport(a.adapter)
+            kinds.append(report.kinds.map(\.kind).joined(separator: "+"))
             if let f = report.family, let b = baseFamily, f.id != b.id {
                 throw AdapterError(.wrongFamily, "'\(a.name)' is a \(f.name) adapter (\(report.familyEvidence.first ?? "")), the base is \(b.name)")
             }
@@ -124,6 +128,7 @@ public struct AdapterPlan: Sendable {
             }
         }
         self.changes = changes
+        self.kinds = kinds
     }
 
     /// The merged f32 values of `name`, or `nil` when no adapter changes it.
@@ -156,12 +161,11 @@ public struct AdapterPlan: Sendable {
     public var provenance: JSONValue {
         .array(adapters.enumerated().map { i, a in
             let changed = changes.values.reduce(0) { $0 + $1.filter { $0.adapter == i && !$0.isBias }.count }
-            let report = AdapterReport(a.adapter)
             return [
                 "file": .string(a.name),
                 "sha256": a.sha256.map { .string($0) } ?? .null,
                 "scale": JSONValue(a.scale),
-                "kind": .string(report.kinds.map(\.kind).joined(separator: "+")),
+                "kind": .string(i < kinds.count ? kinds[i] : ""),
                 "modules": JSONValue(changed),
             ]
         })
@@ -274,6 +278,7 @@ extension AdapterPlan {
         self.base = base
         self.adapters = adapters
         self.changes = changes
+        kinds = adapters.map { _ in "" }
     }
 }
 

@@ -34,6 +34,19 @@ enum FamilyReference {
         }
         return out.map { TensorDescriptor(name: $0.0, dtype: .f32, shape: $0.1, byteCount: 0) }
     }
+
+    /// The name index of every family of the bundled catalog, built once.
+    static let standardIndices: [String: AdapterNameIndex] = {
+        var out: [String: AdapterNameIndex] = [:]
+        for f in ArchitectureCatalog.standard.families { out[f.id] = AdapterNameIndex(canonical: tensors(of: f), family: f) }
+        return out
+    }()
+
+    /// The name index of `family`'s published structure.
+    static func index(of family: ArchitectureCatalog.Family) -> AdapterNameIndex {
+        if let cached = standardIndices[family.id], ArchitectureCatalog.standard.family(family.id) == family { return cached }
+        return AdapterNameIndex(canonical: tensors(of: family), family: family)
+    }
 }
 
 /// What an adapter is, with the evidence: kinds, dialect, base family, ranks and alphas, the
@@ -111,7 +124,7 @@ public struct AdapterReport: Sendable {
         // Every family's published structure, scored by how many modules it explains.
         var scored: [(ArchitectureCatalog.Family, FamilyCandidate, [String?])] = []
         for f in catalog.families {
-            let index = AdapterNameIndex(canonical: FamilyReference.tensors(of: f), family: f)
+            let index = FamilyReference.index(of: f)
             var c = FamilyCandidate(family: f.id, matched: 0, unmatched: 0, publishedWidths: 0, reasons: [])
             var targets: [String?] = []
             var convMismatch: [String] = []
