@@ -161,3 +161,42 @@ struct RecognitionTests {
         #expect { try Adapter(store: base) } throws: { ($0 as? AdapterError)?.code == .notAnAdapter }
     }
 }
+
+@Suite("Adapter names and bounds")
+struct AdapterNameTests {
+    @Test("kohya keys in LDM UNet naming find the same SD 1.x layers as diffusers naming")
+    func ldmKeysOnSD1() throws {
+        let base = try Base.sd1.get()
+        let index = AdapterNameIndex(canonical: base.store.tensors, family: base.family)
+        let store = ShapeOnlyStore([
+            ("lora_unet_input_blocks_1_1_proj_in.lora_down.weight", [4, 32, 1, 1]),
+            ("lora_unet_input_blocks_1_1_proj_in.lora_up.weight", [32, 4, 1, 1]),
+            ("lora_unet_output_blocks_11_1_transformer_blocks_0_attn2_to_q.lora_down.weight", [4, 32]),
+            ("lora_unet_output_blocks_11_1_transformer_blocks_0_attn2_to_q.lora_up.weight", [32, 4]),
+            ("lora_unet_middle_block_0_in_layers_2.lora_down.weight", [4, 64, 3, 3]),
+            ("lora_unet_middle_block_0_in_layers_2.lora_up.weight", [64, 4, 1, 1]),
+        ])
+        let targets = Dictionary(uniqueKeysWithValues: try Adapter(store: store).modules.map { ($0.key, index.target(of: $0)) })
+        #expect(targets["lora_unet_input_blocks_1_1_proj_in"] == "unet.down_blocks.0.attentions.0.proj_in.weight")
+        #expect(targets["lora_unet_output_blocks_11_1_transformer_blocks_0_attn2_to_q"] == "unet.up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_q.weight")
+        #expect(targets["lora_unet_middle_block_0_in_layers_2"] == "unet.mid_block.resnets.0.conv1.weight")
+    }
+
+    @Test("an embedding with more vectors than a prompt holds is refused on its shape")
+    func hugeEmbedding() throws {
+        #expect { try Adapter(store: ShapeOnlyStore([("emb_params", [100_000, 768])])) } throws: { ($0 as? AdapterError)?.code == .tooLarge }
+        let ok = try Adapter(store: ShapeOnlyStore([("emb_params", [4, 768])]))
+        #expect(ok.embedding?.familyID == "sd1")
+        #expect(ok.embedding?.vectors.first?.textModel == "clip-l")
+        let sd2 = try Adapter(store: ShapeOnlyStore([("<x>", [1, 1024])]))
+        #expect(sd2.embedding?.familyID == "sd2")
+    }
+
+    @Test("a module missing a factor, or with a 3-D factor, is malformed")
+    func malformedModules() throws {
+        #expect { try Adapter(store: ShapeOnlyStore([("lora_unet_x.lora_down.weight", [4, 32])])) } throws: { ($0 as? AdapterError)?.code == .malformed }
+        #expect { try Adapter(store: ShapeOnlyStore([("lora_unet_x.hada_w1_a", [32, 4]), ("lora_unet_x.hada_w1_b", [4, 32])])) } throws: { ($0 as? AdapterError)?.code == .malformed }
+        #expect { try Adapter(store: ShapeOnlyStore([("lora_unet_x.lora_down.weight", [4, 32, 3]), ("lora_unet_x.lora_up.weight", [32, 4])])) } throws: { ($0 as? AdapterError)?.code == .malformed }
+        #expect { try Adapter(store: ShapeOnlyStore([("lora_unet_x.hada_w1_a", [32, 4]), ("lora_unet_x.hada_w1_b", [4, 32]), ("lora_unet_x.hada_w2_a", [32, 2]), ("lora_unet_x.hada_w2_b", [4, 32])])) } throws: { ($0 as? AdapterError)?.code == .rankMismatch }
+    }
+}
