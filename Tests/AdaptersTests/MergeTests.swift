@@ -117,3 +117,57 @@ struct MergeTests {
         #expect(back.metadata["weightpack.adapters"] != nil)
     }
 }
+
+@Suite("One call per command")
+struct CommandEntryTests {
+    @Test("merge: arguments FILE:SCALE give the golden; inspect: nil for a model")
+    func merging() throws {
+        let base = try Base.sd1.get()
+        let merged = try MergedStore.merging([adapterFixture("sd1-loha.safetensors") + ":0.8"], into: base.store, baseFamily: base.family, mergedDType: .f32)
+        let golden = try SafetensorsFile(path: adapterFixture("sd1-loha.merged.safetensors"))
+        for d in golden.tensors {
+            #expect(relativeError(try merged.tensor(named: d.name).floats(), try golden.tensor(named: d.name).floats()).relative <= 1e-6)
+        }
+        #expect(try AdapterReport.inspect(base.store) == nil)
+        #expect(try AdapterReport.inspect(try ModelInput.open(adapterFixture("sd1-lokr.safetensors")))?.kinds.first?.kind == "LoKr")
+        #expect(try AdapterPlan.runtimeLayers([adapterFixture("sd1-kohya-lora.safetensors") + ":0.8"], for: base.store, baseFamily: base.family).count == 13)
+    }
+
+    @Test("merged tensors in f16 are the f32 merge rounded once")
+    func halfPrecision() throws {
+        let base = try Base.sd1.get()
+        let args = [adapterFixture("sd1-locon.safetensors") + ":0.8"]
+        let full = try MergedStore.merging(args, into: base.store, baseFamily: base.family, mergedDType: .f32)
+        let half = try MergedStore.merging(args, into: base.store, baseFamily: base.family, mergedDType: .f16)
+        for name in full.changedTensors {
+            #expect(half.descriptor(named: name)?.dtype == .f16)
+            let rounded = try full.tensor(named: name).floats().map { Float(Float16($0)) }
+            #expect(try half.tensor(named: name).floats() == rounded)
+        }
+    }
+
+    @Test("--embedding: token, expanded tokens and rows per encoder")
+    func embedding() throws {
+        let e = try LoadedEmbedding.open(adapterFixture("ti-diffusers.safetensors"))
+        #expect(e.token == "<tinycat>")
+        #expect(e.tokens == ["<tinycat>", "<tinycat>_1"])
+        #expect(e.rows[.textEncoder]?.count == 64)
+        let x = try LoadedEmbedding.open(adapterFixture("ti-sdxl.safetensors"), token: "<p>")
+        #expect(x.tokens == ["<p>", "<p>_1", "<p>_2"])
+        #expect(Set(x.rows.keys) == [.textEncoder, .textEncoder2])
+        let a = try LoadedEmbedding.open(adapterFixture("ti-a1111.safetensors"))
+        #expect(a.token == "ti-a1111")
+        #expect { try LoadedEmbedding.open(adapterFixture("sd1-locon.safetensors")) } throws: { ($0 as? AdapterError)?.code == .malformed }
+    }
+
+    @Test("the added token ids diffusers gave match one id per vector after the vocabulary")
+    func promptGoldenShape() throws {
+        // The tokenizer/text-encoder check itself belongs to the run-time step; here the golden's
+        // shape and its relation to the embedding file are checked.
+        let golden = try SafetensorsFile(path: adapterFixture("ti-prompt.safetensors"))
+        let ids = try golden.tensor(named: "added_token_ids")
+        #expect(ids.shape == [2])
+        #expect(golden.metadata["token"] == "<tinycat>")
+        #expect(golden.metadata["expanded_prompt"]?.contains("<tinycat> <tinycat>_1") == true)
+    }
+}
