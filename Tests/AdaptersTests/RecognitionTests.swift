@@ -200,3 +200,42 @@ struct AdapterNameTests {
         #expect { try Adapter(store: ShapeOnlyStore([("lora_unet_x.hada_w1_a", [32, 4]), ("lora_unet_x.hada_w1_b", [4, 32]), ("lora_unet_x.hada_w2_a", [32, 2]), ("lora_unet_x.hada_w2_b", [4, 32])])) } throws: { ($0 as? AdapterError)?.code == .rankMismatch }
     }
 }
+
+@Suite("Family from published layer sizes")
+struct PublishedSizeTests {
+    func lora(_ key: String, out: Int, in inputs: Int, conv: Bool = false) -> [(String, [Int])] {
+        [(key + ".lora_down.weight", conv ? [8, inputs, 1, 1] : [8, inputs]), (key + ".lora_up.weight", conv ? [out, 8, 1, 1] : [out, 8])]
+    }
+
+    @Test("SD 1.x: 768-wide context and CLIP-L text encoder, 1×1-conv proj_in")
+    func sd1() throws {
+        let store = ShapeOnlyStore(
+            lora("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k", out: 640, in: 768)
+                + lora("lora_unet_down_blocks_1_attentions_0_proj_in", out: 640, in: 640, conv: true)
+                + lora("lora_te_text_model_encoder_layers_11_self_attn_q_proj", out: 768, in: 768))
+        let report = AdapterReport(try Adapter(store: store))
+        #expect(report.family?.id == "sd1")
+        #expect(report.familyEvidence.contains { $0.contains("sizes are those of the published") })
+        #expect(report.familyEvidence.contains { $0.contains("768-wide context") })
+    }
+
+    @Test("SD 2.x: the same names with a 1024-wide context, linear proj_in and 23 text layers")
+    func sd2() throws {
+        let store = ShapeOnlyStore(
+            lora("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k", out: 640, in: 1024)
+                + lora("lora_unet_down_blocks_1_attentions_0_proj_in", out: 640, in: 640)
+                + lora("lora_te_text_model_encoder_layers_22_self_attn_q_proj", out: 1024, in: 1024))
+        let report = AdapterReport(try Adapter(store: store))
+        #expect(report.family?.id == "sd2")
+        let sd1 = try #require(report.considered.first { $0.family == "sd1" })
+        #expect(!sd1.reasons.isEmpty)
+    }
+
+    @Test("attention-only names at published SD 1.x sizes decide between SD 1.x and 2.x by width")
+    func widthsDecide() throws {
+        let store = ShapeOnlyStore(lora("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k", out: 640, in: 768))
+        let report = AdapterReport(try Adapter(store: store))
+        #expect(report.family?.id == "sd1")
+        #expect(report.familyEvidence.contains { $0.contains("only sd1 has these layer sizes") })
+    }
+}
