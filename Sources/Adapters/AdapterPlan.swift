@@ -91,6 +91,10 @@ public struct AdapterPlan: Sendable {
             if let f = report.family, let b = baseFamily, f.id != b.id {
                 throw AdapterError(.wrongFamily, "'\(a.name)' is a \(f.name) adapter (\(report.familyEvidence.first ?? "")), the base is \(b.name)")
             }
+            if let first = a.adapter.unrecognized.first {
+                let n = a.adapter.unrecognized.count
+                throw AdapterError(.unmatchedModule, "'\(a.name)': \(n) tensor\(n == 1 ? "" : "s") belong to no module (e.g. '\(first.name)'); merging would silently leave \(n == 1 ? "it" : "them") out", tensor: first.name)
+            }
             var unmatched: [String] = []
             var seen: [String: AdapterModule] = [:]
             for m in a.adapter.modules {

@@ -83,6 +83,8 @@ public struct AdapterReport: Sendable {
     public var unmatched: [String]
     /// Tensors that belong to no module.
     public var unrecognizedTensors: [String]
+    /// Base tensors that more than one module changes (often one module in two dialects), with their keys.
+    public var duplicates: [(target: String, modules: [String])]
     /// Component → number of modules.
     public var components: [(component: String, modules: Int)]
     /// Block (`down_blocks.1`, `mid_block`, `text_model.encoder.layers.3`) → modules.
@@ -109,6 +111,7 @@ public struct AdapterReport: Sendable {
             considered = []
             modules = []
             unmatched = []
+            duplicates = []
             components = e.vectors.map { ($0.component.rawValue, 1) }
             blocks = []
             ranks = []
@@ -197,6 +200,9 @@ public struct AdapterReport: Sendable {
         if let base = adapter.metadata["ss_base_model_version"] { evidence.append("training metadata ss_base_model_version = \(base)") }
         familyEvidence = evidence
         unmatched = modules.filter { $0.target == nil }.map(\.module.key)
+        var byTarget: [String: [String]] = [:]
+        for e in modules { if let t = e.target { byTarget[t, default: []].append(e.module.key) } }
+        duplicates = byTarget.filter { $0.value.count > 1 }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
 
         var comp: [String: Int] = [:], block: [String: Int] = [:]
         for e in modules {
@@ -305,6 +311,7 @@ public struct AdapterReport: Sendable {
         })
         o["unmatched"] = .array(unmatched.map { .string($0) })
         o["unrecognized_tensors"] = .array(unrecognizedTensors.map { .string($0) })
+        o["duplicates"] = .array(duplicates.map { ["target": .string($0.target), "modules": .array($0.modules.map { .string($0) })] })
         o["components"] = .object(JSONObject(components.map { ($0.component, JSONValue($0.modules)) }))
         o["blocks"] = .object(JSONObject(blocks.map { ($0.block, JSONValue($0.modules)) }))
         o["ranks"] = .array(ranks.map { ["rank": JSONValue($0.value), "modules": JSONValue($0.modules)] })
@@ -332,6 +339,7 @@ public struct AdapterReport: Sendable {
             out.append("  \(unmatched.count) module\(unmatched.count == 1 ? "" : "s") match no layer:")
             for k in unmatched { out.append("    \(k)") }
         }
+        for d in duplicates { out.append("  \(d.target) is changed by \(d.modules.count) modules: \(d.modules.joined(separator: ", "))") }
         if !unrecognizedTensors.isEmpty {
             out.append("  \(unrecognizedTensors.count) tensor\(unrecognizedTensors.count == 1 ? "" : "s") belong to no module:")
             for k in unrecognizedTensors { out.append("    \(k)") }

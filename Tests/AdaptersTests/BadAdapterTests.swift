@@ -35,6 +35,10 @@ struct BadAdapterTests {
         #expect { try AdapterPlan(base: base.store, baseFamily: base.family, adapters: [adapter]) } throws: {
             ($0 as? AdapterError)?.code == .duplicateModule
         }
+        let report = AdapterReport(adapter.adapter)
+        #expect(report.duplicates.map(\.target) == ["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"])
+        #expect(report.duplicates.first?.modules.count == 2)
+        #expect(report.lines.contains { $0.contains("is changed by 2 modules") })
         #expect { try AdapterConversion.convert(adapter.adapter, to: .kohya, family: base.family) } throws: {
             ($0 as? AdapterError)?.code == .duplicateModule
         }
@@ -94,6 +98,25 @@ struct BadAdapterTests {
             let implied = try DeltaShape.implied(by: m)
             #expect(implied.out == 65_536 * 32_768)
             #expect(!implied.matches([320, 320]))
+        }
+    }
+
+    @Test("tensors that belong to no module stop a merge instead of being left out")
+    func leftoversStopMerge() throws {
+        let base = try Base.sd1.get()
+        let store = ShapeOnlyStore([
+            ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight", [4, 32]),
+            ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight", [32, 4]),
+            ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_magnitude_vector", [32]),
+        ])
+        let adapter = ScaledAdapter(adapter: try Adapter(store: store), name: "peft-dora")
+        do {
+            _ = try AdapterPlan(base: base.store, baseFamily: base.family, adapters: [adapter])
+            Issue.record("accepted")
+        } catch {
+            let error = try #require(error as? AdapterError)
+            #expect(error.code == .unmatchedModule)
+            #expect(error.message.contains("lora_magnitude_vector"))
         }
     }
 
