@@ -390,7 +390,7 @@ struct ModuleParser {
         } catch let error as AdapterError {
             throw error
         } catch {
-            throw AdapterError(.malformed, "cannot read alpha '\(name)': \(error)", tensor: name, underlying: error as? any Error & Sendable)
+            throw AdapterError(.malformed, "cannot read alpha '\(name)': \(error)", tensor: name, underlying: error)
         }
     }
 }
