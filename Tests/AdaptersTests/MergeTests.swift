@@ -171,3 +171,47 @@ struct CommandEntryTests {
         #expect(golden.metadata["expanded_prompt"]?.contains("<tinycat> <tinycat>_1") == true)
     }
 }
+
+/// Counts which tensors a store hands out.
+final class CountingStore: TensorStore, @unchecked Sendable {
+    let base: any TensorStore
+    private(set) var reads: [String] = []
+    init(_ base: any TensorStore) { self.base = base }
+    var formatName: String { base.formatName }
+    var tensors: [TensorDescriptor] { base.tensors }
+    var metadata: [String: String] { base.metadata }
+    func descriptor(named name: String) -> TensorDescriptor? { base.descriptor(named: name) }
+    func tensor(named name: String) throws -> TensorView {
+        reads.append(name)
+        return try base.tensor(named: name)
+    }
+}
+
+@Suite("Streaming merge")
+struct StreamingTests {
+    @Test("writing a merged model reads each base tensor once and each factor only for its own tensor")
+    func oneTensorAtATime() throws {
+        let base = try Base.sd1.get()
+        let counting = CountingStore(base.store)
+        let adapterStore = CountingStore(try ModelInput.open(adapterFixture("sd1-loha.safetensors")))
+        let adapter = ScaledAdapter(adapter: try Adapter(store: adapterStore), scale: 0.8, name: "loha")
+        let parseReads = adapterStore.reads.count  // the alphas, read when the file is parsed
+        let merged = MergedStore(plan: try AdapterPlan(base: counting, baseFamily: base.family, adapters: [adapter]))
+        #expect(counting.reads.isEmpty, "planning read base values")
+        #expect(adapterStore.reads.count == parseReads, "planning read factor values")
+        var factorReads: [String: Int] = [:]
+        for t in OutputTensor.plan(from: merged, dtype: .keep) {
+            let before = adapterStore.reads.count
+            _ = try t.load()
+            let factors = adapterStore.reads[before...]
+            factorReads[t.name] = factors.count
+            // Only the module that changes this tensor is read, and only its own factors.
+            if merged.changedTensors.contains(t.name) {
+                let module = try #require(adapter.adapter.modules.first { m in merged.plan.changes[t.name]?.contains { $0.module.key == m.key } == true })
+                #expect(factors.allSatisfy { $0.hasPrefix(module.key + ".") })
+            }
+        }
+        #expect(counting.reads == base.store.tensors.map(\.name))
+        #expect(factorReads.filter { $0.value > 0 }.count == merged.changedTensors.count)
+    }
+}
