@@ -182,6 +182,19 @@ struct AdapterNameTests {
         #expect(targets["lora_unet_middle_block_0_in_layers_2"] == "unet.mid_block.resnets.0.conv1.weight")
     }
 
+    @Test("LyCORIS networks made directly on a diffusers UNet (lycoris_ prefix) find their layers")
+    func lycorisPrefix() throws {
+        let store = ShapeOnlyStore([
+            ("lycoris_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.hada_w1_a", [32, 2]),
+            ("lycoris_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.hada_w1_b", [2, 32]),
+            ("lycoris_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.hada_w2_a", [32, 2]),
+            ("lycoris_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.hada_w2_b", [2, 32]),
+        ])
+        let report = AdapterReport(try Adapter(store: store))
+        #expect(report.modules.first?.target == "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight")
+        #expect(report.kinds.map(\.kind) == ["LoHa"])
+    }
+
     @Test("an embedding with more vectors than a prompt holds is refused on its shape")
     func hugeEmbedding() throws {
         #expect { try Adapter(store: ShapeOnlyStore([("emb_params", [100_000, 768])])) } throws: { ($0 as? AdapterError)?.code == .tooLarge }
