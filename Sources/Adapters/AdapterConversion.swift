@@ -55,12 +55,15 @@ public enum AdapterConversion {
             let module = String(canonical.dropLast(".weight".count))
             switch target {
             case .diffusers:
-                // diffusers' own keys: the component, then the module path as diffusers/transformers name it.
-                let key = module
+                // The keys diffusers' save_lora_weights writes: the component, then the module path
+                // as the loaded model names it (transformers 5's CLIP text models have no
+                // `text_model.` level, and PEFT matches target modules by those paths).
+                let component = String(module.prefix { $0 != "." })
+                var path = String(module.dropFirst(component.count + 1))
+                if component.hasPrefix("text_encoder"), path.hasPrefix("text_model.") { path = String(path.dropFirst("text_model.".count)) }
+                let key = component + "." + path
                 entries.append(.init(name: key + ".lora_A.weight", source: m.tensors[.down]!, shape: m.shapes[.down]!))
                 entries.append(.init(name: key + ".lora_B.weight", source: m.tensors[.up]!, shape: m.shapes[.up]!))
-                let component = String(module.prefix { $0 != "." })
-                let path = String(module.dropFirst(component.count + 1))
                 let rank = m.dimension ?? 1
                 peft[component, default: []].append((path, rank, m.alpha ?? Double(rank)))
             case .kohya:
