@@ -32,7 +32,7 @@ Writes, under Fixtures/adapters/ (all small, made on the tiny SD 1.x and SDXL fi
   ti-prompt.safetensors           diffusers load_textual_inversion(ti-diffusers, token) on tiny SD1:
                                   token ids and text-encoder output of a prompt using the token
   sd1-lora-pipeline.safetensors   a 6-step StableDiffusionPipeline run on tiny SD 1.x with the
-                                  kohya LoRA loaded (load_lora_weights, cross_attention_kwargs
+                                  PEFT LoRA loaded (diffusers applies all of it) (load_lora_weights, cross_attention_kwargs
                                   scale 0.8, not fused): latents after every step and the image
   bad-*.safetensors               refused adapters (rank mismatch, alpha 0 / NaN, one module in
                                   two dialects, rank larger than the layer)
@@ -530,7 +530,7 @@ def make_pipeline_golden(lora_path):
     for i, lat in enumerate(steps):
         tensors[f"step{i}.latents"] = lat
     save("sd1-lora-pipeline.safetensors", tensors, {"scale": repr(SCALE)},
-         {"how": "StableDiffusionPipeline (tiny SD1, PNDM as make_goldens.py) with load_lora_weights(sd1-kohya-lora.safetensors), not fused, cross_attention_kwargs={'scale': 0.8} (which also scales the text-encoder LoRA)",
+         {"how": "StableDiffusionPipeline (tiny SD1, PNDM as make_goldens.py) with load_lora_weights(sd1-peft-lora.safetensors), not fused, cross_attention_kwargs={'scale': 0.8} (which also scales the text-encoder LoRA)",
           "call": {"prompt": sd1.PIPE_PROMPT, "negative_prompt": "", "guidance_scale": sd1.PIPE_GUIDANCE, "steps": sd1.PIPE_STEPS, "size": 64,
                    "latents": f"torch.randn((1,4,8,8), generator=manual_seed({sd1.PIPE_LATENT_SEED}))"}})
 
@@ -592,7 +592,8 @@ def main():
 
     make_kohya_sdxl()
     make_embeddings()
-    make_pipeline_golden(kohya_path)
+    # The PEFT LoRA, which diffusers applies whole (it leaves some kohya text-encoder modules out).
+    make_pipeline_golden(peft_path)
     make_bad()
 
 
