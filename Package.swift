@@ -54,6 +54,7 @@ let package = Package(
         .library(name: "CheckpointFormats", targets: ["CheckpointFormats"]),
         .library(name: "ModelCatalog", targets: ["ModelCatalog"]),
         .library(name: "DiffusionEngine", targets: ["DiffusionEngine"]),
+        .library(name: "Adapters", targets: ["Adapters"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -83,6 +84,10 @@ let package = Package(
         .target(name: "ModelCatalog", dependencies: ["TensorCore", "StrictJSON"], resources: [.copy("Data")], swiftSettings: strict),
         .target(name: "Quantization", dependencies: ["TensorCore"], swiftSettings: strict),
         .target(
+            name: "Adapters",
+            dependencies: ["TensorCore", "MappedIO", "StrictJSON", "CheckpointFormats", "ModelCatalog"],
+            swiftSettings: strict),
+        .target(
             name: "DiffusionEngine",
             dependencies: ["TensorCore", "Quantization", "StrictJSON", "COpenBLAS", "CZlib"],
             resources: [.copy("Resources")],
@@ -107,6 +112,10 @@ let package = Package(
         .testTarget(
             name: "ModelCatalogTests",
             dependencies: ["ModelCatalog", "CheckpointFormats", "TensorCore", "StrictJSON"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "AdaptersTests",
+            dependencies: ["Adapters", "CheckpointFormats", "ModelCatalog", "StrictJSON", "TensorCore"],
             swiftSettings: strict),
         .testTarget(name: "SafePickleTests", dependencies: ["SafePickle", "TensorCore"], swiftSettings: strict),
         .testTarget(name: "DiffusionEngineTests", dependencies: ["DiffusionEngine", "CheckpointFormats", "Quantization", "StrictJSON", "TensorCore"], swiftSettings: strict),
