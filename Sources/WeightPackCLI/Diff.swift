@@ -1,6 +1,7 @@
 import ArgumentParser
 import CheckpointFormats
 import ModelCatalog
+import ModelLoading
 import StrictJSON
 import TensorCore
 
@@ -40,8 +41,8 @@ struct Diff: ParsableCommand {
 
     func run() throws {
         try runReporting(verbose: inputOptions.verbose) {
-            let left = try CanonicalModel(try inputOptions.open(a))
-            let right = try CanonicalModel(try inputOptions.open(b))
+            let left = try CanonicalModel.open(a, options: inputOptions.modelInputOptions)
+            let right = try CanonicalModel.open(b, options: inputOptions.modelInputOptions)
             var rows: [Row] = []
             let rightNames = Set(right.store.tensors.map(\.name))
             let leftNames = Set(left.store.tensors.map(\.name))
