@@ -10,16 +10,19 @@ struct Convert: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Convert a model into a memory-mapped .wpk file.",
         discussion: """
-            Floating-point tensors (F16, BF16, F32, F64) are cast as --dtype asks, rounding to
-            nearest even; integer and boolean tensors are never cast. The output is written to a
+            Floating-point tensors (F16, BF16, F32, F64) are cast as --dtype asks, rounding to \
+            nearest even; integer and boolean tensors are never cast. The output is written to a \
             temporary file beside it and renamed into place only when complete.
-            Exit codes: 0 done, 65 malformed input, 66 missing input, 73 output exists (without
-            --force) or cannot be created, 74 I/O error.
-            A recognised model is stored under canonical names (Formats/names.md) with its
-            detected architecture and source layout, so export can give the layout back.
-            Schedule buffers, EMA bookkeeping and other leftovers are left out unless --keep-extra.
-            A checkpoint that holds EMA weights only (model_ema.*, no model.diffusion_model.*) is
-            converted from them whatever --weights says, with a note on stderr.
+
+            A recognised model is stored under canonical names (Formats/names.md) with its \
+            detected architecture and source layout, so export can give the layout back. \
+            Schedule buffers, EMA bookkeeping and other leftovers are left out unless --keep-extra. \
+            A checkpoint that holds EMA weights only (model_ema.*, no model.diffusion_model.*) is \
+            converted from them whatever --weights says, with a note on stderr. An input without \
+            any tensor is refused.
+
+            Exit codes: 0 done, 65 malformed input or no tensors, 66 missing input, 73 output \
+            exists (without --force) or cannot be created, 74 I/O error.
             """)
 
     @Argument(help: "The model to convert: .safetensors (or an index of shards), .ckpt/.pt/.pth/.bin, a diffusers folder, or .wpk.")

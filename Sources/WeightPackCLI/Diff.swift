@@ -9,11 +9,12 @@ struct Diff: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Compare two models tensor by tensor through canonical names.",
         discussion: """
-            Any two inputs (ckpt, safetensors, diffusers folder, .wpk) are compared under their
-            canonical names, so an LDM file and a diffusers folder of the same weights are
-            identical. Reports missing and extra tensors, dtype and shape changes, and for every
-            common tensor the max absolute difference and cosine similarity (values compared as
+            Any two inputs (ckpt, safetensors, diffusers folder, .wpk) are compared under their \
+            canonical names, so an LDM file and a diffusers folder of the same weights are \
+            identical. Reports missing and extra tensors, dtype and shape changes, and for every \
+            common tensor the max absolute difference and cosine similarity (values compared as \
             f32). Leftovers (schedule buffers, EMA) are not compared.
+
             Exit codes: 0 identical; 1 different; 65 malformed input; 66 missing input.
             """)
 

@@ -6,18 +6,19 @@ struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Write a model out in a layout: its source layout, the LDM single file, or a diffusers folder.",
         discussion: """
-            --layout source (the default) gives back the layout the model came in: from a .wpk,
-            the layout recorded at conversion, with the source's names and order (with --dtype
-            keep, bytes exactly as stored). --layout ldm writes the single-file layout A1111,
-            ComfyUI and stable-diffusion.cpp read (.safetensors). --layout diffusers writes a
-            folder (model_index.json, unet/, vae/, text_encoder/…, configs) that diffusers loads;
-            a model of one component is written as that component's .safetensors file. Folders
-            are built beside the target and renamed into place when complete.
-            --format gguf (the default for a .gguf output) writes the GGUF file stable-diffusion.cpp
-            reads: LDM names, ggml dimension order, --dtype f16 (matrices and kernels F16, 1-D
-            tensors F32), q8_0 (what stable-diffusion.cpp would quantise as Q8_0, int8 blocks of a
+            --layout source (the default) gives back the layout the model came in: from a .wpk, \
+            the layout recorded at conversion, with the source's names and order (with --dtype \
+            keep, bytes exactly as stored). --layout ldm writes the single-file layout A1111, \
+            ComfyUI and stable-diffusion.cpp read (.safetensors). --layout diffusers writes a \
+            folder (model_index.json, unet/, vae/, text_encoder/…, configs) that diffusers loads; \
+            a model of one component is written as that component's .safetensors file. Folders \
+            are built beside the target and renamed into place when complete. \
+            --format gguf (the default for a .gguf output) writes the GGUF file stable-diffusion.cpp \
+            reads: LDM names, ggml dimension order, --dtype f16 (matrices and kernels F16, 1-D \
+            tensors F32), q8_0 (what stable-diffusion.cpp would quantise as Q8_0, int8 blocks of a \
             .wpk copied without requantising, the rest as f16) or keep; see Docs/quantization.md.
-            Exit codes: 0 done, 65 malformed input or a layout the model cannot take, 66 missing
+
+            Exit codes: 0 done, 65 malformed input or a layout the model cannot take, 66 missing \
             input, 73 output exists (without --force) or cannot be created, 74 I/O error.
             """)
 

@@ -13,11 +13,12 @@ struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show what a model file holds: tensors, dtypes, shapes, metadata, findings.",
         discussion: """
-            Tensor names are shown as the file stores them, with the canonical name where the
-            layout is recognised. The model is detected from tensor names and shapes (family,
-            variant, prediction type, evidence, rejected candidates, per-component completeness;
-            see Docs/model-knowledge.md). --stats reads every value (min, max, mean, std, NaN,
+            Tensor names are shown as the file stores them, with the canonical name where the \
+            layout is recognised. The model is detected from tensor names and shapes (family, \
+            variant, prediction type, evidence, rejected candidates, per-component completeness; \
+            see Docs/model-knowledge.md). --stats reads every value (min, max, mean, std, NaN, \
             Inf, values beyond the f16 range); without it only headers and CLIP position_ids are read.
+
             Exit codes: 0 done, 65 malformed input, 66 missing input.
             """)
 
@@ -170,8 +171,6 @@ struct InspectionReport {
         for (k, v) in metadata.sorted(by: { $0.key < $1.key }).prefix(20) {
             lines.append("metadata:   \(k) = \(v.count > 80 ? String(v.prefix(77)) + "..." : v)")
         }
-        guard !rows.isEmpty || !findings.isEmpty else { return lines.joined(separator: "\n") }
-        lines.append("")
         var header = ["NAME", "DTYPE", "SHAPE"]
         if showStatistics { header += ["MIN", "MAX", "MEAN", "STD", "NAN", "INF"] }
         let showQuantization = rows.contains { $0.quantization != nil }
@@ -195,7 +194,10 @@ struct InspectionReport {
             }
             table.append(cells)
         }
-        if !rows.isEmpty { lines.append(renderTable(table)) }
+        if !rows.isEmpty {
+            lines.append("")
+            lines.append(renderTable(table))
+        }
         if !findings.isEmpty {
             lines.append("")
             lines.append("findings:")

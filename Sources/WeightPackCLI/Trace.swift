@@ -5,9 +5,9 @@ struct Trace: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Record the intermediate tensors of one generation in a safetensors file.",
         discussion: """
-            Writes tokens.cond, tokens.uncond (I64 [77]), text.cond, text.uncond (F32 [77, D]),
-            latents.initial, then for each loop iteration i (from 0) noise_pred.i (after guidance)
-            and latents.i, and image (F32 [H, W, 3] in [0, 1], before 8-bit rounding).
+            Writes tokens.cond, tokens.uncond (I64 [77]), text.cond, text.uncond (F32 [77, D]), \
+            latents.initial, then for each loop iteration i (from 0) noise_pred.i (after guidance) \
+            and latents.i, and image (F32 [H, W, 3] in [0, 1], before 8-bit rounding). \
             SDXL adds text.pooled.cond and text.pooled.uncond. Exit codes as for generate.
             """)
 

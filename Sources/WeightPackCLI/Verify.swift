@@ -9,15 +9,16 @@ struct Verify: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Prove that a converted model still generates what the original did.",
         discussion: """
-            Runs the reference and the candidate through the same cascade (prompt, seed,
-            scheduler, size) with WeightPack's engine and compares, stage by stage, single passes
-            on identical inputs: the text embeddings, the UNet's guided noise prediction for the
-            reference's first latent, timestep and embeddings, and the VAE decode of the
-            reference's final latent (signal-to-noise ratio in dB, max abs error); then the
-            end-to-end result: final latent and image (PSNR, SSIM, max abs error).
-            Default thresholds depend on the candidate's UNet dtype (F32, F16, BF16, int8) and
+            Runs the reference and the candidate through the same cascade (prompt, seed, \
+            scheduler, size) with WeightPack's engine and compares, stage by stage, single passes \
+            on identical inputs: the text embeddings, the UNet's guided noise prediction for the \
+            reference's first latent, timestep and embeddings, and the VAE decode of the \
+            reference's final latent (signal-to-noise ratio in dB, max abs error); then the \
+            end-to-end result: final latent and image (PSNR, SSIM, max abs error). \
+            Default thresholds depend on the candidate's UNet dtype (F32, F16, BF16, int8) and \
             are documented in Docs/verify.md; --min-stage-snr and --min-image-psnr override them.
-            Exit codes: 0 within thresholds; 1 a stage fell short (named on stderr); 64 usage
+
+            Exit codes: 0 within thresholds; 1 a stage fell short (named on stderr); 64 usage \
             error; 65 unsupported or malformed model; 66 missing input.
             """)
 
