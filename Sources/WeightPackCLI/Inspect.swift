@@ -42,8 +42,8 @@ struct Inspect: ParsableCommand {
             let report = InspectionReport(path: input, inspection: try Inspection(model, filter: filter, computeStatistics: stats,
                                                                                   progress: stats ? TerminalProgress.make("stats") : nil))
             if let filter, report.rows.isEmpty, let example = report.filterMatchesOtherNames.first {
-                let stored = report.recordedHeader?["layout"] != nil ? "canonical names (source names are shown by the source file)" : "its own names (canonical names are shown by a converted .wpk)"
-                printError("note: --filter '\(filter)' matches no tensor as \(input) stores it: it holds \(stored); the pattern matches '\(example.other)', stored as '\(example.stored)'")
+                let (holds, other) = report.recordedHeader?["layout"] != nil ? ("canonical names", "source name") : ("its source's names", "canonical name")
+                printError("note: --filter '\(filter)' matches no tensor of \(input), which stores \(holds); it matches the \(other) '\(example.other)' of '\(example.stored)'")
             }
             if json {
                 print(report.json.serialized(pretty: true))

@@ -88,8 +88,19 @@ import Testing
 }
 
 @Suite struct PipelineAssemblyTests {
+    /// The tiny SDXL's text encoders have a 514-token vocabulary, so it needs its own tokenizers
+    /// (a folder with them and model_index.json only); every network configuration, SDXL's
+    /// addition_time_embed_dim included, is derived from the single file's weights.
     @Test func aTinySDXLSingleFileGenerates() throws {
-        let model = try StableDiffusionModel(path: tinySDXL)
+        let folder = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let fixture = repositoryURL.appendingPathComponent("Fixtures/tiny-sdxl/diffusers").path
+        for item in ["tokenizer", "tokenizer_2", "model_index.json"] {
+            try FileManager.default.copyItem(atPath: fixture + "/" + item, toPath: folder + "/" + item)
+        }
+        let model = try StableDiffusionModel(path: tinySDXL, configurationFolder: folder)
+        #expect(model.configurations["unet/config.json"]?.origin == .derived)
+        #expect(model.configurations["unet/config.json"]?.value.objectValue?["addition_time_embed_dim"]?.intValue == 8)
         #expect(model.pipeline.secondTextEncoder != nil)
         #expect(model.pipeline.forceZerosForEmptyPrompt)
         var request = StableDiffusionPipeline.Request(prompt: "a red bicycle")

@@ -54,7 +54,9 @@ struct LibrarySeamCLITests {
     @Test func tinySDXLSingleFileGenerates() throws {
         let folder = try temporaryFolder()
         let png = folder.appendingPathComponent("xl.png").path
+        // Its text encoders have a 514-token vocabulary: the folder gives the tokenizers (and configurations).
         let r = try run(["generate", Self.fixtures.appendingPathComponent("tiny-sdxl/tiny-sdxl.safetensors").path,
+                         "--config", Self.fixtures.appendingPathComponent("tiny-sdxl/diffusers").path,
                          "--prompt", "a red bicycle", "--steps", "2", "--size", "64", "-o", png])
         #expect(r.status == 0, "\(r.stderr)")
         let bytes = try Data(contentsOf: URL(fileURLWithPath: png))
