@@ -4,6 +4,10 @@ import DiffusionEngine
 import MappedIO
 import ModelCatalog
 import ModelLoading
+import Quantization
+import SafePickle
+import StrictJSON
+import TensorCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -33,8 +37,9 @@ extension ExitStatus {
         case let loading as ModelLoadingError:
             if let io = loading.underlying as? IOError { return of(io) }
             return loading.code == .missingFile ? .noInput : .dataError
-        // Problems with the input's content: unmappable layouts, unusable configurations or weights.
-        case is CatalogError, is EngineError: return .dataError
+        // Problems with the input's content: unmappable layouts, unusable configurations or
+        // weights, bad quantisation records, pickles, JSON or element data.
+        case is CatalogError, is EngineError, is QuantizationError, is PickleError, is JSONError, is TensorCoreError: return .dataError
         default: return .dataError
         }
     }
