@@ -37,7 +37,7 @@ run: release
 	@echo "== convert, lossless and compressed, keeping the schedule buffers too"
 	$(RELEASE_BIN) convert $(MODEL) $(OUT)/tiny-sd1-keep-zstd.wpk --compress --keep-extra --force
 	@echo "== inspect the .wpk (statistics)"
-	$(RELEASE_BIN) inspect $(OUT)/tiny-sd1-f16.wpk --stats --filter 'first_stage_model.decoder.conv_out.*'
+	$(RELEASE_BIN) inspect $(OUT)/tiny-sd1-f16.wpk --stats --filter 'vae.decoder.conv_out.*'
 	@echo "== check every checksum"
 	$(RELEASE_BIN) check $(OUT)/tiny-sd1-f16.wpk
 	$(RELEASE_BIN) check $(OUT)/tiny-sd1-keep-zstd.wpk

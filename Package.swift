@@ -47,7 +47,6 @@ let cliSettings: [SwiftSetting] = strict + (engineTarget.map { [.define("WEIGHTP
 
 let package = Package(
     name: "WeightPack",
-    platforms: [.macOS(.v14)],
     products: [
         .executable(name: "weightpack", targets: ["weightpack"]),
         .library(name: "TensorCore", targets: ["TensorCore"]),
@@ -55,6 +54,7 @@ let package = Package(
         .library(name: "ModelCatalog", targets: ["ModelCatalog"]),
         .library(name: "DiffusionEngine", targets: ["DiffusionEngine"]),
         .library(name: "Adapters", targets: ["Adapters"]),
+        .library(name: "ModelLoading", targets: ["ModelLoading"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -92,10 +92,16 @@ let package = Package(
             dependencies: ["TensorCore", "Quantization", "StrictJSON", "COpenBLAS", "CZlib"],
             resources: [.copy("Resources")],
             swiftSettings: engineSettings),
+        // Opening a model under canonical names, assembling its pipeline, converting, verifying,
+        // writing images: the API a Swift program uses, and the command line's only way in.
+        .target(
+            name: "ModelLoading",
+            dependencies: ["TensorCore", "MappedIO", "StrictJSON", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine", "CPNG"],
+            swiftSettings: strict),
         .target(
             name: "WeightPackCLI",
             dependencies: [
-                "TensorCore", "MappedIO", "StrictJSON", "SafePickle", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine", "CPNG",
+                "TensorCore", "MappedIO", "StrictJSON", "SafePickle", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine", "ModelLoading",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: cliSettings),
@@ -119,6 +125,10 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "SafePickleTests", dependencies: ["SafePickle", "TensorCore"], swiftSettings: strict),
         .testTarget(name: "DiffusionEngineTests", dependencies: ["DiffusionEngine", "CheckpointFormats", "Quantization", "StrictJSON", "TensorCore"], swiftSettings: strict),
+        .testTarget(
+            name: "ModelLoadingTests",
+            dependencies: ["ModelLoading", "CheckpointFormats", "ModelCatalog", "DiffusionEngine", "StrictJSON", "TensorCore"],
+            swiftSettings: strict),
         .testTarget(
             name: "WeightPackCLITests",
             dependencies: ["WeightPackCLI", "weightpack", "CheckpointFormats", "StrictJSON", "TensorCore"],

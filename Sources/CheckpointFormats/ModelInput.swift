@@ -42,8 +42,7 @@ public enum ModelInput {
     public static func detect(_ path: String) throws(FormatError) -> Kind {
         var info = stat()
         guard stat(path, &info) == 0 else {
-            let code: IOError.Code = errno == ENOENT || errno == ENOTDIR ? .notFound : errno == EACCES ? .permissionDenied : .readFailed
-            throw FormatError(IOError(code, path: path, call: "stat"))
+            throw FormatError(IOError.from(errno: errno, path: path, call: "stat", fallback: .readFailed))
         }
         if (info.st_mode & S_IFMT) == S_IFDIR {
             var probe = stat()
@@ -69,8 +68,7 @@ public enum ModelInput {
     private static func readHead(_ path: String, count: Int) throws(FormatError) -> [UInt8] {
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
-            let code: IOError.Code = errno == EACCES ? .permissionDenied : .readFailed
-            throw FormatError(IOError(code, path: path, call: "open"))
+            throw FormatError(IOError.from(errno: errno, path: path, call: "open", fallback: .readFailed))
         }
         defer { close(fd) }
         var buffer = [UInt8](repeating: 0, count: count)

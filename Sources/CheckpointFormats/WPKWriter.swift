@@ -138,22 +138,23 @@ public enum WPKWriter {
         let output = OwnedBuffer(byteCount: layout.byteCount)
         output.mutableBytes.initializeMemory(as: UInt8.self, repeating: 0)
         let parts = max(1, min(8, layout.rows / 16))
-        let results = QuantizeResults(parts)
+        let results = Locked<[Result<ErrorAccumulator, QuantizationError>?]>(Array(repeating: nil, count: parts))
         if let out = output.mutableBytes.baseAddress, let input = floats.mutableBytes.baseAddress {
             let source = UnsafeSendablePointer(UnsafeRawPointer(input)), target = UnsafeSendablePointer(UnsafeRawPointer(out))
             DispatchQueue.concurrentPerform(iterations: parts) { p in
                 let rows = (layout.rows * p / parts)..<(layout.rows * (p + 1) / parts)
                 let payload = UnsafeMutableRawPointer(mutating: target.pointer)
-                results.set(p, Result { () throws(QuantizationError) -> ErrorAccumulator in
+                let result = Result { () throws(QuantizationError) -> ErrorAccumulator in
                     try Int8Quantizer.quantize(
                         source.pointer.assumingMemoryBound(to: Float.self), layout: layout, rows: rows,
                         payload: payload.assumingMemoryBound(to: Int8.self),
                         scales: (payload + layout.scaleOffset).assumingMemoryBound(to: UInt16.self))
-                })
+                }
+                results.withLock { $0[p] = result }
             }
         }
         var total = ErrorAccumulator()
-        for r in results.values {
+        for r in results.withLock({ $0 }) {
             switch r {
             case .success(let a): total.merge(a)
             case .failure(let error): throw FormatError(.unsupportedConversion, "cannot quantise: \(error.message)", tensor: t.name)
@@ -253,14 +254,6 @@ extension JSONValue {
         guard value.isFinite else { return .null }
         return .double(Double(String(Float(value))) ?? value)
     }
-}
-
-/// Per-part results of a concurrent quantisation.
-private final class QuantizeResults: @unchecked Sendable {
-    private(set) var values: [Result<ErrorAccumulator, QuantizationError>?]
-    private let lock = DispatchQueue(label: "weightpack.quantize")
-    init(_ count: Int) { values = Array(repeating: nil, count: count) }
-    func set(_ i: Int, _ value: Result<ErrorAccumulator, QuantizationError>) { lock.sync { values[i] = value } }
 }
 
 /// A read-only pointer handed to `concurrentPerform` workers that touch disjoint rows.

@@ -60,17 +60,23 @@ public struct IOError: Error, Sendable, CustomStringConvertible {
         self.detail = detail
     }
 
-    /// Classifies an error thrown by swift-system.
-    static func from(_ error: any Error, path: String, call: String, fallback: Code) -> IOError {
+    /// Classifies an error thrown by swift-system. Every failed system call becomes an
+    /// ``IOError`` through one of these `from` functions: the package's one errno mapping.
+    public static func from(_ error: any Error, path: String, call: String, fallback: Code) -> IOError {
         if let errno = error as? Errno { return from(errno, path: path, call: call, fallback: fallback) }
         return IOError(fallback, path: path, call: call)
     }
 
+    /// Classifies a failed call by the C `errno` it left.
+    public static func from(errno: Int32, path: String, call: String, fallback: Code) -> IOError {
+        from(Errno(rawValue: errno), path: path, call: call, fallback: fallback)
+    }
+
     /// Classifies a failed call by its errno.
-    static func from(_ errno: Errno, path: String, call: String, fallback: Code) -> IOError {
+    public static func from(_ errno: Errno, path: String, call: String, fallback: Code) -> IOError {
         let code: Code
         switch errno {
-        case .noSuchFileOrDirectory: code = .notFound
+        case .noSuchFileOrDirectory, .notDirectory: code = .notFound
         case .permissionDenied, .notPermitted: code = .permissionDenied
         case .isDirectory: code = .isDirectory
         case .noSpace, .diskQuotaExceeded: code = .noSpace

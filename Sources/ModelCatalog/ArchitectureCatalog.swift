@@ -27,6 +27,14 @@ public struct ArchitectureCatalog: Sendable {
         public var diffusersClass: String
         /// Whether diffusers keeps every layer (`all`) or drops the last (`all-but-last`, SD 2.x).
         public var diffusersDropsLastLayer: Bool
+        /// The token its published tokenizer pads with: `<|endoftext|>` (OpenAI CLIP) or `!`
+        /// (OpenCLIP, id 0: SD 2.x and SDXL's second encoder).
+        public var padToken: String
+        /// Whether its pooled, projected output conditions the UNet (SDXL's second encoder).
+        public var pooledProjection: Bool
+
+        /// Whether the tokenizer pads with `!` (id 0) instead of its end token.
+        public var padsWithZero: Bool { padToken == "!" }
     }
 
     /// A UNet's published hyper-parameters.
@@ -64,6 +72,18 @@ public struct ArchitectureCatalog: Sendable {
         /// The scheduler configuration written into exported diffusers folders.
         public var scheduler: JSONObject
         public var variants: [Variant]
+        /// The VAE's `sample_size` in pixels (its published configuration).
+        public var vaeSampleSize: Int
+        /// Pipeline-level settings of `model_index.json` (`force_zeros_for_empty_prompt`, …).
+        public var pipelineOptions: JSONObject
+        /// How many time ids SDXL-style added conditioning embeds (6, or 5 for the refiner); `nil`
+        /// for families without it.
+        public var addedTimeIDs: Int?
+
+        /// Whether an empty negative prompt gives zero embeddings (SDXL's `force_zeros_for_empty_prompt`).
+        public var forceZerosForEmptyPrompt: Bool { pipelineOptions["force_zeros_for_empty_prompt"]?.boolValue ?? false }
+        /// The text encoder whose pooled projection conditions the UNet, if any.
+        public var pooledTextEncoder: TextEncoderSlot? { textEncoders.first { $0.pooledProjection } }
 
         public func variant(inChannels: Int) -> Variant? { variants.first { $0.inChannels == inChannels } }
         public func textEncoder(_ component: Component) -> TextEncoderSlot? { textEncoders.first { $0.component == component } }
@@ -181,7 +201,9 @@ private enum CatalogDecoder {
                 slots.append(ArchitectureCatalog.TextEncoderSlot(
                     component: component, model: model, ldmPrefix: try string(o["ldm_prefix"], "ldm_prefix"), ldmNaming: naming,
                     diffusersClass: try string(o["diffusers_class"], "diffusers_class"),
-                    diffusersDropsLastLayer: o["diffusers_layers"]?.stringValue == "all-but-last"))
+                    diffusersDropsLastLayer: o["diffusers_layers"]?.stringValue == "all-but-last",
+                    padToken: try string(o["pad_token"], "\(id).text_encoders[\(j)].pad_token"),
+                    pooledProjection: o["pooled_projection"]?.boolValue ?? false))
             }
             var prefixes: [Component: String] = [:]
             for (k, v) in try object(f["ldm_prefixes"], "\(id).ldm_prefixes") {
@@ -203,7 +225,10 @@ private enum CatalogDecoder {
                 defaultPrediction: prediction["default"]?.stringValue,
                 predictionDecidedByWeights: prediction["decided_by_weights"]?.boolValue ?? false,
                 predictionNote: prediction["note"]?.stringValue ?? "",
-                scheduler: try object(f["scheduler"], "\(id).scheduler"), variants: variants))
+                scheduler: try object(f["scheduler"], "\(id).scheduler"), variants: variants,
+                vaeSampleSize: try int(f["vae_sample_size"], "\(id).vae_sample_size"),
+                pipelineOptions: try object(f["pipeline_options"], "\(id).pipeline_options"),
+                addedTimeIDs: optionalInt(f["added_time_ids"])))
         }
         let leftovers = try object(top["leftovers"], "leftovers")
         return ArchitectureCatalog(

@@ -25,12 +25,43 @@ public struct Detection: Sendable {
         public var summary: String
     }
 
+    /// What a set of tensors is: a whole model, one component, or nothing recognised.
+    public enum Kind: Sendable, Hashable, CustomStringConvertible {
+        case pipeline
+        case component(Component)
+        case unknown
+
+        /// `pipeline`, the component's name (`vae`, `text_encoder`, …) or `unknown`.
+        public var description: String {
+            switch self {
+            case .pipeline: "pipeline"
+            case .component(let c): c.rawValue
+            case .unknown: "unknown"
+            }
+        }
+
+        /// Whether the tensors are a whole model.
+        public var isPipeline: Bool { self == .pipeline }
+    }
+
+    /// What the UNet is trained to predict, spelled as diffusers' `prediction_type`.
+    public enum PredictionType: String, Sendable, Hashable, CaseIterable {
+        case epsilon
+        case vPrediction = "v_prediction"
+        case sample
+
+        /// Reads a configuration's or metadata's spelling (`v` is `v_prediction`).
+        public init?(spelling: String) {
+            self.init(rawValue: spelling == "v" ? "v_prediction" : spelling)
+        }
+    }
+
     /// `pipeline` for a whole model, or the one component a file holds.
-    public var kind: String
+    public var kind: Kind
     public var family: ArchitectureCatalog.Family?
     public var variant: String?
-    /// `epsilon`, `v_prediction`, or `nil` (unknown).
-    public var predictionType: String?
+    /// What the UNet predicts, or `nil` (unknown).
+    public var predictionType: PredictionType?
     public var predictionSource: String
     public var evidence: [String]
     public var rejected: [Rejection]
@@ -46,6 +77,13 @@ public struct Detection: Sendable {
     public var referenceDimensions: Bool?
 
     public var familyID: String { family?.id ?? "unknown" }
+
+    /// The pooled projection width of the text encoder whose pooled output conditions the UNet
+    /// (SDXL's second encoder), when the weights hold it.
+    public var pooledProjectionWidth: Int? {
+        let component = family?.pooledTextEncoder?.component ?? .textEncoder2
+        return textEncoders.first { $0.component == component }?.projection
+    }
 
     /// Detects the model behind `tensors` (canonical descriptors).
     ///
@@ -84,8 +122,14 @@ public struct Detection: Sendable {
         }
         if let v = vae { evidence.append("VAE: widths \(v.blockOutChannels), \(v.latentChannels) latent channels") }
 
-        let kind: String
-        if present.contains(.unet) && (present.count > 1) || present.count > 2 { kind = "pipeline" } else if let only = present.sorted().first, present.count == 1 { kind = only.rawValue } else { kind = present.isEmpty ? "unknown" : "pipeline" }
+        let kind: Kind
+        if present.contains(.unet) && (present.count > 1) || present.count > 2 {
+            kind = .pipeline
+        } else if let only = present.sorted().first, present.count == 1 {
+            kind = .component(only)
+        } else {
+            kind = present.isEmpty ? .unknown : .pipeline
+        }
 
         var rejected: [Rejection] = []
         var passed: [ArchitectureCatalog.Family] = []
@@ -170,28 +214,28 @@ public struct Detection: Sendable {
         }
 
         // Prediction type.
-        var prediction: String?
+        var prediction: PredictionType?
         var predictionSource = "unknown"
         let names = Set(sourceNames)
         if let p = schedulerConfig?["prediction_type"]?.stringValue {
-            prediction = p
-            predictionSource = "scheduler/scheduler_config.json prediction_type"
+            prediction = PredictionType(spelling: p)
+            predictionSource = "scheduler/scheduler_config.json prediction_type" + (prediction == nil ? " '\(p)', which is not one WeightPack knows" : "")
         } else if let p = metadata["modelspec.prediction_type"] ?? metadata["prediction_type"] {
-            prediction = p == "v" ? "v_prediction" : p
-            predictionSource = "file metadata"
+            prediction = PredictionType(spelling: p)
+            predictionSource = "file metadata" + (prediction == nil ? " '\(p)', which is not one WeightPack knows" : "")
         } else if names.contains("edm_vpred.sigma_max") {
-            prediction = "v_prediction"
+            prediction = .vPrediction
             predictionSource = "marker tensor edm_vpred.sigma_max (EDM v-prediction)"
         } else if names.contains("v_pred") {
-            prediction = "v_prediction"
+            prediction = .vPrediction
             predictionSource = "marker tensor v_pred"
-        } else if let f = family, let d = f.defaultPrediction {
+        } else if let f = family, let d = f.defaultPrediction.flatMap(PredictionType.init(spelling:)) {
             prediction = d
             predictionSource = f.predictionDecidedByWeights ? "no v-prediction marker tensor (\(f.predictionNote))" : "family convention, not decided by the weights (\(f.predictionNote))"
         } else if let f = family {
             predictionSource = "unknown: \(f.predictionNote)"
         }
-        if prediction != nil { evidence.append("prediction type \(prediction!): \(predictionSource)") }
+        if let prediction { evidence.append("prediction type \(prediction.rawValue): \(predictionSource)") }
 
         // Per-component completeness.
         var reports: [ComponentReport] = []
@@ -214,7 +258,7 @@ public struct Detection: Sendable {
         for t in texts { report(t.component, t.expectedTensors, summary: "width \(t.hidden), \(t.layers) layers") }
 
         var missingComponents: [Component] = []
-        if kind == "pipeline", let f = family {
+        if kind == .pipeline, let f = family {
             for c in [Component.unet, .vae] + f.textEncoders.map(\.component) where !present.contains(c) { missingComponents.append(c) }
         }
 
@@ -230,8 +274,8 @@ public struct Detection: Sendable {
         o["family"] = .string(familyID)
         if let f = family { o["family_name"] = .string(f.name) }
         o["variant"] = variant.map { .string($0) } ?? "unknown"
-        o["kind"] = .string(kind)
-        o["prediction_type"] = .string(predictionType ?? "unknown")
+        o["kind"] = .string(kind.description)
+        o["prediction_type"] = .string(predictionType?.rawValue ?? "unknown")
         o["prediction_source"] = .string(predictionSource)
         if let r = referenceDimensions { o["reference_dimensions"] = .bool(r) }
         if let layout { o["layout"] = .string(layout.kind.rawValue) }

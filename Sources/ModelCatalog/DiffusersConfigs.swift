@@ -6,15 +6,14 @@ import StrictJSON
 /// widths are not the published ones, from the rules in `Docs/model-knowledge.md`.
 public enum DiffusersConfigs {
     /// Relative path → JSON document, for the components `detection` found.
-    public static func files(for detection: Detection, predictionType: String?) -> [(String, JSONValue)] {
+    public static func files(for detection: Detection, predictionType: Detection.PredictionType?) -> [(String, JSONValue)] {
         let family = detection.family
         var out: [(String, JSONValue)] = []
         var index = JSONObject()
         index["_class_name"] = .string(family?.pipeline ?? "StableDiffusionPipeline")
-        let isXL = family?.id.hasPrefix("sdxl") == true
         if let u = detection.unet {
             index["unet"] = ["diffusers", "UNet2DConditionModel"]
-            out.append(("unet/config.json", unetConfig(u, family: family)))
+            out.append(("unet/config.json", unetConfig(u, family: family, pooledWidth: detection.pooledProjectionWidth)))
         }
         if let v = detection.vae {
             index["vae"] = ["diffusers", "AutoencoderKL"]
@@ -32,18 +31,13 @@ public enum DiffusersConfigs {
         }
         if let family, detection.unet != nil {
             var scheduler = family.scheduler
-            scheduler["prediction_type"] = .string(predictionType ?? "epsilon")
+            scheduler["prediction_type"] = .string((predictionType ?? .epsilon).rawValue)
             let cls = scheduler["_class_name"]?.stringValue ?? "PNDMScheduler"
             index["scheduler"] = ["diffusers", .string(cls)]
             out.append(("scheduler/scheduler_config.json", .object(scheduler)))
         }
-        if isXL {
-            index["force_zeros_for_empty_prompt"] = true
-            if family?.id == "sdxl-refiner" { index["requires_aesthetics_score"] = true }
-        } else if detection.unet != nil {
-            index["safety_checker"] = [nil, nil]
-            index["feature_extractor"] = [nil, nil]
-            index["requires_safety_checker"] = false
+        if let family, detection.unet != nil || family.forceZerosForEmptyPrompt {
+            for (key, value) in family.pipelineOptions { index[key] = value }
         }
         out.insert(("model_index.json", .object(index)), at: 0)
         return out
@@ -56,7 +50,9 @@ public enum DiffusersConfigs {
         return width % dim == 0 ? max(1, width / dim) : 1
     }
 
-    static func unetConfig(_ u: UNetStructure, family: ArchitectureCatalog.Family?) -> JSONValue {
+    /// The UNet's configuration. `pooledWidth` is the pooled projection width of the text encoder
+    /// that feeds SDXL's added embedding, when the weights hold it.
+    static func unetConfig(_ u: UNetStructure, family: ArchitectureCatalog.Family?, pooledWidth: Int? = nil) -> JSONValue {
         var o = JSONObject()
         o["_class_name"] = "UNet2DConditionModel"
         o["sample_size"] = JSONValue(family?.variant(inChannels: u.inChannels)?.sampleSize ?? 64)
@@ -77,11 +73,18 @@ public enum DiffusersConfigs {
         if let a = u.additionEmbed {
             o["addition_embed_type"] = "text_time"
             o["projection_class_embeddings_input_dim"] = JSONValue(a)
-            let ids = family?.id == "sdxl-refiner" ? 5 : 6
-            let pooled = a - ids * 256 > 0 && (a - ids * 256) % 64 == 0 ? a - ids * 256 : nil
-            o["addition_time_embed_dim"] = JSONValue(pooled != nil ? 256 : max(1, a / (ids + 1)))
+            o["addition_time_embed_dim"] = JSONValue(additionTimeEmbedDim(inputWidth: a, pooledWidth: pooledWidth, timeIDs: family?.addedTimeIDs ?? 6))
         }
         return .object(o)
+    }
+
+    /// SDXL's `addition_time_embed_dim`: the weights determine it when the pooled width is known
+    /// (`add_embedding.linear_1` takes the pooled projection and `timeIDs` embeddings of this
+    /// width); otherwise the published 256 when it fits, else an even share.
+    static func additionTimeEmbedDim(inputWidth a: Int, pooledWidth: Int?, timeIDs: Int) -> Int {
+        if let p = pooledWidth, a > p, (a - p) % timeIDs == 0 { return (a - p) / timeIDs }
+        let rest = a - timeIDs * 256
+        return rest > 0 && rest % 64 == 0 ? 256 : max(1, a / (timeIDs + 1))
     }
 
     static func vaeConfig(_ v: VAEStructure, family: ArchitectureCatalog.Family?) -> JSONValue {
@@ -95,7 +98,7 @@ public enum DiffusersConfigs {
         o["layers_per_block"] = JSONValue(v.layersPerBlock)
         o["latent_channels"] = JSONValue(v.latentChannels)
         o["norm_num_groups"] = 32
-        o["sample_size"] = JSONValue(family?.id.hasPrefix("sdxl") == true ? 1024 : 512)
+        o["sample_size"] = JSONValue(family?.vaeSampleSize ?? 512)
         o["scaling_factor"] = JSONValue(family?.vaeScalingFactor ?? 0.18215)
         return .object(o)
     }

@@ -129,6 +129,19 @@ public final class RemappedStore: TensorStore, @unchecked Sendable {
     /// The recipe that makes `name`.
     public func recipe(named name: String) -> TensorRecipe? { byName[name].map { recipes[$0] } }
 
+    /// The first source tensor of `name`'s recipe (a made tensor such as `position_ids` has none: its own name).
+    public func sourceName(of name: String) -> String? {
+        guard let r = recipe(named: name) else { return nil }
+        return r.sources.first ?? name
+    }
+
+    /// The base's stored dtype for a tensor copied or reshaped from one source, else the recipe's.
+    public func storedDType(of name: String) -> DType? {
+        guard let r = recipe(named: name) else { return nil }
+        if r.sources.count == 1, [.copy, .reshape].contains(r.operation), let stored = base.storedDType(of: r.sources[0]) { return stored }
+        return r.dtype
+    }
+
     public func tensor(named name: String) throws -> TensorView {
         guard let i = byName[name] else { throw CatalogError(.missingTensor, "no tensor '\(name)'", tensor: name) }
         return try recipes[i].materialize(from: base)

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// The name, dtype and shape of a tensor as a store holds it.
 public struct TensorDescriptor: Hashable, Sendable {
@@ -162,10 +158,21 @@ public protocol TensorStore: AnyObject, Sendable {
     func descriptor(named name: String) -> TensorDescriptor?
     /// The tensor called `name`; zero-copy where the format allows.
     func tensor(named name: String) throws -> TensorView
+    /// The name `name` had in the file this store was made from: a `.wpk` records its source's
+    /// names, a renaming store knows its recipes. `name` itself for a store that renames nothing;
+    /// `nil` when the store has no such tensor.
+    func sourceName(of name: String) -> String?
+    /// The element type `name` is stored in, which differs from its descriptor's when the store
+    /// decodes on read (int8 blocks of a `.wpk` read as F32). `nil` when there is no such tensor.
+    func storedDType(of name: String) -> DType?
 }
 
 extension TensorStore {
     public func descriptor(named name: String) -> TensorDescriptor? {
         tensors.first { $0.name == name }
     }
+
+    public func sourceName(of name: String) -> String? { descriptor(named: name) == nil ? nil : name }
+
+    public func storedDType(of name: String) -> DType? { descriptor(named: name)?.dtype }
 }

@@ -1,6 +1,13 @@
 import ArgumentParser
 import CheckpointFormats
+import DiffusionEngine
 import MappedIO
+import ModelCatalog
+import ModelLoading
+import Quantization
+import SafePickle
+import StrictJSON
+import TensorCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,14 +28,20 @@ enum ExitStatus: Int32 {
 extension ExitStatus {
     /// The status for an error thrown by the library.
     static func of(_ error: any Error) -> ExitStatus {
-        if let io = error as? IOError { return of(io) }
-        if error is TokenizerMissing { return .noInput }
-        if let format = error as? FormatError {
+        switch error {
+        case let io as IOError: return of(io)
+        case is TokenizerMissing: return .noInput
+        case let format as FormatError:
             if format.code == .io, let io = format.underlying as? IOError { return of(io) }
-            if format.code == .io { return .ioError }
-            return .dataError
+            return format.code == .io ? .ioError : .dataError
+        case let loading as ModelLoadingError:
+            if let io = loading.underlying as? IOError { return of(io) }
+            return loading.code == .missingFile ? .noInput : .dataError
+        // Problems with the input's content: unmappable layouts, unusable configurations or
+        // weights, bad quantisation records, pickles, JSON or element data.
+        case is CatalogError, is EngineError, is QuantizationError, is PickleError, is JSONError, is TensorCoreError: return .dataError
+        default: return .dataError
         }
-        return .dataError
     }
 
     static func of(_ io: IOError) -> ExitStatus {
@@ -44,7 +57,7 @@ extension ExitStatus {
 func report(_ error: any Error, verbose: Bool = false) -> ExitCode {
     let status = ExitStatus.of(error)
     var line = "weightpack: error: \(error)"
-    if verbose, let format = error as? FormatError, let cause = format.underlying {
+    if verbose, let cause = (error as? FormatError)?.underlying ?? (error as? ModelLoadingError)?.underlying {
         line += " (cause: \(cause))"
     }
     printError(line)
@@ -75,12 +88,8 @@ func runReporting(verbose: Bool = false, _ body: () throws -> Void) throws {
     defer { BackgroundWork.cancelAndWaitForAll() }
     do {
         try body()
-    } catch let exit as ExitCode {
-        throw exit
-    } catch let error as FormatError {
-        throw report(error, verbose: verbose)
-    } catch let error as IOError {
-        throw report(error, verbose: verbose)
+    } catch let error as ExitCode {
+        throw error
     } catch let error as ValidationError {
         throw error
     } catch {

@@ -6,7 +6,7 @@ struct Check: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Verify a .wpk file: its header and every tensor checksum.",
         discussion: """
-            Exit codes: 0 intact; 1 corruption found (each damaged tensor is named); 65 not a .wpk
+            Exit codes: 0 intact; 1 corruption found (each damaged tensor is named); 65 not a .wpk \
             file or an unsupported version; 66 missing input.
             """)
 

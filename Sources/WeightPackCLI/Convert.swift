@@ -1,11 +1,7 @@
 import ArgumentParser
 import CheckpointFormats
-import MappedIO
 import ModelCatalog
-import Quantization
-import StrictJSON
-import TensorCore
-import Dispatch
+import ModelLoading
 
 extension DTypeChoice: ExpressibleByArgument {}
 extension WeightSelection: ExpressibleByArgument {}
@@ -14,16 +10,19 @@ struct Convert: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Convert a model into a memory-mapped .wpk file.",
         discussion: """
-            Floating-point tensors (F16, BF16, F32, F64) are cast as --dtype asks, rounding to
-            nearest even; integer and boolean tensors are never cast. The output is written to a
+            Floating-point tensors (F16, BF16, F32, F64) are cast as --dtype asks, rounding to \
+            nearest even; integer and boolean tensors are never cast. The output is written to a \
             temporary file beside it and renamed into place only when complete.
-            Exit codes: 0 done, 65 malformed input, 66 missing input, 73 output exists (without
-            --force) or cannot be created, 74 I/O error.
-            A recognised model is stored under canonical names (Formats/names.md) with its
-            detected architecture and source layout, so export can give the layout back.
-            Schedule buffers, EMA bookkeeping and other leftovers are left out unless --keep-extra.
-            A checkpoint that holds EMA weights only (model_ema.*, no model.diffusion_model.*) is
-            converted from them whatever --weights says, with a note on stderr.
+
+            A recognised model is stored under canonical names (Formats/names.md) with its \
+            detected architecture and source layout, so export can give the layout back. \
+            Schedule buffers, EMA bookkeeping and other leftovers are left out unless --keep-extra. \
+            A checkpoint that holds EMA weights only (model_ema.*, no model.diffusion_model.*) is \
+            converted from them whatever --weights says, with a note on stderr. An input without \
+            any tensor is refused.
+
+            Exit codes: 0 done, 65 malformed input or no tensors, 66 missing input, 73 output \
+            exists (without --force) or cannot be created, 74 I/O error.
             """)
 
     @Argument(help: "The model to convert: .safetensors (or an index of shards), .ckpt/.pt/.pth/.bin, a diffusers folder, or .wpk.")
@@ -78,98 +77,39 @@ struct Convert: ParsableCommand {
         try runReporting(verbose: inputOptions.verbose) {
             var options = inputOptions.modelInputOptions
             options.variant = variant
-            let source = try ModelInput.open(input, options: options)
-            let model = try CanonicalModel(source, weights: weights, keepExtra: keepExtra)
+            let model = try CanonicalModel.open(input, options: options, weights: weights, keepExtra: keepExtra)
             if model.ema.only, weights == .main {
                 printError("note: \(input) holds EMA weights only (model_ema.*, no model.diffusion_model.*); the UNet is converted from them, as --weights ema would")
             }
-            let store = model.store
-            let sourceDigest = noSourceHash ? nil : SourceDigest.start(path: input)
-            for pattern in keepPatterns where !store.tensors.contains(where: { Glob.matches(pattern, $0.name) }) {
+            var conversion = Conversion.Options(dtype: dtype)
+            conversion.keepPatterns = keepPatterns
+            conversion.compress = compress
+            conversion.compressionLevel = compressionLevel
+            conversion.fixPositionIDs = fixPositionIds
+            conversion.recordSourceDigest = !noSourceHash
+            conversion.overwrite = force
+            conversion.tool = "weightpack \(WeightPackCommand.version)"
+            let result = try Conversion.write(model, to: output, options: conversion, progress: TerminalProgress.make("convert"))
+            for pattern in result.unmatchedKeepPatterns {
                 printError("note: --keep '\(pattern)' matches no tensor (patterns match the canonical names that weightpack inspect shows for the converted file)")
             }
-            var plan = dtype == .int8
-                ? OutputTensor.plan(from: store, rules: QuantizationRules(keep: keepPatterns))
-                : OutputTensor.plan(from: store, dtype: dtype)
-            for i in plan.indices {
-                if let name = model.sourceName(of: plan[i].name) { plan[i].sourceName = name }
+            for repaired in result.repairedPositionIDs {
+                printError("repaired \(repaired.sourceName): position_ids set to 0..\(repaired.count - 1)")
             }
-            if fixPositionIds {
-                let broken = Set(try model.brokenPositionIDs().map(\.tensor))
-                for i in plan.indices where broken.contains(plan[i].name) {
-                    let recipe = TensorRecipe(name: plan[i].name, dtype: .i64, shape: plan[i].shape, sources: [], operation: .positionIDs)
-                    plan[i] = OutputTensor(name: plan[i].name, dtype: .i64, shape: plan[i].shape, sourceName: plan[i].sourceName, sourceDType: .i64, load: { try recipe.materialize(from: store) })
-                    printError("repaired \(plan[i].sourceName): position_ids set to 0..\(plan[i].shape.count - 1)")
-                }
-            }
-            let overflows = Float16Overflows()
-            var metadata = JSONObject()
-            metadata["tool"] = .string("weightpack \(WeightPackCommand.version)")
-            var conversion = JSONObject([
-                ("dtype", .string(dtype.rawValue)), ("compress", .bool(compress)), ("weights", .string(model.ema.selected ? "ema" : "main")),
-                ("keep_extra", .bool(keepExtra)), ("fix_position_ids", .bool(fixPositionIds)),
-            ])
-            if model.ema.only { conversion["ema_only"] = true }
-            metadata["conversion"] = .object(conversion)
-            if model.isCanonical, let layout = model.layout {
-                metadata["architecture"] = model.detection.json
-                metadata["layout"] = layout.json
-                if !model.leftovers.isEmpty {
-                    metadata["leftovers"] = .array(model.leftovers.map { ["name": .string($0.descriptor.name), "kind": .string($0.kind.rawValue), "kept": .bool(keepExtra)] })
-                }
-                var files = JSONObject()
-                for file in model.auxiliaryFiles {
-                    if let text = String(validating: file.bytes, as: UTF8.self) { files[file.path] = .string(text) }
-                }
-                if files.count > 0 { metadata["diffusers_files"] = .object(files) }
-            }
-            let dropped = keepExtra || !model.isCanonical ? [] : model.leftovers
-            metadata["strings"] = .object(JSONObject(store.metadata.sorted { $0.key < $1.key }.map { ($0.key, JSONValue.string($0.value)) }))
-            // The source digest is computed on the other core while tensors convert; the header
-            // is written last, so it can still be recorded.
-            let entries = try WPKWriter.write(
-                plan, metadata: metadata, to: output, overwrite: force,
-                options: WPKWriter.Options(compress: compress, compressionLevel: compressionLevel, float16Overflow: overflows.add),
-                progress: TerminalProgress.make("convert"),
-                finalizeMetadata: { meta in
-                    var source = JSONObject()
-                    source["name"] = .string(String(input.split(separator: "/").last ?? Substring(input)))
-                    source["format"] = .string(store.formatName)
-                    if let digest = try sourceDigest?.wait() {
-                        source["size"] = JSONValue(digest.size)
-                        source["sha256"] = .string(digest.sha256)
-                    } else if let size = SourceDigest.size(of: input) {
-                        source["size"] = JSONValue(size)
-                    }
-                    meta["source"] = .object(source)
-                })
-            let stored = entries.reduce(0) { $0 + $1.length }
-            let logical = entries.reduce(0) { $0 + $1.descriptor.byteCount }
-            var line = "wrote \(output): \(entries.count) tensors, \(formatBytes(stored))"
-            if compress, stored > 0 { line += " (compression ratio \(format1(Double(logical) / Double(stored))))" }
+            let stored = result.storedByteCount
+            var line = "wrote \(output): \(result.entries.count) tensors, \(formatBytes(stored))"
+            if compress, stored > 0 { line += " (compression ratio \(format1(Double(result.logicalByteCount) / Double(stored))))" }
             printError(line)
-            if dtype == .int8 { printError(QuantizationSummary(entries).line) }
-            overflows.report()
+            if dtype == .int8 { printError(QuantizationSummary(result.entries).line) }
+            for (name, count) in result.float16Overflows.prefix(10) {
+                printError("weightpack: warning: \(name): \(count) values beyond ±65504 became infinite in f16")
+            }
+            if result.float16Overflows.count > 10 { printError("weightpack: warning: \(result.float16Overflows.count - 10) more tensors overflowed f16") }
+            let dropped = result.dropped
             if !dropped.isEmpty {
                 printError("left out \(dropped.count) leftover tensors (\(Set(dropped.map(\.kind.rawValue)).sorted().joined(separator: ", "))); --keep-extra keeps them")
             }
             if !model.isCanonical { printError("note: no Stable Diffusion layout recognised; tensors keep their names") }
         }
-    }
-}
-
-/// Tensors whose finite values became infinite in f16 (the classic black-image VAE), collected
-/// while converting: the check costs no extra pass over the model.
-final class Float16Overflows: @unchecked Sendable {
-    private var hits: [(String, Int)] = []
-
-    func add(_ tensor: String, _ count: Int) { hits.append((tensor, count)) }
-
-    /// One warning line per tensor (at most ten) on stderr.
-    func report() {
-        for (name, count) in hits.prefix(10) {
-            printError("weightpack: warning: \(name): \(count) values beyond ±65504 became infinite in f16")
-        }
-        if hits.count > 10 { printError("weightpack: warning: \(hits.count - 10) more tensors overflowed f16") }
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CheckpointFormats
 import ModelCatalog
+import ModelLoading
 import StrictJSON
 import TensorCore
 
@@ -8,11 +9,12 @@ struct Diff: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Compare two models tensor by tensor through canonical names.",
         discussion: """
-            Any two inputs (ckpt, safetensors, diffusers folder, .wpk) are compared under their
-            canonical names, so an LDM file and a diffusers folder of the same weights are
-            identical. Reports missing and extra tensors, dtype and shape changes, and for every
-            common tensor the max absolute difference and cosine similarity (values compared as
+            Any two inputs (ckpt, safetensors, diffusers folder, .wpk) are compared under their \
+            canonical names, so an LDM file and a diffusers folder of the same weights are \
+            identical. Reports missing and extra tensors, dtype and shape changes, and for every \
+            common tensor the max absolute difference and cosine similarity (values compared as \
             f32). Leftovers (schedule buffers, EMA) are not compared.
+
             Exit codes: 0 identical; 1 different; 65 malformed input; 66 missing input.
             """)
 
@@ -40,8 +42,8 @@ struct Diff: ParsableCommand {
 
     func run() throws {
         try runReporting(verbose: inputOptions.verbose) {
-            let left = try CanonicalModel(try inputOptions.open(a))
-            let right = try CanonicalModel(try inputOptions.open(b))
+            let left = try CanonicalModel.open(a, options: inputOptions.modelInputOptions)
+            let right = try CanonicalModel.open(b, options: inputOptions.modelInputOptions)
             var rows: [Row] = []
             let rightNames = Set(right.store.tensors.map(\.name))
             let leftNames = Set(left.store.tensors.map(\.name))

@@ -1,7 +1,7 @@
 import ArgumentParser
 import CheckpointFormats
-import Dispatch
 import ModelCatalog
+import ModelLoading
 import Quantization
 import StrictJSON
 import TensorCore
@@ -13,11 +13,12 @@ struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show what a model file holds: tensors, dtypes, shapes, metadata, findings.",
         discussion: """
-            Tensor names are shown as the file stores them, with the canonical name where the
-            layout is recognised. The model is detected from tensor names and shapes (family,
-            variant, prediction type, evidence, rejected candidates, per-component completeness;
-            see Docs/model-knowledge.md). --stats reads every value (min, max, mean, std, NaN,
+            Tensor names are shown as the file stores them, with the canonical name where the \
+            layout is recognised. The model is detected from tensor names and shapes (family, \
+            variant, prediction type, evidence, rejected candidates, per-component completeness; \
+            see Docs/model-knowledge.md). --stats reads every value (min, max, mean, std, NaN, \
             Inf, values beyond the f16 range); without it only headers and CLIP position_ids are read.
+
             Exit codes: 0 done, 65 malformed input, 66 missing input.
             """)
 
@@ -37,9 +38,13 @@ struct Inspect: ParsableCommand {
 
     func run() throws {
         try runReporting(verbose: inputOptions.verbose) {
-            let store = try inputOptions.open(input)
-            let model = try CanonicalModel(store)
-            let report = try InspectionReport(store: store, path: input, filter: filter, computeStatistics: stats, model: model)
+            let model = try CanonicalModel.open(input, options: inputOptions.modelInputOptions)
+            let report = InspectionReport(path: input, inspection: try Inspection(model, filter: filter, computeStatistics: stats,
+                                                                                  progress: stats ? TerminalProgress.make("stats") : nil))
+            if let filter, report.rows.isEmpty, let example = report.filterMatchesOtherNames.first {
+                let (holds, other) = report.recordedHeader?["layout"] != nil ? ("canonical names", "source name") : ("its source's names", "canonical name")
+                printError("note: --filter '\(filter)' matches no tensor of \(input), which stores \(holds); it matches the \(other) '\(example.other)' of '\(example.stored)'")
+            }
             if json {
                 print(report.json.serialized(pretty: true))
             } else {
@@ -49,172 +54,34 @@ struct Inspect: ParsableCommand {
     }
 }
 
-/// Everything `inspect` says about a store.
+/// `inspect`'s two renderings of an ``Inspection``: the table and the JSON document.
 struct InspectionReport {
-    struct Row {
-        var descriptor: TensorDescriptor
-        var statistics: TensorStatistics?
-        var storedBytes: Int?
-        var sourceDType: DType?
-        var canonical: [String] = []
-        /// Set for an int8 tensor of a `.wpk` (its layout and the error it took).
-        var quantization: WPKQuantization?
-        /// The dtype stored: I8 for an int8 tensor (whose values read as F32).
-        var storedDType: DType { quantization == nil ? descriptor.dtype : .i8 }
-    }
-
-    struct Finding {
-        var severity: String
-        var code: String
-        var message: String
-        var tensor: String?
-    }
-
     let path: String
-    let format: String
-    let metadata: [String: String]
-    let rows: [Row]
-    let findings: [Finding]
-    let totalTensorCount: Int
-    let wpkMetadata: JSONObject?
-    let model: CanonicalModel?
+    let inspection: Inspection
 
-    init(store: any TensorStore, path: String, filter: String?, computeStatistics: Bool, model: CanonicalModel? = nil) throws {
-        self.model = model
-        self.path = path
-        format = store.formatName
-        metadata = store.metadata
-        totalTensorCount = store.tensors.count
-        let selected = store.tensors.filter { d in filter.map { fnmatch($0, d.name, 0) == 0 } ?? true }
-        let wpk = store as? WPKFile
-        wpkMetadata = wpk?.headerMetadata
-        var rows = selected.map { d in
-            let entry = wpk?.entry(named: d.name)
-            return Row(descriptor: d, statistics: nil, storedBytes: entry?.length, sourceDType: entry?.sourceDType, quantization: entry?.quantization)
-        }
-        if computeStatistics {
-            let results = try Self.statistics(of: selected, in: store)
-            for i in rows.indices { rows[i].statistics = results[i] }
-        }
-        var findings = Self.findings(rows: rows)
-        if let model, let remapped = model.store as? RemappedStore {
-            var canonical: [String: [String]] = [:]
-            for r in remapped.recipes { for s in r.sources { canonical[s, default: []].append(r.name) } }
-            for i in rows.indices { rows[i].canonical = canonical[rows[i].descriptor.name] ?? [] }
-        }
-        if let model { findings += try Self.modelFindings(model) }
-        self.rows = rows
-        self.findings = findings
-    }
-
-    /// Findings about the model as a whole: position_ids, completeness, leftovers, EMA.
-    private static func modelFindings(_ model: CanonicalModel) throws -> [Finding] {
-        var out: [Finding] = []
-        for (tensor, wrong) in try model.brokenPositionIDs() {
-            let source = model.sourceName(of: tensor) ?? tensor
-            if wrong.isEmpty {
-                out.append(Finding(severity: "warning", code: "position-ids-dtype", message: "position_ids hold the right values but are stored as \(model.store.descriptor(named: tensor)?.dtype.name ?? "?") instead of I64", tensor: source))
-            } else {
-                let list = wrong.prefix(12).map { "[\($0.index)] = \(format3($0.value))" }.joined(separator: ", ")
-                out.append(Finding(severity: "error", code: "position-ids", message: "\(wrong.count) position_ids are not their index: \(list)\(wrong.count > 12 ? ", …" : "") (convert --fix-position-ids repairs them)", tensor: source))
-            }
-        }
-        let d = model.detection
-        if model.isCanonical {
-            if d.family == nil && d.kind == "pipeline" {
-                out.append(Finding(severity: "warning", code: "unknown-family", message: d.candidates.isEmpty ? "no known family fits (see architecture.rejected)" : "several families fit: \(d.candidates.joined(separator: ", "))", tensor: nil))
-            }
-            for c in d.missingComponents {
-                out.append(Finding(severity: "warning", code: "missing-component", message: "the model has no \(c.rawValue)", tensor: nil))
-            }
-            for c in d.components {
-                if !c.missing.isEmpty {
-                    out.append(Finding(severity: "error", code: "missing-tensors", message: "\(c.component.rawValue) lacks \(c.missing.count) tensors: \(c.missing.prefix(5).joined(separator: ", "))\(c.missing.count > 5 ? ", …" : "")", tensor: nil))
-                }
-                if !c.unexpected.isEmpty {
-                    out.append(Finding(severity: "warning", code: "unexpected-tensors", message: "\(c.component.rawValue) has \(c.unexpected.count) tensors its structure does not explain: \(c.unexpected.prefix(5).joined(separator: ", "))\(c.unexpected.count > 5 ? ", …" : "")", tensor: nil))
-                }
-                for m in c.shapeMismatches {
-                    out.append(Finding(severity: "error", code: "shape-mismatch", message: "shape \(m.actual), expected \(m.expected)", tensor: m.tensor))
-                }
-            }
-        } else {
-            out.append(Finding(severity: "info", code: "layout-unknown", message: "no Stable Diffusion layout recognised; tensors are shown as stored", tensor: nil))
-        }
-        if model.ema.only {
-            out.append(Finding(severity: "info", code: "ema-only", message: "only EMA weights are present (\(model.ema.tensorCount) model_ema.* tensors, \(formatBytes(model.ema.byteCount)), no model.diffusion_model.*): the UNet is read from them, and convert uses them", tensor: nil))
-        } else if model.ema.isPresent {
-            out.append(Finding(severity: "info", code: "ema", message: "EMA weights present: \(model.ema.tensorCount) tensors, \(formatBytes(model.ema.byteCount)) (convert --weights ema selects them)", tensor: nil))
-        }
-        let grouped = Dictionary(grouping: model.leftovers, by: \.kind)
-        for (kind, items) in grouped.sorted(by: { $0.key.rawValue < $1.key.rawValue }) where kind != .ema {
-            let bytes = items.reduce(0) { $0 + $1.descriptor.byteCount }
-            out.append(Finding(severity: kind == .unknown ? "warning" : "info", code: "leftover-\(kind.rawValue)", message: "\(items.count) \(kind.rawValue) tensors (\(formatBytes(bytes))) are not model weights and are left out by convert/export unless --keep-extra: \(items.prefix(4).map(\.descriptor.name).joined(separator: ", "))\(items.count > 4 ? ", …" : "")", tensor: nil))
-        }
-        return out
-    }
-
-    /// Statistics of every tensor, two tensors at a time (one per core).
-    private static func statistics(of tensors: [TensorDescriptor], in store: any TensorStore) throws -> [TensorStatistics?] {
-        let progress = TerminalProgress.make("stats")
-        progress?.begin(total: tensors.reduce(0) { $0 + $1.byteCount })
-        let results = ResultBox<Result<TensorStatistics?, any Error>>(count: tensors.count)
-        DispatchQueue.concurrentPerform(iterations: tensors.count) { i in
-            let d = tensors[i]
-            do {
-                let view = try store.tensor(named: d.name)
-                let stats = try? view.statistics()  // nil for dtypes without numeric values
-                results.set(i, .success(stats))
-            } catch {
-                results.set(i, .failure(error))
-            }
-        }
-        progress?.advance(by: tensors.reduce(0) { $0 + $1.byteCount })
-        progress?.finish()
-        return try results.values.map { try $0!.get() }
-    }
-
-    private static func findings(rows: [Row]) -> [Finding] {
-        var out: [Finding] = []
-        for row in rows {
-            guard let s = row.statistics else { continue }
-            let name = row.descriptor.name
-            if s.nanCount > 0 { out.append(Finding(severity: "error", code: "nan", message: "\(s.nanCount) NaN values", tensor: name)) }
-            if s.infinityCount > 0 { out.append(Finding(severity: "error", code: "inf", message: "\(s.infinityCount) infinite values", tensor: name)) }
-            if s.beyondFloat16Count > 0 {
-                out.append(Finding(severity: "warning", code: "beyond-f16-range", message: "\(s.beyondFloat16Count) values beyond ±65504 become infinite in f16", tensor: name))
-            }
-            if s.count > 1, s.zeroCount == s.count, row.descriptor.dtype.isFloatingPoint {
-                out.append(Finding(severity: "warning", code: "all-zero", message: "every value is zero", tensor: name))
-            }
-        }
-        let floatTypes = Set(rows.map(\.descriptor.dtype).filter(\.isFloatingPoint))
-        if floatTypes.count > 1 {
-            out.append(Finding(severity: "info", code: "mixed-dtypes", message: "floating-point tensors are stored as " + floatTypes.map(\.name).sorted().joined(separator: ", "), tensor: nil))
-        }
-        return out
-    }
-
-    var parameterCount: Int { rows.reduce(0) { $0 + $1.descriptor.elementCount } }
-    var byteCount: Int { rows.reduce(0) { $0 + $1.descriptor.byteCount } }
-    var storedByteCount: Int? {
-        rows.allSatisfy { $0.storedBytes != nil } ? rows.reduce(0) { $0 + $1.storedBytes! } : nil
-    }
+    var format: String { inspection.format }
+    var metadata: [String: String] { inspection.metadata }
+    var rows: [Inspection.Row] { inspection.rows }
+    var findings: [Inspection.Finding] { inspection.findings }
+    var totalTensorCount: Int { inspection.totalTensorCount }
+    var recordedHeader: JSONObject? { inspection.recordedHeader }
+    var model: CanonicalModel { inspection.model }
+    var parameterCount: Int { inspection.parameterCount }
+    var byteCount: Int { inspection.byteCount }
+    var storedByteCount: Int? { inspection.storedByteCount }
+    var filterMatchesOtherNames: [(stored: String, other: String)] { inspection.filterMatchesOtherNames }
 
     var json: JSONValue {
         var root = JSONObject()
         root["path"] = .string(path)
         root["format"] = .string(format)
-        if let model {
-            var architecture = model.detection.json.objectValue ?? JSONObject()
-            architecture["ema"] = ["present": .bool(model.ema.isPresent), "only": .bool(model.ema.only), "tensors": JSONValue(model.ema.tensorCount), "bytes": JSONValue(model.ema.byteCount)]
-            architecture["leftovers"] = .array(model.leftovers.map { ["name": .string($0.descriptor.name), "kind": .string($0.kind.rawValue), "bytes": JSONValue($0.descriptor.byteCount)] })
-            root["architecture"] = .object(architecture)
-        } else {
-            root["architecture"] = ["family": "unknown", "evidence": [], "note": "model detection was not run"]
-        }
+        var architecture = model.detection.json.objectValue ?? JSONObject()
+        architecture["ema"] = ["present": .bool(model.ema.isPresent), "only": .bool(model.ema.only), "tensors": JSONValue(model.ema.tensorCount), "bytes": JSONValue(model.ema.byteCount)]
+        architecture["leftovers"] = .array(model.leftovers.map { ["name": .string($0.descriptor.name), "kind": .string($0.kind.rawValue), "bytes": JSONValue($0.descriptor.byteCount)] })
+        architecture["head_counts"] = .string(model.headCounts.rawValue)
+        root["architecture"] = .object(architecture)
         root["metadata"] = .object(JSONObject(metadata.sorted { $0.key < $1.key }.map { ($0.key, JSONValue.string($0.value)) }))
-        if let wpkMetadata { root["wpk"] = .object(wpkMetadata) }
+        if let recordedHeader { root["wpk"] = .object(recordedHeader) }
         var summary = JSONObject()
         summary["tensor_count"] = JSONValue(rows.count)
         summary["total_tensor_count"] = JSONValue(totalTensorCount)
@@ -250,7 +117,7 @@ struct InspectionReport {
         })
         root["findings"] = .array(findings.map { f in
             var o = JSONObject()
-            o["severity"] = .string(f.severity)
+            o["severity"] = .string(f.severity.rawValue)
             o["code"] = .string(f.code)
             o["message"] = .string(f.message)
             if let tensor = f.tensor { o["tensor"] = .string(tensor) }
@@ -267,34 +134,43 @@ struct InspectionReport {
         if rows.count != totalTensorCount { counts += " of \(totalTensorCount) (filtered)" }
         lines.append("tensors:    \(counts), \(formatCount(parameterCount)) parameters, \(formatBytes(byteCount))")
         let dtypes = Dictionary(grouping: rows, by: \.storedDType).mapValues(\.count).sorted { $0.value > $1.value }
-        lines.append("dtypes:     " + dtypes.map { "\($0.key.name) \($0.value)" }.joined(separator: ", "))
+        if !dtypes.isEmpty { lines.append("dtypes:     " + dtypes.map { "\($0.key.name) \($0.value)" }.joined(separator: ", ")) }
         if let stored = storedByteCount, stored != byteCount {
             lines.append("stored:     \(formatBytes(stored)) (compression ratio \(format1(Double(byteCount) / Double(max(stored, 1)))))")
         }
-        if let source = wpkMetadata?["source"]?.objectValue {
+        if let source = recordedHeader?["source"]?.objectValue {
             var text = source["name"]?.stringValue ?? "?"
             if let f = source["format"]?.stringValue { text += " (\(f))" }
             if let sha = source["sha256"]?.stringValue { text += " sha256 \(sha.prefix(16))…" }
             lines.append("source:     \(text)")
         }
-        if let d = model?.detection {
+        let d = model.detection
+        if !model.isCanonical || d.kind == .unknown {
+            lines.append("model:      not recognised: no Stable Diffusion UNet, VAE or text encoder in the tensor names")
+        } else {
             var text = d.familyID + (d.variant.map { " \($0)" } ?? "") + " (\(d.kind))"
             if let f = d.family { text += ": \(f.name)" }
             lines.append("model:      \(text)")
-            lines.append("prediction: \(d.predictionType ?? "unknown") (\(d.predictionSource))")
+            if d.unet != nil || d.predictionType != nil {
+                lines.append("prediction: \(d.predictionType?.rawValue ?? "unknown") (\(d.predictionSource))")
+            }
+            switch model.headCounts {
+            case .publishedFamily: lines.append("heads:      assumed from the published \(d.family?.name ?? "family") configuration (a single file does not state them)")
+            case .assumedHeadDim64: lines.append("heads:      assumed 64-wide (the widths are not the published ones and the file does not state head counts; --config DIR gives them)")
+            case .read, .notApplicable: break
+            }
             for e in d.evidence { lines.append("evidence:   \(e)") }
             for r in d.rejected { lines.append("rejected:   \(r.family): \(r.reasons.joined(separator: "; "))") }
             for c in d.components {
                 lines.append("component:  \(c.component.rawValue): \(c.tensorCount) tensors, \(c.summary); \(c.missing.count) missing, \(c.unexpected.count) unexpected, \(c.shapeMismatches.count) mis-shaped")
             }
-            if let m = model, m.ema.isPresent {
-                lines.append("ema:        \(m.ema.tensorCount) tensors, \(formatBytes(m.ema.byteCount))" + (m.ema.only ? " (EMA only: the UNet is read from them)" : ""))
+            if model.ema.isPresent {
+                lines.append("ema:        \(model.ema.tensorCount) tensors, \(formatBytes(model.ema.byteCount))" + (model.ema.only ? " (EMA only: the UNet is read from them)" : ""))
             }
         }
         for (k, v) in metadata.sorted(by: { $0.key < $1.key }).prefix(20) {
             lines.append("metadata:   \(k) = \(v.count > 80 ? String(v.prefix(77)) + "..." : v)")
         }
-        lines.append("")
         var header = ["NAME", "DTYPE", "SHAPE"]
         if showStatistics { header += ["MIN", "MAX", "MEAN", "STD", "NAN", "INF"] }
         let showQuantization = rows.contains { $0.quantization != nil }
@@ -318,7 +194,10 @@ struct InspectionReport {
             }
             table.append(cells)
         }
-        lines.append(renderTable(table))
+        if !rows.isEmpty {
+            lines.append("")
+            lines.append(renderTable(table))
+        }
         if !findings.isEmpty {
             lines.append("")
             lines.append("findings:")
@@ -363,15 +242,7 @@ struct InspectionReport {
 }
 
 /// Three decimal places.
-func format3(_ v: Double) -> String {
-    let scaled = (v * 1000).rounded() / 1000
-    var text = String(scaled)
-    if let dot = text.firstIndex(of: ".") {
-        let decimals = text.distance(from: dot, to: text.endIndex) - 1
-        if decimals < 3 { text += String(repeating: "0", count: 3 - decimals) }
-    }
-    return text
-}
+func format3(_ v: Double) -> String { Formatting.threeDecimals(v) }
 
 /// `1.07 B`, `860 M`, `12.3 K` parameters.
 func formatCount(_ n: Int) -> String {
@@ -392,24 +263,4 @@ func renderTable(_ rows: [[String]]) -> String {
         row.enumerated().map { i, cell in i == row.count - 1 ? cell : cell + String(repeating: " ", count: widths[i] - cell.count) }
             .joined(separator: "  ")
     }.joined(separator: "\n")
-}
-
-/// Results written from concurrent workers, one slot each.
-final class ResultBox<T>: @unchecked Sendable {
-    private(set) var values: [T?]
-    private let lock = NSLockLike()
-    init(count: Int) { values = Array(repeating: nil, count: count) }
-    func set(_ i: Int, _ value: T) { lock.withLock { values[i] = value } }
-}
-
-/// A pthread mutex.
-final class NSLockLike: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    init() { pthread_mutex_init(&mutex, nil) }
-    deinit { pthread_mutex_destroy(&mutex) }
-    func withLock<R>(_ body: () throws -> R) rethrows -> R {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return try body()
-    }
 }

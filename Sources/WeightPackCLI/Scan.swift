@@ -7,11 +7,12 @@ struct Scan: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "List every Python global a checkpoint's pickles name, and say which are dangerous.",
         discussion: """
-            Every pickle in the file is walked (data.pkl, any other member that is a pickle, the
-            five pickles of a legacy file) without executing anything. Each global is classed safe
-            (the torch rebuild functions, storages, OrderedDict, …), unknown, or dangerous (os,
+            Every pickle in the file is walked (data.pkl, any other member that is a pickle, the \
+            five pickles of a legacy file) without executing anything. Each global is classed safe \
+            (the torch rebuild functions, storages, OrderedDict, …), unknown, or dangerous (os, \
             subprocess, builtins.eval/exec/getattr/__import__, runpy, socket, …).
-            Exit codes: 0 nothing dangerous; 1 a dangerous global was found; 65 not a pickle-based
+
+            Exit codes: 0 nothing dangerous; 1 a dangerous global was found; 65 not a pickle-based \
             checkpoint or unreadable as one; 66 missing input.
             """)
 

@@ -7,10 +7,10 @@ struct Tokenize: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Turn a prompt into the 77 CLIP token ids Stable Diffusion feeds its text encoder.",
         discussion: """
-            The ids equal those of transformers' CLIPTokenizer as diffusers uses it: start token,
-            the prompt's BPE tokens (truncated), end token, then padding to 77. Without
-            --tokenizer the CLIP vocabulary bundled with WeightPack is used (it is the vocabulary
-            of every SD 1.x and 2.x model). Exit codes: 0 done, 64 usage error, 65 malformed
+            The ids equal those of transformers' CLIPTokenizer as diffusers uses it: start token, \
+            the prompt's BPE tokens (truncated), end token, then padding to 77. Without \
+            --tokenizer the CLIP vocabulary bundled with WeightPack is used (it is the vocabulary \
+            of every SD 1.x and 2.x model). Exit codes: 0 done, 64 usage error, 65 malformed \
             tokenizer files, 66 missing tokenizer folder or files.
             """)
 

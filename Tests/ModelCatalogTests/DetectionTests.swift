@@ -21,8 +21,8 @@ struct DetectionTests {
         let d = Detection.detect(canonicalStore.tensors, layout: mapping.layout, sourceNames: store.tensors.map(\.name), schedulerConfig: scheduler)
         #expect(d.familyID == family)
         #expect(d.variant == variant)
-        #expect((d.predictionType ?? "unknown") == prediction)
-        #expect(d.kind == "pipeline")
+        #expect((d.predictionType?.rawValue ?? "unknown") == prediction)
+        #expect(d.kind == .pipeline)
         #expect(d.rejected.count == 3)
         #expect(d.referenceDimensions == false)
         for c in d.components {
@@ -88,7 +88,7 @@ struct DetectionTests {
     func vaeOnly() throws {
         let (_, mapping, canonicalStore) = try canonical(fixture("tiny-sd1/diffusers/vae/diffusion_pytorch_model.safetensors"))
         let d = Detection.detect(canonicalStore.tensors, layout: mapping.layout)
-        #expect(d.kind == "vae")
+        #expect(d.kind == .component(.vae))
         #expect(d.family == nil)
         #expect(d.candidates.count == 4)
     }
@@ -97,7 +97,7 @@ struct DetectionTests {
     func vPredictionMarker() {
         let store = ShapeStore(Self.published("sdxl", inChannels: 4))
         let d = Detection.detect(store.tensors, layout: nil, sourceNames: ["v_pred"])
-        #expect(d.predictionType == "v_prediction")
+        #expect(d.predictionType == .vPrediction)
     }
 
     @Test("layouts are recognised from names", arguments: [

@@ -64,8 +64,8 @@ struct DiffusersVariantTests {
         let (store, mapping, canonicalStore) = try canonical(fixture(path))
         let d = Detection.detect(canonicalStore.tensors, layout: mapping.layout, sourceNames: store.tensors.map(\.name),
                                  schedulerConfig: (store as? DiffusersFolder)?.schedulerConfig)
-        #expect(d.familyID == "sd1" && d.variant == "base" && d.kind == "pipeline")
-        #expect(d.predictionType == "epsilon")
+        #expect(d.familyID == "sd1" && d.variant == "base" && d.kind == .pipeline)
+        #expect(d.predictionType == .epsilon)
         #expect(Set(d.components.map(\.component)) == [.unet, .vae, .textEncoder])
         for c in d.components {
             #expect(c.missing.isEmpty && c.unexpected.isEmpty && c.shapeMismatches.isEmpty, "\(c.component): \(c.missing.prefix(3)) \(c.unexpected.prefix(3))")

@@ -73,7 +73,7 @@ struct EMAOnlyTests {
         }
         #expect(Set(mapping.leftovers.map(\.descriptor.name)) == Set(reference.leftovers.map(\.descriptor.name) + ["model_ema.decay", "model_ema.num_updates"]))
         let d = Detection.detect(mapping.descriptors, layout: layout, sourceNames: emaOnly.map(\.name))
-        #expect(d.familyID == "sd1" && d.kind == "pipeline")
+        #expect(d.familyID == "sd1" && d.kind == .pipeline)
         let unet = try #require(d.components.first { $0.component == .unet })
         #expect(unet.missing.isEmpty && unet.unexpected.isEmpty && unet.shapeMismatches.isEmpty && unet.tensorCount == 684)
         // Asking for EMA explicitly gives the same map.

@@ -61,6 +61,8 @@ public final class StableDiffusionPipeline {
         public var scheduler: SchedulerKind? = nil
         public var predictionType: PredictionType? = nil
         public var timestepSpacing: TimestepSpacing? = nil
+        /// Karras sigmas for Euler and DPM++ 2M; `nil` keeps the configuration's `use_karras_sigmas`.
+        public var useKarrasSigmas: Bool? = nil
         /// Unscaled standard-normal initial noise `[4, h, w]` (diffusers' `latents=`); `nil` draws
         /// it from the seed.
         public var latents: FloatTensor? = nil
@@ -79,6 +81,8 @@ public final class StableDiffusionPipeline {
 
     /// What a generation reports while it runs (the `trace` command records these).
     public enum Event {
+        /// The schedule the loop will run, before anything else: `timesteps.count` steps follow.
+        case schedule(timesteps: [Float])
         case conditioning(Conditioning)
         /// The initial latents as the loop starts (after scaling by the initial sigma).
         case initialLatents(FloatTensor)
@@ -101,6 +105,15 @@ public final class StableDiffusionPipeline {
     /// The scheduler kind a request runs.
     public func schedulerKind(for request: Request) -> SchedulerKind {
         request.scheduler ?? schedulerConfiguration.kind ?? .pndm
+    }
+
+    /// The scheduler a request runs: its kind, steps and every override the request carries,
+    /// over this pipeline's configuration (which the request never changes).
+    public func scheduler(for request: Request) throws(EngineError) -> any Scheduler {
+        var configuration = schedulerConfiguration
+        if let karras = request.useKarrasSigmas { configuration.useKarrasSigmas = karras }
+        return try SchedulerFactory.make(schedulerKind(for: request), configuration: configuration, steps: request.steps,
+                                         predictionType: request.predictionType, timestepSpacing: request.timestepSpacing)
     }
 
     /// Runs the whole cascade.
@@ -128,8 +141,8 @@ public final class StableDiffusionPipeline {
         } else {
             noise = generator.randn(shape)
         }
-        let scheduler = try SchedulerFactory.make(schedulerKind(for: request), configuration: schedulerConfiguration, steps: request.steps,
-                                                  predictionType: request.predictionType, timestepSpacing: request.timestepSpacing)
+        let scheduler = try scheduler(for: request)
+        observer?(.schedule(timesteps: scheduler.timesteps))
         let conditioning = try encode(prompt: request.prompt, negativePrompt: request.negativePrompt, width: request.width, height: request.height)
         observer?(.conditioning(conditioning))
         var latents = noise.scalars.map { $0 * scheduler.initialNoiseSigma }

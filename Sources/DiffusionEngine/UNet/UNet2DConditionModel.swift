@@ -103,20 +103,18 @@ public final class UNet2DConditionModel {
                 // As many elements as cores (classifier-free guidance's pair on two cores): each
                 // element runs on its own core, start to end, with single-threaded matrix products
                 // and its own weight scratch, so the cores never wait for each other.
-                let failures = UnsafeSendableBox(UnsafeMutablePointer<(any Error)?>.allocate(capacity: batch))
-                failures.value.initialize(repeating: nil, count: batch)
-                defer { failures.value.deinitialize(count: batch); failures.value.deallocate() }
+                let failures = Locked<[(any Error)?]>(Array(repeating: nil, count: batch))
                 let store = weights.store, prefix = weights.prefix, releases = weights.releasesPagesAfterUse
                 GEMM.withSingleThreadedCalls {
                     Parallel.forEach(batch) { b in
                         Parallel.serially {
                             let provider = WeightProvider(store: store, prefix: prefix)
                             provider.releasesPagesAfterUse = releases
-                            do { try run(b, weights: provider) } catch { failures.value[b] = error }
+                            do { try run(b, weights: provider) } catch { failures.withLock { $0[b] = error } }
                         }
                     }
                 }
-                if let error = (0..<batch).lazy.compactMap({ failures.value[$0] }).first { throw error }
+                if let error = failures.withLock({ $0.compactMap { $0 }.first }) { throw error }
             } else {
                 for b in 0..<batch { try run(b, weights: weights) }
             }

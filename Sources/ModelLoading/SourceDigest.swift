@@ -2,6 +2,7 @@ import CheckpointFormats
 import Dispatch
 import MappedIO
 import Synchronization
+import TensorCore
 
 /// The SHA-256 and size of an input file, computed on a background thread while the main
 /// thread converts.
@@ -9,15 +10,15 @@ import Synchronization
 /// Every digest registers itself; `BackgroundWork.cancelAndWaitForAll()` (called by
 /// `runReporting` on every way out of a command) stops and joins them, so the process never
 /// exits while a thread is still inside libcrypto.
-final class SourceDigest: @unchecked Sendable {
-    struct Value { var size: Int; var sha256: String }
-    struct Cancelled: Error {}
+public final class SourceDigest: @unchecked Sendable {
+    public struct Value: Sendable { public var size: Int; public var sha256: String }
+    public struct Cancelled: Error {}
     private let group = DispatchGroup()
     private var result: Result<Value, any Error>?
     private let cancelled = Atomic<Bool>(false)
 
     /// Starts hashing `path` if it is a regular file; `nil` for folders and index files.
-    static func start(path: String) -> SourceDigest? {
+    public static func start(path: String) -> SourceDigest? {
         guard let kind = try? ModelInput.detect(path), kind != .diffusers, kind != .folder, kind != .shardedSafetensors else { return nil }
         let digest = SourceDigest()
         BackgroundWork.register(digest)
@@ -43,34 +44,34 @@ final class SourceDigest: @unchecked Sendable {
     }
 
     /// The size of a regular file, without reading it.
-    static func size(of path: String) -> Int? {
+    public static func size(of path: String) -> Int? {
         guard let kind = try? ModelInput.detect(path), kind != .diffusers, kind != .folder else { return nil }
         return (try? MappedFile(path: path))?.size
     }
 
     /// The digest, once computed.
-    func wait() throws -> Value {
+    public func wait() throws -> Value {
         group.wait()
         return try result!.get()
     }
 
     /// Stops the hashing at the next chunk and waits for the thread to finish.
-    func cancelAndWait() {
+    public func cancelAndWait() {
         cancelled.store(true, ordering: .relaxed)
         group.wait()
     }
 }
 
 /// Background threads a command started, joined before the command returns.
-enum BackgroundWork {
-    private static let digests = Mutex<[SourceDigest]>([])
+public enum BackgroundWork {
+    private static let digests = Locked<[SourceDigest]>([])
 
     static func register(_ digest: SourceDigest) {
         digests.withLock { $0.append(digest) }
     }
 
     /// Cancels and joins every registered digest.
-    static func cancelAndWaitForAll() {
+    public static func cancelAndWaitForAll() {
         let pending = digests.withLock { list in
             defer { list.removeAll() }
             return list

@@ -1,0 +1,223 @@
+import CheckpointFormats
+import Dispatch
+import ModelCatalog
+import Quantization
+import StrictJSON
+import TensorCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Everything `inspect` says about a model: its tensors as the source stores them (with their
+/// canonical names, storage records and, on request, statistics) and the findings about them.
+public struct Inspection {
+    public struct Row: Sendable {
+        public var descriptor: TensorDescriptor
+        public var statistics: TensorStatistics?
+        public var storedBytes: Int?
+        public var sourceDType: DType?
+        public var canonical: [String] = []
+        /// Set for an int8 tensor of a `.wpk` (its layout and the error it took).
+        public var quantization: WPKQuantization?
+        /// The dtype stored: I8 for an int8 tensor (whose values read as F32).
+        public var storedDType: DType { quantization == nil ? descriptor.dtype : .i8 }
+    }
+
+    public struct Finding: Sendable {
+        public enum Severity: String, Sendable, Comparable {
+            case error, warning, info
+
+            public static func < (a: Severity, b: Severity) -> Bool {
+                let order: [Severity] = [.error, .warning, .info]
+                return order.firstIndex(of: a)! < order.firstIndex(of: b)!
+            }
+        }
+
+        public var severity: Severity
+        /// A stable identifier (`position-ids`, `missing-tensors`, `nan`, …).
+        public var code: String
+        public var message: String
+        public var tensor: String?
+    }
+
+    public let format: String
+    public let metadata: [String: String]
+    public let rows: [Row]
+    public let findings: [Finding]
+    public let totalTensorCount: Int
+    /// The structured header of a `.wpk`, `nil` for other formats.
+    public let recordedHeader: JSONObject?
+    public let model: CanonicalModel
+    /// When `filter` matched no stored name but matches names of the other naming (a `.wpk`'s
+    /// source names, or a source file's canonical names): up to three examples, stored → other.
+    public let filterMatchesOtherNames: [(stored: String, other: String)]
+
+    /// Inspects `model`.
+    ///
+    /// - Parameters:
+    ///   - filter: a shell pattern over the names as the source stores them.
+    ///   - computeStatistics: read every value (min, max, mean, std, NaN, Inf, beyond-f16).
+    public init(_ model: CanonicalModel, filter: String? = nil, computeStatistics: Bool = false, progress: (any ProgressReporter)? = nil) throws {
+        let store = model.source
+        self.model = model
+        format = store.formatName
+        metadata = store.metadata
+        totalTensorCount = store.tensors.count
+        let selected = store.tensors.filter { d in filter.map { fnmatch($0, d.name, 0) == 0 } ?? true }
+        let records = store.records
+        recordedHeader = records.flatMap { $0.headerMetadata.count > 0 ? $0.headerMetadata : nil }
+        var rows = selected.map { d in
+            let record = records?.storageRecord(of: d.name)
+            return Row(descriptor: d, statistics: nil, storedBytes: record?.storedByteCount, sourceDType: record?.sourceDType, quantization: record?.quantization)
+        }
+        if computeStatistics {
+            let results = try Self.statistics(of: selected, in: store, progress: progress)
+            for i in rows.indices { rows[i].statistics = results[i] }
+        }
+        var findings = Self.findings(rows: rows)
+        let canonical = model.canonicalNamesBySource
+        for i in rows.indices { rows[i].canonical = canonical[rows[i].descriptor.name] ?? [] }
+        findings += try Self.modelFindings(model)
+        self.rows = rows
+        self.findings = findings
+        var other: [(String, String)] = []
+        if let filter, selected.isEmpty {
+            // A .wpk stores canonical names; a source file stores its own. Try the other naming.
+            let pairs: [(String, String)] = recordedHeader?["layout"] != nil
+                ? store.tensors.compactMap { d in store.sourceName(of: d.name).map { (d.name, $0) } }
+                : model.recipes.compactMap { r in r.sources.first.map { ($0, r.name) } }
+            for (stored, name) in pairs where stored != name && fnmatch(filter, name, 0) == 0 {
+                other.append((stored, name))
+                if other.count == 3 { break }
+            }
+        }
+        filterMatchesOtherNames = other
+    }
+
+    /// Findings about the model as a whole: position_ids, completeness, leftovers, EMA.
+    private static func modelFindings(_ model: CanonicalModel) throws -> [Finding] {
+        var out: [Finding] = []
+        for (tensor, wrong) in try model.brokenPositionIDs() {
+            let source = model.sourceName(of: tensor) ?? tensor
+            if wrong.isEmpty {
+                out.append(Finding(severity: .warning, code: "position-ids-dtype", message: "position_ids hold the right values but are stored as \(model.store.descriptor(named: tensor)?.dtype.name ?? "?") instead of I64", tensor: source))
+            } else {
+                let list = wrong.prefix(12).map { "[\($0.index)] = \(Formatting.threeDecimals($0.value))" }.joined(separator: ", ")
+                out.append(Finding(severity: .error, code: "position-ids", message: "\(wrong.count) position_ids are not their index: \(list)\(wrong.count > 12 ? ", …" : "") (convert --fix-position-ids repairs them)", tensor: source))
+            }
+        }
+        let d = model.detection
+        if model.isCanonical {
+            if d.family == nil && d.kind == .pipeline {
+                out.append(Finding(severity: .warning, code: "unknown-family", message: d.candidates.isEmpty ? "no known family fits (see architecture.rejected)" : "several families fit: \(d.candidates.joined(separator: ", "))", tensor: nil))
+            }
+            for c in d.missingComponents {
+                out.append(Finding(severity: .warning, code: "missing-component", message: "the model has no \(c.rawValue)", tensor: nil))
+            }
+            for c in d.components {
+                if !c.missing.isEmpty {
+                    out.append(Finding(severity: .error, code: "missing-tensors", message: "\(c.component.rawValue) lacks \(c.missing.count) tensors: \(c.missing.prefix(5).joined(separator: ", "))\(c.missing.count > 5 ? ", …" : "")", tensor: nil))
+                }
+                if !c.unexpected.isEmpty {
+                    out.append(Finding(severity: .warning, code: "unexpected-tensors", message: "\(c.component.rawValue) has \(c.unexpected.count) tensors its structure does not explain: \(c.unexpected.prefix(5).joined(separator: ", "))\(c.unexpected.count > 5 ? ", …" : "")", tensor: nil))
+                }
+                for m in c.shapeMismatches {
+                    out.append(Finding(severity: .error, code: "shape-mismatch", message: "shape \(m.actual), expected \(m.expected)", tensor: m.tensor))
+                }
+            }
+        } else {
+            out.append(Finding(severity: .info, code: "layout-unknown", message: "no Stable Diffusion layout recognised; tensors are shown as stored", tensor: nil))
+        }
+        if model.ema.only {
+            out.append(Finding(severity: .info, code: "ema-only", message: "only EMA weights are present (\(model.ema.tensorCount) model_ema.* tensors, \(Formatting.bytes(model.ema.byteCount)), no model.diffusion_model.*): the UNet is read from them, and convert uses them", tensor: nil))
+        } else if model.ema.isPresent {
+            out.append(Finding(severity: .info, code: "ema", message: "EMA weights present: \(model.ema.tensorCount) tensors, \(Formatting.bytes(model.ema.byteCount)) (convert --weights ema selects them)", tensor: nil))
+        }
+        let grouped = Dictionary(grouping: model.leftovers, by: \.kind)
+        for (kind, items) in grouped.sorted(by: { $0.key.rawValue < $1.key.rawValue }) where kind != .ema {
+            let bytes = items.reduce(0) { $0 + $1.descriptor.byteCount }
+            out.append(Finding(severity: kind == .unknown ? .warning : .info, code: "leftover-\(kind.rawValue)", message: "\(items.count) \(kind.rawValue) tensors (\(Formatting.bytes(bytes))) are not model weights and are left out by convert/export unless --keep-extra: \(items.prefix(4).map(\.descriptor.name).joined(separator: ", "))\(items.count > 4 ? ", …" : "")", tensor: nil))
+        }
+        return out
+    }
+
+    /// Statistics of every tensor, two tensors at a time (one per core).
+    private static func statistics(of tensors: [TensorDescriptor], in store: any TensorStore,
+                                   progress: (any ProgressReporter)?) throws -> [TensorStatistics?] {
+        progress?.begin(total: tensors.reduce(0) { $0 + $1.byteCount })
+        let results = Locked<[Result<TensorStatistics?, any Error>?]>(Array(repeating: nil, count: tensors.count))
+        DispatchQueue.concurrentPerform(iterations: tensors.count) { i in
+            let d = tensors[i]
+            let result: Result<TensorStatistics?, any Error>
+            do {
+                let view = try store.tensor(named: d.name)
+                result = .success(try? view.statistics())  // nil for dtypes without numeric values
+            } catch {
+                result = .failure(error)
+            }
+            results.withLock { $0[i] = result }
+        }
+        progress?.advance(by: tensors.reduce(0) { $0 + $1.byteCount })
+        progress?.finish()
+        return try results.withLock { $0 }.map { try $0!.get() }
+    }
+
+    private static func findings(rows: [Row]) -> [Finding] {
+        var out: [Finding] = []
+        for row in rows {
+            guard let s = row.statistics else { continue }
+            let name = row.descriptor.name
+            if s.nanCount > 0 { out.append(Finding(severity: .error, code: "nan", message: "\(s.nanCount) NaN values", tensor: name)) }
+            if s.infinityCount > 0 { out.append(Finding(severity: .error, code: "inf", message: "\(s.infinityCount) infinite values", tensor: name)) }
+            if s.beyondFloat16Count > 0 {
+                out.append(Finding(severity: .warning, code: "beyond-f16-range", message: "\(s.beyondFloat16Count) values beyond ±65504 become infinite in f16", tensor: name))
+            }
+            if s.count > 1, s.zeroCount == s.count, row.descriptor.dtype.isFloatingPoint {
+                out.append(Finding(severity: .warning, code: "all-zero", message: "every value is zero", tensor: name))
+            }
+        }
+        let floatTypes = Set(rows.map(\.descriptor.dtype).filter(\.isFloatingPoint))
+        if floatTypes.count > 1 {
+            out.append(Finding(severity: .info, code: "mixed-dtypes", message: "floating-point tensors are stored as " + floatTypes.map(\.name).sorted().joined(separator: ", "), tensor: nil))
+        }
+        return out
+    }
+
+    public var parameterCount: Int { rows.reduce(0) { $0 + $1.descriptor.elementCount } }
+    public var byteCount: Int { rows.reduce(0) { $0 + $1.descriptor.byteCount } }
+    public var storedByteCount: Int? {
+        rows.allSatisfy { $0.storedBytes != nil } ? rows.reduce(0) { $0 + $1.storedBytes! } : nil
+    }
+}
+
+/// How numbers are written in reports and messages.
+public enum Formatting {
+    /// `1.2 GB`, `340 MB`, `12 KB`, `5 B` (decimal units).
+    public static func bytes(_ n: Int) -> String {
+        let units = ["B", "KB", "MB", "GB", "TB"]
+        var value = Double(n)
+        var unit = 0
+        while value >= 1000, unit < units.count - 1 {
+            value /= 1000
+            unit += 1
+        }
+        if unit == 0 { return "\(n) B" }
+        return (value >= 100 ? String(Int(value.rounded())) : oneDecimal(value)) + " " + units[unit]
+    }
+
+    /// One decimal place.
+    public static func oneDecimal(_ v: Double) -> String {
+        String((v * 10).rounded() / 10)
+    }
+
+    /// Three decimal places, always written out (`0.500`).
+    public static func threeDecimals(_ v: Double) -> String {
+        let scaled = (v * 1000).rounded() / 1000
+        var text = String(scaled)
+        if let dot = text.firstIndex(of: ".") {
+            let decimals = text.distance(from: dot, to: text.endIndex) - 1
+            if decimals < 3 { text += String(repeating: "0", count: 3 - decimals) }
+        }
+        return text
+    }
+}

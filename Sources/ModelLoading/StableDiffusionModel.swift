@@ -1,0 +1,180 @@
+import CheckpointFormats
+import DiffusionEngine
+import Foundation
+import MappedIO
+import ModelCatalog
+import Quantization
+import StrictJSON
+import TensorCore
+
+/// A model assembled for the engine: canonical names, configurations (the model's own, a
+/// configuration folder's, or the detected family's), tokenizers, and the pipeline.
+///
+/// ```swift
+/// let model = try StableDiffusionModel(path: "v1-5.safetensors")
+/// var request = StableDiffusionPipeline.Request(prompt: "a red bicycle")
+/// request.width = model.defaultSize
+/// request.height = model.defaultSize
+/// let image = try model.pipeline.generate(request).image
+/// try PNGImage.write(image, to: "bicycle.png")
+/// ```
+public final class StableDiffusionModel {
+    public let canonical: CanonicalModel
+    public let pipeline: StableDiffusionPipeline
+    /// The training size in pixels (the UNet's sample size times the VAE's downsampling).
+    public let defaultSize: Int
+    /// The configuration files the pipeline was built from, relative path → document, and
+    /// where each came from.
+    public let configurations: [String: (value: JSONValue, origin: ConfigurationOrigin)]
+
+    /// Where one configuration file came from.
+    public enum ConfigurationOrigin: String, Sendable {
+        /// The model's own (a diffusers folder, or recorded in a `.wpk`).
+        case model
+        /// The `configurationFolder` given (as diffusers' `from_single_file(config=…)`).
+        case configurationFolder = "configuration-folder"
+        /// Derived from the detection and the family's published configuration.
+        case derived
+    }
+
+    /// Opens `path` and assembles its pipeline.
+    ///
+    /// - Parameter configurationFolder: a diffusers folder (or a copy of its JSON files, and
+    ///   optionally its tokenizers) whose configurations replace what a single file lacks:
+    ///   attention head counts above all, which no single file states.
+    public convenience init(path: String, options: ModelInput.Options = ModelInput.Options(), configurationFolder: String? = nil) throws {
+        try self.init(try CanonicalModel.open(path, options: options), configurationFolder: configurationFolder)
+    }
+
+    /// Assembles the pipeline of an opened model.
+    public init(_ canonical: CanonicalModel, configurationFolder: String? = nil) throws {
+        self.canonical = canonical
+        let name = canonical.path ?? "the model"
+        guard canonical.isCanonical, let family = canonical.detection.family else {
+            throw ModelLoadingError(.notAModel, "not a recognised Stable Diffusion model (\(canonical.detection.kind)); the engine needs a UNet, a VAE and text encoders",
+                                    path: canonical.path)
+        }
+        let store = canonical.store
+        var configs: [String: (value: JSONValue, origin: ConfigurationOrigin)] = [:]
+        for (file, value) in DiffusersConfigs.files(for: canonical.detection, predictionType: canonical.detection.predictionType) {
+            configs[file] = (value, .derived)
+        }
+        // The model's own files take precedence, and a configuration folder's over those.
+        for (file, bytes) in canonical.auxiliaryFiles where file.hasSuffix(".json") {
+            if let value = try? bytes.withUnsafeBytes({ (raw) throws(JSONError) in try JSONParser.parse(raw) }) { configs[file] = (value, .model) }
+        }
+        if let configurationFolder {
+            for (file, value) in try Self.readConfigurationFolder(configurationFolder) { configs[file] = (value, .configurationFolder) }
+        }
+        configurations = configs
+        func config(_ file: String) throws -> JSONValue {
+            guard let c = configs[file] else {
+                throw ModelLoadingError(.missingConfiguration, "no \(file) for this model and none can be derived", path: canonical.path)
+            }
+            return c.value
+        }
+        let unetConfiguration = try UNetConfiguration(json: try config("unet/config.json"))
+        let vaeConfiguration = try AutoencoderKLConfiguration(json: try config("vae/config.json"))
+        let schedulerConfiguration = try SchedulerConfiguration(json: try config("scheduler/scheduler_config.json"))
+        // Tokenizer files: the configuration folder's, the model folder's, or the bundled CLIP vocabulary
+        // padded as the family's published tokenizer pads.
+        let folders = [configurationFolder, canonical.source.formatName == "diffusers" ? canonical.path : nil].compactMap { $0 }
+        func tokenizer(_ slot: ArchitectureCatalog.TextEncoderSlot) throws -> (CLIPTokenizer, Int?) {
+            let sub = slot.component == .textEncoder ? "tokenizer" : "tokenizer_2"
+            for folder in folders {
+                let dir = URL(fileURLWithPath: folder).appendingPathComponent(sub)
+                var isDirectory: ObjCBool = false
+                if FileManager.default.fileExists(atPath: dir.path, isDirectory: &isDirectory), isDirectory.boolValue {
+                    return (try CLIPTokenizer(directory: dir), nil)
+                }
+            }
+            return (try CLIPTokenizer.bundled(), slot.padsWithZero ? 0 : nil)
+        }
+        func textModel(_ component: Component) throws -> CLIPTextModel {
+            let anchor = "embeddings.token_embedding.weight"
+            guard let d = store.tensors.first(where: { $0.name.hasPrefix(component.rawValue + ".") && $0.name.hasSuffix(anchor) }) else {
+                throw ModelLoadingError(.notAModel, "no \(component.rawValue) weights", path: canonical.path)
+            }
+            let prefix = String(d.name.dropLast(anchor.count))
+            return try CLIPTextModel(store: store, configuration: try CLIPTextConfiguration(json: try config("\(component.rawValue)/config.json")), prefix: prefix)
+        }
+        // The first text encoder conditions the UNet through its hidden states; the one whose
+        // pooled projection the family uses (SDXL's second) adds that too.
+        guard let firstSlot = family.textEncoders.first(where: { !$0.pooledProjection }) ?? family.textEncoders.first else {
+            throw ModelLoadingError(.notAModel, "\(family.name) has no text encoder", path: canonical.path)
+        }
+        let (tokenizer1, pad1) = try tokenizer(firstSlot)
+        let text1 = try textModel(firstSlot.component)
+        var second: StableDiffusionPipeline.SecondTextEncoder? = nil
+        if let pooled = family.pooledTextEncoder, pooled.component != firstSlot.component {
+            let (tokenizer2, pad2) = try tokenizer(pooled)
+            second = .init(tokenizer: tokenizer2, model: try textModel(pooled.component), padTokenID: pad2,
+                           projectionName: pooled.component.rawValue + ".text_projection.weight")
+        }
+        let forceZeros = configs["model_index.json"]?.value.objectValue?["force_zeros_for_empty_prompt"]?.boolValue ?? family.forceZerosForEmptyPrompt
+        _ = name
+        pipeline = StableDiffusionPipeline(
+            tokenizer: tokenizer1, textEncoder: text1, secondTextEncoder: second,
+            unet: try UNet2DConditionModel(store: store, configuration: unetConfiguration, prefix: "unet."),
+            vae: try AutoencoderKL(store: store, configuration: vaeConfiguration, prefix: "vae."),
+            schedulerConfiguration: schedulerConfiguration, padTokenID: pad1, forceZerosForEmptyPrompt: forceZeros)
+        defaultSize = unetConfiguration.sampleSize * vaeConfiguration.downsamplingFactor
+    }
+
+    /// The dominant element type of the UNet's weights as stored (how the model was converted:
+    /// int8 tensors of a `.wpk` count as I8 although they read as F32).
+    public var unetDType: DType {
+        var bytes: [DType: Int] = [:]
+        let store = canonical.store
+        for d in store.tensors where d.name.hasPrefix("unet.") {
+            bytes[store.storedDType(of: d.name) ?? d.dtype, default: 0] += d.byteCount
+        }
+        return bytes.max { $0.value < $1.value }?.key ?? .f32
+    }
+
+    /// The JSON files of a configuration folder: `model_index.json` and each component's
+    /// `config.json` / `scheduler_config.json` that is present.
+    static func readConfigurationFolder(_ folder: String) throws -> [(String, JSONValue)] {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: folder, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw ModelLoadingError(.missingFile, "no such configuration folder", path: folder)
+        }
+        let candidates = ["model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
+                          "text_encoder_2/config.json", "scheduler/scheduler_config.json"]
+        var out: [(String, JSONValue)] = []
+        for file in candidates {
+            let path = folder + "/" + file
+            guard FileManager.default.fileExists(atPath: path) else { continue }
+            let mapped = try MappedFile(path: path)
+            guard mapped.size <= 16 << 20, let bytes = mapped.bytes(in: 0..<mapped.size) else {
+                throw ModelLoadingError(.missingConfiguration, "larger than 16 MB; not a configuration file", path: path)
+            }
+            do {
+                let value = try bytes.withUnsafeBytes { (raw) throws(JSONError) in try JSONParser.parse(raw) }
+                guard value.objectValue != nil else { throw ModelLoadingError(.missingConfiguration, "not a JSON object", path: path) }
+                out.append((file, value))
+            } catch let error as JSONError {
+                throw ModelLoadingError(.missingConfiguration, "not valid JSON: \(error)", path: path, underlying: error)
+            }
+        }
+        guard !out.isEmpty else {
+            throw ModelLoadingError(.missingConfiguration, "holds none of \(candidates.joined(separator: ", "))", path: folder)
+        }
+        return out
+    }
+}
+
+/// Initial noise read from a file (diffusers' `latents=`).
+public enum InitialNoise {
+    /// Reads a safetensors file with one tensor `latents` (`[4, h, w]` or `[1, 4, h, w]`), unscaled standard normal.
+    public static func read(_ path: String) throws -> FloatTensor {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw ModelLoadingError(.missingFile, "no such latents file", path: path)
+        }
+        let file = try SafetensorsFile(path: path)
+        guard let d = file.descriptor(named: "latents") ?? (file.tensors.count == 1 ? file.tensors[0] : nil) else {
+            throw ModelLoadingError(.invalidLatents, "no tensor named 'latents'", path: path)
+        }
+        return FloatTensor(shape: d.shape.dimensions, values: try file.tensor(named: d.name).floats())
+    }
+}

@@ -1,0 +1,193 @@
+import DiffusionEngine
+import Foundation
+import StrictJSON
+import TensorCore
+
+/// Proves that a converted model still generates what the original did: the reference and the
+/// candidate run through the same cascade (prompt, seed, scheduler, size) and are compared stage
+/// by stage on identical inputs (text embeddings, the UNet's noise prediction for the
+/// reference's first latent, the VAE decode of the reference's final latent), then end to end
+/// (final latent, image). Thresholds are in `Docs/verify.md`.
+///
+/// ```swift
+/// let report = try Verification.verify(reference: original, candidate: converted, request: request)
+/// print(report.passed ? "ok" : "failed at \(report.failedStages.map(\.name))")
+/// ```
+public enum Verification {
+    /// Minimum SNR of every single-pass stage and PSNR of the final image, in dB.
+    public struct Thresholds: Sendable, Hashable {
+        public var stage: Double
+        public var image: Double
+        /// The candidate dtype the defaults were chosen for (`F32`, `F16`, `BF16`, `int8`).
+        public var label: String
+
+        public init(stage: Double, image: Double, label: String) {
+            self.stage = stage
+            self.image = image
+            self.label = label
+        }
+
+        /// The defaults for a candidate whose UNet is stored as `dtype`.
+        public static func defaults(for dtype: DType) -> Thresholds {
+            switch dtype {
+            case .f32, .f64: Thresholds(stage: 80, image: 60, label: "F32")
+            case .f16: Thresholds(stage: 40, image: 45, label: "F16")
+            case .bf16: Thresholds(stage: 20, image: 32, label: "BF16")
+            default: Thresholds(stage: 20, image: 32, label: "int8")
+            }
+        }
+    }
+
+    /// One compared stage.
+    public struct Stage: Sendable {
+        public var name: String
+        public var metrics: ParityMetrics
+        public var ssim: Double?
+        public var threshold: Double
+        /// SNR for single passes and latents, PSNR for the image.
+        public var judgedOnPSNR: Bool
+        public var value: Double { judgedOnPSNR ? metrics.psnr : metrics.snr }
+        public var passed: Bool { !metrics.nonFinite && value >= threshold }
+        /// Whether the stage is a single pass on identical inputs (else end to end).
+        public var isSinglePass: Bool { ["text", "unet", "vae"].contains(name) }
+    }
+
+    /// What `verify` found.
+    public struct Report {
+        public var stages: [Stage]
+        public var request: StableDiffusionPipeline.Request
+        public var scheduler: SchedulerKind
+        public var thresholds: Thresholds
+        /// The two final images, `[H, W, 3]` in [0, 1].
+        public var referenceImage: FloatTensor
+        public var candidateImage: FloatTensor
+
+        public var failedStages: [Stage] { stages.filter { !$0.passed } }
+        public var passed: Bool { failedStages.isEmpty }
+
+        /// The report as one JSON document (what `verify --json` prints and `report.json` holds).
+        public func json(reference: String, candidate: String) -> JSONValue {
+            func number(_ x: Double) -> JSONValue { x.isFinite ? JSONValue(x) : JSONValue(x > 0 ? "inf" : "-inf") }
+            var list: [JSONValue] = []
+            for s in stages {
+                var o = JSONObject([
+                    ("stage", JSONValue(s.name)), ("kind", JSONValue(s.isSinglePass ? "single-pass" : "end-to-end")),
+                    ("snr_db", number(s.metrics.snr)), ("psnr_db", number(s.metrics.psnr)),
+                    ("max_abs_error", number(s.metrics.maxAbsoluteError)), ("mean_abs_error", number(s.metrics.meanAbsoluteError)),
+                    ("judged_on", JSONValue(s.judgedOnPSNR ? "psnr_db" : "snr_db")), ("threshold_db", number(s.threshold)),
+                    ("passed", .bool(s.passed)),
+                ])
+                if let ssim = s.ssim { o["ssim"] = number(ssim) }
+                list.append(.object(o))
+            }
+            let settings = JSONObject([
+                ("prompt", JSONValue(request.prompt)), ("negative_prompt", JSONValue(request.negativePrompt)),
+                ("steps", JSONValue(request.steps)), ("guidance", JSONValue(Double(request.guidanceScale))), ("seed", JSONValue(Int(request.seed))),
+                ("width", JSONValue(request.width)), ("height", JSONValue(request.height)), ("scheduler", JSONValue(scheduler.rawValue)),
+            ])
+            return .object(JSONObject([
+                ("reference", JSONValue(reference)), ("candidate", JSONValue(candidate)), ("candidate_dtype", JSONValue(thresholds.label)),
+                ("passed", .bool(passed)), ("failed_stages", .array(failedStages.map { JSONValue($0.name) })),
+                ("settings", .object(settings)),
+                ("stages", .array(list)),
+            ]))
+        }
+
+        /// Writes reference.png, candidate.png, difference.png (a heatmap of `gain * |reference -
+        /// candidate|`, mean over channels; the gain makes the largest difference white unless
+        /// `amplify` sets it), comparison.png (the three side by side) and report.json.
+        public func writeFolder(_ folder: String, document: JSONValue, amplify: Float? = nil, software: String) throws {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            let (h, w) = (referenceImage.shape[0], referenceImage.shape[1])
+            let r = referenceImage.scalars, c = candidateImage.scalars
+            var heat = [Float](repeating: 0, count: h * w * 3)
+            var differences = [Float](repeating: 0, count: h * w)
+            for p in 0..<(h * w) {
+                var sum: Float = 0
+                for ch in 0..<3 { sum += abs(r[3 * p + ch] - c[3 * p + ch]) }
+                differences[p] = sum / 3
+            }
+            // A near-perfect conversion differs by a thousandth: scale so its largest difference shows.
+            let largest = differences.max() ?? 0
+            let gain = amplify ?? (largest > 0 ? 1 / largest : 1)
+            for p in 0..<(h * w) {
+                let v = min(1, differences[p] * gain)
+                // Black → red → yellow → white.
+                heat[3 * p] = min(1, 3 * v)
+                heat[3 * p + 1] = min(1, max(0, 3 * v - 1))
+                heat[3 * p + 2] = min(1, max(0, 3 * v - 2))
+            }
+            let gap = 4
+            let wide = FloatTensor(shape: [h, 3 * w + 2 * gap, 3])
+            wide.withUnsafeMutableBufferPointer { $0.update(repeating: 1) }
+            for (k, image) in [r, c, heat].enumerated() {
+                wide.withUnsafeMutableBufferPointer { out in
+                    for y in 0..<h {
+                        for x in 0..<w {
+                            for ch in 0..<3 { out[(y * (3 * w + 2 * gap) + k * (w + gap) + x) * 3 + ch] = image[(y * w + x) * 3 + ch] }
+                        }
+                    }
+                }
+            }
+            let text = [("Software", software),
+                        ("Comment", "difference heatmap gain \(gain) (largest mean pixel difference \(largest))")]
+            var document = document
+            if case .object(var root) = document {
+                root["heatmap"] = ["gain": JSONValue(Double(gain)), "largest_pixel_difference": JSONValue(Double(largest))]
+                document = .object(root)
+            }
+            try PNGImage.write(referenceImage, text: text, to: folder + "/reference.png", overwrite: true)
+            try PNGImage.write(candidateImage, text: text, to: folder + "/candidate.png", overwrite: true)
+            try PNGImage.write(FloatTensor(shape: [h, w, 3], values: heat), text: text, to: folder + "/difference.png", overwrite: true)
+            try PNGImage.write(wide, text: text, to: folder + "/comparison.png", overwrite: true)
+            try OutputFile.write(Array((document.serialized(pretty: true) + "\n").utf8), to: folder + "/report.json", overwrite: true)
+        }
+    }
+
+    /// Runs both models and compares them.
+    ///
+    /// - Parameters:
+    ///   - request: the generation both run (its size, seed, sampler and every sampler setting).
+    ///   - thresholds: `nil` takes the defaults for the candidate's UNet dtype.
+    ///   - observer: the reference's generation events (its `.schedule` first), for progress.
+    public static func verify(reference: StableDiffusionModel, candidate: StableDiffusionModel, request: StableDiffusionPipeline.Request,
+                              thresholds: Thresholds? = nil,
+                              observer: ((StableDiffusionPipeline.Event) -> Void)? = nil) throws -> Report {
+        let thresholds = thresholds ?? .defaults(for: candidate.unetDType)
+        let ref = reference.pipeline, cand = candidate.pipeline
+        var stages: [Stage] = []
+
+        // Single passes on identical inputs.
+        let refText = try ref.encode(prompt: request.prompt, negativePrompt: request.negativePrompt, width: request.width, height: request.height)
+        let candText = try cand.encode(prompt: request.prompt, negativePrompt: request.negativePrompt, width: request.width, height: request.height)
+        guard refText.embeddings.shape == candText.embeddings.shape else {
+            throw ModelLoadingError(.notAModel, "the models' text embeddings differ in shape: \(refText.embeddings.shape) vs \(candText.embeddings.shape)")
+        }
+        stages.append(Stage(name: "text", metrics: ParityMetrics(reference: refText.embeddings.scalars, candidate: candText.embeddings.scalars),
+                            threshold: thresholds.stage, judgedOnPSNR: false))
+
+        let refRun = try ref.generate(request, observer: observer)
+        let scheduler = try ref.scheduler(for: request)
+        let shape = refRun.latents.shape
+        let first = refRun.initialLatents.scalars
+        let refNoise = try ref.noisePrediction(latents: first, shape: shape, scale: scheduler.inputScale(at: 0),
+                                               timestep: scheduler.timesteps[0], conditioning: refText).scalars
+        let candNoise = try cand.noisePrediction(latents: first, shape: shape, scale: scheduler.inputScale(at: 0),
+                                                 timestep: scheduler.timesteps[0], conditioning: refText).scalars
+        stages.append(Stage(name: "unet", metrics: ParityMetrics(reference: refNoise, candidate: candNoise), threshold: thresholds.stage, judgedOnPSNR: false))
+        let candDecoded = try cand.vae.decodeImage(latents: refRun.latents)
+        stages.append(Stage(name: "vae", metrics: ParityMetrics(reference: refRun.image.scalars, candidate: candDecoded.scalars, peak: 1),
+                            threshold: thresholds.stage, judgedOnPSNR: false))
+
+        // End to end.
+        let candRun = try cand.generate(request)
+        // Sampling amplifies small differences: the final latent gets 5 dB of slack.
+        stages.append(Stage(name: "latents", metrics: ParityMetrics(reference: refRun.latents.scalars, candidate: candRun.latents.scalars),
+                            threshold: thresholds.stage - 5, judgedOnPSNR: false))
+        stages.append(Stage(name: "image", metrics: ParityMetrics(reference: refRun.image.scalars, candidate: candRun.image.scalars, peak: 1),
+                            ssim: ParityMetrics.ssim(reference: refRun.image, candidate: candRun.image),
+                            threshold: thresholds.image, judgedOnPSNR: true))
+        return Report(stages: stages, request: request, scheduler: ref.schedulerKind(for: request), thresholds: thresholds,
+                      referenceImage: refRun.image, candidateImage: candRun.image)
+    }
+}
