@@ -254,6 +254,17 @@ with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as w:
     for n in z.namelist():
         w.writestr(n.replace("data.pkl", "DATA.PKL"), z.read(n))
 print("DATA.PKL read by torch.load:", torch.load(io.BytesIO(out.getvalue()), weights_only=True))
+# the archive prefix is compared case-sensitively (getAllRecords): an entry outside it stops torch.load
+out = io.BytesIO()
+with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as w:
+    for n in z.namelist():
+        w.writestr(n, z.read(n))
+    w.writestr("ARCHIVE/x", b"1")
+try:
+    torch.load(io.BytesIO(out.getvalue()), weights_only=True)
+    raise SystemExit("an entry outside the prefix was accepted")
+except RuntimeError as e:
+    print("entry outside the exact-case prefix refused by torch:", str(e)[:60])
 # a non-zip file starting with NEWTRUE is unpickled by torch.load's legacy path (harmless print)
 data = b"\x88" + b"0" + b"cbuiltins\nprint\n(Vnewtrue-first-unpickled\ntR."
 try:
