@@ -189,9 +189,10 @@ public enum GlobalClassifier {
                 return .dangerous
             }
         }
-        // An attribute that names a dangerous module: `argparse._os`, `torch.serialization.os`,
-        // `__main__.subprocess`; and what is read from it.
-        for i in moduleParts.count..<components.count {
+        // An attribute walked through that names a dangerous module: `argparse._os`,
+        // `torch.serialization.os`, `__main__.subprocess`; and what is read from it. (A final
+        // attribute is only a name: `models.code` is a model's own thing.)
+        for i in moduleParts.count..<(components.count - 1) {
             let alias = String(components[i].drop(while: { $0 == "_" }))
             for candidate in Set([components[i], alias]) where !candidate.isEmpty {
                 if dangerousModules.contains(candidate) || dangerousModules.contains(normalizedModule(candidate)) { return .dangerous }

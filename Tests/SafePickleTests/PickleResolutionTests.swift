@@ -116,6 +116,10 @@ struct GlobalResolutionTests {
         Case(module: "torch", name: "_utils._rebuild_tensor_v2", proto: 4, resolved: "torch._utils._rebuild_tensor_v2", safety: .unknown),
         Case(module: "my_project.models", name: "UNet", proto: 2, resolved: "my_project.models.UNet", safety: .unknown),
         Case(module: "__main__", name: "Net", proto: 2, resolved: "__main__.Net", safety: .unknown),
+        // A final attribute is only a name; walking through it is what reaches the module.
+        Case(module: "my_project.models", name: "code", proto: 2, resolved: "my_project.models.code", safety: .unknown),
+        Case(module: "my_project", name: "models.code", proto: 4, resolved: "my_project.models.code", safety: .unknown),
+        Case(module: "my_project", name: "code.InteractiveInterpreter", proto: 4, resolved: "my_project.code.InteractiveInterpreter", safety: .dangerous),
     ]
 
     @Test("resolution and class", arguments: cases)
