@@ -37,9 +37,9 @@ extension TorchCheckpoint {
             let archive = try TorchArchive(file: file)
             let candidates = dataPickleCandidates(archive)
             if candidates.count > 1 {
-                report.findings.append(.init(
-                    unresolved: "\(candidates.count) members (\(candidates.map(\.name).joined(separator: ", "))) match data.pkl case-insensitively; which one torch reads depends on its zip reader",
-                    entry: candidates[0].name, opcode: "ZIP"))
+                let reason = "\(candidates.count) members (\(candidates.map(\.name).joined(separator: ", "))) match data.pkl case-insensitively; which one torch reads depends on its zip reader"
+                report.findings.append(.init(unresolved: reason, entry: candidates[0].name, opcode: "ZIP"))
+                report.problems.append(reason)
             }
             for entry in candidates {
                 archive.bytes(of: entry).withUnsafeBytes { raw in
