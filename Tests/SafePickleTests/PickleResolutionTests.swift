@@ -131,6 +131,82 @@ struct GlobalResolutionTests {
     }
 }
 
+/// Globals of published advisories and bypass tests (picklescan's `init_data_files.py` GHSA
+/// payloads, fickling's `test_bypasses.py`, modelscan's settings), as they are written in those
+/// payloads: protocol 4 where the payload names a method through a class (`Class.method`).
+@Suite("published bypass globals are dangerous once resolved")
+struct PublishedGlobalsTests {
+    struct Case: CustomTestStringConvertible, Sendable {
+        var module: String
+        var name: String
+        var proto: Int = 4
+        var testDescription: String { "\(module) + \(name)" }
+    }
+
+    static let cases: [Case] = [
+        Case(module: "torch.utils.bottleneck.__main__", name: "run_cprofile"),
+        Case(module: "torch._dynamo.guards", name: "GuardBuilder.get"),
+        Case(module: "torch._inductor.codecache", name: "compile_file"),
+        Case(module: "torch.fx.experimental.symbolic_shapes", name: "ShapeEnv.evaluate_guards_expression"),
+        Case(module: "torch.jit.unsupported_tensor_ops", name: "execWrapper"),
+        Case(module: "torch.utils._config_module", name: "ConfigModule.load_config"),
+        Case(module: "torch.utils.collect_env", name: "run"),
+        Case(module: "torch.utils.data.datapipes.utils.decoder", name: "basichandlers"),
+        Case(module: "torch.serialization", name: "load", proto: 2),
+        Case(module: "torch.storage", name: "_load_from_bytes", proto: 2),
+        Case(module: "trace", name: "Trace.runctx"),
+        Case(module: "cProfile", name: "runctx", proto: 2),
+        Case(module: "profile", name: "Profile.run"),
+        Case(module: "timeit", name: "timeit", proto: 2),
+        Case(module: "lib2to3.pgen2.pgen", name: "ParserGenerator.make_label"),
+        Case(module: "idlelib.pyshell", name: "ModifiedInterpreter.runcode"),
+        Case(module: "code", name: "InteractiveInterpreter.runcode"),
+        Case(module: "doctest", name: "debug_script", proto: 2),
+        Case(module: "ensurepip", name: "_run_pip", proto: 2),
+        Case(module: "pkgutil", name: "resolve_name", proto: 2),
+        Case(module: "logging", name: "FileHandler", proto: 2),
+        Case(module: "distutils.file_util", name: "write_file", proto: 2),
+        Case(module: "asyncio.unix_events", name: "_UnixSubprocessTransport._start"),
+        Case(module: "ctypes", name: "CDLL", proto: 2),
+        Case(module: "operator", name: "methodcaller", proto: 2),
+        Case(module: "pty", name: "spawn", proto: 2),
+        Case(module: "numpy.f2py.crackfortran", name: "getlincoef", proto: 2),
+        Case(module: "uuid", name: "_get_command_stdout", proto: 2),
+        Case(module: "_osx_support", name: "_read_output", proto: 2),
+        Case(module: "_aix_support", name: "_read_cmd_output", proto: 2),
+        Case(module: "imaplib", name: "IMAP4_stream", proto: 2),
+        Case(module: "_pyrepl.pager", name: "pipe_pager", proto: 2),
+        Case(module: "io", name: "FileIO", proto: 2),
+        Case(module: "urllib.request", name: "urlopen", proto: 2),
+        Case(module: "types", name: "CodeType", proto: 2),
+        Case(module: "marshal", name: "loads", proto: 2),
+        Case(module: "cloudpickle.cloudpickle", name: "_make_function", proto: 2),
+        Case(module: "_xxsubinterpreters", name: "run_string", proto: 2),
+        Case(module: "_interpreters", name: "exec", proto: 2),
+        Case(module: "multiprocessing.util", name: "spawnv_passfds", proto: 2),
+        Case(module: "venv", name: "create", proto: 2),
+        Case(module: "pip", name: "main", proto: 2),
+        Case(module: "pydoc", name: "pipepager", proto: 2),
+        Case(module: "functools", name: "partial", proto: 2),
+        Case(module: "bdb", name: "Bdb.run"),
+        Case(module: "runpy", name: "_run_code", proto: 2),
+        Case(module: "builtins", name: "breakpoint", proto: 3),
+        Case(module: "webbrowser", name: "open", proto: 2),
+        Case(module: "socket", name: "create_connection", proto: 2),
+        Case(module: "requests.api", name: "get", proto: 2),
+        Case(module: "aiohttp.client", name: "ClientSession", proto: 2),
+        Case(module: "modelscan.settings", name: "DEFAULT_SETTINGS", proto: 2),
+        Case(module: "picklescan.scanner", name: "scan_pickle_bytes", proto: 2),
+        Case(module: "fickling", name: "load", proto: 2),
+    ]
+
+    @Test("classed dangerous", arguments: cases)
+    func dangerous(_ c: Case) {
+        let reference = PickleGlobalReference(module: c.module, name: c.name, offset: 0, opcode: .stackGlobal, protocolVersion: c.proto)
+        #expect(reference.safety == .dangerous, "\(reference.resolved)")
+    }
+}
+
 /// Bytes of a `SHORT_BINUNICODE` string.
 private func short(_ s: String) -> [UInt8] { [0x8C, UInt8(s.utf8.count)] + Array(s.utf8) }
 
