@@ -179,9 +179,14 @@ public enum GlobalClassifier {
     /// (`system`, `exec`, `open`…). Everything else is unknown, which the gate refuses too.
     public static func classify(_ target: ResolvedGlobal) -> GlobalSafety {
         if target.isTorchStorage { return .safe }
+        if target.attributes.isEmpty { return .dangerous }
+        // A dotted name below protocol 4 is one attribute CPython cannot find; it is never safe,
+        // and for danger it is judged as if walked (an unpickler that walks it would reach the
+        // same target).
+        let attributes = target.attributes.flatMap { $0.split(separator: ".", omittingEmptySubsequences: false).map(String.init) }
         let moduleParts = target.module.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
-        let components = moduleParts + target.attributes
-        if components.contains(where: { $0.isEmpty }) || target.attributes.isEmpty { return .dangerous }
+        let components = moduleParts + attributes
+        if components.contains(where: { $0.isEmpty }) { return .dangerous }
         // Python 2 spellings count for danger whatever the protocol.
         let normalized = [normalizedModule(components[0])] + components.dropFirst()
         for parts in [components, normalized] {
@@ -204,11 +209,11 @@ public enum GlobalClassifier {
         if components.dropFirst().contains(where: { $0.hasPrefix("__") && $0.hasSuffix("__") && $0 != "__main__" }) {
             return .dangerous
         }
-        if target.attributes.count > 1 {
-            if let last = target.attributes.last, sinkNames.contains(last) { return .dangerous }
+        if attributes.count > 1 {
+            if let last = attributes.last, sinkNames.contains(last) { return .dangerous }
             return .unknown
         }
-        if isSafe(module: target.module, name: target.attributes[0]) { return .safe }
+        if isSafe(module: target.module, name: attributes[0]) { return .safe }
         return .unknown
     }
 

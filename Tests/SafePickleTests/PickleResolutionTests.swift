@@ -74,8 +74,10 @@ struct GlobalResolutionTests {
         Case(module: "x", name: "y.system", proto: 4, resolved: "x.y.system", safety: .dangerous),
         Case(module: "collections", name: "OrderedDict.fromkeys", proto: 4, resolved: "collections.OrderedDict.fromkeys", safety: .unknown),
         Case(module: "torch", name: "nn.Linear", proto: 4, resolved: "torch.nn.Linear", safety: .unknown),
-        // Below protocol 4 a dotted name is one attribute, which no module has: never allowed.
-        Case(module: "torch", name: "serialization.os.system", proto: 2, resolved: "torch.serialization.os.system", safety: .unknown),
+        // Below protocol 4 a dotted name is one attribute, which no module has: never allowed,
+        // and judged for danger as if walked.
+        Case(module: "torch", name: "serialization.os.system", proto: 2, resolved: "torch.serialization.os.system", safety: .dangerous),
+        Case(module: "collections", name: "OrderedDict.fromkeys", proto: 2, resolved: "collections.OrderedDict.fromkeys", safety: .unknown),
         Case(module: "collections", name: "OrderedDict", proto: 4, resolved: "collections.OrderedDict", safety: .safe),
         // fix_imports renames below protocol 3 only (_compat_pickle).
         Case(module: "__builtin__", name: "set", proto: 2, resolved: "builtins.set", safety: .safe),
