@@ -99,10 +99,12 @@ case "$target" in
         seed_files "${fixtures[@]}" ;;
     torch)
         seed_files "$root"/Fixtures/torch/valid/*.{ckpt,pt,pth} "$root"/Fixtures/torch/malformed/* \
-            "$root"/Fixtures/torch/malicious/* "${fixtures[@]}" ;;
+            "$root"/Fixtures/torch/malicious/* "$root"/Fixtures/torch/bypass/*.{ckpt,pt,pkl} "${fixtures[@]}" ;;
     pickle)
-        seed_files "$root"/Fixtures/torch/malicious/*.pkl "$root"/Fixtures/torch/valid/*legacy* "${fixtures[@]}"
-        seed_pickles "$root"/Fixtures/torch/valid/*.{ckpt,pth,pt} "$root"/Fixtures/torch/malicious/*.ckpt ;;
+        seed_files "$root"/Fixtures/torch/malicious/*.pkl "$root"/Fixtures/torch/bypass/*.{pkl,pt} \
+            "$root"/Fixtures/torch/valid/*legacy* "${fixtures[@]}"
+        seed_pickles "$root"/Fixtures/torch/valid/*.{ckpt,pth,pt} "$root"/Fixtures/torch/malicious/*.ckpt \
+            "$root"/Fixtures/torch/bypass/*.ckpt ;;
     json)
         seed_files "${fixtures[@]}"
         seed_safetensors_headers "$root"/Fixtures/malformed/safetensors/*.safetensors ;;

@@ -17,9 +17,14 @@ public enum ModelInput {
         public var allowUnsafeGlobals = false
         /// For diffusers folders: prefer weight files of this variant (`fp16`).
         public var variant: String?
-        public init(allowUnsafeGlobals: Bool = false, variant: String? = nil) {
+        /// PyTorch checkpoints: refuse tensors that would materialise more than this many times
+        /// the storage bytes they view (`TorchCheckpoint.init(maximumExpansion:)`).
+        public var maximumExpansion = TorchCheckpoint.defaultMaximumExpansion
+        public init(allowUnsafeGlobals: Bool = false, variant: String? = nil,
+                    maximumExpansion: Int = TorchCheckpoint.defaultMaximumExpansion) {
             self.allowUnsafeGlobals = allowUnsafeGlobals
             self.variant = variant
+            self.maximumExpansion = maximumExpansion
         }
     }
 
@@ -55,7 +60,9 @@ public enum ModelInput {
         // A legacy torch file starts with the pickled magic number: PROTO 2, LONG1 10 bytes.
         if head.starts(with: [0x80, 0x02, 0x8A, 0x0A]) { return .torchLegacy }
         if path.hasSuffix(".safetensors") || looksLikeSafetensors(head, fileSize: Int(info.st_size)) { return .safetensors }
-        if [".ckpt", ".pt", ".pth", ".bin"].contains(where: path.hasSuffix), head.first == 0x80 { return .torchLegacy }
+        // torch.load unpickles any non-zip file from byte 0, whatever its first opcode.
+        if [".ckpt", ".pt", ".pth", ".bin"].contains(where: path.hasSuffix), let first = head.first,
+           TorchCheckpoint.startsLikePickle(first) { return .torchLegacy }
         throw FormatError(.unrecognizedFormat, "not a safetensors, PyTorch or .wpk file, nor a diffusers folder", path: path)
     }
 

@@ -18,6 +18,15 @@ public struct PickleGlobalListing: Sendable {
 /// then `BINGET`). Anything else becomes `"unknown"` (unresolved, classified dangerous). It
 /// accepts the opcodes the machine refuses (`INST`, `OBJ`, `EXT*`, `PERSID`, …), so it works
 /// on pickles `PickleMachine` rejects, and it reports what it saw before an error.
+///
+/// It reads as CPython's C unpickler does, so that it sees what `torch.load` would run: `FRAME`
+/// boundaries are ignored (only the length must be available); the protocol in force is the
+/// last `PROTO` seen (a `PROTO` may come anywhere), and each global is recorded with it so it
+/// resolves as `find_class` would (`GlobalResolver`); text memo indices (`PUT`/`GET`) are read
+/// with `PythonInteger.parseDecimalLine`, CPython's reading, and a line CPython cannot read
+/// ends the walk as it ends the unpickler. Where the walk stops for a reason of its own (a
+/// `PickleLimits` bound) while CPython would go on, an unresolved reference is added: the rest
+/// of the pickle is unseen, so the listing cannot call it safe.
 public enum PickleGlobalScanner {
     /// What an opcode left on top of the stack, as far as this walk can tell.
     private enum Produced: Equatable {
@@ -26,14 +35,19 @@ public enum PickleGlobalScanner {
     }
 
     /// Walks one pickle from `start` to its `STOP` (or to the first error).
+    /// - Parameter context: the unpickler the pickle is meant for (how its globals resolve).
     /// - Complexity: O(input bytes); memory O(memo entries).
-    public static func scan(_ input: UnsafeRawBufferPointer, from start: Int = 0, limits: PickleLimits = .default) -> PickleGlobalListing {
-        var reader = PickleReader(input, position: start, maximumLiteralBytes: limits.maximumLiteralBytes)
+    public static func scan(
+        _ input: UnsafeRawBufferPointer, from start: Int = 0, limits: PickleLimits = .default, context: UnpicklerContext = .pickle
+    ) -> PickleGlobalListing {
+        var reader = PickleReader(input, position: start, maximumLiteralBytes: limits.maximumLiteralBytes, enforcesFrames: false)
         var listing = PickleGlobalListing(globals: [], endOffset: nil, error: nil, protocolVersion: 0)
         var memo: [Int: Produced] = [:]
         var last: Produced = .other
         var beforeLast: Produced = .other
         var opcodes = 0
+        var proto = 0
+        var sawProto = false
 
         func produce(_ p: Produced) {
             beforeLast = last
@@ -41,6 +55,12 @@ public enum PickleGlobalScanner {
         }
         func text(_ range: Range<Int>) -> String? {
             String(validating: UnsafeRawBufferPointer(rebasing: input[range]), as: UTF8.self)
+        }
+        func hidden(_ error: PickleError, opcode: PickleOpcode) {
+            listing.globals.append(PickleGlobalReference(
+                module: "unknown", name: "unknown", offset: error.offset, opcode: opcode, isResolved: false,
+                protocolVersion: proto, context: context,
+                reason: "the rest of the pickle is hidden from this walk (\(error.message)) but an unpickler would read on"))
         }
 
         while true {
@@ -50,7 +70,9 @@ public enum PickleGlobalScanner {
             }
             opcodes += 1
             if opcodes > limits.maximumOpcodes {
-                listing.error = PickleError(.limitExceeded, "more than \(limits.maximumOpcodes) opcodes", at: reader.position)
+                let error = PickleError(.limitExceeded, "more than \(limits.maximumOpcodes) opcodes", at: reader.position)
+                listing.error = error
+                hidden(error, opcode: .stop)
                 return listing
             }
             let instruction: PickleInstruction
@@ -58,35 +80,49 @@ public enum PickleGlobalScanner {
                 instruction = try reader.next()
             } catch {
                 listing.error = error
+                if error.code == .limitExceeded { hidden(error, opcode: .stop) }
                 return listing
             }
             let op = instruction.opcode
+            func reference(module: String, name: String, resolved: Bool = true) -> PickleGlobalReference {
+                PickleGlobalReference(module: module, name: name, offset: instruction.offset, opcode: op, isResolved: resolved,
+                                      protocolVersion: proto, context: context,
+                                      reason: resolved ? nil : "operands cannot be traced statically")
+            }
             switch (op, instruction.argument) {
             case (.stop, _):
                 listing.endOffset = reader.position
                 return listing
             case (.proto, .integer(let v)):
-                listing.protocolVersion = v
+                // CPython accepts any PROTO up to its highest protocol, anywhere; it sets the
+                // protocol later globals resolve with.
+                guard v <= 5 else {
+                    listing.error = PickleError(.invalidProtocol, "unsupported pickle protocol \(v)", at: instruction.offset)
+                    return listing
+                }
+                proto = v
+                if !sawProto { listing.protocolVersion = v; sawProto = true }
             case (.frame, _), (.put, _), (.binPut, _), (.longBinPut, _), (.memoize, _):
                 break
             case (.global, .lines(let m, let n)), (.inst, .lines(let m, let n)):
-                let module = text(m) ?? "unknown"
-                let name = text(n) ?? "unknown"
-                listing.globals.append(PickleGlobalReference(
-                    module: module, name: name, offset: instruction.offset, opcode: op,
-                    isResolved: module != "unknown" || name != "unknown"))
+                guard let module = text(m), let name = text(n) else {
+                    // CPython decodes both lines as UTF-8 and stops here when it cannot.
+                    listing.error = PickleError(.invalidValue, "\(op.name) operand is not valid UTF-8", at: instruction.offset)
+                    return listing
+                }
+                listing.globals.append(reference(module: module, name: name))
                 produce(.other)
             case (.stackGlobal, _):
                 if case .string(let module) = beforeLast, case .string(let name) = last {
-                    listing.globals.append(PickleGlobalReference(module: module, name: name, offset: instruction.offset, opcode: op))
+                    listing.globals.append(reference(module: module, name: name))
                 } else {
-                    listing.globals.append(PickleGlobalReference(
-                        module: "unknown", name: "unknown", offset: instruction.offset, opcode: op, isResolved: false))
+                    listing.globals.append(reference(module: "unknown", name: "unknown", resolved: false))
                 }
                 produce(.other)
             case (.ext1, .integer(let code)), (.ext2, .integer(let code)), (.ext4, .integer(let code)):
-                listing.globals.append(PickleGlobalReference(
-                    module: "copyreg", name: "extension \(code)", offset: instruction.offset, opcode: op, isResolved: false))
+                var ext = reference(module: "copyreg", name: "extension \(code)", resolved: false)
+                ext.reason = "an extension-registry code names a global only the running process knows"
+                listing.globals.append(ext)
                 produce(.other)
             case (.binUnicode, .bytes(let r)), (.shortBinUnicode, .bytes(let r)), (.binUnicode8, .bytes(let r)),
                  (.binString, .bytes(let r)), (.shortBinString, .bytes(let r)):
@@ -101,7 +137,11 @@ public enum PickleGlobalScanner {
             case (.dup, _):
                 produce(last)
             case (.get, .bytes(let r)):
-                produce(text(r).flatMap { Int($0) }.flatMap { memo[$0] } ?? .other)
+                guard let i = PythonInteger.parseDecimalLine(UnsafeRawBufferPointer(rebasing: input[r])), i >= 0 else {
+                    listing.error = PickleError(.invalidValue, "GET index is not an integer CPython reads", at: instruction.offset)
+                    return listing
+                }
+                produce(memo[i] ?? .other)
             case (.binGet, .integer(let i)), (.longBinGet, .integer(let i)):
                 produce(memo[i] ?? .other)
             default:
@@ -110,24 +150,38 @@ public enum PickleGlobalScanner {
             // Memo stores record what is on top of the stack now.
             switch (op, instruction.argument) {
             case (.put, .bytes(let r)):
-                if let i = text(r).flatMap({ Int($0) }) { store(i, last) }
+                guard let i = PythonInteger.parseDecimalLine(UnsafeRawBufferPointer(rebasing: input[r])), i >= 0 else {
+                    listing.error = PickleError(.invalidValue, "PUT index is not a non-negative integer CPython reads", at: instruction.offset)
+                    return listing
+                }
+                guard store(i, last) else { return memoFull() }
             case (.binPut, .integer(let i)), (.longBinPut, .integer(let i)):
-                store(i, last)
+                guard store(i, last) else { return memoFull() }
             case (.memoize, _):
-                store(memo.count, last)
+                guard store(memo.count, last) else { return memoFull() }
             default:
                 break
             }
+
+            func memoFull() -> PickleGlobalListing {
+                let error = PickleError(.limitExceeded, "more than \(limits.maximumMemoEntries) memo entries", at: instruction.offset)
+                listing.error = error
+                hidden(error, opcode: op)
+                return listing
+            }
         }
 
-        func store(_ index: Int, _ value: Produced) {
-            if memo[index] == nil, memo.count >= limits.maximumMemoEntries { return }
+        /// Records a memo entry; `false` past the bound (`MEMOIZE` indices would drift from
+        /// CPython's, so the walk cannot go on).
+        func store(_ index: Int, _ value: Produced) -> Bool {
+            if memo[index] == nil, memo.count >= limits.maximumMemoEntries { return false }
             memo[index] = value
+            return true
         }
     }
 
     /// Walks one pickle held in an array.
-    public static func scan(_ bytes: [UInt8], from start: Int = 0, limits: PickleLimits = .default) -> PickleGlobalListing {
-        bytes.withUnsafeBytes { scan($0, from: start, limits: limits) }
+    public static func scan(_ bytes: [UInt8], from start: Int = 0, limits: PickleLimits = .default, context: UnpicklerContext = .pickle) -> PickleGlobalListing {
+        bytes.withUnsafeBytes { scan($0, from: start, limits: limits, context: context) }
     }
 }

@@ -7,9 +7,12 @@
 /// are refused. `FRAME` boundaries are enforced. Every resource is bounded by `PickleLimits`.
 public struct PickleMachine: Sendable {
     public var limits: PickleLimits
+    /// The unpickler the pickle is meant for: how the globals it records resolve.
+    public var context: UnpicklerContext
 
-    public init(limits: PickleLimits = .default) {
+    public init(limits: PickleLimits = .default, context: UnpicklerContext = .pickle) {
         self.limits = limits
+        self.context = context
     }
 
     /// Runs one pickle starting at `start` up to and including its `STOP`.
@@ -19,7 +22,7 @@ public struct PickleMachine: Sendable {
     /// - Throws: `PickleError` for malformed input, refused opcodes and exceeded limits.
     /// - Complexity: O(input bytes + opcodes); memory O(values).
     public func load(_ input: UnsafeRawBufferPointer, from start: Int = 0) throws(PickleError) -> PickleDocument {
-        var run = Run(input: input, start: start, limits: limits)
+        var run = Run(input: input, start: start, limits: limits, context: context)
         return try run.execute()
     }
 
@@ -37,6 +40,7 @@ private struct Run {
     let input: UnsafeRawBufferPointer
     let start: Int
     let limits: PickleLimits
+    let context: UnpicklerContext
     var reader: PickleReader
     var document = PickleDocument()
     var stack: [PickleValueID] = []
@@ -49,10 +53,11 @@ private struct Run {
     var budgetUsed = 0
     var offset = 0
 
-    init(input: UnsafeRawBufferPointer, start: Int, limits: PickleLimits) {
+    init(input: UnsafeRawBufferPointer, start: Int, limits: PickleLimits, context: UnpicklerContext) {
         self.input = input
         self.start = start
         self.limits = limits
+        self.context = context
         self.reader = PickleReader(input, position: start, maximumLiteralBytes: limits.maximumLiteralBytes)
     }
 
@@ -187,9 +192,10 @@ private struct Run {
         return .bigInt(bytes)
     }
 
-    func memoIndex(_ text: String, _ opcode: PickleOpcode) throws(PickleError) -> Int {
-        guard let v = Int(text), v >= 0 else {
-            throw fail(.invalidValue, "\(opcode.name) index '\(text.prefix(40))' is not a non-negative integer")
+    /// A text memo index, read as CPython reads it (`PythonInteger.parseDecimalLine`).
+    func memoIndex(_ range: Range<Int>, _ opcode: PickleOpcode) throws(PickleError) -> Int {
+        guard let v = PythonInteger.parseDecimalLine(UnsafeRawBufferPointer(rebasing: input[range])), v >= 0 else {
+            throw fail(.invalidValue, "\(opcode.name) index '\(ascii(range).prefix(40))' is not a non-negative integer")
         }
         return v
     }
@@ -406,11 +412,11 @@ private struct Run {
 
             // Memo
             case (.get, .bytes(let range)):
-                try memoGet(try memoIndex(ascii(range), op), op)
+                try memoGet(try memoIndex(range, op), op)
             case (.binGet, .integer(let i)), (.longBinGet, .integer(let i)):
                 try memoGet(i, op)
             case (.put, .bytes(let range)):
-                try memoPut(try memoIndex(ascii(range), op), op)
+                try memoPut(try memoIndex(range, op), op)
             case (.binPut, .integer(let i)), (.longBinPut, .integer(let i)):
                 try memoPut(i, op)
             case (.memoize, _):
@@ -420,7 +426,8 @@ private struct Run {
             case (.global, .lines(let moduleRange, let nameRange)):
                 let module = try utf8(moduleRange, op)
                 let name = try utf8(nameRange, op)
-                document.globals.append(PickleGlobalReference(module: module, name: name, offset: offset, opcode: op))
+                document.globals.append(PickleGlobalReference(
+                    module: module, name: name, offset: offset, opcode: op, protocolVersion: document.protocolVersion, context: context))
                 try pushNew(.global(PickleGlobal(module: module, name: name)))
             case (.stackGlobal, _):
                 let nameID = try pop(op)
@@ -429,7 +436,8 @@ private struct Run {
                       case .string(let name) = document.values[nameID.index] else {
                     throw fail(.invalidOperand, "STACK_GLOBAL operands are not two strings")
                 }
-                document.globals.append(PickleGlobalReference(module: module, name: name, offset: offset, opcode: op))
+                document.globals.append(PickleGlobalReference(
+                    module: module, name: name, offset: offset, opcode: op, protocolVersion: document.protocolVersion, context: context))
                 try pushNew(.global(PickleGlobal(module: module, name: name)))
             case (.reduce, _):
                 let arguments = try pop(op)
@@ -519,12 +527,26 @@ enum PickleIntegers {
 
 /// Decoders for protocol-0 text literals.
 enum PickleText {
-    /// Python's `raw-unicode-escape`: bytes are Latin-1 except `\uXXXX` and `\UXXXXXXXX`.
+    /// Python's `raw-unicode-escape`: bytes are Latin-1 except `\uXXXX` and `\UXXXXXXXX`,
+    /// which are escapes only after an odd run of backslashes (the run's last backslash
+    /// starts the escape; CPython `_PyUnicode_DecodeRawUnicodeEscapeStateful`).
     static func rawUnicodeEscape(_ raw: UnsafeRawBufferPointer) -> String? {
         var scalars = String.UnicodeScalarView()
         var i = 0
         while i < raw.count {
             let b = raw[i]
+            if b == 0x5C {
+                var run = 0
+                while i + run < raw.count, raw[i + run] == 0x5C { run += 1 }
+                let next = i + run
+                if run % 2 == 0 || next >= raw.count || (raw[next] != 0x75 && raw[next] != 0x55) {
+                    for _ in 0..<run { scalars.append("\\") }
+                    i = next
+                    continue
+                }
+                for _ in 0..<(run - 1) { scalars.append("\\") }
+                i = next - 1
+            }
             if b == 0x5C, i + 1 < raw.count, raw[i + 1] == 0x75 || raw[i + 1] == 0x55 {
                 let width = raw[i + 1] == 0x75 ? 4 : 8
                 guard i + 2 + width <= raw.count else { return nil }
@@ -559,6 +581,10 @@ enum PickleText {
             case 0x6E: out.append(0x0A) // n
             case 0x74: out.append(0x09) // t
             case 0x72: out.append(0x0D) // r
+            case 0x61: out.append(0x07) // a
+            case 0x62: out.append(0x08) // b
+            case 0x66: out.append(0x0C) // f
+            case 0x76: out.append(0x0B) // v
             case 0x30...0x37: // octal, up to three digits
                 var v = Int(e - 0x30)
                 var n = 1

@@ -154,17 +154,24 @@ struct PickleInstruction {
 /// inside a frame no opcode or argument may cross the frame's end, and a new frame may only
 /// start where the previous one ended (CPython's `_Unframer` rules; the C unpickler's laxer
 /// behaviour is the divergence of cpython#154848, which we refuse rather than imitate).
+///
+/// With `enforcesFrames` off it reads as CPython's C unpickler (`_pickle.c` `load_frame`,
+/// what `torch.load` runs) does: a `FRAME` only requires its length to be available and its
+/// boundaries mean nothing. The globals scanner reads that way, so it sees every opcode the
+/// C unpickler would run even where the frame-respecting machine refuses the pickle.
 struct PickleReader {
     let input: UnsafeRawBufferPointer
     private(set) var position: Int
     /// End of the current frame, or `nil` outside frames.
     private(set) var frameEnd: Int?
     let maximumLiteralBytes: Int
+    let enforcesFrames: Bool
 
-    init(_ input: UnsafeRawBufferPointer, position: Int, maximumLiteralBytes: Int) {
+    init(_ input: UnsafeRawBufferPointer, position: Int, maximumLiteralBytes: Int, enforcesFrames: Bool = true) {
         self.input = input
         self.position = position
         self.maximumLiteralBytes = maximumLiteralBytes
+        self.enforcesFrames = enforcesFrames
     }
 
     var isAtEnd: Bool { position >= input.count }
@@ -273,13 +280,13 @@ struct PickleReader {
         }
         if opcode == .frame, case .integer(let length) = argument {
             // A frame may begin only outside any frame, or exactly where the current one ends.
-            guard frameEnd == nil || frameEnd == offset + 9 else {
+            guard !enforcesFrames || frameEnd == nil || frameEnd == offset + 9 else {
                 throw PickleError(.frameViolation, "FRAME begins inside the previous frame", at: offset)
             }
             guard length <= input.count - position else {
                 throw PickleError(.truncated, "FRAME declares \(length) bytes but only \(input.count - position) remain", at: offset)
             }
-            frameEnd = length == 0 ? nil : position + length
+            frameEnd = length == 0 || !enforcesFrames ? nil : position + length
         } else if let end = frameEnd, position == end {
             frameEnd = nil
         }

@@ -9,11 +9,23 @@ private let tightMachine = PickleMachine(limits: PickleLimits(
     maximumValues: 2_000, maximumNesting: 12, maximumLiteralBytes: 256, maximumIntegerDigits: 40))
 
 /// libFuzzer entry point: one input is a stream of concatenated pickles. Each is run by the
-/// machine (default and tight limits) and walked by the global scanner; every value of a
-/// loaded document is then visited through the public accessors.
+/// machine (default and tight limits) and walked by the global scanner (plain and torch
+/// contexts, default and tight limits); every value of a loaded document is then visited
+/// through the public accessors. The scanner must never be less alarmed than the machine: when
+/// the machine loads the first pickle, the scanner's worst class is at least the machine's.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzPickle(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let bytes = UnsafeRawBufferPointer(start: data, count: size)
+    if let first = try? machine.load(bytes) {
+        let machineWorst = first.globals.map(\.safety).max() ?? .safe
+        let scanned = PickleGlobalScanner.scan(bytes)
+        let scannerWorst = scanned.globals.map(\.safety).max() ?? .safe
+        precondition(scannerWorst >= machineWorst, "scanner says \(scannerWorst) where the machine built \(machineWorst) globals")
+    }
+    for context in [UnpicklerContext.torchZip, .torchLegacy] {
+        for g in PickleGlobalScanner.scan(bytes, context: context).globals { _ = g.safety; _ = g.resolved.qualifiedName }
+    }
+    for g in PickleGlobalScanner.scan(bytes, limits: tightMachine.limits).globals { _ = g.safety }
     var start = 0
     for _ in 0..<4 where start < size {
         guard let document = try? machine.load(bytes, from: start) else { break }
@@ -25,7 +37,10 @@ public func fuzzPickle(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     start = 0
     for _ in 0..<4 where start < size {
         let listing = PickleGlobalScanner.scan(bytes, from: start)
-        for global in listing.globals { _ = GlobalClassifier.classify(module: global.module, name: global.name) }
+        for global in listing.globals {
+            _ = GlobalClassifier.classify(module: global.module, name: global.name)
+            _ = global.safety
+        }
         guard let end = listing.endOffset else { break }
         precondition(end > start && end <= size, "scanner end offset out of range")
         start = end

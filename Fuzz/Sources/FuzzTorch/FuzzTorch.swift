@@ -9,6 +9,7 @@ private let scratch = ScratchFile(tag: "torch")
 /// globals, then opened with unsafe globals allowed (nothing is ever executed; this only lets
 /// the walk go further) and every tensor read, strided ones gathered. Zip inputs run a second
 /// time with their CRC-32s repaired, so mutations of `data.pkl` get past the checksum.
+/// The gate is checked too: a file that opens without `allowUnsafeGlobals` must scan as safe.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzTorch(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let bytes = UnsafeRawBufferPointer(start: data, count: size)
@@ -23,7 +24,11 @@ public func fuzzTorch(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
 
 private func check(_ bytes: UnsafeRawBufferPointer) {
     scratch.write(bytes)
-    _ = try? TorchCheckpoint.scan(path: scratch.path)
+    let report = try? TorchCheckpoint.scan(path: scratch.path)
+    if let gated = try? TorchCheckpoint(path: scratch.path) {
+        precondition(report?.worst == .safe, "the gate let through a file whose scan says \(report.map { "\($0.worst)" } ?? "nothing")")
+        precondition(gated.allowedUnsafeGlobals.isEmpty, "the gate reports allowed globals without being asked")
+    }
     guard let checkpoint = try? TorchCheckpoint(path: scratch.path, allowUnsafeGlobals: true) else { return }
     var sum: UInt8 = 0
     for descriptor in checkpoint.tensors {

@@ -8,11 +8,11 @@ extension TorchCheckpoint {
     /// element count and the storage's raw little-endian bytes.
     static func loadLegacy(file: MappedFile, limits: PickleLimits, allowUnsafeGlobals: Bool) throws(FormatError) -> Loaded {
         try file.withUnsafeBytes { (raw) throws(FormatError) -> Loaded in
-            let machine = PickleMachine(limits: limits)
             var position = 0
             var documents: [PickleDocument] = []
             for n in 0..<5 {
                 let name = legacyPickleNames[n]
+                let machine = PickleMachine(limits: limits, context: n == 3 ? .torchLegacy : .pickle)
                 do throws(PickleError) {
                     let document = try machine.load(raw, from: position)
                     documents.append(document)

@@ -20,7 +20,12 @@ extension TorchCheckpoint {
         if isTorchScript(archive) {
             throw torchScriptError
         }
-        guard let dataPickle = archive.entry(named: "data.pkl") else {
+        // torch finds data.pkl case-insensitively; read the member it would, and refuse a choice.
+        let candidates = dataPickleCandidates(archive)
+        guard candidates.count <= 1 else {
+            throw FormatError(.invalidArchive, "zip archive has \(candidates.count) members named data.pkl in different cases; torch's choice among them is not defined")
+        }
+        guard let dataPickle = candidates.first else {
             throw FormatError(.invalidArchive, "zip archive has no \(archive.prefix)/data.pkl")
         }
         // Small records are checksummed (storages are too large to check on open).
@@ -42,7 +47,7 @@ extension TorchCheckpoint {
         let document: PickleDocument
         do throws(PickleError) {
             document = try archive.bytes(of: dataPickle).withUnsafeBytes { (raw) throws(PickleError) in
-                try PickleMachine(limits: limits).load(raw)
+                try PickleMachine(limits: limits, context: .torchZip).load(raw)
             }
         } catch {
             throw pickleError(error, entry: dataPickle.name)

@@ -19,8 +19,16 @@ public final class TorchCheckpoint: TensorStore {
     /// Non-tensor entries (`epoch`, `global_step`, callbacks…) rendered as short strings, by
     /// '.'-joined key path.
     public let metadata: [String: String]
-    /// The dangerous globals that were present and allowed (`allowUnsafeGlobals`); empty otherwise.
+    /// The globals not on the allow-list (dangerous ones first) that were present and allowed
+    /// (`allowUnsafeGlobals`); empty otherwise.
     public let allowedUnsafeGlobals: [PickleScanReport.Finding]
+
+    /// The default bound on the bytes a checkpoint's tensors may materialise per byte of
+    /// storage the file holds (`maximumExpansion`).
+    public static let defaultMaximumExpansion = 16
+    /// Bytes any checkpoint may materialise whatever the ratio, so small legitimate expanded
+    /// buffers in tiny files are never refused: 64 MiB.
+    public static let expansionAllowance = 64 << 20
     /// Whether the storages were written big-endian (zip `byteorder` = `big`).
     public let isBigEndian: Bool
 
@@ -35,11 +43,19 @@ public final class TorchCheckpoint: TensorStore {
     ///     executed either way; the default refuses such files because the file was made to
     ///     run code in whoever loads it with torch.
     ///   - limits: bounds for the pickle machine.
-    /// - Throws: `FormatError`: `.unsafeGlobal` (naming the global), `.invalidArchive`,
+    ///   - maximumExpansion: refuse a checkpoint whose tensors, materialised, would take more
+    ///     than this many times the storage bytes they view (stride-0 or overlapping views make
+    ///     a few stored bytes into gigabytes); at least 1. Up to `expansionAllowance` bytes are
+    ///     always allowed.
+    /// - Throws: `FormatError`: `.unsafeGlobal` (naming the global: anything not on the
+    ///   allow-list, dangerous or unknown), `.invalidArchive`,
     ///   `.invalidPickle`, `.unsupportedTensor`, `.unsupportedDType`, `.storageOutOfRange`,
     ///   `.duplicateTensor`, `.checksumMismatch`, `.io`.
     /// - Complexity: O(pickle size + number of zip entries); no tensor data is read.
-    public init(path: String, allowUnsafeGlobals: Bool = false, limits: PickleLimits = .default) throws(FormatError) {
+    public init(
+        path: String, allowUnsafeGlobals: Bool = false, limits: PickleLimits = .default,
+        maximumExpansion: Int = TorchCheckpoint.defaultMaximumExpansion
+    ) throws(FormatError) {
         self.path = path
         do throws(FormatError) {
             let file: MappedFile
@@ -49,18 +65,23 @@ public final class TorchCheckpoint: TensorStore {
             if kind == .zip, try TorchCheckpoint.isTorchScript(TorchArchive(file: file)) {
                 throw TorchCheckpoint.torchScriptError
             }
-            let report = try TorchCheckpoint.scan(file: file, kind: kind, limits: limits)
-            if let bad = report.dangerous.first, !allowUnsafeGlobals {
-                throw TorchCheckpoint.unsafe(bad, count: report.dangerous.count)
+            if kind == .tar {
+                throw FormatError(.invalidArchive, "tar-format PyTorch checkpoints (PyTorch 0.1.x) are not supported; re-save with a current torch.save")
             }
-            allowedUnsafeGlobals = report.dangerous
+            let report = try TorchCheckpoint.scan(file: file, kind: kind, limits: limits)
+            // The allow-list is the gate: anything not on it is refused, dangerous or not.
+            let refused = report.refused
+            if let bad = refused.first, !allowUnsafeGlobals {
+                throw TorchCheckpoint.unsafe(bad, count: refused.count)
+            }
+            allowedUnsafeGlobals = refused
             let loaded: Loaded
             switch kind {
             case .zip:
                 formatName = "ckpt"
                 loaded = try TorchCheckpoint.loadZip(file: file, limits: limits, allowUnsafeGlobals: allowUnsafeGlobals)
-            case .pickle:
-                throw FormatError(.invalidArchive, "a protocol 0/1 pickle, not a PyTorch checkpoint")
+            case .pickle, .tar:
+                throw FormatError(.invalidArchive, "a pickle that is not a PyTorch checkpoint (no legacy magic number)")
             case .legacy:
                 formatName = "ckpt-legacy"
                 loaded = try TorchCheckpoint.loadLegacy(file: file, limits: limits, allowUnsafeGlobals: allowUnsafeGlobals)
@@ -71,6 +92,7 @@ public final class TorchCheckpoint: TensorStore {
                     throw FormatError(.duplicateTensor, "two tensors are named '\(recipe.descriptor.name)'", tensor: recipe.descriptor.name)
                 }
             }
+            try TorchCheckpoint.checkExpansion(loaded.tensors, maximumExpansion: maximumExpansion)
             self.recipes = recipes
             tensors = loaded.tensors.map(\.descriptor)
             metadata = loaded.metadata
@@ -98,7 +120,7 @@ public final class TorchCheckpoint: TensorStore {
 
     // MARK: - internals
 
-    enum Kind { case zip, legacy, pickle }
+    enum Kind { case zip, legacy, pickle, tar }
 
     struct Loaded {
         var tensors: [TorchTensorRecipe]
@@ -107,29 +129,72 @@ public final class TorchCheckpoint: TensorStore {
     }
 
     static func unsafe(_ finding: PickleScanReport.Finding, count: Int) -> FormatError {
-        let what = finding.isResolved ? finding.qualifiedName : "an unresolvable \(finding.opcode) (operands hidden from static analysis)"
+        let what: String
+        if !finding.isResolved {
+            what = "an unresolvable \(finding.opcode) (\(finding.reason ?? "operands hidden from static analysis"))"
+        } else {
+            let written = finding.written != finding.qualifiedName ? ", written \(finding.written)" : ""
+            what = finding.safety == .dangerous
+                ? "the dangerous global \(finding.qualifiedName)\(written)"
+                : "the global \(finding.qualifiedName)\(written), which is not on the allow-list"
+        }
         let more = count > 1 ? " and \(count - 1) more" : ""
+        let place = finding.isResolved || finding.offset > 0 ? "\(finding.opcode) at byte \(finding.offset) of \(finding.entry)" : finding.entry
         return FormatError(
             .unsafeGlobal,
-            "refusing a pickle that names the dangerous global \(what) (\(finding.opcode) at byte \(finding.offset) of \(finding.entry))\(more); nothing was executed (--allow-unsafe-globals reads its tensors anyway, still executing nothing)")
+            "refusing a pickle that names \(what) (\(place))\(more); nothing was executed (--allow-unsafe-globals reads its tensors anyway, still executing nothing)")
+    }
+
+    /// Refuses tensors that would materialise more than `maximumExpansion` times the storage
+    /// bytes they view (beyond `expansionAllowance`), before any tensor is read.
+    static func checkExpansion(_ tensors: [TorchTensorRecipe], maximumExpansion: Int) throws(FormatError) {
+        var materialized = 0
+        for t in tensors {
+            let (sum, overflow) = materialized.addingReportingOverflow(t.descriptor.byteCount)
+            guard !overflow else {
+                throw FormatError(.validationOverflow, "the tensors' sizes add up past 2^63 bytes")
+            }
+            materialized = sum
+        }
+        // Stored bytes: the union of the storage ranges the tensors view.
+        var stored = 0
+        var end = Int.min
+        for range in Set(tensors.map(\.storageRange)).sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            let start = max(range.lowerBound, end)
+            if range.upperBound > start { stored += range.upperBound - start }
+            end = max(end, range.upperBound)
+        }
+        let ratio = max(1, maximumExpansion)
+        let (product, overflow) = stored.multipliedReportingOverflow(by: ratio)
+        let allowed = max(overflow ? Int.max : product, expansionAllowance)
+        guard materialized <= allowed else {
+            throw FormatError(
+                .unsupportedTensor,
+                "the tensors would take \(materialized) bytes but view only \(stored) stored bytes (stride-0 or overlapping views); at most \(ratio)× (or \(expansionAllowance >> 20) MiB) is allowed, and a larger bound must be asked for")
+        }
     }
 
     /// What the file is, from its first bytes.
+    ///
+    /// As `torch.load` decides: a zip by its first four bytes (`_is_zipfile`); then a tar
+    /// archive if `tarfile.open` accepts the first header; anything else is unpickled from
+    /// byte 0 (`_legacy_load`), so any file whose first byte is a pickle opcode is a pickle
+    /// (`legacy` when it starts with `PROTO`, the legacy format's first byte).
     static func kind(of file: MappedFile) throws(FormatError) -> Kind {
         try file.withUnsafeBytes { (raw) throws(FormatError) -> Kind in
             if raw.count >= 4, raw[0] == 0x50, raw[1] == 0x4B, raw[2] == 0x03, raw[3] == 0x04 { return .zip }
-            if raw.count >= 262, raw[257] == 0x75, raw[258] == 0x73, raw[259] == 0x74, raw[260] == 0x61, raw[261] == 0x72 {
-                throw FormatError(.invalidArchive, "tar-format PyTorch checkpoints (PyTorch 0.1.x) are not supported; re-save with a current torch.save")
-            }
-            if raw.count >= 2, raw[0] == 0x80 { return .legacy }
-            // Protocol 0/1 pickles start with a data or MARK opcode; torch never writes them, but
-            // `scan` should still list their globals.
-            if let first = raw.first, Array("(c]})NILSVXUTKJMFGld".utf8).contains(first) { return .pickle }
+            if isTarHeader(raw) { return .tar }
             if raw.count >= 8, Array(raw[0..<8]) == Array("PYTORCH1".utf8) {
                 throw FormatError(.invalidArchive, "this is the PyTorch 1.0 preview archive format, which torch itself no longer reads")
             }
-            throw FormatError(.invalidArchive, "not a PyTorch checkpoint: neither a zip archive nor a legacy pickle")
+            if let first = raw.first, startsLikePickle(first) { return first == 0x80 ? .legacy : .pickle }
+            throw FormatError(.invalidArchive, "not a PyTorch checkpoint: neither a zip archive nor a pickle")
         }
+    }
+
+    /// Whether `byte` is a pickle opcode: a file starting with one is unpickled by `torch.load`.
+    public static func startsLikePickle(_ byte: UInt8) -> Bool {
+        PickleOpcode(rawValue: byte) != nil
     }
 
     static func pickleError(_ error: PickleError, entry: String) -> FormatError {
@@ -140,10 +205,8 @@ public final class TorchCheckpoint: TensorStore {
     /// already did; this covers any operand the scan could not see the same way).
     static func checkBuiltGlobals(_ document: PickleDocument, entry: String, allowUnsafeGlobals: Bool) throws(FormatError) {
         guard !allowUnsafeGlobals else { return }
-        for g in document.globals where g.safety == .dangerous {
-            throw unsafe(PickleScanReport.Finding(
-                entry: entry, module: g.module, name: g.name, offset: g.offset, opcode: g.opcode.name,
-                safety: .dangerous, isResolved: true), count: 1)
+        for g in document.globals where g.safety != .safe {
+            throw unsafe(PickleScanReport.Finding(g, entry: entry), count: 1)
         }
     }
 
