@@ -41,20 +41,9 @@ public final class SafetensorsFile: TensorStore, @unchecked Sendable {
         headerLength = header.headerLength
         metadata = header.metadata
         let dataStart = 8 + header.headerLength
-        var descriptors: [TensorDescriptor] = []
-        var ranges: [Range<Int>] = []
-        var byName: [String: Int] = [:]
-        descriptors.reserveCapacity(header.entries.count)
-        ranges.reserveCapacity(header.entries.count)
-        byName.reserveCapacity(header.entries.count)
-        for (i, entry) in header.entries.enumerated() {
-            descriptors.append(entry.descriptor)
-            ranges.append((dataStart + entry.dataRange.lowerBound)..<(dataStart + entry.dataRange.upperBound))
-            byName[entry.descriptor.name] = i
-        }
-        tensors = descriptors
-        self.ranges = ranges
-        self.byName = byName
+        tensors = header.entries.map(\.descriptor)
+        ranges = header.entries.map { (dataStart + $0.dataRange.lowerBound)..<(dataStart + $0.dataRange.upperBound) }
+        byName = header.indexByName
     }
 
     public func descriptor(named name: String) -> TensorDescriptor? {
@@ -89,6 +78,8 @@ public struct SafetensorsHeader: Sendable {
     public let metadata: [String: String]
     /// Entries sorted by data offset.
     public let entries: [Entry]
+    /// The position in `entries` of each tensor name.
+    public let indexByName: [String: Int]
 
     /// Validates a whole file's bytes: header and the data section's coverage.
     ///
@@ -111,8 +102,9 @@ public struct SafetensorsHeader: Sendable {
         }
         var metadata: [String: String] = [:]
         var entries: [Entry] = []
+        var readIndex: [String: Int] = [:]
         do {
-            try Self.readHeader(headerBytes, metadata: &metadata, entries: &entries)
+            try Self.readHeader(headerBytes, metadata: &metadata, entries: &entries, index: &readIndex)
         } catch let error as JSONError {
             switch error.code {
             case .invalidUTF8: throw FormatError(.invalidHeaderUTF8, "header is not valid UTF-8")
@@ -123,7 +115,19 @@ public struct SafetensorsHeader: Sendable {
         } catch {
             throw FormatError(.invalidHeaderJSON, "header is not valid JSON: \(error)")
         }
-        entries.sort { ($0.dataRange.lowerBound, $0.dataRange.upperBound, $0.descriptor.name) < ($1.dataRange.lowerBound, $1.dataRange.upperBound, $1.descriptor.name) }
+        // Data-offset order (files are usually written in it already: then nothing moves, and
+        // the name index built while reading is reused as it is).
+        func before(_ a: Entry, _ b: Entry) -> Bool {
+            (a.dataRange.lowerBound, a.dataRange.upperBound, a.descriptor.name) < (b.dataRange.lowerBound, b.dataRange.upperBound, b.descriptor.name)
+        }
+        if !zip(entries, entries.dropFirst()).allSatisfy({ !before($1, $0) }) {
+            var order = Array(entries.indices)
+            order.sort { before(entries[$0], entries[$1]) }
+            var position = [Int](repeating: 0, count: order.count)
+            for (sorted, original) in order.enumerated() { position[original] = sorted }
+            entries = order.map { entries[$0] }
+            readIndex = readIndex.mapValues { position[$0] }
+        }
         var expectedStart = 0
         for entry in entries {
             let name = entry.descriptor.name
@@ -157,17 +161,15 @@ public struct SafetensorsHeader: Sendable {
         }
         self.headerLength = n
         self.metadata = metadata
-        self.entries = entries.map { entry in
-            var e = entry
-            e.descriptor.byteCount = entry.dataRange.count
-            return e
-        }
+        self.entries = entries
+        self.indexByName = readIndex
     }
 
     /// One streaming pass over the header's JSON: tensor entries and metadata are built as they
     /// are read and nothing else is kept, so memory is proportional to the tensors, not to what
     /// the text nests. Unknown fields of a tensor entry are skipped (the reference ignores them).
-    private static func readHeader(_ bytes: UnsafeRawBufferPointer, metadata: inout [String: String], entries: inout [Entry]) throws {
+    private static func readHeader(_ bytes: UnsafeRawBufferPointer, metadata: inout [String: String], entries: inout [Entry],
+                                   index: inout [String: Int]) throws {
         var reader = try JSONReader(bytes, maximumDepth: maximumDepth)
         let first = try reader.next()
         guard first == .beginObject else {
@@ -176,7 +178,6 @@ public struct SafetensorsHeader: Sendable {
             guard try reader.next() == .end else { throw JSONError(.syntax, "unexpected bytes after the JSON document") }
             throw FormatError(.headerNotObject, "header is a JSON \(first.typeName), not an object")
         }
-        var names = Set<String>()
         var sawMetadata = false
         while true {
             let token = try reader.next()
@@ -188,7 +189,7 @@ public struct SafetensorsHeader: Sendable {
                 try readMetadata(&reader, into: &metadata)
                 continue
             }
-            guard names.insert(name).inserted else {
+            guard index.updateValue(entries.count, forKey: name) == nil else {
                 throw FormatError(.duplicateKey, "header repeats the key '\(name)'", tensor: name)
             }
             entries.append(try readEntry(&reader, name: name))
