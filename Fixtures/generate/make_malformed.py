@@ -425,6 +425,49 @@ def build(c):
              ("f8_e5m2", "F8_E5M2", [6], e5m2_bytes, e5m2_json)])
 
 
+def build_hostile(c):
+    """Issue 16: names with NUL bytes, and headers whose JSON nests or grows where no tensor is."""
+    one_data = f32(1.0)
+    c.valid("valid_nul_in_name", "tensor named 'x\\u0000hidden' (the reference keeps the whole name)",
+            [("x\u0000hidden", "F32", [1], f32(1.0), [1.0])])
+    c.valid("valid_nul_names_distinct", "tensors 'a\\u0000x' and 'a' are two tensors, not one",
+            [("a\u0000x", "F32", [1], f32(1.0), [1.0]), ("a", "F32", [1], f32(2.0), [2.0])])
+    c.valid("valid_nul_metadata_keys", "__metadata__ keys 'k\\u0000a' and 'k' are two keys",
+            [("a", "F32", [1], f32(1.0), [1.0])], metadata={"k\u0000a": "1", "k": "2"})
+    c.valid("valid_unknown_field_nested", "an unknown field holding nested arrays is skipped (as serde does)",
+            [("a", "F32", [1], f32(1.0), [1.0])],
+            header_transform=lambda t: t.replace('"data_offsets":[0,4]}', '"data_offsets":[0,4],"x":[[[],[[]]],{"y":[1,2,{"z":null}]}]}'))
+    deep = "[" * 100 + "]" * 100
+    c.valid("valid_unknown_field_depth_100", "an unknown field nested 100 deep (serde_json's limit is 128)",
+            [("a", "F32", [1], f32(1.0), [1.0])],
+            header_transform=lambda t: t.replace('"data_offsets":[0,4]}', '"data_offsets":[0,4],"x":' + deep + '}'))
+    deeper = "[" * 200 + "]" * 200
+    c.add("invalid_json_unknown_field_depth_200",
+          frame('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":' + deeper + '}}', one_data),
+          "invalidHeaderJSON", "an unknown field nested 200 deep (beyond serde_json's recursion limit of 128)")
+    c.add("invalid_json_number_overflow_in_unknown_field",
+          frame('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":1e999}}', one_data),
+          "invalidHeaderJSON", "1e999 is beyond a double (serde_json: number out of range)")
+    c.add("invalid_json_lone_surrogate_key",
+          frame('{"a\\ud800":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', one_data),
+          "invalidHeaderJSON", "a key with a lone high surrogate escape (serde_json refuses it)")
+    c.add("invalid_json_raw_control_in_key",
+          frame('{"a\tb":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', one_data),
+          "invalidHeaderJSON", "a raw tab inside a key (JSON needs it escaped)")
+    c.add("duplicate_key_after_escape_with_nul",
+          frame('{"a\\u0000":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a\\u0000":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', one_data + one_data),
+          "duplicateKey", "the key 'a\\u0000' twice (the reference keeps the last, then finds a hole)")
+    c.add("entry_shape_nested_arrays",
+          frame('{"a":{"dtype":"F32","shape":[[[1]]],"data_offsets":[0,4]}}', one_data),
+          "invalidTensorEntry", "a shape of nested arrays is refused at its first element")
+    c.add("entry_shape_rank_65",
+          frame('{"a":{"dtype":"F32","shape":[' + ",".join(["1"] * 65) + '],"data_offsets":[0,4]}}', one_data),
+          "invalidTensorEntry", "a shape of 65 dimensions (more than any tensor library allows)")
+    c.add("invalid_metadata_nested_arrays",
+          frame('{"__metadata__":{"k":[[[[]]]]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', one_data),
+          "invalidMetadata", "a metadata value of nested arrays is refused at its first token")
+
+
 REFERENCE_ERRORS = [  # message fragment of the reference Python binding -> our code
     ("header too small", "headerTooSmall"), ("header too large", "headerTooLarge"),
     ("invalid header length", "invalidHeaderLength"), ("invalid UTF-8", "invalidHeaderUTF8"),
@@ -481,6 +524,7 @@ def main():
             os.remove(os.path.join(args.out, f))
     c = Corpus(args.out)
     build(c)
+    build_hostile(c)
     with open(os.path.join(args.out, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(c.entries, f, indent=1, ensure_ascii=False)
         f.write("\n")

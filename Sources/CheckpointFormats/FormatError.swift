@@ -12,7 +12,7 @@ public struct FormatError: Error, Sendable, CustomStringConvertible {
             case invalidOffset, tensorInvalidInfo, validationOverflow, misalignedSlice, incompleteBuffer
             // any format
             case unrecognizedFormat, tensorNotFound, reservedName, duplicateTensor, unsupportedDType
-            case unsupportedConversion, invalidArgument
+            case unsupportedConversion, invalidArgument, tooLarge, unsafePath
             // .wpk
             case badMagic, unsupportedVersion, corruptHeader, checksumMismatch, corruptData
             // PyTorch archives and pickles
@@ -68,6 +68,10 @@ public struct FormatError: Error, Sendable, CustomStringConvertible {
         public static let unsupportedConversion = Code(value: .unsupportedConversion)
         /// An option value that makes no sense for this input.
         public static let invalidArgument = Code(value: .invalidArgument)
+        /// A file or a count beyond a documented limit (Docs/limits.md), refused rather than guessed around.
+        public static let tooLarge = Code(value: .tooLarge)
+        /// A recorded relative path that is absolute, climbs out with `..`, or holds a control character.
+        public static let unsafePath = Code(value: .unsafePath)
 
         /// Not a `.wpk` file (or its magic is damaged).
         public static let badMagic = Code(value: .badMagic)

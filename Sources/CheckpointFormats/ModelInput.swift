@@ -44,14 +44,23 @@ public enum ModelInput {
     }
 
     /// Decides what `path` holds.
+    ///
+    /// - Throws: `.io` with `IOError` `.notFound`, `.permissionDenied`, `.symlinkLoop`, or
+    ///   `.notRegularFile` for a FIFO, socket or device (refused before it is opened, since
+    ///   opening a FIFO blocks); `.unrecognizedFormat`.
     public static func detect(_ path: String) throws(FormatError) -> Kind {
-        var info = stat()
-        guard stat(path, &info) == 0 else {
-            throw FormatError(IOError.from(errno: errno, path: path, call: "stat", fallback: .readFailed))
-        }
-        if (info.st_mode & S_IFMT) == S_IFDIR {
-            var probe = stat()
-            return stat(path + "/model_index.json", &probe) == 0 ? .diffusers : .folder
+        let size: Int
+        do throws(IOError) {
+            switch try FileCheck.kind(of: path) {
+            case .directory:
+                return isRegularFile(path + "/model_index.json") ? .diffusers : .folder
+            case .other:
+                throw IOError(.notRegularFile, path: path, call: "stat")
+            case .regularFile(let bytes):
+                size = bytes
+            }
+        } catch {
+            throw FormatError(error)
         }
         if path.hasSuffix(".safetensors.index.json") { return .shardedSafetensors }
         let head = try readHead(path, count: 16)
@@ -59,7 +68,7 @@ public enum ModelInput {
         if head.starts(with: [0x50, 0x4B, 0x03, 0x04]) { return .torchZip }
         // A legacy torch file starts with the pickled magic number: PROTO 2, LONG1 10 bytes.
         if head.starts(with: [0x80, 0x02, 0x8A, 0x0A]) { return .torchLegacy }
-        if path.hasSuffix(".safetensors") || looksLikeSafetensors(head, fileSize: Int(info.st_size)) { return .safetensors }
+        if path.hasSuffix(".safetensors") || looksLikeSafetensors(head, fileSize: size) { return .safetensors }
         // torch.load unpickles any non-zip file from byte 0, whatever its first opcode.
         if [".ckpt", ".pt", ".pth", ".bin"].contains(where: path.hasSuffix), let first = head.first,
            TorchCheckpoint.startsLikePickle(first) { return .torchLegacy }
@@ -69,17 +78,10 @@ public enum ModelInput {
     private static func looksLikeSafetensors(_ head: [UInt8], fileSize: Int) -> Bool {
         guard head.count >= 9 else { return false }
         let n = head[0..<8].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
-        return n >= 2 && n <= UInt64(fileSize - 8) && [UInt8(ascii: "{"), 0x20, 0x09, 0x0A, 0x0D].contains(head[8])
+        return fileSize >= 8 && n >= 2 && n <= UInt64(fileSize - 8) && [UInt8(ascii: "{"), 0x20, 0x09, 0x0A, 0x0D].contains(head[8])
     }
 
     private static func readHead(_ path: String, count: Int) throws(FormatError) -> [UInt8] {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            throw FormatError(IOError.from(errno: errno, path: path, call: "open", fallback: .readFailed))
-        }
-        defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: count)
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, count) }
-        return n > 0 ? Array(buffer[0..<n]) : []
+        do { return try FileCheck.readPrefix(of: path, count: count) } catch { throw FormatError(error) }
     }
 }

@@ -17,15 +17,21 @@ public final class SafetensorsFile: TensorStore, @unchecked Sendable {
     public let tensors: [TensorDescriptor]
     public let metadata: [String: String]
     public var formatName: String { "safetensors" }
-    private let ranges: [String: Range<Int>]
+    /// Absolute byte ranges of the tensors' data, in the order of `tensors`.
+    private let ranges: [Range<Int>]
     private let byName: [String: Int]
 
     /// Maps and validates `path`.
     ///
-    /// - Throws: `FormatError` with the code of the first rule the file breaks, or `.io`.
+    /// - Throws: `FormatError` with the code of the first rule the file breaks, or `.io`
+    ///   (a missing, unreadable or non-regular file).
+    /// - Complexity: O(header + n log n) for n tensors; memory proportional to the tensors.
     public init(path: String) throws(FormatError) {
         self.path = path
-        do { file = try MappedFile(path: path) } catch { throw FormatError(error) }
+        do {
+            try FileCheck.requireRegularFile(path)
+            file = try MappedFile(path: path)
+        } catch { throw FormatError(error) }
         let header: SafetensorsHeader
         do {
             header = try file.withUnsafeBytes { (raw) throws(FormatError) in try SafetensorsHeader(validating: raw) }
@@ -34,12 +40,10 @@ public final class SafetensorsFile: TensorStore, @unchecked Sendable {
         }
         headerLength = header.headerLength
         metadata = header.metadata
-        tensors = header.entries.map(\.descriptor)
         let dataStart = 8 + header.headerLength
-        ranges = Dictionary(uniqueKeysWithValues: header.entries.map {
-            ($0.descriptor.name, (dataStart + $0.dataRange.lowerBound)..<(dataStart + $0.dataRange.upperBound))
-        })
-        byName = Dictionary(uniqueKeysWithValues: tensors.enumerated().map { ($1.name, $0) })
+        tensors = header.entries.map(\.descriptor)
+        ranges = header.entries.map { (dataStart + $0.dataRange.lowerBound)..<(dataStart + $0.dataRange.upperBound) }
+        byName = header.indexByName
     }
 
     public func descriptor(named name: String) -> TensorDescriptor? {
@@ -48,14 +52,14 @@ public final class SafetensorsFile: TensorStore, @unchecked Sendable {
 
     /// The tensor's bytes, zero-copy from the mapping.
     public func tensor(named name: String) throws(FormatError) -> TensorView {
-        guard let index = byName[name], let range = ranges[name], let bytes = file.bytes(in: range) else {
+        guard let index = byName[name], let bytes = file.bytes(in: ranges[index]) else {
             throw FormatError(.tensorNotFound, "no tensor '\(name)'", path: path, tensor: name)
         }
         return TensorView(descriptor: tensors[index], bytes: bytes)
     }
 
     /// The absolute byte range of a tensor's data in the file.
-    public func fileRange(of name: String) -> Range<Int>? { ranges[name] }
+    public func fileRange(of name: String) -> Range<Int>? { byName[name].map { ranges[$0] } }
 }
 
 /// The validated header of a safetensors file.
@@ -66,10 +70,16 @@ public struct SafetensorsHeader: Sendable {
         public var dataRange: Range<Int>
     }
 
+    /// The deepest nesting a header may have: the reference parses with serde_json, which
+    /// refuses the 128th nested container (its recursion limit).
+    public static let maximumDepth = 127
+
     public let headerLength: Int
     public let metadata: [String: String]
     /// Entries sorted by data offset.
     public let entries: [Entry]
+    /// The position in `entries` of each tensor name.
+    public let indexByName: [String: Int]
 
     /// Validates a whole file's bytes: header and the data section's coverage.
     ///
@@ -90,38 +100,34 @@ public struct SafetensorsHeader: Sendable {
         guard let headerBytes = reader.getBytes(at: 8, count: n) else {
             throw FormatError(.invalidHeaderLength, "header length \(n) runs past the end of the \(bytes.count)-byte file")
         }
-        let root: JSONValue
-        do {
-            root = try JSONParser.parse(headerBytes)
-        } catch {
-            switch error.code {
-            case .invalidUTF8: throw FormatError(.invalidHeaderUTF8, "header is not valid UTF-8")
-            case .duplicateKey: throw FormatError(.duplicateKey, "header repeats the key '\(error.key ?? "?")'", tensor: error.key)
-            default: throw FormatError(.invalidHeaderJSON, "header is not valid JSON: \(error.message)")
-            }
-        }
-        guard case .object(let object) = root else {
-            throw FormatError(.headerNotObject, "header is a JSON \(root.typeName), not an object")
-        }
         var metadata: [String: String] = [:]
         var entries: [Entry] = []
-        entries.reserveCapacity(object.count)
-        for (name, value) in object {
-            if name == "__metadata__" {
-                guard case .object(let map) = value else {
-                    throw FormatError(.invalidMetadata, "__metadata__ is a \(value.typeName), not an object of strings")
-                }
-                for (key, item) in map {
-                    guard case .string(let text) = item else {
-                        throw FormatError(.invalidMetadata, "__metadata__ value for '\(key)' is a \(item.typeName), not a string")
-                    }
-                    metadata[key] = text
-                }
-                continue
+        var readIndex: [String: Int] = [:]
+        do {
+            try Self.readHeader(headerBytes, metadata: &metadata, entries: &entries, index: &readIndex)
+        } catch let error as JSONError {
+            switch error.code {
+            case .invalidUTF8: throw FormatError(.invalidHeaderUTF8, "header is not valid UTF-8")
+            default: throw FormatError(.invalidHeaderJSON, "header is not valid JSON: \(error.message)")
             }
-            entries.append(try Self.entry(name: name, value: value))
+        } catch let error as FormatError {
+            throw error
+        } catch {
+            throw FormatError(.invalidHeaderJSON, "header is not valid JSON: \(error)")
         }
-        entries.sort { ($0.dataRange.lowerBound, $0.dataRange.upperBound, $0.descriptor.name) < ($1.dataRange.lowerBound, $1.dataRange.upperBound, $1.descriptor.name) }
+        // Data-offset order (files are usually written in it already: then nothing moves, and
+        // the name index built while reading is reused as it is).
+        func before(_ a: Entry, _ b: Entry) -> Bool {
+            (a.dataRange.lowerBound, a.dataRange.upperBound, a.descriptor.name) < (b.dataRange.lowerBound, b.dataRange.upperBound, b.descriptor.name)
+        }
+        if !zip(entries, entries.dropFirst()).allSatisfy({ !before($1, $0) }) {
+            var order = Array(entries.indices)
+            order.sort { before(entries[$0], entries[$1]) }
+            var position = [Int](repeating: 0, count: order.count)
+            for (sorted, original) in order.enumerated() { position[original] = sorted }
+            entries = order.map { entries[$0] }
+            readIndex = readIndex.mapValues { position[$0] }
+        }
         var expectedStart = 0
         for entry in entries {
             let name = entry.descriptor.name
@@ -155,51 +161,130 @@ public struct SafetensorsHeader: Sendable {
         }
         self.headerLength = n
         self.metadata = metadata
-        self.entries = entries.map { entry in
-            var e = entry
-            e.descriptor.byteCount = entry.dataRange.count
-            return e
+        self.entries = entries
+        self.indexByName = readIndex
+    }
+
+    /// One streaming pass over the header's JSON: tensor entries and metadata are built as they
+    /// are read and nothing else is kept, so memory is proportional to the tensors, not to what
+    /// the text nests. Unknown fields of a tensor entry are skipped (the reference ignores them).
+    private static func readHeader(_ bytes: UnsafeRawBufferPointer, metadata: inout [String: String], entries: inout [Entry],
+                                   index: inout [String: Int]) throws {
+        var reader = try JSONReader(bytes, maximumDepth: maximumDepth)
+        let first = try reader.next()
+        guard first == .beginObject else {
+            // Valid JSON that is not an object, or not JSON at all: read the rest to tell which.
+            if case .beginArray = first { try reader.skipToEndOfContainer() }
+            guard try reader.next() == .end else { throw JSONError(.syntax, "unexpected bytes after the JSON document") }
+            throw FormatError(.headerNotObject, "header is a JSON \(first.typeName), not an object")
+        }
+        var sawMetadata = false
+        while true {
+            let token = try reader.next()
+            if token == .endObject { break }
+            guard case .key(let name) = token else { throw JSONError(.syntax, "expected an object key") }
+            if name == "__metadata__" {
+                guard !sawMetadata else { throw FormatError(.duplicateKey, "header repeats the key '__metadata__'", tensor: name) }
+                sawMetadata = true
+                try readMetadata(&reader, into: &metadata)
+                continue
+            }
+            guard index.updateValue(entries.count, forKey: name) == nil else {
+                throw FormatError(.duplicateKey, "header repeats the key '\(name)'", tensor: name)
+            }
+            entries.append(try readEntry(&reader, name: name))
+        }
+        guard try reader.next() == .end else { throw JSONError(.syntax, "unexpected bytes after the JSON document") }
+    }
+
+    private static func readMetadata(_ reader: inout JSONReader, into metadata: inout [String: String]) throws {
+        let open = try reader.next()
+        guard open == .beginObject else {
+            throw FormatError(.invalidMetadata, "__metadata__ is a \(open.typeName), not an object of strings")
+        }
+        while true {
+            let token = try reader.next()
+            if token == .endObject { return }
+            guard case .key(let key) = token else { throw JSONError(.syntax, "expected an object key") }
+            let item = try reader.next()
+            guard case .string(let text) = item else {
+                throw FormatError(.invalidMetadata, "__metadata__ value for '\(key)' is a \(item.typeName), not a string")
+            }
+            guard metadata.updateValue(text, forKey: key) == nil else {
+                throw FormatError(.duplicateKey, "header repeats the key '\(key)'", tensor: key)
+            }
         }
     }
 
-    private static func entry(name: String, value: JSONValue) throws(FormatError) -> Entry {
-        guard case .object(let fields) = value else {
-            throw FormatError(.invalidTensorEntry, "tensor '\(name)' is a JSON \(value.typeName), not an object", tensor: name)
+    /// Reads an array of non-negative integers, refusing anything else at its first token.
+    private static func readIntegers(_ reader: inout JSONReader, name: String, field: String, limit: Int,
+                                     overflow: FormatError.Code) throws -> [Int] {
+        let open = try reader.next()
+        guard open == .beginArray else {
+            throw FormatError(.invalidTensorEntry, "tensor '\(name)': \(field) is a \(open.typeName), not an array", tensor: name)
         }
-        guard let dtypeValue = fields["dtype"], let shapeValue = fields["shape"], let offsetsValue = fields["data_offsets"] else {
-            let missing = ["dtype", "shape", "data_offsets"].filter { fields[$0] == nil }.joined(separator: ", ")
+        var values: [Int] = []
+        while true {
+            let token = try reader.next()
+            switch token {
+            case .endArray:
+                return values
+            case .int(let v) where v >= 0:
+                guard values.count < limit else {
+                    throw FormatError(.invalidTensorEntry, "tensor '\(name)': \(field) has more than \(limit) entries", tensor: name)
+                }
+                values.append(Int(v))
+            case .uint(let v):
+                throw FormatError(overflow, "tensor '\(name)': \(field) value \(v) overflows", tensor: name)
+            default:
+                throw FormatError(.invalidTensorEntry, "tensor '\(name)': \(field) holds a \(token.typeName), not a non-negative integer", tensor: name)
+            }
+        }
+    }
+
+    private static func readEntry(_ reader: inout JSONReader, name: String) throws -> Entry {
+        let open = try reader.next()
+        guard open == .beginObject else {
+            throw FormatError(.invalidTensorEntry, "tensor '\(name)' is a JSON \(open.typeName), not an object", tensor: name)
+        }
+        var dtype: DType?
+        var shape: [Int]?
+        var bounds: [Int]?
+        while true {
+            let token = try reader.next()
+            if token == .endObject { break }
+            guard case .key(let field) = token else { throw JSONError(.syntax, "expected an object key") }
+            func once<T>(_ value: T?) throws {
+                guard value == nil else { throw FormatError(.duplicateKey, "tensor '\(name)' repeats the key '\(field)'", tensor: name) }
+            }
+            switch field {
+            case "dtype":
+                try once(dtype)
+                let value = try reader.next()
+                guard case .string(let dtypeName) = value else {
+                    throw FormatError(.invalidTensorEntry, "tensor '\(name)': dtype is a \(value.typeName), not a string", tensor: name)
+                }
+                guard let known = DType(name: dtypeName) else {
+                    throw FormatError(.unknownDType, "tensor '\(name)' has unknown dtype '\(dtypeName)'", tensor: name)
+                }
+                dtype = known
+            case "shape":
+                try once(shape)
+                shape = try readIntegers(&reader, name: name, field: "shape", limit: Shape.maximumRank, overflow: .validationOverflow)
+            case "data_offsets":
+                try once(bounds)
+                bounds = try readIntegers(&reader, name: name, field: "data_offsets", limit: 2, overflow: .invalidOffset)
+                guard bounds?.count == 2 else {
+                    throw FormatError(.invalidTensorEntry, "tensor '\(name)': data_offsets must be an array of two integers", tensor: name)
+                }
+            default:
+                try reader.skipValue()
+            }
+        }
+        guard let dtype, let shape, let bounds else {
+            let missing = [("dtype", dtype == nil), ("shape", shape == nil), ("data_offsets", bounds == nil)]
+                .filter(\.1).map(\.0).joined(separator: ", ")
             throw FormatError(.invalidTensorEntry, "tensor '\(name)' lacks \(missing)", tensor: name)
-        }
-        guard case .string(let dtypeName) = dtypeValue else {
-            throw FormatError(.invalidTensorEntry, "tensor '\(name)': dtype is a \(dtypeValue.typeName), not a string", tensor: name)
-        }
-        guard let dtype = DType(name: dtypeName) else {
-            throw FormatError(.unknownDType, "tensor '\(name)' has unknown dtype '\(dtypeName)'", tensor: name)
-        }
-        guard case .array(let dims) = shapeValue else {
-            throw FormatError(.invalidTensorEntry, "tensor '\(name)': shape is a \(shapeValue.typeName), not an array", tensor: name)
-        }
-        var shape: [Int] = []
-        for d in dims {
-            switch d {
-            case .int(let v) where v >= 0: shape.append(Int(v))
-            case .uint: throw FormatError(.validationOverflow, "tensor '\(name)': dimension \(d.serialized()) overflows", tensor: name)
-            default: throw FormatError(.invalidTensorEntry, "tensor '\(name)': shape holds \(d.serialized()), not a non-negative integer", tensor: name)
-            }
-        }
-        guard shape.count <= Shape.maximumRank else {
-            throw FormatError(.invalidTensorEntry, "tensor '\(name)' has \(shape.count) dimensions", tensor: name)
-        }
-        guard case .array(let offsets) = offsetsValue, offsets.count == 2 else {
-            throw FormatError(.invalidTensorEntry, "tensor '\(name)': data_offsets must be an array of two integers", tensor: name)
-        }
-        var bounds: [Int] = []
-        for o in offsets {
-            switch o {
-            case .int(let v) where v >= 0: bounds.append(Int(v))
-            case .uint: throw FormatError(.invalidOffset, "tensor '\(name)': data offset \(o.serialized()) is beyond any file", tensor: name)
-            default: throw FormatError(.invalidTensorEntry, "tensor '\(name)': data_offsets holds \(o.serialized()), not a non-negative integer", tensor: name)
-            }
         }
         guard bounds[0] <= bounds[1] else {
             throw FormatError(.invalidOffset, "tensor '\(name)' ends (\(bounds[1])) before it begins (\(bounds[0]))", tensor: name)

@@ -11,6 +11,8 @@ public final class ShardedSafetensors: TensorStore, @unchecked Sendable {
     public let metadata: [String: String]
     public var formatName: String { "safetensors" }
     private let owner: [String: Int]
+    /// The largest shard index read (64 MiB: an index of a million tensors is about 60 MB).
+    public static let maximumIndexSize = 64 << 20
 
     /// Reads the index and maps every shard it names.
     ///
@@ -20,7 +22,13 @@ public final class ShardedSafetensors: TensorStore, @unchecked Sendable {
     public init(indexPath: String) throws(FormatError) {
         self.indexPath = indexPath
         let index: MappedFile
-        do { index = try MappedFile(path: indexPath) } catch { throw FormatError(error) }
+        do {
+            try FileCheck.requireRegularFile(indexPath)
+            index = try MappedFile(path: indexPath)
+        } catch { throw FormatError(error) }
+        guard index.size <= Self.maximumIndexSize else {
+            throw FormatError(.tooLarge, "shard index is \(index.size) bytes, more than \(Self.maximumIndexSize >> 20) MiB", path: indexPath)
+        }
         let root: JSONValue
         do {
             root = try index.withUnsafeBytes { (raw) throws(JSONError) in try JSONParser.parse(raw) }

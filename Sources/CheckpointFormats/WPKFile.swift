@@ -73,7 +73,10 @@ public final class WPKFile: QuantizedTensorStore, @unchecked Sendable {
     /// Maps and validates `path`.
     public init(path: String) throws(FormatError) {
         self.path = path
-        do { file = try MappedFile(path: path) } catch { throw FormatError(error) }
+        do {
+            try FileCheck.requireRegularFile(path)
+            file = try MappedFile(path: path)
+        } catch { throw FormatError(error) }
         let parsed: Parsed
         do {
             parsed = try file.withUnsafeBytes { (raw) throws(FormatError) in try Self.parse(raw) }
@@ -245,6 +248,14 @@ public final class WPKFile: QuantizedTensorStore, @unchecked Sendable {
         }
         guard case .object(let object) = root, case .object(let metadata)? = object["metadata"], case .array(let rows)? = object["tensors"] else {
             throw FormatError(.corruptHeader, "header lacks the metadata object or the tensors array")
+        }
+        if let files = metadata["diffusers_files"] {
+            // Written back by a diffusers export: every path must stay inside its folder.
+            guard case .object(let map) = files else { throw FormatError(.corruptHeader, "diffusers_files is not an object") }
+            for (relative, text) in map {
+                try RelativePath.validate(relative, recordedIn: "diffusers_files")
+                guard case .string = text else { throw FormatError(.corruptHeader, "diffusers_files entry '\(relative)' is not a string") }
+            }
         }
         var entries: [WPKTensorEntry] = []
         entries.reserveCapacity(rows.count)

@@ -8,6 +8,7 @@ public struct IOError: Error, Sendable, CustomStringConvertible {
             case notFound, permissionDenied, isDirectory, readFailed, writeFailed, noSpace, exists
             case mapFailed, syncFailed, renameFailed, unexpectedEnd, cannotCreate
             case outputIsInput, outputIsFolder, refusedTarget
+            case notRegularFile, symlinkLoop
         }
         fileprivate let value: Value
         /// The input does not exist.
@@ -32,6 +33,10 @@ public struct IOError: Error, Sendable, CustomStringConvertible {
         public static let renameFailed = Code(value: .renameFailed)
         /// The output file cannot be created (missing folder, read-only file system, …).
         public static let cannotCreate = Code(value: .cannotCreate)
+        /// An input is a FIFO, socket or device, not a regular file (unreadable input, like a missing one).
+        public static let notRegularFile = Code(value: .notRegularFile)
+        /// Resolving the path met a loop of symbolic links (`ELOOP`): unreadable input.
+        public static let symlinkLoop = Code(value: .symlinkLoop)
         /// A read returned fewer bytes than the file's size promised.
         public static let unexpectedEnd = Code(value: .unexpectedEnd)
         /// The output is one of the command's inputs (or a folder holding one): never replaced,
@@ -81,6 +86,7 @@ public struct IOError: Error, Sendable, CustomStringConvertible {
         case .isDirectory: code = .isDirectory
         case .noSpace, .diskQuotaExceeded: code = .noSpace
         case .fileExists: code = .exists
+        case .tooManySymbolicLinkLevels: code = .symlinkLoop
         default: code = fallback
         }
         return IOError(code, path: path, call: call, errno: errno)
@@ -91,6 +97,8 @@ public struct IOError: Error, Sendable, CustomStringConvertible {
         case .notFound: "\(path): no such file or directory"
         case .permissionDenied: "\(path): permission denied"
         case .isDirectory: "\(path): is a directory"
+        case .notRegularFile: "\(path): not a regular file (a FIFO, socket or device cannot be read as a model)"
+        case .symlinkLoop: "\(path): too many levels of symbolic links"
         case .exists: "\(path): already exists (use --force to overwrite)"
         case .noSpace: "\(path): no space left on device"
         case .unexpectedEnd: "\(path): file ended early (changed while reading?)"

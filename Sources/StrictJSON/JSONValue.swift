@@ -90,6 +90,14 @@ public struct JSONObject: Sendable, Hashable, Sequence {
         }
     }
 
+    /// Adds `key` at the end unless it is already present; returns whether it was added.
+    public mutating func appendNew(_ key: String, _ value: JSONValue) -> Bool {
+        guard index[key] == nil else { return false }
+        index[key] = entries.count
+        entries.append((key, value))
+        return true
+    }
+
     public func makeIterator() -> IndexingIterator<[(key: String, value: JSONValue)]> { entries.makeIterator() }
 
     public static func == (a: JSONObject, b: JSONObject) -> Bool {

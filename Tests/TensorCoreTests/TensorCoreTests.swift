@@ -223,3 +223,34 @@ struct Float16OverflowTests {
         #expect(f64.withUnsafeBytes { ElementConversion.float16OverflowCount($0, dtype: .f64, count: f64.count) } == 4)
     }
 }
+
+@Suite("printable text")
+struct PrintableTextTests {
+    @Test("control characters, escapes and bidirectional overrides are escaped", arguments: [
+        ("plain.name", "plain.name"),
+        ("a\nb", "a\\nb"),
+        ("a\r\tb", "a\\r\\tb"),
+        ("\u{1B}[31mred\u{1B}[0m", "\\x1b[31mred\\x1b[0m"),
+        ("nul\u{0}x", "nul\\x00x"),
+        ("del\u{7F}", "del\\x7f"),
+        ("c1\u{9B}31m", "c1\\x9b31m"),
+        ("back\\slash", "back\\\\slash"),
+        ("rtl\u{202E}txt", "rtl\\u{202e}txt"),
+        ("line\u{2028}sep", "line\\u{2028}sep"),
+        ("é😀日本", "é😀日本"),
+    ])
+    func escapes(_ c: (String, String)) {
+        #expect(PrintableText.escaped(c.0) == c.1)
+        #expect(!PrintableText.escaped(c.0).unicodeScalars.contains { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) })
+    }
+
+    @Test("invalid UTF-8 bytes are written as \\xNN, valid sequences as text")
+    func bytes() {
+        #expect(PrintableText.escaped(bytes: [0x61, 0xFF, 0x62]) == "a\\xffb")
+        #expect(PrintableText.escaped(bytes: [0xC0, 0x80]) == "\\xc0\\x80")
+        #expect(PrintableText.escaped(bytes: [0xED, 0xA0, 0x80]) == "\\xed\\xa0\\x80")
+        #expect(PrintableText.escaped(bytes: [0xE2, 0x82]) == "\\xe2\\x82")
+        #expect(PrintableText.escaped(bytes: Array("é\n".utf8)) == "é\\n")
+        #expect(PrintableText.escaped(bytes: [0x1B, 0x5B]) == "\\x1b[")
+    }
+}

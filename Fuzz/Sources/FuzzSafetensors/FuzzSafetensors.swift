@@ -16,6 +16,11 @@ public func fuzzSafetensors(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt 
         expected = entry.dataRange.upperBound
     }
     precondition(dataStart + expected == size, "accepted a data section that does not end the file")
+    // The name index the streaming pass builds points at each entry, and at nothing else.
+    precondition(header.indexByName.count == header.entries.count, "name index and entries differ in size")
+    for (i, entry) in header.entries.enumerated() {
+        precondition(header.indexByName[entry.descriptor.name] == i, "name index points at the wrong entry")
+    }
     return 0
 }
 

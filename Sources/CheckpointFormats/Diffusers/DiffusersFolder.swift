@@ -31,8 +31,9 @@ public final class DiffusersFolder: TensorStore, @unchecked Sendable {
         "config.json", "scheduler_config.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
         "tokenizer.json", "added_tokens.json", "preprocessor_config.json", "generation_config.json",
     ]
-    /// Files larger than this are not kept as auxiliary files.
-    static let maximumAuxiliarySize = 16 << 20
+    /// The largest configuration or tokenizer file read (16 MiB; CLIP's `tokenizer.json` is 2 MB):
+    /// a larger one is an error (`.tooLarge`), never silently left out.
+    public static let maximumAuxiliarySize = 16 << 20
 
     /// Opens the folder at `path`.
     ///
@@ -48,7 +49,7 @@ public final class DiffusersFolder: TensorStore, @unchecked Sendable {
         var aux: [(String, [UInt8])] = []
         var meta: [String: String] = [:]
         var listed: [String] = []
-        if let index = Self.readSmall(root + "/model_index.json") {
+        if let index = try Self.readSmall(root + "/model_index.json") {
             aux.append(("model_index.json", index))
             let value: JSONValue
             do { value = try index.withUnsafeBytes { (raw) throws(JSONError) in try JSONParser.parse(raw) } } catch {
@@ -69,7 +70,7 @@ public final class DiffusersFolder: TensorStore, @unchecked Sendable {
         for name in componentNames {
             let folder = root + "/" + name
             for file in listFolder(folder) ?? [] where Self.auxiliaryNames.contains(file) {
-                if let bytes = Self.readSmall(folder + "/" + file) { aux.append((name + "/" + file, bytes)) }
+                if let bytes = try Self.readSmall(folder + "/" + file) { aux.append((name + "/" + file, bytes)) }
             }
             if let (file, store) = try Self.openWeights(in: folder, variant: variant, allowUnsafeGlobals: allowUnsafeGlobals) {
                 opened.append(ComponentFile(component: name, file: name + "/" + file, store: store))
@@ -145,7 +146,10 @@ public final class DiffusersFolder: TensorStore, @unchecked Sendable {
             }
             for stem in weightFileStems {
                 let bin = stem + infix + ".bin"
-                if files.contains(bin) { return (bin, try TorchCheckpoint(path: folder + "/" + bin, allowUnsafeGlobals: allowUnsafeGlobals)) }
+                if files.contains(bin) {
+                    try requireRegularFile(folder + "/" + bin)
+                    return (bin, try TorchCheckpoint(path: folder + "/" + bin, allowUnsafeGlobals: allowUnsafeGlobals))
+                }
                 for i in [stem + infix + ".bin.index.json", stem + ".bin.index" + infix + ".json"] where files.contains(i) {
                     return (i, try ShardedTorchCheckpoint(indexPath: folder + "/" + i, allowUnsafeGlobals: allowUnsafeGlobals))
                 }
@@ -154,9 +158,36 @@ public final class DiffusersFolder: TensorStore, @unchecked Sendable {
         return nil
     }
 
-    static func readSmall(_ path: String) -> [UInt8]? {
-        guard isRegularFile(path), let file = try? MappedFile(path: path), file.size <= maximumAuxiliarySize else { return nil }
+    /// The bytes of a small text file, or `nil` when there is no such file.
+    ///
+    /// - Throws: `.tooLarge` beyond ``maximumAuxiliarySize``; `.io` for a file that exists but
+    ///   cannot be read, or is a FIFO, socket or device (refused before it is opened).
+    static func readSmall(_ path: String) throws(FormatError) -> [UInt8]? {
+        let size: Int
+        do throws(IOError) {
+            switch try FileCheck.kind(of: path) {
+            case .regularFile(let bytes): size = bytes
+            case .directory: return nil
+            case .other: throw IOError(.notRegularFile, path: path, call: "stat")
+            }
+        } catch {
+            if error.code == .notFound { return nil }
+            throw FormatError(error)
+        }
+        guard size <= maximumAuxiliarySize else {
+            throw FormatError(.tooLarge, "\(size) bytes, more than the \(maximumAuxiliarySize >> 20) MiB a configuration or tokenizer file may have", path: path)
+        }
+        let file: MappedFile
+        do { file = try MappedFile(path: path) } catch { throw FormatError(error) }
+        guard file.size <= maximumAuxiliarySize else {
+            throw FormatError(.tooLarge, "\(file.size) bytes, more than the \(maximumAuxiliarySize >> 20) MiB a configuration or tokenizer file may have", path: path)
+        }
         return file.withUnsafeBytes { Array($0) }
+    }
+
+    /// Refuses a weight file that is not a regular file before a reader opens it.
+    static func requireRegularFile(_ path: String) throws(FormatError) {
+        do { try FileCheck.requireRegularFile(path) } catch { throw FormatError(error) }
     }
 }
 
@@ -171,7 +202,7 @@ public final class ShardedTorchCheckpoint: TensorStore, @unchecked Sendable {
 
     public init(indexPath: String, allowUnsafeGlobals: Bool) throws(FormatError) {
         self.indexPath = indexPath
-        guard let bytes = DiffusersFolder.readSmall(indexPath) else {
+        guard let bytes = try DiffusersFolder.readSmall(indexPath) else {
             throw FormatError(IOError(.readFailed, path: indexPath, call: "open"))
         }
         let root: JSONValue
@@ -181,6 +212,7 @@ public final class ShardedTorchCheckpoint: TensorStore, @unchecked Sendable {
         let shardIndex = try ShardIndex(root, indexPath: indexPath)
         var opened: [TorchCheckpoint] = []
         for file in shardIndex.files.indices {
+            try DiffusersFolder.requireRegularFile(shardIndex.path(of: file))
             opened.append(try TorchCheckpoint(path: shardIndex.path(of: file), allowUnsafeGlobals: allowUnsafeGlobals))
         }
         let (owner, all) = try shardIndex.assemble(opened)

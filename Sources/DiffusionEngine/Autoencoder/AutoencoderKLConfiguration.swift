@@ -70,10 +70,26 @@ public struct AutoencoderKLConfiguration: Sendable, Hashable {
             }
             return n
         }
-        func float(_ key: String, _ fallback: Float) -> Float {
-            o[key]?.doubleValue.map(Float.init) ?? fallback
+        func float(_ key: String, _ fallback: Float) throws(EngineError) -> Float {
+            guard let v = o[key], v != .null else { return fallback }
+            guard let d = v.doubleValue, Float(d).isFinite else {
+                throw EngineError(.invalidConfiguration, "VAE configuration field '\(key)' is not a finite number")
+            }
+            return Float(d)
         }
-        let blocks = o["block_out_channels"]?.arrayValue?.compactMap(\.nonNegativeInt) ?? [64]
+        var blocks = [64]
+        if let v = o["block_out_channels"], v != .null {
+            guard let a = v.arrayValue, a.count <= Self.limits.levels.upperBound else {
+                throw EngineError(.invalidConfiguration, "VAE block_out_channels is not a list of at most \(Self.limits.levels.upperBound) integers")
+            }
+            blocks = []
+            for element in a {
+                guard let n = element.nonNegativeInt else {
+                    throw EngineError(.invalidConfiguration, "VAE block_out_channels holds \(element.typeName) \(element.serialized().prefix(40))")
+                }
+                blocks.append(n)
+            }
+        }
         if let act = o["act_fn"]?.stringValue, act != "silu" {
             throw EngineError(.invalidConfiguration, "unsupported VAE activation '\(act)'")
         }
@@ -85,7 +101,7 @@ public struct AutoencoderKLConfiguration: Sendable, Hashable {
         self.init(inChannels: try int("in_channels", 3), outChannels: try int("out_channels", 3),
                   latentChannels: try int("latent_channels", 4), blockOutChannels: blocks,
                   layersPerBlock: try int("layers_per_block", 1), normGroups: try int("norm_num_groups", 32),
-                  scalingFactor: float("scaling_factor", 0.18215), shiftFactor: float("shift_factor", 0),
+                  scalingFactor: try float("scaling_factor", 0.18215), shiftFactor: try float("shift_factor", 0),
                   useQuantConv: o["use_quant_conv"]?.boolValue ?? true,
                   usePostQuantConv: o["use_post_quant_conv"]?.boolValue ?? true,
                   midBlockAttention: o["mid_block_add_attention"]?.boolValue ?? true,
@@ -102,16 +118,50 @@ public struct AutoencoderKLConfiguration: Sendable, Hashable {
         try self.init(json: value)
     }
 
-    /// Checks the sizes fit together.
+    /// The bounds every VAE configuration must keep (Docs/limits.md).
+    public struct Limits: Sendable {
+        public var levels = 1...8
+        public var channels = 1...8192
+        public var imageChannels = 1...64
+        public var latentChannels = 1...64
+        public var layersPerBlock = 1...16
+        public var normGroups = 1...1024
+        /// Pixels per side the model was trained at (512 for SD 1.x, 1024 for SDXL).
+        public var sampleSize = 1...8192
+        /// Magnitude of `scaling_factor` and `shift_factor`.
+        public var factorMagnitude: Float = 1000
+    }
+    public static let limits = Limits()
+
+    /// Checks that every number is inside ``limits`` and the sizes fit together.
+    ///
+    /// - Throws: ``EngineError/Code/invalidConfiguration`` naming the first field out of bounds.
     public func validate() throws(EngineError) {
-        guard !blockOutChannels.isEmpty, blockOutChannels.allSatisfy({ $0 > 0 && $0 % max(normGroups, 1) == 0 }), normGroups > 0 else {
+        let l = Self.limits
+        func check(_ value: Int, _ range: ClosedRange<Int>, _ field: String) throws(EngineError) {
+            guard range.contains(value) else {
+                throw EngineError(.invalidConfiguration, "VAE \(field) \(value) is outside \(range.lowerBound)...\(range.upperBound)")
+            }
+        }
+        try check(blockOutChannels.count, l.levels, "level count (block_out_channels)")
+        for c in blockOutChannels { try check(c, l.channels, "block_out_channels entry") }
+        try check(inChannels, l.imageChannels, "in_channels")
+        try check(outChannels, l.imageChannels, "out_channels")
+        try check(latentChannels, l.latentChannels, "latent_channels")
+        try check(layersPerBlock, l.layersPerBlock, "layers_per_block")
+        try check(normGroups, l.normGroups, "norm_num_groups")
+        try check(sampleSize, l.sampleSize, "sample_size")
+        guard blockOutChannels.allSatisfy({ $0 % normGroups == 0 }) else {
             throw EngineError(.invalidConfiguration, "VAE channels \(blockOutChannels) do not split into \(normGroups) groups")
         }
-        guard layersPerBlock > 0, inChannels > 0, outChannels > 0, latentChannels > 0 else {
-            throw EngineError(.invalidConfiguration, "VAE channel and layer counts must be positive")
+        guard scalingFactor.isFinite, scalingFactor != 0, abs(scalingFactor) <= l.factorMagnitude else {
+            throw EngineError(.invalidConfiguration, "VAE scaling factor must be finite, non-zero and at most \(l.factorMagnitude) in magnitude")
         }
-        guard scalingFactor.isFinite, scalingFactor != 0 else {
-            throw EngineError(.invalidConfiguration, "VAE scaling factor must be finite and non-zero")
+        guard shiftFactor.isFinite, abs(shiftFactor) <= l.factorMagnitude else {
+            throw EngineError(.invalidConfiguration, "VAE shift factor must be finite and at most \(l.factorMagnitude) in magnitude")
+        }
+        guard normEpsilon.isFinite, normEpsilon > 0, normEpsilon < 1 else {
+            throw EngineError(.invalidConfiguration, "VAE norm epsilon \(normEpsilon) is not in (0, 1)")
         }
     }
 }

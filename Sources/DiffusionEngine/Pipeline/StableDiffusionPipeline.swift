@@ -123,6 +123,7 @@ public final class StableDiffusionPipeline {
     /// - Complexity: `steps` UNet passes with a batch of 2 (3 for PNDM's repeated step: steps + 1).
     public func generate(_ request: Request, observer: ((Event) -> Void)? = nil) throws(EngineError) -> Output {
         let factor = vae.configuration.downsamplingFactor
+        try request.validate(downsamplingFactor: factor)
         guard request.width > 0, request.height > 0, request.width % factor == 0, request.height % factor == 0 else {
             throw EngineError(.invalidInput, "image size \(request.width)x\(request.height) is not a positive multiple of \(factor)")
         }

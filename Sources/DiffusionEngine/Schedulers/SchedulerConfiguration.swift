@@ -123,7 +123,7 @@ public struct SchedulerConfiguration: Sendable, Hashable {
         }
         func number(_ key: String) throws(EngineError) -> Double? {
             guard let v = present(key) else { return nil }
-            guard let d = v.doubleValue else { throw EngineError(.invalidConfiguration, "scheduler field '\(key)' is not a number") }
+            guard let d = v.doubleValue, d.isFinite else { throw EngineError(.invalidConfiguration, "scheduler field '\(key)' is not a finite number") }
             return d
         }
         func int(_ key: String) throws(EngineError) -> Int? {
@@ -148,6 +148,9 @@ public struct SchedulerConfiguration: Sendable, Hashable {
         betaEnd = try number("beta_end")
         betaSchedule = try string("beta_schedule")
         if let a = present("trained_betas")?.arrayValue {
+            guard a.count <= Self.limits.trainTimesteps.upperBound else {
+                throw EngineError(.invalidConfiguration, "scheduler field 'trained_betas' has \(a.count) values, more than \(Self.limits.trainTimesteps.upperBound)")
+            }
             let values = a.compactMap(\.doubleValue)
             guard values.count == a.count else { throw EngineError(.invalidConfiguration, "scheduler field 'trained_betas' is not a list of numbers") }
             trainedBetas = values
@@ -175,6 +178,46 @@ public struct SchedulerConfiguration: Sendable, Hashable {
         if try bool("rescale_betas_zero_snr") == true { throw EngineError(.invalidConfiguration, "rescale_betas_zero_snr is not supported") }
         if let t = try string("interpolation_type"), t != "linear" { throw EngineError(.invalidConfiguration, "interpolation_type '\(t)' is not supported") }
         if let t = try string("timestep_type"), t != "discrete" { throw EngineError(.invalidConfiguration, "timestep_type '\(t)' is not supported") }
+        try validate()
+    }
+
+    /// The bounds a scheduler configuration must keep (Docs/limits.md): every published
+    /// configuration trains over 1000 timesteps with betas below 0.03.
+    public struct Limits: Sendable {
+        public var trainTimesteps = 2...100_000
+        public var stepsOffset = 0...100_000
+        public var solverOrder = 1...3
+        /// `beta_start`, `beta_end` and every trained beta lie in [0, 1].
+        public var beta: ClosedRange<Double> = 0...1
+        public var clipSampleRange: ClosedRange<Double> = 1e-6...1e6
+    }
+    public static let limits = Limits()
+
+    /// Checks every number set against ``limits``; fields left `nil` are the scheduler's defaults.
+    ///
+    /// - Throws: ``EngineError/Code/invalidConfiguration`` naming the first field out of bounds.
+    public func validate() throws(EngineError) {
+        let l = Self.limits
+        func check<T: Comparable>(_ value: T?, _ range: ClosedRange<T>, _ field: String) throws(EngineError) {
+            guard let value else { return }
+            guard range.contains(value) else {
+                throw EngineError(.invalidConfiguration, "scheduler \(field) \(value) is outside \(range.lowerBound)...\(range.upperBound)")
+            }
+        }
+        try check(trainTimesteps, l.trainTimesteps, "num_train_timesteps")
+        try check(stepsOffset, l.stepsOffset, "steps_offset")
+        try check(solverOrder, l.solverOrder, "solver_order")
+        try check(betaStart, l.beta, "beta_start")
+        try check(betaEnd, l.beta, "beta_end")
+        try check(clipSampleRange, l.clipSampleRange, "clip_sample_range")
+        if let trainedBetas {
+            guard trainedBetas.count <= l.trainTimesteps.upperBound else {
+                throw EngineError(.invalidConfiguration, "scheduler trained_betas has \(trainedBetas.count) values, more than \(l.trainTimesteps.upperBound)")
+            }
+            for beta in trainedBetas where !(beta.isFinite && l.beta.contains(beta)) {
+                throw EngineError(.invalidConfiguration, "scheduler trained_betas holds \(beta), outside 0...1")
+            }
+        }
     }
 
     /// Reads a `scheduler_config.json` from its text.
@@ -198,6 +241,8 @@ struct NoiseSchedule {
     let alphasCumprod: [Float]
 
     init(_ c: SchedulerConfiguration) throws(EngineError) {
+        // A configuration built in code may not have been read from JSON: check it here too.
+        try c.validate()
         let n = c.trainTimesteps ?? 1000
         guard n > 1 else { throw EngineError(.invalidConfiguration, "num_train_timesteps must be at least 2") }
         let start = c.betaStart ?? 0.0001, end = c.betaEnd ?? 0.02

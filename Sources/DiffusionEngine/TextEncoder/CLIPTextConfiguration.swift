@@ -65,6 +65,13 @@ public struct CLIPTextConfiguration: Sendable, Hashable {
             if let value, object[key] == nil || object[key] == .null { return value }
             throw EngineError(.invalidConfiguration, "text encoder configuration needs a non-negative integer '\(key)'")
         }
+        func epsilon() throws(EngineError) -> Float {
+            guard let v = object["layer_norm_eps"], v != .null else { return 1e-5 }
+            guard let d = v.doubleValue, Float(d).isFinite else {
+                throw EngineError(.invalidConfiguration, "text encoder configuration field 'layer_norm_eps' is not a finite number")
+            }
+            return Float(d)
+        }
         let activationName = object["hidden_act"]?.stringValue ?? "quick_gelu"
         guard let activation = Activation(rawValue: activationName) else {
             throw EngineError(.invalidConfiguration, "unsupported text encoder activation '\(activationName)'")
@@ -76,7 +83,7 @@ public struct CLIPTextConfiguration: Sendable, Hashable {
                   headCount: try int("num_attention_heads"),
                   maximumPositions: try int("max_position_embeddings", default: 77),
                   activation: activation,
-                  layerNormEpsilon: Float(object["layer_norm_eps"]?.doubleValue ?? 1e-5),
+                  layerNormEpsilon: try epsilon(),
                   endTokenID: try int("eos_token_id", default: 49407))
         try validate()
     }
@@ -90,16 +97,44 @@ public struct CLIPTextConfiguration: Sendable, Hashable {
         try self.init(json: value)
     }
 
-    /// Checks the sizes fit together.
+    /// The bounds every text encoder configuration must keep (Docs/limits.md).
+    public struct Limits: Sendable {
+        public var vocabularySize = 1...1_000_000
+        public var hiddenSize = 1...16384
+        public var intermediateSize = 1...65536
+        public var layerCount = 1...128
+        public var headCount = 1...256
+        public var maximumPositions = 1...4096
+    }
+    public static let limits = Limits()
+
+    /// Checks that every number is inside ``limits`` and the sizes fit together.
+    ///
+    /// - Throws: ``EngineError/Code/invalidConfiguration`` naming the first field out of bounds.
     public func validate() throws(EngineError) {
-        guard hiddenSize > 0, headCount > 0, hiddenSize % headCount == 0 else {
+        let l = Self.limits
+        func check(_ value: Int, _ range: ClosedRange<Int>, _ field: String) throws(EngineError) {
+            guard range.contains(value) else {
+                throw EngineError(.invalidConfiguration, "text encoder \(field) \(value) is outside \(range.lowerBound)...\(range.upperBound)")
+            }
+        }
+        try check(vocabularySize, l.vocabularySize, "vocab_size")
+        try check(hiddenSize, l.hiddenSize, "hidden_size")
+        try check(intermediateSize, l.intermediateSize, "intermediate_size")
+        try check(layerCount, l.layerCount, "num_hidden_layers")
+        try check(headCount, l.headCount, "num_attention_heads")
+        try check(maximumPositions, l.maximumPositions, "max_position_embeddings")
+        guard endTokenID >= 0, endTokenID < vocabularySize else {
+            throw EngineError(.invalidConfiguration, "text encoder eos_token_id \(endTokenID) is not an id of its \(vocabularySize)-token vocabulary")
+        }
+        guard hiddenSize % headCount == 0 else {
             throw EngineError(.invalidConfiguration, "hidden size \(hiddenSize) does not split into \(headCount) heads")
         }
-        guard layerCount > 0, skippedLayers >= 0, skippedLayers < layerCount else {
+        guard skippedLayers >= 0, skippedLayers < layerCount else {
             throw EngineError(.invalidConfiguration, "cannot skip \(skippedLayers) of \(layerCount) layers")
         }
-        guard intermediateSize > 0, maximumPositions > 0 else {
-            throw EngineError(.invalidConfiguration, "intermediate size and positions must be positive")
+        guard layerNormEpsilon.isFinite, layerNormEpsilon > 0, layerNormEpsilon < 1 else {
+            throw EngineError(.invalidConfiguration, "text encoder layer_norm_eps \(layerNormEpsilon) is not in (0, 1)")
         }
     }
 }

@@ -128,7 +128,22 @@ extension CLIPTokenizer {
         return value?.objectValue?["content"]?.stringValue
     }
 
+    /// The largest tokenizer file read (`tokenizer.json` of CLIP is 2 MB, `vocab.json` 1 MB).
+    public static let maximumFileSize = 64 << 20
+
     private static func readText(_ url: URL) throws(EngineError) -> String {
+        // Refuse a FIFO, socket or device before opening it (opening a FIFO blocks), and a
+        // file too large to be a tokenizer before reading it.
+        var info = stat()
+        guard stat(url.path, &info) == 0 else {
+            throw EngineError(.readFailed, "cannot read file (\(String(cString: strerror(errno))))", path: url.path)
+        }
+        guard (info.st_mode & S_IFMT) == S_IFREG else {
+            throw EngineError(.readFailed, "not a regular file", path: url.path)
+        }
+        guard Int(info.st_size) <= maximumFileSize else {
+            throw EngineError(.invalidTokenizer, "file is \(info.st_size) bytes, more than the \(maximumFileSize >> 20) MiB a tokenizer file may have", path: url.path)
+        }
         do {
             let data = try Data(contentsOf: url)
             guard let text = String(data: data, encoding: .utf8) else {

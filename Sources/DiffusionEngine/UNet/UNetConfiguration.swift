@@ -108,12 +108,34 @@ public struct UNetConfiguration: Sendable, Hashable {
             }
             return n
         }
+        func float(_ key: String, _ fallback: Float) throws(EngineError) -> Float {
+            guard let v = present(key) else { return fallback }
+            guard let d = v.doubleValue, Float(d).isFinite else {
+                throw EngineError(.invalidConfiguration, "UNet configuration field '\(key)' is not a finite number")
+            }
+            return Float(d)
+        }
+        /// A list of strings or integers, refused whole (not filtered) when an entry is of another type.
+        func list<T>(_ key: String, _ item: (JSONValue) -> T?) throws(EngineError) -> [T]? {
+            guard let v = present(key) else { return nil }
+            guard let a = v.arrayValue, a.count <= UNetConfiguration.limits.levels.upperBound else {
+                throw EngineError(.invalidConfiguration, "UNet configuration field '\(key)' is not a list of at most \(UNetConfiguration.limits.levels.upperBound) entries")
+            }
+            var values: [T] = []
+            for element in a {
+                guard let value = item(element) else {
+                    throw EngineError(.invalidConfiguration, "UNet configuration field '\(key)' holds \(element.typeName) \(element.serialized().prefix(40))")
+                }
+                values.append(value)
+            }
+            return values
+        }
         /// An integer or a list of integers, one per level.
         func perLevel(_ key: String, levels: Int) throws(EngineError) -> [Int]? {
             guard let v = present(key) else { return nil }
             if let n = v.nonNegativeInt { return Array(repeating: n, count: levels) }
-            guard let a = v.arrayValue else {
-                throw EngineError(.invalidConfiguration, "UNet configuration field '\(key)' is neither an integer nor a list")
+            guard let a = v.arrayValue, a.count <= UNetConfiguration.limits.levels.upperBound else {
+                throw EngineError(.invalidConfiguration, "UNet configuration field '\(key)' is neither an integer nor a short list")
             }
             let values = a.compactMap(\.nonNegativeInt)
             guard values.count == a.count, values.count == levels else {
@@ -121,11 +143,11 @@ public struct UNetConfiguration: Sendable, Hashable {
             }
             return values
         }
-        let blocks = present("block_out_channels")?.arrayValue?.compactMap(\.nonNegativeInt) ?? [320, 640, 1280, 1280]
+        let blocks = try list("block_out_channels", \.nonNegativeInt) ?? [320, 640, 1280, 1280]
         let levels = blocks.count
-        let downTypes = present("down_block_types")?.arrayValue?.compactMap(\.stringValue)
+        let downTypes = try list("down_block_types", \.stringValue)
             ?? ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
-        let upTypes = present("up_block_types")?.arrayValue?.compactMap(\.stringValue)
+        let upTypes = try list("up_block_types", \.stringValue)
             ?? ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
         guard downTypes.count == levels, upTypes.count == levels else {
             throw EngineError(.invalidConfiguration, "UNet has \(levels) levels but \(downTypes.count) down and \(upTypes.count) up block types")
@@ -174,6 +196,9 @@ public struct UNetConfiguration: Sendable, Hashable {
         let heads = headCounts ?? headDims ?? Array(repeating: 8, count: levels)
         var reverse: [Int]? = nil
         if let v = present("reverse_transformer_layers_per_block"), let rows = v.arrayValue {
+            guard rows.count == levels else {
+                throw EngineError(.invalidConfiguration, "reverse_transformer_layers_per_block needs \(levels) entries")
+            }
             // One list per up level; the engine supports a constant depth within a level.
             reverse = try rows.map { (row: JSONValue) throws(EngineError) -> Int in
                 if let n = row.nonNegativeInt { return n }
@@ -192,9 +217,9 @@ public struct UNetConfiguration: Sendable, Hashable {
                   crossAttentionDimension: try int("cross_attention_dim", 1280),
                   useLinearProjection: present("use_linear_projection")?.boolValue ?? false,
                   normGroups: try int("norm_num_groups", 32),
-                  normEpsilon: Float(present("norm_eps")?.doubleValue ?? 1e-5),
+                  normEpsilon: try float("norm_eps", 1e-5),
                   flipSinToCos: present("flip_sin_to_cos")?.boolValue ?? true,
-                  frequencyShift: Float(present("freq_shift")?.doubleValue ?? 0),
+                  frequencyShift: try float("freq_shift", 0),
                   additionTimeEmbeddingDimension: additionDimension,
                   projectionClassEmbeddingsInputDimension: projection,
                   sampleSize: try int("sample_size", 64))
@@ -210,22 +235,67 @@ public struct UNetConfiguration: Sendable, Hashable {
         try self.init(json: value)
     }
 
-    /// Checks that the sizes fit together.
+    /// The bounds every UNet configuration must keep (Docs/limits.md): generous for every
+    /// published model (SDXL: 3 levels of at most 1280 channels, 10 transformer blocks), small
+    /// enough that no size computed from them overflows or asks for unbounded memory.
+    public struct Limits: Sendable {
+        public var levels = 1...8
+        public var channels = 1...8192
+        public var inputChannels = 1...64
+        public var layersPerBlock = 1...16
+        public var heads = 1...256
+        public var transformerLayers = 0...64
+        public var crossAttentionDimension = 1...16384
+        public var normGroups = 1...1024
+        public var additionTimeEmbeddingDimension = 1...4096
+        public var projectionInputDimension = 1...65536
+        /// Latent pixels per side the model was trained at (64 for 512 px; SDXL 128).
+        public var sampleSize = 1...512
+    }
+    public static let limits = Limits()
+
+    /// Checks that every number is inside ``limits`` and that the sizes fit together.
+    ///
+    /// - Throws: ``EngineError/Code/invalidConfiguration`` naming the first field out of bounds.
     public func validate() throws(EngineError) {
+        let l = Self.limits
+        func check(_ value: Int, _ range: ClosedRange<Int>, _ field: String) throws(EngineError) {
+            guard range.contains(value) else {
+                throw EngineError(.invalidConfiguration, "UNet \(field) \(value) is outside \(range.lowerBound)...\(range.upperBound)")
+            }
+        }
         let levels = blockOutChannels.count
-        guard levels > 0, downBlockCrossAttention.count == levels, upBlockCrossAttention.count == levels,
+        try check(levels, l.levels, "level count (block_out_channels)")
+        for c in blockOutChannels { try check(c, l.channels, "block_out_channels entry") }
+        try check(inChannels, l.inputChannels, "in_channels")
+        try check(outChannels, l.inputChannels, "out_channels")
+        try check(layersPerBlock, l.layersPerBlock, "layers_per_block")
+        for h in attentionHeads { try check(h, l.heads, "attention head count") }
+        for t in transformerLayersPerBlock + (reverseTransformerLayersPerBlock ?? []) { try check(t, l.transformerLayers, "transformer_layers_per_block entry") }
+        try check(crossAttentionDimension, l.crossAttentionDimension, "cross_attention_dim")
+        try check(normGroups, l.normGroups, "norm_num_groups")
+        try check(sampleSize, l.sampleSize, "sample_size")
+        if let d = additionTimeEmbeddingDimension { try check(d, l.additionTimeEmbeddingDimension, "addition_time_embed_dim") }
+        if let d = projectionClassEmbeddingsInputDimension { try check(d, l.projectionInputDimension, "projection_class_embeddings_input_dim") }
+        guard normEpsilon.isFinite, normEpsilon > 0, normEpsilon < 1 else {
+            throw EngineError(.invalidConfiguration, "UNet norm_eps \(normEpsilon) is not in (0, 1)")
+        }
+        guard frequencyShift.isFinite, abs(frequencyShift) <= 1e4 else {
+            throw EngineError(.invalidConfiguration, "UNet freq_shift \(frequencyShift) is outside -10000...10000")
+        }
+        guard downBlockCrossAttention.count == levels, upBlockCrossAttention.count == levels,
               attentionHeads.count == levels, transformerLayersPerBlock.count == levels,
               (reverseTransformerLayersPerBlock?.count ?? levels) == levels else {
             throw EngineError(.invalidConfiguration, "UNet per-level settings do not all have \(levels) entries")
         }
-        guard normGroups > 0, blockOutChannels.allSatisfy({ $0 > 0 && $0 % normGroups == 0 }) else {
+        guard blockOutChannels.allSatisfy({ $0 % normGroups == 0 }) else {
             throw EngineError(.invalidConfiguration, "UNet channels \(blockOutChannels) do not split into \(normGroups) groups")
         }
-        for (c, h) in zip(blockOutChannels, attentionHeads) where h == 0 || c % h != 0 {
+        for (c, h) in zip(blockOutChannels, attentionHeads) where c % h != 0 {
             throw EngineError(.invalidConfiguration, "UNet level of \(c) channels does not split into \(h) heads")
         }
-        guard layersPerBlock > 0, inChannels > 0, outChannels > 0, crossAttentionDimension > 0, blockOutChannels[0] % 2 == 0 else {
-            throw EngineError(.invalidConfiguration, "UNet channel and layer counts must be positive")
+        guard blockOutChannels[0] % 2 == 0 else {
+            throw EngineError(.invalidConfiguration, "UNet first level's \(blockOutChannels[0]) channels are odd (the time embedding halves them)")
         }
     }
 }
