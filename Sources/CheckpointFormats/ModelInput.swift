@@ -8,7 +8,7 @@ import TensorCore
 public enum ModelInput {
     /// What an input is.
     public enum Kind: String, Sendable {
-        case safetensors, shardedSafetensors = "safetensors-index", wpk, torchZip = "ckpt", torchLegacy = "ckpt-legacy", diffusers, folder
+        case safetensors, shardedSafetensors = "safetensors-index", wpk, torchZip = "ckpt", torchLegacy = "ckpt-legacy", diffusers, folder, gguf
     }
 
     /// Options for opening inputs.
@@ -29,6 +29,7 @@ public enum ModelInput {
         case .safetensors: return try SafetensorsFile(path: path)
         case .shardedSafetensors: return try ShardedSafetensors(indexPath: path)
         case .wpk: return try WPKFile(path: path)
+        case .gguf: return try GGUFFile(path: path)
         case .torchZip, .torchLegacy: return try openTorch(path, options: options)
         case .diffusers, .folder:
             return try DiffusersFolder(path: path, variant: options.variant, allowUnsafeGlobals: options.allowUnsafeGlobals)
@@ -49,12 +50,13 @@ public enum ModelInput {
         if path.hasSuffix(".safetensors.index.json") { return .shardedSafetensors }
         let head = try readHead(path, count: 16)
         if head.starts(with: WPKLayout.magic) { return .wpk }
+        if head.starts(with: Array("GGUF".utf8)) { return .gguf }
         if head.starts(with: [0x50, 0x4B, 0x03, 0x04]) { return .torchZip }
         // A legacy torch file starts with the pickled magic number: PROTO 2, LONG1 10 bytes.
         if head.starts(with: [0x80, 0x02, 0x8A, 0x0A]) { return .torchLegacy }
         if path.hasSuffix(".safetensors") || looksLikeSafetensors(head, fileSize: Int(info.st_size)) { return .safetensors }
         if [".ckpt", ".pt", ".pth", ".bin"].contains(where: path.hasSuffix), head.first == 0x80 { return .torchLegacy }
-        throw FormatError(.unrecognizedFormat, "not a safetensors, PyTorch or .wpk file, nor a diffusers folder", path: path)
+        throw FormatError(.unrecognizedFormat, "not a safetensors, PyTorch, GGUF or .wpk file, nor a diffusers folder", path: path)
     }
 
     private static func looksLikeSafetensors(_ head: [UInt8], fileSize: Int) -> Bool {
