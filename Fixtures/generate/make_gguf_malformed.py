@@ -94,7 +94,34 @@ CASES = {
 }
 
 
+def f16(values) -> bytes:
+    return struct.pack("<%de" % len(values), *values)
+
+
+# Small valid files, seeds for the fuzz target (Fixtures/fuzz/gguf/).
+VALID = {
+    "valid_f32_f16": gguf(tensors=[tensor("a", [4, 2], 0, 0), tensor("b", [8], 1, 32)],
+                          data=struct.pack("<8f", *range(8)) + f16(range(8)) + b"\0" * 16),
+    "valid_q4_0_q8_0": gguf(kvs=[kv("general.alignment", U32, struct.pack("<I", 16))],
+                            tensors=[tensor("q4", [32, 2], 2, 0), tensor("q8", [32], 8, 48)],
+                            alignment=16, data=(f16([0.5]) + bytes(range(16))) * 2 + b"\0" * 12 + f16([0.25]) + bytes(range(32)) + b"\0" * 14),
+    "valid_q4_k": gguf(tensors=[tensor("model.diffusion_model.w", [256], 12, 0)], data=f16([0.1, 0.01]) + bytes(range(140)) + b"\0" * 16),
+    "valid_comfy": gguf(kvs=[kv("general.architecture", STR, s("sd1")),
+                             kv("comfy.gguf.orig_shape.w", ARR, struct.pack("<IQ", I32, 4) + struct.pack("<4i", 2, 2, 2, 4))],
+                        tensors=[tensor("w", [32], 8, 0), tensor("n", [3], 0, 64)],
+                        data=f16([0.5]) + bytes(range(32)) + b"\0" * 30 + struct.pack("<3f", 1, 2, 3) + b"\0" * 20),
+    "valid_array_metadata": gguf(kvs=[kv("tokens", ARR, struct.pack("<IQ", STR, 2) + s("a") + s("bc")),
+                                      kv("nested", ARR, struct.pack("<IQ", ARR, 1) + struct.pack("<IQ", F32, 1) + struct.pack("<f", 1)),
+                                      kv("flag", BOOL, b"\1"), kv("pi", F64, struct.pack("<d", 3.14))]),
+}
+
+
 def main() -> None:
+    seeds = os.path.normpath(os.path.join(OUT, "..", "..", "fuzz", "gguf"))
+    os.makedirs(seeds, exist_ok=True)
+    for name, data in VALID.items():
+        with open(os.path.join(seeds, name + ".gguf"), "wb") as f:
+            f.write(data)
     os.makedirs(OUT, exist_ok=True)
     expected = {}
     for name, (data, code) in sorted(CASES.items()):

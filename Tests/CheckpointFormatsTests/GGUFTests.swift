@@ -34,6 +34,26 @@ struct GGUFReaderTests {
         }
     }
 
+    @Test("the small valid files (fuzz seeds) open, and agree with what gguf-py reads in them")
+    func validSeeds() throws {
+        let folder = fixturesURL.appendingPathComponent("fuzz/gguf")
+        let comfy = try GGUFFile(path: folder.appendingPathComponent("valid_comfy.gguf").path)
+        #expect(comfy.header.dialect == .comfyUI)
+        #expect(comfy.descriptor(named: "model.diffusion_model.w")?.shape == Shape([2, 2, 2, 4]))
+        #expect(comfy.entry(named: "model.diffusion_model.w")?.storedShape == Shape([32]))
+        #expect(try comfy.tensor(named: "model.diffusion_model.n").floats() == [1, 2, 3])
+        let plain = try GGUFFile(path: folder.appendingPathComponent("valid_f32_f16.gguf").path)
+        #expect(plain.descriptor(named: "a")?.shape == Shape([2, 4]))
+        #expect(try plain.tensor(named: "a").floats() == (0..<8).map(Float.init))
+        #expect(try plain.tensor(named: "b").floats() == (0..<8).map(Float.init))
+        let aligned = try GGUFFile(path: folder.appendingPathComponent("valid_q4_0_q8_0.gguf").path)
+        #expect(aligned.header.alignment == 16)
+        #expect(aligned.tensors.count == 2)
+        let arrays = try GGUFFile(path: folder.appendingPathComponent("valid_array_metadata.gguf").path)
+        #expect(arrays.metadata["tokens"] == "[a, bc]")
+        #expect(arrays.metadata["flag"] == "true")
+    }
+
     @Test("ModelInput detects a GGUF by its magic and opens it")
     func detection() throws {
         let path = ggufFixtures.appendingPathComponent("tiny-sd1-q8_0.gguf").path
