@@ -38,10 +38,17 @@ READ_ONLY = [T.IQ4_NL, T.IQ4_XS]
 
 
 def ggml_library():
-    """stable-diffusion.cpp's shared library, which exports ggml's C API."""
-    import stable_diffusion_cpp.stable_diffusion_cpp as sd
+    """stable-diffusion.cpp's shared library, which exports ggml's C API; or, when
+    WEIGHTPACK_GGML_BASE names one, a libggml-base.so built from the same sdist with the same
+    flags (Fixtures/README.md, "GGUF goldens"), for the block goldens only."""
+    sd = None
+    override = os.environ.get("WEIGHTPACK_GGML_BASE")
+    if override:
+        lib = ctypes.CDLL(override)
+    else:
+        import stable_diffusion_cpp.stable_diffusion_cpp as sd
 
-    lib = sd._lib
+        lib = sd._lib
     f = lib.ggml_quantize_chunk
     f.restype = ctypes.c_size_t
     f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
@@ -167,8 +174,9 @@ def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     sd, quantize_chunk = ggml_library()
     write_blocks(os.path.join(OUT, "blocks.gguf"), quantize_chunk)
-    write_sdcpp(sd, os.path.join(OUT, "tiny-sd1-q8_0.gguf"), int(T.Q8_0))
-    write_sdcpp(sd, os.path.join(OUT, "tiny-sd1-q4_k.gguf"), int(T.Q4_K))
+    if sd is not None:
+        write_sdcpp(sd, os.path.join(OUT, "tiny-sd1-q8_0.gguf"), int(T.Q8_0))
+        write_sdcpp(sd, os.path.join(OUT, "tiny-sd1-q4_k.gguf"), int(T.Q4_K))
     write_comfy(os.path.join(OUT, "tiny-sd1-unet-comfy.gguf"))
     for name in sorted(os.listdir(OUT)):
         p = os.path.join(OUT, name)

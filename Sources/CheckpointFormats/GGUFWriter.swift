@@ -166,7 +166,9 @@ public enum GGUFWriter {
             guard t.shape.rank >= 1, t.shape.rank <= 4 else {
                 throw FormatError(.invalidArgument, "GGUF holds 1 to 4 dimensions; '\(t.name)' has shape \(t.shape)", path: path, tensor: t.name)
             }
-            guard t.ggmlType.isKnown, t.ggmlType.plainDType != nil || GGMLType.quantizable.contains(t.ggmlType) else {
+            // Types WeightPack does not quantise to (IQ4_NL, IQ4_XS) may still be copied from stored blocks.
+            guard t.ggmlType.isKnown, t.ggmlType.plainDType != nil || GGMLType.quantizable.contains(t.ggmlType)
+                || (t.blocks != nil && t.ggmlType.isReadable) else {
                 throw FormatError(.unsupportedDType, "unsupported type \(t.ggmlType.name) for writing '\(t.name)'", path: path, tensor: t.name)
             }
             if t.shape.dimensions.last! % t.ggmlType.blockValues != 0 {
