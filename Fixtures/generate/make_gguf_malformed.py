@@ -69,6 +69,7 @@ CASES = {
     "zero_dimensions": (gguf(tensors=[tensor("w", [], 0, 0)], data=DATA16), "ggufInvalidDimensions"),
     "five_dimensions": (gguf(tensors=[tensor("w", [1, 1, 1, 1, 4], 0, 0)], data=DATA16), "ggufInvalidDimensions"),
     "element_count_overflow": (gguf(tensors=[tensor("w", [1 << 62, 8], 0, 0)], data=DATA16), "validationOverflow"),
+    "overflow_before_zero_dimension": (gguf(tensors=[tensor("w", [256, 0, 1 << 40, 1 << 40], 0, 0)], data=DATA16), "validationOverflow"),
     "dimension_above_int64": (gguf(tensors=[tensor("w", [(1 << 63) + 1], 0, 0)], data=DATA16), "validationOverflow"),
     "byte_size_overflow": (gguf(tensors=[tensor("w", [1 << 31, 1 << 31], 0, 0)], data=DATA16), "validationOverflow"),
     "unknown_type": (gguf(tensors=[tensor("w", [4], 99, 0)], data=DATA16), "unknownDType"),

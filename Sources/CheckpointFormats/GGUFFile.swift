@@ -224,16 +224,18 @@ public struct GGUFHeader: Sendable {
                 throw FormatError(.ggufInvalidDimensions, "tensor '\(name)' has \(rank) dimensions (1 to \(Limits.dimensions))", tensor: name)
             }
             var ne: [Int] = []
-            var count = 1
             for _ in 0..<Int(rank) {
                 let d = try reader.u64("a dimension of '\(name)'")
                 guard d <= UInt64(Int64.max) else {
                     throw FormatError(.validationOverflow, "tensor '\(name)' has dimension \(d)", tensor: name)
                 }
-                let (product, overflow) = count.multipliedReportingOverflow(by: Int(d))
-                guard !overflow else { throw FormatError(.validationOverflow, "tensor '\(name)': element count overflows", tensor: name) }
-                count = product
                 ne.append(Int(d))
+            }
+            // The product in PyTorch order, left to right, as every consumer of the shape computes
+            // it (a 0 dimension after an overflowing pair does not hide the overflow).
+            let count: Int
+            do { count = try Shape(ne.reversed()).elementCount() } catch {
+                throw FormatError(.validationOverflow, "tensor '\(name)': element count overflows", tensor: name)
             }
             let type = GGMLType(rawValue: try reader.u32("the type of '\(name)'"))
             guard type.isKnown else {

@@ -54,6 +54,20 @@ struct GGUFReaderTests {
         #expect(arrays.metadata["flag"] == "true")
     }
 
+    /// Inputs the fuzz target found (and its seeds), replayed as FuzzGGUF runs them.
+    @Test("fuzz inputs return or throw", arguments: (try? FileManager.default.contentsOfDirectory(atPath: fixturesURL.appendingPathComponent("fuzz/gguf").path).sorted()) ?? [])
+    func fuzzRegressions(name: String) throws {
+        let path = fixturesURL.appendingPathComponent("fuzz/gguf/\(name)").path
+        let bytes = Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+        let valid = bytes.withUnsafeBytes { raw in (try? GGUFHeader(validating: raw)) != nil }
+        guard valid else { return }
+        let file = try GGUFFile(path: path)
+        for d in file.tensors {
+            let values = try file.tensor(named: d.name).floats()
+            #expect(values.count == d.elementCount)
+        }
+    }
+
     @Test("ModelInput detects a GGUF by its magic and opens it")
     func detection() throws {
         let path = ggufFixtures.appendingPathComponent("tiny-sd1-q8_0.gguf").path
