@@ -11,13 +11,14 @@ Writes, under Fixtures/gguf/:
   `quantize_row_*_ref`, called through stable-diffusion.cpp's shared library), and those blocks
   dequantised by gguf-py (`gguf.quants.dequantize`); plus random blocks of every type WeightPack
   reads (IQ4_NL and IQ4_XS included) with gguf-py's dequantisation of them.
-- tiny-sd1-q8_0.gguf, tiny-sd1-q4_k.gguf: Fixtures/tiny-sd1/tiny-sd1.safetensors converted by
-  stable-diffusion.cpp's own `convert` (its whole-model dialect).
+- tiny-sd1-q8_0.gguf, tiny-sd1-q4_k.gguf: the tensors of at most 8192 values of
+  Fixtures/tiny-sd1/tiny-sd1.safetensors converted by stable-diffusion.cpp's own `convert` (its
+  whole-model dialect).
 - tiny-sd1-unet-comfy.gguf: the tiny model's UNet in ComfyUI-GGUF's dialect (written with
   gguf-py following the conventions of ComfyUI-GGUF's tools/convert.py: UNet only, the
   `model.diffusion_model.` prefix stripped, `general.architecture` = `sd1`, 1-D and small
   tensors in F32, tensors whose last dimension does not divide by 256 reshaped to rows of 256
-  with `comfy.gguf.orig_shape.<name>` (an INT32 array), then Q8_0 via gguf-py).
+  with `comfy.gguf.orig_shape.<name>` (an INT32 array), then Q4_0 via gguf-py).
 """
 import ctypes
 import os
@@ -134,10 +135,25 @@ def write_blocks(path: str, quantize_chunk) -> None:
     w.close()
 
 
+SDCPP_SUBSET_LIMIT = 8192
+
+
 def write_sdcpp(sd, path: str, sd_type: int) -> None:
+    """stable-diffusion.cpp's `convert` of the tiny model's tensors of at most 8192 values (885 of
+    993, every name an LDM name; the larger convolutions and the token embedding are left out to
+    keep the fixture small), from a temporary safetensors file outside the repository."""
+    import tempfile
+
+    from safetensors.numpy import save_file
+
     if os.path.exists(path):
         os.remove(path)
-    ok = sd.convert(TINY_SAFETENSORS.encode(), b"", path.encode(), sd_type, b"", False)
+    state = load_file(TINY_SAFETENSORS)
+    subset = {k: v for k, v in state.items() if v.size <= SDCPP_SUBSET_LIMIT}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "tiny-sd1-subset.safetensors")
+        save_file(subset, src)
+        ok = sd.convert(src.encode(), b"", path.encode(), sd_type, b"", False)
     assert ok and os.path.exists(path), f"stable-diffusion.cpp convert failed for {path}"
 
 
@@ -148,11 +164,11 @@ def write_comfy(path: str) -> None:
     unet = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     w = gguf.GGUFWriter(path, arch="sd1")
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    w.add_file_type(int(T.Q8_0))
+    w.add_file_type(int(T.Q4_0))
     keep_f32 = ("time_embed.", "label_emb.")
     for key, data in unet.items():
         data = data.astype(np.float32)
-        qtype = T.Q8_0
+        qtype = T.Q4_0
         if data.ndim == 1 or data.size <= 1024 or (any(x in key for x in keep_f32) and ".weight" in key):
             qtype = T.F32
         if data.ndim > 1 and data.size >= 512 and data.size % 256 == 0 and data.shape[-1] % 256 != 0:
