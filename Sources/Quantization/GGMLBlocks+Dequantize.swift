@@ -45,25 +45,24 @@ public enum GGMLBlocks {
         case .i64:
             for i in 0..<count { output[i] = Float(Int64(littleEndian: base.loadUnaligned(fromByteOffset: 8 * i, as: Int64.self))) }
         default:
-            for b in 0..<blocks {
-                let block = base + b * size
-                let y = output + b * type.blockValues
-                switch type {
-                case .q4_0: q4_0(block, y)
-                case .q4_1: q4_1(block, y)
-                case .q5_0: q5_0(block, y)
-                case .q5_1: q5_1(block, y)
-                case .q8_0: q8_0(block, y)
-                case .q2_K: q2_K(block, y)
-                case .q3_K: q3_K(block, y)
-                case .q4_K: q4_K(block, y)
-                case .q5_K: q5_K(block, y)
-                case .q6_K: q6_K(block, y)
-                case .iq4_NL: iq4_NL(block, y)
-                case .iq4_XS: iq4_XS(block, y)
-                default: preconditionFailure("readable type \(type) without a kernel")
-                }
+            let kernel: (UnsafeRawPointer, UnsafeMutablePointer<Float>) -> Void
+            switch type {
+            case .q4_0: kernel = q4_0
+            case .q4_1: kernel = q4_1
+            case .q5_0: kernel = q5_0
+            case .q5_1: kernel = q5_1
+            case .q8_0: kernel = q8_0
+            case .q2_K: kernel = q2_K
+            case .q3_K: kernel = q3_K
+            case .q4_K: kernel = q4_K
+            case .q5_K: kernel = q5_K
+            case .q6_K: kernel = q6_K
+            case .iq4_NL: kernel = iq4_NL
+            case .iq4_XS: kernel = iq4_XS
+            default: preconditionFailure("readable type \(type) without a kernel")
             }
+            let values = type.blockValues
+            for b in 0..<blocks { kernel(base + b * size, output + b * values) }
         }
     }
 
@@ -129,12 +128,15 @@ public enum GGMLBlocks {
         let d = half(p, 80), dmin = half(p, 82)
         for half in 0..<2 {
             for shift in 0..<4 {
-                for l in 0..<32 {
-                    let index = half * 128 + shift * 32 + l
-                    let sc = byte(p, index / 16)
+                for part in 0..<2 {
+                    let start = half * 128 + shift * 32 + part * 16
+                    let sc = byte(p, start / 16)
                     let dl = d * Float(sc & 0x0F), ml = dmin * Float(sc >> 4)
-                    let q = (byte(p, 16 + half * 32 + l) >> UInt8(2 * shift)) & 3
-                    y[index] = dl * Float(q) - ml
+                    let q = p + 16 + half * 32 + part * 16
+                    let out = y + start
+                    for l in 0..<16 {
+                        out[l] = dl * Float((q.load(fromByteOffset: l, as: UInt8.self) >> UInt8(2 * shift)) & 3) - ml
+                    }
                 }
             }
         }
@@ -143,19 +145,22 @@ public enum GGMLBlocks {
     /// Q3_K: hmask[32], qs[64], scales[12], d.
     static func q3_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
         let d = half(p, 108)
-        var dl = [Float](repeating: 0, count: 16)
-        for k in 0..<16 {
-            let low = (byte(p, 96 + k % 8) >> UInt8(4 * (k / 8))) & 0x0F
-            let high = (byte(p, 96 + 8 + k % 4) >> UInt8(2 * (k / 4))) & 0x03
-            dl[k] = d * Float(Int(low | high << 4) - 32)
-        }
         for half in 0..<2 {
             for shift in 0..<4 {
-                for l in 0..<32 {
-                    let index = half * 128 + shift * 32 + l
-                    let low = Int((byte(p, 32 + half * 32 + l) >> UInt8(2 * shift)) & 3)
-                    let bit = Int((byte(p, l) >> UInt8(index / 32)) & 1)
-                    y[index] = dl[index / 16] * Float(low - ((bit ^ 1) << 2))
+                for part in 0..<2 {
+                    let start = half * 128 + shift * 32 + part * 16
+                    let k = start / 16
+                    let low = (byte(p, 96 + k % 8) >> UInt8(4 * (k / 8))) & 0x0F
+                    let high = (byte(p, 96 + 8 + k % 4) >> UInt8(2 * (k / 4))) & 0x03
+                    let dl = d * Float(Int(low | high << 4) - 32)
+                    let mask = UInt8(start / 32)
+                    let out = y + start
+                    for l in 0..<16 {
+                        let lane = part * 16 + l
+                        let q = Int((byte(p, 32 + half * 32 + lane) >> UInt8(2 * shift)) & 3)
+                        let bit = Int((byte(p, lane) >> mask) & 1)
+                        out[l] = dl * Float(q - ((bit ^ 1) << 2))
+                    }
                 }
             }
         }
@@ -207,13 +212,22 @@ public enum GGMLBlocks {
     static func q6_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
         let d = half(p, 208)
         for half in 0..<2 {
-            for l in 0..<128 {
-                let index = half * 128 + l
-                let nibble = l / 64, lane = l % 64
-                let low = (byte(p, half * 64 + lane) >> UInt8(4 * nibble)) & 0x0F
-                let high = (byte(p, 128 + half * 32 + l % 32) >> UInt8(2 * (l / 32))) & 0x03
-                let scale = p.load(fromByteOffset: 192 + index / 16, as: Int8.self)
-                y[index] = (d * Float(scale)) * Float(Int(low | high << 4) - 32)
+            let ql = p + half * 64, qh = p + 128 + half * 32
+            for quarter in 0..<4 {
+                // Values 32·quarter ..< 32·quarter + 32 of this half: nibble quarter / 2 of
+                // ql[32·(quarter % 2) + l], bits 2·quarter of qh[l].
+                let base = half * 128 + quarter * 32
+                let lowShift = UInt8(4 * (quarter / 2)), highShift = UInt8(2 * quarter)
+                for part in 0..<2 {
+                    let dl = d * Float(p.load(fromByteOffset: 192 + (base + part * 16) / 16, as: Int8.self))
+                    let out = y + base + part * 16
+                    for l in 0..<16 {
+                        let lane = part * 16 + l
+                        let low = (ql.load(fromByteOffset: (quarter % 2) * 32 + lane, as: UInt8.self) >> lowShift) & 0x0F
+                        let high = (qh.load(fromByteOffset: lane, as: UInt8.self) >> highShift) & 0x03
+                        out[l] = dl * Float(Int(low | high << 4) - 32)
+                    }
+                }
             }
         }
     }
