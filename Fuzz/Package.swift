@@ -32,6 +32,10 @@ let package = Package(
             dependencies: ["FuzzSupport", .product(name: "CheckpointFormats", package: "WeightPack")],
             swiftSettings: fuzzSettings),
         .executableTarget(
+            name: "FuzzGGUF",
+            dependencies: ["FuzzSupport", .product(name: "CheckpointFormats", package: "WeightPack")],
+            swiftSettings: fuzzSettings),
+        .executableTarget(
             name: "FuzzTorch",
             dependencies: ["FuzzSupport", .product(name: "CheckpointFormats", package: "WeightPack")],
             swiftSettings: fuzzSettings),

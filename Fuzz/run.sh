@@ -3,7 +3,7 @@
 #
 #   Fuzz/run.sh TARGET SECONDS [libFuzzer options...]
 #
-# TARGET is safetensors, wpk, torch, pickle or json. The working corpus, crash artifacts and
+# TARGET is safetensors, wpk, gguf, torch, pickle or json. The working corpus, crash artifacts and
 # logs go to Fuzz/.build/fuzz/TARGET/ (ignored by git); seeds come from the committed fixtures
 # and Fixtures/fuzz/TARGET/. Extra arguments go to libFuzzer, e.g. -fork=1 -ignore_crashes=1
 # to keep going after a crash. Given an input file, it runs on that file alone (no corpus):
@@ -15,7 +15,7 @@ set -euo pipefail
 export SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=no}
 
 if [[ $# -lt 2 ]]; then
-    echo "usage: $0 safetensors|wpk|torch|pickle|json SECONDS [libFuzzer options...]" >&2
+    echo "usage: $0 safetensors|wpk|gguf|torch|pickle|json SECONDS [libFuzzer options...]" >&2
     exit 64
 fi
 target=$1
@@ -30,10 +30,11 @@ nice_level=${FUZZ_NICE:-10}
 case "$target" in
     safetensors) product=FuzzSafetensors; max_len=8192 ;;
     wpk)         product=FuzzWPK;         max_len=8192 ;;
+    gguf)        product=FuzzGGUF;        max_len=8192 ;;
     torch)       product=FuzzTorch;       max_len=16384 ;;
     pickle)      product=FuzzPickle;      max_len=4096 ;;
     json)        product=FuzzJSON;        max_len=4096 ;;
-    *) echo "unknown target '$target' (safetensors, wpk, torch, pickle, json)" >&2; exit 64 ;;
+    *) echo "unknown target '$target' (safetensors, wpk, gguf, torch, pickle, json)" >&2; exit 64 ;;
 esac
 
 # Instrument every module (the main package's parsers too) for coverage and AddressSanitizer,
@@ -97,6 +98,8 @@ case "$target" in
         seed_files "$root"/Fixtures/malformed/safetensors/*.safetensors "${fixtures[@]}" ;;
     wpk)
         seed_files "${fixtures[@]}" ;;
+    gguf)
+        seed_files "$root"/Fixtures/gguf/malformed/*.gguf "${fixtures[@]}" ;;
     torch)
         seed_files "$root"/Fixtures/torch/valid/*.{ckpt,pt,pth} "$root"/Fixtures/torch/malformed/* \
             "$root"/Fixtures/torch/malicious/* "$root"/Fixtures/torch/bypass/*.{ckpt,pt,pkl} "${fixtures[@]}" ;;

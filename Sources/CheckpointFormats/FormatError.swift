@@ -19,6 +19,9 @@ public struct FormatError: Error, Sendable, CustomStringConvertible {
             case invalidArchive, invalidPickle, unsafeGlobal, unsupportedTensor, storageOutOfRange
             // the file system
             case io
+            // GGUF (Formats/gguf.md)
+            case ggufTruncated, ggufCountLimit, ggufStringTooLong, ggufArrayTooLong, ggufNestingTooDeep, ggufUnknownValueType
+            case ggufInvalidAlignment, ggufInvalidDimensions, ggufBlockMisfit, ggufTensorPastEnd, ggufTensorOverlap, ggufInvalidOriginalShape
         }
         fileprivate let value: Value
         public var description: String { value.rawValue }
@@ -97,6 +100,31 @@ public struct FormatError: Error, Sendable, CustomStringConvertible {
 
         /// A file-system error; `underlying` is the `IOError`.
         public static let io = Code(value: .io)
+
+        /// GGUF: a count, string, value or table runs past the end of the file.
+        public static let ggufTruncated = Code(value: .ggufTruncated)
+        /// GGUF: more tensors or metadata entries than the reader accepts.
+        public static let ggufCountLimit = Code(value: .ggufCountLimit)
+        /// GGUF: a string longer than the reader accepts.
+        public static let ggufStringTooLong = Code(value: .ggufStringTooLong)
+        /// GGUF: an array longer than the reader accepts or than the file can hold.
+        public static let ggufArrayTooLong = Code(value: .ggufArrayTooLong)
+        /// GGUF: arrays nested deeper than the reader accepts.
+        public static let ggufNestingTooDeep = Code(value: .ggufNestingTooDeep)
+        /// GGUF: a metadata value type id the format does not define.
+        public static let ggufUnknownValueType = Code(value: .ggufUnknownValueType)
+        /// GGUF: `general.alignment` that is not a power-of-two `uint32` within bounds.
+        public static let ggufInvalidAlignment = Code(value: .ggufInvalidAlignment)
+        /// GGUF: a tensor with no dimensions or more than four.
+        public static let ggufInvalidDimensions = Code(value: .ggufInvalidDimensions)
+        /// GGUF: a tensor whose rows do not divide into its type's blocks.
+        public static let ggufBlockMisfit = Code(value: .ggufBlockMisfit)
+        /// GGUF: a tensor's data reaches past the end of the file.
+        public static let ggufTensorPastEnd = Code(value: .ggufTensorPastEnd)
+        /// GGUF: two tensors' data overlap.
+        public static let ggufTensorOverlap = Code(value: .ggufTensorOverlap)
+        /// GGUF: `comfy.gguf.orig_shape.<name>` that is not an integer array of the tensor's size.
+        public static let ggufInvalidOriginalShape = Code(value: .ggufInvalidOriginalShape)
     }
 
     public var code: Code

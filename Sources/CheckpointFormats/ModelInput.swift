@@ -8,7 +8,7 @@ import TensorCore
 public enum ModelInput {
     /// What an input is.
     public enum Kind: String, Sendable {
-        case safetensors, shardedSafetensors = "safetensors-index", wpk, torchZip = "ckpt", torchLegacy = "ckpt-legacy", diffusers, folder
+        case safetensors, shardedSafetensors = "safetensors-index", wpk, torchZip = "ckpt", torchLegacy = "ckpt-legacy", diffusers, folder, gguf
     }
 
     /// Options for opening inputs.
@@ -37,6 +37,7 @@ public enum ModelInput {
         case .safetensors: return try SafetensorsFile(path: path)
         case .shardedSafetensors: return try ShardedSafetensors(indexPath: path)
         case .wpk: return try WPKFile(path: path)
+        case .gguf: return try GGUFFile(path: path)
         case .torchZip, .torchLegacy: return try openTorch(path, options: options)
         case .diffusers, .folder:
             return try DiffusersFolder(path: path, variant: options.variant, allowUnsafeGlobals: options.allowUnsafeGlobals)
@@ -65,6 +66,7 @@ public enum ModelInput {
         if path.hasSuffix(".safetensors.index.json") { return .shardedSafetensors }
         let head = try readHead(path, count: 16)
         if head.starts(with: WPKLayout.magic) { return .wpk }
+        if head.starts(with: Array("GGUF".utf8)) { return .gguf }
         if head.starts(with: [0x50, 0x4B, 0x03, 0x04]) { return .torchZip }
         // A legacy torch file starts with the pickled magic number: PROTO 2, LONG1 10 bytes.
         if head.starts(with: [0x80, 0x02, 0x8A, 0x0A]) { return .torchLegacy }
@@ -72,7 +74,7 @@ public enum ModelInput {
         // torch.load unpickles any non-zip file from byte 0, whatever its first opcode.
         if [".ckpt", ".pt", ".pth", ".bin"].contains(where: path.hasSuffix), let first = head.first,
            TorchCheckpoint.startsLikePickle(first) { return .torchLegacy }
-        throw FormatError(.unrecognizedFormat, "not a safetensors, PyTorch or .wpk file, nor a diffusers folder", path: path)
+        throw FormatError(.unrecognizedFormat, "not a safetensors, PyTorch, GGUF or .wpk file, nor a diffusers folder", path: path)
     }
 
     private static func looksLikeSafetensors(_ head: [UInt8], fileSize: Int) -> Bool {

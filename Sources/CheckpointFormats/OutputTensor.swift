@@ -17,6 +17,12 @@ public struct OutputTensor: Sendable {
     /// Set to store the tensor as int8 (`.wpk` only): `dtype` is then `I8` and the writer
     /// quantises the source values with this layout and records the error they took.
     public var quantization: Int8BlockLayout? = nil
+    /// Set to store the tensor as ggml blocks (`.wpk` only, format 1.2): `dtype` is then `U8`
+    /// and the writer copies ``blocks`` when they are of this type or quantises the source
+    /// values with ggml's reference quantiser, recording the error.
+    public var ggml: WPKBlockStorage? = nil
+    /// Stored blocks to copy unchanged (from a GGUF or `.wpk` source).
+    public var blocks: (@Sendable () throws -> GGMLTensorView?)? = nil
 
     public init(name: String, dtype: DType, shape: Shape, sourceName: String, sourceDType: DType, load: @escaping @Sendable () throws -> TensorView) {
         self.name = name
@@ -29,6 +35,12 @@ public struct OutputTensor: Sendable {
 
     /// Bytes written for this tensor (before any compression).
     public func byteCount() throws(FormatError) -> Int {
+        if let g = ggml {
+            guard let n = g.type.byteCount(values: shape.count) else {
+                throw FormatError(.invalidArgument, "shape \(shape) does not divide into \(g.type.name) blocks", tensor: name)
+            }
+            return n
+        }
         do { return try shape.byteCount(of: dtype) } catch {
             throw FormatError(.validationOverflow, error.message, tensor: name)
         }

@@ -8,8 +8,9 @@ import TensorCore
 public enum WPKLayout {
     public static let magic: [UInt8] = [0x89, 0x57, 0x50, 0x4B, 0x0D, 0x0A, 0x1A, 0x0A]
     public static let majorVersion: UInt16 = 1
-    /// The newest minor version this code writes: 1.1 added int8 tensors (`quantization`).
-    public static let minorVersion: UInt16 = 1
+    /// The newest minor version this code writes: 1.1 added int8 tensors (`quantization`),
+    /// 1.2 ggml block tensors (`"scheme": "ggml"`).
+    public static let minorVersion: UInt16 = 2
     public static let preambleSize = 64
     public static let alignment = 64
     public static let maximumHeaderSize = 256 << 20
@@ -35,6 +36,27 @@ public struct WPKTensorEntry: Hashable, Sendable {
     /// Set for an int8 tensor (format 1.1): `descriptor` is then the dequantised F32 view and
     /// the stored bytes are the layout's int8 values and scales.
     public var quantization: WPKQuantization? = nil
+    /// Set for a ggml block tensor (format 1.2): `descriptor` is then the dequantised F32 view
+    /// and the stored bytes are the blocks as ggml lays them out.
+    public var blocks: WPKBlockStorage? = nil
+}
+
+/// How a ggml block tensor is stored (`Formats/wpk.md`, "ggml block tensors").
+public struct WPKBlockStorage: Hashable, Sendable {
+    public var type: GGMLType
+    /// Values per stored row, a multiple of the type's block.
+    public var rowLength: Int
+    /// The type the conversion asked for, when ``type`` is a fallback.
+    public var fallbackFrom: GGMLType?
+    /// The error the tensor took when it was quantised, if recorded.
+    public var metrics: QuantizationMetrics?
+
+    public init(type: GGMLType, rowLength: Int, fallbackFrom: GGMLType? = nil, metrics: QuantizationMetrics? = nil) {
+        self.type = type
+        self.rowLength = rowLength
+        self.fallbackFrom = fallbackFrom
+        self.metrics = metrics
+    }
 }
 
 /// How an int8 tensor is stored (`Formats/wpk.md`, "Quantised tensors").
@@ -56,7 +78,7 @@ public struct WPKQuantization: Hashable, Sendable {
 /// ``tensor(named:)`` dequantises them into a new buffer, so every consumer of a
 /// ``TensorStore`` reads them as floats; ``quantizedTensor(named:)`` gives the int8 values and
 /// scales themselves, zero-copy, and ``entry(named:)`` the stored layout and error figures.
-public final class WPKFile: QuantizedTensorStore, @unchecked Sendable {
+public final class WPKFile: QuantizedTensorStore, GGMLTensorStore, @unchecked Sendable {
     public let path: String
     public let file: MappedFile
     public let version: (major: UInt16, minor: UInt16)
@@ -115,6 +137,11 @@ public final class WPKFile: QuantizedTensorStore, @unchecked Sendable {
             throw FormatError(.tensorNotFound, "no tensor '\(name)'", path: path, tensor: name)
         }
         let stored = storedBytes(of: entry)
+        if entry.blocks != nil {
+            do { return try blockView(entry, stored).dequantized() } catch {
+                throw FormatError(.corruptHeader, error.message, path: path, tensor: name)
+            }
+        }
         if entry.quantization != nil {
             do { return try quantizedView(entry, stored).dequantized() } catch {
                 throw FormatError(.corruptHeader, error.message, path: path, tensor: name)
@@ -143,6 +170,25 @@ public final class WPKFile: QuantizedTensorStore, @unchecked Sendable {
         do { return try quantizedView(entry, storedBytes(of: entry)) } catch {
             throw FormatError(.corruptHeader, error.message, path: path, tensor: name)
         }
+    }
+
+    /// The ggml blocks of `name`, zero-copy from the mapping; `nil` when the tensor is not a
+    /// block tensor.
+    ///
+    /// - Throws: `FormatError` (`tensorNotFound`) when there is no such tensor.
+    public func ggmlTensor(named name: String) throws(FormatError) -> GGMLTensorView? {
+        guard let entry = entry(named: name) else {
+            throw FormatError(.tensorNotFound, "no tensor '\(name)'", path: path, tensor: name)
+        }
+        guard entry.blocks != nil else { return nil }
+        do { return try blockView(entry, storedBytes(of: entry)) } catch {
+            throw FormatError(.corruptHeader, error.message, path: path, tensor: name)
+        }
+    }
+
+    private func blockView(_ entry: WPKTensorEntry, _ stored: TensorBytes) throws(QuantizationError) -> GGMLTensorView {
+        let b = entry.blocks!
+        return try GGMLTensorView(descriptor: entry.descriptor, type: b.type, bytes: stored, rowLength: b.rowLength, metrics: b.metrics)
     }
 
     private func quantizedView(_ entry: WPKTensorEntry, _ stored: TensorBytes) throws(QuantizationError) -> QuantizedTensorView {
@@ -267,6 +313,9 @@ public final class WPKFile: QuantizedTensorStore, @unchecked Sendable {
             }
             entries.append(entry)
         }
+        if minor < 2, let blocks = entries.first(where: { $0.blocks != nil }) {
+            throw FormatError(.corruptHeader, "the preamble says version 1.\(minor), but tensor '\(blocks.descriptor.name)' holds ggml blocks (a 1.2 feature)", tensor: blocks.descriptor.name)
+        }
         if minor == 0, let quantized = entries.first(where: { $0.quantization != nil }) {
             throw FormatError(.corruptHeader, "the preamble says version 1.0, but tensor '\(quantized.descriptor.name)' is int8-block quantised (a 1.1 feature)", tensor: quantized.descriptor.name)
         }
@@ -344,6 +393,9 @@ public final class WPKFile: QuantizedTensorStore, @unchecked Sendable {
         // Names of things a later version may define are refused as unsupported, by name;
         // anything else that does not fit is a corrupt header.
         guard case .string(let scheme)? = q["scheme"] else { throw bad("int8 quantization has no scheme name") }
+        if scheme == WPKBlockStorage.schemeName {
+            return try parseBlockEntry(name: name, dtype: dtype, shape: shape, fields: f, quantization: q, offset: offset, length: length, checksum: checksum)
+        }
         guard scheme == Int8BlockLayout.schemeName else { throw unsupported("uses quantisation scheme '\(scheme)'") }
         guard case .string(let scaleDType)? = q["scale_dtype"] else { throw bad("int8-block quantization has no scale_dtype name") }
         guard scaleDType == "F16" else { throw unsupported("stores its int8-block scales as '\(scaleDType)' (only F16 is defined)") }
@@ -392,6 +444,63 @@ public final class WPKFile: QuantizedTensorStore, @unchecked Sendable {
             offset: offset, length: length, checksum: checksum, encoding: .raw,
             sourceName: sourceName, sourceDType: sourceDType,
             quantization: WPKQuantization(layout: layout, metrics: metrics))
+    }
+
+    /// A ggml block tensor (format 1.2): dtype `U8`, raw, `length` the blocks' size.
+    private static func parseBlockEntry(
+        name: String, dtype: DType, shape: Shape, fields f: JSONObject, quantization q: JSONObject,
+        offset: Int, length: Int, checksum: UInt64
+    ) throws(FormatError) -> WPKTensorEntry {
+        func bad(_ what: String) -> FormatError { FormatError(.corruptHeader, "tensor '\(name)': \(what)", tensor: name) }
+        guard case .string(let typeName)? = q["type"] else { throw bad("ggml quantization has no type name") }
+        guard let type = GGMLType(name: typeName), type.isBlockQuantized else {
+            throw FormatError(.unsupportedVersion, "tensor '\(name)' uses ggml type '\(typeName)', which this reader cannot decode", tensor: name)
+        }
+        guard type.isReadable else { throw FormatError(.unsupportedDType, "tensor '\(name)': unsupported type \(type.name)", tensor: name) }
+        if let value = q["dequantized_dtype"], value != .null {
+            guard case .string(let dequantized) = value else { throw bad("dequantized_dtype is not a name") }
+            guard dequantized == "F32" else {
+                throw FormatError(.unsupportedVersion, "tensor '\(name)' dequantises to '\(dequantized)' (only F32 is defined), which this reader cannot decode", tensor: name)
+            }
+        }
+        guard dtype == .u8 else { throw bad("a ggml block tensor must have dtype U8, not \(dtype.name)") }
+        guard f["encoding"] == nil || f["encoding"]?.objectValue?["kind"]?.stringValue == "raw" else { throw bad("a ggml block tensor must be stored raw") }
+        guard shape.rank >= 1 else { throw bad("a 0-rank tensor cannot hold ggml blocks") }
+        guard let rowLength = q["row_length"]?.nonNegativeInt, rowLength > 0, rowLength % type.blockValues == 0, shape.count % rowLength == 0 else {
+            throw bad("row_length must be a positive multiple of \(type.name)'s \(type.blockValues) that divides the \(shape.count) values")
+        }
+        guard let size = type.byteCount(values: shape.count), size == length else {
+            throw bad("stores \(length) bytes but \(shape) as \(type.name) needs \(type.byteCount(values: shape.count).map(String.init) ?? "more than Int.max")")
+        }
+        let (floatBytes, overflow) = shape.count.multipliedReportingOverflow(by: 4)
+        guard !overflow else { throw bad("shape \(shape) is too large") }
+        var fallbackFrom: GGMLType?
+        if let value = q["fallback_from"], value != .null {
+            guard case .string(let text) = value, let t = GGMLType(name: text) else { throw bad("fallback_from is not a ggml type name") }
+            fallbackFrom = t
+        }
+        var metrics: QuantizationMetrics?
+        switch q["error"] {
+        case .object(let e)?:
+            guard let maxAbs = e["max_abs"]?.doubleValue, let cosine = e["cosine"]?.doubleValue,
+                  e["snr_db"] == nil || e["snr_db"] == .null || e["snr_db"]?.doubleValue != nil
+            else { throw bad("malformed quantization error") }
+            metrics = QuantizationMetrics(snrDecibels: e["snr_db"]?.doubleValue, maxAbsoluteError: maxAbs, cosine: cosine, count: shape.count)
+        case nil, .null?:
+            break
+        default:
+            throw bad("malformed quantization error")
+        }
+        var sourceName: String?, sourceDType: DType?
+        if case .object(let s)? = f["source"] {
+            sourceName = s["name"]?.stringValue
+            sourceDType = s["dtype"]?.stringValue.flatMap(DType.init(name:))
+        }
+        return WPKTensorEntry(
+            descriptor: TensorDescriptor(name: name, dtype: .f32, shape: shape, byteCount: floatBytes),
+            offset: offset, length: length, checksum: checksum, encoding: .raw,
+            sourceName: sourceName, sourceDType: sourceDType,
+            blocks: WPKBlockStorage(type: type, rowLength: rowLength, fallbackFrom: fallbackFrom, metrics: metrics))
     }
 
     static func parseChecksum(_ text: String) -> UInt64? {

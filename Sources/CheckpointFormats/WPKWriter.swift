@@ -52,9 +52,19 @@ public enum WPKWriter {
                 offset: Int.max, length: Int.max, checksum: .max,
                 encoding: t.dtype.isConvertibleFloat && options.compress ? .zstdByteGroup(width: 8, size: Int.max, rawChecksum: .max) : .raw,
                 sourceName: t.sourceName, sourceDType: t.sourceDType,
-                quantization: t.quantization.map { _ in WPKQuantization.widest })
+                quantization: t.quantization.map { _ in WPKQuantization.widest },
+                blocks: t.ggml.map { _ in WPKBlockStorage.widest })
         }
-        let quantized = tensors.contains { $0.quantization != nil }
+        for t in tensors {
+            if let g = t.ggml {
+                guard g.rowLength > 0, g.rowLength % g.type.blockValues == 0, t.shape.count % g.rowLength == 0 else {
+                    throw FormatError(.invalidArgument, "rows of \(g.rowLength) do not fit \(g.type.name) for '\(t.name)' of shape \(t.shape)", path: path, tensor: t.name)
+                }
+            }
+        }
+        // 1.2 when a tensor holds ggml blocks, 1.1 when one is int8, else 1.0, so older readers
+        // open every file they can decode.
+        let minor: UInt16 = tensors.contains { $0.ggml != nil } ? 2 : tensors.contains { $0.quantization != nil } ? 1 : 0
         let reserved = headerText(metadata: metadata, entries: placeholder).count + finalizeReserve
         let dataOffset = (WPKLayout.preambleSize + reserved + WPKLayout.alignment - 1) / WPKLayout.alignment * WPKLayout.alignment
         do {
@@ -70,7 +80,13 @@ public enum WPKWriter {
                 let checksum: UInt64
                 var overflow = 0
                 var quantization: WPKQuantization?
-                if let layout = t.quantization {
+                var blocks: WPKBlockStorage?
+                if let g = t.ggml {
+                    var stored = g
+                    (checksum, stored.metrics) = try writeBlocks(t, storage: g, to: writer)
+                    blocks = stored
+                    encoding = .raw
+                } else if let layout = t.quantization {
                     let metrics: QuantizationMetrics
                     (checksum, metrics) = try writeQuantized(t, layout: layout, to: writer)
                     quantization = WPKQuantization(layout: layout, metrics: metrics)
@@ -84,13 +100,13 @@ public enum WPKWriter {
                 }
                 if overflow > 0 { options.float16Overflow?(t.sourceName, overflow) }
                 let size = try t.byteCount()
-                let descriptor = quantization == nil
+                let descriptor = quantization == nil && blocks == nil
                     ? TensorDescriptor(name: t.name, dtype: t.dtype, shape: t.shape, byteCount: size)
                     : TensorDescriptor(name: t.name, dtype: .f32, shape: t.shape, byteCount: t.shape.count * 4)
                 entries.append(WPKTensorEntry(
                     descriptor: descriptor,
                     offset: offset, length: writer.position - dataOffset - offset, checksum: checksum, encoding: encoding,
-                    sourceName: t.sourceName, sourceDType: t.sourceDType, quantization: quantization))
+                    sourceName: t.sourceName, sourceDType: t.sourceDType, quantization: quantization, blocks: blocks))
                 progress?.advance(by: size)
             }
             let dataLength = writer.position - dataOffset
@@ -101,7 +117,7 @@ public enum WPKWriter {
             var preamble = WPKLayout.magic
             append(&preamble, WPKLayout.majorVersion)
             // 1.0 when nothing is quantised, so readers of 1.0 still open the file.
-            append(&preamble, quantized ? WPKLayout.minorVersion : UInt16(0))
+            append(&preamble, minor)
             append(&preamble, UInt32(0))
             append(&preamble, UInt64(WPKLayout.preambleSize))
             append(&preamble, UInt64(header.count))
@@ -116,6 +132,40 @@ public enum WPKWriter {
             return entries
         } catch {
             throw FormatError.writing(error, to: path)
+        }
+    }
+
+    /// Copies a tensor's stored blocks when they are of the wanted type, or widens it to f32
+    /// and quantises it with ggml's reference quantiser; returns the XXH64 of the bytes written
+    /// and the error (`nil` for copied blocks, whose error the source recorded or not).
+    private static func writeBlocks(_ t: OutputTensor, storage: WPKBlockStorage, to writer: AtomicFileWriter) throws(FormatError) -> (UInt64, QuantizationMetrics?) {
+        let count = t.shape.count
+        let size = try t.byteCount()
+        do {
+            if let view = try t.blocks?(), view.type == storage.type, view.descriptor.elementCount == count, view.bytes.count == size {
+                let checksum = view.bytes.withUnsafeBytes { XXHash64.hash($0) }
+                try view.bytes.withUnsafeBytes { try writer.write($0) }
+                return (checksum, view.metrics)
+            }
+            let floats = try t.load().floats()
+            guard floats.count == count else {
+                throw FormatError(.tensorInvalidInfo, "tensor '\(t.name)' has \(floats.count) values, expected \(count)", tensor: t.name)
+            }
+            var checksum: UInt64 = 0
+            var accumulator = ErrorAccumulator()
+            try floats.withUnsafeBufferPointer { p in
+                try writer.withUnsafeOutputBuffer(count: size) { out in
+                    accumulator = try GGMLBlocks.quantize(p.baseAddress!, count: count, type: storage.type, into: out.baseAddress!)
+                    checksum = XXHash64.hash(UnsafeRawBufferPointer(out))
+                }
+            }
+            return (checksum, accumulator.metrics)
+        } catch let error as FormatError {
+            throw error.inTensor(t.name)
+        } catch let error as QuantizationError {
+            throw FormatError(.unsupportedConversion, error.message, tensor: t.name)
+        } catch {
+            throw FormatError(.io, "\(error)", tensor: t.name)
         }
     }
 
@@ -231,6 +281,22 @@ public enum WPKWriter {
                 }
                 row["quantization"] = .object(object)
             }
+            if let b = e.blocks {
+                row["dtype"] = .string(DType.u8.name)
+                var object = JSONObject()
+                object["scheme"] = .string(WPKBlockStorage.schemeName)
+                object["type"] = .string(b.type.name)
+                object["row_length"] = JSONValue(b.rowLength)
+                object["dequantized_dtype"] = "F32"
+                if let from = b.fallbackFrom { object["fallback_from"] = .string(from.name) }
+                if let m = b.metrics {
+                    object["error"] = [
+                        "snr_db": m.snrDecibels.map { JSONValue.compact($0) } ?? .null,
+                        "max_abs": JSONValue.compact(m.maxAbsoluteError), "cosine": JSONValue.compact(m.cosine),
+                    ]
+                }
+                row["quantization"] = .object(object)
+            }
             if case .zstdByteGroup(let width, let size, let rawChecksum) = e.encoding {
                 row["encoding"] = ["kind": "zstd-bytegroup", "width": JSONValue(width), "size": JSONValue(size), "raw_checksum": .string(hex(rawChecksum))]
             }
@@ -239,6 +305,16 @@ public enum WPKWriter {
         let root: JSONValue = ["metadata": .object(metadata), "tensors": .array(rows)]
         return Array(root.serialized().utf8)
     }
+}
+
+extension WPKBlockStorage {
+    /// The `scheme` name of ggml block tensors in a `.wpk` header.
+    public static let schemeName = "ggml"
+
+    /// A placeholder whose header text is at least as long as any real one's.
+    static let widest = WPKBlockStorage(
+        type: .iq2_XXS, rowLength: 1_000_000_000_000_000_000, fallbackFrom: .iq2_XXS,
+        metrics: QuantizationMetrics(snrDecibels: -1.2345678e-38, maxAbsoluteError: -1.2345678e-38, cosine: -1.2345678e-38, count: 0))
 }
 
 extension WPKQuantization {

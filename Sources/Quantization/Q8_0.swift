@@ -29,25 +29,19 @@ public enum Q8_0 {
         }
     }
 
-    /// Quantises `count` f32 values (a multiple of 32) into Q8_0 blocks with this module's
-    /// rounding (scale rounded to f16 first, then values rounded half to even against it).
+    /// Quantises `count` f32 values (a multiple of 32) into Q8_0 blocks exactly as ggml's
+    /// reference quantiser does (`quantize_row_q8_0_ref`): `d = amax / 127` in f32, each value
+    /// multiplied by `1 / d` (f32) and rounded half away from zero, `d` stored as f16.
+    ///
+    /// - Throws: ``QuantizationError/Code/nonFinite`` for NaN or infinities,
+    ///   ``QuantizationError/Code/scaleOverflow`` when a block's scale does not fit binary16.
     public static func quantize(_ values: UnsafePointer<Float>, count: Int, into output: UnsafeMutableRawPointer) throws(QuantizationError) -> ErrorAccumulator {
         precondition(count % blockValues == 0, "Q8_0 needs a multiple of 32 values")
-        var total = ErrorAccumulator()
-        var q = SIMD32<Int8>()
         for k in 0..<(count / blockValues) {
-            let block = values + k * blockValues
-            let amax = Int8Quantizer.absoluteMaximum(block, blockValues)
+            let amax = Int8Quantizer.absoluteMaximum(values + k * blockValues, blockValues)
             guard amax.isFinite else { throw QuantizationError(.nonFinite, "NaN or infinite values cannot be written as Q8_0") }
             guard amax <= Int8Quantizer.maximumMagnitude else { throw QuantizationError(.scaleOverflow, "|x| = \(amax) is beyond a Q8_0 scale") }
-            let bits = (amax / 127).halfBits
-            let acc = withUnsafeMutableBytes(of: &q) { raw in
-                Int8Quantizer.quantizeBlock(block, blockValues, scale: Float(halfBits: bits), into: raw.baseAddress!.assumingMemoryBound(to: Int8.self))
-            }
-            total.merge(acc)
-            output.storeBytes(of: bits.littleEndian, toByteOffset: k * blockBytes, as: UInt16.self)
-            (output + k * blockBytes + 2).storeBytes(of: q, as: SIMD32<Int8>.self)
         }
-        return total
+        return try GGMLBlocks.quantize(values, count: count, type: .q8_0, into: output)
     }
 }
