@@ -49,6 +49,17 @@ int wp_sgemm(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, fl
              const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
              float *c, int64_t ldc, int threads);
 
+/// Conversions of weights to `float`, in the selected family's instructions.
+/// `count` 16-bit IEEE halves at `source` (any alignment) to floats.
+void wp_f16_to_f32(const void *source, float *target, size_t count);
+/// `count` bfloat16 values at `source` (any alignment) to floats.
+void wp_bf16_to_f32(const void *source, float *target, size_t count);
+/// Rows `firstRow ..< firstRow + rows` of a block-quantised int8 matrix (rows of `rowLength`
+/// values, `blockSize` values per scale; scales are little-endian halves, `blocksPerRow` per
+/// row, at `scales`) to floats at `target` (`rows * rowLength`).
+void wp_dequantize_int8(const int8_t *payload, const void *scales, size_t rowLength, size_t blockSize,
+                        size_t blocksPerRow, size_t firstRow, size_t rows, float *target);
+
 /// Threads a product uses outside single-threaded sections (default: `WEIGHTPACK_GEMM_THREADS`,
 /// else `OMP_NUM_THREADS`, else `OPENBLAS_NUM_THREADS`, else `fallback`).
 int wp_gemm_threads(int fallback);

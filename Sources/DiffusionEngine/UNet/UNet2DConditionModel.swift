@@ -107,11 +107,14 @@ public final class UNet2DConditionModel {
                 failures.value.initialize(repeating: nil, count: batch)
                 defer { failures.value.deinitialize(count: batch); failures.value.deallocate() }
                 let store = weights.store, prefix = weights.prefix, releases = weights.releasesPagesAfterUse
+                // F16, BF16 and int8 weights are converted once for all elements, not per core.
+                let shared = SharedConvertedWeights(consumers: batch)
                 GEMM.withSingleThreadedCalls {
                     Parallel.forEach(batch) { b in
                         Parallel.serially {
                             let provider = WeightProvider(store: store, prefix: prefix)
                             provider.releasesPagesAfterUse = releases
+                            provider.sharedConversions = shared
                             do { try run(b, weights: provider) } catch { failures.value[b] = error }
                         }
                     }
