@@ -60,6 +60,18 @@ void wp_bf16_to_f32(const void *source, float *target, size_t count);
 void wp_dequantize_int8(const int8_t *payload, const void *scales, size_t rowLength, size_t blockSize,
                         size_t blocksPerRow, size_t firstRow, size_t rows, float *target);
 
+/// Winograd F(4x4, 3x3) input transform (`V = Bᵀ d B`) for channels `channelLo ..< channelHi`
+/// and tiles `tileLo ..< tileHi` of a `[C, height, width]` image; `v` holds 36 matrices
+/// `[C][tileHi - tileLo]`, `plane` floats apart. `scratch`: `12 * (4 * tilesWide + 2)` floats.
+/// The same arithmetic as `Convolution.transformInput` (Convolution+Winograd.swift).
+void wp_winograd_input(const float *input, int64_t height, int64_t width, int64_t channelLo, int64_t channelHi,
+                       int64_t tileLo, int64_t tileHi, float *v, int64_t plane, float *scratch);
+/// Winograd output transform (`Y = Aᵀ M A` + bias (+ residual)) for output channels
+/// `channelLo ..< channelHi`; `m` holds 36 matrices `[outC][tileHi - tileLo]`, `plane` floats
+/// apart; `bias` and `residual` may be null. `scratch`: `40 * tilesWide` floats.
+void wp_winograd_output(const float *m, int64_t plane, int64_t height, int64_t width, int64_t channelLo, int64_t channelHi,
+                        int64_t tileLo, int64_t tileHi, const float *bias, const float *residual, float *output, float *scratch);
+
 /// Threads a product uses outside single-threaded sections (default: `WEIGHTPACK_GEMM_THREADS`,
 /// else `OMP_NUM_THREADS`, else `OPENBLAS_NUM_THREADS`, else `fallback`).
 int wp_gemm_threads(int fallback);
