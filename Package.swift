@@ -9,21 +9,22 @@ let strict: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
 ]
 
-/// The instruction set the engine's kernels are compiled for. By default the build machine's
-/// own (as ggml-based tools such as stable-diffusion.cpp build natively): AVX-512 where the CPU
-/// has it (`skylake-avx512`), else AVX2 + FMA (`haswell`), else baseline x86-64.
-/// `WEIGHTPACK_TARGET_CPU=x86-64` (or any LLVM CPU name) overrides it, e.g. for a binary that
-/// must run on other machines. The `weightpack` executable checks at start-up that the CPU it
-/// runs on has what the build assumed (`Sources/WeightPackCLI/ProcessorCheck.swift`).
+/// The instruction set the engine's Swift kernels are compiled for: baseline x86-64 by default,
+/// so one binary runs on every x86-64 machine (the matrix products and the C kernels of
+/// `CEngineKernels` choose AVX-512, AVX2+FMA or baseline code at run time from CPUID; see
+/// Docs/engine.md). Opt-in: `WEIGHTPACK_TARGET_CPU=native` compiles the Swift kernels for the
+/// build machine (AVX-512 where `/proc/cpuinfo` lists it, else AVX2+FMA), or any LLVM CPU name;
+/// such a binary needs that CPU, which `weightpack` checks at start-up
+/// (`Sources/WeightPackCLI/ProcessorCheck.swift`, exit 69).
 let engineTarget: (cpu: String, level: String)? = {
     #if os(Linux) && arch(x86_64)
-    if let cpu = Context.environment["WEIGHTPACK_TARGET_CPU"] {
-        switch cpu {
-        case "", "x86-64": return nil
-        case "haswell": return (cpu, "AVX2")
-        case "skylake-avx512": return (cpu, "AVX512")
-        default: return (cpu, "CUSTOM")
-        }
+    guard let cpu = Context.environment["WEIGHTPACK_TARGET_CPU"] else { return nil }
+    switch cpu {
+    case "", "x86-64": return nil
+    case "haswell": return (cpu, "AVX2")
+    case "skylake-avx512": return (cpu, "AVX512")
+    case "native": break
+    default: return (cpu, "CUSTOM")
     }
     guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
           let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return nil }
@@ -83,13 +84,19 @@ let package = Package(
             swiftSettings: strict),
         .target(name: "ModelCatalog", dependencies: ["TensorCore", "StrictJSON"], resources: [.copy("Data")], swiftSettings: strict),
         .target(name: "Quantization", dependencies: ["TensorCore"], swiftSettings: strict),
+        // The engine's compute back end in C: CPUID dispatch, oneDNN's products (libdnnl-dev,
+        // Debian), and kernels compiled per instruction-set family (Docs/engine.md).
+        .target(
+            name: "CEngineKernels",
+            cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])],
+            linkerSettings: [.linkedLibrary("dnnl")]),
         .target(
             name: "Adapters",
             dependencies: ["TensorCore", "MappedIO", "StrictJSON", "CheckpointFormats", "ModelCatalog"],
             swiftSettings: strict),
         .target(
             name: "DiffusionEngine",
-            dependencies: ["TensorCore", "Quantization", "StrictJSON", "COpenBLAS", "CZlib"],
+            dependencies: ["TensorCore", "Quantization", "StrictJSON", "CEngineKernels", "CZlib"],
             resources: [.copy("Resources")],
             swiftSettings: engineSettings),
         // Opening a model under canonical names, assembling its pipeline, converting, verifying,

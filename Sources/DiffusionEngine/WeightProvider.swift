@@ -1,3 +1,5 @@
+import CEngineKernels
+import Foundation
 import Quantization
 import TensorCore
 
@@ -29,6 +31,11 @@ public final class WeightProvider {
 
     /// Smaller tensors stay resident: a system call per bias is not worth a few pages.
     public static let pageReleaseMinimumBytes = 1 << 20
+
+    /// Conversions shared with the other providers of one batch run on several cores (the UNet's
+    /// classifier-free-guidance pair): an F16, BF16 or int8 weight is converted to `Float` once
+    /// for all of them instead of once per core. Nil: every conversion is private.
+    var sharedConversions: SharedConvertedWeights?
 
     /// Scratch buffers, one per nesting level of ``withFloats(_:shape:_:)``.
     private var scratch: [FloatTensor] = []
@@ -89,6 +96,12 @@ public final class WeightProvider {
                 let empty = [Float](repeating: 0, count: 1)
                 return try empty.withUnsafeBufferPointer { try body($0.baseAddress!) }
             }
+            if let shared = sharedConversions, let result = try shared.withConverted(full, count: count, convert: { out throws(EngineError) in
+                try Self.dequantize(q, into: out, name: full)
+            }, { p in try body(p) }) {
+                release(q.bytes)
+                return result
+            }
             let buffer = takeScratch(count)
             defer { depth -= 1 }
             try Self.dequantize(q, into: buffer.base, name: full)
@@ -108,6 +121,11 @@ public final class WeightProvider {
             }
             if descriptor.dtype == .f32, Int(bitPattern: base) % MemoryLayout<Float>.alignment == 0 {
                 return try body(base.assumingMemoryBound(to: Float.self))
+            }
+            if let shared = sharedConversions, let result = try shared.withConverted(full, count: count, convert: { out throws(EngineError) in
+                try Self.widen(raw, dtype: descriptor.dtype, count: count, into: out, name: full)
+            }, { p in try body(p) }) {
+                return result
             }
             let buffer = takeScratch(count)
             defer { depth -= 1 }
@@ -157,6 +175,12 @@ public final class WeightProvider {
             guard q.layout.rows == rows, q.layout.rowLength == rowLength else {
                 return try withFloats(name) { try body(0..<rows, $0) }
             }
+            if let shared = sharedConversions, try shared.withConverted(full, count: rows * rowLength, convert: { out throws(EngineError) in
+                try Self.dequantize(q, into: out, name: full)
+            }, { floats in try blocks { block in try body(block, floats + block.lowerBound * rowLength) } }) != nil {
+                release(q.bytes)
+                return
+            }
             let buffer = takeScratch(per * rowLength)
             defer { depth -= 1 }
             try blocks { block in
@@ -176,6 +200,11 @@ public final class WeightProvider {
             if descriptor.dtype == .f32, Int(bitPattern: base) % MemoryLayout<Float>.alignment == 0 {
                 let floats = base.assumingMemoryBound(to: Float.self)
                 try blocks { block in try body(block, floats + block.lowerBound * rowLength) }
+                return
+            }
+            if let shared = sharedConversions, try shared.withConverted(full, count: rows * rowLength, convert: { out throws(EngineError) in
+                try Self.widen(raw, dtype: descriptor.dtype, count: rows * rowLength, into: out, name: full)
+            }, { floats in try blocks { block in try body(block, floats + block.lowerBound * rowLength) } }) != nil {
                 return
             }
             let buffer = takeScratch(per * rowLength)
@@ -260,9 +289,8 @@ public final class WeightProvider {
             let shared = UnsafeSendableBox((payload, scales))
             Parallel.forRanges(rows.count, grain: grain) { r in
                 let tile = (rows.lowerBound + r.lowerBound)..<(rows.lowerBound + r.upperBound)
-                Int8Quantizer.dequantize(
-                    payload: shared.value.0, scales: shared.value.1, layout: layout, rows: tile,
-                    into: out.pointer + r.lowerBound * layout.rowLength)
+                wp_dequantize_int8(shared.value.0, shared.value.1, layout.rowLength, layout.blockSize, layout.blocksPerRow,
+                                   tile.lowerBound, tile.count, out.pointer + r.lowerBound * layout.rowLength)
             }
         }
     }
@@ -278,11 +306,107 @@ public final class WeightProvider {
         defer { failed.value.deallocate() }
         Parallel.forRanges(count, grain: 65_536) { r in
             let source = UnsafeRawBufferPointer(rebasing: raw[(r.lowerBound * width)..<(r.upperBound * width)])
-            let target = UnsafeMutableBufferPointer(start: out.pointer + r.lowerBound, count: r.count)
-            do { try ElementConversion.widen(source, dtype: dtype, into: target, count: r.count) } catch { failed.value.pointee = true }
+            switch dtype {
+            // The selected kernel family's conversions (F16C where the processor has it).
+            case .f16: wp_f16_to_f32(source.baseAddress!, out.pointer + r.lowerBound, r.count)
+            case .bf16: wp_bf16_to_f32(source.baseAddress!, out.pointer + r.lowerBound, r.count)
+            default:
+                let target = UnsafeMutableBufferPointer(start: out.pointer + r.lowerBound, count: r.count)
+                do { try ElementConversion.widen(source, dtype: dtype, into: target, count: r.count) } catch { failed.value.pointee = true }
+            }
         }
         if failed.value.pointee {
             throw EngineError(.unsupportedDType, "cannot convert \(dtype.name) weights to F32", tensorName: name)
         }
+    }
+}
+
+/// `Float` copies of converted weights shared by the providers of one batch run on several
+/// cores (see ``WeightProvider/sharedConversions``): the first provider to need a tensor converts
+/// it whole, the others wait for it and read the same copy, and the copy is freed once each of
+/// `consumers` providers has used it. Copies held at once stay within `budgetFloats`; a tensor
+/// that would exceed it is converted privately, block by block, as without sharing. Tensors
+/// smaller than `minimumFloats` are not shared (converting them is cheaper than waiting).
+final class SharedConvertedWeights: @unchecked Sendable {
+    let consumers: Int
+    let budgetFloats: Int
+    let minimumFloats: Int
+
+    private final class Entry {
+        var tensor: FloatTensor?
+        var ready = false
+        var failed = false
+        var remaining: Int
+        let count: Int
+        init(count: Int, consumers: Int) { self.count = count; remaining = consumers }
+    }
+
+    private let condition = NSCondition()
+    private var entries: [String: Entry] = [:]
+    private var heldFloats = 0
+
+    /// Conversions started, and tensors handed out without converting them again (for tests;
+    /// read when no provider is using the cache).
+    private(set) var conversions = 0, reuses = 0
+    /// Floats held by converted copies now.
+    var floatsHeld: Int { condition.lock(); defer { condition.unlock() }; return heldFloats }
+
+    init(consumers: Int, budgetFloats: Int = 64 << 20, minimumFloats: Int = 1 << 16) {
+        self.consumers = consumers
+        self.budgetFloats = budgetFloats
+        self.minimumFloats = minimumFloats
+    }
+
+    /// Calls `body` with `name` converted to `count` floats by `convert` (run by the first
+    /// caller only), or returns nil without calling anything when the tensor is not shared
+    /// (too small, over budget, or its conversion failed in another provider).
+    func withConverted<R>(_ name: String, count: Int, convert: (UnsafeMutablePointer<Float>) throws(EngineError) -> Void,
+                          _ body: (UnsafePointer<Float>) throws -> R) throws -> R? {
+        guard consumers > 1, count >= minimumFloats else { return nil }
+        condition.lock()
+        let entry: Entry
+        if let existing = entries[name], existing.count == count {
+            entry = existing
+            while !entry.ready && !entry.failed { condition.wait() }
+            if !entry.failed { reuses += 1 }
+            condition.unlock()
+            if entry.failed { return nil }
+        } else {
+            guard entries[name] == nil, heldFloats + count <= budgetFloats else {
+                condition.unlock()
+                return nil
+            }
+            entry = Entry(count: count, consumers: consumers)
+            entries[name] = entry
+            heldFloats += count
+            conversions += 1
+            condition.unlock()
+            let tensor = FloatTensor(shape: [count])
+            do { try convert(tensor.base) } catch {
+                condition.lock()
+                entry.failed = true
+                entries[name] = nil
+                heldFloats -= count
+                condition.broadcast()
+                condition.unlock()
+                throw error
+            }
+            condition.lock()
+            entry.tensor = tensor
+            entry.ready = true
+            condition.broadcast()
+            condition.unlock()
+        }
+        defer {
+            condition.lock()
+            entry.remaining -= 1
+            if entry.remaining == 0 {
+                entry.tensor = nil
+                if entries[name] === entry { entries[name] = nil }
+                heldFloats -= count
+            }
+            condition.unlock()
+        }
+        return try body(UnsafePointer(entry.tensor!.base))
     }
 }

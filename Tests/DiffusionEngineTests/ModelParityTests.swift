@@ -57,14 +57,29 @@ struct ModelParityTests {
         #expect(a.scalars == b.scalars)
     }
 
+    /// A sequence encodes the same alone as second of a batch. Not bit for bit: the batch's
+    /// products have twice the rows, and a BLAS may pick other kernels (other summation
+    /// orders) for them. Each of the two layers' products sums at most 4 x 32 = 128 terms of
+    /// hidden states normalised to unit scale, so reassociation moves a value by at most about
+    /// γ(128) ≈ 7.6e-6 of its terms' magnitudes per product; 1e-4 (absolute and relative) allows
+    /// for the few products and norms in sequence, and is ten times the largest difference
+    /// measured under OpenBLAS's Prescott, Haswell and Zen kernels and oneDNN's AVX2 and SSE4.1
+    /// ones (Docs/engine.md). Mixing up the sequences of a batch moves values by order one.
     @Test func textEncoderBatchEqualsSingleSequences() throws {
         let golden = try Fixture.safetensors("text_encoder.safetensors")
         let model = try Self.textModel()
         let a = try golden.int64s("simple.input_ids"), b = try golden.int64s("emoji.input_ids")
         let batch = try model.encode([a, b])
         #expect(batch.shape == [2, 77, 32])
-        let single = try model.encode([b])
-        #expect(Array(batch.scalars[(77 * 32)...]) == single.scalars)
+        let single = try model.encode([b]).scalars
+        let second = Array(batch.scalars[(77 * 32)...])
+        #expect(second.count == single.count)
+        var worst: Float = 0
+        for (x, y) in zip(second, single) { worst = max(worst, abs(x - y) / max(1, abs(y))) }
+        print("text encoder, batch of two vs alone: largest difference \(worst)")
+        #expect(worst <= 1e-4)
+        // And the batch is not simply the single sequence twice.
+        #expect(Array(batch.scalars[..<(77 * 32)]) != single)
     }
 
     @Test func vaeDecode() throws {

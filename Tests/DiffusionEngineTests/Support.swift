@@ -135,3 +135,46 @@ func expectUNetMatchesGolden(_ model: UNet2DConditionModel, _ golden: Safetensor
     print("\(label) UNet \(key): \(comparison)")
     return comparison
 }
+
+// MARK: Tolerances that reflect float reassociation
+
+/// Error bounds for results that a BLAS (or any kernel) may sum in any order.
+///
+/// A float sum or dot product of `n` terms computed in any order, with or without fused
+/// multiply-adds, differs from the exact value by at most `γ(n) · Σ|terms|`, where
+/// `γ(n) = n·u / (1 − n·u)` and `u = 2⁻²⁴` (Higham, *Accuracy and Stability of Numerical
+/// Algorithms*, 2nd ed., §3.1). The bound holds for every kernel family a library may pick
+/// (SSE3, AVX2, AVX-512, blocked or not), so a test built on it does not depend on which one
+/// ran, yet a wrong index or a dropped block (errors of the order of `Σ|terms|` itself) still
+/// fails it.
+enum Reassociation {
+    static let unitRoundoff = 0x1p-24
+
+    /// `γ(n)`.
+    static func gamma(_ n: Int) -> Double {
+        let nu = Double(n) * unitRoundoff
+        return nu / (1 - nu)
+    }
+}
+
+/// Expects each `actual[i]` to lie within `factor · γ(terms) · magnitude[i]` (plus the final
+/// rounding to `Float`, `u·|reference[i]|`) of the exact `reference[i]` (computed in `Double`).
+/// `magnitude[i]` is `Σ|terms|` of element `i`: the same computation on absolute values.
+@discardableResult
+func expectWithinReassociationBound(
+    _ actual: [Float], reference: [Double], magnitude: [Double], terms: Int, factor: Double = 1,
+    _ label: String = "", sourceLocation: SourceLocation = #_sourceLocation
+) -> (worstRatio: Double, firstBad: Int?) {
+    #expect(actual.count == reference.count && reference.count == magnitude.count, "\(label): sizes differ", sourceLocation: sourceLocation)
+    let g = factor * Reassociation.gamma(terms)
+    var worst = 0.0
+    var firstBad: Int?
+    for i in 0..<min(actual.count, reference.count, magnitude.count) {
+        let bound = g * magnitude[i] + Reassociation.unitRoundoff * abs(reference[i]) + Double(Float.leastNormalMagnitude)
+        let error = abs(Double(actual[i]) - reference[i])
+        if !(error <= bound), firstBad == nil { firstBad = i }
+        worst = max(worst, error / bound)
+    }
+    #expect(firstBad == nil, "\(label): element \(firstBad ?? -1) is \(firstBad.map { Double(actual[$0]) - reference[$0] } ?? 0) from the exact value, beyond the reassociation bound (worst error/bound \(worst))", sourceLocation: sourceLocation)
+    return (worst, firstBad)
+}

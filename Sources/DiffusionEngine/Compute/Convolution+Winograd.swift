@@ -1,3 +1,5 @@
+import CEngineKernels
+
 /// 3x3, stride-1, padding-1 convolution by Winograd's minimal filtering F(4x4, 3x3): every 4x4
 /// block of output pixels is computed from a 6x6 input tile with 36 multiplications per channel
 /// pair instead of 144, so the matrix products do a quarter of im2col's arithmetic.
@@ -150,67 +152,17 @@ extension Convolution {
     ///
     /// Per channel and tile row: the six input rows a tile row reads are copied with their zero
     /// padding, the vertical half of the transform runs along whole rows (contiguous, vectorised),
-    /// then the horizontal half runs per tile.
+    /// then the horizontal half runs per tile. The loops are C (`wp_winograd_input`,
+    /// Sources/CEngineKernels/winograd.c), compiled once per kernel family and picked at run time.
     static func transformInput(_ input: UnsafePointer<Float>, geometry g: Geometry, tiles: Range<Int>,
                                into v: UnsafeMutablePointer<Float>, stride plane: Int) {
         let inC = g.inChannels, height = g.height, width = g.width
-        let tilesWide = (width + 3) / 4
-        let n = tiles.count
-        let rowLength = 4 * tilesWide + 2            // input columns -1 ..< 4 * tilesWide + 1
-        let firstRow = tiles.lowerBound / tilesWide, lastRow = (tiles.upperBound - 1) / tilesWide
+        let rowLength = 4 * ((width + 3) / 4) + 2
         let xs = SharedPointer(input), vs = SharedPointer(v)
         Parallel.forRanges(inC, grain: 1) { channels in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: 12 * rowLength) { buffer in
-                let rows = buffer.baseAddress!          // 6 padded input rows
-                let t = rows + 6 * rowLength            // 6 vertically transformed rows
-                for c in channels {
-                    let channel = xs.pointer + c * height * width
-                    for ty in firstRow...lastRow {
-                        // Padded copies of input rows 4 ty - 1 ... 4 ty + 4.
-                        for k in 0..<6 {
-                            let y = 4 * ty - 1 + k
-                            let row = rows + k * rowLength
-                            if y < 0 || y >= height {
-                                row.update(repeating: 0, count: rowLength)
-                            } else {
-                                row[0] = 0
-                                (row + 1).update(from: channel + y * width, count: width)
-                                (row + 1 + width).update(repeating: 0, count: rowLength - 1 - width)
-                            }
-                        }
-                        // Bᵀ along columns.
-                        let d0 = rows, d1 = rows + rowLength, d2 = rows + 2 * rowLength
-                        let d3 = rows + 3 * rowLength, d4 = rows + 4 * rowLength, d5 = rows + 5 * rowLength
-                        let t0 = t, t1 = t + rowLength, t2 = t + 2 * rowLength
-                        let t3 = t + 3 * rowLength, t4 = t + 4 * rowLength, t5 = t + 5 * rowLength
-                        for x in 0..<rowLength {
-                            let a1 = d1[x], a2 = d2[x], a3 = d3[x], a4 = d4[x]
-                            t0[x] = 4 * d0[x] - 5 * a2 + a4
-                            t1[x] = -4 * (a1 + a2) + a3 + a4
-                            t2[x] = 4 * (a1 - a2) - a3 + a4
-                            t3[x] = 2 * (a3 - a1) - a2 + a4
-                            t4[x] = 2 * (a1 - a3) - a2 + a4
-                            t5[x] = 4 * a1 - 5 * a3 + d5[x]
-                        }
-                        // B along rows, tile by tile.
-                        let lo = max(tiles.lowerBound, ty * tilesWide), hi = min(tiles.upperBound, (ty + 1) * tilesWide)
-                        for i in 0..<6 {
-                            let line = t + i * rowLength
-                            let target = vs.pointer + (i * 6) * plane + c * n - tiles.lowerBound
-                            for tile in lo..<hi {
-                                let s = line + 4 * (tile - ty * tilesWide)
-                                let a1 = s[1], a2 = s[2], a3 = s[3], a4 = s[4]
-                                let o = target + tile
-                                o[0] = 4 * s[0] - 5 * a2 + a4
-                                o[plane] = -4 * (a1 + a2) + a3 + a4
-                                o[2 * plane] = 4 * (a1 - a2) - a3 + a4
-                                o[3 * plane] = 2 * (a3 - a1) - a2 + a4
-                                o[4 * plane] = 2 * (a1 - a3) - a2 + a4
-                                o[5 * plane] = 4 * a1 - 5 * a3 + s[5]
-                            }
-                        }
-                    }
-                }
+                wp_winograd_input(xs.pointer, Int64(height), Int64(width), Int64(channels.lowerBound), Int64(channels.upperBound),
+                                  Int64(tiles.lowerBound), Int64(tiles.upperBound), vs.pointer, Int64(plane), buffer.baseAddress!)
             }
         }
     }
@@ -219,69 +171,21 @@ extension Convolution {
     ///
     /// Per output channel and tile row: the horizontal half of the transform runs across the
     /// tiles for each of the six rows (contiguous in the tile index), the vertical half combines
-    /// those and writes four output rows.
+    /// those and writes four output rows. The loops are C (`wp_winograd_output`), compiled once
+    /// per kernel family and picked at run time.
     static func transformOutput(
         _ m: UnsafePointer<Float>, stride plane: Int, geometry g: Geometry, tiles: Range<Int>,
         bias: UnsafePointer<Float>?, residual: UnsafePointer<Float>?, into output: UnsafeMutablePointer<Float>
     ) {
         let outC = g.outChannels, height = g.height, width = g.width
         let tilesWide = (width + 3) / 4
-        let n = tiles.count
-        let firstRow = tiles.lowerBound / tilesWide, lastRow = (tiles.upperBound - 1) / tilesWide
         let ms = SharedPointer(m), ys = SharedPointer(output)
         let bs = bias.map { SharedPointer($0) }, rs = residual.map { SharedPointer($0) }
         Parallel.forRanges(outC, grain: 1) { channels in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: 24 * tilesWide + 4 * (4 * tilesWide)) { buffer in
-                let w = buffer.baseAddress!               // [6][4][tilesWide]: rows after Aᵀ across
-                let lines = w + 24 * tilesWide            // 4 output rows of 4 * tilesWide pixels
-                for o in channels {
-                    let b = bs.map { $0.pointer[o] } ?? 0
-                    for ty in firstRow...lastRow {
-                        let lo = max(tiles.lowerBound, ty * tilesWide), hi = min(tiles.upperBound, (ty + 1) * tilesWide)
-                        let count = hi - lo
-                        let first = lo - ty * tilesWide     // tile column of `lo`
-                        for i in 0..<6 {
-                            let s = ms.pointer + (i * 6) * plane + o * n + (lo - tiles.lowerBound)
-                            let s0 = s, s1 = s + plane, s2 = s + 2 * plane, s3 = s + 3 * plane, s4 = s + 4 * plane, s5 = s + 5 * plane
-                            let w0 = w + (i * 4) * tilesWide, w1 = w0 + tilesWide, w2 = w1 + tilesWide, w3 = w2 + tilesWide
-                            for j in 0..<count {
-                                let a1 = s1[j], a2 = s2[j], a3 = s3[j], a4 = s4[j]
-                                let p = a1 + a2, q = a1 - a2, r = a3 + a4, z = a3 - a4
-                                w0[j] = s0[j] + p + r
-                                w1[j] = q + 2 * z
-                                w2[j] = p + 4 * r
-                                w3[j] = q + 8 * z + s5[j]
-                            }
-                        }
-                        // Aᵀ down the six rows: output row 4 ty + p, columns 4 tile + q.
-                        for q in 0..<4 {
-                            let r0 = w + q * tilesWide, r1 = r0 + 4 * tilesWide, r2 = r1 + 4 * tilesWide
-                            let r3 = r2 + 4 * tilesWide, r4 = r3 + 4 * tilesWide, r5 = r4 + 4 * tilesWide
-                            for j in 0..<count {
-                                let a1 = r1[j], a2 = r2[j], a3 = r3[j], a4 = r4[j]
-                                let p = a1 + a2, d = a1 - a2, r = a3 + a4, z = a3 - a4
-                                let x = 4 * j + q
-                                lines[x] = r0[j] + p + r + b
-                                lines[4 * tilesWide + x] = d + 2 * z + b
-                                lines[8 * tilesWide + x] = p + 4 * r + b
-                                lines[12 * tilesWide + x] = d + 8 * z + r5[j] + b
-                            }
-                        }
-                        let x0 = 4 * first, x1 = min(width, 4 * (first + count))
-                        for p in 0..<4 {
-                            let y = 4 * ty + p
-                            if y >= height { break }
-                            let target = ys.pointer + (o * height + y) * width
-                            let source = lines + p * 4 * tilesWide
-                            if let rs {
-                                let res = rs.pointer + (o * height + y) * width
-                                for x in x0..<x1 { target[x] = source[x - x0] + res[x] }
-                            } else {
-                                (target + x0).update(from: source, count: x1 - x0)
-                            }
-                        }
-                    }
-                }
+                wp_winograd_output(ms.pointer, Int64(plane), Int64(height), Int64(width), Int64(channels.lowerBound), Int64(channels.upperBound),
+                                   Int64(tiles.lowerBound), Int64(tiles.upperBound), bs.map { UnsafePointer($0.pointer) }, rs.map { UnsafePointer($0.pointer) },
+                                   ys.pointer, buffer.baseAddress!)
             }
         }
     }

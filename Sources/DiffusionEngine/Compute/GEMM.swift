@@ -1,6 +1,8 @@
-import COpenBLAS
+import CEngineKernels
 
-/// Matrix products through OpenBLAS `cblas_sgemm` (row-major throughout).
+/// Matrix products through oneDNN's `dnnl_sgemm` (row-major throughout), which picks its
+/// kernels from CPUID feature bits (not from the processor's model name, as OpenBLAS does), so an
+/// unknown CPU still gets its AVX2 or AVX-512 kernels. See ``ComputeBackend``.
 enum GEMM {
     /// `C[m, n] = alpha * op(A) * op(B) + beta * C`, row-major, with leading dimensions.
     @inline(__always)
@@ -12,35 +14,36 @@ enum GEMM {
         alpha: Float = 1, beta: Float = 0
     ) {
         if m == 0 || n == 0 { return }
-        cblas_sgemm(
-            CblasRowMajor,
-            transposeA ? CblasTrans : CblasNoTrans,
-            transposeB ? CblasTrans : CblasNoTrans,
-            Int32(m), Int32(n), Int32(k),
-            alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+        let threads = Parallel.isSerialOnThisThread || wp_single_threaded() != 0 ? 1 : threadCount
+        let status = wp_sgemm(transposeA ? 1 : 0, transposeB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
+                              a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc), Int32(threads))
+        // Only invalid arguments fail, which the engine's own shapes rule out.
+        precondition(status == 0, "dnnl_sgemm failed with status \(status) for \(m)x\(n)x\(k)")
     }
 
-    /// Runs `body` with OpenBLAS limited to one thread, for code that spreads independent
+    /// Runs `body` with every product on one thread, for code that spreads independent
     /// products over ``Parallel`` workers itself (two levels of threads would oversubscribe the
-    /// cores). The previous setting is restored afterwards. With a single worker nothing changes.
+    /// cores). With a single worker nothing changes.
     static func withSingleThreadedCalls<R>(_ body: () throws -> R) rethrows -> R {
-        let previous = threadCount
-        if previous == 1 || Parallel.workerCount == 1 { return try body() }
-        threadCount = 1
-        defer { threadCount = previous }
+        if Parallel.workerCount == 1 { return try body() }
+        wp_single_threaded_enter()
+        defer { wp_single_threaded_leave() }
         return try body()
     }
 
-    /// Threads OpenBLAS uses.
+    /// Threads one product uses outside single-threaded sections: `WEIGHTPACK_GEMM_THREADS`,
+    /// else `OMP_NUM_THREADS`, else `OPENBLAS_NUM_THREADS` (which the benchmark scripts set),
+    /// else every ``Parallel`` worker.
     static var threadCount: Int {
-        get { Int(openblas_get_num_threads()) }
-        set { openblas_set_num_threads(Int32(newValue)) }
+        get { Int(wp_gemm_threads(Int32(Parallel.workerCount))) }
+        set { wp_set_gemm_threads(Int32(max(1, min(newValue, 256)))) }
     }
 }
 
-/// The number of threads the engine's BLAS calls use (OpenBLAS's own setting).
+/// The number of threads the engine's matrix products use.
 public enum ComputeSettings {
     /// Threads used by matrix products; elementwise kernels use every active processor.
+    /// (The name predates the move from OpenBLAS to oneDNN; kept for the callers.)
     public static var blasThreadCount: Int {
         get { GEMM.threadCount }
         set { GEMM.threadCount = max(1, newValue) }

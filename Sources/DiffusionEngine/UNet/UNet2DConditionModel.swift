@@ -105,11 +105,14 @@ public final class UNet2DConditionModel {
                 // and its own weight scratch, so the cores never wait for each other.
                 let failures = Locked<[(any Error)?]>(Array(repeating: nil, count: batch))
                 let store = weights.store, prefix = weights.prefix, releases = weights.releasesPagesAfterUse
+                // F16, BF16 and int8 weights are converted once for all elements, not per core.
+                let shared = SharedConvertedWeights(consumers: batch)
                 GEMM.withSingleThreadedCalls {
                     Parallel.forEach(batch) { b in
                         Parallel.serially {
                             let provider = WeightProvider(store: store, prefix: prefix)
                             provider.releasesPagesAfterUse = releases
+                            provider.sharedConversions = shared
                             do { try run(b, weights: provider) } catch { failures.withLock { $0[b] = error } }
                         }
                     }

@@ -7,9 +7,12 @@
 //   EngineBench kernels                         (convolution and sgemm GFLOP/s)
 //   EngineBench unet DIR|FILE.wpk INPUTS RUNS OUT.f32 (DIR: a diffusers unet/ folder)
 //   EngineBench attention | unet-convolutions   (one core, SD 1.5 shapes)
+//   EngineBench unet-dtypes UNETDIR OUTDIR      (writes OUTDIR/unet-f16.wpk and unet-int8.wpk)
+//   EngineBench backend                         (prints ComputeBackend.current)
 import CheckpointFormats
 @testable import DiffusionEngine
 import Foundation
+import StrictJSON
 import TensorCore
 
 #if canImport(Glibc)
@@ -93,8 +96,11 @@ func unet(_ dir: String, inputsPath: String, runs: Int, out: String) throws {
     var model: UNet2DConditionModel!
     let load = try seconds {
         if dir.hasSuffix(".wpk") {
-            // A canonical .wpk (any dtype, int8 included): the UNet under `unet.`.
-            model = try UNet2DConditionModel(store: try WPKFile(path: dir), configuration: .sd15, prefix: "unet.")
+            // A canonical .wpk (any dtype, int8 included): the UNet under `unet.`, or a UNet alone
+            // (`unet-dtypes` writes those).
+            let file = try WPKFile(path: dir)
+            let prefix = file.descriptor(named: "unet.conv_in.weight") != nil ? "unet." : ""
+            model = try UNet2DConditionModel(store: file, configuration: .sd15, prefix: prefix)
         } else {
             let config = try UNetConfiguration(jsonText: String(contentsOfFile: dir + "/config.json", encoding: .utf8))
             let store = try SafetensorsFile(path: dir + "/diffusion_pytorch_model.safetensors")
@@ -113,7 +119,7 @@ func unet(_ dir: String, inputsPath: String, runs: Int, out: String) throws {
     var times: [Double] = []
     for _ in 0..<runs { times.append(try seconds { result = try model.predict(sample, timestep: 999, encoderHiddenStates: context) }) }
     try writeFloats(result, to: out)
-    report("unet_step", load: load, runs: times)
+    report("unet_step " + (dir as NSString).lastPathComponent + ", " + ComputeBackend.current.description, load: load, runs: times)
 }
 
 func kernels() {
@@ -202,6 +208,20 @@ do {
         try unet(arguments[2], inputsPath: arguments[3], runs: Int(arguments[4])!, out: arguments[5])
     case "kernels":
         kernels()
+    case "backend":
+        print(ComputeBackend.current)
+    case "unet-dtypes" where arguments.count == 4:
+        // Writes the diffusers UNet folder's weights as f16 and int8 `.wpk` files (the UNet
+        // alone, no prefix) for `unet` runs on quantised weights.
+        let store = try SafetensorsFile(path: arguments[2] + "/diffusion_pytorch_model.safetensors")
+        let metadata = JSONObject([("tool", .string("EngineBench"))])
+        for (name, plan) in [("unet-f16.wpk", OutputTensor.plan(from: store, dtype: .f16)),
+                             ("unet-int8.wpk", OutputTensor.plan(from: store, dtype: .int8))] {
+            let path = arguments[3] + "/" + name
+            if FileManager.default.fileExists(atPath: path) { continue }
+            let t = try seconds { try WPKWriter.write(plan, metadata: metadata, to: path, overwrite: false) }
+            print(String(format: "wrote %@ in %.1f s", path, t))
+        }
     case "attention":
         // SD 1.5's largest self-attention (4096 tokens, 8 heads of 40) on one core, by chunk size.
         let tokens = 4096, width = 320, heads = 8

@@ -1,0 +1,129 @@
+// Run-time CPU detection, WEIGHTPACK_KERNELS, and the oneDNN matrix product.
+#define _GNU_SOURCE
+#include "CEngineKernels.h"
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <oneapi/dnnl/dnnl.h>
+
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static wp_kernels processor = WP_KERNELS_BASELINE;
+static wp_kernels selected = WP_KERNELS_BASELINE;
+static wp_request_status request = WP_REQUEST_NONE;
+static char requestText[32];
+static void (*setThreads)(int);
+static int (*maxThreads)(void);
+
+static wp_kernels detect(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    // __builtin_cpu_supports also checks that the operating system saves the wider registers.
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
+        && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        return WP_KERNELS_AVX512;
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+        return WP_KERNELS_AVX2;
+    }
+#endif
+    return WP_KERNELS_BASELINE;
+}
+
+static void initialise(void) {
+    processor = detect();
+    selected = processor;
+    const char *value = getenv("WEIGHTPACK_KERNELS");
+    if (value && *value) {
+        strncpy(requestText, value, sizeof requestText - 1);
+        wp_kernels wanted;
+        if (strcmp(value, "avx512") == 0) wanted = WP_KERNELS_AVX512;
+        else if (strcmp(value, "avx2") == 0) wanted = WP_KERNELS_AVX2;
+        else if (strcmp(value, "baseline") == 0) wanted = WP_KERNELS_BASELINE;
+        else { request = WP_REQUEST_UNKNOWN; goto done; }
+        if (wanted > processor) request = WP_REQUEST_CLAMPED;
+        else { request = WP_REQUEST_HONOURED; selected = wanted; }
+    }
+done:
+    // oneDNN reads the limit once, before its first product: set it now. Its lowest family is
+    // SSE4.1; below that (or on another architecture) it runs its reference code.
+    switch (selected) {
+    case WP_KERNELS_AVX512: dnnl_set_max_cpu_isa(dnnl_cpu_isa_all); break;
+    case WP_KERNELS_AVX2: dnnl_set_max_cpu_isa(dnnl_cpu_isa_avx2); break;
+    case WP_KERNELS_BASELINE: dnnl_set_max_cpu_isa(dnnl_cpu_isa_sse41); break;
+    }
+    // oneDNN in Debian threads with OpenMP (libgomp, loaded with it); the thread count is a
+    // per-thread setting, reached here without linking the OpenMP library directly.
+    setThreads = (void (*)(int))dlsym(RTLD_DEFAULT, "omp_set_num_threads");
+    maxThreads = (int (*)(void))dlsym(RTLD_DEFAULT, "omp_get_max_threads");
+}
+
+void wp_backend_init(void) { pthread_once(&once, initialise); }
+
+wp_kernels wp_processor_kernels(void) { wp_backend_init(); return processor; }
+wp_kernels wp_selected_kernels(void) { wp_backend_init(); return selected; }
+wp_request_status wp_request(void) { wp_backend_init(); return request; }
+const char *wp_request_text(void) { wp_backend_init(); return requestText; }
+
+void wp_dnnl_version(int *major, int *minor, int *patch) {
+    const dnnl_version_t *v = dnnl_version();
+    *major = v->major; *minor = v->minor; *patch = v->patch;
+}
+
+const char *wp_dnnl_isa_name(void) {
+    wp_backend_init();
+    switch (dnnl_get_effective_cpu_isa()) {
+    case dnnl_cpu_isa_sse41: return "SSE4.1";
+    case dnnl_cpu_isa_avx: return "AVX";
+    case dnnl_cpu_isa_avx2: return "AVX2";
+    case dnnl_cpu_isa_avx2_vnni: return "AVX2-VNNI";
+    case dnnl_cpu_isa_avx512_core: return "AVX-512";
+    case dnnl_cpu_isa_avx512_core_vnni: return "AVX-512-VNNI";
+    case dnnl_cpu_isa_avx512_core_bf16: return "AVX-512-BF16";
+    case dnnl_cpu_isa_avx512_core_amx: return "AMX";
+    case dnnl_cpu_isa_all: return "all";
+    default: return "other";
+    }
+}
+
+int wp_sgemm(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, float alpha,
+             const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+             float *c, int64_t ldc, int threads) {
+    wp_backend_init();
+    if (setThreads && maxThreads && threads > 0 && maxThreads() != threads) setThreads(threads);
+    dnnl_status_t status = dnnl_sgemm(transposeA ? 'T' : 'N', transposeB ? 'T' : 'N', m, n, k, alpha,
+                                      a, lda, b, ldb, beta, c, ldc);
+    return status == dnnl_success ? 0 : (int)status;
+}
+
+static _Atomic int gemmThreads = 0;
+static _Atomic int singleThreadedSections = 0;
+
+int wp_gemm_threads(int fallback) {
+    int value = atomic_load_explicit(&gemmThreads, memory_order_relaxed);
+    if (value > 0) return value;
+    static const char *names[] = {"WEIGHTPACK_GEMM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"};
+    value = fallback;
+    for (int i = 0; i < 3; i++) {
+        const char *text = getenv(names[i]);
+        if (!text || !*text) continue;
+        char *end = NULL;
+        long parsed = strtol(text, &end, 10);
+        if (*end == 0 && parsed > 0) { value = parsed > 256 ? 256 : (int)parsed; break; }
+    }
+    if (value < 1) value = 1;
+    int expected = 0;
+    atomic_compare_exchange_strong(&gemmThreads, &expected, value);
+    return atomic_load_explicit(&gemmThreads, memory_order_relaxed);
+}
+
+void wp_set_gemm_threads(int threads) {
+    atomic_store_explicit(&gemmThreads, threads < 1 ? 1 : (threads > 256 ? 256 : threads), memory_order_relaxed);
+}
+
+void wp_single_threaded_enter(void) { atomic_fetch_add_explicit(&singleThreadedSections, 1, memory_order_relaxed); }
+void wp_single_threaded_leave(void) { atomic_fetch_sub_explicit(&singleThreadedSections, 1, memory_order_relaxed); }
+int wp_single_threaded(void) { return atomic_load_explicit(&singleThreadedSections, memory_order_relaxed) > 0; }

@@ -1,0 +1,111 @@
+// Weight conversions, compiled for each kernel family and chosen by wp_selected_kernels().
+//
+// Each public function dispatches to one of three copies of the same body, compiled with
+// `__attribute__((target(...)))`: the body is an always-inline function, which the compiler
+// inlines into (and vectorises for) each copy's instruction set.
+#include "CEngineKernels.h"
+
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define WP_X86 1
+#endif
+
+#define INLINE static inline __attribute__((always_inline))
+
+/// One half to a float, bit by bit (no F16C): the exponent is rebiased from 15 to 127; infinity
+/// and NaN keep an all-ones exponent; zero and subnormals are rescaled by a float subtraction.
+INLINE float halfToFloat(uint16_t h) {
+    union { uint32_t u; float f; } o, magic = {.u = 113u << 23};
+    const uint32_t shiftedExponent = 0x7c00u << 13;
+    o.u = (uint32_t)(h & 0x7fff) << 13;
+    uint32_t exponent = shiftedExponent & o.u;
+    o.u += (127u - 15u) << 23;
+    if (exponent == shiftedExponent) {
+        o.u += (128u - 16u) << 23;
+    } else if (exponent == 0) {
+        o.u += 1u << 23;
+        o.f -= magic.f;
+    }
+    o.u |= (uint32_t)(h & 0x8000) << 16;
+    return o.f;
+}
+
+INLINE uint16_t load16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+INLINE void f16Body(const unsigned char *s, float *t, size_t count) {
+    for (size_t i = 0; i < count; i++) t[i] = halfToFloat(load16(s + 2 * i));
+}
+
+INLINE void bf16Body(const unsigned char *s, float *t, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        uint32_t bits = (uint32_t)load16(s + 2 * i) << 16;
+        memcpy(t + i, &bits, 4);
+    }
+}
+
+INLINE void int8Body(const int8_t *payload, const unsigned char *scales, size_t rowLength, size_t blockSize,
+                     size_t blocksPerRow, size_t firstRow, size_t rows, float *target) {
+    for (size_t r = 0; r < rows; r++) {
+        size_t row = firstRow + r;
+        const int8_t *q = payload + row * rowLength;
+        float *out = target + r * rowLength;
+        for (size_t k = 0; k < blocksPerRow; k++) {
+            float scale = halfToFloat(load16(scales + 2 * (row * blocksPerRow + k)));
+            size_t start = k * blockSize, end = start + blockSize < rowLength ? start + blockSize : rowLength;
+            for (size_t i = start; i < end; i++) out[i] = (float)q[i] * scale;
+        }
+    }
+}
+
+// --- baseline x86-64 (or any architecture) ---
+
+static void f16Baseline(const void *s, float *t, size_t n) { f16Body(s, t, n); }
+static void bf16Baseline(const void *s, float *t, size_t n) { bf16Body(s, t, n); }
+static void int8Baseline(const int8_t *p, const void *sc, size_t rl, size_t bs, size_t bpr, size_t fr, size_t rows, float *t) {
+    int8Body(p, sc, rl, bs, bpr, fr, rows, t);
+}
+
+#ifdef WP_X86
+// --- AVX2 + FMA + F16C ---
+
+__attribute__((target("avx2,fma,f16c")))
+static void f16AVX2(const void *source, float *t, size_t n) {
+    const unsigned char *s = source;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(t + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + 2 * i))));
+    f16Body(s + 2 * i, t + i, n - i);
+}
+__attribute__((target("avx2,fma,f16c")))
+static void bf16AVX2(const void *s, float *t, size_t n) { bf16Body(s, t, n); }
+__attribute__((target("avx2,fma,f16c")))
+static void int8AVX2(const int8_t *p, const void *sc, size_t rl, size_t bs, size_t bpr, size_t fr, size_t rows, float *t) {
+    int8Body(p, sc, rl, bs, bpr, fr, rows, t);
+}
+
+// --- AVX-512 (F, BW, VL, DQ) ---
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+static void f16AVX512(const void *source, float *t, size_t n) {
+    const unsigned char *s = source;
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(t + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + 2 * i))));
+    f16Body(s + 2 * i, t + i, n - i);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+static void bf16AVX512(const void *s, float *t, size_t n) { bf16Body(s, t, n); }
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+static void int8AVX512(const int8_t *p, const void *sc, size_t rl, size_t bs, size_t bpr, size_t fr, size_t rows, float *t) {
+    int8Body(p, sc, rl, bs, bpr, fr, rows, t);
+}
+#define PICK(name) (wp_selected_kernels() == WP_KERNELS_AVX512 ? name##AVX512 : wp_selected_kernels() == WP_KERNELS_AVX2 ? name##AVX2 : name##Baseline)
+#else
+#define PICK(name) name##Baseline
+#endif
+
+void wp_f16_to_f32(const void *source, float *target, size_t count) { PICK(f16)(source, target, count); }
+void wp_bf16_to_f32(const void *source, float *target, size_t count) { PICK(bf16)(source, target, count); }
+void wp_dequantize_int8(const int8_t *payload, const void *scales, size_t rowLength, size_t blockSize,
+                        size_t blocksPerRow, size_t firstRow, size_t rows, float *target) {
+    PICK(int8)(payload, scales, rowLength, blockSize, blocksPerRow, firstRow, rows, target);
+}

@@ -1,0 +1,86 @@
+// The engine's compute back end, in C: run-time CPU detection, the oneDNN matrix product, and
+// kernels compiled once per instruction-set family and chosen at run time (see Docs/engine.md,
+// "Compute back end"). Swift cannot compile one function for several instruction sets; C can
+// (per-function `__attribute__((target(...)))`), so one binary runs on every x86-64 machine.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Kernel families, widest last.
+typedef enum {
+    WP_KERNELS_BASELINE = 0, ///< x86-64 baseline (SSE2), or any other processor
+    WP_KERNELS_AVX2 = 1,     ///< AVX2 + FMA + F16C
+    WP_KERNELS_AVX512 = 2,   ///< AVX-512 F, BW, VL, DQ
+} wp_kernels;
+
+/// What `WEIGHTPACK_KERNELS` asked for, and what became of it.
+typedef enum {
+    WP_REQUEST_NONE = 0,      ///< not set (or empty): the processor's widest family
+    WP_REQUEST_HONOURED = 1,  ///< set to a family the processor has
+    WP_REQUEST_CLAMPED = 2,   ///< set to a family the processor lacks: its widest is used
+    WP_REQUEST_UNKNOWN = 3,   ///< set to something else: ignored
+} wp_request_status;
+
+/// Reads `WEIGHTPACK_KERNELS`, detects the processor and limits oneDNN to the chosen family.
+/// Idempotent and thread-safe; every other function calls it first.
+void wp_backend_init(void);
+
+/// The widest family the processor (and operating system) supports, from CPUID feature bits.
+wp_kernels wp_processor_kernels(void);
+/// The family in use: the processor's, or a narrower one forced by `WEIGHTPACK_KERNELS`.
+wp_kernels wp_selected_kernels(void);
+/// What became of `WEIGHTPACK_KERNELS`.
+wp_request_status wp_request(void);
+/// The value of `WEIGHTPACK_KERNELS` at start-up (empty when unset); at most 31 characters kept.
+const char *wp_request_text(void);
+
+/// oneDNN's version and the instruction set it dispatches to (`dnnl_cpu_isa_t` as text).
+void wp_dnnl_version(int *major, int *minor, int *patch);
+const char *wp_dnnl_isa_name(void);
+
+/// `C = alpha * op(A) * op(B) + beta * C`, row-major, through oneDNN's `dnnl_sgemm`, on
+/// `threads` OpenMP threads of the calling thread (1 inside work already spread over the
+/// cores). Returns 0, or oneDNN's status.
+int wp_sgemm(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, float alpha,
+             const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+             float *c, int64_t ldc, int threads);
+
+/// Conversions of weights to `float`, in the selected family's instructions.
+/// `count` 16-bit IEEE halves at `source` (any alignment) to floats.
+void wp_f16_to_f32(const void *source, float *target, size_t count);
+/// `count` bfloat16 values at `source` (any alignment) to floats.
+void wp_bf16_to_f32(const void *source, float *target, size_t count);
+/// Rows `firstRow ..< firstRow + rows` of a block-quantised int8 matrix (rows of `rowLength`
+/// values, `blockSize` values per scale; scales are little-endian halves, `blocksPerRow` per
+/// row, at `scales`) to floats at `target` (`rows * rowLength`).
+void wp_dequantize_int8(const int8_t *payload, const void *scales, size_t rowLength, size_t blockSize,
+                        size_t blocksPerRow, size_t firstRow, size_t rows, float *target);
+
+/// Winograd F(4x4, 3x3) input transform (`V = Bᵀ d B`) for channels `channelLo ..< channelHi`
+/// and tiles `tileLo ..< tileHi` of a `[C, height, width]` image; `v` holds 36 matrices
+/// `[C][tileHi - tileLo]`, `plane` floats apart. `scratch`: `12 * (4 * tilesWide + 2)` floats.
+/// The same arithmetic as `Convolution.transformInput` (Convolution+Winograd.swift).
+void wp_winograd_input(const float *input, int64_t height, int64_t width, int64_t channelLo, int64_t channelHi,
+                       int64_t tileLo, int64_t tileHi, float *v, int64_t plane, float *scratch);
+/// Winograd output transform (`Y = Aᵀ M A` + bias (+ residual)) for output channels
+/// `channelLo ..< channelHi`; `m` holds 36 matrices `[outC][tileHi - tileLo]`, `plane` floats
+/// apart; `bias` and `residual` may be null. `scratch`: `40 * tilesWide` floats.
+void wp_winograd_output(const float *m, int64_t plane, int64_t height, int64_t width, int64_t channelLo, int64_t channelHi,
+                        int64_t tileLo, int64_t tileHi, const float *bias, const float *residual, float *output, float *scratch);
+
+/// Threads a product uses outside single-threaded sections (default: `WEIGHTPACK_GEMM_THREADS`,
+/// else `OMP_NUM_THREADS`, else `OPENBLAS_NUM_THREADS`, else `fallback`).
+int wp_gemm_threads(int fallback);
+void wp_set_gemm_threads(int threads);
+/// Opens and closes a section in which every product runs on one thread (atomic counter).
+void wp_single_threaded_enter(void);
+void wp_single_threaded_leave(void);
+int wp_single_threaded(void);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,83 @@
+import CEngineKernels
+
+/// What the engine computes with on this machine: the kernel family chosen at run time from
+/// CPUID feature bits (or forced by `WEIGHTPACK_KERNELS`), and the matrix-product library.
+///
+/// One binary serves every x86-64 machine: the C kernels (`Sources/CEngineKernels`) are
+/// compiled once per family and the widest the processor has is used; oneDNN, which computes
+/// every matrix product and convolution lowered to one, dispatches the same way (by feature
+/// bits, never by the processor's model name). `WEIGHTPACK_KERNELS=avx512|avx2|baseline`
+/// narrows the choice, for tests and CI; a family the processor lacks falls back to its widest.
+///
+/// `weightpack --version --verbose` prints ``description``.
+public struct ComputeBackend: Sendable, CustomStringConvertible {
+    /// A kernel family, widest last.
+    public enum Kernels: String, Sendable, Comparable, CaseIterable {
+        case baseline, avx2, avx512
+
+        init(_ value: wp_kernels) {
+            switch value {
+            case WP_KERNELS_AVX512: self = .avx512
+            case WP_KERNELS_AVX2: self = .avx2
+            default: self = .baseline
+            }
+        }
+
+        /// How the family reads in messages.
+        public var displayName: String {
+            switch self {
+            case .baseline: "baseline x86-64"
+            case .avx2: "AVX2+FMA"
+            case .avx512: "AVX-512"
+            }
+        }
+
+        public static func < (a: Kernels, b: Kernels) -> Bool { a.order < b.order }
+        private var order: Int { self == .baseline ? 0 : self == .avx2 ? 1 : 2 }
+    }
+
+    /// The family in use.
+    public let kernels: Kernels
+    /// The widest family the processor supports.
+    public let processorKernels: Kernels
+    /// `WEIGHTPACK_KERNELS` as set (nil when unset or empty).
+    public let requested: String?
+    /// A sentence about `WEIGHTPACK_KERNELS` when it could not be honoured (unknown value, or
+    /// a family the processor lacks); nil otherwise. The command line may print it as a warning.
+    public let requestProblem: String?
+    /// The matrix-product library and its version, e.g. `oneDNN 2.6.3`.
+    public let library: String
+    /// The instruction set the library dispatches to, e.g. `AVX2`.
+    public let libraryInstructionSet: String
+
+    /// The back end of this process (read once).
+    public static let current = ComputeBackend()
+
+    private init() {
+        wp_backend_init()
+        kernels = Kernels(wp_selected_kernels())
+        processorKernels = Kernels(wp_processor_kernels())
+        let text = String(cString: wp_request_text())
+        requested = text.isEmpty ? nil : text
+        switch wp_request() {
+        case WP_REQUEST_UNKNOWN:
+            requestProblem = "WEIGHTPACK_KERNELS=\(text) is not one of avx512, avx2, baseline; using \(processorKernels.rawValue)"
+        case WP_REQUEST_CLAMPED:
+            requestProblem = "WEIGHTPACK_KERNELS=\(text) asks for kernels this processor lacks; using \(processorKernels.rawValue)"
+        default:
+            requestProblem = nil
+        }
+        var major: Int32 = 0, minor: Int32 = 0, patch: Int32 = 0
+        wp_dnnl_version(&major, &minor, &patch)
+        library = "oneDNN \(major).\(minor).\(patch)"
+        libraryInstructionSet = String(cString: wp_dnnl_isa_name())
+    }
+
+    /// One line, e.g. `kernels avx2 (AVX2+FMA; processor avx2), products oneDNN 2.6.3 (AVX2)`.
+    public var description: String {
+        var s = "kernels \(kernels.rawValue) (\(kernels.displayName); processor \(processorKernels.rawValue)"
+        if let requested, requestProblem == nil { s += "; forced by WEIGHTPACK_KERNELS=\(requested)" }
+        s += "), products \(library) (\(libraryInstructionSet))"
+        return s
+    }
+}

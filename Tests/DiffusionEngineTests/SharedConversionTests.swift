@@ -1,0 +1,87 @@
+import Foundation
+import Testing
+import TensorCore
+@testable import DiffusionEngine
+
+/// Weights converted once for the providers of a batch run on several cores (issue 12, item 2),
+/// and the run-time-dispatched conversions themselves.
+@Suite("shared weight conversions")
+struct SharedConversionTests {
+    static func store(_ dtype: DType) -> MemoryStore {
+        var random = TestRandom(seed: 51)
+        let store = MemoryStore()
+        store.add("a.weight", shape: [64, 40], values: random.values(64 * 40), dtype: dtype)
+        store.add("b.weight", shape: [30, 50], values: random.values(30 * 50), dtype: dtype)
+        return store
+    }
+
+    /// Two providers (as the UNet's two cores) read each weight whole and by blocks of rows:
+    /// each tensor is converted once, both read the same values as a private conversion, and
+    /// nothing stays held afterwards.
+    @Test(arguments: [DType.f16, .bf16])
+    func twoProvidersShareOneConversion(_ dtype: DType) throws {
+        let store = Self.store(dtype)
+        let shared = SharedConvertedWeights(consumers: 2, minimumFloats: 1)
+        let expectedA = try WeightProvider(store: store).floats("a.weight")
+        let expectedB = try WeightProvider(store: store).floats("b.weight")
+        let results = UnsafeSendableBox(UnsafeMutablePointer<[Float]>.allocate(capacity: 4))
+        results.value.initialize(repeating: [], count: 4)
+        defer { results.value.deinitialize(count: 4); results.value.deallocate() }
+        let box = UnsafeSendableBox((store, shared))
+        DispatchQueue.concurrentPerform(iterations: 2) { i in
+            let provider = WeightProvider(store: box.value.0)
+            provider.sharedConversions = box.value.1
+            results.value[2 * i] = (try? provider.floats("a.weight")) ?? []
+            var blocks = [Float]()
+            try? provider.withRowBlocks("b.weight", rowsPerBlock: 7) { rows, p in
+                blocks += Array(UnsafeBufferPointer(start: p, count: rows.count * 50))
+            }
+            results.value[2 * i + 1] = blocks
+        }
+        for i in 0..<2 {
+            #expect(results.value[2 * i] == expectedA)
+            #expect(results.value[2 * i + 1] == expectedB)
+        }
+        #expect(shared.conversions == 2 && shared.reuses == 2, "converted \(shared.conversions), reused \(shared.reuses)")
+        #expect(shared.floatsHeld == 0)
+    }
+
+    /// A tensor over the budget, or under the minimum, is not shared: the provider converts it
+    /// privately and gets the same values.
+    @Test func overBudgetOrSmallFallsBackToPrivateConversion() throws {
+        let store = Self.store(.f16)
+        for shared in [SharedConvertedWeights(consumers: 2, budgetFloats: 100, minimumFloats: 1),
+                       SharedConvertedWeights(consumers: 2, minimumFloats: 1 << 20)] {
+            let provider = WeightProvider(store: store)
+            provider.sharedConversions = shared
+            #expect(try provider.floats("a.weight") == (try WeightProvider(store: store).floats("a.weight")))
+            #expect(shared.conversions == 0 && shared.floatsHeld == 0)
+        }
+    }
+
+    /// The dispatched F16 and BF16 conversions against TensorCore's, over every 16-bit pattern
+    /// (infinities, NaNs, subnormals, both zeros), in the family in use (`WEIGHTPACK_KERNELS`).
+    @Test(arguments: [DType.f16, .bf16])
+    func conversionsMatchTensorCoreForEveryBitPattern(_ dtype: DType) throws {
+        let bits = (0..<65_536).map { UInt16($0) }
+        let raw = bits.withUnsafeBytes { Array($0) }
+        var expected = [Float](repeating: 0, count: bits.count)
+        try raw.withUnsafeBytes { src in
+            try expected.withUnsafeMutableBufferPointer { try ElementConversion.widen(src, dtype: dtype, into: $0, count: bits.count) }
+        }
+        let store = MemoryStore()
+        store.add("t", shape: [bits.count], values: [Float](repeating: 0, count: bits.count), dtype: dtype)
+        // Write the raw patterns through a store of that dtype and read them back converted.
+        let view = try store.tensor(named: "t")
+        view.bytes.withUnsafeBytes { dst in
+            UnsafeMutableRawBufferPointer(mutating: dst).copyMemory(from: UnsafeRawBufferPointer(start: raw, count: raw.count))
+        }
+        let converted = try WeightProvider(store: store).floats("t")
+        var mismatches = 0
+        for i in 0..<bits.count where converted[i].bitPattern != expected[i].bitPattern {
+            // NaNs may differ in payload only.
+            if !(converted[i].isNaN && expected[i].isNaN) { mismatches += 1 }
+        }
+        #expect(mismatches == 0, "\(dtype.name): \(mismatches) patterns differ under \(ComputeBackend.current.kernels)")
+    }
+}
