@@ -30,7 +30,6 @@ extension ExitStatus {
     static func of(_ error: any Error) -> ExitStatus {
         switch error {
         case let io as IOError: return of(io)
-        case is TokenizerMissing: return .noInput
         case let format as FormatError:
             if format.code == .io, let io = format.underlying as? IOError { return of(io) }
             return format.code == .io ? .ioError : .dataError

@@ -1,6 +1,5 @@
 import ArgumentParser
 import CheckpointFormats
-import TensorCore
 
 /// How inputs are opened; shared by every command that reads a model.
 struct InputOptions: ParsableArguments {
@@ -13,8 +12,4 @@ struct InputOptions: ParsableArguments {
     var verbose = false
 
     var modelInputOptions: ModelInput.Options { ModelInput.Options(allowUnsafeGlobals: allowUnsafeGlobals) }
-
-    func open(_ path: String) throws -> any TensorStore {
-        try ModelInput.open(path, options: modelInputOptions)
-    }
 }

@@ -1,4 +1,5 @@
 import CheckpointFormats
+import ModelLoading
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -60,20 +61,7 @@ final class TerminalProgress: ProgressReporter {
 }
 
 /// `1.2 GB`, `340 MB`, `12 KB`, `5 B` (decimal units).
-func formatBytes(_ n: Int) -> String {
-    let units = ["B", "KB", "MB", "GB", "TB"]
-    var value = Double(n)
-    var unit = 0
-    while value >= 1000, unit < units.count - 1 {
-        value /= 1000
-        unit += 1
-    }
-    if unit == 0 { return "\(n) B" }
-    return (value >= 100 ? String(Int(value.rounded())) : String(format1(value))) + " " + units[unit]
-}
+func formatBytes(_ n: Int) -> String { Formatting.bytes(n) }
 
 /// One decimal place.
-func format1(_ v: Double) -> String {
-    let scaled = (v * 10).rounded() / 10
-    return String(scaled)
-}
+func format1(_ v: Double) -> String { Formatting.oneDecimal(v) }

@@ -1,6 +1,6 @@
 import ArgumentParser
 import DiffusionEngine
-import Foundation
+import ModelLoading
 import StrictJSON
 
 struct Tokenize: ParsableCommand {
@@ -35,20 +35,7 @@ struct Tokenize: ParsableCommand {
 
     func run() throws {
         try runReporting {
-            let model: CLIPTokenizer
-            if let tokenizer {
-                var isFolder: ObjCBool = false
-                guard FileManager.default.fileExists(atPath: tokenizer, isDirectory: &isFolder), isFolder.boolValue else {
-                    throw report(TokenizerMissing(path: tokenizer, reason: "no such tokenizer folder"))
-                }
-                let has = { (name: String) in FileManager.default.fileExists(atPath: tokenizer + "/" + name) }
-                guard (has("vocab.json") && has("merges.txt")) || has("tokenizer.json") else {
-                    throw report(TokenizerMissing(path: tokenizer, reason: "holds neither vocab.json with merges.txt nor tokenizer.json"))
-                }
-                model = try CLIPTokenizer(directory: URL(fileURLWithPath: tokenizer))
-            } else {
-                model = try CLIPTokenizer.bundled()
-            }
+            let model = try CLIPTokenizer.open(folder: tokenizer)
             let ids = model.encode(prompt, padTokenID: padding == .zero ? 0 : nil)
             if json {
                 print(JSONValue.array(ids.map { JSONValue($0) }).serialized())
@@ -59,11 +46,4 @@ struct Tokenize: ParsableCommand {
             }
         }
     }
-}
-
-/// A tokenizer folder that does not exist (exit 66).
-struct TokenizerMissing: Error, CustomStringConvertible {
-    var path: String
-    var reason: String
-    var description: String { "\(path): \(reason)" }
 }
