@@ -10,7 +10,7 @@ Writes, under Fixtures/gguf/:
   ggml's own quantiser makes of them (`ggml_quantize_chunk`, no importance matrix, which runs
   `quantize_row_*_ref`, called through stable-diffusion.cpp's shared library), and those blocks
   dequantised by gguf-py (`gguf.quants.dequantize`); plus random blocks of every type WeightPack
-  reads (IQ4_NL and IQ4_XS included) with gguf-py's dequantisation of them.
+  reads (IQ4_NL, IQ4_XS, TQ1_0, TQ2_0 and MXFP4 included) with gguf-py's dequantisation of them.
 - tiny-sd1-q8_0.gguf, tiny-sd1-q4_k.gguf: the tensors of at most 8192 values of
   Fixtures/tiny-sd1/tiny-sd1.safetensors converted by stable-diffusion.cpp's own `convert` (its
   whole-model dialect).
@@ -35,7 +35,7 @@ from common import FIXTURES, SEED, TINY_SAFETENSORS
 OUT = os.path.join(FIXTURES, "gguf")
 
 WRITTEN = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
-READ_ONLY = [T.IQ4_NL, T.IQ4_XS]
+READ_ONLY = [T.IQ4_NL, T.IQ4_XS, T.TQ1_0, T.TQ2_0, T.MXFP4]
 
 
 def ggml_library():
@@ -96,7 +96,7 @@ def random_blocks(rng: np.random.Generator, qtype: T, count: int) -> np.ndarray:
     half_offsets = {
         T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0],
         T.Q2_K: [80, 82], T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208],
-        T.IQ4_NL: [0], T.IQ4_XS: [0],
+        T.IQ4_NL: [0], T.IQ4_XS: [0], T.TQ1_0: [52], T.TQ2_0: [64], T.MXFP4: [],
     }[qtype]
     for off in half_offsets:
         scales = rng.normal(0, 0.01, count).astype(np.float16)
