@@ -18,7 +18,7 @@ count=$2
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 case "$target" in
-    safetensors) product=FuzzSafetensors ;; wpk) product=FuzzWPK ;; torch) product=FuzzTorch ;;
+    safetensors) product=FuzzSafetensors ;; wpk) product=FuzzWPK ;; gguf) product=FuzzGGUF ;; torch) product=FuzzTorch ;;
     pickle) product=FuzzPickle ;; json) product=FuzzJSON ;;
     *) echo "unknown target '$target'" >&2; exit 64 ;;
 esac

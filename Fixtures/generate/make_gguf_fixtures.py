@@ -10,10 +10,12 @@ Writes, under Fixtures/gguf/:
   ggml's own quantiser makes of them (`ggml_quantize_chunk`, no importance matrix, which runs
   `quantize_row_*_ref`, called through stable-diffusion.cpp's shared library), and those blocks
   dequantised by gguf-py (`gguf.quants.dequantize`); plus random blocks of every type WeightPack
-  reads (IQ4_NL and IQ4_XS included) with gguf-py's dequantisation of them.
-- tiny-sd1-q8_0.gguf, tiny-sd1-q4_k.gguf: the tensors of at most 8192 values of
-  Fixtures/tiny-sd1/tiny-sd1.safetensors converted by stable-diffusion.cpp's own `convert` (its
-  whole-model dialect).
+  reads (IQ4_NL, IQ4_XS, TQ1_0, TQ2_0 and MXFP4 included) with gguf-py's dequantisation of them.
+- tiny-sd1-q8_0.gguf: the tensors of at most 8192 values of Fixtures/tiny-sd1/tiny-sd1.safetensors
+  converted to Q8_0 by stable-diffusion.cpp's own `convert` (its whole-model dialect).
+- sdcpp-q4_k-pair.gguf: stable-diffusion.cpp's `convert` to Q4_K of one SD 1.5-shaped weight, with
+  the same values kept in F16 under a second name by a type rule (the tiny model has no row that
+  fits a 256-value k-block; stable-diffusion.cpp leaves such tensors in F32).
 - tiny-sd1-unet-comfy.gguf: the tiny model's UNet in ComfyUI-GGUF's dialect (written with
   gguf-py following the conventions of ComfyUI-GGUF's tools/convert.py: UNet only, the
   `model.diffusion_model.` prefix stripped, `general.architecture` = `sd1`, 1-D and small
@@ -35,7 +37,7 @@ from common import FIXTURES, SEED, TINY_SAFETENSORS
 OUT = os.path.join(FIXTURES, "gguf")
 
 WRITTEN = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
-READ_ONLY = [T.IQ4_NL, T.IQ4_XS]
+READ_ONLY = [T.IQ4_NL, T.IQ4_XS, T.TQ1_0, T.TQ2_0, T.MXFP4]
 
 
 def ggml_library():
@@ -96,7 +98,7 @@ def random_blocks(rng: np.random.Generator, qtype: T, count: int) -> np.ndarray:
     half_offsets = {
         T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0],
         T.Q2_K: [80, 82], T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208],
-        T.IQ4_NL: [0], T.IQ4_XS: [0],
+        T.IQ4_NL: [0], T.IQ4_XS: [0], T.TQ1_0: [52], T.TQ2_0: [64], T.MXFP4: [],
     }[qtype]
     for off in half_offsets:
         scales = rng.normal(0, 0.01, count).astype(np.float16)
@@ -104,7 +106,7 @@ def random_blocks(rng: np.random.Generator, qtype: T, count: int) -> np.ndarray:
     return raw
 
 
-def write_blocks(path: str, quantize_chunk) -> None:
+def write_blocks(path: str, quantize_chunk, sdcpp_pair: str | None = None) -> None:
     rng = np.random.default_rng(SEED)
     sources = source_tensors(rng)
     w = gguf.GGUFWriter(path, arch="weightpack-goldens")
@@ -129,6 +131,11 @@ def write_blocks(path: str, quantize_chunk) -> None:
         raw = raw.reshape(2, -1)
         w.add_tensor(f"random.{tag}", raw, raw_dtype=qtype)
         w.add_tensor(f"random.{tag}.dequantized", gguf.quants.dequantize(raw, qtype).astype(np.float32))
+    if sdcpp_pair:
+        # gguf-py's dequantisation of the first 16 rows of stable-diffusion.cpp's Q4_K tensor.
+        reader = gguf.GGUFReader(sdcpp_pair)
+        blocks = np.array({t.name: t for t in reader.tensors}[KQUANT_PAIR[0]].data)
+        w.add_tensor("sdcpp.q4_k.dequantized", gguf.quants.dequantize(blocks[:16], T.Q4_K).astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -155,6 +162,38 @@ def write_sdcpp(sd, path: str, sd_type: int) -> None:
         save_file(subset, src)
         ok = sd.convert(src.encode(), b"", path.encode(), sd_type, b"", False)
     assert ok and os.path.exists(path), f"stable-diffusion.cpp convert failed for {path}"
+
+
+KQUANT_PAIR = (
+    "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+    "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_v.weight",
+)
+
+
+def write_sdcpp_kquant(sd, path: str) -> None:
+    """stable-diffusion.cpp's `convert` to Q4_K of two SD 1.5-shaped cross-attention weights
+    ([320, 768]: the tiny model has no row that fits a 256-value k-block) holding the same
+    random f16 values; the rule `attn2\\.to_v=f16` keeps the second as the source of the first."""
+    import tempfile
+
+    from safetensors.numpy import save_file
+
+    if os.path.exists(path):
+        os.remove(path)
+    rng = np.random.default_rng(SEED + 13)
+    w = rng.normal(0, 768 ** -0.5, (320, 768)).astype(np.float32)
+    w[5, rng.choice(768, 4, replace=False)] *= 25   # outliers
+    w[9, :256] = 0                                    # an all-zero k-block
+    w[11] = -np.abs(w[11])                            # negative only
+    w = w.astype(np.float16)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "pair.safetensors")
+        save_file({KQUANT_PAIR[0]: w, KQUANT_PAIR[1]: w.copy()}, src)
+        ok = sd.convert(src.encode(), b"", path.encode(), int(T.Q4_K), b"attn2\\.to_v=f16", False)
+    assert ok and os.path.exists(path), f"stable-diffusion.cpp convert failed for {path}"
+    reader = gguf.GGUFReader(path)
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    assert types == {KQUANT_PAIR[0]: T.Q4_K, KQUANT_PAIR[1]: T.F16}, types
 
 
 def write_comfy(path: str) -> None:
@@ -189,10 +228,12 @@ def write_comfy(path: str) -> None:
 def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     sd, quantize_chunk = ggml_library()
-    write_blocks(os.path.join(OUT, "blocks.gguf"), quantize_chunk)
+    pair = None
     if sd is not None:
         write_sdcpp(sd, os.path.join(OUT, "tiny-sd1-q8_0.gguf"), int(T.Q8_0))
-        write_sdcpp(sd, os.path.join(OUT, "tiny-sd1-q4_k.gguf"), int(T.Q4_K))
+        pair = os.path.join(OUT, "sdcpp-q4_k-pair.gguf")
+        write_sdcpp_kquant(sd, pair)
+    write_blocks(os.path.join(OUT, "blocks.gguf"), quantize_chunk, pair)
     write_comfy(os.path.join(OUT, "tiny-sd1-unet-comfy.gguf"))
     for name in sorted(os.listdir(OUT)):
         p = os.path.join(OUT, name)

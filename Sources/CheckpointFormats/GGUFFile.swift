@@ -90,7 +90,7 @@ public final class GGUFFile: GGMLTensorStore, @unchecked Sendable {
         do {
             return try view(entry, bytes).dequantized()
         } catch {
-            throw FormatError(.unsupportedDType, error.message, path: path, tensor: name)
+            throw FormatError(error.code == .unsupportedDType ? .unsupportedDType : .tensorInvalidInfo, error.message, path: path, tensor: name)
         }
     }
 

@@ -59,6 +59,9 @@ public enum GGMLBlocks {
             case .q6_K: kernel = q6_K
             case .iq4_NL: kernel = iq4_NL
             case .iq4_XS: kernel = iq4_XS
+            case .tq1_0: kernel = tq1_0
+            case .tq2_0: kernel = tq2_0
+            case .mxfp4: kernel = mxfp4
             default: preconditionFailure("readable type \(type) without a kernel")
             }
             let values = type.blockValues
@@ -253,6 +256,52 @@ public enum GGMLBlocks {
                 let q = (byte(p, 8 + sub * 16 + l % 16) >> UInt8(4 * (l / 16))) & 0x0F
                 y[sub * 32 + l] = dl * Float(iq4Levels[Int(q)])
             }
+        }
+    }
+
+    /// TQ2_0: qs[64], d. Value `128c + 32s + l` is bits `2s` of `qs[32c + l]`, minus 1.
+    static func tq2_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p, 64)
+        for c in 0..<2 {
+            for s in 0..<4 {
+                for l in 0..<32 {
+                    let q = Int((byte(p, 32 * c + l) >> UInt8(2 * s)) & 3) - 1
+                    y[128 * c + 32 * s + l] = d * Float(q)
+                }
+            }
+        }
+    }
+
+    /// TQ1_0: qs[48], qh[4], d. Base-3 digits: byte · 3^k (mod 256), then `(x · 3) >> 8`, minus 1.
+    static func tq1_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p, 52)
+        let powers: [UInt8] = [1, 3, 9, 27, 81]
+        @inline(__always) func trit(_ b: UInt8, _ k: Int) -> Float {
+            let x = b &* powers[k]
+            return Float(Int((UInt16(x) * 3) >> 8) - 1)
+        }
+        for k in 0..<5 {
+            for l in 0..<32 { y[32 * k + l] = d * trit(byte(p, l), k) }
+        }
+        for k in 0..<5 {
+            for l in 0..<16 { y[160 + 16 * k + l] = d * trit(byte(p, 32 + l), k) }
+        }
+        for k in 0..<4 {
+            for l in 0..<4 { y[240 + 4 * k + l] = d * trit(byte(p, 48 + l), k) }
+        }
+    }
+
+    /// MXFP4's e2m1 values, doubled (ggml `kvalues_mxfp4`).
+    static let mxfp4Levels: [Int8] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12]
+
+    /// MXFP4: e (E8M0, halved), qs[16].
+    static func mxfp4(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let e = UInt32(byte(p, 0))
+        let d = Float(bitPattern: e < 2 ? UInt32(0x0020_0000) << e : (e - 1) << 23)
+        for l in 0..<16 {
+            let q = byte(p, 1 + l)
+            y[l] = d * Float(mxfp4Levels[Int(q & 0x0F)])
+            y[16 + l] = d * Float(mxfp4Levels[Int(q >> 4)])
         }
     }
 }

@@ -9,7 +9,7 @@ import TensorCore
 @Suite("ggml block types against ggml and gguf-py")
 struct GGMLBlockGoldenTests {
     static let written = GGMLType.quantizable.map { $0.name.lowercased() }
-    static let readable = written + ["iq4_nl", "iq4_xs"]
+    static let readable = written + ["iq4_nl", "iq4_xs", "tq1_0", "tq2_0", "mxfp4"]
 
     let file: GGUFFile
 
