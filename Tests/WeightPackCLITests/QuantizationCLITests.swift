@@ -178,7 +178,9 @@ struct GGUFExportTests {
         for t in tensors { #expect(t["missing"] == nil && t["shape_ok"] == .bool(true), "\(t["name"]?.stringValue ?? "?")") }
         for t in tensors where t["type"]?.stringValue == "Q8_0" {
             let error = t["max_abs"]?.doubleValue ?? .infinity, scale = t["max_ref"]?.doubleValue ?? 0
-            #expect(error <= scale / 127 * 0.51, "\(t["name"]?.stringValue ?? "?"): \(error)")
+            // ggml's reference Q8_0 rounds x·(1/d) with d in f32, then stores d as f16: the error
+            // is at most 0.5·d + 127·|d − f16(d)| ≤ 0.5625·d (d = max/127).
+            #expect(error <= scale / 127 * 0.5625, "\(t["name"]?.stringValue ?? "?"): \(error)")
         }
     }
 }
