@@ -3,7 +3,7 @@
 #   make test  install missing Debian packages, run the test suite (optimised build)
 
 SHELL := /bin/bash
-DEBIAN_PACKAGES := pkg-config libjson-c-dev libzstd-dev libssl-dev zlib1g-dev libopenblas-dev libpng-dev
+DEBIAN_PACKAGES := pkg-config libjson-c-dev libzstd-dev libssl-dev zlib1g-dev libopenblas-dev libpng-dev libdnnl-dev
 RELEASE_BIN := .build/release/weightpack
 MODEL := Fixtures/tiny-sd1/tiny-sd1.safetensors
 CKPT := Fixtures/tiny-sd1/tiny-sd1.ckpt
