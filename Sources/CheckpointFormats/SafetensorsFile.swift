@@ -242,6 +242,36 @@ public struct SafetensorsHeader: Sendable {
         }
     }
 
+    /// `data_offsets`: exactly two non-negative integers, read without an array.
+    private static func readOffsets(_ reader: inout JSONReader, name: String) throws -> (Int, Int) {
+        let open = try reader.next()
+        guard open == .beginArray else {
+            throw FormatError(.invalidTensorEntry, "tensor '\(name)': data_offsets is a \(open.typeName), not an array", tensor: name)
+        }
+        var values: (Int, Int) = (0, 0)
+        var count = 0
+        while true {
+            let token = try reader.next()
+            switch token {
+            case .endArray:
+                guard count == 2 else {
+                    throw FormatError(.invalidTensorEntry, "tensor '\(name)': data_offsets must be an array of two integers", tensor: name)
+                }
+                return values
+            case .int(let v) where v >= 0:
+                guard count < 2 else {
+                    throw FormatError(.invalidTensorEntry, "tensor '\(name)': data_offsets must be an array of two integers", tensor: name)
+                }
+                if count == 0 { values.0 = Int(v) } else { values.1 = Int(v) }
+                count += 1
+            case .uint(let v):
+                throw FormatError(.invalidOffset, "tensor '\(name)': data_offsets value \(v) overflows", tensor: name)
+            default:
+                throw FormatError(.invalidTensorEntry, "tensor '\(name)': data_offsets holds a \(token.typeName), not a non-negative integer", tensor: name)
+            }
+        }
+    }
+
     private static func readEntry(_ reader: inout JSONReader, name: String) throws -> Entry {
         let open = try reader.next()
         guard open == .beginObject else {
@@ -249,7 +279,7 @@ public struct SafetensorsHeader: Sendable {
         }
         var dtype: DType?
         var shape: [Int]?
-        var bounds: [Int]?
+        var bounds: (Int, Int)?
         while true {
             let token = try reader.next()
             if token == .endObject { break }
@@ -273,10 +303,7 @@ public struct SafetensorsHeader: Sendable {
                 shape = try readIntegers(&reader, name: name, field: "shape", limit: Shape.maximumRank, overflow: .validationOverflow)
             case "data_offsets":
                 try once(bounds)
-                bounds = try readIntegers(&reader, name: name, field: "data_offsets", limit: 2, overflow: .invalidOffset)
-                guard bounds?.count == 2 else {
-                    throw FormatError(.invalidTensorEntry, "tensor '\(name)': data_offsets must be an array of two integers", tensor: name)
-                }
+                bounds = try readOffsets(&reader, name: name)
             default:
                 try reader.skipValue()
             }
@@ -286,11 +313,11 @@ public struct SafetensorsHeader: Sendable {
                 .filter(\.1).map(\.0).joined(separator: ", ")
             throw FormatError(.invalidTensorEntry, "tensor '\(name)' lacks \(missing)", tensor: name)
         }
-        guard bounds[0] <= bounds[1] else {
-            throw FormatError(.invalidOffset, "tensor '\(name)' ends (\(bounds[1])) before it begins (\(bounds[0]))", tensor: name)
+        guard bounds.0 <= bounds.1 else {
+            throw FormatError(.invalidOffset, "tensor '\(name)' ends (\(bounds.1)) before it begins (\(bounds.0))", tensor: name)
         }
         return Entry(
-            descriptor: TensorDescriptor(name: name, dtype: dtype, shape: Shape(shape), byteCount: bounds[1] - bounds[0]),
-            dataRange: bounds[0]..<bounds[1])
+            descriptor: TensorDescriptor(name: name, dtype: dtype, shape: Shape(shape), byteCount: bounds.1 - bounds.0),
+            dataRange: bounds.0..<bounds.1)
     }
 }
