@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import MappedIO
 import StrictJSON
 import TensorCore
@@ -171,6 +174,11 @@ public struct SafetensorsHeader: Sendable {
     private static func readHeader(_ bytes: UnsafeRawBufferPointer, metadata: inout [String: String], entries: inout [Entry],
                                    index: inout [String: Int]) throws {
         var reader = try JSONReader(bytes, maximumDepth: maximumDepth)
+        // Every tensor entry names "data_offsets" once: counting them (at memchr speed) sizes the
+        // name index and the entries exactly, so a million names are hashed once, not at every growth.
+        let expected = Self.occurrences(of: "\"data_offsets\"", in: bytes)
+        index.reserveCapacity(expected)
+        entries.reserveCapacity(expected)
         let first = try reader.next()
         guard first == .beginObject else {
             // Valid JSON that is not an object, or not JSON at all: read the rest to tell which.
@@ -195,6 +203,27 @@ public struct SafetensorsHeader: Sendable {
             entries.append(try readEntry(&reader, name: name))
         }
         guard try reader.next() == .end else { throw JSONError(.syntax, "unexpected bytes after the JSON document") }
+    }
+
+    /// How many times `needle` (at least one byte) occurs in `bytes`, found with `memchr` on its
+    /// first byte.
+    private static func occurrences(of needle: String, in bytes: UnsafeRawBufferPointer) -> Int {
+        guard let base = bytes.baseAddress else { return 0 }
+        let pattern = Array(needle.utf8)
+        var count = 0
+        var offset = 0
+        pattern.withUnsafeBytes { p in
+            while offset < bytes.count, let hit = memchr(base + offset, Int32(pattern[0]), bytes.count - offset) {
+                let at = UnsafeRawPointer(hit) - base
+                if bytes.count - at >= p.count, memcmp(base + at, p.baseAddress!, p.count) == 0 {
+                    count += 1
+                    offset = at + p.count
+                } else {
+                    offset = at + 1
+                }
+            }
+        }
+        return count
     }
 
     private static func readMetadata(_ reader: inout JSONReader, into metadata: inout [String: String]) throws {
