@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import MappedIO
 import StrictJSON
 import TensorCore
@@ -171,6 +174,11 @@ public struct SafetensorsHeader: Sendable {
     private static func readHeader(_ bytes: UnsafeRawBufferPointer, metadata: inout [String: String], entries: inout [Entry],
                                    index: inout [String: Int]) throws {
         var reader = try JSONReader(bytes, maximumDepth: maximumDepth)
+        // Every tensor entry names "data_offsets" once: counting them (at memchr speed) sizes the
+        // name index and the entries exactly, so a million names are hashed once, not at every growth.
+        let expected = Self.occurrences(of: "\"data_offsets\"", in: bytes)
+        index.reserveCapacity(expected)
+        entries.reserveCapacity(expected)
         let first = try reader.next()
         guard first == .beginObject else {
             // Valid JSON that is not an object, or not JSON at all: read the rest to tell which.
@@ -195,6 +203,27 @@ public struct SafetensorsHeader: Sendable {
             entries.append(try readEntry(&reader, name: name))
         }
         guard try reader.next() == .end else { throw JSONError(.syntax, "unexpected bytes after the JSON document") }
+    }
+
+    /// How many times `needle` (at least one byte) occurs in `bytes`, found with `memchr` on its
+    /// first byte.
+    private static func occurrences(of needle: String, in bytes: UnsafeRawBufferPointer) -> Int {
+        guard let base = bytes.baseAddress else { return 0 }
+        let pattern = Array(needle.utf8)
+        var count = 0
+        var offset = 0
+        pattern.withUnsafeBytes { p in
+            while offset < bytes.count, let hit = memchr(base + offset, Int32(pattern[0]), bytes.count - offset) {
+                let at = UnsafeRawPointer(hit) - base
+                if bytes.count - at >= p.count, memcmp(base + at, p.baseAddress!, p.count) == 0 {
+                    count += 1
+                    offset = at + p.count
+                } else {
+                    offset = at + 1
+                }
+            }
+        }
+        return count
     }
 
     private static func readMetadata(_ reader: inout JSONReader, into metadata: inout [String: String]) throws {
@@ -242,6 +271,36 @@ public struct SafetensorsHeader: Sendable {
         }
     }
 
+    /// `data_offsets`: exactly two non-negative integers, read without an array.
+    private static func readOffsets(_ reader: inout JSONReader, name: String) throws -> (Int, Int) {
+        let open = try reader.next()
+        guard open == .beginArray else {
+            throw FormatError(.invalidTensorEntry, "tensor '\(name)': data_offsets is a \(open.typeName), not an array", tensor: name)
+        }
+        var values: (Int, Int) = (0, 0)
+        var count = 0
+        while true {
+            let token = try reader.next()
+            switch token {
+            case .endArray:
+                guard count == 2 else {
+                    throw FormatError(.invalidTensorEntry, "tensor '\(name)': data_offsets must be an array of two integers", tensor: name)
+                }
+                return values
+            case .int(let v) where v >= 0:
+                guard count < 2 else {
+                    throw FormatError(.invalidTensorEntry, "tensor '\(name)': data_offsets must be an array of two integers", tensor: name)
+                }
+                if count == 0 { values.0 = Int(v) } else { values.1 = Int(v) }
+                count += 1
+            case .uint(let v):
+                throw FormatError(.invalidOffset, "tensor '\(name)': data_offsets value \(v) overflows", tensor: name)
+            default:
+                throw FormatError(.invalidTensorEntry, "tensor '\(name)': data_offsets holds a \(token.typeName), not a non-negative integer", tensor: name)
+            }
+        }
+    }
+
     private static func readEntry(_ reader: inout JSONReader, name: String) throws -> Entry {
         let open = try reader.next()
         guard open == .beginObject else {
@@ -249,7 +308,7 @@ public struct SafetensorsHeader: Sendable {
         }
         var dtype: DType?
         var shape: [Int]?
-        var bounds: [Int]?
+        var bounds: (Int, Int)?
         while true {
             let token = try reader.next()
             if token == .endObject { break }
@@ -273,10 +332,7 @@ public struct SafetensorsHeader: Sendable {
                 shape = try readIntegers(&reader, name: name, field: "shape", limit: Shape.maximumRank, overflow: .validationOverflow)
             case "data_offsets":
                 try once(bounds)
-                bounds = try readIntegers(&reader, name: name, field: "data_offsets", limit: 2, overflow: .invalidOffset)
-                guard bounds?.count == 2 else {
-                    throw FormatError(.invalidTensorEntry, "tensor '\(name)': data_offsets must be an array of two integers", tensor: name)
-                }
+                bounds = try readOffsets(&reader, name: name)
             default:
                 try reader.skipValue()
             }
@@ -286,11 +342,11 @@ public struct SafetensorsHeader: Sendable {
                 .filter(\.1).map(\.0).joined(separator: ", ")
             throw FormatError(.invalidTensorEntry, "tensor '\(name)' lacks \(missing)", tensor: name)
         }
-        guard bounds[0] <= bounds[1] else {
-            throw FormatError(.invalidOffset, "tensor '\(name)' ends (\(bounds[1])) before it begins (\(bounds[0]))", tensor: name)
+        guard bounds.0 <= bounds.1 else {
+            throw FormatError(.invalidOffset, "tensor '\(name)' ends (\(bounds.1)) before it begins (\(bounds.0))", tensor: name)
         }
         return Entry(
-            descriptor: TensorDescriptor(name: name, dtype: dtype, shape: Shape(shape), byteCount: bounds[1] - bounds[0]),
-            dataRange: bounds[0]..<bounds[1])
+            descriptor: TensorDescriptor(name: name, dtype: dtype, shape: Shape(shape), byteCount: bounds.1 - bounds.0),
+            dataRange: bounds.0..<bounds.1)
     }
 }
