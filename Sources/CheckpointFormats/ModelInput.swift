@@ -31,8 +31,6 @@ public enum ModelInput {
     /// Opens `path` with the reader its content calls for.
     public static func open(_ path: String, options: Options = Options()) throws(FormatError) -> any TensorStore {
         let kind = try detect(path)
-        // No writer of this process may replace the input (or a folder holding it).
-        InputFiles.record(path)
         switch kind {
         case .safetensors: return try SafetensorsFile(path: path)
         case .shardedSafetensors: return try ShardedSafetensors(indexPath: path)

@@ -3,13 +3,14 @@ import Glibc
 #endif
 import Synchronization
 
-/// Every file this process has opened as an input, so that no writer can replace one.
+/// Every file this process has open as an input, so that no writer can replace one.
 ///
-/// `MappedFile` records each file it maps (device, inode and resolved path); a command can also
-/// record its input argument before any tensor is read (`record(_:)`, a folder included). The
-/// atomic writers ask `refuseOverwriting(_:)` before they start and again before they rename, so
-/// an output that is the input — the same path, a hard link to it, a symbolic link to it, or a
-/// folder that holds it — is refused whatever `--force` says.
+/// `MappedFile` registers each file it maps (device, inode and resolved path) for as long as
+/// the mapping lives. The atomic writers ask `refuseOverwriting(_:)` before they start and
+/// again before they rename, so an output that is an open input — the same path, a hard link
+/// to it, a symbolic link to it, or a folder that holds it — is refused whatever `--force`
+/// says. A file whose readers are all gone may be written again (a long-running program that
+/// rewrites a model it read earlier).
 public enum InputFiles {
     struct Entry: Hashable {
         var device: UInt64
@@ -18,30 +19,43 @@ public enum InputFiles {
         var resolvedPath: String
     }
 
-    private static let entries = Mutex<Set<Entry>>([])
+    /// Keeps one input registered while it lives.
+    public final class Registration: Sendable {
+        let entry: Entry
+        init(_ entry: Entry) { self.entry = entry }
+        deinit { InputFiles.remove(entry) }
+    }
 
-    /// Records `path` (a file or a folder) as an input of this process. Paths that cannot be
-    /// resolved are ignored: they cannot be an existing output either.
-    public static func record(_ path: String) {
+    private static let entries = Mutex<[Entry: Int]>([:])
+
+    /// Registers `path` (a file or a folder) as an input until the returned value goes away;
+    /// `nil` when the path cannot be resolved (it cannot be an existing output either).
+    public static func register(_ path: String) -> Registration? {
         var info = stat()
-        guard stat(path, &info) == 0 else { return }
-        record(device: UInt64(info.st_dev), inode: UInt64(info.st_ino), path: path)
+        guard stat(path, &info) == 0 else { return nil }
+        return register(device: UInt64(info.st_dev), inode: UInt64(info.st_ino), path: path)
     }
 
-    static func record(device: UInt64, inode: UInt64, path: String) {
-        guard let resolved = resolve(path) else { return }
+    static func register(device: UInt64, inode: UInt64, path: String) -> Registration? {
+        guard let resolved = resolve(path) else { return nil }
         let entry = Entry(device: device, inode: inode, resolvedPath: resolved)
-        entries.withLock { _ = $0.insert(entry) }
+        entries.withLock { $0[entry, default: 0] += 1 }
+        return Registration(entry)
     }
 
-    /// Throws `.outputIsInput` when writing `output` would replace an input of this process:
-    /// `output` is (a link to) an input file, or a folder that holds an input, or an input
-    /// folder itself or a folder inside one that is being replaced.
+    static func remove(_ entry: Entry) {
+        entries.withLock { table in
+            if let count = table[entry], count > 1 { table[entry] = count - 1 } else { table[entry] = nil }
+        }
+    }
+
+    /// Throws `.outputIsInput` when writing `output` would replace an open input: `output` is
+    /// (a link to) an input file, or a folder that holds one.
     public static func refuseOverwriting(_ output: String) throws(IOError) {
         var info = stat()
         guard stat(output, &info) == 0 else { return }
         let device = UInt64(info.st_dev), inode = UInt64(info.st_ino)
-        let known = entries.withLock { $0 }
+        let known = entries.withLock { Array($0.keys) }
         if known.contains(where: { $0.device == device && $0.inode == inode }) {
             throw IOError(.outputIsInput, path: output, call: "open")
         }

@@ -13,27 +13,23 @@ public final class MappedFile: @unchecked Sendable {
     /// The file's size when it was mapped.
     public let size: Int
     private let base: UnsafeRawPointer?
+    /// Keeps the file known as an input while it is mapped (``InputFiles``).
+    private let registration: InputFiles.Registration?
 
     /// Maps `path` read-only.
     ///
-    /// - Throws: `IOError` with `.notFound`, `.permissionDenied`, `.isDirectory` or `.mapFailed`.
+    /// - Throws: `IOError` with `.notFound`, `.permissionDenied`, `.isDirectory`, `.notRegularFile`
+    ///   (a FIFO, socket or device) or `.mapFailed`.
     public init(path: String) throws(IOError) {
         self.path = path
-        let fd: FileDescriptor
-        do {
-            fd = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec], retryOnInterrupt: true)
-        } catch {
-            throw IOError.from(error, path: path, call: "open", fallback: .readFailed)
-        }
+        // Opened without blocking and refused unless a regular file: a FIFO never hangs us.
+        let fd = try FileCheck.openRegularFileForReading(path)
         defer { try? fd.close() }
         var info = stat()
         guard fstat(fd.rawValue, &info) == 0 else {
             throw IOError.from(Errno(rawValue: Glibc.errno), path: path, call: "fstat", fallback: .readFailed)
         }
-        if (info.st_mode & S_IFMT) == S_IFDIR {
-            throw IOError(.isDirectory, path: path, call: "open")
-        }
-        InputFiles.record(device: UInt64(info.st_dev), inode: UInt64(info.st_ino), path: path)
+        registration = InputFiles.register(device: UInt64(info.st_dev), inode: UInt64(info.st_ino), path: path)
         size = Int(info.st_size)
         if size == 0 {
             base = nil

@@ -1,5 +1,6 @@
 import DiffusionEngine
 import Foundation
+import MappedIO
 import StrictJSON
 import TensorCore
 
@@ -96,8 +97,13 @@ public enum Verification {
         /// Writes reference.png, candidate.png, difference.png (a heatmap of `gain * |reference -
         /// candidate|`, mean over channels; the gain makes the largest difference white unless
         /// `amplify` sets it), comparison.png (the three side by side) and report.json.
+        ///
+        /// The folder is written as every output is (``AtomicFolder``): a new folder appears
+        /// whole; an existing report folder (one with report.json) or an empty one gets these
+        /// files replaced and keeps every other; anything else (a file, a folder of other
+        /// files, a folder holding an input) is refused with an `IOError` (exit 73).
         public func writeFolder(_ folder: String, document: JSONValue, amplify: Float? = nil, software: String) throws {
-            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            let output = try AtomicFolder(path: folder, overwrite: true, marker: "report.json")
             let (h, w) = (referenceImage.shape[0], referenceImage.shape[1])
             let r = referenceImage.scalars, c = candidateImage.scalars
             var heat = [Float](repeating: 0, count: h * w * 3)
@@ -136,11 +142,12 @@ public enum Verification {
                 root["heatmap"] = ["gain": JSONValue(Double(gain)), "largest_pixel_difference": JSONValue(Double(largest))]
                 document = .object(root)
             }
-            try PNGImage.write(referenceImage, text: text, to: folder + "/reference.png", overwrite: true)
-            try PNGImage.write(candidateImage, text: text, to: folder + "/candidate.png", overwrite: true)
-            try PNGImage.write(FloatTensor(shape: [h, w, 3], values: heat), text: text, to: folder + "/difference.png", overwrite: true)
-            try PNGImage.write(wide, text: text, to: folder + "/comparison.png", overwrite: true)
-            try OutputFile.write(Array((document.serialized(pretty: true) + "\n").utf8), to: folder + "/report.json", overwrite: true)
+            try output.write("reference.png", bytes: try PNGImage.encode(referenceImage, text: text))
+            try output.write("candidate.png", bytes: try PNGImage.encode(candidateImage, text: text))
+            try output.write("difference.png", bytes: try PNGImage.encode(FloatTensor(shape: [h, w, 3], values: heat), text: text))
+            try output.write("comparison.png", bytes: try PNGImage.encode(wide, text: text))
+            try output.write("report.json", bytes: Array((document.serialized(pretty: true) + "\n").utf8))
+            try output.commit()
         }
     }
 

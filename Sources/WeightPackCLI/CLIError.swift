@@ -45,7 +45,7 @@ extension ExitStatus {
 
     static func of(_ io: IOError) -> ExitStatus {
         switch io.code {
-        case .notFound, .permissionDenied, .isDirectory: .noInput
+        case .notFound, .permissionDenied, .isDirectory, .notRegularFile, .symlinkLoop: .noInput
         case .exists, .noSpace, .cannotCreate, .outputIsInput, .outputIsFolder, .refusedTarget: .cannotCreate
         default: .ioError
         }
@@ -55,12 +55,22 @@ extension ExitStatus {
 /// Prints one line for `error` on stderr and returns the exit code to leave with.
 func report(_ error: any Error, verbose: Bool = false) -> ExitCode {
     let status = ExitStatus.of(error)
-    var line = "weightpack: error: \(error)"
+    var line = "weightpack: error: \(PrintableText.escaped("\(error)"))"
     if verbose, let cause = (error as? FormatError)?.underlying ?? (error as? ModelLoadingError)?.underlying {
-        line += " (cause: \(cause))"
+        line += " (cause: \(PrintableText.escaped("\(cause)")))"
     }
-    printError(line)
+    printError(verbose ? line : shortened(line))
     return ExitCode(status.rawValue)
+}
+
+/// The longest error line printed without `--verbose`, in characters.
+let maximumErrorLineLength = 400
+
+/// `line` cut to ``maximumErrorLineLength`` characters, saying how much was left out.
+func shortened(_ line: String) -> String {
+    guard line.count > maximumErrorLineLength else { return line }
+    let kept = line.prefix(maximumErrorLineLength - 60)
+    return kept + "… (\(line.count - kept.count) more characters; --verbose prints all)"
 }
 
 func printError(_ text: String) {

@@ -12,7 +12,11 @@ struct Convert: ParsableCommand {
         discussion: """
             Floating-point tensors (F16, BF16, F32, F64) are cast as --dtype asks, rounding to \
             nearest even; integer and boolean tensors are never cast. The output is written to a \
-            temporary file beside it and renamed into place only when complete.
+            temporary file beside it and renamed into place only when complete. An output that is \
+            the input (the same file, a link to it) is refused, --force or not. The temporary has \
+            no name while it is written where the file system allows it (O_TMPFILE); elsewhere it \
+            is .NAME.tmp-XXXXXX beside the output, which a killed run can leave behind and which \
+            is safe to delete.
 
             A recognised model is stored under canonical names (Formats/names.md) with its \
             detected architecture and source layout, so export can give the layout back. \
@@ -22,7 +26,7 @@ struct Convert: ParsableCommand {
             any tensor is refused.
 
             Exit codes: 0 done, 65 malformed input or no tensors, 66 missing input, 73 output \
-            exists (without --force) or cannot be created, 74 I/O error.
+            exists (without --force), is the input, or cannot be created, 74 I/O error.
             """)
 
     @Argument(help: "The model to convert: .safetensors (or an index of shards), .ckpt/.pt/.pth/.bin, a diffusers folder, or .wpk.")

@@ -12,14 +12,20 @@ struct Export: ParsableCommand {
             ComfyUI and stable-diffusion.cpp read (.safetensors). --layout diffusers writes a \
             folder (model_index.json, unet/, vae/, text_encoder/…, configs) that diffusers loads; \
             a model of one component is written as that component's .safetensors file. Folders \
-            are built beside the target and renamed into place when complete. \
+            are built beside the target (.NAME.tmp-XXXXXX, which a killed run can leave behind \
+            and which is safe to delete) and renamed into place when complete. With --force, an \
+            existing diffusers folder (one with model_index.json) gets the files the export \
+            writes replaced one by one, as save_pretrained does, and every other file in it is \
+            left alone; an existing folder that is not empty and not a diffusers folder is refused, \
+            and so is an output that is the input or a folder holding it. \
             --format gguf (the default for a .gguf output) writes the GGUF file stable-diffusion.cpp \
             reads: LDM names, ggml dimension order, --dtype f16 (matrices and kernels F16, 1-D \
             tensors F32), q8_0 (what stable-diffusion.cpp would quantise as Q8_0, int8 blocks of a \
             .wpk copied without requantising, the rest as f16) or keep; see Docs/quantization.md.
 
             Exit codes: 0 done, 65 malformed input or a layout the model cannot take, 66 missing \
-            input, 73 output exists (without --force) or cannot be created, 74 I/O error.
+            input, 73 output exists (without --force), is the input, is a folder not of its kind, or \
+            cannot be created, 74 I/O error.
             """)
 
     enum Layout: String, ExpressibleByArgument, CaseIterable {

@@ -116,6 +116,29 @@ struct AtomicFileWriterTests {
         withExtendedLifetime(mapped) {}
     }
 
+    @Test("a file is an input only while it is open: once its reader is gone it may be written again")
+    func inputOnlyWhileOpen() throws {
+        let folder = try scratchFolder()
+        let input = folder + "/model.safetensors"
+        try write("weights", to: input)
+        do {
+            let mapped = try MappedFile(path: input)
+            expectIOError(.outputIsInput) { _ = try AtomicFileWriter(path: input, overwrite: true) }
+            withExtendedLifetime(mapped) {}
+        }
+        let writer = try AtomicFileWriter(path: input, overwrite: true)
+        try writer.write(Array("new".utf8))
+        try writer.commit()
+        #expect(read(input) == "new")
+    }
+
+    @Test("a FIFO is refused at once, not waited on")
+    func fifo() throws {
+        let folder = try scratchFolder()
+        #expect(mkfifo(folder + "/pipe", 0o644) == 0)
+        expectIOError(.notRegularFile) { _ = try MappedFile(path: folder + "/pipe") }
+    }
+
     @Test("an input opened after the writer was made is still not replaced at commit")
     func refusesInputsAtCommit() throws {
         let folder = try scratchFolder()

@@ -105,4 +105,35 @@ struct DataSafetyCLITests {
         }
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["sub"])
     }
+
+    @Test("verify --report naming a file or a folder of other files is 73, one line, nothing changed", arguments: ["file", "folder"])
+    func verifyReportTarget(_ kind: String) throws {
+        let dir = try temporaryFolder().path
+        let target = dir + "/target"
+        if kind == "file" {
+            try Data("keep me".utf8).write(to: URL(fileURLWithPath: target))
+        } else {
+            try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
+            try Data("keep me".utf8).write(to: URL(fileURLWithPath: target + "/notes.txt"))
+        }
+        let before = snapshot(dir)
+        let result = try run(["verify", tinyModel, tinyModel, "--steps", "2", "--size", "64", "--report", target])
+        #expect(result.status == 73, "\(result.stderr)")
+        #expect(result.stderr.split(separator: "\n").filter { $0.hasPrefix("weightpack: error") }.count == 1, "\(result.stderr)")
+        #expect(!result.stderr.contains("NSCocoaErrorDomain"))
+        #expect(snapshot(dir) == before)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["target"])
+    }
+
+    @Test("verify --report writes a new folder, and writes again over its own report")
+    func verifyReportRewrite() throws {
+        let dir = try temporaryFolder().path
+        let target = dir + "/report"
+        for _ in 0..<2 {
+            let result = try run(["verify", tinyModel, tinyModel, "--steps", "2", "--size", "64", "--report", target])
+            #expect(result.status == 0, "\(result.stderr)")
+        }
+        #expect(Set(try FileManager.default.contentsOfDirectory(atPath: target)) == ["reference.png", "candidate.png", "difference.png", "comparison.png", "report.json"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["report"])
+    }
 }
