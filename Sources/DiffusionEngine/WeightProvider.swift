@@ -96,8 +96,9 @@ public final class WeightProvider {
                 let empty = [Float](repeating: 0, count: 1)
                 return try empty.withUnsafeBufferPointer { try body($0.baseAddress!) }
             }
-            if let shared = sharedConversions, let result = try shared.withConverted(full, count: count, convert: { out throws(EngineError) in
-                try Self.dequantize(q, into: out, name: full)
+            if let shared = sharedConversions, let result = try shared.withConverted(full, count: count, unit: q.layout.rowLength, convert: { range, out throws(EngineError) in
+                let rowLength = q.layout.rowLength
+                try Self.dequantize(q, rows: (range.lowerBound / rowLength)..<(range.upperBound / rowLength), into: out, name: full)
             }, { p in try body(p) }) {
                 release(q.bytes)
                 return result
@@ -122,9 +123,11 @@ public final class WeightProvider {
             if descriptor.dtype == .f32, Int(bitPattern: base) % MemoryLayout<Float>.alignment == 0 {
                 return try body(base.assumingMemoryBound(to: Float.self))
             }
-            if let shared = sharedConversions, let result = try shared.withConverted(full, count: count, convert: { out throws(EngineError) in
-                try Self.widen(raw, dtype: descriptor.dtype, count: count, into: out, name: full)
-            }, { p in try body(p) }) {
+            if let shared = sharedConversions, let width = descriptor.dtype.byteWidth,
+               let result = try shared.withConverted(full, count: count, unit: 1, convert: { range, out throws(EngineError) in
+                   let bytes = UnsafeRawBufferPointer(rebasing: raw[(range.lowerBound * width)..<(range.upperBound * width)])
+                   try Self.widen(bytes, dtype: descriptor.dtype, count: range.count, into: out, name: full)
+               }, { p in try body(p) }) {
                 return result
             }
             let buffer = takeScratch(count)
@@ -175,8 +178,8 @@ public final class WeightProvider {
             guard q.layout.rows == rows, q.layout.rowLength == rowLength else {
                 return try withFloats(name) { try body(0..<rows, $0) }
             }
-            if let shared = sharedConversions, try shared.withConverted(full, count: rows * rowLength, convert: { out throws(EngineError) in
-                try Self.dequantize(q, into: out, name: full)
+            if let shared = sharedConversions, try shared.withConverted(full, count: rows * rowLength, unit: rowLength, convert: { range, out throws(EngineError) in
+                try Self.dequantize(q, rows: (range.lowerBound / rowLength)..<(range.upperBound / rowLength), into: out, name: full)
             }, { floats in try blocks { block in try body(block, floats + block.lowerBound * rowLength) } }) != nil {
                 release(q.bytes)
                 return
@@ -202,8 +205,9 @@ public final class WeightProvider {
                 try blocks { block in try body(block, floats + block.lowerBound * rowLength) }
                 return
             }
-            if let shared = sharedConversions, try shared.withConverted(full, count: rows * rowLength, convert: { out throws(EngineError) in
-                try Self.widen(raw, dtype: descriptor.dtype, count: rows * rowLength, into: out, name: full)
+            if let shared = sharedConversions, try shared.withConverted(full, count: rows * rowLength, unit: 1, convert: { range, out throws(EngineError) in
+                let bytes = UnsafeRawBufferPointer(rebasing: raw[(range.lowerBound * width)..<(range.upperBound * width)])
+                try Self.widen(bytes, dtype: descriptor.dtype, count: range.count, into: out, name: full)
             }, { floats in try blocks { block in try body(block, floats + block.lowerBound * rowLength) } }) != nil {
                 return
             }
@@ -322,91 +326,115 @@ public final class WeightProvider {
 }
 
 /// `Float` copies of converted weights shared by the providers of one batch run on several
-/// cores (see ``WeightProvider/sharedConversions``): the first provider to need a tensor converts
-/// it whole, the others wait for it and read the same copy, and the copy is freed once each of
-/// `consumers` providers has used it. Copies held at once stay within `budgetFloats`; a tensor
-/// that would exceed it is converted privately, block by block, as without sharing. Tensors
-/// smaller than `minimumFloats` are not shared (converting them is cheaper than waiting).
+/// cores (see ``WeightProvider/sharedConversions``): the first provider to need a tensor starts
+/// converting it whole, in chunks; a provider that arrives while chunks remain converts some of
+/// them too (so both cores share the work instead of one waiting), then waits for the rest; all
+/// read the same copy, which is freed once each of `consumers` providers has used it. Copies held
+/// at once stay within `budgetFloats`; a tensor that would exceed it is converted privately,
+/// block by block, as without sharing. Tensors smaller than `minimumFloats` are not shared
+/// (converting them is cheaper than coordinating).
 final class SharedConvertedWeights: @unchecked Sendable {
     let consumers: Int
     let budgetFloats: Int
     let minimumFloats: Int
+    /// Floats per conversion chunk (rounded down to whole units, at least one unit).
+    let chunkFloats: Int
 
     private final class Entry {
-        var tensor: FloatTensor?
-        var ready = false
+        let tensor: FloatTensor
+        let count: Int, chunk: Int, chunks: Int
+        var nextChunk = 0, finishedChunks = 0
         var failed = false
         var remaining: Int
-        let count: Int
-        init(count: Int, consumers: Int) { self.count = count; remaining = consumers }
+        var ready: Bool { finishedChunks == chunks }
+        init(count: Int, unit: Int, consumers: Int, chunkFloats: Int) {
+            self.count = count
+            let unit = max(1, unit)
+            chunk = max(unit, chunkFloats / unit * unit)
+            chunks = (count + chunk - 1) / chunk
+            remaining = consumers
+            tensor = FloatTensor(shape: [count])
+        }
     }
 
     private let condition = NSCondition()
     private var entries: [String: Entry] = [:]
     private var heldFloats = 0
 
-    /// Conversions started, and tensors handed out without converting them again (for tests;
-    /// read when no provider is using the cache).
+    /// Tensors whose conversion a provider started, and tensors a provider used without
+    /// starting it (for tests; read when no provider is using the cache).
     private(set) var conversions = 0, reuses = 0
     /// Floats held by converted copies now.
     var floatsHeld: Int { condition.lock(); defer { condition.unlock() }; return heldFloats }
 
-    init(consumers: Int, budgetFloats: Int = 64 << 20, minimumFloats: Int = 1 << 16) {
+    init(consumers: Int, budgetFloats: Int = 64 << 20, minimumFloats: Int = 1 << 16, chunkFloats: Int = 1 << 19) {
         self.consumers = consumers
+        self.chunkFloats = max(1, chunkFloats)
         self.budgetFloats = budgetFloats
         self.minimumFloats = minimumFloats
     }
 
-    /// Calls `body` with `name` converted to `count` floats by `convert` (run by the first
-    /// caller only), or returns nil without calling anything when the tensor is not shared
-    /// (too small, over budget, or its conversion failed in another provider).
-    func withConverted<R>(_ name: String, count: Int, convert: (UnsafeMutablePointer<Float>) throws(EngineError) -> Void,
+    /// Calls `body` with `name` converted to `count` floats, or returns nil without calling
+    /// anything when the tensor is not shared (too small, over budget, or its conversion failed
+    /// in another provider). `convert(range, out)` converts elements `range` (whole `unit`s: an
+    /// int8 tensor's rows) into `out`, which points at element `range.lowerBound`.
+    func withConverted<R>(_ name: String, count: Int, unit: Int,
+                          convert: (Range<Int>, UnsafeMutablePointer<Float>) throws(EngineError) -> Void,
                           _ body: (UnsafePointer<Float>) throws -> R) throws -> R? {
         guard consumers > 1, count >= minimumFloats else { return nil }
         condition.lock()
         let entry: Entry
         if let existing = entries[name], existing.count == count {
             entry = existing
-            while !entry.ready && !entry.failed { condition.wait() }
-            if !entry.failed { reuses += 1 }
-            condition.unlock()
-            if entry.failed { return nil }
+            reuses += 1
         } else {
             guard entries[name] == nil, heldFloats + count <= budgetFloats else {
                 condition.unlock()
                 return nil
             }
-            entry = Entry(count: count, consumers: consumers)
+            entry = Entry(count: count, unit: unit, consumers: consumers, chunkFloats: chunkFloats)
             entries[name] = entry
             heldFloats += count
             conversions += 1
-            condition.unlock()
-            let tensor = FloatTensor(shape: [count])
-            do { try convert(tensor.base) } catch {
-                condition.lock()
-                entry.failed = true
-                entries[name] = nil
-                heldFloats -= count
-                condition.broadcast()
-                condition.unlock()
-                throw error
-            }
-            condition.lock()
-            entry.tensor = tensor
-            entry.ready = true
-            condition.broadcast()
-            condition.unlock()
         }
+        // Convert chunks while any are left, then wait for the others' chunks.
+        var thrown: EngineError?
+        while !entry.failed && entry.nextChunk < entry.chunks {
+            let index = entry.nextChunk
+            entry.nextChunk += 1
+            condition.unlock()
+            let range = (index * entry.chunk)..<min(count, (index + 1) * entry.chunk)
+            do { try convert(range, entry.tensor.base + range.lowerBound) } catch { thrown = error }
+            condition.lock()
+            if thrown != nil { entry.failed = true }
+            entry.finishedChunks += 1
+            condition.broadcast()
+            if thrown != nil { break }
+        }
+        while !entry.failed && !entry.ready { condition.wait() }
+        let failed = entry.failed
+        // Failed or not, this consumer is done with the entry.
+        entry.remaining -= 1
+        let finish = { [self] in
+            if entry.remaining == 0 || entry.failed {
+                if entries[name] === entry {
+                    entries[name] = nil
+                    heldFloats -= count
+                }
+            }
+        }
+        if failed {
+            finish()
+            condition.unlock()
+            if let thrown { throw thrown }
+            return nil
+        }
+        condition.unlock()
         defer {
             condition.lock()
-            entry.remaining -= 1
-            if entry.remaining == 0 {
-                entry.tensor = nil
-                if entries[name] === entry { entries[name] = nil }
-                heldFloats -= count
-            }
+            finish()
             condition.unlock()
         }
-        return try body(UnsafePointer(entry.tensor!.base))
+        return try body(UnsafePointer(entry.tensor.base))
     }
 }

@@ -54,7 +54,9 @@ struct ModelParityTests {
         let skipping = try CLIPTextModel(store: model.weights.store, configuration: config)
         let a = try skipping.encode([ids])
         let b = try model.hiddenState([ids], layers: 2, finalLayerNorm: true)
-        #expect(a.scalars == b.scalars)
+        // Same layers and shapes, but not bit for bit: tests run concurrently, and a product's
+        // thread count (hence oneDNN's split of its sums) depends on what else is running.
+        expectClose(a.scalars, b.scalars, shape: a.shape, tolerance: 1e-5, "clip skip")
     }
 
     /// A sequence encodes the same alone as second of a batch. Not bit for bit: the batch's
@@ -109,7 +111,10 @@ struct ModelParityTests {
         let latent = FloatTensor(shape: [4, 8, 8], values: random.values(256))
         let plain = try vae.decode(latent)
         let tiled = try vae.decode(latent, tiling: vae.defaultTiling)
-        #expect(plain.scalars == tiled.scalars)
+        // One tile is the plain decode's computation, but not bit for bit: tests run
+        // concurrently, and a product's thread count (hence oneDNN's split of its sums) depends
+        // on what else is running. Values are of order one; a wrong tile offset moves them by that.
+        expectClose(tiled.scalars, plain.scalars, shape: plain.shape, tolerance: 1e-4, "one tile")
     }
 
     @Test func tiledDecodeCoversTheImage() throws {

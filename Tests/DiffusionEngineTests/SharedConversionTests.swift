@@ -18,10 +18,16 @@ struct SharedConversionTests {
     /// Two providers (as the UNet's two cores) read each weight whole and by blocks of rows:
     /// each tensor is converted once, both read the same values as a private conversion, and
     /// nothing stays held afterwards.
-    @Test(arguments: [DType.f16, .bf16])
-    func twoProvidersShareOneConversion(_ dtype: DType) throws {
-        let store = Self.store(dtype)
-        let shared = SharedConvertedWeights(consumers: 2, minimumFloats: 1)
+    /// In one chunk, and in chunks of 100 floats (rounded to whole rows for int8) that both
+    /// providers convert between them.
+    @Test(arguments: ["f16", "bf16", "int8"], [100, 1 << 19])
+    func twoProvidersShareOneConversion(_ kind: String, _ chunk: Int) throws {
+        let folder = try Int8ParityTests.folder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let store: any TensorStore = kind == "int8" ? try Int8ParityTests.int8(Self.store(.f32), in: folder, name: "shared.wpk")
+            : Self.store(kind == "f16" ? .f16 : .bf16)
+        if kind == "int8" { #expect(WeightProvider(store: store).isQuantized("a.weight")) }
+        let shared = SharedConvertedWeights(consumers: 2, minimumFloats: 1, chunkFloats: chunk)
         let expectedA = try WeightProvider(store: store).floats("a.weight")
         let expectedB = try WeightProvider(store: store).floats("b.weight")
         let results = UnsafeSendableBox(UnsafeMutablePointer<[Float]>.allocate(capacity: 4))

@@ -72,6 +72,11 @@ void wp_winograd_input(const float *input, int64_t height, int64_t width, int64_
 void wp_winograd_output(const float *m, int64_t plane, int64_t height, int64_t width, int64_t channelLo, int64_t channelHi,
                         int64_t tileLo, int64_t tileHi, const float *bias, const float *residual, float *output, float *scratch);
 
+/// Softmax of one row of `count` floats in place: the maximum, `exp(x - max)` and its sum, the
+/// scaling; -infinity (masked) entries give exactly 0, a row of only those gives zeros. `exp` is
+/// `Kernels.exp`'s branch-free Cephes polynomial (Kernels.swift), vectorised per family.
+void wp_softmax_row(float *row, size_t count);
+
 /// Threads a product uses outside single-threaded sections (default: `WEIGHTPACK_GEMM_THREADS`,
 /// else `OMP_NUM_THREADS`, else `OPENBLAS_NUM_THREADS`, else `fallback`).
 int wp_gemm_threads(int fallback);

@@ -1,3 +1,4 @@
+import CEngineKernels
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -283,53 +284,15 @@ enum Kernels {
         }
     }
 
-    /// Softmax of one row in place, 16 lanes at a time: the maximum, then `exp(x - max)` and
-    /// its sum in one pass, then the scaling. Masked entries (-infinity) give exactly 0.
+    /// Softmax of one row in place: the maximum, then `exp(x - max)` and its sum in one pass,
+    /// then the scaling. Masked entries (-infinity) give exactly 0; a row of only masked entries
+    /// gives zeros (PyTorch yields NaN there; we never build such rows). C
+    /// (`wp_softmax_row`, Sources/CEngineKernels/softmax.c: ``exp(_:)-(Float)``'s polynomial,
+    /// 16 partial maxima and sums), compiled once per kernel family and picked at run time, so the
+    /// portable build keeps AVX2 or AVX-512 code for attention's largest elementwise cost.
     @inline(__always)
     static func softmaxRow(_ row: UnsafeMutablePointer<Float>, count: Int) {
-        typealias V = SIMD16<Float>
-        let raw = UnsafeMutableRawPointer(row)
-        var lanes = V(repeating: -.infinity)
-        var j = 0
-        while j + 16 <= count {
-            let v = raw.loadUnaligned(fromByteOffset: j * 4, as: V.self)
-            lanes.replace(with: v, where: v .> lanes)
-            j += 16
-        }
-        var maximum = lanes.max()
-        while j < count { maximum = Swift.max(maximum, row[j]); j += 1 }
-        if maximum == -.infinity {
-            // Every entry masked: PyTorch yields NaN here; we never build such rows.
-            row.update(repeating: 0, count: count)
-            return
-        }
-        let shift = V(repeating: maximum)
-        var partial = V()
-        j = 0
-        while j + 16 <= count {
-            let v = raw.loadUnaligned(fromByteOffset: j * 4, as: V.self)
-            var e = exp(v - shift)
-            e.replace(with: 0, where: v .== -.infinity)
-            raw.storeBytes(of: e, toByteOffset: j * 4, as: V.self)
-            partial += e
-            j += 16
-        }
-        var sum = partial.sum()
-        while j < count {
-            let v = row[j]
-            let p = v == -.infinity ? 0 : exp(v - maximum)
-            row[j] = p
-            sum += p
-            j += 1
-        }
-        let inverse = 1 / sum
-        j = 0
-        while j + 16 <= count {
-            let v = raw.loadUnaligned(fromByteOffset: j * 4, as: V.self)
-            raw.storeBytes(of: v * inverse, toByteOffset: j * 4, as: V.self)
-            j += 16
-        }
-        while j < count { row[j] *= inverse; j += 1 }
+        if count > 0 { wp_softmax_row(row, count) }
     }
 
     // MARK: Resampling
