@@ -60,11 +60,16 @@ struct GenerationOptions: ParsableArguments {
     @Option(help: "Denoising steps.")
     var steps: Int = 20
 
-    @Option(help: "Classifier-free guidance scale.")
+    @Option(parsing: .unconditional, help: "Classifier-free guidance scale (negative values are allowed, as in diffusers).")
     var guidance: Float = 7.5
 
-    @Option(help: "Seed of the initial noise (torch.Generator().manual_seed compatible).")
-    var seed: UInt64 = 0
+    @Option(parsing: .unconditional, help: ArgumentHelp(
+        "Seed of the initial noise (torch.Generator().manual_seed compatible).",
+        discussion: "Any integer from -2^63 to 2^64-1; a negative seed means what it means to torch (-1 is 2^64-1)."))
+    var seed: String = "0"
+
+    /// `--seed` as the generator takes it (validated in `validate()`).
+    var generatorSeed: UInt64 { GenerationLimits.torchSeed(seed) ?? 0 }
 
     @Option(help: "Image size in pixels, a multiple of 8 (default: the model's training size).")
     var size: Int?
@@ -94,10 +99,19 @@ struct GenerationOptions: ParsableArguments {
         var value: PredictionType { self == .v ? .vPrediction : .epsilon }
     }
 
+    /// Every option against the documented bounds (Docs/limits.md), before anything is read.
     func validate() throws {
-        guard steps > 0 && steps <= 1000 else { throw ValidationError("--steps must be between 1 and 1000") }
-        if let size, size <= 0 || size % 8 != 0 { throw ValidationError("--size must be a positive multiple of 8") }
-        guard guidance.isFinite else { throw ValidationError("--guidance must be a finite number") }
+        let steps = GenerationLimits.steps, side = GenerationLimits.side, guidanceRange = GenerationLimits.guidance
+        guard steps.contains(self.steps) else { throw ValidationError("--steps must be between \(steps.lowerBound) and \(steps.upperBound)") }
+        if let size, !side.contains(size) || size % 8 != 0 {
+            throw ValidationError("--size must be a multiple of 8 from \(side.lowerBound) to \(side.upperBound) pixels")
+        }
+        guard guidance.isFinite, guidanceRange.contains(guidance) else {
+            throw ValidationError("--guidance must be a finite number from \(guidanceRange.lowerBound) to \(guidanceRange.upperBound)")
+        }
+        guard GenerationLimits.torchSeed(seed) != nil else {
+            throw ValidationError("--seed must be an integer in \(GenerationLimits.seedRange)")
+        }
     }
 
     /// Opens `path` for the engine, with `--config`'s configurations.
@@ -111,7 +125,7 @@ struct GenerationOptions: ParsableArguments {
         r.negativePrompt = negativePrompt
         r.steps = steps
         r.guidanceScale = guidance
-        r.seed = seed
+        r.seed = generatorSeed
         let pixels = size ?? engine.defaultSize
         r.width = pixels
         r.height = pixels

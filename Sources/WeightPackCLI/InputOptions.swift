@@ -11,5 +11,16 @@ struct InputOptions: ParsableArguments {
     @Flag(help: "Print the underlying cause of errors.")
     var verbose = false
 
-    var modelInputOptions: ModelInput.Options { ModelInput.Options(allowUnsafeGlobals: allowUnsafeGlobals) }
+    @Option(help: ArgumentHelp(
+        "Largest ratio of a PyTorch checkpoint's tensor bytes to the bytes it stores.",
+        discussion: "Strided views can make a tiny file claim gigabytes; beyond this ratio (and 64 MiB) the file is refused (exit 65). Docs/torch-checkpoints.md."))
+    var maxExpansion: Int = TorchCheckpoint.defaultMaximumExpansion
+
+    func validate() throws {
+        guard maxExpansion >= 1 else { throw ValidationError("--max-expansion must be at least 1") }
+    }
+
+    var modelInputOptions: ModelInput.Options {
+        ModelInput.Options(allowUnsafeGlobals: allowUnsafeGlobals, maximumExpansion: maxExpansion)
+    }
 }

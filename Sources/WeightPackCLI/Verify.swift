@@ -47,6 +47,13 @@ struct Verify: ParsableCommand {
 
     @OptionGroup var inputOptions: InputOptions
 
+    func validate() throws {
+        for (name, value) in [("--min-stage-snr", minStageSnr), ("--min-image-psnr", minImagePsnr)] {
+            if let value, !value.isFinite { throw ValidationError("\(name) must be a finite number of dB") }
+        }
+        if let amplify, !(amplify.isFinite && amplify > 0) { throw ValidationError("--amplify must be a finite number above 0") }
+    }
+
     func run() throws {
         try runReporting(verbose: inputOptions.verbose) {
             let ref = try generation.open(reference, inputOptions: inputOptions)

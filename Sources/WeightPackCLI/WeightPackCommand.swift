@@ -10,16 +10,18 @@ public struct WeightPackCommand: ParsableCommand {
         discussion: """
             Inputs may be .safetensors files (or a *.safetensors.index.json of shards), PyTorch \
             checkpoints (.ckpt, .pt, .pth, .bin; zip or legacy, read without executing their pickle), \
-            diffusers folders and .wpk files. Everything here is a call into the ModelLoading \
+            GGUF files (stable-diffusion.cpp's and ComfyUI-GGUF's), diffusers folders and .wpk files. Everything here is a call into the ModelLoading \
             library.
 
             Exit codes: 0 done; 1 a check found a problem; 64 usage error; 65 input malformed, \
             unsupported or refused as unsafe; 66 input missing or unreadable; 69 this processor \
-            lacks the vector instructions the build was compiled for; 73 output cannot be created \
-            (exists without --force, no space); 74 I/O error while reading or writing.
+            lacks the vector instructions the build was compiled for (only builds made with \
+            WEIGHTPACK_TARGET_CPU; the default build chooses its kernels at run time); 73 output \
+            cannot be created (exists without --force, is the input, no space); 74 I/O error \
+            while reading or writing.
             """,
         version: version,
-        subcommands: [Inspect.self, Convert.self, Export.self, Check.self, Scan.self, Diff.self, Tokenize.self, Generate.self, Trace.self, Verify.self])
+        subcommands: [Inspect.self, Convert.self, Export.self, Check.self, Scan.self, Diff.self, Tokenize.self, Generate.self, Trace.self, Verify.self, Version.self])
 
     public init() {}
 }

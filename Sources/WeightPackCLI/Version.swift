@@ -1,0 +1,23 @@
+import ArgumentParser
+import DiffusionEngine
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the version and, with --verbose, the compute back end this machine gets.",
+        discussion: """
+            --verbose names the kernel family chosen from the processor's CPUID feature bits \
+            (avx512, avx2 or baseline; WEIGHTPACK_KERNELS can force a narrower one) and the \
+            library doing the matrix products, so a slow machine can be told from a slow model.
+            """)
+
+    @Flag(help: "Also print the compute back end (kernel family, matrix-product library).")
+    var verbose = false
+
+    func run() throws {
+        print("weightpack \(WeightPackCommand.version)")
+        guard verbose else { return }
+        let backend = ComputeBackend.current
+        print("compute: \(backend.description)")
+        if let problem = backend.requestProblem { printError("weightpack: warning: \(problem)") }
+    }
+}
