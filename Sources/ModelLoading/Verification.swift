@@ -83,7 +83,7 @@ public enum Verification {
             }
             let settings = JSONObject([
                 ("prompt", JSONValue(request.prompt)), ("negative_prompt", JSONValue(request.negativePrompt)),
-                ("steps", JSONValue(request.steps)), ("guidance", JSONValue(Double(request.guidanceScale))), ("seed", JSONValue(Int(request.seed))),
+                ("steps", JSONValue(request.steps)), ("guidance", JSONValue(Double(request.guidanceScale))), ("seed", .uint(request.seed)),
                 ("width", JSONValue(request.width)), ("height", JSONValue(request.height)), ("scheduler", JSONValue(scheduler.rawValue)),
             ])
             return .object(JSONObject([

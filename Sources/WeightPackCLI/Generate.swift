@@ -148,7 +148,7 @@ struct GenerationOptions: ParsableArguments {
     /// The PNG text chunks: the prompt and every setting that decides the image.
     func textChunks(_ r: StableDiffusionPipeline.Request, scheduler: SchedulerKind, model: String) -> [(String, String)] {
         var settings = JSONObject([
-            ("steps", JSONValue(r.steps)), ("guidance", JSONValue(Double(r.guidanceScale))), ("seed", JSONValue(Int(r.seed))),
+            ("steps", JSONValue(r.steps)), ("guidance", JSONValue(Double(r.guidanceScale))), ("seed", .uint(r.seed)),
             ("width", JSONValue(r.width)), ("height", JSONValue(r.height)), ("scheduler", JSONValue(scheduler.rawValue)),
             ("model", JSONValue(URL(fileURLWithPath: model).lastPathComponent)),
         ])

@@ -60,6 +60,9 @@ struct OptionBoundsCLITests {
         let dir = try temporaryFolder().path
         let ok = try run(["generate", tinyModel, "--steps", "1", "--size", "64", "--seed", "-1", "-o", dir + "/x.png"])
         #expect(ok.status == 0, "\(ok.stderr)")
+        let verify = try run(["verify", tinyModel, tinyModel, "--steps", "1", "--size", "64", "--seed", "-1", "--json"])
+        #expect(verify.status == 0, "\(verify.stderr)")
+        #expect(verify.stdout.contains("18446744073709551615"), "the seed torch would use is reported")
         let bad = try run(["generate", tinyModel, "--size", "100000", "-o", dir + "/y.png"])
         #expect(bad.status == 64, "\(bad.stderr)")
     }
