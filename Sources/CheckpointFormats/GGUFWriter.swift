@@ -16,17 +16,8 @@ public enum GGUFWriter {
 
         /// The type that holds `dtype` unchanged, if there is one.
         public init?(exactly dtype: DType) {
-            switch dtype {
-            case .f32: self = .f32
-            case .f16: self = .f16
-            case .bf16: self = .bf16
-            case .f64: self = .f64
-            case .i8: self = .i8
-            case .i16: self = .i16
-            case .i32: self = .i32
-            case .i64: self = .i64
-            default: return nil
-            }
+            guard let type = GGMLType(plain: dtype) else { return nil }
+            self.init(rawValue: type.rawValue)
         }
 
         /// The ggml type of the same number.

@@ -422,28 +422,37 @@ public final class WPKFile: QuantizedTensorStore, GGMLTensorStore, @unchecked Se
         guard length == layout.byteCount else {
             throw bad("stores \(length) bytes but \(layout) needs \(layout.byteCount) (\(layout.scaleCount) scales after offset \(layout.scaleOffset))")
         }
-        var metrics: QuantizationMetrics?
-        switch q["error"] {
-        case .object(let e)?:
-            guard let maxAbs = e["max_abs"]?.doubleValue, let cosine = e["cosine"]?.doubleValue,
-                  e["snr_db"] == nil || e["snr_db"] == .null || e["snr_db"]?.doubleValue != nil
-            else { throw bad("malformed quantization error") }
-            metrics = QuantizationMetrics(snrDecibels: e["snr_db"]?.doubleValue, maxAbsoluteError: maxAbs, cosine: cosine, count: shape.count)
-        case nil, .null?:
-            break
-        default:
-            throw bad("malformed quantization error")
-        }
-        var sourceName: String?, sourceDType: DType?
-        if case .object(let s)? = f["source"] {
-            sourceName = s["name"]?.stringValue
-            sourceDType = s["dtype"]?.stringValue.flatMap(DType.init(name:))
-        }
+        let metrics = try parseMetrics(q["error"], count: shape.count, bad: bad)
+        let (sourceName, sourceDType) = parseSource(f["source"])
         return WPKTensorEntry(
             descriptor: TensorDescriptor(name: name, dtype: .f32, shape: shape, byteCount: floatBytes),
             offset: offset, length: length, checksum: checksum, encoding: .raw,
             sourceName: sourceName, sourceDType: sourceDType,
             quantization: WPKQuantization(layout: layout, metrics: metrics))
+    }
+
+    /// A quantised tensor's recorded error figures (`error`: absent, null, or an object with
+    /// `max_abs`, `cosine` and an optional `snr_db`).
+    private static func parseMetrics(
+        _ value: JSONValue?, count: Int, bad: (String) -> FormatError
+    ) throws(FormatError) -> QuantizationMetrics? {
+        switch value {
+        case .object(let e)?:
+            guard let maxAbs = e["max_abs"]?.doubleValue, let cosine = e["cosine"]?.doubleValue,
+                  e["snr_db"] == nil || e["snr_db"] == .null || e["snr_db"]?.doubleValue != nil
+            else { throw bad("malformed quantization error") }
+            return QuantizationMetrics(snrDecibels: e["snr_db"]?.doubleValue, maxAbsoluteError: maxAbs, cosine: cosine, count: count)
+        case nil, .null?:
+            return nil
+        default:
+            throw bad("malformed quantization error")
+        }
+    }
+
+    /// The source name and dtype a tensor records (`source`), where it records them.
+    private static func parseSource(_ value: JSONValue?) -> (name: String?, dtype: DType?) {
+        guard case .object(let s)? = value else { return (nil, nil) }
+        return (s["name"]?.stringValue, s["dtype"]?.stringValue.flatMap(DType.init(name:)))
     }
 
     /// A ggml block tensor (format 1.2): dtype `U8`, raw, `length` the blocks' size.
@@ -479,23 +488,8 @@ public final class WPKFile: QuantizedTensorStore, GGMLTensorStore, @unchecked Se
             guard case .string(let text) = value, let t = GGMLType(name: text) else { throw bad("fallback_from is not a ggml type name") }
             fallbackFrom = t
         }
-        var metrics: QuantizationMetrics?
-        switch q["error"] {
-        case .object(let e)?:
-            guard let maxAbs = e["max_abs"]?.doubleValue, let cosine = e["cosine"]?.doubleValue,
-                  e["snr_db"] == nil || e["snr_db"] == .null || e["snr_db"]?.doubleValue != nil
-            else { throw bad("malformed quantization error") }
-            metrics = QuantizationMetrics(snrDecibels: e["snr_db"]?.doubleValue, maxAbsoluteError: maxAbs, cosine: cosine, count: shape.count)
-        case nil, .null?:
-            break
-        default:
-            throw bad("malformed quantization error")
-        }
-        var sourceName: String?, sourceDType: DType?
-        if case .object(let s)? = f["source"] {
-            sourceName = s["name"]?.stringValue
-            sourceDType = s["dtype"]?.stringValue.flatMap(DType.init(name:))
-        }
+        let metrics = try parseMetrics(q["error"], count: shape.count, bad: bad)
+        let (sourceName, sourceDType) = parseSource(f["source"])
         return WPKTensorEntry(
             descriptor: TensorDescriptor(name: name, dtype: .f32, shape: shape, byteCount: floatBytes),
             offset: offset, length: length, checksum: checksum, encoding: .raw,
