@@ -38,18 +38,22 @@ public enum ModelExport {
     /// - Parameters:
     ///   - configurationFolder: for a diffusers folder from a single file, configurations to
     ///     write instead of derived ones (attention head counts a single file does not state).
+    ///   - extraMetadata: strings added to a single file's `__metadata__` (a merge's
+    ///     `weightpack.adapters`).
     public static func write(_ model: CanonicalModel, layout: Layout, dtype: DTypeChoice, to output: String, overwrite: Bool,
-                             configurationFolder: String? = nil, progress: (any ProgressReporter)? = nil) throws -> Result {
+                             configurationFolder: String? = nil, extraMetadata: [String: String] = [:],
+                             progress: (any ProgressReporter)? = nil) throws -> Result {
         guard model.isCanonical, let sourceLayout = model.layout else {
             guard layout == .source else {
                 throw CatalogError(.unmappable, "no Stable Diffusion layout recognised in \(model.path ?? "the input"); only --layout source can export it")
             }
             // Written with the names it has (a .wpk gives back its source's names).
-            var plan = OutputTensor.plan(from: model.source, dtype: dtype)
+            // (`store` is the source here, or the source with adapters merged in.)
+            var plan = OutputTensor.plan(from: model.store, dtype: dtype)
             for i in plan.indices {
-                if let original = model.source.sourceName(of: plan[i].sourceName) { plan[i].name = original }
+                if let original = model.store.sourceName(of: plan[i].sourceName) { plan[i].name = original }
             }
-            try SafetensorsWriter.write(plan, metadata: model.source.metadata, to: output, overwrite: overwrite, progress: progress)
+            try SafetensorsWriter.write(plan, metadata: model.source.metadata.merging(extraMetadata) { $1 }, to: output, overwrite: overwrite, progress: progress)
             return Result(tensorCount: plan.count, layout: nil)
         }
         let target = try targetLayout(model, sourceLayout: sourceLayout, layout: layout)
@@ -69,6 +73,7 @@ public enum ModelExport {
                 metadata = [:]
                 for (k, v) in strings { if let s = v.stringValue { metadata[k] = s } }
             }
+            metadata.merge(extraMetadata) { $1 }
             let ordered = target.kind == .diffusers ? SafetensorsWriter.referenceOrder(plan) : plan
             try SafetensorsWriter.write(ordered, metadata: metadata, to: output, overwrite: overwrite, progress: progress)
         }

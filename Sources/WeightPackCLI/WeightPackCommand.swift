@@ -19,7 +19,7 @@ public struct WeightPackCommand: ParsableCommand {
             (exists without --force, no space); 74 I/O error while reading or writing.
             """,
         version: version,
-        subcommands: [Inspect.self, Convert.self, Export.self, Check.self, Scan.self, Diff.self, Tokenize.self, Generate.self, Trace.self, Verify.self])
+        subcommands: [Inspect.self, Convert.self, Export.self, Merge.self, Check.self, Scan.self, Diff.self, Tokenize.self, Generate.self, Trace.self, Verify.self])
 
     public init() {}
 }
