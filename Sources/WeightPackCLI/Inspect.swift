@@ -40,9 +40,12 @@ struct Inspect: ParsableCommand {
     func run() throws {
         try runReporting(verbose: inputOptions.verbose) {
             let model = try CanonicalModel.open(input, options: inputOptions.modelInputOptions)
-            let report = InspectionReport(path: input, inspection: try Inspection(model, filter: filter, computeStatistics: stats,
-                                                                                  progress: stats ? TerminalProgress.make("stats") : nil),
-                                          adapter: model.isCanonical ? nil : try AdapterReport.inspect(model.source))
+            var report = InspectionReport(path: input, inspection: try Inspection(model, filter: filter, computeStatistics: stats,
+                                                                                  progress: stats ? TerminalProgress.make("stats") : nil))
+            if !model.isCanonical {
+                // An adapter with a bad module is still shown, tensors and all, with the reason as a finding.
+                do throws(AdapterError) { report.adapter = try AdapterReport.inspect(model.source) } catch { report.adapterProblem = error.message }
+            }
             if let filter, report.rows.isEmpty, let example = report.filterMatchesOtherNames.first {
                 let (holds, other) = report.recordedHeader?["layout"] != nil ? ("canonical names", "source name") : ("its source's names", "canonical name")
                 printError("note: --filter '\(filter)' matches no tensor of \(input), which stores \(holds); it matches the \(other) '\(example.other)' of '\(example.stored)'")
@@ -62,11 +65,22 @@ struct InspectionReport {
     let inspection: Inspection
     /// What the file is when it is an adapter (no model layout recognised).
     var adapter: AdapterReport? = nil
+    /// Why a file that looks like an adapter cannot be used as one (a bad module, alpha, rank).
+    var adapterProblem: String? = nil
+
+    init(path: String, inspection: Inspection) {
+        self.path = path
+        self.inspection = inspection
+    }
+
+    /// The findings, with the adapter problem (if any) as an error finding `bad-adapter`.
+    var findings: [Inspection.Finding] {
+        inspection.findings + (adapterProblem.map { [Inspection.Finding(severity: .error, code: "bad-adapter", message: "not usable as an adapter: \($0)", tensor: nil)] } ?? [])
+    }
 
     var format: String { inspection.format }
     var metadata: [String: String] { inspection.metadata }
     var rows: [Inspection.Row] { inspection.rows }
-    var findings: [Inspection.Finding] { inspection.findings }
     var totalTensorCount: Int { inspection.totalTensorCount }
     var recordedHeader: JSONObject? { inspection.recordedHeader }
     var model: CanonicalModel { inspection.model }

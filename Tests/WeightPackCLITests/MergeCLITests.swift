@@ -177,3 +177,53 @@ struct MergeCLITests {
         #expect(table.stdout.contains("\(shape[0]) vectors × \(shape[1])"), "\(table.stdout.prefix(600))")
     }
 }
+
+@Suite("inspect of a bad adapter")
+struct BadAdapterInspectionCLITests {
+    @Test("a bad adapter is still shown, with the reason as an error finding, exit 0")
+    func badAdapter() throws {
+        let path = repositoryURL.appendingPathComponent("Fixtures/adapters/bad-alpha-nan.safetensors").path
+        let json = try run(["inspect", path, "--json"])
+        #expect(json.status == 0, "\(json.stderr)")
+        let root = try #require(try JSONParser.parse(json.stdout).objectValue)
+        #expect(root["adapter"] == nil)
+        let findings = root["findings"]?.arrayValue?.compactMap(\.objectValue) ?? []
+        let bad = try #require(findings.first { $0["code"]?.stringValue == "bad-adapter" })
+        #expect(bad["severity"]?.stringValue == "error")
+        #expect(bad["message"]?.stringValue?.contains("alpha") == true)
+        #expect((root["tensors"]?.arrayValue?.count ?? 0) > 0)
+    }
+}
+
+@Suite("inspect of plain one-tensor files")
+struct PlainTensorInspectionCLITests {
+    @Test("a one-tensor file that is no <token> and of no published width is not called an embedding, nor a bad one", arguments: [[2], [300, 40]])
+    func plain(_ dimensions: [Int]) throws {
+        let folder = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent("plain.safetensors").path
+        let count = dimensions.reduce(1, *)
+        let values = [Float](repeating: 0.5, count: count)
+        let descriptor = TensorDescriptor(name: "weights", dtype: .f32, shape: Shape(dimensions), byteCount: count * 4)
+        let view = TensorView(descriptor: descriptor, bytes: values.withUnsafeBytes { TensorBytes(copying: $0) })
+        try SafetensorsWriter.write([OutputTensor(name: "weights", dtype: .f32, shape: Shape(dimensions), sourceName: "weights", sourceDType: .f32, load: { view })],
+                                    to: path, overwrite: false)
+        let json = try run(["inspect", path, "--json"])
+        #expect(json.status == 0, "\(json.stderr)")
+        let root = try #require(try JSONParser.parse(json.stdout).objectValue)
+        #expect(root["adapter"] == nil)
+        #expect(!(root["findings"]?.arrayValue ?? []).contains { $0.objectValue?["code"]?.stringValue == "bad-adapter" })
+        // The same tensor under a <token> name is an embedding.
+        let token = folder.appendingPathComponent("token.safetensors").path
+        try SafetensorsWriter.write([OutputTensor(name: "<thing>", dtype: .f32, shape: Shape(dimensions), sourceName: "<thing>", sourceDType: .f32, load: { view })],
+                                    to: token, overwrite: false)
+        let tokenJSON = try run(["inspect", token, "--json"])
+        let tokenRoot = try #require(try JSONParser.parse(tokenJSON.stdout).objectValue)
+        if dimensions.count == 1 {
+            #expect(tokenRoot["adapter"]?.objectValue?["kind"]?.stringValue == "textual-inversion")
+        } else {
+            // 300 vectors: refused as an embedding, shown with the reason.
+            #expect((tokenRoot["findings"]?.arrayValue ?? []).contains { $0.objectValue?["code"]?.stringValue == "bad-adapter" })
+        }
+    }
+}
