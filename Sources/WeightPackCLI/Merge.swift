@@ -19,8 +19,8 @@ struct Merge: ParsableCommand {
 
             The output format follows its extension: .wpk (as convert writes it, recording each \
             adapter's file, SHA-256, scale and kind under "adapters" in the header) or .safetensors \
-            (the base's own layout, the same record in __metadata__ as weightpack.adapters). It is \
-            written to a temporary file beside it and renamed into place only when complete.
+            (the base's own layout, or the LDM single-file layout for a diffusers folder; the same \
+            record in __metadata__ as weightpack.adapters). It is written to a temporary file beside it and renamed into place only when complete.
 
             Exit codes: 0 done, 64 usage error (a scale that is not a finite number, an output \
             that is neither .wpk nor .safetensors), 65 malformed input or an adapter refused for \
@@ -73,7 +73,9 @@ struct Merge: ParsableCommand {
                 options.adapters = merged.plan.provenance
                 count = try Conversion.write(mergedModel, to: output, options: options, progress: progress).entries.count
             } else {
-                count = try ModelExport.write(mergedModel, layout: .source, dtype: dtype, to: output, overwrite: force,
+                // One file: a diffusers folder's pipeline is written in the LDM single-file layout.
+                let layout: ModelExport.Layout = model.layout?.kind == .diffusers && model.detection.kind.isPipeline ? .ldm : .source
+                count = try ModelExport.write(mergedModel, layout: layout, dtype: dtype, to: output, overwrite: force,
                                               extraMetadata: ["weightpack.adapters": merged.plan.provenance.serialized()], progress: progress).tensorCount
             }
             printError("wrote \(output): \(count) tensors, \(merged.changedTensors.count) changed by \(adapters.count) adapter\(adapters.count == 1 ? "" : "s") (\(merged.plan.kinds.joined(separator: ", ")))")

@@ -110,6 +110,14 @@ struct MergeCLITests {
         let table = try run(["inspect", output])
         #expect(table.stdout.contains("merged:     \(lora) at scale 0.8"), "\(table.stdout.prefix(600))")
         // The int8 path quantises the f32 merge.
+        // A diffusers folder merged into .safetensors gives one file (the LDM layout), not a folder.
+        let fromFolder = folder.appendingPathComponent("from-folder.safetensors").path
+        let diffusers = repositoryURL.appendingPathComponent("Fixtures/tiny-sd1/diffusers").path
+        let folderMerge = try run(["merge", diffusers, lora + ":0.8", "-o", fromFolder])
+        #expect(folderMerge.status == 0, "\(folderMerge.stderr)")
+        var isDirectory: ObjCBool = true
+        #expect(FileManager.default.fileExists(atPath: fromFolder, isDirectory: &isDirectory) && !isDirectory.boolValue)
+        #expect(try SafetensorsFile(path: fromFolder).descriptor(named: "model.diffusion_model.input_blocks.1.1.proj_in.weight") != nil)
         let int8 = folder.appendingPathComponent("merged-int8.wpk").path
         let quantised = try run(["merge", tinyModel, lora + ":0.8", "-o", int8, "--dtype", "int8"])
         #expect(quantised.status == 0, "\(quantised.stderr)")
