@@ -156,8 +156,10 @@ public enum ModelExport {
 
     /// Writes the model as a GGUF file for stable-diffusion.cpp: LDM names, reversed dimensions,
     /// Q8_0 blocks where stable-diffusion.cpp quantises, and the metadata it lacks.
+    ///
+    /// - Parameter extraMetadata: strings added as GGUF string values (a merge's `weightpack.adapters`).
     public static func writeGGUF(_ model: CanonicalModel, dtype: GGUFDType, to output: String, overwrite: Bool, tool: String,
-                                 progress: (any ProgressReporter)? = nil) throws -> Result {
+                                 extraMetadata: [String: String] = [:], progress: (any ProgressReporter)? = nil) throws -> Result {
         guard model.isCanonical, let sourceLayout = model.layout else {
             throw CatalogError(.unmappable, "no Stable Diffusion layout recognised in \(model.path ?? "the input"); GGUF export writes the LDM layout")
         }
@@ -199,6 +201,7 @@ public enum ModelExport {
         metadata.append(("weightpack.prediction_type", .string(model.detection.predictionType?.rawValue ?? "unknown")))
         metadata.append(("weightpack.dtype", .string(dtype.rawValue)))
         for (key, value) in try sourceRecord(model, name: inputName) { metadata.append(("weightpack.source.\(key)", .string(value))) }
+        for (key, value) in extraMetadata.sorted(by: { $0.key < $1.key }) { metadata.append((key, .string(value))) }
         let summary = try GGUFWriter.write(tensors, metadata: metadata, to: output, overwrite: overwrite, progress: progress)
         result.tensorCount = summary.tensorCount
         result.byteCount = summary.byteCount

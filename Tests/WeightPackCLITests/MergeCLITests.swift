@@ -30,7 +30,7 @@ struct MergeCLITests {
     func help() {
         // Help is wrapped to the terminal's width: compare with line breaks as spaces.
         let text = WeightPackCommand.helpMessage(for: Merge.self).split(whereSeparator: \.isWhitespace).joined(separator: " ")
-        for word in ["scale * alpha/rank * up * down", "--dtype", "--force", "Exit codes", "64", "65", ".wpk", ".safetensors"] {
+        for word in ["scale * alpha/rank * up * down", "--dtype", "--force", "Exit codes", "64", "65", ".wpk", ".safetensors", ".gguf"] {
             #expect(text.contains(word), "merge --help lacks \(word)")
         }
     }
@@ -41,7 +41,7 @@ struct MergeCLITests {
         #expect(merge.adapters == ["a.safetensors:0.8", "b.safetensors"] && merge.output == "out.wpk" && merge.dtype == .int8)
         for arguments in [
             ["merge", "base", "a:nan", "-o", "out.wpk"], ["merge", "base", "a:inf", "-o", "out.wpk"], ["merge", "base", "-o", "out.wpk"],
-            ["merge", "base", "a", "-o", "out.gguf"], ["merge", "base", "a", "-o", "out.safetensors", "--dtype", "int8"], ["merge", "base", "a"],
+            ["merge", "base", "a", "-o", "out.ckpt"], ["merge", "base", "a", "-o", "out.gguf", "--dtype", "int8"], ["merge", "base", "a", "-o", "out.safetensors", "--dtype", "int8"], ["merge", "base", "a"],
         ] {
             #expect(throws: (any Error).self, "\(arguments)") { _ = try WeightPackCommand.parseAsRoot(arguments) }
         }
@@ -122,6 +122,14 @@ struct MergeCLITests {
         let quantised = try run(["merge", tinyModel, lora + ":0.8", "-o", int8, "--dtype", "int8"])
         #expect(quantised.status == 0, "\(quantised.stderr)")
         #expect(try run(["check", int8]).status == 0)
+        // GGUF for stable-diffusion.cpp, with the same record.
+        let gguf = folder.appendingPathComponent("merged.gguf").path
+        let ggufMerge = try run(["merge", tinyModel, lora + ":0.8", "-o", gguf, "--dtype", "f16"])
+        #expect(ggufMerge.status == 0, "\(ggufMerge.stderr)")
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: gguf))
+        #expect(bytes.starts(with: Array("GGUF".utf8)))
+        #expect(bytes.range(of: Data("weightpack.adapters".utf8)) != nil)
+        #expect(bytes.range(of: Data(lora.utf8)) != nil)
     }
 
     @Test("refused adapters exit 65 with one line and write nothing", arguments: [
