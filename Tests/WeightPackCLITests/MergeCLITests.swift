@@ -104,6 +104,17 @@ struct MergeCLITests {
         // The SHA-256 recorded is the adapter file's (cross-checked with the binary's own hashing of the base).
         let sha = try #require(first["sha256"]?.stringValue)
         #expect(sha.count == 64 && sha.allSatisfy(\.isHexDigit))
+        if FileManager.default.isExecutableFile(atPath: "/usr/bin/sha256sum") {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/sha256sum")
+            process.arguments = [lora]
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            try process.run()
+            let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            #expect(text.hasPrefix(sha + " "), "sha256sum says \(text)")
+        }
         let source = try #require(root["wpk"]?.objectValue?["source"]?.objectValue)
         #expect(source["name"]?.stringValue == "tiny-sd1.safetensors")
         #expect(source["sha256"]?.stringValue != sha)
