@@ -25,19 +25,22 @@ public struct ScaledAdapter: Sendable {
     /// - Throws: `AdapterError` (`.badScale`, or what ``Adapter/init(store:)`` throws) or the
     ///   reader's `FormatError` for a missing or unreadable file.
     public static func open(_ argument: String, defaultScale: Double = 1, options: ModelInput.Options = ModelInput.Options()) throws -> ScaledAdapter {
-        var path = argument
-        var scale = defaultScale
-        if let colon = argument.lastIndex(of: ":"), colon != argument.startIndex {
-            let tail = argument[argument.index(after: colon)...]
-            if let s = Double(tail) {
-                guard s.isFinite else { throw AdapterError(.badScale, "scale '\(tail)' of '\(argument)' is not a finite number") }
-                path = String(argument[..<colon])
-                scale = s
-            }
-        }
+        let (path, scale) = try parse(argument, defaultScale: defaultScale)
         let store = try ModelInput.open(path, options: options)
         let adapter = try Adapter(store: store)
         return ScaledAdapter(adapter: adapter, scale: scale, name: path, sha256: try? fileSHA256(path))
+    }
+
+    /// Splits `FILE[:SCALE]` without opening anything (a command line checks its arguments
+    /// with it). A tail after the last colon that is not a number is part of the file name.
+    ///
+    /// - Throws: `AdapterError` `.badScale` for a scale that is not a finite number (`nan`, `inf`).
+    public static func parse(_ argument: String, defaultScale: Double = 1) throws(AdapterError) -> (path: String, scale: Double) {
+        guard let colon = argument.lastIndex(of: ":"), colon != argument.startIndex else { return (argument, defaultScale) }
+        let tail = argument[argument.index(after: colon)...]
+        guard let s = Double(tail) else { return (argument, defaultScale) }
+        guard s.isFinite else { throw AdapterError(.badScale, "scale '\(tail)' of '\(argument)' is not a finite number") }
+        return (String(argument[..<colon]), s)
     }
 
     /// The SHA-256 of a regular file, read through its mapping.
@@ -210,6 +213,10 @@ public final class MergedStore: TensorStore, @unchecked Sendable {
     public var changedTensors: [String] { tensors.map(\.name).filter { plan.changes[$0] != nil } }
 
     public func descriptor(named name: String) -> TensorDescriptor? { byName[name].map { tensors[$0] } }
+
+    /// The base's source name (a merged `.wpk` records the base's source names, so `export
+    /// --layout source` gives its layout back).
+    public func sourceName(of name: String) -> String? { byName[name] == nil ? nil : plan.base.sourceName(of: name) }
 
     public func tensor(named name: String) throws -> TensorView {
         guard let i = byName[name] else { throw AdapterError(.malformed, "no tensor '\(name)'", tensor: name) }

@@ -8,13 +8,28 @@ extension AdapterReport {
     /// The report of `store` when it is an adapter (a network or an embedding), `nil` when it
     /// is not one (for `inspect`, which tries this when no model layout is recognised).
     ///
+    /// Any file of one tensor reads as a diffusers embedding; `inspect` calls it one only when
+    /// its key is a `<token>` (what diffusers' training script saves) or its width is a published
+    /// text encoder's, so a plain one-tensor file is not shown as an adapter.
+    ///
     /// - Throws: `AdapterError` when the file is an adapter with a bad module.
     public static func inspect(_ store: any TensorStore) throws(AdapterError) -> AdapterReport? {
+        // One tensor under a name that is neither a `<token>` nor A1111's: nothing says it is an
+        // embedding, so a refusal of it as one (too many rows) is no finding either.
+        let plainOneTensor = store.tensors.count == 1 && store.tensors.allSatisfy { d in
+            !(d.name.hasPrefix("<") && d.name.hasSuffix(">")) && d.name != "emb_params" && !d.name.hasPrefix("string_to_param.")
+        }
+        let adapter: Adapter
         do {
-            return AdapterReport(try Adapter(store: store))
-        } catch where error.code == .notAnAdapter {
+            adapter = try Adapter(store: store)
+        } catch where error.code == .notAnAdapter || plainOneTensor {
             return nil
         }
+        if let e = adapter.embedding, e.dialect == .diffusers,
+           !e.vectors.allSatisfy({ $0.textModel != nil || $0.tensor.hasPrefix("<") && $0.tensor.hasSuffix(">") }) {
+            return nil
+        }
+        return AdapterReport(adapter)
     }
 }
 

@@ -17,7 +17,7 @@ public struct CanonicalModel: @unchecked Sendable {
     /// The source layout (for a `.wpk`, the one recorded at conversion).
     public let layout: ModelLayout?
     /// The tensors under canonical names (for a `.wpk` with a layout, the file itself).
-    public let store: any TensorStore
+    public private(set) var store: any TensorStore
     public let leftovers: [Leftover]
     public let ema: EMAInfo
     public let detection: Detection
@@ -87,6 +87,14 @@ public struct CanonicalModel: @unchecked Sendable {
             isCanonical = false
         }
         detection = Detection.detect(isCanonical ? store.tensors : [], layout: layout, sourceNames: names, metadata: source.metadata, schedulerConfig: scheduler)
+    }
+
+    /// The same model with `store` in place of its canonical tensors (the same names and
+    /// shapes, other values: a base with adapters merged in), for the writers.
+    public func replacingStore(_ store: any TensorStore) -> CanonicalModel {
+        var copy = self
+        copy.store = store
+        return copy
     }
 
     /// The source name a canonical tensor came from (its first source).

@@ -29,6 +29,8 @@ public enum Conversion {
         public var overwrite = false
         /// The name and version recorded as `tool`.
         public var tool = "weightpack"
+        /// Adapters merged into the model (`MergedStore`'s `plan.provenance`), recorded as `adapters`.
+        public var adapters: JSONValue?
 
         public init(dtype: DTypeChoice = .keep) { self.dtype = dtype }
     }
@@ -86,6 +88,7 @@ public enum Conversion {
         ])
         if model.ema.only { conversion["ema_only"] = true }
         metadata["conversion"] = .object(conversion)
+        if let adapters = options.adapters { metadata["adapters"] = adapters }
         if model.isCanonical, let layout = model.layout {
             metadata["architecture"] = model.detection.json
             metadata["layout"] = layout.json

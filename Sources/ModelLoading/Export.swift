@@ -38,18 +38,22 @@ public enum ModelExport {
     /// - Parameters:
     ///   - configurationFolder: for a diffusers folder from a single file, configurations to
     ///     write instead of derived ones (attention head counts a single file does not state).
+    ///   - extraMetadata: strings added to a single file's `__metadata__` (a merge's
+    ///     `weightpack.adapters`).
     public static func write(_ model: CanonicalModel, layout: Layout, dtype: DTypeChoice, to output: String, overwrite: Bool,
-                             configurationFolder: String? = nil, progress: (any ProgressReporter)? = nil) throws -> Result {
+                             configurationFolder: String? = nil, extraMetadata: [String: String] = [:],
+                             progress: (any ProgressReporter)? = nil) throws -> Result {
         guard model.isCanonical, let sourceLayout = model.layout else {
             guard layout == .source else {
                 throw CatalogError(.unmappable, "no Stable Diffusion layout recognised in \(model.path ?? "the input"); only --layout source can export it")
             }
             // Written with the names it has (a .wpk gives back its source's names).
-            var plan = OutputTensor.plan(from: model.source, dtype: dtype)
+            // (`store` is the source here, or the source with adapters merged in.)
+            var plan = OutputTensor.plan(from: model.store, dtype: dtype)
             for i in plan.indices {
-                if let original = model.source.sourceName(of: plan[i].sourceName) { plan[i].name = original }
+                if let original = model.store.sourceName(of: plan[i].sourceName) { plan[i].name = original }
             }
-            try SafetensorsWriter.write(plan, metadata: model.source.metadata, to: output, overwrite: overwrite, progress: progress)
+            try SafetensorsWriter.write(plan, metadata: model.source.metadata.merging(extraMetadata) { $1 }, to: output, overwrite: overwrite, progress: progress)
             return Result(tensorCount: plan.count, layout: nil)
         }
         let target = try targetLayout(model, sourceLayout: sourceLayout, layout: layout)
@@ -69,6 +73,7 @@ public enum ModelExport {
                 metadata = [:]
                 for (k, v) in strings { if let s = v.stringValue { metadata[k] = s } }
             }
+            metadata.merge(extraMetadata) { $1 }
             let ordered = target.kind == .diffusers ? SafetensorsWriter.referenceOrder(plan) : plan
             try SafetensorsWriter.write(ordered, metadata: metadata, to: output, overwrite: overwrite, progress: progress)
         }
@@ -151,8 +156,10 @@ public enum ModelExport {
 
     /// Writes the model as a GGUF file for stable-diffusion.cpp: LDM names, reversed dimensions,
     /// Q8_0 blocks where stable-diffusion.cpp quantises, and the metadata it lacks.
+    ///
+    /// - Parameter extraMetadata: strings added as GGUF string values (a merge's `weightpack.adapters`).
     public static func writeGGUF(_ model: CanonicalModel, dtype: GGUFDType, to output: String, overwrite: Bool, tool: String,
-                                 progress: (any ProgressReporter)? = nil) throws -> Result {
+                                 extraMetadata: [String: String] = [:], progress: (any ProgressReporter)? = nil) throws -> Result {
         guard model.isCanonical, let sourceLayout = model.layout else {
             throw CatalogError(.unmappable, "no Stable Diffusion layout recognised in \(model.path ?? "the input"); GGUF export writes the LDM layout")
         }
@@ -194,6 +201,7 @@ public enum ModelExport {
         metadata.append(("weightpack.prediction_type", .string(model.detection.predictionType?.rawValue ?? "unknown")))
         metadata.append(("weightpack.dtype", .string(dtype.rawValue)))
         for (key, value) in try sourceRecord(model, name: inputName) { metadata.append(("weightpack.source.\(key)", .string(value))) }
+        for (key, value) in extraMetadata.sorted(by: { $0.key < $1.key }) { metadata.append((key, .string(value))) }
         let summary = try GGUFWriter.write(tensors, metadata: metadata, to: output, overwrite: overwrite, progress: progress)
         result.tensorCount = summary.tensorCount
         result.byteCount = summary.byteCount

@@ -38,6 +38,13 @@ public struct Inspection {
         public var code: String
         public var message: String
         public var tensor: String?
+
+        public init(severity: Severity, code: String, message: String, tensor: String? = nil) {
+            self.severity = severity
+            self.code = code
+            self.message = message
+            self.tensor = tensor
+        }
     }
 
     public let format: String

@@ -1,3 +1,4 @@
+import Adapters
 import ArgumentParser
 import CheckpointFormats
 import DiffusionEngine
@@ -36,6 +37,10 @@ extension ExitStatus {
         case let loading as ModelLoadingError:
             if let io = loading.underlying as? IOError { return of(io) }
             return loading.code == .missingFile ? .noInput : .dataError
+        // A bad adapter (for the base, or in itself), whatever its code.
+        case let adapter as AdapterError:
+            if let io = adapter.underlying as? IOError { return of(io) }
+            return .dataError
         // Problems with the input's content: unmappable layouts, unusable configurations or
         // weights, bad quantisation records, pickles, JSON or element data.
         case is CatalogError, is EngineError, is QuantizationError, is PickleError, is JSONError, is TensorCoreError: return .dataError

@@ -1,3 +1,4 @@
+import Adapters
 import ArgumentParser
 import CheckpointFormats
 import ModelCatalog
@@ -17,9 +18,9 @@ struct Inspect: ParsableCommand {
             layout is recognised. The model is detected from tensor names and shapes (family, \
             variant, prediction type, evidence, rejected candidates, per-component completeness; \
             see Docs/model-knowledge.md). --stats reads every value (min, max, mean, std, NaN, \
-            Inf, values beyond the f16 range); without it only headers and CLIP position_ids are read.
+            Inf, values beyond the f16 range); without it only headers and CLIP position_ids are read.             A file with no model layout that is a LoRA, LyCORIS or textual-inversion embedding is             shown as one: kind, naming dialect, base family with evidence, ranks and alphas, layers             touched, unmatched keys, training metadata (Docs/adapters.md; "adapter" with --json).
 
-            Exit codes: 0 done, 65 malformed input, 66 missing input.
+            Exit codes: 0 done, 65 malformed input (or an adapter with a bad module), 66 missing input.
             """)
 
     @Argument(help: "A model: .safetensors (or a .safetensors.index.json), .ckpt/.pt/.pth/.bin, a diffusers folder, or .wpk.")
@@ -39,8 +40,12 @@ struct Inspect: ParsableCommand {
     func run() throws {
         try runReporting(verbose: inputOptions.verbose) {
             let model = try CanonicalModel.open(input, options: inputOptions.modelInputOptions)
-            let report = InspectionReport(path: input, inspection: try Inspection(model, filter: filter, computeStatistics: stats,
+            var report = InspectionReport(path: input, inspection: try Inspection(model, filter: filter, computeStatistics: stats,
                                                                                   progress: stats ? TerminalProgress.make("stats") : nil))
+            if !model.isCanonical {
+                // An adapter with a bad module is still shown, tensors and all, with the reason as a finding.
+                do throws(AdapterError) { report.adapter = try AdapterReport.inspect(model.source) } catch { report.adapterProblem = error.message }
+            }
             if let filter, report.rows.isEmpty, let example = report.filterMatchesOtherNames.first {
                 let (holds, other) = report.recordedHeader?["layout"] != nil ? ("canonical names", "source name") : ("its source's names", "canonical name")
                 printError("note: --filter '\(filter)' matches no tensor of \(input), which stores \(holds); it matches the \(other) '\(example.other)' of '\(example.stored)'")
@@ -58,11 +63,24 @@ struct Inspect: ParsableCommand {
 struct InspectionReport {
     let path: String
     let inspection: Inspection
+    /// What the file is when it is an adapter (no model layout recognised).
+    var adapter: AdapterReport? = nil
+    /// Why a file that looks like an adapter cannot be used as one (a bad module, alpha, rank).
+    var adapterProblem: String? = nil
+
+    init(path: String, inspection: Inspection) {
+        self.path = path
+        self.inspection = inspection
+    }
+
+    /// The findings, with the adapter problem (if any) as an error finding `bad-adapter`.
+    var findings: [Inspection.Finding] {
+        inspection.findings + (adapterProblem.map { [Inspection.Finding(severity: .error, code: "bad-adapter", message: "not usable as an adapter: \($0)", tensor: nil)] } ?? [])
+    }
 
     var format: String { inspection.format }
     var metadata: [String: String] { inspection.metadata }
     var rows: [Inspection.Row] { inspection.rows }
-    var findings: [Inspection.Finding] { inspection.findings }
     var totalTensorCount: Int { inspection.totalTensorCount }
     var recordedHeader: JSONObject? { inspection.recordedHeader }
     var model: CanonicalModel { inspection.model }
@@ -82,6 +100,7 @@ struct InspectionReport {
         root["architecture"] = .object(architecture)
         root["metadata"] = .object(JSONObject(metadata.sorted { $0.key < $1.key }.map { ($0.key, JSONValue.string($0.value)) }))
         if let recordedHeader { root["wpk"] = .object(recordedHeader) }
+        if let adapter { root["adapter"] = adapter.json }
         var summary = JSONObject()
         summary["tensor_count"] = JSONValue(rows.count)
         summary["total_tensor_count"] = JSONValue(totalTensorCount)
@@ -144,8 +163,17 @@ struct InspectionReport {
             if let sha = source["sha256"]?.stringValue { text += " sha256 \(sha.prefix(16))…" }
             lines.append("source:     \(text)")
         }
+        for a in recordedHeader?["adapters"]?.arrayValue ?? [] {
+            guard let o = a.objectValue else { continue }
+            var text = "\(o["file"]?.stringValue ?? "?") at scale \(o["scale"]?.doubleValue.map { String($0) } ?? "?")"
+            if let kind = o["kind"]?.stringValue, !kind.isEmpty { text += ", \(kind)" }
+            if let sha = o["sha256"]?.stringValue { text += ", sha256 \(sha.prefix(16))…" }
+            lines.append("merged:     \(text)")
+        }
         let d = model.detection
-        if !model.isCanonical || d.kind == .unknown {
+        if let adapter {
+            lines += adapter.lines
+        } else if !model.isCanonical || d.kind == .unknown {
             lines.append("model:      not recognised: no Stable Diffusion UNet, VAE or text encoder in the tensor names")
         } else {
             var text = d.familyID + (d.variant.map { " \($0)" } ?? "") + " (\(d.kind))"

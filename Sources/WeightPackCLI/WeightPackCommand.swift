@@ -11,7 +11,7 @@ public struct WeightPackCommand: ParsableCommand {
             Inputs may be .safetensors files (or a *.safetensors.index.json of shards), PyTorch \
             checkpoints (.ckpt, .pt, .pth, .bin; zip or legacy, read without executing their pickle), \
             GGUF files (stable-diffusion.cpp's and ComfyUI-GGUF's), diffusers folders and .wpk files. Everything here is a call into the ModelLoading \
-            library.
+            and Adapters libraries.
 
             Exit codes: 0 done; 1 a check found a problem; 64 usage error; 65 input malformed, \
             unsupported or refused as unsafe; 66 input missing or unreadable; 69 this processor \
@@ -21,7 +21,7 @@ public struct WeightPackCommand: ParsableCommand {
             while reading or writing.
             """,
         version: version,
-        subcommands: [Inspect.self, Convert.self, Export.self, Check.self, Scan.self, Diff.self, Tokenize.self, Generate.self, Trace.self, Verify.self, Version.self])
+        subcommands: [Inspect.self, Convert.self, Export.self, Merge.self, Check.self, Scan.self, Diff.self, Tokenize.self, Generate.self, Trace.self, Verify.self, Version.self])
 
     public init() {}
 }
