@@ -222,8 +222,10 @@ struct InspectionReport {
             }
             table.append(cells)
         }
+        var tableIndex: Int?
         if !rows.isEmpty {
             lines.append("")
+            tableIndex = lines.count
             lines.append(renderTable(table))
         }
         if !findings.isEmpty {
@@ -233,7 +235,8 @@ struct InspectionReport {
                 lines.append("  \(f.severity): \(f.tensor.map { "\($0): " } ?? "")\(f.message)")
             }
         }
-        return lines.joined(separator: "\n")
+        // Each line but the (already escaped) table is one logical line: escape it whole.
+        return lines.enumerated().map { $0.offset == tableIndex ? $0.element : PrintableText.escaped($0.element) }.joined(separator: "\n")
     }
 
     /// Cosine similarity with six decimals (what separates 0.99999 from 0.9999).
@@ -282,8 +285,10 @@ func formatCount(_ n: Int) -> String {
     }
 }
 
-/// Left-aligned columns separated by two spaces.
+/// Left-aligned columns separated by two spaces, every cell's control characters escaped (a
+/// name from a file cannot break a row or reach the terminal raw).
 func renderTable(_ rows: [[String]]) -> String {
+    let rows = rows.map { $0.map(PrintableText.escaped) }
     guard let first = rows.first else { return "" }
     var widths = Array(repeating: 0, count: first.count)
     for row in rows { for (i, cell) in row.enumerated() { widths[i] = max(widths[i], cell.count) } }

@@ -2,6 +2,7 @@ import ArgumentParser
 import CheckpointFormats
 import SafePickle
 import StrictJSON
+import TensorCore
 
 struct Scan: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -73,8 +74,9 @@ struct Scan: ParsableCommand {
         }
         let order: [String: Int] = ["dangerous": 0, "unknown": 1, "safe": 2]
         let body = rows.dropFirst().sorted { (order[$0[0]] ?? 3, $0[1]) < (order[$1[0]] ?? 3, $1[1]) }
+        let tableIndex = lines.count
         lines.append(renderTable([rows[0]] + body))
         for p in report.problems { lines.append("problem:  \(p)") }
-        return lines.joined(separator: "\n")
+        return lines.enumerated().map { $0.offset == tableIndex ? $0.element : PrintableText.escaped($0.element) }.joined(separator: "\n")
     }
 }

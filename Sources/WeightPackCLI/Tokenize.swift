@@ -2,6 +2,7 @@ import ArgumentParser
 import DiffusionEngine
 import ModelLoading
 import StrictJSON
+import TensorCore
 
 struct Tokenize: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -40,7 +41,7 @@ struct Tokenize: ParsableCommand {
             if json {
                 print(JSONValue.array(ids.map { JSONValue($0) }).serialized())
             } else if tokens {
-                for (id, text) in zip(ids, model.tokens(ids)) { print("\(id)\t\(text)") }
+                for (id, text) in zip(ids, model.tokens(ids)) { print("\(id)\t\(PrintableText.escaped(text))") }
             } else {
                 print(ids.map(String.init).joined(separator: " "))
             }
