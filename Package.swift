@@ -82,7 +82,7 @@ let package = Package(
             name: "CheckpointFormats",
             dependencies: ["TensorCore", "MappedIO", "StrictJSON", "SafePickle", "Quantization", "CZstd"],
             swiftSettings: strict),
-        .target(name: "ModelCatalog", dependencies: ["TensorCore", "StrictJSON"], resources: [.copy("Data")], swiftSettings: strict),
+        .target(name: "ModelCatalog", dependencies: ["TensorCore", "StrictJSON", "Quantization"], resources: [.copy("Data")], swiftSettings: strict),
         .target(name: "Quantization", dependencies: ["TensorCore"], swiftSettings: strict),
         // The engine's compute back end in C: CPUID dispatch, oneDNN's products (libdnnl-dev,
         // Debian), and kernels compiled per instruction-set family (Docs/engine.md).
@@ -134,7 +134,7 @@ let package = Package(
         .testTarget(name: "DiffusionEngineTests", dependencies: ["DiffusionEngine", "CheckpointFormats", "Quantization", "StrictJSON", "TensorCore"], swiftSettings: strict),
         .testTarget(
             name: "ModelLoadingTests",
-            dependencies: ["ModelLoading", "CheckpointFormats", "ModelCatalog", "DiffusionEngine", "StrictJSON", "TensorCore"],
+            dependencies: ["ModelLoading", "CheckpointFormats", "ModelCatalog", "DiffusionEngine", "Quantization", "StrictJSON", "TensorCore"],
             swiftSettings: strict),
         .testTarget(
             name: "WeightPackCLITests",

@@ -8,7 +8,8 @@ import TensorCore
 /// F32 tensors at 4-byte-aligned addresses are handed out in place (zero copy from a mapping);
 /// F16, BF16 and F64 tensors, and unaligned F32 ones, are converted into a scratch buffer that
 /// is reused for the next tensor, so the whole model is never expanded at once. Int8 tensors of
-/// a ``QuantizedTensorStore`` are dequantised the same way, tile by tile of rows spread over the
+/// a ``QuantizedTensorStore`` and ggml block tensors (Q4_0…Q6_K, IQ4_NL, …) of a
+/// ``GGMLTensorStore`` are dequantised the same way, tile by tile of rows spread over the
 /// processors, straight from the store's (mapped) bytes. Names are looked up as `prefix + name`.
 ///
 /// Weights in a file mapping are handed back to the kernel once a layer is done with them
@@ -24,6 +25,8 @@ public final class WeightProvider {
     public let prefix: String
     /// The store, when it can hold int8 tensors.
     private let quantizedStore: (any QuantizedTensorStore)?
+    /// The store, when it can hold ggml block tensors.
+    private let blockStore: (any GGMLTensorStore)?
 
     /// Whether tensors read from a file mapping have their pages dropped from the resident set
     /// after use (tensors of at least ``pageReleaseMinimumBytes``). On by default.
@@ -48,18 +51,30 @@ public final class WeightProvider {
         self.store = store
         self.prefix = prefix
         quantizedStore = store as? any QuantizedTensorStore
+        blockStore = store as? any GGMLTensorStore
     }
 
-    /// The int8 form of `full`, if the store holds it quantised.
-    private func quantized(_ full: String) throws(EngineError) -> QuantizedTensorView? {
-        guard let quantizedStore else { return nil }
-        do { return try quantizedStore.quantizedTensor(named: full) } catch {
+    /// The packed form of `full` (int8 or ggml blocks), if the store holds it packed.
+    private func packed(_ full: String) throws(EngineError) -> PackedWeight? {
+        do {
+            if let quantizedStore, let q = try quantizedStore.quantizedTensor(named: full) { return PackedWeight(q) }
+            if let blockStore, let b = try blockStore.ggmlTensor(named: full) { return PackedWeight(b) }
+            return nil
+        } catch let error as EngineError {
+            throw error
+        } catch {
             throw EngineError(.missingTensor, "cannot read weight", tensorName: full, underlying: error)
         }
     }
 
-    /// Whether `prefix + name` is stored as int8.
-    public func isQuantized(_ name: String) -> Bool { ((try? quantized(prefix + name)) ?? nil) != nil }
+    /// Whether `prefix + name` is stored packed: as int8 or in a ggml block type.
+    public func isQuantized(_ name: String) -> Bool { ((try? packed(prefix + name)) ?? nil) != nil }
+
+    /// The ggml block type `prefix + name` is stored in, if any.
+    public func blockType(_ name: String) -> GGMLType? {
+        guard case .blocks(let view, _)? = ((try? packed(prefix + name)) ?? nil)?.storage else { return nil }
+        return view.type
+    }
 
     /// Whether the store has `prefix + name`.
     public func contains(_ name: String) -> Bool { store.descriptor(named: prefix + name) != nil }
@@ -90,22 +105,21 @@ public final class WeightProvider {
         guard [.f32, .f16, .bf16, .f64].contains(descriptor.dtype) else {
             throw EngineError(.unsupportedDType, "weight is \(descriptor.dtype.name); the engine computes with F32, F16, BF16 or F64 weights", tensorName: full)
         }
-        if let q = try quantized(full) {
-            let count = q.layout.elementCount
+        if let q = try packed(full) {
+            let count = q.rows * q.rowLength
             guard count > 0 else {
                 let empty = [Float](repeating: 0, count: 1)
                 return try empty.withUnsafeBufferPointer { try body($0.baseAddress!) }
             }
-            if let shared = sharedConversions, let result = try shared.withConverted(full, count: count, unit: q.layout.rowLength, convert: { range, out throws(EngineError) in
-                let rowLength = q.layout.rowLength
-                try Self.dequantize(q, rows: (range.lowerBound / rowLength)..<(range.upperBound / rowLength), into: out, name: full)
+            if let shared = sharedConversions, let result = try shared.withConverted(full, count: count, unit: q.rowLength, convert: { range, out throws(EngineError) in
+                try q.dequantize(rows: (range.lowerBound / q.rowLength)..<(range.upperBound / q.rowLength), into: out, name: full)
             }, { p in try body(p) }) {
                 release(q.bytes)
                 return result
             }
             let buffer = takeScratch(count)
             defer { depth -= 1 }
-            try Self.dequantize(q, into: buffer.base, name: full)
+            try q.dequantize(rows: 0..<q.rows, into: buffer.base, name: full)
             release(q.bytes)
             return try body(buffer.base)
         }
@@ -143,16 +157,18 @@ public final class WeightProvider {
     func rowsPerBlock(_ name: String, scratchFloats: Int) throws -> Int {
         let descriptor = try self.descriptor(name)
         let rows = max(1, descriptor.shape.dimensions.first ?? 1)
-        if descriptor.dtype == .f32, try quantized(prefix + name) == nil { return rows }
+        if descriptor.dtype == .f32, try packed(prefix + name) == nil { return rows }
         let rowLength = max(1, descriptor.elementCount / rows)
         return max(1, min(rows, scratchFloats / rowLength))
     }
 
     /// Calls `body` with the tensor as consecutive blocks of at most `rowsPerBlock` rows of its
     /// first dimension (the output channels of a linear or convolution weight), in order, each
-    /// as `Float`: F32 in place; F16, BF16 and F64 converted, and int8 dequantised, block by
-    /// block into one scratch of `rowsPerBlock` rows, so a quantised or half-precision model is
-    /// never expanded a whole tensor at a time. The pointer must not escape.
+    /// as `Float`: F32 in place; F16, BF16 and F64 converted, and int8 and ggml blocks
+    /// dequantised, block by block into one scratch of `rowsPerBlock` rows, so a quantised or
+    /// half-precision model is never expanded a whole tensor at a time (a block tensor whose
+    /// stored rows straddle the first dimension's is the one exception: it is decoded whole).
+    /// The pointer must not escape.
     /// - Throws: as ``withFloats(_:shape:_:)``.
     func withRowBlocks(_ name: String, rowsPerBlock requested: Int, _ body: (Range<Int>, UnsafePointer<Float>) throws -> Void) throws {
         let full = prefix + name
@@ -174,12 +190,12 @@ public final class WeightProvider {
                 start = block.upperBound
             }
         }
-        if let q = try quantized(full) {
-            guard q.layout.rows == rows, q.layout.rowLength == rowLength else {
+        if let q = try packed(full) {
+            guard q.rows == rows, q.rowLength == rowLength else {
                 return try withFloats(name) { try body(0..<rows, $0) }
             }
             if let shared = sharedConversions, try shared.withConverted(full, count: rows * rowLength, unit: rowLength, convert: { range, out throws(EngineError) in
-                try Self.dequantize(q, rows: (range.lowerBound / rowLength)..<(range.upperBound / rowLength), into: out, name: full)
+                try q.dequantize(rows: (range.lowerBound / rowLength)..<(range.upperBound / rowLength), into: out, name: full)
             }, { floats in try blocks { block in try body(block, floats + block.lowerBound * rowLength) } }) != nil {
                 release(q.bytes)
                 return
@@ -187,7 +203,7 @@ public final class WeightProvider {
             let buffer = takeScratch(per * rowLength)
             defer { depth -= 1 }
             try blocks { block in
-                try Self.dequantize(q, rows: block, into: buffer.base, name: full)
+                try q.dequantize(rows: block, into: buffer.base, name: full)
                 try body(block, buffer.base)
             }
             release(q.bytes)
@@ -238,14 +254,23 @@ public final class WeightProvider {
             throw EngineError(.shapeMismatch, "embedding table has shape \(descriptor.shape), expected two dimensions", tensorName: full)
         }
         let rows = descriptor.shape[0], columns = descriptor.shape[1]
-        if let q = try quantized(full) {
+        if let q = try packed(full) {
+            guard q.rows == rows, q.rowLength == columns else {
+                // Stored rows that are not the table's rows: decode it whole, then gather.
+                return try withFloats(name) { table in
+                    for (i, index) in indices.enumerated() {
+                        guard index >= 0 && index < rows else {
+                            throw EngineError(.invalidInput, "token id \(index) outside the vocabulary of \(rows)", tensorName: full)
+                        }
+                        (output + i * columns).update(from: table + index * columns, count: columns)
+                    }
+                }
+            }
             for (i, index) in indices.enumerated() {
                 guard index >= 0 && index < rows else {
                     throw EngineError(.invalidInput, "token id \(index) outside the vocabulary of \(rows)", tensorName: full)
                 }
-                do { try q.dequantize(rows: index..<(index + 1), into: output + i * columns) } catch {
-                    throw EngineError(.unsupportedDType, "cannot dequantise", tensorName: full, underlying: error)
-                }
+                try q.dequantize(rows: index..<(index + 1), into: output + i * columns, name: full, parallel: false)
             }
             return
         }
@@ -278,27 +303,6 @@ public final class WeightProvider {
         return scratch[depth - 1]
     }
 
-    /// Dequantises rows `rows` (all by default) of an int8 tensor into `output`, in tiles of
-    /// rows spread over the processors.
-    private static func dequantize(_ q: QuantizedTensorView, rows: Range<Int>? = nil, into output: UnsafeMutablePointer<Float>, name: String) throws(EngineError) {
-        let layout = q.layout
-        let rows = rows ?? 0..<layout.rows
-        let out = SharedPointer(output)
-        let grain = max(1, 65_536 / max(layout.rowLength, 1))
-        try q.bytes.withUnsafeBytes { (raw) throws(EngineError) in
-            guard raw.count >= layout.byteCount, let base = raw.baseAddress, rows.lowerBound >= 0, rows.upperBound <= layout.rows else {
-                throw EngineError(.unsupportedDType, "int8 weight is shorter than its layout", tensorName: name)
-            }
-            let payload = base.assumingMemoryBound(to: Int8.self), scales = base + layout.scaleOffset
-            let shared = UnsafeSendableBox((payload, scales))
-            Parallel.forRanges(rows.count, grain: grain) { r in
-                let tile = (rows.lowerBound + r.lowerBound)..<(rows.lowerBound + r.upperBound)
-                wp_dequantize_int8(shared.value.0, shared.value.1, layout.rowLength, layout.blockSize, layout.blocksPerRow,
-                                   tile.lowerBound, tile.count, out.pointer + r.lowerBound * layout.rowLength)
-            }
-        }
-    }
-
     /// Converts in tiles spread over the processors.
     private static func widen(_ raw: UnsafeRawBufferPointer, dtype: DType, count: Int, into output: UnsafeMutablePointer<Float>, name: String) throws(EngineError) {
         guard let width = dtype.byteWidth else {
@@ -321,6 +325,88 @@ public final class WeightProvider {
         }
         if failed.value.pointee {
             throw EngineError(.unsupportedDType, "cannot convert \(dtype.name) weights to F32", tensorName: name)
+        }
+    }
+}
+
+/// A weight stored packed, as int8 blocks (``QuantizedTensorView``) or ggml blocks
+/// (``GGMLTensorView``), seen as the engine's rows: the first dimension (a linear layer's or a
+/// convolution's output channels), each `rowLength` values long.
+struct PackedWeight: Sendable {
+    enum Storage {
+        case int8(QuantizedTensorView)
+        /// The blocks and the stored (ggml) rows per engine row.
+        case blocks(GGMLTensorView, storedRowsPerRow: Int)
+    }
+    let storage: Storage
+    /// Engine rows, and values per engine row. When a block tensor's stored rows do not divide
+    /// the engine's (a tensor stored reshaped), these are the stored rows instead, and callers
+    /// that need the engine's rows decode the tensor whole.
+    let rows: Int, rowLength: Int
+
+    init(_ q: QuantizedTensorView) {
+        storage = .int8(q)
+        rows = q.layout.rows
+        rowLength = q.layout.rowLength
+    }
+
+    init(_ view: GGMLTensorView) {
+        let count = view.descriptor.elementCount
+        let first = view.descriptor.shape.dimensions.first ?? 1
+        let engineRowLength = first > 0 ? count / first : 0
+        if view.rowLength > 0, engineRowLength > 0, engineRowLength % view.rowLength == 0 {
+            storage = .blocks(view, storedRowsPerRow: engineRowLength / view.rowLength)
+            rows = first
+            rowLength = engineRowLength
+        } else {
+            storage = .blocks(view, storedRowsPerRow: 1)
+            rows = view.rows
+            rowLength = view.rowLength
+        }
+    }
+
+    var bytes: TensorBytes {
+        switch storage {
+        case .int8(let q): q.bytes
+        case .blocks(let b, _): b.bytes
+        }
+    }
+
+    /// Decodes rows `rows` into `output` (`rows.count · rowLength` floats), in tiles of rows
+    /// spread over the processors unless `parallel` is false.
+    func dequantize(rows: Range<Int>, into output: UnsafeMutablePointer<Float>, name: String, parallel: Bool = true) throws(EngineError) {
+        guard rows.lowerBound >= 0, rows.upperBound <= self.rows else {
+            throw EngineError(.unsupportedDType, "rows \(rows) outside the \(self.rows) of the packed weight", tensorName: name)
+        }
+        let out = SharedPointer(output)
+        let rowLength = self.rowLength
+        let grain = parallel ? max(1, 65_536 / max(rowLength, 1)) : max(rows.count, 1)
+        switch storage {
+        case .int8(let q):
+            let layout = q.layout
+            try q.bytes.withUnsafeBytes { (raw) throws(EngineError) in
+                guard raw.count >= layout.byteCount, let base = raw.baseAddress else {
+                    throw EngineError(.unsupportedDType, "int8 weight is shorter than its layout", tensorName: name)
+                }
+                let payload = base.assumingMemoryBound(to: Int8.self), scales = base + layout.scaleOffset
+                let shared = UnsafeSendableBox((payload, scales))
+                Parallel.forRanges(rows.count, grain: grain) { r in
+                    let tile = (rows.lowerBound + r.lowerBound)..<(rows.lowerBound + r.upperBound)
+                    wp_dequantize_int8(shared.value.0, shared.value.1, layout.rowLength, layout.blockSize, layout.blocksPerRow,
+                                       tile.lowerBound, tile.count, out.pointer + r.lowerBound * layout.rowLength)
+                }
+            }
+        case .blocks(let view, let k):
+            let failure = Locked<QuantizationError?>(nil)
+            Parallel.forRanges(rows.count, grain: grain) { r in
+                let tile = (rows.lowerBound + r.lowerBound) * k..<(rows.lowerBound + r.upperBound) * k
+                do throws(QuantizationError) { try view.dequantize(rows: tile, into: out.pointer + r.lowerBound * rowLength) } catch {
+                    failure.withLock { $0 = $0 ?? error }
+                }
+            }
+            if let error = failure.withLock({ $0 }) {
+                throw EngineError(.unsupportedDType, "cannot decode \(view.type.name) blocks", tensorName: name, underlying: error)
+            }
         }
     }
 }

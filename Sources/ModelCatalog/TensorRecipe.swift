@@ -1,3 +1,4 @@
+import Quantization
 import TensorCore
 
 /// How one output tensor is made from source tensors: a rename, a reshape, a slice, a
@@ -145,5 +146,41 @@ public final class RemappedStore: TensorStore, @unchecked Sendable {
     public func tensor(named name: String) throws -> TensorView {
         guard let i = byName[name] else { throw CatalogError(.missingTensor, "no tensor '\(name)'", tensor: name) }
         return try recipes[i].materialize(from: base)
+    }
+}
+
+extension RemappedStore: QuantizedTensorStore, GGMLTensorStore {
+    /// The int8 form of a tensor copied from an int8 source tensor (or reshaped, keeping its
+    /// rows), so the engine dequantises it row block by row block instead of reading it whole.
+    public func quantizedTensor(named name: String) throws -> QuantizedTensorView? {
+        guard let r = recipe(named: name), r.sources.count == 1, [.copy, .reshape].contains(r.operation),
+              let base = base as? any QuantizedTensorStore, let q = try base.quantizedTensor(named: r.sources[0]) else { return nil }
+        guard q.layout.rows == (r.shape.dimensions.first ?? 1), q.layout.elementCount == r.shape.count else { return nil }
+        return try QuantizedTensorView(descriptor: r.descriptor, layout: q.layout, bytes: q.bytes, metrics: q.metrics)
+    }
+
+    /// The ggml blocks of a tensor copied, reshaped or sliced by rows from a block tensor of the
+    /// base, zero-copy (a slice of the first dimension is a run of whole stored rows).
+    public func ggmlTensor(named name: String) throws -> GGMLTensorView? {
+        guard let r = recipe(named: name), r.sources.count == 1,
+              let base = base as? any GGMLTensorStore, let view = try base.ggmlTensor(named: r.sources[0]) else { return nil }
+        switch r.operation {
+        case .copy, .reshape:
+            guard r.shape.count == view.descriptor.elementCount else { return nil }
+            return try GGMLTensorView(descriptor: r.descriptor, type: view.type, bytes: view.bytes, rowLength: view.rowLength, metrics: view.metrics)
+        case .rows(let start, let count):
+            let first = view.descriptor.shape.dimensions.first ?? 1
+            guard first > 0, view.rowLength > 0 else { return nil }
+            let perRow = view.descriptor.elementCount / first
+            guard perRow % view.rowLength == 0, start >= 0, count >= 0, start <= first - count else { return nil }
+            let storedPerRow = perRow / view.rowLength
+            let lower = start * storedPerRow * view.rowBytes, upper = (start + count) * storedPerRow * view.rowBytes
+            let bytes = view.bytes.withUnsafeBytes { raw in
+                TensorBytes(owner: view.bytes.owner, buffer: UnsafeRawBufferPointer(rebasing: raw[lower..<upper]))
+            }
+            return try GGMLTensorView(descriptor: r.descriptor, type: view.type, bytes: bytes, rowLength: view.rowLength, metrics: nil)
+        default:
+            return nil
+        }
     }
 }

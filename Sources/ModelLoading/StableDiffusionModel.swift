@@ -132,6 +132,46 @@ public final class StableDiffusionModel {
         return bytes.max { $0.value < $1.value }?.key ?? .f32
     }
 
+    /// How the UNet's weights are stored: the storage holding most of its parameters (a plain
+    /// dtype, WeightPack's int8 blocks, or a ggml block type).
+    public var unetStorage: WeightStorage {
+        let shares = storageShares(prefix: "unet.")
+        return shares.max { $0.value < $1.value || ($0.value == $1.value && $0.key.label > $1.key.label) }?.key ?? .plain(.f32)
+    }
+
+    /// The least precise storage that holds at least `minimumShare` of the parameters of any
+    /// component (UNet, VAE, text encoders): what `verify` picks its thresholds by, since a
+    /// model whose UNet stays F16 but whose text encoder is Q8_0 loses what Q8_0 loses.
+    public func weakestStorage(minimumShare: Double = 0.05) -> WeightStorage {
+        var candidates: [WeightStorage] = []
+        for prefix in ["unet.", "vae.", "text_encoder.", "text_encoder_2."] {
+            let shares = storageShares(prefix: prefix)
+            let total = shares.values.reduce(0, +)
+            guard total > 0 else { continue }
+            candidates += shares.filter { Double($0.value) >= minimumShare * Double(total) }.map(\.key)
+        }
+        let ranked = candidates.map { ($0, Verification.Thresholds.defaults(for: $0)) }
+        return ranked.min { ($0.1.stage, $0.1.image, $0.0.label) < ($1.1.stage, $1.1.image, $1.0.label) }?.0 ?? unetStorage
+    }
+
+    /// Parameters per storage among the tensors under `prefix`.
+    private func storageShares(prefix: String) -> [WeightStorage: Int] {
+        var values: [WeightStorage: Int] = [:]
+        let store = canonical.store
+        let blocks = store as? any GGMLTensorStore
+        for d in store.tensors where d.name.hasPrefix(prefix) && d.dtype.isConvertibleFloat {
+            let storage: WeightStorage
+            if let type = (try? blocks?.ggmlTensor(named: d.name))??.type {
+                storage = .blocks(type)
+            } else {
+                let stored = store.storedDType(of: d.name) ?? d.dtype
+                storage = stored == .i8 ? .int8 : .plain(stored)
+            }
+            values[storage, default: 0] += d.elementCount
+        }
+        return values
+    }
+
     /// The JSON files of a configuration folder: `model_index.json` and each component's
     /// `config.json` / `scheduler_config.json` that is present.
     static func readConfigurationFolder(_ folder: String) throws -> [(String, JSONValue)] {
@@ -165,7 +205,52 @@ public final class StableDiffusionModel {
 }
 
 /// Initial noise read from a file (diffusers' `latents=`).
+extension StableDiffusionModel {
+    /// What a user running this model would want to know before trusting its output: tensors of
+    /// a `.wpk` whose stored checksums (XXH64 per tensor, as `weightpack check` verifies) no
+    /// longer match their bytes. Reads every tensor once (the run reads most of them anyway, and
+    /// the pages stay cached for it); empty for other formats, which record no checksums.
+    public func integrityWarnings() -> [String] {
+        guard let file = canonical.source as? WPKFile else { return [] }
+        let damage = file.verifyChecksums()
+        guard let first = damage.first else { return [] }
+        let more = damage.count > 1 ? " (and \(damage.count - 1) more)" : ""
+        return ["\(damage.count) tensor\(damage.count == 1 ? "" : "s") of \(canonical.path ?? "the model") fail their checksums: '\(first.tensor)' \(first.reason)\(more); the output may be wrong, and `weightpack check` lists them"]
+    }
+}
+
+/// How a model's weights are stored, as far as their precision goes.
+public enum WeightStorage: Hashable, Sendable {
+    /// A plain element type (F32, F16, BF16, …).
+    case plain(DType)
+    /// WeightPack's int8 blocks (`convert --dtype int8`).
+    case int8
+    /// One of ggml's block types (Q4_0 … Q6_K, IQ4_NL, …).
+    case blocks(GGMLType)
+
+    /// `F32`, `F16`, `int8`, `Q4_K`, ….
+    public var label: String {
+        switch self {
+        case .plain(let dtype): dtype.name
+        case .int8: "int8"
+        case .blocks(let type): type.name
+        }
+    }
+}
+
 public enum InitialNoise {
+    /// A warning for noise that cannot start a useful run: all NaN or infinite, or all zero
+    /// (the sampler would produce a flat or NaN image without saying why); nil otherwise.
+    public static func warning(for noise: FloatTensor) -> String? {
+        let values = noise.scalars
+        guard !values.isEmpty else { return nil }
+        if values.allSatisfy({ !$0.isFinite }) { return "the --latents noise is all NaN or infinite; the image will be NaN (black)" }
+        if values.allSatisfy({ $0 == 0 }) { return "the --latents noise is all zero; the sampler starts from no noise and the image will be flat" }
+        let bad = values.lazy.filter { !$0.isFinite }.count
+        if bad > 0 { return "\(bad) of \(values.count) --latents values are NaN or infinite; the image will have NaN pixels" }
+        return nil
+    }
+
     /// Reads a safetensors file with one tensor `latents` (`[4, h, w]` or `[1, 4, h, w]`), unscaled standard normal.
     public static func read(_ path: String) throws -> FloatTensor {
         guard FileManager.default.fileExists(atPath: path) else {

@@ -1,6 +1,7 @@
 import DiffusionEngine
 import Foundation
 import MappedIO
+import Quantization
 import StrictJSON
 import TensorCore
 
@@ -28,15 +29,35 @@ public enum Verification {
             self.label = label
         }
 
-        /// The defaults for a candidate whose UNet is stored as `dtype`.
+        /// The defaults for a candidate whose UNet is stored as `dtype` (`I8` meaning int8 blocks).
         public static func defaults(for dtype: DType) -> Thresholds {
-            switch dtype {
-            case .f32, .f64: Thresholds(stage: 80, image: 60, label: "F32")
-            case .f16: Thresholds(stage: 40, image: 45, label: "F16")
-            case .bf16: Thresholds(stage: 20, image: 32, label: "BF16")
-            default: Thresholds(stage: 20, image: 32, label: "int8")
+            defaults(for: dtype == .i8 ? .int8 : .plain(dtype))
+        }
+
+        /// The defaults for a candidate whose UNet is stored as `storage` (Docs/verify.md gives
+        /// the measurements behind each figure).
+        public static func defaults(for storage: WeightStorage) -> Thresholds {
+            let label = storage.label
+            switch storage {
+            case .plain(.f32), .plain(.f64): return Thresholds(stage: 80, image: 60, label: "F32")
+            case .plain(.f16): return Thresholds(stage: 40, image: 45, label: "F16")
+            case .plain(.bf16): return Thresholds(stage: 20, image: 32, label: "BF16")
+            case .plain: return Thresholds(stage: 20, image: 32, label: label)
+            case .int8: return Thresholds(stage: 20, image: 32, label: "int8")
+            case .blocks(let type):
+                let (stage, image) = blockDefaults[type] ?? (stage: 6, image: 20)
+                return Thresholds(stage: stage, image: image, label: label)
             }
         }
+
+        /// Stage SNR and image PSNR floors per ggml block type, a few dB under what each type
+        /// measured on the tiny fixtures (Docs/verify.md, "ggml block types").
+        static let blockDefaults: [GGMLType: (stage: Double, image: Double)] = [
+            .q8_0: (30, 38),
+            .q6_K: (24, 33), .q5_K: (20, 30), .q5_1: (20, 30), .q5_0: (20, 30),
+            .q4_K: (15, 26), .q4_1: (14, 25), .q4_0: (13, 25), .iq4_NL: (13, 25), .iq4_XS: (13, 25),
+            .q3_K: (10, 22), .q2_K: (6, 20),
+        ]
     }
 
     /// One compared stage.
@@ -160,7 +181,7 @@ public enum Verification {
     public static func verify(reference: StableDiffusionModel, candidate: StableDiffusionModel, request: StableDiffusionPipeline.Request,
                               thresholds: Thresholds? = nil,
                               observer: ((StableDiffusionPipeline.Event) -> Void)? = nil) throws -> Report {
-        let thresholds = thresholds ?? .defaults(for: candidate.unetDType)
+        let thresholds = thresholds ?? .defaults(for: candidate.weakestStorage())
         let ref = reference.pipeline, cand = candidate.pipeline
         var stages: [Stage] = []
 

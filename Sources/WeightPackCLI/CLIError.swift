@@ -110,3 +110,9 @@ func runReporting(verbose: Bool = false, _ body: () throws -> Void) throws {
         throw report(error, verbose: verbose)
     }
 }
+
+/// One `weightpack: warning:` line on stderr, escaped (it may quote names from a file) and
+/// shortened as error lines are.
+func printWarning(_ text: String) {
+    printError(shortened("weightpack: warning: \(PrintableText.escaped(text))"))
+}

@@ -115,8 +115,11 @@ struct GenerationOptions: ParsableArguments {
     }
 
     /// Opens `path` for the engine, with `--config`'s configurations.
+    /// Warns on stderr about tensors whose `.wpk` checksums fail.
     func open(_ path: String, inputOptions: InputOptions) throws -> StableDiffusionModel {
-        try StableDiffusionModel(path: path, options: inputOptions.modelInputOptions, configurationFolder: configurationFolder)
+        let model = try StableDiffusionModel(path: path, options: inputOptions.modelInputOptions, configurationFolder: configurationFolder)
+        for warning in model.integrityWarnings() { printWarning(warning) }
+        return model
     }
 
     /// The request for `engine`: every setting, reading `--latents` if given.
@@ -135,6 +138,7 @@ struct GenerationOptions: ParsableArguments {
         if karras { r.useKarrasSigmas = true }
         if let latents {
             let noise = try InitialNoise.read(latents)
+            if let warning = InitialNoise.warning(for: noise) { printWarning(warning) }
             r.latents = noise
             let dims = noise.shape
             if size == nil, dims.count >= 2 {

@@ -15,7 +15,8 @@ struct Verify: ParsableCommand {
             reference's first latent, timestep and embeddings, and the VAE decode of the \
             reference's final latent (signal-to-noise ratio in dB, max abs error); then the \
             end-to-end result: final latent and image (PSNR, SSIM, max abs error). \
-            Default thresholds depend on the candidate's UNet dtype (F32, F16, BF16, int8) and \
+            Default thresholds depend on how the candidate's UNet is stored (F32, F16, BF16, int8, \
+            or a ggml block type: Q8_0 … Q2_K) and \
             are documented in Docs/verify.md; --min-stage-snr and --min-image-psnr override them.
 
             Exit codes: 0 within thresholds; 1 a stage fell short (named on stderr); 64 usage \
@@ -58,7 +59,7 @@ struct Verify: ParsableCommand {
         try runReporting(verbose: inputOptions.verbose) {
             let ref = try generation.open(reference, inputOptions: inputOptions)
             let cand = try generation.open(candidate, inputOptions: inputOptions)
-            let defaults = Verification.Thresholds.defaults(for: cand.unetDType)
+            let defaults = Verification.Thresholds.defaults(for: cand.weakestStorage())
             let thresholds = Verification.Thresholds(stage: minStageSnr ?? defaults.stage, image: minImagePsnr ?? defaults.image, label: defaults.label)
             let request = try generation.request(for: ref)
             let result = try Verification.verify(reference: ref, candidate: cand, request: request, thresholds: thresholds)
@@ -89,7 +90,7 @@ struct Verify: ParsableCommand {
 
     private func printTable(_ result: Verification.Report) {
         let request = result.request
-        print("verify: candidate UNet \(result.thresholds.label); \(result.scheduler.rawValue), \(request.steps) steps, seed \(request.seed), \(request.width)x\(request.height)")
+        print("verify: candidate weights \(result.thresholds.label); \(result.scheduler.rawValue), \(request.steps) steps, seed \(request.seed), \(request.width)x\(request.height)")
         print("stage     measure  value (dB)  threshold  max abs       SSIM    result")
         for s in result.stages {
             let measure = s.judgedOnPSNR ? "PSNR" : "SNR"

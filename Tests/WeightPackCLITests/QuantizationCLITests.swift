@@ -75,7 +75,7 @@ struct QuantizationCLITests {
         #expect(try run(["convert", tinyModel, int8, "--dtype", "int8"]).status == 0)
         let verified = try run(["verify", tinyModel, int8, "--steps", "4", "--size", "64"])
         #expect(verified.status == 0, "\(verified.stdout)\(verified.stderr)")
-        #expect(verified.stdout.contains("candidate UNet int8"), "\(verified.stdout)")
+        #expect(verified.stdout.contains("candidate weights int8"), "\(verified.stdout)")
         // The f32 thresholds would refuse it: the defaults really came from the int8 row.
         let strict = try run(["verify", tinyModel, int8, "--steps", "4", "--size", "64", "--min-stage-snr", "80"])
         #expect(strict.status == 1)
