@@ -103,7 +103,7 @@ let package = Package(
         // writing images: the API a Swift program uses, and the command line's only way in.
         .target(
             name: "ModelLoading",
-            dependencies: ["TensorCore", "MappedIO", "StrictJSON", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine", "CPNG"],
+            dependencies: ["TensorCore", "MappedIO", "StrictJSON", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine", "Adapters", "CPNG"],
             swiftSettings: strict),
         .target(
             name: "WeightPackCLI",
@@ -134,7 +134,7 @@ let package = Package(
         .testTarget(name: "DiffusionEngineTests", dependencies: ["DiffusionEngine", "CheckpointFormats", "Quantization", "StrictJSON", "TensorCore"], swiftSettings: strict),
         .testTarget(
             name: "ModelLoadingTests",
-            dependencies: ["ModelLoading", "CheckpointFormats", "ModelCatalog", "DiffusionEngine", "Quantization", "StrictJSON", "TensorCore"],
+            dependencies: ["ModelLoading", "Adapters", "CheckpointFormats", "ModelCatalog", "DiffusionEngine", "Quantization", "StrictJSON", "TensorCore"],
             swiftSettings: strict),
         .testTarget(
             name: "WeightPackCLITests",

@@ -26,6 +26,8 @@ public final class StableDiffusionModel {
     /// The configuration files the pipeline was built from, relative path → document, and
     /// where each came from.
     public let configurations: [String: (value: JSONValue, origin: ConfigurationOrigin)]
+    /// The adapters and embeddings the pipeline applies at run time.
+    public let additions: RuntimeAdditions
 
     /// Where one configuration file came from.
     public enum ConfigurationOrigin: String, Sendable {
@@ -42,13 +44,21 @@ public final class StableDiffusionModel {
     /// - Parameter configurationFolder: a diffusers folder (or a copy of its JSON files, and
     ///   optionally its tokenizers) whose configurations replace what a single file lacks:
     ///   attention head counts above all, which no single file states.
-    public convenience init(path: String, options: ModelInput.Options = ModelInput.Options(), configurationFolder: String? = nil) throws {
-        try self.init(try CanonicalModel.open(path, options: options), configurationFolder: configurationFolder)
+    ///   - additions: adapters and embeddings applied at run time (``RuntimeAdditions``).
+    public convenience init(path: String, options: ModelInput.Options = ModelInput.Options(), configurationFolder: String? = nil,
+                            additions: RuntimeAdditions = RuntimeAdditions()) throws {
+        try self.init(try CanonicalModel.open(path, options: options), configurationFolder: configurationFolder, additions: additions)
     }
 
     /// Assembles the pipeline of an opened model.
-    public init(_ canonical: CanonicalModel, configurationFolder: String? = nil) throws {
+    ///
+    /// - Parameter additions: adapters applied at run time (planned against the model: an
+    ///   adapter for another family, a module that matches no layer or a layer the engine does
+    ///   not read is refused with an `AdapterError` before anything runs) and embeddings (their
+    ///   tokens added to the tokenizers, their vectors to the text encoders).
+    public init(_ canonical: CanonicalModel, configurationFolder: String? = nil, additions: RuntimeAdditions = RuntimeAdditions()) throws {
         self.canonical = canonical
+        self.additions = additions
         let name = canonical.path ?? "the model"
         guard canonical.isCanonical, let family = canonical.detection.family else {
             throw ModelLoadingError(.notAModel, "not a recognised Stable Diffusion model (\(canonical.detection.kind)); the engine needs a UNet, a VAE and text encoders",
@@ -113,10 +123,24 @@ public final class StableDiffusionModel {
         }
         let forceZeros = configs["model_index.json"]?.value.objectValue?["force_zeros_for_empty_prompt"]?.boolValue ?? family.forceZerosForEmptyPrompt
         _ = name
+        let unet = try UNet2DConditionModel(store: store, configuration: unetConfiguration, prefix: "unet.")
+        let vae = try AutoencoderKL(store: store, configuration: vaeConfiguration, prefix: "vae.")
+        // Run-time adapters: one table shared by the networks (names carry each one's prefix).
+        let texts = [text1] + (second.map { [$0.model] } ?? [])
+        if let table = try RuntimeAdditions.table(additions.adapters, store: store, family: family,
+                                                  prefixes: [unet.weights.prefix, vae.weights.prefix] + texts.map(\.weights.prefix)) {
+            unet.runtimeAdapters = table
+            vae.runtimeAdapters = table
+            for t in texts { t.runtimeAdapters = table }
+        }
+        if !additions.embeddings.isEmpty {
+            var encoders: [Component: (CLIPTokenizer, CLIPTextModel)] = [firstSlot.component: (tokenizer1, text1)]
+            if let second, let pooled = family.pooledTextEncoder { encoders[pooled.component] = (second.tokenizer, second.model) }
+            try RuntimeAdditions.apply(additions.embeddings, to: encoders, family: family.name)
+        }
         pipeline = StableDiffusionPipeline(
             tokenizer: tokenizer1, textEncoder: text1, secondTextEncoder: second,
-            unet: try UNet2DConditionModel(store: store, configuration: unetConfiguration, prefix: "unet."),
-            vae: try AutoencoderKL(store: store, configuration: vaeConfiguration, prefix: "vae."),
+            unet: unet, vae: vae,
             schedulerConfiguration: schedulerConfiguration, padTokenID: pad1, forceZerosForEmptyPrompt: forceZeros)
         defaultSize = unetConfiguration.sampleSize * vaeConfiguration.downsamplingFactor
     }

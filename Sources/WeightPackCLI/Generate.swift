@@ -1,3 +1,4 @@
+import Adapters
 import ArgumentParser
 import DiffusionEngine
 import Foundation
@@ -17,14 +18,24 @@ struct Generate: ParsableCommand {
             honoured; a single file gets its family's published ones, or those of --config DIR. \
             --seed S gives the same initial noise as torch.Generator().manual_seed(S).
 
-            Exit codes: 0 done; 64 usage error; 65 unsupported or malformed model; 66 missing \
-            input; 73 output exists (without --force) or cannot be created.
+            --lora FILE[:SCALE] applies a LoRA, LyCORIS or full-diff adapter at run time (its \
+            product added to each layer's output; nothing is merged), as diffusers' \
+            load_lora_weights with that scale does. --embedding FILE adds a textual-inversion \
+            embedding's tokens to the tokenizer (<tok>, <tok>_1, … as diffusers' \
+            load_textual_inversion does; --token NAME renames it) and its vectors to the text \
+            encoder; SDXL pairs go to each encoder.
+
+            Exit codes: 0 done; 64 usage error; 65 unsupported or malformed model, or an adapter \
+            or embedding refused for this model; 66 missing input; 73 output exists (without \
+            --force) or cannot be created.
             """)
 
     @Argument(help: "The model (ckpt, safetensors, diffusers folder, .wpk).")
     var model: String
 
     @OptionGroup var generation: GenerationOptions
+
+    @OptionGroup var adapters: RuntimeAdapterOptions
 
     @Option(name: .shortAndLong, help: "The PNG to write.")
     var output: String
@@ -36,12 +47,12 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         try runReporting(verbose: inputOptions.verbose) {
-            let engine = try generation.open(model, inputOptions: inputOptions)
+            let engine = try generation.open(model, inputOptions: inputOptions, additions: try adapters.additions(inputOptions))
             let request = try generation.request(for: engine)
             let progress = StepProgress()
             let result = try engine.pipeline.generate(request, observer: progress.observe)
             progress.finish()
-            try PNGImage.write(result.image, text: generation.textChunks(request, scheduler: engine.pipeline.schedulerKind(for: request), model: model),
+            try PNGImage.write(result.image, text: generation.textChunks(request, scheduler: engine.pipeline.schedulerKind(for: request), model: model, additions: adapters),
                                to: output, overwrite: force)
             print(output)
         }
@@ -114,10 +125,10 @@ struct GenerationOptions: ParsableArguments {
         }
     }
 
-    /// Opens `path` for the engine, with `--config`'s configurations.
-    /// Warns on stderr about tensors whose `.wpk` checksums fail.
-    func open(_ path: String, inputOptions: InputOptions) throws -> StableDiffusionModel {
-        let model = try StableDiffusionModel(path: path, options: inputOptions.modelInputOptions, configurationFolder: configurationFolder)
+    /// Opens `path` for the engine, with `--config`'s configurations and the run-time adapters
+    /// and embeddings in `additions`. Warns on stderr about tensors whose `.wpk` checksums fail.
+    func open(_ path: String, inputOptions: InputOptions, additions: RuntimeAdditions = RuntimeAdditions()) throws -> StableDiffusionModel {
+        let model = try StableDiffusionModel(path: path, options: inputOptions.modelInputOptions, configurationFolder: configurationFolder, additions: additions)
         for warning in model.integrityWarnings() { printWarning(warning) }
         return model
     }
@@ -150,7 +161,7 @@ struct GenerationOptions: ParsableArguments {
     }
 
     /// The PNG text chunks: the prompt and every setting that decides the image.
-    func textChunks(_ r: StableDiffusionPipeline.Request, scheduler: SchedulerKind, model: String) -> [(String, String)] {
+    func textChunks(_ r: StableDiffusionPipeline.Request, scheduler: SchedulerKind, model: String, additions: RuntimeAdapterOptions? = nil) -> [(String, String)] {
         var settings = JSONObject([
             ("steps", JSONValue(r.steps)), ("guidance", JSONValue(Double(r.guidanceScale))), ("seed", .uint(r.seed)),
             ("width", JSONValue(r.width)), ("height", JSONValue(r.height)), ("scheduler", JSONValue(scheduler.rawValue)),
@@ -160,8 +171,49 @@ struct GenerationOptions: ParsableArguments {
         if let s = r.timestepSpacing { settings["timestep_spacing"] = JSONValue(s.rawValue) }
         if let latents { settings["latents"] = JSONValue(URL(fileURLWithPath: latents).lastPathComponent) }
         if karras { settings["karras_sigmas"] = true }
+        if let additions {
+            if !additions.loras.isEmpty { settings["loras"] = .array(additions.loras.map { JSONValue(URL(fileURLWithPath: $0).lastPathComponent) }) }
+            if !additions.embeddings.isEmpty { settings["embeddings"] = .array(additions.embeddings.map { JSONValue(URL(fileURLWithPath: $0).lastPathComponent) }) }
+        }
         return [("prompt", r.prompt), ("negative_prompt", r.negativePrompt), ("parameters", JSONValue.object(settings).serialized()),
                 ("Software", "weightpack \(WeightPackCommand.version)")]
+    }
+}
+
+/// `--lora FILE[:SCALE]`, `--embedding FILE` and `--token NAME` (generate, trace, verify).
+struct RuntimeAdapterOptions: ParsableArguments {
+    @Option(name: .customLong("lora"), help: ArgumentHelp(
+        "A LoRA, LyCORIS or full-diff adapter applied at run time, with an optional scale (default 1.0); repeatable.",
+        discussion: "Its product is added to each layer's output as the engine runs; the weights are not merged. An adapter for another base family, or whose modules match no layer, is refused (exit 65).",
+        valueName: "file[:scale]"))
+    var loras: [String] = []
+
+    @Option(name: .customLong("embedding"), help: ArgumentHelp(
+        "A textual-inversion embedding whose token the prompt can use; repeatable.", valueName: "file"))
+    var embeddings: [String] = []
+
+    @Option(name: .customLong("token"), help: ArgumentHelp(
+        "The prompt word of the --embedding at the same position (default: the file's own token, else its file name without the extension); repeatable.",
+        valueName: "name"))
+    var tokens: [String] = []
+
+    func validate() throws {
+        for argument in loras {
+            do { _ = try ScaledAdapter.parse(argument) } catch { throw ValidationError("--lora: \(error.message)") }
+        }
+        guard tokens.count <= embeddings.count else {
+            throw ValidationError("--token is given \(tokens.count) times for \(embeddings.count) --embedding files; each --token names the --embedding at its position")
+        }
+        for t in tokens where t.isEmpty || t.unicodeScalars.allSatisfy(\.properties.isWhitespace) {
+            throw ValidationError("--token must not be empty or blank")
+        }
+    }
+
+    /// The adapters and embeddings, opened.
+    func additions(_ input: InputOptions, loras include: Bool = true) throws -> RuntimeAdditions {
+        try RuntimeAdditions.open(loras: include ? loras : [],
+                                  embeddings: embeddings.enumerated().map { ($1, $0 < tokens.count ? tokens[$0] : nil) },
+                                  options: input.modelInputOptions)
     }
 }
 

@@ -8,13 +8,15 @@ struct Trace: ParsableCommand {
             Writes tokens.cond, tokens.uncond (I64 [77]), text.cond, text.uncond (F32 [77, D]), \
             latents.initial, then for each loop iteration i (from 0) noise_pred.i (after guidance) \
             and latents.i, and image (F32 [H, W, 3] in [0, 1], before 8-bit rounding). \
-            SDXL adds text.pooled.cond and text.pooled.uncond. Exit codes as for generate.
+            SDXL adds text.pooled.cond and text.pooled.uncond. --lora and --embedding apply             adapters and embeddings at run time as for generate. Exit codes as for generate.
             """)
 
     @Argument(help: "The model (ckpt, safetensors, diffusers folder, .wpk).")
     var model: String
 
     @OptionGroup var generation: GenerationOptions
+
+    @OptionGroup var adapters: RuntimeAdapterOptions
 
     @Option(name: .shortAndLong, help: "The safetensors file to write.")
     var output: String
@@ -30,7 +32,7 @@ struct Trace: ParsableCommand {
 
     func run() throws {
         try runReporting(verbose: inputOptions.verbose) {
-            let engine = try generation.open(model, inputOptions: inputOptions)
+            let engine = try generation.open(model, inputOptions: inputOptions, additions: try adapters.additions(inputOptions))
             let request = try generation.request(for: engine)
             let trace = GenerationTrace()
             _ = try engine.pipeline.generate(request, observer: trace.observe)

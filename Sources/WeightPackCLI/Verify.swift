@@ -19,6 +19,12 @@ struct Verify: ParsableCommand {
             or a ggml block type: Q8_0 … Q2_K) and \
             are documented in Docs/verify.md; --min-stage-snr and --min-image-psnr override them.
 
+            Merge proof: --lora FILE[:SCALE] (repeatable) is applied at run time to the reference \
+            only, so `verify BASE MERGED --lora X:0.8` checks that MERGED (made by `weightpack \
+            merge BASE X:0.8`) generates what BASE with the adapter applied on the fly does; a \
+            merge at another scale fails (exit 1). --embedding FILE [--token NAME] is added to \
+            both sides (an embedding is never merged into weights).
+
             Exit codes: 0 within thresholds; 1 a stage fell short (named on stderr); 64 usage \
             error; 65 unsupported or malformed model; 66 missing input.
             """)
@@ -30,6 +36,8 @@ struct Verify: ParsableCommand {
     var candidate: String
 
     @OptionGroup var generation: GenerationOptions
+
+    @OptionGroup var adapters: RuntimeAdapterOptions
 
     @Option(help: "Minimum SNR in dB of every single-pass stage (text, unet, vae); the final latent may be 5 dB lower.")
     var minStageSnr: Double?
@@ -57,13 +65,18 @@ struct Verify: ParsableCommand {
 
     func run() throws {
         try runReporting(verbose: inputOptions.verbose) {
-            let ref = try generation.open(reference, inputOptions: inputOptions)
-            let cand = try generation.open(candidate, inputOptions: inputOptions)
+            // --lora on the reference side only (the candidate is the merge); embeddings on both.
+            let ref = try generation.open(reference, inputOptions: inputOptions, additions: try adapters.additions(inputOptions))
+            let cand = try generation.open(candidate, inputOptions: inputOptions, additions: try adapters.additions(inputOptions, loras: false))
             let defaults = Verification.Thresholds.defaults(for: cand.weakestStorage())
             let thresholds = Verification.Thresholds(stage: minStageSnr ?? defaults.stage, image: minImagePsnr ?? defaults.image, label: defaults.label)
             let request = try generation.request(for: ref)
             let result = try Verification.verify(reference: ref, candidate: cand, request: request, thresholds: thresholds)
-            let document = result.json(reference: reference, candidate: candidate)
+            var document = result.json(reference: reference, candidate: candidate)
+            if !adapters.loras.isEmpty, case .object(var root) = document {
+                root["reference_loras"] = .array(adapters.loras.map { JSONValue($0) })
+                document = .object(root)
+            }
             if let report {
                 try result.writeFolder(report, document: document, amplify: amplify, software: "weightpack \(WeightPackCommand.version) verify")
             }

@@ -13,6 +13,11 @@ public final class AutoencoderKL {
     public let configuration: AutoencoderKLConfiguration
     public let weights: WeightProvider
 
+    /// Adapters applied at run time to this network's layers (LoRA factors, dense changes);
+    /// `nil` runs the weights as stored. Set it before running, checked with
+    /// ``RuntimeAdapterTable/validate(shape:)``.
+    public var runtimeAdapters: RuntimeAdapterTable?
+
     /// The mean and log-variance of the encoder's diagonal Gaussian, each `[latentChannels, h, w]`.
     public struct LatentDistribution {
         public let mean: FloatTensor
@@ -72,7 +77,7 @@ public final class AutoencoderKL {
             if let tiling, let tile, h > tile || w > tile {
                 return try decodeTiled(latents, channels: c, height: h, width: w, tiling: tiling)
             }
-            let ws = Workspace(weights: weights)
+            let ws = Workspace(weights: weights, adapters: runtimeAdapters)
             let z = ws.pool.take([c, h, w])
             z.base.update(from: latents.base, count: z.count)
             return try decodeUntiled(z, ws).copy()
@@ -87,7 +92,7 @@ public final class AutoencoderKL {
     public func encode(_ image: FloatTensor) throws(EngineError) -> LatentDistribution {
         let (batched, c, h, w) = try Self.imageShape(image, channels: configuration.inChannels, what: "image")
         let (mean, logVariance) = try run {
-            let ws = Workspace(weights: weights)
+            let ws = Workspace(weights: weights, adapters: runtimeAdapters)
             let x = ws.pool.take([c, h, w])
             x.base.update(from: image.base, count: x.count)
             var y = try encoder(x, ws)
@@ -248,7 +253,7 @@ public final class AutoencoderKL {
         let widths = columnStarts.map { min(limit, min(tileLatent, w - $0) * factor) }
         let outH = heights.reduce(0, +), outW = widths.reduce(0, +)
         let output = FloatTensor(shape: [outChannels, outH, outW])
-        let ws = Workspace(weights: weights)
+        let ws = Workspace(weights: weights, adapters: runtimeAdapters)
         var above: [FloatTensor] = []
         var y0 = 0
         for (ri, i) in rowStarts.enumerated() {

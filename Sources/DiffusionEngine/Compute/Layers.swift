@@ -6,11 +6,19 @@
 /// the result comes from the pool and the caller recycles it when done.
 final class Workspace {
     let weights: WeightProvider
+    /// Adapters applied at run time to the layers they name (see ``RuntimeAdapterTable``).
+    let adapters: RuntimeAdapterTable?
     let pool = TensorPool()
     private var columns: FloatTensor?
     private var scores: FloatTensor?
 
-    init(weights: WeightProvider) { self.weights = weights }
+    init(weights: WeightProvider, adapters: RuntimeAdapterTable? = nil) {
+        self.weights = weights
+        self.adapters = adapters.flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    /// The im2col scratch, for the adapters' own convolutions (used after the layer's).
+    func columnScratch(_ count: Int) -> UnsafeMutablePointer<Float> { columnBuffer(count) }
 
     /// Scratch of at least `count` floats for im2col columns.
     private func columnBuffer(_ count: Int) -> UnsafeMutablePointer<Float> {
@@ -44,6 +52,7 @@ final class Workspace {
                 Kernels.addRowBias(y.base, rows: rows, columns: outFeatures, bias: b)
             }
         }
+        try applyAdapters(linear: name, x: x, y: y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures, bias: useBias)
         return y
     }
 
@@ -84,6 +93,7 @@ final class Workspace {
                 Convolution.forward(x.base, geometry: block, weight: w, bias: nil, output: out, columns: columns)
             }
         }
+        try applyAdapters(convolution: name, x: x, y: y, geometry: g)
         return y
     }
 

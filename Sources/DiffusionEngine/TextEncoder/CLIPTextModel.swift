@@ -11,6 +11,37 @@ public final class CLIPTextModel {
     public let configuration: CLIPTextConfiguration
     public let weights: WeightProvider
 
+    /// Adapters applied at run time to this network's layers (LoRA factors, dense changes);
+    /// `nil` runs the weights as stored. Set it before running, checked with
+    /// ``RuntimeAdapterTable/validate(shape:)``.
+    public var runtimeAdapters: RuntimeAdapterTable?
+
+    /// Token-embedding rows added at run time (a textual-inversion embedding's vectors), by
+    /// token id; the stored table is never rewritten. See ``addTokenEmbeddings(_:firstID:)``.
+    public private(set) var addedTokenEmbeddings: [Int: [Float]] = [:]
+
+    /// Gives ids `firstID`, `firstID + 1`, … the rows of `rows` (`n × hiddenSize` values), as
+    /// transformers' `resize_token_embeddings` followed by diffusers' `load_textual_inversion`
+    /// setting the new rows does.
+    ///
+    /// - Throws: ``EngineError/Code/shapeMismatch`` when `rows` is not whole rows of the
+    ///   model's width; ``EngineError/Code/invalidInput`` for a negative id, an id already added
+    ///   or non-finite values.
+    public func addTokenEmbeddings(_ rows: [Float], firstID: Int) throws(EngineError) {
+        let d = configuration.hiddenSize
+        guard !rows.isEmpty, rows.count % d == 0 else {
+            throw EngineError(.shapeMismatch, "an embedding of \(rows.count) values is not whole vectors of the text encoder's width \(d)", tensorName: weights.prefix + Self.anchorName)
+        }
+        guard rows.allSatisfy(\.isFinite) else { throw EngineError(.invalidInput, "embedding vectors hold NaN or infinite values") }
+        let n = rows.count / d
+        let (last, overflow) = firstID.addingReportingOverflow(n)
+        guard firstID >= 0, !overflow, last <= Int(Int32.max) else { throw EngineError(.invalidInput, "token id \(firstID) out of range") }
+        for k in 0..<n {
+            guard addedTokenEmbeddings[firstID + k] == nil else { throw EngineError(.invalidInput, "token id \(firstID + k) already has an added embedding") }
+        }
+        for k in 0..<n { addedTokenEmbeddings[firstID + k] = Array(rows[(k * d)..<((k + 1) * d)]) }
+    }
+
     /// The name every weight name ends with, used to find the prefix.
     static let anchorName = "embeddings.token_embedding.weight"
 
@@ -132,12 +163,22 @@ public final class CLIPTextModel {
     private func forward(_ tokens: [[Int]], length: Int, layers: Int, finalLayerNorm: Bool) throws -> FloatTensor {
         let c = configuration
         let d = c.hiddenSize, batch = tokens.count
-        let ws = Workspace(weights: weights)
+        let ws = Workspace(weights: weights, adapters: runtimeAdapters)
         let pool = ws.pool
 
         // Embeddings: the token rows (converted row by row) plus the positions 0..<length.
         let x = pool.take([batch * length, d])
-        try weights.gatherRows("embeddings.token_embedding.weight", indices: tokens.flatMap { $0 }, into: x.base)
+        let ids = tokens.flatMap { $0 }
+        if addedTokenEmbeddings.isEmpty {
+            try weights.gatherRows("embeddings.token_embedding.weight", indices: ids, into: x.base)
+        } else {
+            // Added tokens (textual inversion) read their rows from the run-time table; row 0
+            // stands in for them in the stored table and is overwritten.
+            try weights.gatherRows("embeddings.token_embedding.weight", indices: ids.map { addedTokenEmbeddings[$0] == nil ? $0 : 0 }, into: x.base)
+            for (i, id) in ids.enumerated() {
+                if let row = addedTokenEmbeddings[id] { (x.base + i * d).update(from: row, count: d) }
+            }
+        }
         try weights.withFloats("embeddings.position_embedding.weight") { positions in
             for b in 0..<batch { Kernels.add(positions, into: x.base + b * length * d, count: length * d) }
         }

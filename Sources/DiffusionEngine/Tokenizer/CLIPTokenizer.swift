@@ -32,6 +32,9 @@ public final class CLIPTokenizer: @unchecked Sendable {
     /// tokens): start, end, and the pad token. With SD 2.x's pad token `!`, every `!` in a
     /// prompt becomes its own token, as transformers does.
     private let specialTokens: [(text: String, id: Int)]
+    /// Tokens added after the vocabulary (``addTokens(_:)``), each with the ids it expands to.
+    private var added: [(text: String, ids: [Int])] = []
+    private var addedIDs: [String: Int] = [:]
 
     /// Creates a tokenizer from a vocabulary and merges.
     ///
@@ -111,6 +114,8 @@ public final class CLIPTokenizer: @unchecked Sendable {
             switch segment {
             case .special(let id):
                 ids.append(id)
+            case .added(let group):
+                ids.append(contentsOf: group)
             case .text(let chunk):
                 for word in CLIPTextNormalization.preTokenize(CLIPTextNormalization.normalize(chunk)) {
                     if ids.count >= limit { break }
@@ -129,20 +134,80 @@ public final class CLIPTokenizer: @unchecked Sendable {
             for (token, id) in vocabulary { table[id] = token }
             inverse = table
         }
-        let table = inverse
+        var table = inverse
+        for (token, id) in addedIDs {
+            if id >= table.count { table.append(contentsOf: repeatElement("", count: id - table.count + 1)) }
+            table[id] = token
+        }
         lock.unlock()
         return ids.map { $0 >= 0 && $0 < table.count ? table[$0] : "<\($0)>" }
     }
     private var inverse: [String] = []
 
-    private enum Segment { case text(String), special(Int) }
+    private enum Segment { case text(String), special(Int), added([Int]) }
+
+    // MARK: Added tokens
+
+    /// Tokens added after the vocabulary (textual-inversion tokens), token → id.
+    public var addedTokens: [String: Int] {
+        lock.lock()
+        defer { lock.unlock() }
+        return addedIDs
+    }
+
+    /// The id the next added token gets: one past the vocabulary and every token added so far
+    /// (transformers' `len(tokenizer)`).
+    public var nextTokenID: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return max((vocabulary.values.max() ?? -1) + 1, (addedIDs.values.max() ?? -1) + 1)
+    }
+
+    /// Adds `tokens` after the vocabulary, as transformers' `add_tokens` does for diffusers'
+    /// `load_textual_inversion` (`<tok>`, `<tok>_1`, … for a multi-vector embedding), and
+    /// returns their ids (consecutive, from ``nextTokenID``).
+    ///
+    /// Added tokens are matched literally in a prompt before normalisation, as special tokens
+    /// are (leftmost, the longest on a tie). The first token stands for the whole group: it
+    /// becomes all the group's ids, as diffusers' `maybe_convert_prompt` rewrites `<tok>` to
+    /// `<tok> <tok>_1 …` before tokenising; each other token becomes its own id.
+    /// Matches https://github.com/huggingface/diffusers/blob/main/src/diffusers/loaders/textual_inversion.py
+    ///
+    /// - Throws: ``EngineError/Code/invalidTokenizer`` for an empty token, or one already in the
+    ///   vocabulary or added (diffusers refuses those too).
+    @discardableResult
+    public func addTokens(_ tokens: [String]) throws(EngineError) -> [Int] {
+        guard !tokens.isEmpty else { throw EngineError(.invalidTokenizer, "no tokens to add") }
+        let first = nextTokenID
+        lock.lock()
+        defer { lock.unlock() }
+        var seen = Set<String>()
+        for t in tokens {
+            guard !t.isEmpty, !t.unicodeScalars.allSatisfy(\.properties.isWhitespace) else {
+                throw EngineError(.invalidTokenizer, "an added token must not be empty or blank")
+            }
+            guard vocabulary[t] == nil, addedIDs[t] == nil, seen.insert(t).inserted else {
+                throw EngineError(.invalidTokenizer, "token '\(t)' is already in the tokenizer's vocabulary; choose another name (--token)")
+            }
+        }
+        let ids = tokens.indices.map { first + $0 }
+        for (t, id) in zip(tokens, ids) { addedIDs[t] = id }
+        added.append((tokens[0], ids))
+        for (t, id) in zip(tokens.dropFirst(), ids.dropFirst()) { added.append((t, [id])) }
+        inverse = []
+        return ids
+    }
 
     /// Splits raw text at special-token literals: leftmost match first, the longest on a tie.
     /// Matching is on Unicode scalars, not grapheme clusters (`!` followed by a combining mark
     /// still matches).
     private func splitSpecialTokens(_ text: String) -> [Segment] {
         let scalars = Array(text.unicodeScalars)
-        let patterns = specialTokens.map { (Array($0.text.unicodeScalars), $0.id) }
+        lock.lock()
+        let extra = added
+        lock.unlock()
+        let patterns = specialTokens.map { (Array($0.text.unicodeScalars), Segment.special($0.id)) }
+            + extra.map { (Array($0.text.unicodeScalars), Segment.added($0.ids)) }
         var segments: [Segment] = []
         var start = 0, i = 0
         func flush(_ end: Int) {
@@ -153,13 +218,13 @@ public final class CLIPTokenizer: @unchecked Sendable {
             }
         }
         while i < scalars.count {
-            var best: (length: Int, id: Int)? = nil
-            for (pattern, id) in patterns where pattern.count > (best?.length ?? 0) && i + pattern.count <= scalars.count {
-                if scalars[i..<(i + pattern.count)].elementsEqual(pattern) { best = (pattern.count, id) }
+            var best: (length: Int, segment: Segment)? = nil
+            for (pattern, segment) in patterns where pattern.count > (best?.length ?? 0) && i + pattern.count <= scalars.count {
+                if scalars[i..<(i + pattern.count)].elementsEqual(pattern) { best = (pattern.count, segment) }
             }
             if let best {
                 flush(i)
-                segments.append(.special(best.id))
+                segments.append(best.segment)
                 i += best.length
                 start = i
             } else {

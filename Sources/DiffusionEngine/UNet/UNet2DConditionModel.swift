@@ -12,6 +12,11 @@ public final class UNet2DConditionModel {
     public let configuration: UNetConfiguration
     public let weights: WeightProvider
 
+    /// Adapters applied at run time to this network's layers (LoRA factors, dense changes);
+    /// `nil` runs the weights as stored. Set it before running, checked with
+    /// ``RuntimeAdapterTable/validate(shape:)``.
+    public var runtimeAdapters: RuntimeAdapterTable?
+
     /// SDXL's extra conditioning: the second text encoder's pooled projection and the six
     /// micro-conditioning numbers (original height, width, crop top, left, target height, width).
     public struct AddedConditions {
@@ -89,7 +94,7 @@ public final class UNet2DConditionModel {
         let one = c.outChannels * h * w
         // One batch element through the whole network into its slice of `output`.
         func run(_ b: Int, weights: WeightProvider) throws {
-            let ws = Workspace(weights: weights)
+            let ws = Workspace(weights: weights, adapters: runtimeAdapters)
             let x = ws.pool.take([c.inChannels, h, w])
             x.base.update(from: sample.base + b * x.count, count: x.count)
             let context = ws.pool.take([tokens, c.crossAttentionDimension])
