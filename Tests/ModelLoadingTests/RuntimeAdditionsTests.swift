@@ -167,6 +167,29 @@ struct RuntimeAdditionsTests {
         #expect(effect > 20 * max(unet, 1e-7))
     }
 
+    @Test("an SDXL kohya LoRA (UNet and both text encoders) at run time equals the merge")
+    func sdxlRuntimeEqualsMerged() throws {
+        let goldenWeights = try SafetensorsFile(path: adapter("sdxl-kohya-lora.merged.safetensors"))
+        let argument = adapter("sdxl-kohya-lora.safetensors") + ":" + (try #require(goldenWeights.metadata["scale"]))
+        let base = try CanonicalModel.open(tinySDXLFolder)
+        let runtime = try StableDiffusionModel(base, additions: try RuntimeAdditions.open(loras: [argument]))
+        #expect(runtime.pipeline.secondTextEncoder?.model.runtimeAdapters != nil)
+        let golden = try StableDiffusionModel(base.replacingStore(OverlayStore(base: base.store, overlay: goldenWeights)))
+        let plain = try StableDiffusionModel(base)
+        let latents = try SafetensorsFile(path: adapter("sd1-lora-pipeline.safetensors")).tensor(named: "init_latents").floats()
+        func run(_ model: StableDiffusionModel) throws -> (text: [Float], pooled: [Float], noise: [Float]) {
+            let text = try model.pipeline.encode(prompt: "a photo of an astronaut riding a horse", negativePrompt: "", width: 64, height: 64)
+            let noise = try model.pipeline.noisePrediction(latents: latents, shape: [4, 8, 8], scale: 1, timestep: 801, conditioning: text)
+            return (text.embeddings.scalars, text.added?.textEmbeddings.scalars ?? [], noise.scalars)
+        }
+        let r = try run(runtime), g = try run(golden), p = try run(plain)
+        print("SDXL kohya: run time vs golden merged weights: text \(l2Relative(r.text, g.text)), pooled \(l2Relative(r.pooled, g.pooled)), UNet \(l2Relative(r.noise, g.noise)); the adapter's effect: text \(l2Relative(p.text, g.text)), UNet \(l2Relative(p.noise, g.noise)) (L2 relative)")
+        #expect(l2Relative(r.text, g.text) <= 1e-5)
+        #expect(l2Relative(r.pooled, g.pooled) <= 1e-5)
+        #expect(l2Relative(r.noise, g.noise) <= 1e-4)
+        #expect(l2Relative(p.text, g.text) > 1e-3 && l2Relative(p.noise, g.noise) > 1e-3)
+    }
+
     @Test("an adapter for another family is refused before anything runs")
     func wrongFamilyRefused() throws {
         #expect {
