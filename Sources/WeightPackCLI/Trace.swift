@@ -8,7 +8,8 @@ struct Trace: ParsableCommand {
             Writes tokens.cond, tokens.uncond (I64 [77]), text.cond, text.uncond (F32 [77, D]), \
             latents.initial, then for each loop iteration i (from 0) noise_pred.i (after guidance) \
             and latents.i, and image (F32 [H, W, 3] in [0, 1], before 8-bit rounding). \
-            SDXL adds text.pooled.cond and text.pooled.uncond. --lora and --embedding apply             adapters and embeddings at run time as for generate. Exit codes as for generate.
+            SDXL adds text.pooled.cond and text.pooled.uncond. --lora and --embedding apply \
+            adapters and embeddings at run time as for generate. Exit codes as for generate.
             """)
 
     @Argument(help: "The model (ckpt, safetensors, diffusers folder, .wpk).")
