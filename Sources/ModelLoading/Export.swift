@@ -195,6 +195,7 @@ public enum ModelExport {
         let rules = dtype.blockType.map { GGMLTypeRules(target: $0, overrides: tensorTypes, rows: .lastDimension, keep: stableDiffusionCppKeepPatterns) }
         var tensors: [GGUFWriter.Tensor] = []
         var items: [TypeSummary.Item] = []
+        var fallbacks: [(String, GGMLType)] = []
         for r in recipes {
             let isInt8 = r.sources.count == 1 && model.store.storedDType(of: r.sources[0]) == .i8
             let unchanged = r.sources.count == 1 && (r.operation == .copy || r.operation == .reshape)
@@ -211,6 +212,7 @@ public enum ModelExport {
                 tensor.quantized = { try quantizedStore.quantizedTensor(named: source) }
             }
             if let storedType, storedType != decision.type { result.requantizedFromBlocks.append((name, storedType, decision.type)) }
+            if let from = decision.fallbackFrom { fallbacks.append((name, from)) }
             tensors.append(tensor)
             let bytes = decision.type.byteCount(values: r.shape.count) ?? 0
             items.append(TypeSummary.Item(type: decision.type.name, fallbackFrom: decision.fallbackFrom, rowLength: r.shape.dimensions.last,
@@ -231,6 +233,9 @@ public enum ModelExport {
         if !tensorTypes.isEmpty {
             metadata.append(("weightpack.tensor_types", .string(tensorTypes.map { "\($0.pattern)=\($0.type.name.lowercased())" }.joined(separator: ","))))
         }
+        // GGUF has no per-tensor record: the type each fallback was asked for, as ComfyUI-GGUF
+        // keys its reshapes, so `inspect` can say it.
+        for (name, from) in fallbacks { metadata.append((fallbackKeyPrefix + name, .string(from.name))) }
         for (key, value) in try sourceRecord(model, name: inputName) { metadata.append(("weightpack.source.\(key)", .string(value))) }
         for (key, value) in extraMetadata.sorted(by: { $0.key < $1.key }) { metadata.append((key, .string(value))) }
         let summary = try GGUFWriter.write(tensors, metadata: metadata, to: output, overwrite: overwrite, progress: progress)
@@ -275,6 +280,9 @@ public enum ModelExport {
         default: return nil
         }
     }
+
+    /// The GGUF metadata key prefix of `weightpack.fallback_from.<tensor>` (the type asked for).
+    public static let fallbackKeyPrefix = "weightpack.fallback_from."
 
     /// stable-diffusion.cpp's name rules as keep patterns (``stableDiffusionCppQuantizes(_:)``).
     static let stableDiffusionCppKeepPatterns = ["*.bias", "*.scale", "*time_embed.*", "*label_emb.*", "*embedding*"]

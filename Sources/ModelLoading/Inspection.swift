@@ -22,6 +22,11 @@ public struct Inspection {
         /// Set for a tensor stored as ggml blocks (a `.wpk` 1.2 or GGUF block tensor): its type,
         /// row length, the type it fell back from and the error recorded (a `.wpk` records it).
         public var ggml: WPKBlockStorage? = nil
+        /// The type asked for when this tensor fell back (a GGUF WeightPack wrote records it for
+        /// plain tensors too, as `weightpack.fallback_from.<name>`).
+        public var recordedFallbackFrom: GGMLType? = nil
+        /// The type this tensor fell back from, if it did.
+        public var fallbackFrom: GGMLType? { ggml?.fallbackFrom ?? recordedFallbackFrom }
         /// The dtype stored: I8 for an int8 tensor (whose values read as F32).
         public var storedDType: DType { quantization == nil ? descriptor.dtype : .i8 }
         /// The stored type's name: the ggml type for block tensors (`Q4_K`), else ``storedDType``'s.
@@ -88,11 +93,14 @@ public struct Inspection {
         var rows = try selected.map { d in
             let record = records?.storageRecord(of: d.name)
             var row = Row(descriptor: d, statistics: nil, storedBytes: record?.storedByteCount, sourceDType: record?.sourceDType, quantization: record?.quantization)
+            if record == nil, let from = store.metadata[ModelExport.fallbackKeyPrefix + d.name].flatMap(GGMLType.init(name:)) {
+                row.recordedFallbackFrom = from
+            }
             if let blocks = record?.blocks {
                 row.ggml = blocks
             } else if record == nil, let view = try blockStore?.ggmlTensor(named: d.name) {
                 // A GGUF block tensor: no error recorded, its bytes are the blocks'.
-                row.ggml = WPKBlockStorage(type: view.type, rowLength: view.rowLength, metrics: view.metrics)
+                row.ggml = WPKBlockStorage(type: view.type, rowLength: view.rowLength, fallbackFrom: row.recordedFallbackFrom, metrics: view.metrics)
                 row.storedBytes = view.bytes.count
             }
             return row
@@ -216,8 +224,8 @@ public struct Inspection {
         rows.allSatisfy { $0.storedBytes != nil } ? rows.reduce(0) { $0 + $1.storedBytes! } : nil
     }
 
-    /// Whether any tensor shown is quantised (int8 or ggml blocks).
-    public var hasQuantizedRows: Bool { rows.contains { $0.ggml != nil || $0.quantization != nil } }
+    /// Whether any tensor shown is quantised (int8 or ggml blocks) or fell back from a block type.
+    public var hasQuantizedRows: Bool { rows.contains { $0.ggml != nil || $0.quantization != nil || $0.recordedFallbackFrom != nil } }
 
     /// Bits per weight of the tensors shown: stored bytes · 8 / values (a tensor with no stored
     /// size recorded counts its logical bytes).

@@ -118,7 +118,7 @@ struct InspectionReport {
         if inspection.hasQuantizedRows {
             summary["bits_per_weight"] = .double((inspection.bitsPerWeight * 1000).rounded() / 1000)
             var fallbacks = JSONObject()
-            for (key, list) in Dictionary(grouping: rows.filter { $0.ggml?.fallbackFrom != nil }, by: { "\($0.ggml!.fallbackFrom!.name)>\($0.ggml!.type.name)" }).sorted(by: { $0.key < $1.key }) {
+            for (key, list) in Dictionary(grouping: rows.filter { $0.fallbackFrom != nil }, by: { "\($0.fallbackFrom!.name)>\($0.storedTypeName)" }).sorted(by: { $0.key < $1.key }) {
                 fallbacks[key] = JSONValue(list.count)
             }
             summary["fallbacks"] = .object(fallbacks)
@@ -134,6 +134,7 @@ struct InspectionReport {
             t["dtype"] = .string(row.storedTypeName)
             if let q = row.quantization { t["quantization"] = Self.json(q) }
             if let g = row.ggml { t["quantization"] = Self.json(g) }
+            if row.ggml == nil, let from = row.recordedFallbackFrom { t["fallback_from"] = .string(from.name) }
             if inspection.hasQuantizedRows, let bpw = row.bitsPerWeight { t["bits_per_weight"] = .double((bpw * 10000).rounded() / 10000) }
             t["shape"] = .array(row.descriptor.shape.dimensions.map { JSONValue($0) })
             if let stored = row.storedBytes, stored != row.descriptor.byteCount { t["stored_bytes"] = JSONValue(stored) }
@@ -171,7 +172,7 @@ struct InspectionReport {
         if inspection.hasQuantizedRows {
             let stored = rows.reduce(0) { $0 + ($1.storedBytes ?? $1.descriptor.byteCount) }
             lines.append("stored:     \(formatBytes(stored)), \(format2(inspection.bitsPerWeight)) bits per weight")
-            let fallbacks = Dictionary(grouping: rows.filter { $0.ggml?.fallbackFrom != nil }, by: { "\($0.ggml!.fallbackFrom!.name) to \($0.ggml!.type.name)" })
+            let fallbacks = Dictionary(grouping: rows.filter { $0.fallbackFrom != nil }, by: { "\($0.fallbackFrom!.name) to \($0.storedTypeName)" })
             for (pair, list) in fallbacks.sorted(by: { $0.key < $1.key }) {
                 lines.append("fallback:   \(list.count) tensor\(list.count == 1 ? "" : "s") from \(pair) (rows did not fit)")
             }
@@ -217,13 +218,13 @@ struct InspectionReport {
                 lines.append("ema:        \(model.ema.tensorCount) tensors, \(formatBytes(model.ema.byteCount))" + (model.ema.only ? " (EMA only: the UNet is read from them)" : ""))
             }
         }
-        for (k, v) in metadata.sorted(by: { $0.key < $1.key }).prefix(20) {
+        for (k, v) in metadata.filter({ !$0.key.hasPrefix(ModelExport.fallbackKeyPrefix) }).sorted(by: { $0.key < $1.key }).prefix(20) {
             lines.append("metadata:   \(k) = \(v.count > 80 ? String(v.prefix(77)) + "..." : v)")
         }
         var header = ["NAME", "DTYPE", "SHAPE"]
         if showStatistics { header += ["MIN", "MAX", "MEAN", "STD", "NAN", "INF"] }
         let showQuantization = inspection.hasQuantizedRows
-        let showBlocks = rows.contains { $0.ggml != nil }
+        let showBlocks = rows.contains { $0.ggml != nil || $0.fallbackFrom != nil }
         if showBlocks { header += ["BPW"] }
         if showQuantization { header += ["SNR DB", "MAX ABS ERR", "COSINE"] }
         if showBlocks { header += ["NOTE"] }
@@ -245,7 +246,7 @@ struct InspectionReport {
                     cells += ["-", "-", "-"]
                 }
             }
-            if showBlocks { cells.append(row.ggml?.fallbackFrom.map { "fallback from \($0.name)" } ?? "") }
+            if showBlocks { cells.append(row.fallbackFrom.map { "fallback from \($0.name)" } ?? "") }
             table.append(cells)
         }
         var tableIndex: Int?

@@ -244,6 +244,16 @@ struct BlockTypeCLITests {
         let toQ = try #require(rows.first { $0["name"]?.stringValue == "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight" })
         #expect(toQ["dtype"]?.stringValue == "Q4_0" && toQ["bits_per_weight"]?.doubleValue == 4.5)
         #expect(g["summary"]?.objectValue?["bits_per_weight"]?.doubleValue != nil)
+        // Our GGUF records what fell back (weightpack.fallback_from.<name>): a Q5_0 matrix and an F16 kernel.
+        let k = folder.appendingPathComponent("k.gguf").path
+        #expect(try run(["export", tinyModel, k, "--dtype", "q4_k"]).status == 0)
+        let kRows = try parseJSON(try run(["inspect", k, "--json"]).stdout)["tensors"]?.arrayValue?.compactMap(\.objectValue) ?? []
+        let kToQ = try #require(kRows.first { $0["name"]?.stringValue == "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight" })
+        #expect(kToQ["dtype"]?.stringValue == "Q5_0" && kToQ["quantization"]?.objectValue?["fallback_from"]?.stringValue == "Q4_K")
+        let kernel = try #require(kRows.first { $0["name"]?.stringValue == "model.diffusion_model.input_blocks.1.0.in_layers.2.weight" })
+        #expect(kernel["dtype"]?.stringValue == "F16" && kernel["fallback_from"]?.stringValue == "Q4_K")
+        let kTable = try run(["inspect", k, "--filter", "*input_blocks.1.0.in_layers.2.weight"])
+        #expect(kTable.stdout.contains("fallback from Q4_K") && !kTable.stdout.contains("metadata:   weightpack.fallback_from"), "\(kTable.stdout)")
     }
 
     @Test("bad option combinations are usage errors (64) and write nothing", arguments: [
