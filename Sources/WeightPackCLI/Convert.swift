@@ -27,7 +27,7 @@ struct Convert: ParsableCommand {
             any tensor is refused.
 
             --dtype q4_0 … q6_k stores weights as ggml blocks (.wpk 1.2, mapped zero-copy), rows \
-            of all but the first dimension (a convolution's in·kh·kw): \(blockTypeHelp) Blocks the \
+            of all but the first dimension (a convolution's in·kh·kw). \(blockTypeHelp) Blocks the \
             input already stores in the decided type (a GGUF, a block .wpk) are copied, never \
             requantised; with --dtype keep they stay blocks where their rows fit. After the \
             conversion a summary says how many tensors have each type, which fell back and why, \

@@ -26,7 +26,7 @@ struct Export: ParsableCommand {
             GGUF row, the last dimension, holds them, else requantised and said so; int8 blocks of \
             a .wpk as Q8_0 where they fit), or a block type, rows being the last dimension as \
             stable-diffusion.cpp reads them, with its name rules (biases, time and label \
-            embeddings, embeddings stay unquantised) added to these: \(blockTypeHelp) \
+            embeddings, embeddings stay unquantised) added to the rules below. \(blockTypeHelp) \
             general.file_type is set to ggml's LLAMA_FTYPE of the type holding the most values. \
             A summary after the export says how many tensors have each type, which fell back, and \
             the bits per weight (--json prints it as JSON on stdout). Block types need --format gguf.
