@@ -31,9 +31,14 @@ func parseTensorTypes(_ values: [String], blockType: GGMLType?) throws -> [GGMLT
         throw ValidationError("--tensor-type applies to a block --dtype (\(blockTypeList)) only")
     }
     return try values.map { text in
-        do throws(QuantizationError) { return try GGMLTypeRules.Override(parsing: text) } catch {
+        let override: GGMLTypeRules.Override
+        do throws(QuantizationError) { override = try GGMLTypeRules.Override(parsing: text) } catch {
             throw ValidationError("--tensor-type \(error.message)")
         }
+        if override.pattern.contains(where: { "[]{}".contains($0) }) {
+            throw ValidationError("--tensor-type '\(text)': only * and ? are wildcards here; brackets and braces would match themselves")
+        }
+        return override
     }
 }
 

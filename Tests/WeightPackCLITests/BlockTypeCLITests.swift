@@ -66,6 +66,12 @@ struct BlockTypeCLITests {
             // The engine's rows: all but the first dimension.
             #expect(b.rowLength * e.descriptor.shape.dimensions[0] == e.descriptor.elementCount)
         }
+        // --keep works with block types as with int8.
+        let kept = folder.appendingPathComponent("kept.wpk").path
+        #expect(try run(["convert", tinyModel, kept, "--dtype", "q4_0", "--keep", "vae.*", "--no-source-hash"]).status == 0)
+        let keptFile = try WPKFile(path: kept)
+        #expect(keptFile.entries.filter { $0.descriptor.name.hasPrefix("vae.") }.allSatisfy { $0.blocks == nil })
+        #expect(keptFile.entries.contains { $0.blocks?.type.name == "Q4_0" })
         // The header records the target and the overrides.
         let ggml = file.headerMetadata["conversion"]?.objectValue?["ggml"]?.objectValue
         #expect(ggml?["type"]?.stringValue == "Q4_K")
@@ -260,6 +266,7 @@ struct BlockTypeCLITests {
         ["convert", "IN", "OUT.wpk", "--dtype", "q4_k", "--tensor-type", "no-equals"],
         ["convert", "IN", "OUT.wpk", "--dtype", "q4_k", "--tensor-type", "*attn*=q9_9"],
         ["convert", "IN", "OUT.wpk", "--dtype", "q4_k", "--tensor-type", "=q8_0"],
+        ["convert", "IN", "OUT.wpk", "--dtype", "q4_k", "--tensor-type", "unet.down_blocks.[01].*=q8_0"],
         ["convert", "IN", "OUT.wpk", "--dtype", "f16", "--tensor-type", "*attn*=q8_0"],
         ["convert", "IN", "OUT.wpk", "--dtype", "q4_z"],
         ["export", "IN", "OUT.safetensors", "--dtype", "q4_k"],
