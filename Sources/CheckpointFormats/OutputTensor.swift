@@ -99,6 +99,64 @@ extension OutputTensor {
     }
 }
 
+extension OutputTensor {
+    /// The plan for a conversion to ggml block types (`.wpk` 1.2): each tensor gets the type
+    /// `rules` decide (``GGMLTypeRules/decision(for:)``); block tensors are stored with rows of
+    /// `elementCount / firstDimension` values (the engine's rows, whatever `rules.rows` says),
+    /// the others in the plain type decided (F16/F32, or their own dtype when not floating point).
+    ///
+    /// A source tensor already stored as blocks of the decided type (`storedBlocks` gives them)
+    /// is copied, never requantised: blocks run over the values in order, so the same blocks
+    /// hold any row length that is a whole number of them.
+    ///
+    /// - Parameters:
+    ///   - storedBlocks: for a tensor name, how to fetch the blocks the source stores for it
+    ///     (`nil` when it stores none); by default the store's own when it is a ``GGMLTensorStore``.
+    public static func plan(
+        from store: any TensorStore, ggmlRules rules: GGMLTypeRules,
+        storedBlocks: ((String) -> (@Sendable () throws -> GGMLTensorView?)?)? = nil,
+        include: (TensorDescriptor) -> Bool = { _ in true }
+    ) -> [OutputTensor] {
+        var engineRows = rules
+        engineRows.rows = .allButFirstDimension
+        let blocksOf = storedBlocks ?? { name in
+            guard let g = store as? any GGMLTensorStore else { return nil }
+            return { try g.ggmlTensor(named: name) }
+        }
+        return store.tensors.filter(include).map { d in
+            let decision = engineRows.decision(for: d)
+            var t = OutputTensor(
+                name: d.name, dtype: d.dtype.isConvertibleFloat ? (decision.type.plainDType ?? .f32) : d.dtype, shape: d.shape,
+                sourceName: d.name, sourceDType: d.dtype,
+                load: { try store.tensor(named: d.name) })
+            if decision.type.isBlockQuantized {
+                t.dtype = .u8
+                t.ggml = WPKBlockStorage(type: decision.type, rowLength: engineRows.rowLength(of: d.shape), fallbackFrom: decision.fallbackFrom)
+                t.blocks = blocksOf(d.name)
+            }
+            return t
+        }
+    }
+
+    /// For a plan that keeps dtypes (`--dtype keep`): each tensor the source stores as ggml
+    /// blocks is kept as those blocks (copied) when its engine rows (`elementCount / firstDimension`)
+    /// are a whole number of them; otherwise it stays the dequantised F32 the plan already says.
+    public static func keepingStoredBlocks(
+        _ plan: [OutputTensor], storedBlocks: (String) -> (@Sendable () throws -> GGMLTensorView?)?
+    ) throws -> [OutputTensor] {
+        try plan.map { t in
+            guard let fetch = storedBlocks(t.name), let view = try fetch(), view.descriptor.elementCount == t.shape.count else { return t }
+            let rowLength = GGMLTypeRules(target: view.type, rows: .allButFirstDimension).rowLength(of: t.shape)
+            guard rowLength > 0, rowLength % view.type.blockValues == 0 else { return t }
+            var kept = t
+            kept.dtype = .u8
+            kept.ggml = WPKBlockStorage(type: view.type, rowLength: rowLength)
+            kept.blocks = fetch
+            return kept
+        }
+    }
+}
+
 /// Streams one tensor into a writer: copies or converts chunk by chunk, hashing what it
 /// writes, then lets the kernel drop the source pages it read.
 enum TensorEmitter {

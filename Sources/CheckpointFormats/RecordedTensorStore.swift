@@ -2,7 +2,7 @@ import StrictJSON
 import TensorCore
 
 /// How one tensor is stored, beyond its descriptor: the bytes it takes, the dtype it had before
-/// conversion, and its int8 quantisation record.
+/// conversion, and its int8 or ggml block quantisation record.
 public struct StoredTensorRecord: Sendable, Hashable {
     /// Bytes the tensor takes in the file (compressed or quantised size).
     public var storedByteCount: Int
@@ -10,11 +10,14 @@ public struct StoredTensorRecord: Sendable, Hashable {
     public var sourceDType: DType?
     /// Set for an int8 tensor (its block layout and the error it took).
     public var quantization: WPKQuantization?
+    /// Set for a tensor stored as ggml blocks (its type, row length, fallback and error).
+    public var blocks: WPKBlockStorage?
 
-    public init(storedByteCount: Int, sourceDType: DType?, quantization: WPKQuantization?) {
+    public init(storedByteCount: Int, sourceDType: DType?, quantization: WPKQuantization?, blocks: WPKBlockStorage? = nil) {
         self.storedByteCount = storedByteCount
         self.sourceDType = sourceDType
         self.quantization = quantization
+        self.blocks = blocks
     }
 }
 
@@ -59,7 +62,7 @@ extension WPKFile: RecordedTensorStore {
     }
 
     public func storageRecord(of name: String) -> StoredTensorRecord? {
-        entry(named: name).map { StoredTensorRecord(storedByteCount: $0.length, sourceDType: $0.sourceDType, quantization: $0.quantization) }
+        entry(named: name).map { StoredTensorRecord(storedByteCount: $0.length, sourceDType: $0.sourceDType, quantization: $0.quantization, blocks: $0.blocks) }
     }
 
     public func sourceName(of name: String) -> String? {

@@ -16,8 +16,14 @@ public enum Conversion {
     public struct Options: Sendable {
         /// Element type of floating-point tensors (`.int8` quantises weights in blocks).
         public var dtype: DTypeChoice
-        /// With `.int8`: keep tensors matching these patterns unquantised (`*` and `?`).
+        /// With `.int8` or a ``ggmlType``: keep tensors matching these patterns unquantised (`*` and `?`).
         public var keepPatterns: [String] = []
+        /// Store weights as ggml blocks of this type (one of ``GGMLType/quantizable``; `.wpk` 1.2),
+        /// each tensor as ``GGMLTypeRules`` decide (rows of `elementCount / firstDimension`);
+        /// `dtype` is then not used. Blocks the source already stores in the decided type are copied.
+        public var ggmlType: GGMLType?
+        /// With ``ggmlType``: `GLOB=TYPE` overrides, the first match winning (`--tensor-type`).
+        public var tensorTypes: [GGMLTypeRules.Override] = []
         /// Store floating-point tensors as zstd-compressed byte planes.
         public var compress = false
         public var compressionLevel: Int32 = 3
@@ -48,6 +54,8 @@ public enum Conversion {
         public var unmatchedKeepPatterns: [String]
 
         public var storedByteCount: Int { entries.reduce(0) { $0 + $1.length } }
+        /// Tensors per stored type, fallbacks and bits per weight.
+        public var types: TypeSummary { TypeSummary(wpk: entries) }
         public var logicalByteCount: Int { entries.reduce(0) { $0 + $1.descriptor.byteCount } }
     }
 
@@ -63,9 +71,19 @@ public enum Conversion {
         let store = model.store
         let sourceDigest = options.recordSourceDigest ? model.path.flatMap { SourceDigest.start(path: $0) } : nil
         let unmatched = options.keepPatterns.filter { pattern in !store.tensors.contains { Glob.matches(pattern, $0.name) } }
-        var plan = options.dtype == .int8
-            ? OutputTensor.plan(from: store, rules: QuantizationRules(keep: options.keepPatterns))
-            : OutputTensor.plan(from: store, dtype: options.dtype)
+        var plan: [OutputTensor]
+        if let target = options.ggmlType {
+            guard GGMLType.quantizable.contains(target) else {
+                throw QuantizationError(.invalidLayout, "\(target.name) is not a block type WeightPack writes (\(GGMLType.quantizable.map { $0.name.lowercased() }.joined(separator: ", ")))")
+            }
+            let rules = GGMLTypeRules(target: target, overrides: options.tensorTypes, rows: .allButFirstDimension, keep: options.keepPatterns)
+            plan = OutputTensor.plan(from: store, ggmlRules: rules, storedBlocks: { model.storedBlocks(of: $0) })
+        } else if options.dtype == .int8 {
+            plan = OutputTensor.plan(from: store, rules: QuantizationRules(keep: options.keepPatterns))
+        } else {
+            plan = OutputTensor.plan(from: store, dtype: options.dtype)
+            if options.dtype == .keep { plan = try OutputTensor.keepingStoredBlocks(plan, storedBlocks: { model.storedBlocks(of: $0) }) }
+        }
         for i in plan.indices {
             if let name = model.sourceName(of: plan[i].name) { plan[i].sourceName = name }
         }
@@ -87,6 +105,15 @@ public enum Conversion {
             ("keep_extra", .bool(model.keptExtra)), ("fix_position_ids", .bool(options.fixPositionIDs)),
         ])
         if model.ema.only { conversion["ema_only"] = true }
+        if let target = options.ggmlType {
+            conversion["dtype"] = .string(target.name.lowercased())
+            conversion["ggml"] = [
+                "type": .string(target.name),
+                "rows": "all-but-first-dimension",
+                "tensor_types": .array(options.tensorTypes.map { .string("\($0.pattern)=\($0.type.name.lowercased())") }),
+                "keep": .array(options.keepPatterns.map { .string($0) }),
+            ]
+        }
         metadata["conversion"] = .object(conversion)
         if let adapters = options.adapters { metadata["adapters"] = adapters }
         if model.isCanonical, let layout = model.layout {

@@ -13,9 +13,16 @@ public enum ModelExport {
         case source, ldm, diffusers
     }
 
-    /// The GGUF element types: the casts of ``DTypeChoice`` and `q8_0`.
+    /// The GGUF element types: `keep` (blocks passed through, plain types as stored), the casts
+    /// `f32` and `f16`, and every block type WeightPack writes (``GGMLType/quantizable``).
     public enum GGUFDType: String, Sendable, CaseIterable {
-        case keep, f16, q8_0
+        case keep, f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k
+
+        /// The block type asked for, `nil` for `keep`, `f32` and `f16`.
+        public var blockType: GGMLType? {
+            guard let t = GGMLType(name: rawValue), t.isBlockQuantized else { return nil }
+            return t
+        }
     }
 
     /// What was written.
@@ -31,6 +38,13 @@ public enum ModelExport {
         public var ggufTypeCounts: [String: Int] = [:]
         public var byteCount: Int?
         public var repackedCount = 0
+        /// GGUF only: block tensors copied unchanged from the source's blocks.
+        public var passedThroughCount = 0
+        /// GGUF only: tensors the source stores as blocks that were requantised (or widened)
+        /// because their GGUF rows (last dimension) do not fit the stored type, or another type was asked for.
+        public var requantizedFromBlocks: [(name: String, from: GGMLType, to: GGMLType)] = []
+        /// GGUF only: every tensor's stored type, fallbacks, bits per weight.
+        public var types: TypeSummary?
     }
 
     /// Writes `model` as safetensors (or, for `.diffusers` with several components, a folder).
@@ -155,13 +169,22 @@ public enum ModelExport {
     }
 
     /// Writes the model as a GGUF file for stable-diffusion.cpp: LDM names, reversed dimensions,
-    /// Q8_0 blocks where stable-diffusion.cpp quantises, and the metadata it lacks.
+    /// each tensor in the type ``ggufDecision(_:canonicalName:isInt8:storedType:dtype:rules:)``
+    /// gives (block types where `dtype` asks for one and the rules allow), and the metadata it lacks.
+    /// Blocks the source stores are passed through unchanged when the type stays the same (they
+    /// run over the values in order, so any GGUF row that is a whole number of blocks holds them).
     ///
-    /// - Parameter extraMetadata: strings added as GGUF string values (a merge's `weightpack.adapters`).
-    public static func writeGGUF(_ model: CanonicalModel, dtype: GGUFDType, to output: String, overwrite: Bool, tool: String,
+    /// - Parameters:
+    ///   - tensorTypes: `GLOB=TYPE` overrides (`--tensor-type`), matched against the LDM name
+    ///     written and the canonical name; only with a block `dtype`.
+    ///   - extraMetadata: strings added as GGUF string values (a merge's `weightpack.adapters`).
+    public static func writeGGUF(_ model: CanonicalModel, dtype: GGUFDType, tensorTypes: [GGMLTypeRules.Override] = [], to output: String, overwrite: Bool, tool: String,
                                  extraMetadata: [String: String] = [:], progress: (any ProgressReporter)? = nil) throws -> Result {
         guard model.isCanonical, let sourceLayout = model.layout else {
             throw CatalogError(.unmappable, "no Stable Diffusion layout recognised in \(model.path ?? "the input"); GGUF export writes the LDM layout")
+        }
+        guard tensorTypes.isEmpty || dtype.blockType != nil else {
+            throw QuantizationError(.invalidLayout, "tensor type overrides apply to a block dtype (q4_0 … q6_k), not \(dtype.rawValue)")
         }
         let target = try targetLayout(model, sourceLayout: sourceLayout, layout: .ldm)
         let (recipes, omitted) = try NameMap.export(model.store.tensors, to: target, family: model.detection.family)
@@ -169,58 +192,142 @@ public enum ModelExport {
         result.omitted = omitted.map { ($0.name, $0.reason) }
         let mapped = RemappedStore(base: model.store, recipes: recipes)
         let quantizedStore = model.store as? any QuantizedTensorStore
+        let rules = dtype.blockType.map { GGMLTypeRules(target: $0, overrides: tensorTypes, rows: .lastDimension, keep: stableDiffusionCppKeepPatterns) }
         var tensors: [GGUFWriter.Tensor] = []
+        var items: [TypeSummary.Item] = []
+        var fallbacks: [(String, GGMLType)] = []
         for r in recipes {
             let isInt8 = r.sources.count == 1 && model.store.storedDType(of: r.sources[0]) == .i8
-            guard let type = ggufType(r, isInt8: isInt8, dtype: dtype) else {
+            let unchanged = r.sources.count == 1 && (r.operation == .copy || r.operation == .reshape)
+            let blocks = unchanged ? model.storedBlocks(of: r.sources[0]) : nil
+            let storedType = try blocks?()?.type
+            guard let decision = ggufDecision(r, canonicalName: unchanged ? r.sources[0] : nil, isInt8: isInt8, storedType: storedType, dtype: dtype, rules: rules) else {
                 result.omitted.append((r.name, "GGUF has no type for \(r.dtype.name)"))
                 continue
             }
             let name = r.name
-            var tensor = GGUFWriter.Tensor(name: name, shape: r.shape, type: type, load: { try mapped.tensor(named: name) })
-            if isInt8, [.copy, .reshape].contains(r.operation), let quantizedStore {
+            var tensor = GGUFWriter.Tensor(name: name, shape: r.shape, ggmlType: decision.type, load: { try mapped.tensor(named: name) }, blocks: blocks)
+            if isInt8, unchanged, let quantizedStore {
                 let source = r.sources[0]
                 tensor.quantized = { try quantizedStore.quantizedTensor(named: source) }
             }
+            if let storedType, storedType != decision.type { result.requantizedFromBlocks.append((name, storedType, decision.type)) }
+            if let from = decision.fallbackFrom { fallbacks.append((name, from)) }
             tensors.append(tensor)
+            let bytes = decision.type.byteCount(values: r.shape.count) ?? 0
+            items.append(TypeSummary.Item(type: decision.type.name, fallbackFrom: decision.fallbackFrom, rowLength: r.shape.dimensions.last,
+                                          storedBytes: bytes, values: r.shape.count))
         }
         let inputName = model.path.map { String($0.split(separator: "/").last ?? Substring($0)) } ?? "model"
         var metadata: [(String, GGUFWriter.Value)] = [
             ("general.architecture", .string(model.detection.familyID.filter { $0.isLetter || $0.isNumber }.lowercased())),
             ("general.name", .string(inputName)),
         ]
-        let types = Set(tensors.map(\.type))
-        if types.contains(.q8_0) {
-            metadata.append(("general.quantization_version", .uint32(2)))
-            metadata.append(("general.file_type", .uint32(7)))
-        } else if types.contains(.f16) {
-            metadata.append(("general.file_type", .uint32(1)))
-        }
+        let fileType = Self.fileType(tensors.map { ($0.ggmlType, $0.shape.count) })
+        if tensors.contains(where: { $0.ggmlType.isBlockQuantized }) { metadata.append(("general.quantization_version", .uint32(2))) }
+        if let fileType { metadata.append(("general.file_type", .uint32(fileType))) }
         metadata.append(("weightpack.tool", .string(tool)))
         if let variant = model.detection.variant { metadata.append(("weightpack.variant", .string(variant))) }
         metadata.append(("weightpack.prediction_type", .string(model.detection.predictionType?.rawValue ?? "unknown")))
         metadata.append(("weightpack.dtype", .string(dtype.rawValue)))
+        if !tensorTypes.isEmpty {
+            metadata.append(("weightpack.tensor_types", .string(tensorTypes.map { "\($0.pattern)=\($0.type.name.lowercased())" }.joined(separator: ","))))
+        }
+        // GGUF has no per-tensor record: the type each fallback was asked for, as ComfyUI-GGUF
+        // keys its reshapes, so `inspect` can say it.
+        for (name, from) in fallbacks { metadata.append((fallbackKeyPrefix + name, .string(from.name))) }
         for (key, value) in try sourceRecord(model, name: inputName) { metadata.append(("weightpack.source.\(key)", .string(value))) }
         for (key, value) in extraMetadata.sorted(by: { $0.key < $1.key }) { metadata.append((key, .string(value))) }
         let summary = try GGUFWriter.write(tensors, metadata: metadata, to: output, overwrite: overwrite, progress: progress)
         result.tensorCount = summary.tensorCount
         result.byteCount = summary.byteCount
         result.repackedCount = summary.repackedCount
-        for (type, list) in Dictionary(grouping: tensors, by: \.type) { result.ggufTypeCounts[ggufName(type)] = list.count }
+        result.passedThroughCount = summary.passedThroughCount
+        for (type, list) in Dictionary(grouping: tensors, by: \.ggmlType) { result.ggufTypeCounts[type.name] = list.count }
+        result.types = TypeSummary(items)
         return result
     }
 
-    /// The GGUF type of one output tensor.
-    static func ggufType(_ r: TensorRecipe, isInt8: Bool, dtype: GGUFDType) -> GGUFWriter.TensorType? {
-        guard r.dtype.isConvertibleFloat else { return GGUFWriter.TensorType(exactly: r.dtype) }
-        if r.shape.rank <= 1 { return .f32 }
-        let q8able = r.shape.dimensions.last! % Q8_0.blockValues == 0 && stableDiffusionCppQuantizes(r.name)
+    /// `general.file_type` for tensors of these types and value counts: the `LLAMA_FTYPE` value
+    /// (ggml `docs/gguf.md`, gguf-py's `LlamaFileType`) of the block type holding the most values
+    /// (k-quants as their `_S` mixes, which use the one type throughout), else of F16/BF16/F32
+    /// by the same measure; `nil` when no type has a file type.
+    static func fileType(_ tensors: [(type: GGMLType, values: Int)]) -> UInt32? {
+        func majority(_ candidates: [(type: GGMLType, values: Int)]) -> GGMLType? {
+            Dictionary(grouping: candidates, by: \.type).mapValues { $0.reduce(0) { $0 + $1.values } }
+                .max { $0.value != $1.value ? $0.value < $1.value : $0.key.rawValue > $1.key.rawValue }?.key
+        }
+        let blocks = tensors.filter { $0.type.isBlockQuantized }
+        if let t = majority(blocks) {
+            switch t {
+            case .q4_0: return 2
+            case .q4_1: return 3
+            case .q8_0: return 7
+            case .q5_0: return 8
+            case .q5_1: return 9
+            case .q2_K: return 10
+            case .q3_K: return 11  // MOSTLY_Q3_K_S
+            case .q4_K: return 14  // MOSTLY_Q4_K_S
+            case .q5_K: return 16  // MOSTLY_Q5_K_S
+            case .q6_K: return 18
+            default: break
+            }
+        }
+        switch majority(tensors.filter { [.f32, .f16, .bf16].contains($0.type) }) {
+        case .f32?: return 0
+        case .f16?: return 1
+        case .bf16?: return 32
+        default: return nil
+        }
+    }
+
+    /// The GGUF metadata key prefix of `weightpack.fallback_from.<tensor>` (the type asked for).
+    public static let fallbackKeyPrefix = "weightpack.fallback_from."
+
+    /// stable-diffusion.cpp's name rules as keep patterns (``stableDiffusionCppQuantizes(_:)``).
+    static let stableDiffusionCppKeepPatterns = ["*.bias", "*.scale", "*time_embed.*", "*label_emb.*", "*embedding*"]
+
+    /// The GGUF type of one output tensor (`nil`: GGUF has none for its dtype).
+    ///
+    /// - `keep`: blocks the source stores keep their type when the GGUF row (last dimension) is a
+    ///   whole number of blocks, else the fallback chain of ``GGMLTypeRules/fallback(for:)``, else
+    ///   F16 (F32 for 1-D); int8 tensors become Q8_0 (2-D, rows of 32) or F16; plain types stay.
+    /// - `f16`: matrices and kernels F16, 1-D tensors F32. `f32`: every float F32.
+    /// - a block type: `rules` (overrides by LDM or canonical name first; stable-diffusion.cpp's
+    ///   name rules and WeightPack's keep patterns on either name).
+    static func ggufDecision(_ r: TensorRecipe, canonicalName: String?, isInt8: Bool, storedType: GGMLType?, dtype: GGUFDType,
+                             rules: GGMLTypeRules?) -> GGMLTypeRules.Decision? {
+        guard r.dtype.isConvertibleFloat || storedType != nil else {
+            return GGMLType(plain: r.dtype).map { GGMLTypeRules.Decision(type: $0) }
+        }
+        let ldm = TensorDescriptor(name: r.name, dtype: .f32, shape: r.shape, byteCount: r.shape.count * 4)
+        if let rules {
+            var canonical = ldm
+            if let canonicalName { canonical.name = canonicalName }
+            if rules.overrides.contains(where: { Glob.matches($0.pattern, ldm.name) }) { return rules.decision(for: ldm) }
+            if rules.overrides.contains(where: { Glob.matches($0.pattern, canonical.name) }) { return rules.decision(for: canonical) }
+            let byCanonical = rules.decision(for: canonical)
+            return byCanonical.type.isBlockQuantized ? rules.decision(for: ldm) : byCanonical
+        }
+        let last = r.shape.dimensions.last ?? 1
         switch dtype {
-        case .q8_0: return q8able ? .q8_0 : .f16
-        case .keep:
-            if isInt8 { return q8able && r.shape.rank == 2 ? .q8_0 : .f16 }
-            return GGUFWriter.TensorType(exactly: r.dtype) ?? .f32
-        case .f16: return .f16
+        case .f32: return GGMLTypeRules.Decision(type: .f32)
+        case .f16: return GGMLTypeRules.Decision(type: r.shape.rank <= 1 ? .f32 : .f16)
+        default:
+            if let stored = storedType {
+                var candidate: GGMLType? = stored
+                while let t = candidate {
+                    if last > 0, last % t.blockValues == 0 { return GGMLTypeRules.Decision(type: t, fallbackFrom: t == stored ? nil : stored) }
+                    candidate = GGMLTypeRules.fallback(for: t)
+                }
+                return GGMLTypeRules.Decision(type: r.shape.rank <= 1 ? .f32 : .f16, fallbackFrom: stored)
+            }
+            if r.shape.rank <= 1 { return GGMLTypeRules.Decision(type: .f32) }
+            if isInt8 {
+                let q8able = last % Q8_0.blockValues == 0 && stableDiffusionCppQuantizes(r.name)
+                return GGMLTypeRules.Decision(type: q8able && r.shape.rank == 2 ? .q8_0 : .f16)
+            }
+            return GGMLTypeRules.Decision(type: GGMLType(plain: r.dtype) ?? .f32)
         }
     }
 

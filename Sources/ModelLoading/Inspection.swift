@@ -19,8 +19,24 @@ public struct Inspection {
         public var canonical: [String] = []
         /// Set for an int8 tensor of a `.wpk` (its layout and the error it took).
         public var quantization: WPKQuantization?
+        /// Set for a tensor stored as ggml blocks (a `.wpk` 1.2 or GGUF block tensor): its type,
+        /// row length, the type it fell back from and the error recorded (a `.wpk` records it).
+        public var ggml: WPKBlockStorage? = nil
+        /// The type asked for when this tensor fell back (a GGUF WeightPack wrote records it for
+        /// plain tensors too, as `weightpack.fallback_from.<name>`).
+        public var recordedFallbackFrom: GGMLType? = nil
+        /// The type this tensor fell back from, if it did.
+        public var fallbackFrom: GGMLType? { ggml?.fallbackFrom ?? recordedFallbackFrom }
         /// The dtype stored: I8 for an int8 tensor (whose values read as F32).
         public var storedDType: DType { quantization == nil ? descriptor.dtype : .i8 }
+        /// The stored type's name: the ggml type for block tensors (`Q4_K`), else ``storedDType``'s.
+        public var storedTypeName: String { ggml?.type.name ?? storedDType.name }
+        /// Stored bits per value: the block type's for block tensors, else from the stored bytes.
+        public var bitsPerWeight: Double? {
+            if let g = ggml { return g.type.bitsPerWeight }
+            let bytes = storedBytes ?? descriptor.byteCount
+            return descriptor.elementCount > 0 ? Double(bytes) * 8 / Double(descriptor.elementCount) : nil
+        }
     }
 
     public struct Finding: Sendable {
@@ -73,9 +89,21 @@ public struct Inspection {
         let selected = store.tensors.filter { d in filter.map { fnmatch($0, d.name, 0) == 0 } ?? true }
         let records = store.records
         recordedHeader = records.flatMap { $0.headerMetadata.count > 0 ? $0.headerMetadata : nil }
-        var rows = selected.map { d in
+        let blockStore = store as? any GGMLTensorStore
+        var rows = try selected.map { d in
             let record = records?.storageRecord(of: d.name)
-            return Row(descriptor: d, statistics: nil, storedBytes: record?.storedByteCount, sourceDType: record?.sourceDType, quantization: record?.quantization)
+            var row = Row(descriptor: d, statistics: nil, storedBytes: record?.storedByteCount, sourceDType: record?.sourceDType, quantization: record?.quantization)
+            if record == nil, let from = store.metadata[ModelExport.fallbackKeyPrefix + d.name].flatMap(GGMLType.init(name:)) {
+                row.recordedFallbackFrom = from
+            }
+            if let blocks = record?.blocks {
+                row.ggml = blocks
+            } else if record == nil, let view = try blockStore?.ggmlTensor(named: d.name) {
+                // A GGUF block tensor: no error recorded, its bytes are the blocks'.
+                row.ggml = WPKBlockStorage(type: view.type, rowLength: view.rowLength, fallbackFrom: row.recordedFallbackFrom, metrics: view.metrics)
+                row.storedBytes = view.bytes.count
+            }
+            return row
         }
         if computeStatistics {
             let results = try Self.statistics(of: selected, in: store, progress: progress)
@@ -194,6 +222,17 @@ public struct Inspection {
     public var byteCount: Int { rows.reduce(0) { $0 + $1.descriptor.byteCount } }
     public var storedByteCount: Int? {
         rows.allSatisfy { $0.storedBytes != nil } ? rows.reduce(0) { $0 + $1.storedBytes! } : nil
+    }
+
+    /// Whether any tensor shown is quantised (int8 or ggml blocks) or fell back from a block type.
+    public var hasQuantizedRows: Bool { rows.contains { $0.ggml != nil || $0.quantization != nil || $0.recordedFallbackFrom != nil } }
+
+    /// Bits per weight of the tensors shown: stored bytes · 8 / values (a tensor with no stored
+    /// size recorded counts its logical bytes).
+    public var bitsPerWeight: Double {
+        let values = parameterCount
+        guard values > 0 else { return 0 }
+        return Double(rows.reduce(0) { $0 + ($1.storedBytes ?? $1.descriptor.byteCount) }) * 8 / Double(values)
     }
 }
 

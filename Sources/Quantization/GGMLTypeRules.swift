@@ -54,6 +54,12 @@ public struct GGMLTypeRules: Sendable {
         public var fallbackFrom: GGMLType?
         /// Why, in a few words (`kept by *norm*`, `rank 1`, `rows of 320 do not fit Q4_K's 256`).
         public var reason: String?
+
+        public init(type: GGMLType, fallbackFrom: GGMLType? = nil, reason: String? = nil) {
+            self.type = type
+            self.fallbackFrom = fallbackFrom
+            self.reason = reason
+        }
     }
 
     /// Types a rule or override may name.

@@ -2,6 +2,7 @@ import ArgumentParser
 import CheckpointFormats
 import ModelCatalog
 import ModelLoading
+import StrictJSON
 
 extension DTypeChoice: ExpressibleByArgument {}
 extension WeightSelection: ExpressibleByArgument {}
@@ -25,8 +26,16 @@ struct Convert: ParsableCommand {
             converted from them whatever --weights says, with a note on stderr. An input without \
             any tensor is refused.
 
-            Exit codes: 0 done, 65 malformed input or no tensors, 66 missing input, 73 output \
-            exists (without --force), is the input, or cannot be created, 74 I/O error.
+            --dtype q4_0 … q6_k stores weights as ggml blocks (.wpk 1.2, mapped zero-copy), rows \
+            of all but the first dimension (a convolution's in·kh·kw). \(blockTypeHelp) Blocks the \
+            input already stores in the decided type (a GGUF, a block .wpk) are copied, never \
+            requantised; with --dtype keep they stay blocks where their rows fit. After the \
+            conversion a summary says how many tensors have each type, which fell back and why, \
+            and the file's bits per weight (--json prints it as JSON on stdout).
+
+            Exit codes: 0 done, 64 invalid option (a bad --tensor-type, --tensor-type without a \
+            block --dtype), 65 malformed input or no tensors, 66 missing input, 73 output exists \
+            (without --force), is the input, or cannot be created, 74 I/O error.
             """)
 
     @Argument(help: "The model to convert: .safetensors (or an index of shards), .ckpt/.pt/.pth/.bin, a diffusers folder, or .wpk.")
@@ -35,11 +44,21 @@ struct Convert: ParsableCommand {
     @Argument(help: "The .wpk file to write.")
     var output: String
 
-    @Option(help: "Element type of floating-point tensors: keep, f32, f16, bf16, or int8 (weights in int8 blocks, the rest f16/f32; Docs/quantization.md).")
-    var dtype: DTypeChoice = .keep
+    @Option(help: ArgumentHelp(
+        "Element type of floating-point tensors: keep, f32, f16, bf16, int8 (weights in int8 blocks, the rest f16/f32), or a ggml block type: \(blockTypeList) (upper case too; Docs/quantization.md).",
+        valueName: "dtype"))
+    var dtype: ConvertDType = .keep
 
-    @Option(name: .customLong("keep"), help: ArgumentHelp("With --dtype int8: keep tensors matching this pattern unquantised (repeatable; * and ?).", valueName: "GLOB"))
+    @Option(name: .customLong("keep"), help: ArgumentHelp("With --dtype int8 or a block type: keep tensors matching this pattern unquantised (repeatable; * and ?).", valueName: "GLOB"))
     var keepPatterns: [String] = []
+
+    @Option(name: .customLong("tensor-type"), help: ArgumentHelp(
+        "With a block --dtype: store tensors whose canonical name matches GLOB as TYPE (repeatable, first match wins; e.g. '*attn*=q8_0', '*.proj_in.weight=f16').",
+        valueName: "GLOB=TYPE"))
+    var tensorTypes: [String] = []
+
+    @Flag(help: "Print the conversion's summary (tensors per type, fallbacks, bits per weight) as JSON on stdout.")
+    var json = false
 
     @Flag(help: "Store floating-point tensors as zstd-compressed byte planes (lossless, smaller, not zero-copy).")
     var compress = false
@@ -71,7 +90,10 @@ struct Convert: ParsableCommand {
 
     func validate() throws {
         guard (1...19).contains(compressionLevel) else { throw ValidationError("--compression-level must be between 1 and 19") }
-        guard keepPatterns.isEmpty || dtype == .int8 else { throw ValidationError("--keep applies to --dtype int8 only") }
+        guard keepPatterns.isEmpty || dtype == .int8 || dtype.blockType != nil else {
+            throw ValidationError("--keep applies to --dtype int8 or a block type (\(blockTypeList)) only")
+        }
+        _ = try parseTensorTypes(tensorTypes, blockType: dtype.blockType)
         for pattern in keepPatterns where pattern.contains(where: { "[]{}".contains($0) }) {
             throw ValidationError("--keep '\(pattern)': only * and ? are wildcards here; brackets and braces would match themselves")
         }
@@ -85,8 +107,10 @@ struct Convert: ParsableCommand {
             if model.ema.only, weights == .main {
                 printError("note: \(input) holds EMA weights only (model_ema.*, no model.diffusion_model.*); the UNet is converted from them, as --weights ema would")
             }
-            var conversion = Conversion.Options(dtype: dtype)
+            var conversion = Conversion.Options(dtype: dtype.plain)
             conversion.keepPatterns = keepPatterns
+            conversion.ggmlType = dtype.blockType
+            conversion.tensorTypes = try parseTensorTypes(tensorTypes, blockType: dtype.blockType)
             conversion.compress = compress
             conversion.compressionLevel = compressionLevel
             conversion.fixPositionIDs = fixPositionIds
@@ -105,6 +129,17 @@ struct Convert: ParsableCommand {
             if compress, stored > 0 { line += " (compression ratio \(format1(Double(result.logicalByteCount) / Double(stored))))" }
             printError(line)
             if dtype == .int8 { printError(QuantizationSummary(result.entries).line) }
+            let types = result.types
+            if dtype.blockType != nil || types.items.contains(where: { $0.rowLength != nil }) {
+                for line in typeSummaryLines(types) { printError(line) }
+            }
+            if json {
+                var root = types.json.objectValue ?? JSONObject()
+                root["output"] = .string(output)
+                root["tensor_count"] = JSONValue(result.entries.count)
+                root["dtype"] = .string(dtype.rawValue)
+                print(JSONValue.object(root).serialized(pretty: true))
+            }
             for (name, count) in result.float16Overflows.prefix(10) {
                 printError("weightpack: warning: \(name): \(count) values beyond ±65504 became infinite in f16")
             }

@@ -1,6 +1,8 @@
 import ArgumentParser
 import CheckpointFormats
 import ModelLoading
+import Quantization
+import StrictJSON
 
 struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -20,10 +22,17 @@ struct Export: ParsableCommand {
             and so is an output that is the input or a folder holding it. \
             --format gguf (the default for a .gguf output) writes the GGUF file stable-diffusion.cpp \
             reads: LDM names, ggml dimension order, --dtype f16 (matrices and kernels F16, 1-D \
-            tensors F32), q8_0 (what stable-diffusion.cpp would quantise as Q8_0, int8 blocks of a \
-            .wpk copied without requantising, the rest as f16) or keep; see Docs/quantization.md.
+            tensors F32), f32, keep (blocks the input stores passed through unchanged where the \
+            GGUF row, the last dimension, holds them, else requantised and said so; int8 blocks of \
+            a .wpk as Q8_0 where they fit), or a block type, rows being the last dimension as \
+            stable-diffusion.cpp reads them, with its name rules (biases, time and label \
+            embeddings, embeddings stay unquantised) added to the rules below. \(blockTypeHelp) \
+            general.file_type is set to ggml's LLAMA_FTYPE of the type holding the most values. \
+            A summary after the export says how many tensors have each type, which fell back, and \
+            the bits per weight (--json prints it as JSON on stdout). Block types need --format gguf.
 
-            Exit codes: 0 done, 65 malformed input or a layout the model cannot take, 66 missing \
+            Exit codes: 0 done, 64 invalid option (a block --dtype without --format gguf, a bad \
+            --tensor-type), 65 malformed input or a layout the model cannot take, 66 missing \
             input, 73 output exists (without --force), is the input, is a folder not of its kind, or \
             cannot be created, 74 I/O error.
             """)
@@ -42,8 +51,18 @@ struct Export: ParsableCommand {
     @Option(help: "Tensor naming of the output: source, ldm or diffusers.")
     var layout: Layout = .source
 
-    @Option(help: "Element type of floating-point tensors: keep, f32, f16 or bf16 (and q8_0 for --format gguf).")
+    @Option(help: ArgumentHelp(
+        "Element type of floating-point tensors: keep, f32, f16 or bf16; for --format gguf keep, f32, f16 or a ggml block type: \(blockTypeList) (upper case too).",
+        valueName: "dtype"))
     var dtype: ExportDType = .keep
+
+    @Option(name: .customLong("tensor-type"), help: ArgumentHelp(
+        "With --format gguf and a block --dtype: write tensors whose LDM or canonical name matches GLOB as TYPE (repeatable, first match wins).",
+        valueName: "GLOB=TYPE"))
+    var tensorTypes: [String] = []
+
+    @Flag(help: "With --format gguf: print the export's summary (tensors per type, fallbacks, bits per weight) as JSON on stdout.")
+    var json = false
 
     @Option(help: "File format: safetensors, or gguf (default: gguf when the output ends in .gguf).")
     var format: ExportFormat?
@@ -60,10 +79,13 @@ struct Export: ParsableCommand {
 
     func validate() throws {
         if resolvedFormat == .gguf {
-            guard [.keep, .f16, .q8_0].contains(dtype) else { throw ValidationError("--format gguf takes --dtype f16, q8_0 or keep") }
+            guard dtype.gguf != nil else { throw ValidationError("--format gguf takes --dtype keep, f32, f16 or a block type (\(blockTypeList))") }
             guard layout != .diffusers else { throw ValidationError("--format gguf writes the LDM layout; --layout diffusers does not apply") }
-        } else if dtype == .q8_0 {
-            throw ValidationError("--dtype q8_0 needs --format gguf")
+            _ = try parseTensorTypes(tensorTypes, blockType: dtype.blockType)
+        } else {
+            if dtype.blockType != nil { throw ValidationError("--dtype \(dtype.rawValue) needs --format gguf (a .wpk takes it through convert)") }
+            if !tensorTypes.isEmpty { throw ValidationError("--tensor-type applies to --format gguf with a block --dtype") }
+            if json { throw ValidationError("--json applies to --format gguf") }
         }
         if configurationFolder != nil, layout != .diffusers || resolvedFormat == .gguf {
             throw ValidationError("--config applies to --layout diffusers only")
@@ -74,14 +96,33 @@ struct Export: ParsableCommand {
         try runReporting(verbose: inputOptions.verbose) {
             let model = try CanonicalModel.open(input, options: inputOptions.modelInputOptions)
             if resolvedFormat == .gguf {
-                let ggufDType: ModelExport.GGUFDType = dtype == .q8_0 ? .q8_0 : dtype == .f16 ? .f16 : .keep
-                let result = try ModelExport.writeGGUF(model, dtype: ggufDType, to: output, overwrite: force, tool: "weightpack \(WeightPackCommand.version)",
+                let ggufDType = dtype.gguf ?? .keep
+                let result = try ModelExport.writeGGUF(model, dtype: ggufDType, tensorTypes: try parseTensorTypes(tensorTypes, blockType: dtype.blockType),
+                                                       to: output, overwrite: force, tool: "weightpack \(WeightPackCommand.version)",
                                                        progress: TerminalProgress.make("export"))
                 for o in result.omitted { printError("weightpack: note: left out \(o.name): \(o.reason)") }
                 let counts = result.ggufTypeCounts.map { "\($0.value) \($0.key)" }.sorted().joined(separator: ", ")
                 var line = "wrote \(output): \(result.tensorCount) tensors (\(counts)), \(formatBytes(result.byteCount ?? 0)), GGUF for stable-diffusion.cpp"
                 if result.repackedCount > 0 { line += "; \(result.repackedCount) Q8_0 tensors copied from int8 blocks" }
+                if result.passedThroughCount > 0 { line += "; \(result.passedThroughCount) block tensors passed through unchanged" }
                 printError(line)
+                if let types = result.types, types.items.contains(where: { GGMLType(name: $0.type)?.isBlockQuantized == true }) {
+                    for line in typeSummaryLines(types) { printError(line) }
+                }
+                let requantized = result.requantizedFromBlocks
+                if !requantized.isEmpty {
+                    let pairs = Dictionary(grouping: requantized, by: { "\($0.from.name) to \($0.to.name)" }).map { "\($0.value.count) \($0.key)" }.sorted()
+                    printError("note: \(requantized.count) tensors stored as blocks were rewritten from their values (\(pairs.joined(separator: ", "))): their GGUF rows do not hold the stored type, or another type was asked for")
+                }
+                if json {
+                    var root = result.types?.json.objectValue ?? JSONObject()
+                    root["output"] = .string(output)
+                    root["tensor_count"] = JSONValue(result.tensorCount)
+                    root["dtype"] = .string(ggufDType.rawValue)
+                    root["passed_through"] = JSONValue(result.passedThroughCount)
+                    root["requantized_from_blocks"] = JSONValue(requantized.count)
+                    print(JSONValue.object(root).serialized(pretty: true))
+                }
                 return
             }
             let result = try ModelExport.write(model, layout: layout.value, dtype: dtype.plain, to: output, overwrite: force,

@@ -18,7 +18,11 @@ struct Inspect: ParsableCommand {
             layout is recognised. The model is detected from tensor names and shapes (family, \
             variant, prediction type, evidence, rejected candidates, per-component completeness; \
             see Docs/model-knowledge.md). --stats reads every value (min, max, mean, std, NaN, \
-            Inf, values beyond the f16 range); without it only headers and CLIP position_ids are read.             A file with no model layout that is a LoRA, LyCORIS or textual-inversion embedding is             shown as one: kind, naming dialect, base family with evidence, ranks and alphas, layers             touched, unmatched keys, training metadata (Docs/adapters.md; "adapter" with --json).
+            Inf, values beyond the f16 range); without it only headers and CLIP position_ids are read. \
+            For a .wpk or .gguf with quantised tensors, each shows its stored type (I8, Q4_K, …), \
+            bits per weight, the error recorded at conversion (SNR dB, max abs, cosine; a GGUF \
+            records none) and the type it fell back from; the summary gives the count per type \
+            and the file's bits per weight (stored tensor bytes · 8 / values).             A file with no model layout that is a LoRA, LyCORIS or textual-inversion embedding is             shown as one: kind, naming dialect, base family with evidence, ranks and alphas, layers             touched, unmatched keys, training metadata (Docs/adapters.md; "adapter" with --json).
 
             Exit codes: 0 done, 65 malformed input (or an adapter with a bad module), 66 missing input.
             """)
@@ -107,10 +111,18 @@ struct InspectionReport {
         summary["parameter_count"] = JSONValue(parameterCount)
         summary["bytes"] = JSONValue(byteCount)
         var dtypes = JSONObject()
-        for (dtype, count) in Dictionary(grouping: rows, by: \.storedDType).mapValues(\.count).sorted(by: { $0.key.name < $1.key.name }) {
-            dtypes[dtype.name] = JSONValue(count)
+        for (dtype, count) in Dictionary(grouping: rows, by: \.storedTypeName).mapValues(\.count).sorted(by: { $0.key < $1.key }) {
+            dtypes[dtype] = JSONValue(count)
         }
         summary["dtypes"] = .object(dtypes)
+        if inspection.hasQuantizedRows {
+            summary["bits_per_weight"] = .double((inspection.bitsPerWeight * 1000).rounded() / 1000)
+            var fallbacks = JSONObject()
+            for (key, list) in Dictionary(grouping: rows.filter { $0.fallbackFrom != nil }, by: { "\($0.fallbackFrom!.name)>\($0.storedTypeName)" }).sorted(by: { $0.key < $1.key }) {
+                fallbacks[key] = JSONValue(list.count)
+            }
+            summary["fallbacks"] = .object(fallbacks)
+        }
         if let stored = storedByteCount {
             summary["stored_bytes"] = JSONValue(stored)
             summary["compression_ratio"] = JSONValue(stored > 0 ? Double(byteCount) / Double(stored) : 1)
@@ -119,8 +131,11 @@ struct InspectionReport {
         root["tensors"] = .array(rows.map { row in
             var t = JSONObject()
             t["name"] = .string(row.descriptor.name)
-            t["dtype"] = .string(row.storedDType.name)
+            t["dtype"] = .string(row.storedTypeName)
             if let q = row.quantization { t["quantization"] = Self.json(q) }
+            if let g = row.ggml { t["quantization"] = Self.json(g) }
+            if row.ggml == nil, let from = row.recordedFallbackFrom { t["fallback_from"] = .string(from.name) }
+            if inspection.hasQuantizedRows, let bpw = row.bitsPerWeight { t["bits_per_weight"] = .double((bpw * 10000).rounded() / 10000) }
             t["shape"] = .array(row.descriptor.shape.dimensions.map { JSONValue($0) })
             if let stored = row.storedBytes, stored != row.descriptor.byteCount { t["stored_bytes"] = JSONValue(stored) }
             if let source = row.sourceDType, source != row.descriptor.dtype { t["source_dtype"] = .string(source.name) }
@@ -152,9 +167,16 @@ struct InspectionReport {
         var counts = "\(rows.count)"
         if rows.count != totalTensorCount { counts += " of \(totalTensorCount) (filtered)" }
         lines.append("tensors:    \(counts), \(formatCount(parameterCount)) parameters, \(formatBytes(byteCount))")
-        let dtypes = Dictionary(grouping: rows, by: \.storedDType).mapValues(\.count).sorted { $0.value > $1.value }
-        if !dtypes.isEmpty { lines.append("dtypes:     " + dtypes.map { "\($0.key.name) \($0.value)" }.joined(separator: ", ")) }
-        if let stored = storedByteCount, stored != byteCount {
+        let dtypes = Dictionary(grouping: rows, by: \.storedTypeName).mapValues(\.count).sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }
+        if !dtypes.isEmpty { lines.append("dtypes:     " + dtypes.map { "\($0.key) \($0.value)" }.joined(separator: ", ")) }
+        if inspection.hasQuantizedRows {
+            let stored = rows.reduce(0) { $0 + ($1.storedBytes ?? $1.descriptor.byteCount) }
+            lines.append("stored:     \(formatBytes(stored)), \(format2(inspection.bitsPerWeight)) bits per weight")
+            let fallbacks = Dictionary(grouping: rows.filter { $0.fallbackFrom != nil }, by: { "\($0.fallbackFrom!.name) to \($0.storedTypeName)" })
+            for (pair, list) in fallbacks.sorted(by: { $0.key < $1.key }) {
+                lines.append("fallback:   \(list.count) tensor\(list.count == 1 ? "" : "s") from \(pair) (rows did not fit)")
+            }
+        } else if let stored = storedByteCount, stored != byteCount {
             lines.append("stored:     \(formatBytes(stored)) (compression ratio \(format1(Double(byteCount) / Double(max(stored, 1)))))")
         }
         if let source = recordedHeader?["source"]?.objectValue {
@@ -196,16 +218,20 @@ struct InspectionReport {
                 lines.append("ema:        \(model.ema.tensorCount) tensors, \(formatBytes(model.ema.byteCount))" + (model.ema.only ? " (EMA only: the UNet is read from them)" : ""))
             }
         }
-        for (k, v) in metadata.sorted(by: { $0.key < $1.key }).prefix(20) {
+        for (k, v) in metadata.filter({ !$0.key.hasPrefix(ModelExport.fallbackKeyPrefix) }).sorted(by: { $0.key < $1.key }).prefix(20) {
             lines.append("metadata:   \(k) = \(v.count > 80 ? String(v.prefix(77)) + "..." : v)")
         }
         var header = ["NAME", "DTYPE", "SHAPE"]
         if showStatistics { header += ["MIN", "MAX", "MEAN", "STD", "NAN", "INF"] }
-        let showQuantization = rows.contains { $0.quantization != nil }
+        let showQuantization = inspection.hasQuantizedRows
+        let showBlocks = rows.contains { $0.ggml != nil || $0.fallbackFrom != nil }
+        if showBlocks { header += ["BPW"] }
         if showQuantization { header += ["SNR DB", "MAX ABS ERR", "COSINE"] }
+        if showBlocks { header += ["NOTE"] }
         var table = [header]
         for row in rows {
-            var cells = [row.descriptor.name, row.storedDType.name, row.descriptor.shape.description]
+            var cells = [row.descriptor.name, row.storedTypeName, row.descriptor.shape.description]
+            if showBlocks { cells.append(row.bitsPerWeight.map(format2) ?? "-") }
             if showStatistics {
                 if let s = row.statistics {
                     cells += [num(s.min), num(s.max), num(s.mean), num(s.std), String(s.nanCount), String(s.infinityCount)]
@@ -214,12 +240,13 @@ struct InspectionReport {
                 }
             }
             if showQuantization {
-                if let m = row.quantization?.metrics {
+                if let m = row.quantization?.metrics ?? row.ggml?.metrics {
                     cells += [m.snrDecibels.map(format1) ?? "exact", num(m.maxAbsoluteError), cosineText(m.cosine)]
                 } else {
                     cells += ["-", "-", "-"]
                 }
             }
+            if showBlocks { cells.append(row.fallbackFrom.map { "fallback from \($0.name)" } ?? "") }
             table.append(cells)
         }
         var tableIndex: Int?
@@ -244,6 +271,21 @@ struct InspectionReport {
         let scaled = Int((v * 1_000_000).rounded())
         let digits = String(scaled % 1_000_000)
         return "\(scaled / 1_000_000)." + String(repeating: "0", count: 6 - digits.count) + digits
+    }
+
+    /// A ggml block tensor's type, rows, fallback and error, for `--json`.
+    static func json(_ g: WPKBlockStorage) -> JSONValue {
+        var o = JSONObject()
+        o["scheme"] = .string(WPKBlockStorage.schemeName)
+        o["type"] = .string(g.type.name)
+        o["row_length"] = JSONValue(g.rowLength)
+        o["bits_per_weight"] = .double(g.type.bitsPerWeight)
+        o["dequantized_dtype"] = "F32"
+        if let from = g.fallbackFrom { o["fallback_from"] = .string(from.name) }
+        if let m = g.metrics {
+            o["error"] = ["snr_db": m.snrDecibels.map { JSONValue($0) } ?? .null, "max_abs": JSONValue(m.maxAbsoluteError), "cosine": JSONValue(m.cosine)]
+        }
+        return .object(o)
     }
 
     /// An int8 tensor's layout and error, for `--json`.
