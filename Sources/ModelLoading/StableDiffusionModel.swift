@@ -163,16 +163,18 @@ public final class StableDiffusionModel {
         return shares.max { $0.value < $1.value || ($0.value == $1.value && $0.key.label > $1.key.label) }?.key ?? .plain(.f32)
     }
 
-    /// The least precise storage that holds at least `minimumShare` of the parameters of any
-    /// component (UNet, VAE, text encoders): what `verify` picks its thresholds by, since a
-    /// model whose UNet stays F16 but whose text encoder is Q8_0 loses what Q8_0 loses.
-    public func weakestStorage(minimumShare: Double = 0.05) -> WeightStorage {
+    /// The least precise storage of any floating-point weight of the model (UNet, VAE, text
+    /// encoders) holding more than `minimumShare` of its component's parameters: what `verify`
+    /// picks its thresholds by, since a model whose UNet stays F16 but whose text encoder is Q8_0
+    /// loses what Q8_0 loses, and a stable-diffusion.cpp Q4_K file that leaves most rows F32
+    /// still has Q4_K tensors.
+    public func weakestStorage(minimumShare: Double = 0) -> WeightStorage {
         var candidates: [WeightStorage] = []
         for prefix in ["unet.", "vae.", "text_encoder.", "text_encoder_2."] {
             let shares = storageShares(prefix: prefix)
             let total = shares.values.reduce(0, +)
             guard total > 0 else { continue }
-            candidates += shares.filter { Double($0.value) >= minimumShare * Double(total) }.map(\.key)
+            candidates += shares.filter { $0.value > 0 && Double($0.value) >= minimumShare * Double(total) }.map(\.key)
         }
         let ranked = candidates.map { ($0, Verification.Thresholds.defaults(for: $0)) }
         return ranked.min { ($0.1.stage, $0.1.image, $0.0.label) < ($1.1.stage, $1.1.image, $1.0.label) }?.0 ?? unetStorage

@@ -47,4 +47,35 @@ import Testing
         // Measured 15.8 dB, cosine 0.9868 (the tiny fixture amplifies weight error: Docs/verify.md).
         #expect((m.snrDecibels ?? 0) >= 12 && m.cosine >= 0.98, "\(m)")
     }
+
+    /// verify's thresholds follow the least precise storage of any weight: a Q8_0 GGUF whose UNet
+    /// convolutions stay F16 is judged as Q8_0, and the defaults pass what each type costs on the
+    /// tiny fixture while a far stricter figure fails.
+    @Test func verifyJudgesByTheLeastPreciseStorage() throws {
+        let folder = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let gguf = folder + "/q8.gguf", wpk = folder + "/q4.wpk"
+        _ = try ModelExport.writeGGUF(try CanonicalModel.open(tinySD1), dtype: .q8_0, to: gguf, overwrite: false, tool: "tests")
+        var options = Conversion.Options()
+        options.ggmlType = .q4_0
+        options.recordSourceDigest = false
+        _ = try Conversion.write(try CanonicalModel.open(tinySD1), to: wpk, options: options)
+        let reference = try StableDiffusionModel(path: tinySD1)
+        let q8 = try StableDiffusionModel(path: gguf), q4 = try StableDiffusionModel(path: wpk)
+        #expect(q8.unetStorage == .plain(.f16))
+        #expect(q8.weakestStorage() == .blocks(.q8_0))
+        #expect(q4.weakestStorage() == .blocks(.q4_0))
+        #expect(reference.weakestStorage() == .plain(.f32))
+        var request = StableDiffusionPipeline.Request(prompt: "a photo of an astronaut riding a horse")
+        request.steps = 4
+        request.width = 64
+        request.height = 64
+        for candidate in [q8, q4] {
+            let report = try Verification.verify(reference: reference, candidate: candidate, request: request)
+            #expect(report.passed, "\(report.thresholds.label): \(report.stages.map { "\($0.name) \($0.value)" })")
+            let strict = try Verification.verify(reference: reference, candidate: candidate, request: request,
+                                                 thresholds: .defaults(for: .plain(.f16)))
+            #expect(!strict.passed, "\(report.thresholds.label) judged as F16")
+        }
+    }
 }
