@@ -18,8 +18,9 @@ STEPS="${2:-2}"
 TYPES="${3:-q4_k q8_0}"
 engine_bench_setup
 build_engine_bench
-WP="$ROOT/.build/release/weightpack"
-(cd "$ROOT" && swift build -c release --static-swift-stdlib >/dev/null)
+# WEIGHTPACK_BIN: a weightpack binary to use instead of building one.
+WP="${WEIGHTPACK_BIN:-$ROOT/.build/release/weightpack}"
+[ -n "${WEIGHTPACK_BIN:-}" ] || (cd "$ROOT" && swift build -c release --static-swift-stdlib >/dev/null)
 MODEL="$DIR/sd15-random.safetensors"
 [ -f "$MODEL" ] || "$PY" "$ROOT/Fixtures/generate/make_fullsize_sd15.py" --out "$DIR"
 [ -f "$DIR/sd15-f32.wpk" ] || "$WP" convert "$MODEL" "$DIR/sd15-f32.wpk" --no-source-hash

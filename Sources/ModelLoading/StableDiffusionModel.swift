@@ -70,8 +70,14 @@ public final class StableDiffusionModel {
             configs[file] = (value, .derived)
         }
         // The model's own files take precedence, and a configuration folder's over those.
+        // A malformed one is an error, never a silent fall back to derived values.
         for (file, bytes) in canonical.auxiliaryFiles where file.hasSuffix(".json") {
-            if let value = try? bytes.withUnsafeBytes({ (raw) throws(JSONError) in try JSONParser.parse(raw) }) { configs[file] = (value, .model) }
+            do {
+                configs[file] = (try bytes.withUnsafeBytes { (raw) throws(JSONError) in try JSONParser.parse(raw) }, .model)
+            } catch {
+                throw ModelLoadingError(.missingConfiguration, "\(file) is not valid JSON (\(error)); the model's configuration cannot be read",
+                                        path: canonical.path, underlying: error)
+            }
         }
         if let configurationFolder {
             for (file, value) in try Self.readConfigurationFolder(configurationFolder) { configs[file] = (value, .configurationFolder) }

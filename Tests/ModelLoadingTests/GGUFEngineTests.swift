@@ -79,3 +79,21 @@ import Testing
         }
     }
 }
+
+/// A configuration the model ships that is not valid JSON is an error, never a silent fall back
+/// to derived values (issue 16).
+@Suite struct ShippedConfigurationTests {
+    @Test func aMalformedShippedConfigurationIsRefused() throws {
+        let folder = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let copy = folder + "/diffusers"
+        try FileManager.default.copyItem(atPath: repositoryURL.appendingPathComponent("Fixtures/tiny-sd1/diffusers").path, toPath: copy)
+        _ = try StableDiffusionModel(path: copy)
+        try Data("{\"_class_name\": \"PNDMScheduler\", ".utf8).write(to: URL(fileURLWithPath: copy + "/scheduler/scheduler_config.json"))
+        #expect {
+            _ = try StableDiffusionModel(path: copy)
+        } throws: { error in
+            (error as? ModelLoadingError)?.code == .missingConfiguration && "\(error)".contains("scheduler/scheduler_config.json")
+        }
+    }
+}
