@@ -145,6 +145,19 @@ struct AdapterExportCLITests {
         }
     }
 
+    @Test("inspect names a PEFT LoRA (its unet./text_encoder. keys pass for a diffusers layout of no recognised model)")
+    func inspectPEFT() throws {
+        let path = adapterFixture("sd1-peft-lora.safetensors")
+        let file = try SafetensorsFile(path: path)
+        let modules = Set(file.tensors.map { $0.name.replacingOccurrences(of: ".lora_A.weight", with: "").replacingOccurrences(of: ".lora_B.weight", with: "") })
+        let table = try run(["inspect", path])
+        #expect(table.status == 0, "\(table.stderr)")
+        #expect(table.stdout.contains("adapter: LoRA (\(modules.count) modules), dialect diffusers-peft"), "\(table.stdout.prefix(600))")
+        let json = try run(["inspect", path, "--json"])
+        let root = try #require(try Array(json.stdout.utf8).withUnsafeBytes { try JSONParser.parse($0) }.objectValue)
+        #expect(root["adapter"]?.objectValue != nil)
+    }
+
     @Test("--layout kohya with --format gguf is a usage error (64)")
     func kohyaGGUF() throws {
         #expect(throws: (any Error).self) { _ = try WeightPackCommand.parseAsRoot(["export", "a.safetensors", "b.gguf", "--layout", "kohya"]) }
