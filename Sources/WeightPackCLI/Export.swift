@@ -4,6 +4,7 @@ import CheckpointFormats
 import ModelLoading
 import Quantization
 import StrictJSON
+import TensorCore
 
 struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -44,7 +45,7 @@ struct Export: ParsableCommand {
             adapters take no --format gguf.
 
             Exit codes: 0 done, 64 invalid option (a block --dtype without --format gguf, a bad \
-            --tensor-type, --layout kohya with --format gguf), 65 malformed input, a layout the \
+            --tensor-type, --layout kohya with --format gguf, --config with an adapter), 65 malformed input, a layout the \
             model cannot take (kohya for a model, ldm for an adapter), or an adapter the dialect \
             cannot express, 66 missing \
             input, 73 output exists (without --force), is the input, is a folder not of its kind, or \
@@ -180,6 +181,10 @@ extension Export {
             throw AdapterError(.inexpressible, "\(input) is an adapter, not a model: it has no LDM layout (use --layout kohya or diffusers)")
         }
         guard let dialect = layout.dialect else { return false }  // --layout source: copied as it is
+        if configurationFolder != nil {
+            printError("weightpack: error: --config gives a model's diffusers configurations; \(PrintableText.escaped(input)) is an adapter")
+            throw ExitCode(ExitStatus.usage.rawValue)
+        }
         let result = try ModelExport.writeAdapter(model.source, path: input, to: dialect, dtype: dtype.plain, output: output, overwrite: force,
                                                   tool: "weightpack \(WeightPackCommand.version)", progress: TerminalProgress.make("export"))
         printError("wrote \(output): \(result.tensorCount) tensors, \(result.moduleCount) modules in the \(dialect == .kohya ? "kohya" : "diffusers/PEFT") dialect")

@@ -158,13 +158,18 @@ struct AdapterExportCLITests {
         #expect(root["adapter"]?.objectValue != nil)
     }
 
-    @Test("--layout kohya with --format gguf is a usage error (64)")
+    @Test("--layout kohya with --format gguf, and --config with an adapter, are usage errors (64)")
     func kohyaGGUF() throws {
         #expect(throws: (any Error).self) { _ = try WeightPackCommand.parseAsRoot(["export", "a.safetensors", "b.gguf", "--layout", "kohya"]) }
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let result = try run(["export", adapterFixture("sd1-kohya-lora.safetensors"), folder.appendingPathComponent("x.gguf").path, "--layout", "kohya"])
         #expect(result.status == 64, "\(result.stderr)")
+        // --config (a model's diffusers configurations) with an adapter: usage, one line, nothing written.
+        let config = try run(["export", adapterFixture("sd1-kohya-lora.safetensors"), folder.appendingPathComponent("x.safetensors").path,
+                              "--layout", "diffusers", "--config", repositoryURL.appendingPathComponent("Fixtures/tiny-sd1/diffusers").path])
+        #expect(config.status == 64 && config.stderr.split(separator: "\n").count == 1, "\(config.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).isEmpty)
     }
 }
 
