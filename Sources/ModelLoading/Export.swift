@@ -1,3 +1,4 @@
+import Adapters
 import CheckpointFormats
 import DiffusionEngine
 import ModelCatalog
@@ -355,5 +356,50 @@ public enum ModelExport {
     /// The GGUF type's name as stable-diffusion.cpp prints it (`F16`, `Q8_0`).
     public static func ggufName(_ t: GGUFWriter.TensorType) -> String {
         String(describing: t).uppercased()
+    }
+}
+
+// MARK: Adapters
+
+extension ModelExport {
+    /// What `export ADAPTER --layout kohya|diffusers` wrote.
+    public struct AdapterResult: Sendable {
+        public var tensorCount: Int
+        /// Modules converted.
+        public var moduleCount: Int
+    }
+
+    /// Writes the LoRA/LoCon `source` (an opened adapter file) under another dialect's names:
+    /// `.wpk` when `output` ends in `.wpk` (the converted names as they are, the adapter's
+    /// metadata as the header's `strings`), safetensors otherwise. The factors' bytes are copied as they
+    /// are with `dtype` `.keep`; kohya's alphas become scalar `.alpha` tensors, PEFT's the
+    /// `lora_adapter_metadata` JSON diffusers writes.
+    ///
+    /// - Throws: ``AdapterError`` (`.notAnAdapter` for a model, `.inexpressible` for what the
+    ///   dialect cannot hold) before anything is written; the writers' errors otherwise.
+    public static func writeAdapter(_ source: any TensorStore, path: String?, to target: AdapterConversion.Target, dtype: DTypeChoice,
+                                    output: String, overwrite: Bool, tool: String,
+                                    progress: (any ProgressReporter)? = nil) throws -> AdapterResult {
+        let adapter = try Adapter(store: source)
+        let converted = try AdapterConversion.convert(adapter, to: target)
+        let modules = adapter.modules.count
+        let plan = OutputTensor.plan(from: converted, dtype: dtype)
+        if output.lowercased().hasSuffix(".wpk") {
+            // Written as the converted names say: no model layout to recognise, none recorded
+            // (PEFT's `unet.`/`text_encoder.` names would otherwise be taken for a diffusers model's).
+            var metadata = JSONObject()
+            metadata["tool"] = .string(tool)
+            metadata["conversion"] = ["dtype": .string(dtype.rawValue), "adapter_dialect": .string(target.rawValue)]
+            metadata["strings"] = .object(JSONObject(converted.metadata.sorted { $0.key < $1.key }.map { ($0.key, JSONValue.string($0.value)) }))
+            var sourceRecord = JSONObject()
+            if let path { sourceRecord["name"] = .string(String(path.split(separator: "/").last ?? Substring(path))) }
+            sourceRecord["format"] = .string(source.formatName)
+            if let path, let size = SourceDigest.size(of: path) { sourceRecord["size"] = JSONValue(size) }
+            metadata["source"] = .object(sourceRecord)
+            let entries = try WPKWriter.write(plan, metadata: metadata, to: output, overwrite: overwrite, progress: progress)
+            return AdapterResult(tensorCount: entries.count, moduleCount: modules)
+        }
+        try SafetensorsWriter.write(plan, metadata: converted.metadata, to: output, overwrite: overwrite, progress: progress)
+        return AdapterResult(tensorCount: plan.count, moduleCount: modules)
     }
 }

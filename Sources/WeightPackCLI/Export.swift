@@ -1,12 +1,14 @@
+import Adapters
 import ArgumentParser
 import CheckpointFormats
 import ModelLoading
 import Quantization
 import StrictJSON
+import TensorCore
 
 struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Write a model out in a layout: its source layout, the LDM single file, or a diffusers folder.",
+        abstract: "Write a model out in a layout (its source layout, the LDM single file, a diffusers folder), or a LoRA in another dialect.",
         discussion: """
             --layout source (the default) gives back the layout the model came in: from a .wpk, \
             the layout recorded at conversion, with the source's names and order (with --dtype \
@@ -31,15 +33,31 @@ struct Export: ParsableCommand {
             A summary after the export says how many tensors have each type, which fell back, and \
             the bits per weight (--json prints it as JSON on stdout). Block types need --format gguf.
 
+            Adapters: --layout kohya or --layout diffusers with a LoRA or LoCon file (what inspect \
+            calls an adapter) rewrites its keys in that dialect and copies every factor's bytes \
+            unchanged (with --dtype keep): kohya's lora_unet_…/lora_te…_ modules with lora_down, \
+            lora_up and a scalar .alpha each, or diffusers/PEFT's unet.….lora_A/lora_B keys with \
+            the alphas in the lora_adapter_metadata JSON diffusers writes (r, lora_alpha, \
+            rank_pattern, alpha_pattern per component). The output is .safetensors, or a .wpk \
+            when it ends in .wpk. What a dialect cannot express (LoHa, LoKr, Tucker cores, DoRA or \
+            full diffs as PEFT keys; an embedding) is refused with one line and nothing is \
+            written. --layout kohya of a model and --layout ldm of an adapter are refused (65); \
+            adapters take no --format gguf.
+
             Exit codes: 0 done, 64 invalid option (a block --dtype without --format gguf, a bad \
-            --tensor-type), 65 malformed input or a layout the model cannot take, 66 missing \
+            --tensor-type, --layout kohya with --format gguf, --config with an adapter), 65 malformed input, a layout the \
+            model cannot take (kohya for a model, ldm for an adapter), or an adapter the dialect \
+            cannot express, 66 missing \
             input, 73 output exists (without --force), is the input, is a folder not of its kind, or \
             cannot be created, 74 I/O error.
             """)
 
     enum Layout: String, ExpressibleByArgument, CaseIterable {
-        case source, ldm, diffusers
-        var value: ModelExport.Layout { ModelExport.Layout(rawValue: rawValue)! }
+        case source, ldm, diffusers, kohya
+        /// The model layout (`nil` for kohya, which only adapters take).
+        var value: ModelExport.Layout? { ModelExport.Layout(rawValue: rawValue) }
+        /// The adapter dialect (`nil` for source and ldm).
+        var dialect: AdapterConversion.Target? { AdapterConversion.Target(rawValue: rawValue) }
     }
 
     @Argument(help: "The model to export: .wpk, .safetensors (or an index of shards), .ckpt/.pt/.pth/.bin, or a diffusers folder.")
@@ -48,7 +66,7 @@ struct Export: ParsableCommand {
     @Argument(help: "The .safetensors file (or, for --layout diffusers, the folder) to write.")
     var output: String
 
-    @Option(help: "Tensor naming of the output: source, ldm or diffusers.")
+    @Option(help: "Tensor naming of the output: source, ldm or diffusers for a model; kohya or diffusers for a LoRA/LoCon.")
     var layout: Layout = .source
 
     @Option(help: ArgumentHelp(
@@ -81,6 +99,7 @@ struct Export: ParsableCommand {
         if resolvedFormat == .gguf {
             guard dtype.gguf != nil else { throw ValidationError("--format gguf takes --dtype keep, f32, f16 or a block type (\(blockTypeList))") }
             guard layout != .diffusers else { throw ValidationError("--format gguf writes the LDM layout; --layout diffusers does not apply") }
+            guard layout != .kohya else { throw ValidationError("--format gguf writes models in the LDM layout; --layout kohya (for adapters) does not apply") }
             _ = try parseTensorTypes(tensorTypes, blockType: dtype.blockType)
         } else {
             if dtype.blockType != nil { throw ValidationError("--dtype \(dtype.rawValue) needs --format gguf (a .wpk takes it through convert)") }
@@ -95,6 +114,7 @@ struct Export: ParsableCommand {
     func run() throws {
         try runReporting(verbose: inputOptions.verbose) {
             let model = try CanonicalModel.open(input, options: inputOptions.modelInputOptions)
+            if try exportAdapter(model) { return }
             if resolvedFormat == .gguf {
                 let ggufDType = dtype.gguf ?? .keep
                 let result = try ModelExport.writeGGUF(model, dtype: ggufDType, tensorTypes: try parseTensorTypes(tensorTypes, blockType: dtype.blockType),
@@ -125,7 +145,8 @@ struct Export: ParsableCommand {
                 }
                 return
             }
-            let result = try ModelExport.write(model, layout: layout.value, dtype: dtype.plain, to: output, overwrite: force,
+            guard let modelLayout = layout.value else { return }  // kohya: handled by exportAdapter
+            let result = try ModelExport.write(model, layout: modelLayout, dtype: dtype.plain, to: output, overwrite: force,
                                                configurationFolder: configurationFolder, progress: TerminalProgress.make("export"))
             for o in result.omitted { printError("weightpack: note: left out \(o.name): \(o.reason)") }
             for w in result.warnings { printError("weightpack: warning: \(w)") }
@@ -135,5 +156,38 @@ struct Export: ParsableCommand {
                 printError("wrote \(output): \(result.tensorCount) tensors")
             }
         }
+    }
+}
+
+extension Export {
+    /// An adapter input (as inspect recognises one: no model layout, adapter keys) with --layout
+    /// kohya or diffusers is converted to that dialect; true when done. --layout kohya of a model
+    /// and --layout ldm of an adapter are refused (65) before anything is written.
+    func exportAdapter(_ model: CanonicalModel) throws -> Bool {
+        var isAdapter = false
+        // PEFT keys (`unet.…`, `text_encoder.…`) pass for a diffusers layout whose model is not
+        // recognised, so the names being canonical does not rule an adapter out.
+        if !model.isCanonical || model.detection.family == nil {
+            // A damaged adapter is still an adapter: the conversion says what is wrong with it.
+            do throws(AdapterError) { isAdapter = try AdapterReport.inspect(model.source) != nil } catch { isAdapter = true }
+        }
+        guard isAdapter else {
+            if layout == .kohya {
+                throw AdapterError(.notAnAdapter, "--layout kohya applies to a LoRA or LoCon adapter; \(input) is not one (a model exports as source, ldm or diffusers)")
+            }
+            return false
+        }
+        if layout == .ldm {
+            throw AdapterError(.inexpressible, "\(input) is an adapter, not a model: it has no LDM layout (use --layout kohya or diffusers)")
+        }
+        guard let dialect = layout.dialect else { return false }  // --layout source: copied as it is
+        if configurationFolder != nil {
+            printError("weightpack: error: --config gives a model's diffusers configurations; \(PrintableText.escaped(input)) is an adapter")
+            throw ExitCode(ExitStatus.usage.rawValue)
+        }
+        let result = try ModelExport.writeAdapter(model.source, path: input, to: dialect, dtype: dtype.plain, output: output, overwrite: force,
+                                                  tool: "weightpack \(WeightPackCommand.version)", progress: TerminalProgress.make("export"))
+        printError("wrote \(output): \(result.tensorCount) tensors, \(result.moduleCount) modules in the \(dialect == .kohya ? "kohya" : "diffusers/PEFT") dialect")
+        return true
     }
 }

@@ -46,7 +46,8 @@ struct Inspect: ParsableCommand {
             let model = try CanonicalModel.open(input, options: inputOptions.modelInputOptions)
             var report = InspectionReport(path: input, inspection: try Inspection(model, filter: filter, computeStatistics: stats,
                                                                                   progress: stats ? TerminalProgress.make("stats") : nil))
-            if !model.isCanonical {
+            // PEFT keys (`unet.…`, `text_encoder.…`) pass for a diffusers layout of no recognised model.
+            if !model.isCanonical || model.detection.family == nil {
                 // An adapter with a bad module is still shown, tensors and all, with the reason as a finding.
                 do throws(AdapterError) { report.adapter = try AdapterReport.inspect(model.source) } catch { report.adapterProblem = error.message }
             }
