@@ -9,6 +9,7 @@ PY="$VENV/bin/python"
 export PYTHONHASHSEED=0
 "$PY" make_malformed.py --check
 "$PY" make_tiny_sd1.py
+"$PY" make_tiny_sd1_heads16.py
 "$PY" make_diffusers_variants.py
 "$PY" make_tiny_sd2_sdxl.py
 "$PY" make_goldens.py
@@ -19,4 +20,4 @@ export PYTHONHASHSEED=0
   "$PY" -m pip freeze --all
 } > versions.txt
 echo "fixtures regenerated; sizes:"
-du -sh ../tiny-sd1 ../tiny-sd1/diffusers-bin ../tiny-sd1/diffusers-sharded ../tiny-sd2 ../tiny-sdxl ../golden ../malformed
+du -sh ../tiny-sd1 ../tiny-sd1-heads16 ../tiny-sd1/diffusers-bin ../tiny-sd1/diffusers-sharded ../tiny-sd2 ../tiny-sdxl ../golden ../malformed

@@ -42,7 +42,7 @@ extension RecordedTensorStore {
     /// An auxiliary JSON file parsed as an object (`nil` when absent or not an object).
     public func auxiliaryJSON(_ path: String) -> JSONObject? {
         guard let bytes = auxiliaryFiles.first(where: { $0.path == path })?.bytes else { return nil }
-        return (try? bytes.withUnsafeBytes { (raw) throws(JSONError) in try JSONParser.parse(raw) })?.objectValue
+        return (try? JSONParser.parse(bytes))?.objectValue
     }
 }
 

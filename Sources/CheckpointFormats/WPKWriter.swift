@@ -265,37 +265,11 @@ public enum WPKWriter {
             }
             if let q = e.quantization {
                 row["dtype"] = .string(DType.i8.name)
-                var object = JSONObject()
-                object["scheme"] = .string(Int8BlockLayout.schemeName)
-                object["block_size"] = JSONValue(q.layout.blockSize)
-                object["rows"] = JSONValue(q.layout.rows)
-                object["row_length"] = JSONValue(q.layout.rowLength)
-                object["scale_dtype"] = "F16"
-                object["scale_offset"] = JSONValue(q.layout.scaleOffset)
-                object["dequantized_dtype"] = "F32"
-                if let m = q.metrics {
-                    object["error"] = [
-                        "snr_db": m.snrDecibels.map { JSONValue.compact($0) } ?? .null,
-                        "max_abs": JSONValue.compact(m.maxAbsoluteError), "cosine": JSONValue.compact(m.cosine),
-                    ]
-                }
-                row["quantization"] = .object(object)
+                row["quantization"] = .object(q.headerObject)
             }
             if let b = e.blocks {
                 row["dtype"] = .string(DType.u8.name)
-                var object = JSONObject()
-                object["scheme"] = .string(WPKBlockStorage.schemeName)
-                object["type"] = .string(b.type.name)
-                object["row_length"] = JSONValue(b.rowLength)
-                object["dequantized_dtype"] = "F32"
-                if let from = b.fallbackFrom { object["fallback_from"] = .string(from.name) }
-                if let m = b.metrics {
-                    object["error"] = [
-                        "snr_db": m.snrDecibels.map { JSONValue.compact($0) } ?? .null,
-                        "max_abs": JSONValue.compact(m.maxAbsoluteError), "cosine": JSONValue.compact(m.cosine),
-                    ]
-                }
-                row["quantization"] = .object(object)
+                row["quantization"] = .object(b.headerObject)
             }
             if case .zstdByteGroup(let width, let size, let rawChecksum) = e.encoding {
                 row["encoding"] = ["kind": "zstd-bytegroup", "width": JSONValue(width), "size": JSONValue(size), "raw_checksum": .string(hex(rawChecksum))]

@@ -197,6 +197,14 @@ enum ComponentNames {
         ("attn.out_proj.", "self_attn.out_proj."),
     ]
 
+    /// The tower's names outside the residual blocks, one pair each, read in both directions.
+    private static let openCLIPTop: [(openCLIP: String, canonical: String)] = [
+        ("token_embedding.weight", "text_model.embeddings.token_embedding.weight"),
+        ("positional_embedding", "text_model.embeddings.position_embedding.weight"),
+        ("ln_final.weight", "text_model.final_layer_norm.weight"),
+        ("ln_final.bias", "text_model.final_layer_norm.bias"),
+    ]
+
     enum OpenCLIPName: Equatable {
         /// A one-to-one rename.
         case plain(String)
@@ -208,14 +216,8 @@ enum ComponentNames {
 
     /// OpenCLIP name → canonical (transformers-4) name inside the component.
     static func openCLIPToCanonical(_ name: String) -> OpenCLIPName? {
-        switch name {
-        case "token_embedding.weight": return .plain("text_model.embeddings.token_embedding.weight")
-        case "positional_embedding": return .plain("text_model.embeddings.position_embedding.weight")
-        case "ln_final.weight": return .plain("text_model.final_layer_norm.weight")
-        case "ln_final.bias": return .plain("text_model.final_layer_norm.bias")
-        case "text_projection": return .projection
-        default: break
-        }
+        if name == "text_projection" { return .projection }
+        if let canonical = openCLIPTop.first(where: { $0.openCLIP == name })?.canonical { return .plain(canonical) }
         let p = split(name)
         guard p.count >= 4, p[0] == "transformer", p[1] == "resblocks", let n = Int(p[2]) else { return nil }
         let rest = p[3...].joined(separator: ".")
@@ -226,14 +228,8 @@ enum ComponentNames {
 
     /// Canonical text encoder name → OpenCLIP name; q/k/v map to their fused tensor.
     static func canonicalToOpenCLIP(_ name: String) -> OpenCLIPName? {
-        switch name {
-        case "text_model.embeddings.token_embedding.weight": return .plain("token_embedding.weight")
-        case "text_model.embeddings.position_embedding.weight": return .plain("positional_embedding")
-        case "text_model.final_layer_norm.weight": return .plain("ln_final.weight")
-        case "text_model.final_layer_norm.bias": return .plain("ln_final.bias")
-        case "text_projection.weight": return .projection
-        default: break
-        }
+        if name == "text_projection.weight" { return .projection }
+        if let openCLIP = openCLIPTop.first(where: { $0.canonical == name })?.openCLIP { return .plain(openCLIP) }
         let p = split(name)
         guard p.count >= 6, p[0] == "text_model", p[1] == "encoder", p[2] == "layers", let n = Int(p[3]) else { return nil }
         let rest = p[4...].joined(separator: ".")

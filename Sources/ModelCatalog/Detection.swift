@@ -96,176 +96,209 @@ public struct Detection: Sendable {
         _ tensors: [TensorDescriptor], layout: ModelLayout?, sourceNames: [String] = [], metadata: [String: String] = [:],
         schedulerConfig: JSONObject? = nil, catalog: ArchitectureCatalog = .standard
     ) -> Detection {
-        var shapes: [String: Shape] = [:]
-        for d in tensors { shapes[d.name] = d.shape }
-        let unet = UNetStructure(shapes)
-        let vae = VAEStructure(shapes)
-        let texts = [Component.textEncoder, .textEncoder2].compactMap { TextEncoderStructure($0, shapes) }
-        var present = Set<Component>()
-        if unet != nil { present.insert(.unet) }
-        if vae != nil { present.insert(.vae) }
-        for t in texts { present.insert(t.component) }
+        let seen = Observed(tensors)
+        var evidence = structureEvidence(seen, layout: layout)
+        let kind = Self.kind(of: seen.present)
 
+        var rejected: [Rejection] = []
+        var passed: [ArchitectureCatalog.Family] = []
+        for f in catalog.families {
+            let reasons = rejectionReasons(f, seen, layout: layout)
+            if reasons.isEmpty { passed.append(f) } else { rejected.append(Rejection(family: f.id, reasons: reasons)) }
+        }
+        let (family, candidates) = choose(among: passed, seen, evidence: &evidence)
+        var referenceDimensions: Bool?
+        var variant: String?
+        if let family { (referenceDimensions, variant) = Self.variant(of: family, seen, evidence: &evidence) }
+        let (prediction, predictionSource) = predictionType(
+            schedulerConfig: schedulerConfig, metadata: metadata, sourceNames: Set(sourceNames), family: family)
+        if let prediction { evidence.append("prediction type \(prediction.rawValue): \(predictionSource)") }
+
+        var missingComponents: [Component] = []
+        if kind == .pipeline, let f = family {
+            for c in [Component.unet, .vae] + f.textEncoders.map(\.component) where !seen.present.contains(c) { missingComponents.append(c) }
+        }
+        return Detection(
+            kind: kind, family: family, variant: variant, predictionType: prediction, predictionSource: predictionSource,
+            evidence: evidence, rejected: rejected, candidates: candidates, components: componentReports(tensors, seen),
+            missingComponents: missingComponents, unet: seen.unet, vae: seen.vae, textEncoders: seen.texts, layout: layout,
+            referenceDimensions: referenceDimensions)
+    }
+
+    // MARK: - The phases of `detect`
+
+    /// Phase 1: the structures the tensor shapes show, before any family is considered.
+    private struct Observed {
+        var shapes: [String: Shape] = [:]
+        let unet: UNetStructure?
+        let vae: VAEStructure?
+        let texts: [TextEncoderStructure]
+        var present = Set<Component>()
+
+        init(_ tensors: [TensorDescriptor]) {
+            for d in tensors { shapes[d.name] = d.shape }
+            unet = UNetStructure(shapes)
+            vae = VAEStructure(shapes)
+            texts = [Component.textEncoder, .textEncoder2].compactMap { [shapes] in TextEncoderStructure($0, shapes) }
+            if unet != nil { present.insert(.unet) }
+            if vae != nil { present.insert(.vae) }
+            for t in texts { present.insert(t.component) }
+        }
+    }
+
+    /// Phase 2: what the layout and the structures say, in words.
+    private static func structureEvidence(_ seen: Observed, layout: ModelLayout?) -> [String] {
         var evidence: [String] = []
         if let layout {
             evidence.append("layout \(layout.kind.rawValue): " + layout.components.map { "\($0.component.rawValue) under '\($0.prefix)' (\($0.naming.rawValue))" }.joined(separator: ", "))
         }
-        if let u = unet {
-            evidence.append("unet.conv_in.weight \(shapes["unet.conv_in.weight"]!): \(u.inChannels) input channels")
+        if let u = seen.unet {
+            evidence.append("unet.conv_in.weight \(seen.shapes["unet.conv_in.weight"]!): \(u.inChannels) input channels")
             evidence.append("UNet: \(u.blockOutChannels.count) levels, widths \(u.blockOutChannels), \(u.layersPerBlock) resnets per level, transformer depth \(u.transformerDepth)")
             if let c = u.contextDim { evidence.append("cross-attention attn2.to_k.weight takes \(c)-wide context") }
             if let l = u.linearProjection { evidence.append("proj_in is \(l ? "linear (2-D weight)" : "a 1×1 convolution (4-D weight)")") }
             if let a = u.additionEmbed { evidence.append("add_embedding.linear_1 takes \(a) inputs (SDXL text/time conditioning)") }
         }
-        for t in texts {
+        for t in seen.texts {
             evidence.append("\(t.component.rawValue): width \(t.hidden), \(t.layers) layers, vocabulary \(t.vocab)" + (t.projection.map { ", projection to \($0)" } ?? ""))
         }
-        if let v = vae { evidence.append("VAE: widths \(v.blockOutChannels), \(v.latentChannels) latent channels") }
+        if let v = seen.vae { evidence.append("VAE: widths \(v.blockOutChannels), \(v.latentChannels) latent channels") }
+        return evidence
+    }
 
-        let kind: Kind
-        if present.contains(.unet) && (present.count > 1) || present.count > 2 {
-            kind = .pipeline
-        } else if let only = present.sorted().first, present.count == 1 {
-            kind = .component(only)
+    /// Phase 3: a whole model, one component, or nothing.
+    private static func kind(of present: Set<Component>) -> Kind {
+        if present.contains(.unet) && (present.count > 1) || present.count > 2 { return .pipeline }
+        if let only = present.sorted().first, present.count == 1 { return .component(only) }
+        return present.isEmpty ? .unknown : .pipeline
+    }
+
+    /// Phase 4: why family `f` cannot be these tensors (empty when it can). A VAE alone rejects
+    /// no family: every family shares the VAE architecture.
+    private static func rejectionReasons(_ f: ArchitectureCatalog.Family, _ seen: Observed, layout: ModelLayout?) -> [String] {
+        var reasons: [String] = []
+        let texts = seen.texts
+        if let u = seen.unet {
+            if u.blockOutChannels.count != f.unet.blockOutChannels.count {
+                reasons.append("UNet has \(u.blockOutChannels.count) levels, \(f.id) has \(f.unet.blockOutChannels.count)")
+            }
+            if let l = u.linearProjection, l != f.unet.linearProjection {
+                reasons.append("proj_in is \(l ? "linear" : "a 1×1 conv"), \(f.id) uses \(f.unet.linearProjection ? "linear" : "1×1 conv") projections")
+            }
+            if (u.additionEmbed != nil) != (f.unet.additionEmbed != nil) {
+                reasons.append(u.additionEmbed != nil ? "UNet has an added text/time embedding, \(f.id) has none" : "UNet lacks the added embedding \(f.id) has")
+            }
+            let attention = u.transformerDepth.map { $0 > 0 }
+            if attention.count == f.unet.attention.count, attention != f.unet.attention {
+                reasons.append("attention on levels \(attention), \(f.id) has \(f.unet.attention)")
+            }
+            if let c = u.contextDim, !texts.isEmpty {
+                let widths = f.textEncoders.compactMap { slot in texts.first { $0.component == slot.component }?.hidden }
+                if widths.count == f.textEncoders.count, widths.reduce(0, +) != c {
+                    reasons.append("context width \(c) is not the sum of its text encoders' widths \(widths) as \(f.id) needs")
+                }
+            }
+        }
+        for t in texts where f.textEncoder(t.component) == nil {
+            reasons.append("has \(t.component.rawValue), \(f.id) has no such text encoder")
+        }
+        if let layout, layout.kind == .ldm {
+            for c in layout.components where c.component.isTextEncoder {
+                if let slot = f.textEncoder(c.component), (slot.ldmNaming == .openCLIP) != (c.naming == .openCLIP) {
+                    reasons.append("\(c.component.rawValue) is stored as \(c.naming == .openCLIP ? "OpenCLIP" : "transformers CLIP"), \(f.id) stores \(slot.ldmNaming == .openCLIP ? "OpenCLIP" : "transformers CLIP")")
+                }
+            }
+        }
+        return reasons
+    }
+
+    /// Phase 5: the one family left, or the one whose published widths the tensors have; else
+    /// the candidates that fit equally well.
+    private static func choose(
+        among passed: [ArchitectureCatalog.Family], _ seen: Observed, evidence: inout [String]
+    ) -> (family: ArchitectureCatalog.Family?, candidates: [String]) {
+        if passed.count == 1 { return (passed[0], []) }
+        guard passed.count > 1 else { return (nil, []) }
+        let (unet, texts) = (seen.unet, seen.texts)
+        let exact = passed.filter { f in
+            (unet == nil || unet!.blockOutChannels == f.unet.blockOutChannels) &&
+                texts.allSatisfy { t in f.textEncoder(t.component)?.model.hidden == t.hidden }
+        }
+        if exact.count == 1, unet != nil || !texts.isEmpty {
+            evidence.append("only \(exact[0].id) has these widths among \(passed.map(\.id))")
+            return (exact[0], [])
+        }
+        let candidates = passed.map(\.id)
+        if unet == nil, texts.isEmpty, seen.vae != nil {
+            evidence.append("the VAE architecture is shared by \(candidates.joined(separator: ", ")); the weights do not say which")
+        }
+        return (nil, candidates)
+    }
+
+    /// Phase 6: whether the UNet has the family's published widths, and which variant its input
+    /// channels make it (both `nil` without a UNet).
+    private static func variant(
+        of f: ArchitectureCatalog.Family, _ seen: Observed, evidence: inout [String]
+    ) -> (referenceDimensions: Bool?, variant: String?) {
+        guard let u = seen.unet else { return (nil, nil) }
+        let reference = u.blockOutChannels == f.unet.blockOutChannels && u.contextDim == f.unet.contextDim
+        if reference {
+            evidence.append("widths match the published \(f.name) (\(f.unet.blockOutChannels), context \(f.unet.contextDim))")
         } else {
-            kind = present.isEmpty ? .unknown : .pipeline
+            evidence.append("widths differ from the published \(f.name) (\(f.unet.blockOutChannels), context \(f.unet.contextDim)): a reduced or custom model of the same structure")
         }
-
-        var rejected: [Rejection] = []
-        var passed: [ArchitectureCatalog.Family] = []
-        for f in catalog.families {
-            var reasons: [String] = []
-            if let u = unet {
-                if u.blockOutChannels.count != f.unet.blockOutChannels.count {
-                    reasons.append("UNet has \(u.blockOutChannels.count) levels, \(f.id) has \(f.unet.blockOutChannels.count)")
-                }
-                if let l = u.linearProjection, l != f.unet.linearProjection {
-                    reasons.append("proj_in is \(l ? "linear" : "a 1×1 conv"), \(f.id) uses \(f.unet.linearProjection ? "linear" : "1×1 conv") projections")
-                }
-                if (u.additionEmbed != nil) != (f.unet.additionEmbed != nil) {
-                    reasons.append(u.additionEmbed != nil ? "UNet has an added text/time embedding, \(f.id) has none" : "UNet lacks the added embedding \(f.id) has")
-                }
-                let attention = u.transformerDepth.map { $0 > 0 }
-                if attention.count == f.unet.attention.count, attention != f.unet.attention {
-                    reasons.append("attention on levels \(attention), \(f.id) has \(f.unet.attention)")
-                }
-                if let c = u.contextDim, !texts.isEmpty {
-                    let widths = f.textEncoders.compactMap { slot in texts.first { $0.component == slot.component }?.hidden }
-                    if widths.count == f.textEncoders.count, widths.reduce(0, +) != c {
-                        reasons.append("context width \(c) is not the sum of its text encoders' widths \(widths) as \(f.id) needs")
-                    }
-                }
-            }
-            for t in texts where f.textEncoder(t.component) == nil {
-                reasons.append("has \(t.component.rawValue), \(f.id) has no such text encoder")
-            }
-            if let layout, layout.kind == .ldm {
-                for c in layout.components where c.component.isTextEncoder {
-                    if let slot = f.textEncoder(c.component), (slot.ldmNaming == .openCLIP) != (c.naming == .openCLIP) {
-                        reasons.append("\(c.component.rawValue) is stored as \(c.naming == .openCLIP ? "OpenCLIP" : "transformers CLIP"), \(f.id) stores \(slot.ldmNaming == .openCLIP ? "OpenCLIP" : "transformers CLIP")")
-                    }
-                }
-            }
-            if unet == nil, texts.isEmpty, vae != nil {
-                // Every family shares the VAE architecture: no reason to reject, none to choose.
-            }
-            if reasons.isEmpty { passed.append(f) } else { rejected.append(Rejection(family: f.id, reasons: reasons)) }
+        if let v = f.variant(inChannels: u.inChannels) {
+            evidence.append("\(u.inChannels) input channels: \(f.id) \(v.id)")
+            return (reference, v.id)
         }
+        evidence.append("\(u.inChannels) input channels match no \(f.id) variant")
+        return (reference, "custom-\(u.inChannels)ch")
+    }
 
-        var family: ArchitectureCatalog.Family?
-        var candidates: [String] = []
-        if passed.count == 1 {
-            family = passed[0]
-        } else if passed.count > 1 {
-            // Prefer the family whose published widths the tensors match.
-            let exact = passed.filter { f in
-                (unet == nil || unet!.blockOutChannels == f.unet.blockOutChannels) &&
-                    texts.allSatisfy { t in f.textEncoder(t.component)?.model.hidden == t.hidden }
-            }
-            if exact.count == 1, unet != nil || !texts.isEmpty {
-                family = exact[0]
-                evidence.append("only \(exact[0].id) has these widths among \(passed.map(\.id))")
-            } else {
-                candidates = passed.map(\.id)
-                if unet == nil, texts.isEmpty, vae != nil {
-                    evidence.append("the VAE architecture is shared by \(candidates.joined(separator: ", ")); the weights do not say which")
-                }
-            }
-        }
-
-        var referenceDimensions: Bool?
-        var variant: String?
-        if let f = family {
-            if let u = unet {
-                referenceDimensions = u.blockOutChannels == f.unet.blockOutChannels && u.contextDim == f.unet.contextDim
-                if referenceDimensions == true {
-                    evidence.append("widths match the published \(f.name) (\(f.unet.blockOutChannels), context \(f.unet.contextDim))")
-                } else {
-                    evidence.append("widths differ from the published \(f.name) (\(f.unet.blockOutChannels), context \(f.unet.contextDim)): a reduced or custom model of the same structure")
-                }
-                if let v = f.variant(inChannels: u.inChannels) {
-                    variant = v.id
-                    evidence.append("\(u.inChannels) input channels: \(f.id) \(v.id)")
-                } else {
-                    variant = "custom-\(u.inChannels)ch"
-                    evidence.append("\(u.inChannels) input channels match no \(f.id) variant")
-                }
-            }
-        }
-
-        // Prediction type.
-        var prediction: PredictionType?
-        var predictionSource = "unknown"
-        let names = Set(sourceNames)
+    /// Phase 7: the prediction type and what decided it, strongest source first: the scheduler
+    /// configuration, file metadata, a marker tensor, the family's convention.
+    private static func predictionType(
+        schedulerConfig: JSONObject?, metadata: [String: String], sourceNames names: Set<String>, family: ArchitectureCatalog.Family?
+    ) -> (PredictionType?, String) {
         if let p = schedulerConfig?["prediction_type"]?.stringValue {
-            prediction = PredictionType(spelling: p)
-            predictionSource = "scheduler/scheduler_config.json prediction_type" + (prediction == nil ? " '\(p)', which is not one WeightPack knows" : "")
-        } else if let p = metadata["modelspec.prediction_type"] ?? metadata["prediction_type"] {
-            prediction = PredictionType(spelling: p)
-            predictionSource = "file metadata" + (prediction == nil ? " '\(p)', which is not one WeightPack knows" : "")
-        } else if names.contains("edm_vpred.sigma_max") {
-            prediction = .vPrediction
-            predictionSource = "marker tensor edm_vpred.sigma_max (EDM v-prediction)"
-        } else if names.contains("v_pred") {
-            prediction = .vPrediction
-            predictionSource = "marker tensor v_pred"
-        } else if let f = family, let d = f.defaultPrediction.flatMap(PredictionType.init(spelling:)) {
-            prediction = d
-            predictionSource = f.predictionDecidedByWeights ? "no v-prediction marker tensor (\(f.predictionNote))" : "family convention, not decided by the weights (\(f.predictionNote))"
-        } else if let f = family {
-            predictionSource = "unknown: \(f.predictionNote)"
+            let prediction = PredictionType(spelling: p)
+            return (prediction, "scheduler/scheduler_config.json prediction_type" + (prediction == nil ? " '\(p)', which is not one WeightPack knows" : ""))
         }
-        if let prediction { evidence.append("prediction type \(prediction.rawValue): \(predictionSource)") }
+        if let p = metadata["modelspec.prediction_type"] ?? metadata["prediction_type"] {
+            let prediction = PredictionType(spelling: p)
+            return (prediction, "file metadata" + (prediction == nil ? " '\(p)', which is not one WeightPack knows" : ""))
+        }
+        if names.contains("edm_vpred.sigma_max") { return (.vPrediction, "marker tensor edm_vpred.sigma_max (EDM v-prediction)") }
+        if names.contains("v_pred") { return (.vPrediction, "marker tensor v_pred") }
+        guard let f = family else { return (nil, "unknown") }
+        if let d = f.defaultPrediction.flatMap(PredictionType.init(spelling:)) {
+            return (d, f.predictionDecidedByWeights ? "no v-prediction marker tensor (\(f.predictionNote))" : "family convention, not decided by the weights (\(f.predictionNote))")
+        }
+        return (nil, "unknown: \(f.predictionNote)")
+    }
 
-        // Per-component completeness.
-        var reports: [ComponentReport] = []
-        func report(_ c: Component, _ expected: [(String, Shape)], summary: String) {
+    /// Phase 8: per component, the tensors missing, unexpected and of another shape than its
+    /// structure implies.
+    private static func componentReports(_ tensors: [TensorDescriptor], _ seen: Observed) -> [ComponentReport] {
+        func report(_ c: Component, _ expected: [(String, Shape)], summary: String) -> ComponentReport {
             let prefix = c.canonicalPrefix
             let actual = tensors.filter { $0.name.hasPrefix(prefix) }
             var expectedShapes: [String: Shape] = [:]
             for (n, s) in expected { expectedShapes[n] = s }
-            let missing = expected.map(\.0).filter { shapes[$0] == nil }
+            let missing = expected.map(\.0).filter { seen.shapes[$0] == nil }
             let optional: Set<String> = [prefix + "text_model.embeddings.position_ids"]
             let unexpected = actual.map(\.name).filter { expectedShapes[$0] == nil && !optional.contains($0) }
             let mismatches = actual.compactMap { d -> ShapeMismatch? in
                 guard let e = expectedShapes[d.name], e != d.shape else { return nil }
                 return ShapeMismatch(tensor: d.name, expected: e, actual: d.shape)
             }
-            reports.append(ComponentReport(component: c, tensorCount: actual.count, missing: missing, unexpected: unexpected, shapeMismatches: mismatches, summary: summary))
+            return ComponentReport(component: c, tensorCount: actual.count, missing: missing, unexpected: unexpected, shapeMismatches: mismatches, summary: summary)
         }
-        if let u = unet { report(.unet, u.expectedTensors, summary: "\(u.blockOutChannels.count) levels \(u.blockOutChannels), in \(u.inChannels), context \(u.contextDim.map(String.init) ?? "-")") }
-        if let v = vae { report(.vae, v.expectedTensors, summary: "widths \(v.blockOutChannels), latent \(v.latentChannels)" + (v.hasEncoder ? "" : ", decoder only")) }
-        for t in texts { report(t.component, t.expectedTensors, summary: "width \(t.hidden), \(t.layers) layers") }
-
-        var missingComponents: [Component] = []
-        if kind == .pipeline, let f = family {
-            for c in [Component.unet, .vae] + f.textEncoders.map(\.component) where !present.contains(c) { missingComponents.append(c) }
-        }
-
-        return Detection(
-            kind: kind, family: family, variant: variant, predictionType: prediction, predictionSource: predictionSource,
-            evidence: evidence, rejected: rejected, candidates: candidates, components: reports, missingComponents: missingComponents,
-            unet: unet, vae: vae, textEncoders: texts, layout: layout, referenceDimensions: referenceDimensions)
+        var reports: [ComponentReport] = []
+        if let u = seen.unet { reports.append(report(.unet, u.expectedTensors, summary: "\(u.blockOutChannels.count) levels \(u.blockOutChannels), in \(u.inChannels), context \(u.contextDim.map(String.init) ?? "-")")) }
+        if let v = seen.vae { reports.append(report(.vae, v.expectedTensors, summary: "widths \(v.blockOutChannels), latent \(v.latentChannels)" + (v.hasEncoder ? "" : ", decoder only"))) }
+        for t in seen.texts { reports.append(report(t.component, t.expectedTensors, summary: "width \(t.hidden), \(t.layers) layers")) }
+        return reports
     }
 
     /// The `architecture` object of `inspect --json` and of `.wpk` headers.

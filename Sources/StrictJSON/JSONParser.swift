@@ -69,11 +69,15 @@ public enum JSONParser {
         return value
     }
 
-    /// Parses a string.
-    public static func parse(_ text: String, limits: Limits = .standard) throws(JSONError) -> JSONValue {
-        let bytes = Array(text.utf8)
+    /// Parses bytes held in an array (a file read whole, a string's UTF-8).
+    public static func parse(_ bytes: [UInt8], limits: Limits = .standard) throws(JSONError) -> JSONValue {
         let result = bytes.withUnsafeBytes { buffer in Result { () throws(JSONError) in try parse(buffer, limits: limits) } }
         return try result.get()
+    }
+
+    /// Parses a string.
+    public static func parse(_ text: String, limits: Limits = .standard) throws(JSONError) -> JSONValue {
+        try parse(Array(text.utf8), limits: limits)
     }
 
     @inline(__always)

@@ -119,7 +119,7 @@ public final class DiffusersFolder: TensorStore, @unchecked Sendable {
     /// A parsed JSON auxiliary file.
     public func jsonFile(_ relative: String) -> JSONObject? {
         guard let bytes = auxiliaryFiles.first(where: { $0.path == relative })?.bytes else { return nil }
-        return (try? bytes.withUnsafeBytes { (raw) throws(JSONError) in try JSONParser.parse(raw) })?.objectValue
+        return (try? JSONParser.parse(bytes))?.objectValue
     }
 
     // MARK: - Choosing weight files
@@ -188,44 +188,5 @@ public final class DiffusersFolder: TensorStore, @unchecked Sendable {
     /// Refuses a weight file that is not a regular file before a reader opens it.
     static func requireRegularFile(_ path: String) throws(FormatError) {
         do { try FileCheck.requireRegularFile(path) } catch { throw FormatError(error) }
-    }
-}
-
-/// PyTorch `.bin` shards described by a `pytorch_model.bin.index.json`.
-public final class ShardedTorchCheckpoint: TensorStore, @unchecked Sendable {
-    public let indexPath: String
-    public let shards: [TorchCheckpoint]
-    public let tensors: [TensorDescriptor]
-    public let metadata: [String: String]
-    public var formatName: String { "ckpt" }
-    private let owner: [String: Int]
-
-    public init(indexPath: String, allowUnsafeGlobals: Bool) throws(FormatError) {
-        self.indexPath = indexPath
-        guard let bytes = try DiffusersFolder.readSmall(indexPath) else {
-            throw FormatError(IOError(.readFailed, path: indexPath, call: "open"))
-        }
-        let root: JSONValue
-        do { root = try bytes.withUnsafeBytes { (raw) throws(JSONError) in try JSONParser.parse(raw) } } catch {
-            throw FormatError(.invalidHeaderJSON, "index is not valid JSON: \(error)", path: indexPath)
-        }
-        let shardIndex = try ShardIndex(root, indexPath: indexPath)
-        var opened: [TorchCheckpoint] = []
-        for file in shardIndex.files.indices {
-            try DiffusersFolder.requireRegularFile(shardIndex.path(of: file))
-            opened.append(try TorchCheckpoint(path: shardIndex.path(of: file), allowUnsafeGlobals: allowUnsafeGlobals))
-        }
-        let (owner, all) = try shardIndex.assemble(opened)
-        shards = opened
-        tensors = all
-        metadata = shardIndex.metadata
-        self.owner = owner
-    }
-
-    public func descriptor(named name: String) -> TensorDescriptor? { owner[name].flatMap { shards[$0].descriptor(named: name) } }
-
-    public func tensor(named name: String) throws -> TensorView {
-        guard let i = owner[name] else { throw FormatError(.tensorNotFound, "no tensor '\(name)'", path: indexPath, tensor: name) }
-        return try shards[i].tensor(named: name)
     }
 }

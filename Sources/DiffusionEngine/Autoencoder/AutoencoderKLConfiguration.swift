@@ -63,20 +63,9 @@ public struct AutoencoderKLConfiguration: Sendable, Hashable {
         guard let o = json.objectValue else {
             throw EngineError(.invalidConfiguration, "VAE configuration is not a JSON object")
         }
-        func int(_ key: String, _ fallback: Int) throws(EngineError) -> Int {
-            guard let v = o[key], v != .null else { return fallback }
-            guard let n = v.nonNegativeInt else {
-                throw EngineError(.invalidConfiguration, "VAE configuration field '\(key)' is not a non-negative integer")
-            }
-            return n
-        }
-        func float(_ key: String, _ fallback: Float) throws(EngineError) -> Float {
-            guard let v = o[key], v != .null else { return fallback }
-            guard let d = v.doubleValue, Float(d).isFinite else {
-                throw EngineError(.invalidConfiguration, "VAE configuration field '\(key)' is not a finite number")
-            }
-            return Float(d)
-        }
+        let fields = ConfigurationFields(object: o, subject: "VAE configuration")
+        func int(_ key: String, _ fallback: Int) throws(EngineError) -> Int { try fields.int(key, fallback) }
+        func float(_ key: String, _ fallback: Float) throws(EngineError) -> Float { try fields.float(key, fallback) }
         var blocks = [64]
         if let v = o["block_out_channels"], v != .null {
             guard let a = v.arrayValue, a.count <= Self.limits.levels.upperBound else {
@@ -111,11 +100,7 @@ public struct AutoencoderKLConfiguration: Sendable, Hashable {
 
     /// Reads diffusers' `vae/config.json` from its text.
     public init(jsonText: String) throws(EngineError) {
-        let value: JSONValue
-        do { value = try JSONParser.parse(jsonText) } catch {
-            throw EngineError(.invalidConfiguration, "malformed VAE configuration", underlying: error)
-        }
-        try self.init(json: value)
+        try self.init(json: try ConfigurationFields.parse(jsonText, name: "VAE"))
     }
 
     /// The bounds every VAE configuration must keep (Docs/limits.md).
@@ -139,9 +124,7 @@ public struct AutoencoderKLConfiguration: Sendable, Hashable {
     public func validate() throws(EngineError) {
         let l = Self.limits
         func check(_ value: Int, _ range: ClosedRange<Int>, _ field: String) throws(EngineError) {
-            guard range.contains(value) else {
-                throw EngineError(.invalidConfiguration, "VAE \(field) \(value) is outside \(range.lowerBound)...\(range.upperBound)")
-            }
+            try ConfigurationFields.check(value, range, field, in: "VAE")
         }
         try check(blockOutChannels.count, l.levels, "level count (block_out_channels)")
         for c in blockOutChannels { try check(c, l.channels, "block_out_channels entry") }

@@ -117,30 +117,12 @@ public struct SchedulerConfiguration: Sendable, Hashable {
         guard let o = json.objectValue else {
             throw EngineError(.invalidConfiguration, "scheduler configuration is not a JSON object")
         }
-        func present(_ key: String) -> JSONValue? {
-            guard let v = o[key], v != .null else { return nil }
-            return v
-        }
-        func number(_ key: String) throws(EngineError) -> Double? {
-            guard let v = present(key) else { return nil }
-            guard let d = v.doubleValue, d.isFinite else { throw EngineError(.invalidConfiguration, "scheduler field '\(key)' is not a finite number") }
-            return d
-        }
-        func int(_ key: String) throws(EngineError) -> Int? {
-            guard let v = present(key) else { return nil }
-            guard let n = v.nonNegativeInt else { throw EngineError(.invalidConfiguration, "scheduler field '\(key)' is not a non-negative integer") }
-            return n
-        }
-        func bool(_ key: String) throws(EngineError) -> Bool? {
-            guard let v = present(key) else { return nil }
-            guard let b = v.boolValue else { throw EngineError(.invalidConfiguration, "scheduler field '\(key)' is not a boolean") }
-            return b
-        }
-        func string(_ key: String) throws(EngineError) -> String? {
-            guard let v = present(key) else { return nil }
-            guard let s = v.stringValue else { throw EngineError(.invalidConfiguration, "scheduler field '\(key)' is not a string") }
-            return s
-        }
+        let fields = ConfigurationFields(object: o, subject: "scheduler")
+        func present(_ key: String) -> JSONValue? { fields.present(key) }
+        func number(_ key: String) throws(EngineError) -> Double? { try fields.number(key) }
+        func int(_ key: String) throws(EngineError) -> Int? { try fields.int(key) }
+        func bool(_ key: String) throws(EngineError) -> Bool? { try fields.bool(key) }
+        func string(_ key: String) throws(EngineError) -> String? { try fields.string(key) }
         self.init()
         className = try string("_class_name")
         trainTimesteps = try int("num_train_timesteps")
@@ -199,10 +181,7 @@ public struct SchedulerConfiguration: Sendable, Hashable {
     public func validate() throws(EngineError) {
         let l = Self.limits
         func check<T: Comparable>(_ value: T?, _ range: ClosedRange<T>, _ field: String) throws(EngineError) {
-            guard let value else { return }
-            guard range.contains(value) else {
-                throw EngineError(.invalidConfiguration, "scheduler \(field) \(value) is outside \(range.lowerBound)...\(range.upperBound)")
-            }
+            try ConfigurationFields.check(value, range, field, in: "scheduler")
         }
         try check(trainTimesteps, l.trainTimesteps, "num_train_timesteps")
         try check(stepsOffset, l.stepsOffset, "steps_offset")
@@ -222,11 +201,7 @@ public struct SchedulerConfiguration: Sendable, Hashable {
 
     /// Reads a `scheduler_config.json` from its text.
     public init(jsonText: String) throws(EngineError) {
-        let value: JSONValue
-        do { value = try JSONParser.parse(jsonText) } catch {
-            throw EngineError(.invalidConfiguration, "malformed scheduler configuration", underlying: error)
-        }
-        try self.init(json: value)
+        try self.init(json: try ConfigurationFields.parse(jsonText, name: "scheduler"))
     }
 
     /// The kind named by `className`, if it is one the engine runs.

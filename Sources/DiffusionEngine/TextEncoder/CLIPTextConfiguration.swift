@@ -60,17 +60,12 @@ public struct CLIPTextConfiguration: Sendable, Hashable {
             throw EngineError(.invalidConfiguration, "text encoder configuration is not a JSON object")
         }
         let object = outer["text_config"]?.objectValue ?? outer
+        let fields = ConfigurationFields(object: object, subject: "text encoder configuration")
         func int(_ key: String, default value: Int? = nil) throws(EngineError) -> Int {
-            if let v = object[key]?.nonNegativeInt { return v }
-            if let value, object[key] == nil || object[key] == .null { return value }
-            throw EngineError(.invalidConfiguration, "text encoder configuration needs a non-negative integer '\(key)'")
-        }
-        func epsilon() throws(EngineError) -> Float {
-            guard let v = object["layer_norm_eps"], v != .null else { return 1e-5 }
-            guard let d = v.doubleValue, Float(d).isFinite else {
-                throw EngineError(.invalidConfiguration, "text encoder configuration field 'layer_norm_eps' is not a finite number")
+            guard let n = try fields.int(key) ?? value else {
+                throw EngineError(.invalidConfiguration, "text encoder configuration needs a non-negative integer '\(key)'")
             }
-            return Float(d)
+            return n
         }
         let activationName = object["hidden_act"]?.stringValue ?? "quick_gelu"
         guard let activation = Activation(rawValue: activationName) else {
@@ -83,18 +78,14 @@ public struct CLIPTextConfiguration: Sendable, Hashable {
                   headCount: try int("num_attention_heads"),
                   maximumPositions: try int("max_position_embeddings", default: 77),
                   activation: activation,
-                  layerNormEpsilon: try epsilon(),
+                  layerNormEpsilon: try fields.float("layer_norm_eps", 1e-5),
                   endTokenID: try int("eos_token_id", default: 49407))
         try validate()
     }
 
     /// Reads a transformers `CLIPTextConfig` from JSON text.
     public init(jsonText: String) throws(EngineError) {
-        let value: JSONValue
-        do { value = try JSONParser.parse(jsonText) } catch {
-            throw EngineError(.invalidConfiguration, "malformed text encoder configuration", underlying: error)
-        }
-        try self.init(json: value)
+        try self.init(json: try ConfigurationFields.parse(jsonText, name: "text encoder"))
     }
 
     /// The bounds every text encoder configuration must keep (Docs/limits.md).
@@ -114,9 +105,7 @@ public struct CLIPTextConfiguration: Sendable, Hashable {
     public func validate() throws(EngineError) {
         let l = Self.limits
         func check(_ value: Int, _ range: ClosedRange<Int>, _ field: String) throws(EngineError) {
-            guard range.contains(value) else {
-                throw EngineError(.invalidConfiguration, "text encoder \(field) \(value) is outside \(range.lowerBound)...\(range.upperBound)")
-            }
+            try ConfigurationFields.check(value, range, field, in: "text encoder")
         }
         try check(vocabularySize, l.vocabularySize, "vocab_size")
         try check(hiddenSize, l.hiddenSize, "hidden_size")

@@ -97,24 +97,10 @@ public struct UNetConfiguration: Sendable, Hashable {
         guard let o = json.objectValue else {
             throw EngineError(.invalidConfiguration, "UNet configuration is not a JSON object")
         }
-        func present(_ key: String) -> JSONValue? {
-            guard let v = o[key], v != .null else { return nil }
-            return v
-        }
-        func int(_ key: String, _ fallback: Int) throws(EngineError) -> Int {
-            guard let v = present(key) else { return fallback }
-            guard let n = v.nonNegativeInt else {
-                throw EngineError(.invalidConfiguration, "UNet configuration field '\(key)' is not a non-negative integer")
-            }
-            return n
-        }
-        func float(_ key: String, _ fallback: Float) throws(EngineError) -> Float {
-            guard let v = present(key) else { return fallback }
-            guard let d = v.doubleValue, Float(d).isFinite else {
-                throw EngineError(.invalidConfiguration, "UNet configuration field '\(key)' is not a finite number")
-            }
-            return Float(d)
-        }
+        let fields = ConfigurationFields(object: o, subject: "UNet configuration")
+        func present(_ key: String) -> JSONValue? { fields.present(key) }
+        func int(_ key: String, _ fallback: Int) throws(EngineError) -> Int { try fields.int(key, fallback) }
+        func float(_ key: String, _ fallback: Float) throws(EngineError) -> Float { try fields.float(key, fallback) }
         /// A list of strings or integers, refused whole (not filtered) when an entry is of another type.
         func list<T>(_ key: String, _ item: (JSONValue) -> T?) throws(EngineError) -> [T]? {
             guard let v = present(key) else { return nil }
@@ -228,11 +214,7 @@ public struct UNetConfiguration: Sendable, Hashable {
 
     /// Reads diffusers' `unet/config.json` from its text.
     public init(jsonText: String) throws(EngineError) {
-        let value: JSONValue
-        do { value = try JSONParser.parse(jsonText) } catch {
-            throw EngineError(.invalidConfiguration, "malformed UNet configuration", underlying: error)
-        }
-        try self.init(json: value)
+        try self.init(json: try ConfigurationFields.parse(jsonText, name: "UNet"))
     }
 
     /// The bounds every UNet configuration must keep (Docs/limits.md): generous for every
@@ -260,9 +242,7 @@ public struct UNetConfiguration: Sendable, Hashable {
     public func validate() throws(EngineError) {
         let l = Self.limits
         func check(_ value: Int, _ range: ClosedRange<Int>, _ field: String) throws(EngineError) {
-            guard range.contains(value) else {
-                throw EngineError(.invalidConfiguration, "UNet \(field) \(value) is outside \(range.lowerBound)...\(range.upperBound)")
-            }
+            try ConfigurationFields.check(value, range, field, in: "UNet")
         }
         let levels = blockOutChannels.count
         try check(levels, l.levels, "level count (block_out_channels)")
