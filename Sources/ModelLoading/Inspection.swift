@@ -257,12 +257,17 @@ public enum Formatting {
     }
 
     /// Three decimal places, always written out (`0.500`).
-    public static func threeDecimals(_ v: Double) -> String {
-        let scaled = (v * 1000).rounded() / 1000
-        var text = String(scaled)
+    public static func threeDecimals(_ v: Double) -> String { decimals(v, 3) }
+
+    /// `places` decimal places (1 to 6), always written out (`2.50` for 2.5 at two places).
+    public static func decimals(_ v: Double, _ places: Int) -> String {
+        let places = min(max(places, 1), 6)
+        var factor = 1.0
+        for _ in 0..<places { factor *= 10 }
+        var text = String((v * factor).rounded() / factor)
         if let dot = text.firstIndex(of: ".") {
-            let decimals = text.distance(from: dot, to: text.endIndex) - 1
-            if decimals < 3 { text += String(repeating: "0", count: 3 - decimals) }
+            let written = text.distance(from: dot, to: text.endIndex) - 1
+            if written < places { text += String(repeating: "0", count: places - written) }
         }
         return text
     }

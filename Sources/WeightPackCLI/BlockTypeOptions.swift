@@ -62,12 +62,4 @@ func typeSummaryLines(_ types: TypeSummary) -> [String] {
 }
 
 /// Two decimal places.
-func format2(_ v: Double) -> String {
-    let scaled = (v * 100).rounded() / 100
-    var text = String(scaled)
-    if let dot = text.firstIndex(of: ".") {
-        let decimals = text.distance(from: dot, to: text.endIndex) - 1
-        if decimals < 2 { text += String(repeating: "0", count: 2 - decimals) }
-    }
-    return text
-}
+func format2(_ v: Double) -> String { Formatting.decimals(v, 2) }
