@@ -1,12 +1,13 @@
 // swift-tools-version:6.1
 import PackageDescription
+
 #if os(Linux)
 import Foundation
 #endif
 
 /// Settings shared by every Swift target.
 let strict: [SwiftSetting] = [
-    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("ExistentialAny")
 ]
 
 /// The instruction set the engine's Swift kernels are compiled for: baseline x86-64 by default,
@@ -27,7 +28,8 @@ let engineTarget: (cpu: String, level: String)? = {
     default: return (cpu, "CUSTOM")
     }
     guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-          let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return nil }
+        let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") })
+    else { return nil }
     let flags = Set(line.split(separator: " ").map(String.init))
     if flags.isSuperset(of: ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx2", "fma", "f16c", "bmi2"]) {
         return ("skylake-avx512", "AVX512")
@@ -41,9 +43,11 @@ let engineTarget: (cpu: String, level: String)? = {
 
 /// Settings of the engine target (its kernels are where wide vectors pay) and the define that
 /// tells the command line what to check.
-let engineSettings: [SwiftSetting] = strict + (engineTarget.map {
-    [.unsafeFlags(["-target-cpu", $0.cpu]), .define("WEIGHTPACK_ENGINE_\($0.level)")]
-} ?? [])
+let engineSettings: [SwiftSetting] =
+    strict
+    + (engineTarget.map {
+        [.unsafeFlags(["-target-cpu", $0.cpu]), .define("WEIGHTPACK_ENGINE_\($0.level)")]
+    } ?? [])
 let cliSettings: [SwiftSetting] = strict + (engineTarget.map { [.define("WEIGHTPACK_ENGINE_\($0.level)")] } ?? [])
 
 let package = Package(
@@ -103,12 +107,15 @@ let package = Package(
         // writing images: the API a Swift program uses, and the command line's only way in.
         .target(
             name: "ModelLoading",
-            dependencies: ["TensorCore", "MappedIO", "StrictJSON", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine", "Adapters", "CPNG"],
+            dependencies: [
+                "TensorCore", "MappedIO", "StrictJSON", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine", "Adapters", "CPNG",
+            ],
             swiftSettings: strict),
         .target(
             name: "WeightPackCLI",
             dependencies: [
-                "TensorCore", "MappedIO", "StrictJSON", "SafePickle", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine", "Adapters", "ModelLoading",
+                "TensorCore", "MappedIO", "StrictJSON", "SafePickle", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine",
+                "Adapters", "ModelLoading",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: cliSettings),
@@ -131,10 +138,14 @@ let package = Package(
             dependencies: ["Adapters", "CheckpointFormats", "ModelCatalog", "StrictJSON", "TensorCore"],
             swiftSettings: strict),
         .testTarget(name: "SafePickleTests", dependencies: ["SafePickle", "TensorCore"], swiftSettings: strict),
-        .testTarget(name: "DiffusionEngineTests", dependencies: ["DiffusionEngine", "CheckpointFormats", "Quantization", "StrictJSON", "TensorCore"], swiftSettings: strict),
+        .testTarget(
+            name: "DiffusionEngineTests", dependencies: ["DiffusionEngine", "CheckpointFormats", "Quantization", "StrictJSON", "TensorCore"],
+            swiftSettings: strict),
         .testTarget(
             name: "ModelLoadingTests",
-            dependencies: ["ModelLoading", "Adapters", "CheckpointFormats", "ModelCatalog", "DiffusionEngine", "Quantization", "StrictJSON", "TensorCore"],
+            dependencies: [
+                "ModelLoading", "Adapters", "CheckpointFormats", "ModelCatalog", "DiffusionEngine", "Quantization", "StrictJSON", "TensorCore",
+            ],
             swiftSettings: strict),
         .testTarget(
             name: "WeightPackCLITests",

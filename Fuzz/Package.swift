@@ -15,7 +15,7 @@ let package = Package(
     name: "WeightPackFuzz",
     platforms: [.macOS(.v14)],
     dependencies: [
-        .package(name: "WeightPack", path: ".."),
+        .package(name: "WeightPack", path: "..")
     ],
     targets: [
         .target(name: "CLibFuzzer"),

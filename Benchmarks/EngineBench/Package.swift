@@ -15,6 +15,6 @@ let package = Package(
                 .product(name: "DiffusionEngine", package: "WeightPack"),
                 .product(name: "CheckpointFormats", package: "WeightPack"),
                 .product(name: "TensorCore", package: "WeightPack"),
-            ]),
+            ])
     ]
 )

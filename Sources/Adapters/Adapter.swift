@@ -30,7 +30,8 @@ public enum AdapterAlgorithm: String, Sendable, Hashable {
 public enum AdapterRole: String, Sendable, Hashable, CaseIterable {
     case down, up, mid, alpha, doraScale = "dora_scale"
     case hadaW1A = "hada_w1_a", hadaW1B = "hada_w1_b", hadaW2A = "hada_w2_a", hadaW2B = "hada_w2_b", hadaT1 = "hada_t1", hadaT2 = "hada_t2"
-    case lokrW1 = "lokr_w1", lokrW1A = "lokr_w1_a", lokrW1B = "lokr_w1_b", lokrW2 = "lokr_w2", lokrW2A = "lokr_w2_a", lokrW2B = "lokr_w2_b", lokrT2 = "lokr_t2"
+    case lokrW1 = "lokr_w1", lokrW1A = "lokr_w1_a", lokrW1B = "lokr_w1_b", lokrW2 = "lokr_w2", lokrW2A = "lokr_w2_a", lokrW2B = "lokr_w2_b", lokrT2 =
+        "lokr_t2"
     case diff, diffBias = "diff_b"
 }
 
@@ -148,7 +149,10 @@ public struct Adapter: Sendable {
                 unrecognized = store.tensors.filter { d in !embedding.vectors.contains { $0.tensor == d.name } }
                 return
             }
-            throw AdapterError(.notAnAdapter, "no tensor is a LoRA/LyCORIS module or a textual-inversion embedding (\(store.tensors.count) tensors, e.g. '\(store.tensors.first?.name ?? "none")')")
+            throw AdapterError(
+                .notAnAdapter,
+                "no tensor is a LoRA/LyCORIS module or a textual-inversion embedding (\(store.tensors.count) tensors, e.g. '\(store.tensors.first?.name ?? "none")')"
+            )
         }
         guard parser.modules.count <= Self.maximumModules else {
             throw AdapterError(.tooLarge, "\(parser.modules.count) modules; at most \(Self.maximumModules) are accepted")
@@ -267,7 +271,8 @@ struct ModuleParser {
                 }
             }
             if let alpha = m.alpha, !alpha.isFinite || alpha == 0 {
-                throw AdapterError(.badAlpha, "module '\(key)' has alpha \(alpha); an alpha must be a finite non-zero number", tensor: m.tensors[.alpha] ?? key)
+                throw AdapterError(
+                    .badAlpha, "module '\(key)' has alpha \(alpha); an alpha must be a finite non-zero number", tensor: m.tensors[.alpha] ?? key)
             }
             out.append(m)
         }
@@ -311,7 +316,8 @@ struct ModuleParser {
         func rankFail(_ text: String) -> AdapterError { AdapterError(.rankMismatch, "module '\(m.key)': \(text)", tensor: m.key) }
         func bounded(_ n: Int, _ what: String) throws(AdapterError) {
             guard n >= 1, n <= Adapter.maximumRank else {
-                throw AdapterError(.tooLarge, "module '\(m.key)': \(what) is \(n); ranks from 1 to \(Adapter.maximumRank) are accepted", tensor: m.key)
+                throw AdapterError(
+                    .tooLarge, "module '\(m.key)': \(what) is \(n); ranks from 1 to \(Adapter.maximumRank) are accepted", tensor: m.key)
             }
         }
         for (role, s) in m.shapes where role != .alpha && role != .doraScale {
@@ -338,13 +344,13 @@ struct ModuleParser {
             }
         case .loha:
             guard let w1a = shape(.hadaW1A), let w1b = shape(.hadaW1B), let w2a = shape(.hadaW2A), let w2b = shape(.hadaW2B),
-                  w1a.rank == 2, w1b.rank == 2, w2a.rank == 2, w2b.rank == 2
+                w1a.rank == 2, w1b.rank == 2, w2a.rank == 2, w2b.rank == 2
             else { throw fail("LoHa factors must be 2-D") }
             try bounded(w1b[0], "hada_w1_b's rank")
             if m.hasTucker {
                 guard let t1 = shape(.hadaT1), let t2 = shape(.hadaT2), t1.rank == 4, t2.rank == 4,
-                      t1[0] == w1a[0], t1[1] == w1b[0], t2[0] == w2a[0], t2[1] == w2b[0], t1[2] == t2[2], t1[3] == t2[3],
-                      w1a[1] == w2a[1], w1b[1] == w2b[1]
+                    t1[0] == w1a[0], t1[1] == w1b[0], t2[0] == w2a[0], t2[1] == w2b[0], t1[2] == t2[2], t1[3] == t2[3],
+                    w1a[1] == w2a[1], w1b[1] == w2b[1]
                 else { throw rankFail("the Tucker cores do not join the LoHa factors") }
             } else {
                 guard w1a[1] == w1b[0], w2a[1] == w2b[0] else {
@@ -374,7 +380,9 @@ struct ModuleParser {
         case .full:
             break
         }
-        if let s = shape(.alpha), s.count != 1 { throw AdapterError(.badAlpha, "module '\(m.key)': alpha has \(s.count) values; it must be one number", tensor: m.tensors[.alpha]) }
+        if let s = shape(.alpha), s.count != 1 {
+            throw AdapterError(.badAlpha, "module '\(m.key)': alpha has \(s.count) values; it must be one number", tensor: m.tensors[.alpha])
+        }
     }
 
     static func readAlpha(_ name: String, store: any TensorStore) throws(AdapterError) -> Double {
@@ -412,7 +420,7 @@ struct PEFTAlphaMetadata: Sendable {
 
     init(metadata: [String: String]) {
         guard let text = metadata[Self.key], text.utf8.count < 10_000_000,
-              let root = (try? Array(text.utf8).withUnsafeBytes { (raw) throws(JSONError) in try JSONParser.parse(raw) })?.objectValue
+            let root = (try? Array(text.utf8).withUnsafeBytes { (raw) throws(JSONError) in try JSONParser.parse(raw) })?.objectValue
         else { return }
         for (key, value) in root {
             guard let dot = key.lastIndex(of: ".") else { continue }

@@ -22,7 +22,9 @@ public enum AdapterConversion {
     /// - Throws: `.inexpressible` for what the target cannot hold (LoHa, LoKr, Tucker cores,
     ///   DoRA, full diffs in PEFT form), `.unmatchedModule` for modules naming no layer,
     ///   `.duplicateModule`.
-    public static func convert(_ adapter: Adapter, to target: Target, family: ArchitectureCatalog.Family? = nil, catalog: ArchitectureCatalog = .standard) throws(AdapterError) -> ConvertedAdapterStore {
+    public static func convert(
+        _ adapter: Adapter, to target: Target, family: ArchitectureCatalog.Family? = nil, catalog: ArchitectureCatalog = .standard
+    ) throws(AdapterError) -> ConvertedAdapterStore {
         guard adapter.embedding == nil else {
             throw AdapterError(.inexpressible, "a textual-inversion embedding has no LoRA dialect to convert to")
         }
@@ -39,10 +41,13 @@ public enum AdapterConversion {
         for m in adapter.modules {
             if target == .diffusers {
                 if m.algorithm != .lora {
-                    throw AdapterError(.inexpressible, "module '\(m.key)' is \(m.kindName); diffusers/PEFT LoRA keys hold only lora_A/lora_B pairs", tensor: m.key)
+                    throw AdapterError(
+                        .inexpressible, "module '\(m.key)' is \(m.kindName); diffusers/PEFT LoRA keys hold only lora_A/lora_B pairs", tensor: m.key)
                 }
                 if m.tensors[.mid] != nil || m.hasDoRA {
-                    throw AdapterError(.inexpressible, "module '\(m.key)' is \(m.kindName); PEFT's LoRA keys have no Tucker core or kohya-style dora_scale", tensor: m.key)
+                    throw AdapterError(
+                        .inexpressible, "module '\(m.key)' is \(m.kindName); PEFT's LoRA keys have no Tucker core or kohya-style dora_scale",
+                        tensor: m.key)
                 }
             }
             guard let canonical = index.target(of: m) else {
@@ -143,7 +148,9 @@ public final class ConvertedAdapterStore: TensorStore, @unchecked Sendable {
         self.entries = entries
         self.metadata = metadata
         tensors = entries.map { e in
-            if let s = e.source, let d = source.descriptor(named: s) { return TensorDescriptor(name: e.name, dtype: d.dtype, shape: d.shape, byteCount: d.byteCount) }
+            if let s = e.source, let d = source.descriptor(named: s) {
+                return TensorDescriptor(name: e.name, dtype: d.dtype, shape: d.shape, byteCount: d.byteCount)
+            }
             return TensorDescriptor(name: e.name, dtype: .f32, shape: Shape([]), byteCount: 4)
         }
         var index: [String: Int] = [:]

@@ -41,7 +41,8 @@ public struct AdapterNameIndex: Sendable {
         // The LDM names of the UNet (kohya's SDXL files and some SD 1.x files use them).
         let unet = weights.filter { $0.name.hasPrefix("unet.") }
         if !unet.isEmpty, let ldmFamily = family ?? ArchitectureCatalog.standard.family("sd1"),
-           let (recipes, _) = try? NameMap.export(unet, to: .ldm(ldmFamily, components: [.unet]), family: ldmFamily) {
+            let (recipes, _) = try? NameMap.export(unet, to: .ldm(ldmFamily, components: [.unet]), family: ldmFamily)
+        {
             let prefix = ModelLayout.ldm(ldmFamily, components: [.unet]).layout(of: .unet)?.prefix ?? "model.diffusion_model."
             for r in recipes where r.name.hasPrefix(prefix) && r.name.hasSuffix(".weight") {
                 guard let source = r.sources.first else { continue }

@@ -24,7 +24,8 @@ public struct ScaledAdapter: Sendable {
     ///
     /// - Throws: `AdapterError` (`.badScale`, or what ``Adapter/init(store:)`` throws) or the
     ///   reader's `FormatError` for a missing or unreadable file.
-    public static func open(_ argument: String, defaultScale: Double = 1, options: ModelInput.Options = ModelInput.Options()) throws -> ScaledAdapter {
+    public static func open(_ argument: String, defaultScale: Double = 1, options: ModelInput.Options = ModelInput.Options()) throws -> ScaledAdapter
+    {
         let (path, scale) = try parse(argument, defaultScale: defaultScale)
         let store = try ModelInput.open(path, options: options)
         let adapter = try Adapter(store: store)
@@ -96,34 +97,47 @@ public struct AdapterPlan: Sendable {
             }
             if let first = a.adapter.unrecognized.first {
                 let n = a.adapter.unrecognized.count
-                throw AdapterError(.unmatchedModule, "'\(a.name)': \(n) tensor\(n == 1 ? "" : "s") belong to no module (e.g. '\(first.name)'); merging would silently leave \(n == 1 ? "it" : "them") out", tensor: first.name)
+                throw AdapterError(
+                    .unmatchedModule,
+                    "'\(a.name)': \(n) tensor\(n == 1 ? "" : "s") belong to no module (e.g. '\(first.name)'); merging would silently leave \(n == 1 ? "it" : "them") out",
+                    tensor: first.name)
             }
             var unmatched: [String] = []
             var seen: [String: AdapterModule] = [:]
             for m in a.adapter.modules {
                 guard let target = index.target(of: m), let baseShape = index.shapes[target] else { unmatched.append(m.key); continue }
                 if let other = seen[target] {
-                    throw AdapterError(.duplicateModule, "'\(a.name)': modules '\(other.key)' (\(other.dialect.rawValue)) and '\(m.key)' (\(m.dialect.rawValue)) both modify \(target)", tensor: m.key)
+                    throw AdapterError(
+                        .duplicateModule,
+                        "'\(a.name)': modules '\(other.key)' (\(other.dialect.rawValue)) and '\(m.key)' (\(m.dialect.rawValue)) both modify \(target)",
+                        tensor: m.key)
                 }
                 seen[target] = m
                 guard let d = base.descriptor(named: target), d.dtype.isConvertibleFloat else {
-                    throw AdapterError(.malformed, "base tensor \(target) is not a floating-point tensor; adapters merge into f16/bf16/f32 weights", tensor: target)
+                    throw AdapterError(
+                        .malformed, "base tensor \(target) is not a floating-point tensor; adapters merge into f16/bf16/f32 weights", tensor: target)
                 }
                 let shape = try DeltaShape.implied(by: m)
                 guard shape.matches(baseShape) else {
-                    throw AdapterError(.shapeMismatch, "'\(a.name)': module '\(m.key)' makes a \(shape.out)×\(shape.inner) change, \(target) is \(baseShape)", tensor: m.key)
+                    throw AdapterError(
+                        .shapeMismatch, "'\(a.name)': module '\(m.key)' makes a \(shape.out)×\(shape.inner) change, \(target) is \(baseShape)",
+                        tensor: m.key)
                 }
                 if m.hasDoRA, let s = m.shapes[.doraScale] {
                     let kernel = baseShape.rank == 4 ? baseShape[2] * baseShape[3] : 1
                     guard s.count == shape.out || s.count == shape.inner / max(kernel, 1) else {
-                        throw AdapterError(.shapeMismatch, "'\(a.name)': dora_scale \(s) of '\(m.key)' fits neither the outputs nor the inputs of \(target) \(baseShape)", tensor: m.key)
+                        throw AdapterError(
+                            .shapeMismatch,
+                            "'\(a.name)': dora_scale \(s) of '\(m.key)' fits neither the outputs nor the inputs of \(target) \(baseShape)",
+                            tensor: m.key)
                     }
                 }
                 changes[target, default: []].append(Change(adapter: i, module: m, shape: shape, isBias: false))
                 if let bias = m.shapes[.diffBias] {
                     let biasName = String(target.dropLast(".weight".count)) + ".bias"
                     guard let b = base.descriptor(named: biasName), b.shape.count == bias.count, b.dtype.isConvertibleFloat else {
-                        throw AdapterError(.shapeMismatch, "'\(a.name)': diff_b \(bias) of '\(m.key)' has no matching bias \(biasName) in the base", tensor: m.key)
+                        throw AdapterError(
+                            .shapeMismatch, "'\(a.name)': diff_b \(bias) of '\(m.key)' has no matching bias \(biasName) in the base", tensor: m.key)
                     }
                     changes[biasName, default: []].append(Change(adapter: i, module: m, shape: DeltaShape(out: bias.count, inner: 1), isBias: true))
                 }
@@ -131,7 +145,10 @@ public struct AdapterPlan: Sendable {
             if !unmatched.isEmpty {
                 let total = a.adapter.modules.count
                 let hint = report.family.map { " (it is a \($0.name) adapter)" } ?? ""
-                throw AdapterError(.unmatchedModule, "'\(a.name)': \(unmatched.count) of \(total) modules match no tensor of the base\(hint), e.g. '\(unmatched[0])'", tensor: unmatched[0])
+                throw AdapterError(
+                    .unmatchedModule,
+                    "'\(a.name)': \(unmatched.count) of \(total) modules match no tensor of the base\(hint), e.g. '\(unmatched[0])'",
+                    tensor: unmatched[0])
             }
         }
         self.changes = changes
@@ -152,11 +169,15 @@ public struct AdapterPlan: Sendable {
                 continue
             }
             let delta = try DeltaWeight.compute(c.module, store: a.adapter.store, shape: c.shape)
-            guard delta.count == w.count else { throw AdapterError(.shapeMismatch, "module '\(c.module.key)' changed while merging", tensor: c.module.key) }
+            guard delta.count == w.count else {
+                throw AdapterError(.shapeMismatch, "module '\(c.module.key)' changed while merging", tensor: c.module.key)
+            }
             if c.module.hasDoRA {
                 let magnitude = try DeltaWeight.factor(c.module, .doraScale, a.adapter.store)
                 let kernel = baseShape.rank == 4 ? baseShape[2] * baseShape[3] : 1
-                try DeltaWeight.decompose(weight: &w, delta: delta, magnitude: magnitude, magnitudeShape: c.module.shapes[.doraScale]!, shape: c.shape, kernel: kernel, scale: s)
+                try DeltaWeight.decompose(
+                    weight: &w, delta: delta, magnitude: magnitude, magnitudeShape: c.module.shapes[.doraScale]!, shape: c.shape, kernel: kernel,
+                    scale: s)
             } else {
                 for i in w.indices { w[i] += s * delta[i] }
             }
@@ -166,16 +187,17 @@ public struct AdapterPlan: Sendable {
 
     /// Each adapter's file, hash, scale and what it changed: the provenance a merged file records.
     public var provenance: JSONValue {
-        .array(adapters.enumerated().map { i, a in
-            let changed = changes.values.reduce(0) { $0 + $1.filter { $0.adapter == i && !$0.isBias }.count }
-            return [
-                "file": .string(a.name),
-                "sha256": a.sha256.map { .string($0) } ?? .null,
-                "scale": JSONValue(a.scale),
-                "kind": .string(i < kinds.count ? kinds[i] : ""),
-                "modules": JSONValue(changed),
-            ]
-        })
+        .array(
+            adapters.enumerated().map { i, a in
+                let changed = changes.values.reduce(0) { $0 + $1.filter { $0.adapter == i && !$0.isBias }.count }
+                return [
+                    "file": .string(a.name),
+                    "sha256": a.sha256.map { .string($0) } ?? .null,
+                    "scale": JSONValue(a.scale),
+                    "kind": .string(i < kinds.count ? kinds[i] : ""),
+                    "modules": JSONValue(changed),
+                ]
+            })
     }
 }
 
@@ -267,16 +289,21 @@ extension AdapterPlan {
                         var plain = m
                         plain.alpha = nil
                         let mid = m.shapes[.mid]!
-                        let folded = try DeltaWeight.compute(plain, store: IdentityUpStore(base: a.adapter.store, upName: m.tensors[.up]!, rank: upShape[1]),
-                                                             shape: DeltaShape(out: upShape[1], inner: c.shape.inner))
+                        let folded = try DeltaWeight.compute(
+                            plain, store: IdentityUpStore(base: a.adapter.store, upName: m.tensors[.up]!, rank: upShape[1]),
+                            shape: DeltaShape(out: upShape[1], inner: c.shape.inner))
                         down = folded
                         downShape = Shape([upShape[1], m.shapes[.down]![1], mid[2], mid[3]])
                     }
-                    out.append(RuntimeLayerAdapter(target: target, factors: .lowRank(down: down, downShape: downShape, up: up, upShape: Shape([upShape[0], upShape[1]])), scale: Float(a.scale * m.alphaFactor)))
+                    out.append(
+                        RuntimeLayerAdapter(
+                            target: target, factors: .lowRank(down: down, downShape: downShape, up: up, upShape: Shape([upShape[0], upShape[1]])),
+                            scale: Float(a.scale * m.alphaFactor)))
                     continue
                 }
                 // Dense: the merged change relative to the base, for this adapter alone.
-                let single = try AdapterPlan(uncheckedBase: base, adapters: [a], changes: [target: [Change(adapter: 0, module: m, shape: c.shape, isBias: c.isBias)]])
+                let single = try AdapterPlan(
+                    uncheckedBase: base, adapters: [a], changes: [target: [Change(adapter: 0, module: m, shape: c.shape, isBias: c.isBias)]])
                 let merged = try single.mergedValues(of: target)!
                 let w = try base.tensor(named: target).floats()
                 out.append(RuntimeLayerAdapter(target: target, factors: .dense(zip(merged, w).map { $0 - $1 }), scale: 1))

@@ -106,7 +106,8 @@ public struct AdapterReport: Sendable {
             family = e.familyID.flatMap { catalog.family($0) }
             candidates = e.familyID == nil ? catalog.families.filter { $0.textEncoders.count == e.vectors.count }.map(\.id) : []
             familyEvidence = e.vectors.map { v in
-                "\(v.tensor): \(v.count) vector\(v.count == 1 ? "" : "s") of width \(v.width) for \(v.component.rawValue)" + (v.textModel.map { " (\($0))" } ?? " (no published text encoder has this width)")
+                "\(v.tensor): \(v.count) vector\(v.count == 1 ? "" : "s") of width \(v.width) for \(v.component.rawValue)"
+                    + (v.textModel.map { " (\($0))" } ?? " (no published text encoder has this width)")
             }
             considered = []
             modules = []
@@ -143,7 +144,9 @@ public struct AdapterReport: Sendable {
             }
             if c.unmatched > 0 { c.reasons.append("\(c.unmatched) of \(mods.count) modules name no layer of \(f.id)") }
             if !convMismatch.isEmpty {
-                c.reasons.append("\(convMismatch.count) modules factor a \(f.unet.linearProjection ? "convolution" : "linear layer") where \(f.id) has a \(f.unet.linearProjection ? "linear layer" : "1×1 convolution") (e.g. \(convMismatch[0]))")
+                c.reasons.append(
+                    "\(convMismatch.count) modules factor a \(f.unet.linearProjection ? "convolution" : "linear layer") where \(f.id) has a \(f.unet.linearProjection ? "linear layer" : "1×1 convolution") (e.g. \(convMismatch[0]))"
+                )
             }
             // Cross-attention context width against the text encoders' widths.
             let widths = Self.observedWidths(mods, targets)
@@ -151,7 +154,8 @@ public struct AdapterReport: Sendable {
                 let encoders = f.textEncoders.map(\.component)
                 let seen = encoders.compactMap { widths.text[$0] }
                 if seen.count == encoders.count, seen.reduce(0, +) != context {
-                    c.reasons.append("cross-attention takes \(context)-wide context, the text encoders' widths \(seen) do not add up to it as \(f.id) needs")
+                    c.reasons.append(
+                        "cross-attention takes \(context)-wide context, the text encoders' widths \(seen) do not add up to it as \(f.id) needs")
                 }
             }
             scored.append((f, c, targets))
@@ -174,9 +178,11 @@ public struct AdapterReport: Sendable {
             candidates = []
             let c = chosen.1
             evidence.insert("all \(c.matched) modules name layers of \(chosen.0.name)", at: 0)
-            evidence.append(c.publishedWidths == c.matched
-                ? "their sizes are those of the published \(chosen.0.name)"
-                : "\(c.matched - c.publishedWidths) of \(c.matched) modules have other sizes than the published \(chosen.0.name): made for a reduced or custom model of its structure")
+            evidence.append(
+                c.publishedWidths == c.matched
+                    ? "their sizes are those of the published \(chosen.0.name)"
+                    : "\(c.matched - c.publishedWidths) of \(c.matched) modules have other sizes than the published \(chosen.0.name): made for a reduced or custom model of its structure"
+            )
             modules = zip(mods, chosen.2).map { ModuleEntry(module: $0, target: $1) }
         } else {
             family = nil
@@ -247,9 +253,11 @@ public struct AdapterReport: Sendable {
     /// Training metadata worth showing: base model, network module and arguments, dim/alpha,
     /// resolution, and `ss_tag_frequency` reduced to its datasets and tag counts.
     static func trainingSummary(_ metadata: [String: String]) -> [(key: String, value: String)] {
-        let keys = ["ss_base_model_version", "ss_sd_model_name", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
-                    "ss_resolution", "ss_num_train_images", "ss_num_epochs", "ss_learning_rate", "ss_training_comment", "ss_v2",
-                    "modelspec.architecture", "modelspec.title", "modelspec.prediction_type"]
+        let keys = [
+            "ss_base_model_version", "ss_sd_model_name", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
+            "ss_resolution", "ss_num_train_images", "ss_num_epochs", "ss_learning_rate", "ss_training_comment", "ss_v2",
+            "modelspec.architecture", "modelspec.title", "modelspec.prediction_type",
+        ]
         var out: [(String, String)] = []
         for k in keys { if let v = metadata[k] { out.append((k, String(v.prefix(300)))) } }
         if let tags = metadata["ss_tag_frequency"] {
@@ -260,14 +268,15 @@ public struct AdapterReport: Sendable {
 
     static func summariseTags(_ text: String) -> String {
         guard text.utf8.count < 50_000_000,
-              let root = (try? Array(text.utf8).withUnsafeBytes { (raw) throws(JSONError) in try JSONParser.parse(raw) })?.objectValue
+            let root = (try? Array(text.utf8).withUnsafeBytes { (raw) throws(JSONError) in try JSONParser.parse(raw) })?.objectValue
         else { return "not JSON (\(text.utf8.count) bytes)" }
         var total: [String: Int] = [:]
         for (_, tags) in root {
             for (tag, n) in tags.objectValue ?? JSONObject() { total[tag.trimmingSpaces(), default: 0] += n.intValue ?? 0 }
         }
         let top = total.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }.prefix(5)
-        return "\(root.count) dataset\(root.count == 1 ? "" : "s"), \(total.count) distinct tags; most frequent: " + top.map { "\($0.key) (\($0.value))" }.joined(separator: ", ")
+        return "\(root.count) dataset\(root.count == 1 ? "" : "s"), \(total.count) distinct tags; most frequent: "
+            + top.map { "\($0.key) (\($0.value))" }.joined(separator: ", ")
     }
 
     // MARK: - JSON
@@ -282,33 +291,41 @@ public struct AdapterReport: Sendable {
         if let f = family { o["family_name"] = .string(f.name) }
         o["candidates"] = .array(candidates.map { .string($0) })
         o["evidence"] = .array(familyEvidence.map { .string($0) })
-        o["considered"] = .array(considered.map {
-            ["family": .string($0.family), "matched": JSONValue($0.matched), "unmatched": JSONValue($0.unmatched),
-             "published_sizes": JSONValue($0.publishedWidths), "reasons": .array($0.reasons.map { .string($0) })]
-        })
+        o["considered"] = .array(
+            considered.map {
+                [
+                    "family": .string($0.family), "matched": JSONValue($0.matched), "unmatched": JSONValue($0.unmatched),
+                    "published_sizes": JSONValue($0.publishedWidths), "reasons": .array($0.reasons.map { .string($0) }),
+                ]
+            })
         if let e = adapter.embedding {
             o["embedding"] = [
                 "dialect": .string(e.dialect.rawValue),
                 "suggested_token": e.suggestedToken.map { .string($0) } ?? .null,
-                "vectors": .array(e.vectors.map {
-                    ["tensor": .string($0.tensor), "count": JSONValue($0.count), "width": JSONValue($0.width),
-                     "text_encoder": .string($0.component.rawValue), "text_model": $0.textModel.map { .string($0) } ?? .null]
-                }),
+                "vectors": .array(
+                    e.vectors.map {
+                        [
+                            "tensor": .string($0.tensor), "count": JSONValue($0.count), "width": JSONValue($0.width),
+                            "text_encoder": .string($0.component.rawValue), "text_model": $0.textModel.map { .string($0) } ?? .null,
+                        ]
+                    }),
             ]
         }
-        o["modules"] = .array(modules.map { e in
-            let m = e.module
-            var x = JSONObject()
-            x["key"] = .string(m.key)
-            x["kind"] = .string(m.kindName)
-            x["dialect"] = .string(m.dialect.rawValue)
-            x["target"] = e.target.map { .string($0) } ?? .null
-            x["rank"] = m.dimension.map { JSONValue($0) } ?? .null
-            x["alpha"] = m.alpha.map { JSONValue($0) } ?? .null
-            x["alpha_source"] = .string(m.alphaSource)
-            x["tensors"] = .object(JSONObject(m.tensors.sorted { $0.key.rawValue < $1.key.rawValue }.map { ($0.key.rawValue, JSONValue.string($0.value)) }))
-            return .object(x)
-        })
+        o["modules"] = .array(
+            modules.map { e in
+                let m = e.module
+                var x = JSONObject()
+                x["key"] = .string(m.key)
+                x["kind"] = .string(m.kindName)
+                x["dialect"] = .string(m.dialect.rawValue)
+                x["target"] = e.target.map { .string($0) } ?? .null
+                x["rank"] = m.dimension.map { JSONValue($0) } ?? .null
+                x["alpha"] = m.alpha.map { JSONValue($0) } ?? .null
+                x["alpha_source"] = .string(m.alphaSource)
+                x["tensors"] = .object(
+                    JSONObject(m.tensors.sorted { $0.key.rawValue < $1.key.rawValue }.map { ($0.key.rawValue, JSONValue.string($0.value)) }))
+                return .object(x)
+            })
         o["unmatched"] = .array(unmatched.map { .string($0) })
         o["unrecognized_tensors"] = .array(unrecognizedTensors.map { .string($0) })
         o["duplicates"] = .array(duplicates.map { ["target": .string($0.target), "modules": .array($0.modules.map { .string($0) })] })
@@ -325,15 +342,25 @@ public struct AdapterReport: Sendable {
         var out: [String] = []
         if let e = adapter.embedding {
             out.append("adapter: textual-inversion embedding (\(e.dialect.rawValue))")
-            for v in e.vectors { out.append("  \(v.component.rawValue): \(v.count) vector\(v.count == 1 ? "" : "s") × \(v.width) (\(v.textModel ?? "width of no published encoder"))") }
+            for v in e.vectors {
+                out.append(
+                    "  \(v.component.rawValue): \(v.count) vector\(v.count == 1 ? "" : "s") × \(v.width) (\(v.textModel ?? "width of no published encoder"))"
+                )
+            }
             if let t = e.suggestedToken { out.append("  suggested token: \(t)") }
         } else {
-            out.append("adapter: " + kinds.map { "\($0.kind) (\($0.modules) modules)" }.joined(separator: ", ") + ", dialect " + dialects.map(\.rawValue).joined(separator: "+"))
-            out.append("  ranks: " + ranks.map { "\($0.value) ×\($0.modules)" }.joined(separator: ", ") + (alphas.isEmpty ? "" : "; alphas: " + alphas.map { "\(Self.number($0.value)) ×\($0.modules)" }.joined(separator: ", ")))
+            out.append(
+                "adapter: " + kinds.map { "\($0.kind) (\($0.modules) modules)" }.joined(separator: ", ") + ", dialect "
+                    + dialects.map(\.rawValue).joined(separator: "+"))
+            out.append(
+                "  ranks: " + ranks.map { "\($0.value) ×\($0.modules)" }.joined(separator: ", ")
+                    + (alphas.isEmpty ? "" : "; alphas: " + alphas.map { "\(Self.number($0.value)) ×\($0.modules)" }.joined(separator: ", ")))
             out.append("  components: " + components.map { "\($0.component) (\($0.modules))" }.joined(separator: ", "))
             out.append("  blocks: " + blocks.map { "\($0.block) (\($0.modules))" }.joined(separator: ", "))
         }
-        out.append("  base family: " + (family.map { "\($0.id) (\($0.name))" } ?? (candidates.isEmpty ? "unknown" : "one of \(candidates.joined(separator: ", "))")))
+        out.append(
+            "  base family: "
+                + (family.map { "\($0.id) (\($0.name))" } ?? (candidates.isEmpty ? "unknown" : "one of \(candidates.joined(separator: ", "))")))
         for e in familyEvidence { out.append("    - \(e)") }
         if !unmatched.isEmpty {
             out.append("  \(unmatched.count) module\(unmatched.count == 1 ? "" : "s") match no layer:")

@@ -16,17 +16,20 @@ extension AdapterReport {
     public static func inspect(_ store: any TensorStore) throws(AdapterError) -> AdapterReport? {
         // One tensor under a name that is neither a `<token>` nor A1111's: nothing says it is an
         // embedding, so a refusal of it as one (too many rows) is no finding either.
-        let plainOneTensor = store.tensors.count == 1 && store.tensors.allSatisfy { d in
-            !(d.name.hasPrefix("<") && d.name.hasSuffix(">")) && d.name != "emb_params" && !d.name.hasPrefix("string_to_param.")
-        }
+        let plainOneTensor =
+            store.tensors.count == 1
+            && store.tensors.allSatisfy { d in
+                !(d.name.hasPrefix("<") && d.name.hasSuffix(">")) && d.name != "emb_params" && !d.name.hasPrefix("string_to_param.")
+            }
         let adapter: Adapter
         do {
             adapter = try Adapter(store: store)
-        } catch where error.code == .notAnAdapter || plainOneTensor {
+        } catch  where error.code == .notAnAdapter || plainOneTensor {
             return nil
         }
         if let e = adapter.embedding, e.dialect == .diffusers,
-           !e.vectors.allSatisfy({ $0.textModel != nil || $0.tensor.hasPrefix("<") && $0.tensor.hasSuffix(">") }) {
+            !e.vectors.allSatisfy({ $0.textModel != nil || $0.tensor.hasPrefix("<") && $0.tensor.hasSuffix(">") })
+        {
             return nil
         }
         return AdapterReport(adapter)
@@ -63,7 +66,8 @@ extension AdapterPlan {
 extension AdapterConversion {
     /// `export ADAPTER --layout kohya|diffusers`: the converted store, ready for
     /// `OutputTensor.plan(from:dtype: .keep)` and a writer (with `store.metadata`).
-    public static func convert(_ store: any TensorStore, to target: Target, family: ArchitectureCatalog.Family? = nil) throws -> ConvertedAdapterStore {
+    public static func convert(_ store: any TensorStore, to target: Target, family: ArchitectureCatalog.Family? = nil) throws -> ConvertedAdapterStore
+    {
         try convert(try Adapter(store: store), to: target, family: family)
     }
 }
@@ -85,7 +89,9 @@ public struct LoadedEmbedding: Sendable {
         let store = try ModelInput.open(path, options: options)
         let adapter = try Adapter(store: store)
         guard let e = adapter.embedding else {
-            throw AdapterError(.malformed, "'\(path)' is a \(AdapterReport(adapter).kinds.map(\.kind).joined(separator: "+")), not a textual-inversion embedding (use --lora)")
+            throw AdapterError(
+                .malformed,
+                "'\(path)' is a \(AdapterReport(adapter).kinds.map(\.kind).joined(separator: "+")), not a textual-inversion embedding (use --lora)")
         }
         let file = path.split(separator: "/").last.map(String.init) ?? path
         let stem = file.split(separator: ".").first.map(String.init) ?? file

@@ -17,7 +17,9 @@ public struct DeltaShape: Sendable, Hashable {
         var n = 1
         for v in values {
             let (r, o) = n.multipliedReportingOverflow(by: v)
-            guard !o, r <= Int(Int32.max) * 64 else { throw AdapterError(.tooLarge, "module '\(key)' declares a product of \(values) elements, beyond any layer", tensor: key) }
+            guard !o, r <= Int(Int32.max) * 64 else {
+                throw AdapterError(.tooLarge, "module '\(key)' declares a product of \(values) elements, beyond any layer", tensor: key)
+            }
             n = r
         }
         return n
@@ -145,8 +147,12 @@ enum DeltaWeight {
             let w2a = try factor(m, .hadaW2A, store), w2b = try factor(m, .hadaW2B, store)
             let m1: [Float], m2: [Float]
             if m.hasTucker {
-                m1 = tucker(t: try factor(m, .hadaT1, store), tShape: m.shapes[.hadaT1]!, b: w1b, bShape: m.shapes[.hadaW1B]!, a: w1a, aShape: m.shapes[.hadaW1A]!)
-                m2 = tucker(t: try factor(m, .hadaT2, store), tShape: m.shapes[.hadaT2]!, b: w2b, bShape: m.shapes[.hadaW2B]!, a: w2a, aShape: m.shapes[.hadaW2A]!)
+                m1 = tucker(
+                    t: try factor(m, .hadaT1, store), tShape: m.shapes[.hadaT1]!, b: w1b, bShape: m.shapes[.hadaW1B]!, a: w1a,
+                    aShape: m.shapes[.hadaW1A]!)
+                m2 = tucker(
+                    t: try factor(m, .hadaT2, store), tShape: m.shapes[.hadaT2]!, b: w2b, bShape: m.shapes[.hadaW2B]!, a: w2a,
+                    aShape: m.shapes[.hadaW2A]!)
             } else {
                 m1 = matmul(w1a, w1b, m: shape.out, k: m.shapes[.hadaW1A]![1], n: shape.inner)
                 m2 = matmul(w2a, w2b, m: shape.out, k: m.shapes[.hadaW2A]![1], n: shape.inner)
@@ -166,8 +172,9 @@ enum DeltaWeight {
             if m.tensors[.lokrW2] != nil {
                 w2 = try factor(m, .lokrW2, store)
             } else if m.tensors[.lokrT2] != nil {
-                w2 = tucker(t: try factor(m, .lokrT2, store), tShape: m.shapes[.lokrT2]!, b: try factor(m, .lokrW2B, store), bShape: m.shapes[.lokrW2B]!,
-                            a: try factor(m, .lokrW2A, store), aShape: m.shapes[.lokrW2A]!)
+                w2 = tucker(
+                    t: try factor(m, .lokrT2, store), tShape: m.shapes[.lokrT2]!, b: try factor(m, .lokrW2B, store), bShape: m.shapes[.lokrW2B]!,
+                    a: try factor(m, .lokrW2A, store), aShape: m.shapes[.lokrW2A]!)
             } else {
                 let a = m.shapes[.lokrW2A]!, b = m.shapes[.lokrW2B]!
                 w2 = matmul(try factor(m, .lokrW2A, store), try factor(m, .lokrW2B, store), m: a[0], k: a[1], n: b[1])
@@ -195,7 +202,9 @@ enum DeltaWeight {
     /// Applies a DoRA module as ComfyUI's `weight_decompose` does: V = W + ΔW, normalised per
     /// input channel (`dora_scale` [1, in, …]) or per output channel (`dora_scale` [out, 1, …]),
     /// times the magnitude; the scale `s` interpolates W + s·(V' − W).
-    static func decompose(weight: inout [Float], delta: [Float], magnitude: [Float], magnitudeShape: Shape, shape: DeltaShape, kernel: Int, scale: Float) throws {
+    static func decompose(
+        weight: inout [Float], delta: [Float], magnitude: [Float], magnitudeShape: Shape, shape: DeltaShape, kernel: Int, scale: Float
+    ) throws {
         let out = shape.out, inner = shape.inner
         let inputs = kernel > 0 ? inner / kernel : inner
         var v = weight
@@ -210,7 +219,8 @@ enum DeltaWeight {
             }
         } else {
             guard magnitude.count == inputs else {
-                throw AdapterError(.shapeMismatch, "dora_scale \(magnitudeShape) fits neither the \(out) outputs nor the \(inputs) inputs of the layer")
+                throw AdapterError(
+                    .shapeMismatch, "dora_scale \(magnitudeShape) fits neither the \(out) outputs nor the \(inputs) inputs of the layer")
             }
             var sums = [Double](repeating: 0, count: inputs)
             let k = max(kernel, 1)

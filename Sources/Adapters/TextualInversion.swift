@@ -51,7 +51,10 @@ public struct TextualInversion: Sendable, Hashable {
             default: return nil
             }
             guard n >= 1, n <= Self.maximumVectors, w >= 1, w <= Self.maximumWidth else {
-                throw AdapterError(.tooLarge, "embedding '\(d.name)' is \(s): \(n) vectors of width \(w); at most \(Self.maximumVectors) vectors of width up to \(Self.maximumWidth) are accepted", tensor: d.name)
+                throw AdapterError(
+                    .tooLarge,
+                    "embedding '\(d.name)' is \(s): \(n) vectors of width \(w); at most \(Self.maximumVectors) vectors of width up to \(Self.maximumWidth) are accepted",
+                    tensor: d.name)
             }
             return (n, w)
         }
@@ -102,7 +105,9 @@ public struct TextualInversion: Sendable, Hashable {
             throw AdapterError(.malformed, "the embedding has no vectors for \(component.rawValue)")
         }
         let floats = try store.tensor(named: v.tensor).floats()
-        guard floats.count == v.count * v.width else { throw AdapterError(.malformed, "embedding '\(v.tensor)' changed while reading", tensor: v.tensor) }
+        guard floats.count == v.count * v.width else {
+            throw AdapterError(.malformed, "embedding '\(v.tensor)' changed while reading", tensor: v.tensor)
+        }
         guard floats.allSatisfy(\.isFinite) else {
             throw AdapterError(.malformed, "embedding '\(v.tensor)' holds NaN or infinite values", tensor: v.tensor)
         }

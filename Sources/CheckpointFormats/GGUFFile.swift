@@ -210,7 +210,8 @@ public struct GGUFHeader: Sendable {
         var alignment = 32
         if let value = metadata.first(where: { $0.0 == "general.alignment" })?.1 {
             guard case .unsigned(let a, let type) = value, type == 4, a > 0, a <= UInt64(Limits.alignment), a & (a - 1) == 0 else {
-                throw FormatError(.ggufInvalidAlignment, "general.alignment is \(value.text); it must be a uint32 power of two up to \(Limits.alignment)")
+                throw FormatError(
+                    .ggufInvalidAlignment, "general.alignment is \(value.text); it must be a uint32 power of two up to \(Limits.alignment)")
             }
             alignment = Int(a)
         }
@@ -245,7 +246,9 @@ public struct GGUFHeader: Sendable {
                 throw FormatError(.unsupportedDType, "tensor '\(name)': unsupported type \(type.name)", tensor: name)
             }
             guard ne[0] % type.blockValues == 0 else {
-                throw FormatError(.ggufBlockMisfit, "tensor '\(name)': rows of \(ne[0]) do not divide into \(type.name) blocks of \(type.blockValues)", tensor: name)
+                throw FormatError(
+                    .ggufBlockMisfit, "tensor '\(name)': rows of \(ne[0]) do not divide into \(type.name) blocks of \(type.blockValues)", tensor: name
+                )
             }
             guard let size = type.byteCount(values: count) else {
                 throw FormatError(.validationOverflow, "tensor '\(name)': byte size overflows", tensor: name)
@@ -267,7 +270,9 @@ public struct GGUFHeader: Sendable {
         // Names: the dialect decides whether ComfyUI-GGUF's stripped names get their prefix back.
         let architecture: String? = if case .string(let s)? = metadata.first(where: { $0.0 == "general.architecture" })?.1 { s } else { nil }
         let hasLDMNames = raw.contains { t in Self.ldmPrefixes.contains { t.name.hasPrefix($0) } }
-        let dialect: Dialect = hasLDMNames ? .stableDiffusionCPP
+        let dialect: Dialect =
+            hasLDMNames
+            ? .stableDiffusionCPP
             : (architecture.map(Self.comfyArchitectures.contains) ?? false) ? .comfyUI : .generic
         let values = Dictionary(metadata, uniquingKeysWith: { a, _ in a })
 
@@ -287,13 +292,16 @@ public struct GGUFHeader: Sendable {
             let (start, o1) = dataOffset.addingReportingOverflow(t.offset)
             let (end, o2) = start.addingReportingOverflow(t.size)
             guard !o1, !o2, end <= bytes.count else {
-                throw FormatError(.ggufTensorPastEnd, "tensor '\(name)' (\(t.size) bytes at \(t.offset)) runs past the end of the \(bytes.count)-byte file", tensor: name)
+                throw FormatError(
+                    .ggufTensorPastEnd, "tensor '\(name)' (\(t.size) bytes at \(t.offset)) runs past the end of the \(bytes.count)-byte file",
+                    tensor: name)
             }
             let dtype = t.type.plainDType ?? .f32
             let logicalBytes = t.type.isBlockQuantized ? stored.count * 4 : t.size
-            entries.append(Entry(
-                descriptor: TensorDescriptor(name: name, dtype: dtype, shape: logical, byteCount: logicalBytes),
-                storedName: t.name, storedShape: stored, type: t.type, offset: t.offset, byteCount: t.size, fileRange: start..<end))
+            entries.append(
+                Entry(
+                    descriptor: TensorDescriptor(name: name, dtype: dtype, shape: logical, byteCount: logicalBytes),
+                    storedName: t.name, storedShape: stored, type: t.type, offset: t.offset, byteCount: t.size, fileRange: start..<end))
         }
         let ordered = entries.indices.sorted { (entries[$0].offset, entries[$0].byteCount) < (entries[$1].offset, entries[$1].byteCount) }
         var previousEnd = 0
@@ -334,7 +342,8 @@ public struct GGUFHeader: Sendable {
             dims.append(Int(d))
         }
         guard product == count else {
-            throw FormatError(.ggufInvalidOriginalShape, "comfy.gguf.orig_shape.\(name) \(dims) has \(product) values; the tensor has \(count)", tensor: name)
+            throw FormatError(
+                .ggufInvalidOriginalShape, "comfy.gguf.orig_shape.\(name) \(dims) has \(product) values; the tensor has \(count)", tensor: name)
         }
         return Shape(dims)
     }

@@ -51,7 +51,10 @@ public enum GGUFWriter {
         /// `comfy.gguf.orig_shape.<name>`.
         public var originalShape: Shape?
 
-        public init(name: String, shape: Shape, type: TensorType, load: @escaping @Sendable () throws -> TensorView, quantized: (@Sendable () throws -> QuantizedTensorView?)? = nil) {
+        public init(
+            name: String, shape: Shape, type: TensorType, load: @escaping @Sendable () throws -> TensorView,
+            quantized: (@Sendable () throws -> QuantizedTensorView?)? = nil
+        ) {
             self.init(name: name, shape: shape, ggmlType: type.ggmlType, load: load, quantized: quantized)
         }
 
@@ -153,13 +156,17 @@ public enum GGUFWriter {
         var sizes: [Int] = []
         var names = Set<String>()
         for t in tensors {
-            guard names.insert(t.name).inserted else { throw FormatError(.duplicateTensor, "tensor '\(t.name)' appears twice", path: path, tensor: t.name) }
+            guard names.insert(t.name).inserted else {
+                throw FormatError(.duplicateTensor, "tensor '\(t.name)' appears twice", path: path, tensor: t.name)
+            }
             guard t.shape.rank >= 1, t.shape.rank <= 4 else {
                 throw FormatError(.invalidArgument, "GGUF holds 1 to 4 dimensions; '\(t.name)' has shape \(t.shape)", path: path, tensor: t.name)
             }
             // Types WeightPack does not quantise to (IQ4_NL, IQ4_XS) may still be copied from stored blocks.
-            guard t.ggmlType.isKnown, t.ggmlType.plainDType != nil || GGMLType.quantizable.contains(t.ggmlType)
-                || (t.blocks != nil && t.ggmlType.isReadable) else {
+            guard t.ggmlType.isKnown,
+                t.ggmlType.plainDType != nil || GGMLType.quantizable.contains(t.ggmlType)
+                    || (t.blocks != nil && t.ggmlType.isReadable)
+            else {
                 throw FormatError(.unsupportedDType, "unsupported type \(t.ggmlType.name) for writing '\(t.name)'", path: path, tensor: t.name)
             }
             if t.shape.dimensions.last! % t.ggmlType.blockValues != 0 {

@@ -1,8 +1,9 @@
+import MappedIO
+import TensorCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import MappedIO
-import TensorCore
 
 /// Opens any supported input by looking at its bytes (not only its name).
 public enum ModelInput {
@@ -20,8 +21,10 @@ public enum ModelInput {
         /// PyTorch checkpoints: refuse tensors that would materialise more than this many times
         /// the storage bytes they view (`TorchCheckpoint.init(maximumExpansion:)`).
         public var maximumExpansion = TorchCheckpoint.defaultMaximumExpansion
-        public init(allowUnsafeGlobals: Bool = false, variant: String? = nil,
-                    maximumExpansion: Int = TorchCheckpoint.defaultMaximumExpansion) {
+        public init(
+            allowUnsafeGlobals: Bool = false, variant: String? = nil,
+            maximumExpansion: Int = TorchCheckpoint.defaultMaximumExpansion
+        ) {
             self.allowUnsafeGlobals = allowUnsafeGlobals
             self.variant = variant
             self.maximumExpansion = maximumExpansion
@@ -71,7 +74,10 @@ public enum ModelInput {
         if path.hasSuffix(".safetensors") || looksLikeSafetensors(head, fileSize: size) { return .safetensors }
         // torch.load unpickles any non-zip file from byte 0, whatever its first opcode.
         if [".ckpt", ".pt", ".pth", ".bin"].contains(where: path.hasSuffix), let first = head.first,
-           TorchCheckpoint.startsLikePickle(first) { return .torchLegacy }
+            TorchCheckpoint.startsLikePickle(first)
+        {
+            return .torchLegacy
+        }
         throw FormatError(.unrecognizedFormat, "not a safetensors, PyTorch, GGUF or .wpk file, nor a diffusers folder", path: path)
     }
 

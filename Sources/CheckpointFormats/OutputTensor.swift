@@ -70,7 +70,9 @@ public enum DTypeChoice: String, Sendable, CaseIterable {
 
 extension OutputTensor {
     /// The plan for writing every tensor of `store` (in its order) as `choice` asks.
-    public static func plan(from store: any TensorStore, dtype choice: DTypeChoice, include: (TensorDescriptor) -> Bool = { _ in true }) -> [OutputTensor] {
+    public static func plan(
+        from store: any TensorStore, dtype choice: DTypeChoice, include: (TensorDescriptor) -> Bool = { _ in true }
+    ) -> [OutputTensor] {
         if choice == .int8 { return plan(from: store, rules: QuantizationRules(), include: include) }
         return store.tensors.filter(include).map { d in
             OutputTensor(
@@ -84,7 +86,9 @@ extension OutputTensor {
 extension OutputTensor {
     /// The plan for an int8 conversion: tensors the rules pick are quantised, the other
     /// floating-point tensors are stored as ``QuantizationRules/keptDType(for:)`` says.
-    public static func plan(from store: any TensorStore, rules: QuantizationRules, include: (TensorDescriptor) -> Bool = { _ in true }) -> [OutputTensor] {
+    public static func plan(
+        from store: any TensorStore, rules: QuantizationRules, include: (TensorDescriptor) -> Bool = { _ in true }
+    ) -> [OutputTensor] {
         store.tensors.filter(include).map { d in
             var t = OutputTensor(
                 name: d.name, dtype: QuantizationRules.keptDType(for: d), shape: d.shape,
@@ -119,10 +123,11 @@ extension OutputTensor {
     ) -> [OutputTensor] {
         var engineRows = rules
         engineRows.rows = .allButFirstDimension
-        let blocksOf = storedBlocks ?? { name in
-            guard let g = store as? any GGMLTensorStore else { return nil }
-            return { try g.ggmlTensor(named: name) }
-        }
+        let blocksOf =
+            storedBlocks ?? { name in
+                guard let g = store as? any GGMLTensorStore else { return nil }
+                return { try g.ggmlTensor(named: name) }
+            }
         return store.tensors.filter(include).map { d in
             let decision = engineRows.decision(for: d)
             var t = OutputTensor(
@@ -177,7 +182,8 @@ enum TensorEmitter {
         var hasher = XXHash64()
         var overflow = 0
         try view.bytes.withUnsafeBytes { (source) throws(FormatError) in
-            overflow = try emit(source: source, from: tensor.sourceDType, as: tensor.dtype, count: tensor.shape.count, name: tensor.name, to: writer, hasher: &hasher)
+            overflow = try emit(
+                source: source, from: tensor.sourceDType, as: tensor.dtype, count: tensor.shape.count, name: tensor.name, to: writer, hasher: &hasher)
             (view.bytes.owner as? MappedFile)?.adviseDone(with: source)
         }
         return Emitted(checksum: hasher.finalize(), float16Overflow: overflow)

@@ -62,7 +62,9 @@ extension WPKFile: RecordedTensorStore {
     }
 
     public func storageRecord(of name: String) -> StoredTensorRecord? {
-        entry(named: name).map { StoredTensorRecord(storedByteCount: $0.length, sourceDType: $0.sourceDType, quantization: $0.quantization, blocks: $0.blocks) }
+        entry(named: name).map {
+            StoredTensorRecord(storedByteCount: $0.length, sourceDType: $0.sourceDType, quantization: $0.quantization, blocks: $0.blocks)
+        }
     }
 
     public func sourceName(of name: String) -> String? {

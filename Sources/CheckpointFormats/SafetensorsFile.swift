@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import MappedIO
 import StrictJSON
 import TensorCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A `.safetensors` file, memory-mapped and validated as the reference crate validates it
 /// (https://github.com/huggingface/safetensors, `Metadata::validate`), with duplicate keys
@@ -136,7 +137,8 @@ public struct SafetensorsHeader: Sendable {
             let name = entry.descriptor.name
             guard entry.dataRange.lowerBound == expectedStart else {
                 let what = entry.dataRange.lowerBound > expectedStart ? "leaves a hole before it" : "overlaps the tensor before it"
-                throw FormatError(.invalidOffset, "tensor '\(name)' starts at \(entry.dataRange.lowerBound) and \(what) (expected \(expectedStart))", tensor: name)
+                throw FormatError(
+                    .invalidOffset, "tensor '\(name)' starts at \(entry.dataRange.lowerBound) and \(what) (expected \(expectedStart))", tensor: name)
             }
             expectedStart = entry.dataRange.upperBound
             let size: Int
@@ -157,7 +159,8 @@ public struct SafetensorsHeader: Sendable {
         }
         let (end, overflow) = expectedStart.addingReportingOverflow(8 + n)
         guard !overflow, end == bytes.count else {
-            let detail = !overflow && end < bytes.count
+            let detail =
+                !overflow && end < bytes.count
                 ? "\(bytes.count - end) bytes follow the last tensor"
                 : "the tensors need \(overflow ? "more than Int.max" : String(end)) bytes but the file has \(bytes.count)"
             throw FormatError(.incompleteBuffer, "data section is not exactly covered: \(detail)")
@@ -171,8 +174,10 @@ public struct SafetensorsHeader: Sendable {
     /// One streaming pass over the header's JSON: tensor entries and metadata are built as they
     /// are read and nothing else is kept, so memory is proportional to the tensors, not to what
     /// the text nests. Unknown fields of a tensor entry are skipped (the reference ignores them).
-    private static func readHeader(_ bytes: UnsafeRawBufferPointer, metadata: inout [String: String], entries: inout [Entry],
-                                   index: inout [String: Int]) throws {
+    private static func readHeader(
+        _ bytes: UnsafeRawBufferPointer, metadata: inout [String: String], entries: inout [Entry],
+        index: inout [String: Int]
+    ) throws {
         var reader = try JSONReader(bytes, maximumDepth: maximumDepth)
         // Every tensor entry names "data_offsets" once: counting them (at memchr speed) sizes the
         // name index and the entries exactly, so a million names are hashed once, not at every growth.
@@ -246,8 +251,10 @@ public struct SafetensorsHeader: Sendable {
     }
 
     /// Reads an array of non-negative integers, refusing anything else at its first token.
-    private static func readIntegers(_ reader: inout JSONReader, name: String, field: String, limit: Int,
-                                     overflow: FormatError.Code) throws -> [Int] {
+    private static func readIntegers(
+        _ reader: inout JSONReader, name: String, field: String, limit: Int,
+        overflow: FormatError.Code
+    ) throws -> [Int] {
         let open = try reader.next()
         guard open == .beginArray else {
             throw FormatError(.invalidTensorEntry, "tensor '\(name)': \(field) is a \(open.typeName), not an array", tensor: name)
@@ -266,7 +273,8 @@ public struct SafetensorsHeader: Sendable {
             case .uint(let v):
                 throw FormatError(overflow, "tensor '\(name)': \(field) value \(v) overflows", tensor: name)
             default:
-                throw FormatError(.invalidTensorEntry, "tensor '\(name)': \(field) holds a \(token.typeName), not a non-negative integer", tensor: name)
+                throw FormatError(
+                    .invalidTensorEntry, "tensor '\(name)': \(field) holds a \(token.typeName), not a non-negative integer", tensor: name)
             }
         }
     }
@@ -296,7 +304,8 @@ public struct SafetensorsHeader: Sendable {
             case .uint(let v):
                 throw FormatError(.invalidOffset, "tensor '\(name)': data_offsets value \(v) overflows", tensor: name)
             default:
-                throw FormatError(.invalidTensorEntry, "tensor '\(name)': data_offsets holds a \(token.typeName), not a non-negative integer", tensor: name)
+                throw FormatError(
+                    .invalidTensorEntry, "tensor '\(name)': data_offsets holds a \(token.typeName), not a non-negative integer", tensor: name)
             }
         }
     }

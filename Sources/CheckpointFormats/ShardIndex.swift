@@ -28,7 +28,8 @@ struct ShardIndex {
         var placement: [(tensor: String, file: Int)] = []
         for (tensor, value) in weightMap {
             guard case .string(let name) = value, !name.contains("/"), name != "..", name != ".", !name.isEmpty else {
-                throw FormatError(.invalidHeaderJSON, "weight_map entry for '\(tensor)' is not a file name in the index's folder", path: indexPath, tensor: tensor)
+                throw FormatError(
+                    .invalidHeaderJSON, "weight_map entry for '\(tensor)' is not a file name in the index's folder", path: indexPath, tensor: tensor)
             }
             if fileIndex[name] == nil {
                 fileIndex[name] = files.count

@@ -38,7 +38,8 @@ public final class ShardedStore<Shard: TensorStore>: TensorStore, @unchecked Sen
         do {
             root = try index.withUnsafeBytes { (raw) throws(JSONError) in try JSONParser.parse(raw) }
         } catch {
-            throw FormatError(error.code == .duplicateKey ? .duplicateKey : .invalidHeaderJSON, "index is not valid JSON: \(error.message)", path: indexPath)
+            throw FormatError(
+                error.code == .duplicateKey ? .duplicateKey : .invalidHeaderJSON, "index is not valid JSON: \(error.message)", path: indexPath)
         }
         let shardIndex = try ShardIndex(root, indexPath: indexPath)
         var opened: [Shard] = []

@@ -211,13 +211,19 @@ public final class WPKFile: QuantizedTensorStore, GGMLTensorStore, @unchecked Se
             let stored = storedBytes(of: entry)
             let actual = stored.withUnsafeBytes { XXHash64.hash($0) }
             if actual != entry.checksum {
-                damage.append(Damage(tensor: entry.descriptor.name, reason: "checksum mismatch: stored data hashes to \(hex(actual)), header says \(hex(entry.checksum))"))
+                damage.append(
+                    Damage(
+                        tensor: entry.descriptor.name,
+                        reason: "checksum mismatch: stored data hashes to \(hex(actual)), header says \(hex(entry.checksum))"))
             } else if case .zstdByteGroup(let width, let size, let rawChecksum) = entry.encoding {
                 do {
                     let decoded = try stored.withUnsafeBytes { (raw) throws(FormatError) in try ByteGroupCodec.decode(raw, width: width, size: size) }
                     let logical = XXHash64.hash(decoded.bytes)
                     if logical != rawChecksum {
-                        damage.append(Damage(tensor: entry.descriptor.name, reason: "decompressed data hashes to \(hex(logical)), header says \(hex(rawChecksum))"))
+                        damage.append(
+                            Damage(
+                                tensor: entry.descriptor.name, reason: "decompressed data hashes to \(hex(logical)), header says \(hex(rawChecksum))")
+                        )
                     }
                 } catch {
                     damage.append(Damage(tensor: entry.descriptor.name, reason: error.message))
@@ -256,9 +262,9 @@ public final class WPKFile: QuantizedTensorStore, GGMLTensorStore, @unchecked Se
             throw FormatError(.badMagic, "not a .wpk file (bad magic)")
         }
         guard let major = reader.getInteger(at: 8, as: UInt16.self), let minor = reader.getInteger(at: 10, as: UInt16.self),
-              let flags = reader.getInteger(at: 12, as: UInt32.self), let headerOffset = reader.getInteger(at: 16, as: UInt64.self),
-              let headerLength = reader.getInteger(at: 24, as: UInt64.self), let dataOffset64 = reader.getInteger(at: 32, as: UInt64.self),
-              let dataLength64 = reader.getInteger(at: 40, as: UInt64.self), let headerChecksum = reader.getInteger(at: 48, as: UInt64.self)
+            let flags = reader.getInteger(at: 12, as: UInt32.self), let headerOffset = reader.getInteger(at: 16, as: UInt64.self),
+            let headerLength = reader.getInteger(at: 24, as: UInt64.self), let dataOffset64 = reader.getInteger(at: 32, as: UInt64.self),
+            let dataLength64 = reader.getInteger(at: 40, as: UInt64.self), let headerChecksum = reader.getInteger(at: 48, as: UInt64.self)
         else {
             throw FormatError(.corruptHeader, "file ends inside the 64-byte preamble")
         }
@@ -282,7 +288,9 @@ public final class WPKFile: QuantizedTensorStore, GGMLTensorStore, @unchecked Se
         }
         let (end, overflow) = dataOffset.addingReportingOverflow(dataLength)
         guard !overflow, end == bytes.count else {
-            throw FormatError(.corruptHeader, "file is \(bytes.count) bytes but its preamble describes \(overflow ? "more than Int.max" : String(end)) (truncated or extended)")
+            throw FormatError(
+                .corruptHeader,
+                "file is \(bytes.count) bytes but its preamble describes \(overflow ? "more than Int.max" : String(end)) (truncated or extended)")
         }
         let headerBytes = reader.getBytes(at: WPKLayout.preambleSize, count: h)!
         guard XXHash64.hash(headerBytes) == headerChecksum else {
@@ -314,10 +322,14 @@ public final class WPKFile: QuantizedTensorStore, GGMLTensorStore, @unchecked Se
             entries.append(entry)
         }
         if minor < 2, let blocks = entries.first(where: { $0.blocks != nil }) {
-            throw FormatError(.corruptHeader, "the preamble says version 1.\(minor), but tensor '\(blocks.descriptor.name)' holds ggml blocks (a 1.2 feature)", tensor: blocks.descriptor.name)
+            throw FormatError(
+                .corruptHeader, "the preamble says version 1.\(minor), but tensor '\(blocks.descriptor.name)' holds ggml blocks (a 1.2 feature)",
+                tensor: blocks.descriptor.name)
         }
         if minor == 0, let quantized = entries.first(where: { $0.quantization != nil }) {
-            throw FormatError(.corruptHeader, "the preamble says version 1.0, but tensor '\(quantized.descriptor.name)' is int8-block quantised (a 1.1 feature)", tensor: quantized.descriptor.name)
+            throw FormatError(
+                .corruptHeader, "the preamble says version 1.0, but tensor '\(quantized.descriptor.name)' is int8-block quantised (a 1.1 feature)",
+                tensor: quantized.descriptor.name)
         }
         let sorted = entries.sorted { $0.offset < $1.offset }
         for (a, b) in zip(sorted, sorted.dropFirst()) where a.offset + a.length > b.offset {
@@ -348,9 +360,12 @@ public final class WPKFile: QuantizedTensorStore, GGMLTensorStore, @unchecked Se
         guard offset % WPKLayout.alignment == 0 else { throw bad("offset \(offset) is not 64-byte aligned") }
         let (end, overflow) = offset.addingReportingOverflow(length)
         guard !overflow, end <= dataLength else { throw bad("data [\(offset), +\(length)) runs past the data section") }
-        guard case .string(let checksumText)? = f["checksum"], let checksum = parseChecksum(checksumText) else { throw bad("missing or malformed checksum") }
+        guard case .string(let checksumText)? = f["checksum"], let checksum = parseChecksum(checksumText) else {
+            throw bad("missing or malformed checksum")
+        }
         if case .object(let q)? = f["quantization"] {
-            return try parseQuantizedEntry(name: name, dtype: dtype, shape: shape, fields: f, quantization: q, offset: offset, length: length, checksum: checksum)
+            return try parseQuantizedEntry(
+                name: name, dtype: dtype, shape: shape, fields: f, quantization: q, offset: offset, length: length, checksum: checksum)
         } else if f["quantization"] != nil, f["quantization"] != .null {
             throw bad("malformed quantization")
         }
@@ -360,8 +375,8 @@ public final class WPKFile: QuantizedTensorStore, GGMLTensorStore, @unchecked Se
             case "raw": encoding = .raw
             case "zstd-bytegroup":
                 guard let width = e["width"]?.nonNegativeInt, [2, 4, 8].contains(width), width == dtype.byteWidth,
-                      let size = e["size"]?.nonNegativeInt, size == logical,
-                      case .string(let raw)? = e["raw_checksum"], let rawChecksum = parseChecksum(raw)
+                    let size = e["size"]?.nonNegativeInt, size == logical,
+                    case .string(let raw)? = e["raw_checksum"], let rawChecksum = parseChecksum(raw)
                 else { throw bad("malformed zstd-bytegroup encoding") }
                 encoding = .zstdByteGroup(width: width, size: size, rawChecksum: rawChecksum)
             default: throw bad("unknown encoding")

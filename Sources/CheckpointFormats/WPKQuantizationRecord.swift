@@ -49,7 +49,8 @@ extension WPKFile {
         // anything else that does not fit is a corrupt header.
         guard case .string(let scheme)? = q["scheme"] else { throw bad("int8 quantization has no scheme name") }
         if scheme == WPKBlockStorage.schemeName {
-            return try parseBlockEntry(name: name, dtype: dtype, shape: shape, fields: f, quantization: q, offset: offset, length: length, checksum: checksum)
+            return try parseBlockEntry(
+                name: name, dtype: dtype, shape: shape, fields: f, quantization: q, offset: offset, length: length, checksum: checksum)
         }
         guard scheme == Int8BlockLayout.schemeName else { throw unsupported("uses quantisation scheme '\(scheme)'") }
         guard case .string(let scaleDType)? = q["scale_dtype"] else { throw bad("int8-block quantization has no scale_dtype name") }
@@ -59,7 +60,9 @@ extension WPKFile {
             guard dequantized == "F32" else { throw unsupported("dequantises to '\(dequantized)' (only F32 is defined)") }
         }
         guard dtype == .i8 else { throw bad("an int8-block tensor must have dtype I8, not \(dtype.name)") }
-        guard f["encoding"] == nil || f["encoding"]?.objectValue?["kind"]?.stringValue == "raw" else { throw bad("an int8-block tensor must be stored raw") }
+        guard f["encoding"] == nil || f["encoding"]?.objectValue?["kind"]?.stringValue == "raw" else {
+            throw bad("an int8-block tensor must be stored raw")
+        }
         guard shape.rank >= 1 else { throw bad("a 0-rank tensor cannot be int8-block quantised") }
         guard let blockSize = q["block_size"]?.nonNegativeInt, blockSize >= 1 else { throw bad("int8-block block_size must be a positive integer") }
         guard let rows = q["rows"]?.nonNegativeInt, let rowLength = q["row_length"]?.nonNegativeInt else {
@@ -75,7 +78,8 @@ extension WPKFile {
             throw bad("scale_offset \(scaleOffset), expected \(layout.scaleOffset) (the \(layout.elementCount) int8 values padded to 64 bytes)")
         }
         guard length == layout.byteCount else {
-            throw bad("stores \(length) bytes but \(layout) needs \(layout.byteCount) (\(layout.scaleCount) scales after offset \(layout.scaleOffset))")
+            throw bad(
+                "stores \(length) bytes but \(layout) needs \(layout.byteCount) (\(layout.scaleCount) scales after offset \(layout.scaleOffset))")
         }
         let metrics = try QuantizationMetrics(headerValue: q["error"], count: shape.count, bad: bad)
         return dequantizedEntry(
@@ -97,17 +101,23 @@ extension WPKFile {
         if let value = q["dequantized_dtype"], value != .null {
             guard case .string(let dequantized) = value else { throw bad("dequantized_dtype is not a name") }
             guard dequantized == "F32" else {
-                throw FormatError(.unsupportedVersion, "tensor '\(name)' dequantises to '\(dequantized)' (only F32 is defined), which this reader cannot decode", tensor: name)
+                throw FormatError(
+                    .unsupportedVersion, "tensor '\(name)' dequantises to '\(dequantized)' (only F32 is defined), which this reader cannot decode",
+                    tensor: name)
             }
         }
         guard dtype == .u8 else { throw bad("a ggml block tensor must have dtype U8, not \(dtype.name)") }
-        guard f["encoding"] == nil || f["encoding"]?.objectValue?["kind"]?.stringValue == "raw" else { throw bad("a ggml block tensor must be stored raw") }
+        guard f["encoding"] == nil || f["encoding"]?.objectValue?["kind"]?.stringValue == "raw" else {
+            throw bad("a ggml block tensor must be stored raw")
+        }
         guard shape.rank >= 1 else { throw bad("a 0-rank tensor cannot hold ggml blocks") }
         guard let rowLength = q["row_length"]?.nonNegativeInt, rowLength > 0, rowLength % type.blockValues == 0, shape.count % rowLength == 0 else {
             throw bad("row_length must be a positive multiple of \(type.name)'s \(type.blockValues) that divides the \(shape.count) values")
         }
         guard let size = type.byteCount(values: shape.count), size == length else {
-            throw bad("stores \(length) bytes but \(shape) as \(type.name) needs \(type.byteCount(values: shape.count).map(String.init) ?? "more than Int.max")")
+            throw bad(
+                "stores \(length) bytes but \(shape) as \(type.name) needs \(type.byteCount(values: shape.count).map(String.init) ?? "more than Int.max")"
+            )
         }
         let (floatBytes, overflow) = shape.count.multipliedReportingOverflow(by: 4)
         guard !overflow else { throw bad("shape \(shape) is too large") }
@@ -143,7 +153,7 @@ extension QuantizationMetrics {
         switch value {
         case .object(let e)?:
             guard let maxAbs = e["max_abs"]?.doubleValue, let cosine = e["cosine"]?.doubleValue,
-                  e["snr_db"] == nil || e["snr_db"] == .null || e["snr_db"]?.doubleValue != nil
+                e["snr_db"] == nil || e["snr_db"] == .null || e["snr_db"]?.doubleValue != nil
             else { throw bad("malformed quantization error") }
             self.init(snrDecibels: e["snr_db"]?.doubleValue, maxAbsoluteError: maxAbs, cosine: cosine, count: count)
         case nil, .null?:

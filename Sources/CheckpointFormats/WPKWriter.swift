@@ -58,7 +58,9 @@ public enum WPKWriter {
         for t in tensors {
             if let g = t.ggml {
                 guard g.rowLength > 0, g.rowLength % g.type.blockValues == 0, t.shape.count % g.rowLength == 0 else {
-                    throw FormatError(.invalidArgument, "rows of \(g.rowLength) do not fit \(g.type.name) for '\(t.name)' of shape \(t.shape)", path: path, tensor: t.name)
+                    throw FormatError(
+                        .invalidArgument, "rows of \(g.rowLength) do not fit \(g.type.name) for '\(t.name)' of shape \(t.shape)", path: path,
+                        tensor: t.name)
                 }
             }
         }
@@ -100,13 +102,15 @@ public enum WPKWriter {
                 }
                 if overflow > 0 { options.float16Overflow?(t.sourceName, overflow) }
                 let size = try t.byteCount()
-                let descriptor = quantization == nil && blocks == nil
+                let descriptor =
+                    quantization == nil && blocks == nil
                     ? TensorDescriptor(name: t.name, dtype: t.dtype, shape: t.shape, byteCount: size)
                     : TensorDescriptor(name: t.name, dtype: .f32, shape: t.shape, byteCount: t.shape.count * 4)
-                entries.append(WPKTensorEntry(
-                    descriptor: descriptor,
-                    offset: offset, length: writer.position - dataOffset - offset, checksum: checksum, encoding: encoding,
-                    sourceName: t.sourceName, sourceDType: t.sourceDType, quantization: quantization, blocks: blocks))
+                entries.append(
+                    WPKTensorEntry(
+                        descriptor: descriptor,
+                        offset: offset, length: writer.position - dataOffset - offset, checksum: checksum, encoding: encoding,
+                        sourceName: t.sourceName, sourceDType: t.sourceDType, quantization: quantization, blocks: blocks))
                 progress?.advance(by: size)
             }
             let dataLength = writer.position - dataOffset
@@ -138,7 +142,9 @@ public enum WPKWriter {
     /// Copies a tensor's stored blocks when they are of the wanted type, or widens it to f32
     /// and quantises it with ggml's reference quantiser; returns the XXH64 of the bytes written
     /// and the error (`nil` for copied blocks, whose error the source recorded or not).
-    private static func writeBlocks(_ t: OutputTensor, storage: WPKBlockStorage, to writer: AtomicFileWriter) throws(FormatError) -> (UInt64, QuantizationMetrics?) {
+    private static func writeBlocks(
+        _ t: OutputTensor, storage: WPKBlockStorage, to writer: AtomicFileWriter
+    ) throws(FormatError) -> (UInt64, QuantizationMetrics?) {
         let count = t.shape.count
         let size = try t.byteCount()
         do {
@@ -171,7 +177,9 @@ public enum WPKWriter {
 
     /// Widens a tensor to f32, quantises it to int8 (rows spread over the processors), writes
     /// the layout's bytes and returns their XXH64 and the error measured.
-    private static func writeQuantized(_ t: OutputTensor, layout: Int8BlockLayout, to writer: AtomicFileWriter) throws(FormatError) -> (UInt64, QuantizationMetrics) {
+    private static func writeQuantized(
+        _ t: OutputTensor, layout: Int8BlockLayout, to writer: AtomicFileWriter
+    ) throws(FormatError) -> (UInt64, QuantizationMetrics) {
         guard layout.elementCount == t.shape.count, t.sourceDType.isConvertibleFloat else {
             throw FormatError(.unsupportedConversion, "cannot quantise \(t.sourceDType.name) \(t.shape) as \(layout)", tensor: t.name)
         }
@@ -179,7 +187,8 @@ public enum WPKWriter {
         let floats = OwnedBuffer(byteCount: layout.elementCount * 4)
         try view.bytes.withUnsafeBytes { (source) throws(FormatError) in
             do throws(TensorCoreError) {
-                try ElementConversion.widen(source, dtype: t.sourceDType, into: floats.mutableBytes.bindMemory(to: Float.self), count: layout.elementCount)
+                try ElementConversion.widen(
+                    source, dtype: t.sourceDType, into: floats.mutableBytes.bindMemory(to: Float.self), count: layout.elementCount)
             } catch {
                 throw FormatError(.unsupportedConversion, error.message, tensor: t.name)
             }
@@ -217,7 +226,9 @@ public enum WPKWriter {
 
     /// Converts a tensor into memory, compresses its byte planes and writes them (or the raw
     /// bytes when compression does not pay).
-    private static func writeCompressed(_ t: OutputTensor, width: Int, level: Int32, to writer: AtomicFileWriter) throws(FormatError) -> (WPKEncoding, UInt64, Int) {
+    private static func writeCompressed(
+        _ t: OutputTensor, width: Int, level: Int32, to writer: AtomicFileWriter
+    ) throws(FormatError) -> (WPKEncoding, UInt64, Int) {
         let size = try t.byteCount()
         let logical = OwnedBuffer(byteCount: size)
         let view = try TensorEmitter.load(t)
@@ -272,7 +283,9 @@ public enum WPKWriter {
                 row["quantization"] = .object(b.headerObject)
             }
             if case .zstdByteGroup(let width, let size, let rawChecksum) = e.encoding {
-                row["encoding"] = ["kind": "zstd-bytegroup", "width": JSONValue(width), "size": JSONValue(size), "raw_checksum": .string(hex(rawChecksum))]
+                row["encoding"] = [
+                    "kind": "zstd-bytegroup", "width": JSONValue(width), "size": JSONValue(size), "raw_checksum": .string(hex(rawChecksum)),
+                ]
             }
             return .object(row)
         }

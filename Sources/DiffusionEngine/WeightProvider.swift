@@ -103,7 +103,8 @@ public final class WeightProvider {
             throw EngineError(.shapeMismatch, "weight has shape \(descriptor.shape), expected \(Shape(expected))", tensorName: full)
         }
         guard [.f32, .f16, .bf16, .f64].contains(descriptor.dtype) else {
-            throw EngineError(.unsupportedDType, "weight is \(descriptor.dtype.name); the engine computes with F32, F16, BF16 or F64 weights", tensorName: full)
+            throw EngineError(
+                .unsupportedDType, "weight is \(descriptor.dtype.name); the engine computes with F32, F16, BF16 or F64 weights", tensorName: full)
         }
         if let q = try packed(full) {
             let count = q.rows * q.rowLength
@@ -111,9 +112,13 @@ public final class WeightProvider {
                 let empty = [Float](repeating: 0, count: 1)
                 return try empty.withUnsafeBufferPointer { try body($0.baseAddress!) }
             }
-            if let shared = sharedConversions, let result = try shared.withConverted(full, count: count, unit: q.rowLength, convert: { range, out throws(EngineError) in
-                try q.dequantize(rows: (range.lowerBound / q.rowLength)..<(range.upperBound / q.rowLength), into: out, name: full)
-            }, { p in try body(p) }) {
+            if let shared = sharedConversions,
+                let result = try shared.withConverted(
+                    full, count: count, unit: q.rowLength,
+                    convert: { range, out throws(EngineError) in
+                        try q.dequantize(rows: (range.lowerBound / q.rowLength)..<(range.upperBound / q.rowLength), into: out, name: full)
+                    }, { p in try body(p) })
+            {
                 release(q.bytes)
                 return result
             }
@@ -138,10 +143,13 @@ public final class WeightProvider {
                 return try body(base.assumingMemoryBound(to: Float.self))
             }
             if let shared = sharedConversions, let width = descriptor.dtype.byteWidth,
-               let result = try shared.withConverted(full, count: count, unit: 1, convert: { range, out throws(EngineError) in
-                   let bytes = UnsafeRawBufferPointer(rebasing: raw[(range.lowerBound * width)..<(range.upperBound * width)])
-                   try Self.widen(bytes, dtype: descriptor.dtype, count: range.count, into: out, name: full)
-               }, { p in try body(p) }) {
+                let result = try shared.withConverted(
+                    full, count: count, unit: 1,
+                    convert: { range, out throws(EngineError) in
+                        let bytes = UnsafeRawBufferPointer(rebasing: raw[(range.lowerBound * width)..<(range.upperBound * width)])
+                        try Self.widen(bytes, dtype: descriptor.dtype, count: range.count, into: out, name: full)
+                    }, { p in try body(p) })
+            {
                 return result
             }
             let buffer = takeScratch(count)
@@ -179,7 +187,7 @@ public final class WeightProvider {
             return try withFloats(name) { try body(0..<rows, $0) }
         }
         guard [.f32, .f16, .bf16, .f64].contains(descriptor.dtype) else {
-            return try withFloats(name) { try body(0..<rows, $0) }   // throws the dtype error
+            return try withFloats(name) { try body(0..<rows, $0) }  // throws the dtype error
         }
         let per = max(1, requested)
         func blocks(_ each: (Range<Int>) throws -> Void) rethrows {
@@ -194,9 +202,13 @@ public final class WeightProvider {
             guard q.rows == rows, q.rowLength == rowLength else {
                 return try withFloats(name) { try body(0..<rows, $0) }
             }
-            if let shared = sharedConversions, try shared.withConverted(full, count: rows * rowLength, unit: rowLength, convert: { range, out throws(EngineError) in
-                try q.dequantize(rows: (range.lowerBound / rowLength)..<(range.upperBound / rowLength), into: out, name: full)
-            }, { floats in try blocks { block in try body(block, floats + block.lowerBound * rowLength) } }) != nil {
+            if let shared = sharedConversions,
+                try shared.withConverted(
+                    full, count: rows * rowLength, unit: rowLength,
+                    convert: { range, out throws(EngineError) in
+                        try q.dequantize(rows: (range.lowerBound / rowLength)..<(range.upperBound / rowLength), into: out, name: full)
+                    }, { floats in try blocks { block in try body(block, floats + block.lowerBound * rowLength) } }) != nil
+            {
                 release(q.bytes)
                 return
             }
@@ -221,10 +233,14 @@ public final class WeightProvider {
                 try blocks { block in try body(block, floats + block.lowerBound * rowLength) }
                 return
             }
-            if let shared = sharedConversions, try shared.withConverted(full, count: rows * rowLength, unit: 1, convert: { range, out throws(EngineError) in
-                let bytes = UnsafeRawBufferPointer(rebasing: raw[(range.lowerBound * width)..<(range.upperBound * width)])
-                try Self.widen(bytes, dtype: descriptor.dtype, count: range.count, into: out, name: full)
-            }, { floats in try blocks { block in try body(block, floats + block.lowerBound * rowLength) } }) != nil {
+            if let shared = sharedConversions,
+                try shared.withConverted(
+                    full, count: rows * rowLength, unit: 1,
+                    convert: { range, out throws(EngineError) in
+                        let bytes = UnsafeRawBufferPointer(rebasing: raw[(range.lowerBound * width)..<(range.upperBound * width)])
+                        try Self.widen(bytes, dtype: descriptor.dtype, count: range.count, into: out, name: full)
+                    }, { floats in try blocks { block in try body(block, floats + block.lowerBound * rowLength) } }) != nil
+            {
                 return
             }
             let buffer = takeScratch(per * rowLength)
@@ -304,7 +320,9 @@ public final class WeightProvider {
     }
 
     /// Converts in tiles spread over the processors.
-    private static func widen(_ raw: UnsafeRawBufferPointer, dtype: DType, count: Int, into output: UnsafeMutablePointer<Float>, name: String) throws(EngineError) {
+    private static func widen(
+        _ raw: UnsafeRawBufferPointer, dtype: DType, count: Int, into output: UnsafeMutablePointer<Float>, name: String
+    ) throws(EngineError) {
         guard let width = dtype.byteWidth else {
             throw EngineError(.unsupportedDType, "cannot read \(dtype.name)", tensorName: name)
         }
@@ -392,8 +410,9 @@ struct PackedWeight: Sendable {
                 let shared = UnsafeSendableBox((payload, scales))
                 Parallel.forRanges(rows.count, grain: grain) { r in
                     let tile = (rows.lowerBound + r.lowerBound)..<(rows.lowerBound + r.upperBound)
-                    wp_dequantize_int8(shared.value.0, shared.value.1, layout.rowLength, layout.blockSize, layout.blocksPerRow,
-                                       tile.lowerBound, tile.count, out.pointer + r.lowerBound * layout.rowLength)
+                    wp_dequantize_int8(
+                        shared.value.0, shared.value.1, layout.rowLength, layout.blockSize, layout.blocksPerRow,
+                        tile.lowerBound, tile.count, out.pointer + r.lowerBound * layout.rowLength)
                 }
             }
         case .blocks(let view, let k):
@@ -464,9 +483,11 @@ final class SharedConvertedWeights: @unchecked Sendable {
     /// anything when the tensor is not shared (too small, over budget, or its conversion failed
     /// in another provider). `convert(range, out)` converts elements `range` (whole `unit`s: an
     /// int8 tensor's rows) into `out`, which points at element `range.lowerBound`.
-    func withConverted<R>(_ name: String, count: Int, unit: Int,
-                          convert: (Range<Int>, UnsafeMutablePointer<Float>) throws(EngineError) -> Void,
-                          _ body: (UnsafePointer<Float>) throws -> R) throws -> R? {
+    func withConverted<R>(
+        _ name: String, count: Int, unit: Int,
+        convert: (Range<Int>, UnsafeMutablePointer<Float>) throws(EngineError) -> Void,
+        _ body: (UnsafePointer<Float>) throws -> R
+    ) throws -> R? {
         guard consumers > 1, count >= minimumFloats else { return nil }
         condition.lock()
         let entry: Entry

@@ -1,9 +1,10 @@
+import SystemPackage
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import SystemPackage
 
 /// Builds a folder so that nothing of the user's is lost.
 ///
@@ -58,7 +59,10 @@ public final class AtomicFolder {
         try InputFiles.refuseOverwriting(path)
         let entries = listFolder(path) ?? []
         if let marker, !entries.isEmpty, !isRegularFile(path + "/" + marker) {
-            throw IOError(.refusedTarget, path: path, call: "mkdtemp", detail: "is a non-empty folder without \(marker), so not one this command wrote; refusing to write into it (name a new or empty folder)")
+            throw IOError(
+                .refusedTarget, path: path, call: "mkdtemp",
+                detail:
+                    "is a non-empty folder without \(marker), so not one this command wrote; refusing to write into it (name a new or empty folder)")
         }
     }
 
@@ -110,7 +114,9 @@ public final class AtomicFolder {
                 folder += "/" + part
                 var entry = stat()
                 if lstat(folder, &entry) == 0, (entry.st_mode & S_IFMT) != S_IFDIR {
-                    throw IOError(.refusedTarget, path: folder, call: "rename", detail: "is not a folder (a symbolic link or a file); refusing to write through it")
+                    throw IOError(
+                        .refusedTarget, path: folder, call: "rename",
+                        detail: "is not a folder (a symbolic link or a file); refusing to write through it")
                 }
             }
             var entry = stat()

@@ -1,9 +1,10 @@
+import SystemPackage
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import SystemPackage
 
 /// Checks an input path before it is opened for reading: opening a FIFO for reading blocks
 /// until a writer appears (forever, for a hostile input), and a device or socket is no model.
@@ -56,8 +57,9 @@ public enum FileCheck {
     public static func openRegularFileForReading(_ path: String) throws(IOError) -> FileDescriptor {
         let fd: FileDescriptor
         do {
-            fd = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec, .nonBlocking],
-                                         retryOnInterrupt: true)
+            fd = try FileDescriptor.open(
+                FilePath(path), .readOnly, options: [.closeOnExec, .nonBlocking],
+                retryOnInterrupt: true)
         } catch {
             throw IOError.from(error, path: path, call: "open", fallback: .readFailed)
         }

@@ -103,7 +103,8 @@ public struct IOError: Error, Sendable, CustomStringConvertible {
         case .noSpace: "\(path): no space left on device"
         case .unexpectedEnd: "\(path): file ended early (changed while reading?)"
         case .cannotCreate: "\(path): cannot create output" + (errno.map { ": \($0.description)" } ?? "") + (detail.map { ": \($0)" } ?? "")
-        case .outputIsInput: "\(path): the output is an input of this command (" + (detail ?? "the same file") + "); refusing to overwrite it, even with --force"
+        case .outputIsInput:
+            "\(path): the output is an input of this command (" + (detail ?? "the same file") + "); refusing to overwrite it, even with --force"
         case .outputIsFolder: "\(path): is a folder, not a file name to write" + (detail.map { " (\($0))" } ?? "")
         case .refusedTarget: "\(path): " + (detail ?? "refusing to write into this folder")
         default: "\(path): \(call) failed" + (errno.map { ": \($0.description)" } ?? "")

@@ -1,10 +1,11 @@
+import SystemPackage
+import TensorCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import SystemPackage
-import TensorCore
 
 /// A whole file mapped read-only into memory. The mapping is released when the last
 /// reference goes; views of its bytes hold it alive through `TensorBytes.owner`.

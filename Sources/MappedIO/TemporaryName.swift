@@ -1,7 +1,8 @@
+import SystemPackage
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import SystemPackage
 
 /// The names of the temporary files and folders the atomic writers make beside a target.
 ///

@@ -110,8 +110,9 @@ public struct ArchitectureCatalog: Sendable {
 
     /// Reads the bundled `architectures.json`.
     public static func load() throws(CatalogError) -> ArchitectureCatalog {
-        guard let url = Bundle.module.url(forResource: "architectures", withExtension: "json", subdirectory: "Data")
-            ?? Bundle.module.url(forResource: "architectures", withExtension: "json"),
+        guard
+            let url = Bundle.module.url(forResource: "architectures", withExtension: "json", subdirectory: "Data")
+                ?? Bundle.module.url(forResource: "architectures", withExtension: "json"),
             let data = FileManager.default.contents(atPath: url.path)
         else { throw CatalogError(.catalogData, "architectures.json is not in the ModelCatalog bundle") }
         return try parse(data)
@@ -196,14 +197,15 @@ private enum CatalogDecoder {
                 let modelID = try string(o["model"], "\(id).text_encoders[\(j)].model")
                 guard let model = models[modelID] else { throw CatalogError(.catalogData, "architectures.json: unknown text model \(modelID)") }
                 guard let component = Component(rawValue: try string(o["component"], "component")),
-                      let naming = ComponentNaming(rawValue: try string(o["ldm_naming"], "ldm_naming"))
+                    let naming = ComponentNaming(rawValue: try string(o["ldm_naming"], "ldm_naming"))
                 else { throw CatalogError(.catalogData, "architectures.json: bad text encoder entry in \(id)") }
-                slots.append(ArchitectureCatalog.TextEncoderSlot(
-                    component: component, model: model, ldmPrefix: try string(o["ldm_prefix"], "ldm_prefix"), ldmNaming: naming,
-                    diffusersClass: try string(o["diffusers_class"], "diffusers_class"),
-                    diffusersDropsLastLayer: o["diffusers_layers"]?.stringValue == "all-but-last",
-                    padToken: try string(o["pad_token"], "\(id).text_encoders[\(j)].pad_token"),
-                    pooledProjection: o["pooled_projection"]?.boolValue ?? false))
+                slots.append(
+                    ArchitectureCatalog.TextEncoderSlot(
+                        component: component, model: model, ldmPrefix: try string(o["ldm_prefix"], "ldm_prefix"), ldmNaming: naming,
+                        diffusersClass: try string(o["diffusers_class"], "diffusers_class"),
+                        diffusersDropsLastLayer: o["diffusers_layers"]?.stringValue == "all-but-last",
+                        padToken: try string(o["pad_token"], "\(id).text_encoders[\(j)].pad_token"),
+                        pooledProjection: o["pooled_projection"]?.boolValue ?? false))
             }
             var prefixes: [Component: String] = [:]
             for (k, v) in try object(f["ldm_prefixes"], "\(id).ldm_prefixes") {
@@ -214,21 +216,23 @@ private enum CatalogDecoder {
             var variants: [ArchitectureCatalog.Variant] = []
             for (j, v) in (f["variants"]?.arrayValue ?? []).enumerated() {
                 let o = try object(v, "\(id).variants[\(j)]")
-                variants.append(ArchitectureCatalog.Variant(
-                    id: try string(o["id"], "\(id).variants[\(j)].id"), inChannels: try int(o["in_channels"], "in_channels"),
-                    sampleSize: optionalInt(o["sample_size"])))
+                variants.append(
+                    ArchitectureCatalog.Variant(
+                        id: try string(o["id"], "\(id).variants[\(j)].id"), inChannels: try int(o["in_channels"], "in_channels"),
+                        sampleSize: optionalInt(o["sample_size"])))
             }
-            families.append(ArchitectureCatalog.Family(
-                id: id, name: try string(f["name"], "\(id).name"), reference: try string(f["reference"], "\(id).reference"),
-                pipeline: try string(f["pipeline"], "\(id).pipeline"), unet: unet, textEncoders: slots, ldmPrefixes: prefixes,
-                vaeScalingFactor: f["vae_scaling_factor"]?.doubleValue ?? 0.18215,
-                defaultPrediction: prediction["default"]?.stringValue,
-                predictionDecidedByWeights: prediction["decided_by_weights"]?.boolValue ?? false,
-                predictionNote: prediction["note"]?.stringValue ?? "",
-                scheduler: try object(f["scheduler"], "\(id).scheduler"), variants: variants,
-                vaeSampleSize: try int(f["vae_sample_size"], "\(id).vae_sample_size"),
-                pipelineOptions: try object(f["pipeline_options"], "\(id).pipeline_options"),
-                addedTimeIDs: optionalInt(f["added_time_ids"])))
+            families.append(
+                ArchitectureCatalog.Family(
+                    id: id, name: try string(f["name"], "\(id).name"), reference: try string(f["reference"], "\(id).reference"),
+                    pipeline: try string(f["pipeline"], "\(id).pipeline"), unet: unet, textEncoders: slots, ldmPrefixes: prefixes,
+                    vaeScalingFactor: f["vae_scaling_factor"]?.doubleValue ?? 0.18215,
+                    defaultPrediction: prediction["default"]?.stringValue,
+                    predictionDecidedByWeights: prediction["decided_by_weights"]?.boolValue ?? false,
+                    predictionNote: prediction["note"]?.stringValue ?? "",
+                    scheduler: try object(f["scheduler"], "\(id).scheduler"), variants: variants,
+                    vaeSampleSize: try int(f["vae_sample_size"], "\(id).vae_sample_size"),
+                    pipelineOptions: try object(f["pipeline_options"], "\(id).pipeline_options"),
+                    addedTimeIDs: optionalInt(f["added_time_ids"])))
         }
         let leftovers = try object(top["leftovers"], "leftovers")
         return ArchitectureCatalog(

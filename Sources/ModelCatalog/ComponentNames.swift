@@ -136,7 +136,9 @@ enum ComponentNames {
             guard q.count >= 4, let k = Int(q[1]) else { return nil }
             let level = side == "encoder" ? k : N - 1 - k
             let blocks = side == "encoder" ? "down_blocks" : "up_blocks"
-            if q[2] == "block", let j = Int(q[3]), q.count >= 5 { return ("\(side).\(blocks).\(level).resnets.\(j)." + resnet(q[4...].joined(separator: ".")), false) }
+            if q[2] == "block", let j = Int(q[3]), q.count >= 5 {
+                return ("\(side).\(blocks).\(level).resnets.\(j)." + resnet(q[4...].joined(separator: ".")), false)
+            }
             if q[2] == "downsample" || q[2] == "upsample" {
                 return ("\(side).\(blocks).\(level).\(side == "encoder" ? "downsamplers" : "upsamplers").0." + q[3...].joined(separator: "."), false)
             }
@@ -170,7 +172,9 @@ enum ComponentNames {
             guard q.count >= 4, let b = Int(q[1]) else { return nil }
             let level = side == "encoder" ? b : N - 1 - b
             let ldm = side == "encoder" ? "down" : "up"
-            if q[2] == "resnets", let j = Int(q[3]), q.count >= 5 { return ("\(side).\(ldm).\(level).block.\(j)." + resnet(q[4...].joined(separator: ".")), false) }
+            if q[2] == "resnets", let j = Int(q[3]), q.count >= 5 {
+                return ("\(side).\(ldm).\(level).block.\(j)." + resnet(q[4...].joined(separator: ".")), false)
+            }
             if (q[2] == "downsamplers" || q[2] == "upsamplers"), q[3] == "0" {
                 return ("\(side).\(ldm).\(level).\(side == "encoder" ? "downsample" : "upsample")." + q[4...].joined(separator: "."), false)
             }

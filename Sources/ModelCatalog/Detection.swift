@@ -150,17 +150,23 @@ public struct Detection: Sendable {
     private static func structureEvidence(_ seen: Observed, layout: ModelLayout?) -> [String] {
         var evidence: [String] = []
         if let layout {
-            evidence.append("layout \(layout.kind.rawValue): " + layout.components.map { "\($0.component.rawValue) under '\($0.prefix)' (\($0.naming.rawValue))" }.joined(separator: ", "))
+            evidence.append(
+                "layout \(layout.kind.rawValue): "
+                    + layout.components.map { "\($0.component.rawValue) under '\($0.prefix)' (\($0.naming.rawValue))" }.joined(separator: ", "))
         }
         if let u = seen.unet {
             evidence.append("unet.conv_in.weight \(seen.shapes["unet.conv_in.weight"]!): \(u.inChannels) input channels")
-            evidence.append("UNet: \(u.blockOutChannels.count) levels, widths \(u.blockOutChannels), \(u.layersPerBlock) resnets per level, transformer depth \(u.transformerDepth)")
+            evidence.append(
+                "UNet: \(u.blockOutChannels.count) levels, widths \(u.blockOutChannels), \(u.layersPerBlock) resnets per level, transformer depth \(u.transformerDepth)"
+            )
             if let c = u.contextDim { evidence.append("cross-attention attn2.to_k.weight takes \(c)-wide context") }
             if let l = u.linearProjection { evidence.append("proj_in is \(l ? "linear (2-D weight)" : "a 1×1 convolution (4-D weight)")") }
             if let a = u.additionEmbed { evidence.append("add_embedding.linear_1 takes \(a) inputs (SDXL text/time conditioning)") }
         }
         for t in seen.texts {
-            evidence.append("\(t.component.rawValue): width \(t.hidden), \(t.layers) layers, vocabulary \(t.vocab)" + (t.projection.map { ", projection to \($0)" } ?? ""))
+            evidence.append(
+                "\(t.component.rawValue): width \(t.hidden), \(t.layers) layers, vocabulary \(t.vocab)"
+                    + (t.projection.map { ", projection to \($0)" } ?? ""))
         }
         if let v = seen.vae { evidence.append("VAE: widths \(v.blockOutChannels), \(v.latentChannels) latent channels") }
         return evidence
@@ -183,10 +189,12 @@ public struct Detection: Sendable {
                 reasons.append("UNet has \(u.blockOutChannels.count) levels, \(f.id) has \(f.unet.blockOutChannels.count)")
             }
             if let l = u.linearProjection, l != f.unet.linearProjection {
-                reasons.append("proj_in is \(l ? "linear" : "a 1×1 conv"), \(f.id) uses \(f.unet.linearProjection ? "linear" : "1×1 conv") projections")
+                reasons.append(
+                    "proj_in is \(l ? "linear" : "a 1×1 conv"), \(f.id) uses \(f.unet.linearProjection ? "linear" : "1×1 conv") projections")
             }
             if (u.additionEmbed != nil) != (f.unet.additionEmbed != nil) {
-                reasons.append(u.additionEmbed != nil ? "UNet has an added text/time embedding, \(f.id) has none" : "UNet lacks the added embedding \(f.id) has")
+                reasons.append(
+                    u.additionEmbed != nil ? "UNet has an added text/time embedding, \(f.id) has none" : "UNet lacks the added embedding \(f.id) has")
             }
             let attention = u.transformerDepth.map { $0 > 0 }
             if attention.count == f.unet.attention.count, attention != f.unet.attention {
@@ -205,7 +213,9 @@ public struct Detection: Sendable {
         if let layout, layout.kind == .ldm {
             for c in layout.components where c.component.isTextEncoder {
                 if let slot = f.textEncoder(c.component), (slot.ldmNaming == .openCLIP) != (c.naming == .openCLIP) {
-                    reasons.append("\(c.component.rawValue) is stored as \(c.naming == .openCLIP ? "OpenCLIP" : "transformers CLIP"), \(f.id) stores \(slot.ldmNaming == .openCLIP ? "OpenCLIP" : "transformers CLIP")")
+                    reasons.append(
+                        "\(c.component.rawValue) is stored as \(c.naming == .openCLIP ? "OpenCLIP" : "transformers CLIP"), \(f.id) stores \(slot.ldmNaming == .openCLIP ? "OpenCLIP" : "transformers CLIP")"
+                    )
                 }
             }
         }
@@ -221,8 +231,8 @@ public struct Detection: Sendable {
         guard passed.count > 1 else { return (nil, []) }
         let (unet, texts) = (seen.unet, seen.texts)
         let exact = passed.filter { f in
-            (unet == nil || unet!.blockOutChannels == f.unet.blockOutChannels) &&
-                texts.allSatisfy { t in f.textEncoder(t.component)?.model.hidden == t.hidden }
+            (unet == nil || unet!.blockOutChannels == f.unet.blockOutChannels)
+                && texts.allSatisfy { t in f.textEncoder(t.component)?.model.hidden == t.hidden }
         }
         if exact.count == 1, unet != nil || !texts.isEmpty {
             evidence.append("only \(exact[0].id) has these widths among \(passed.map(\.id))")
@@ -245,7 +255,9 @@ public struct Detection: Sendable {
         if reference {
             evidence.append("widths match the published \(f.name) (\(f.unet.blockOutChannels), context \(f.unet.contextDim))")
         } else {
-            evidence.append("widths differ from the published \(f.name) (\(f.unet.blockOutChannels), context \(f.unet.contextDim)): a reduced or custom model of the same structure")
+            evidence.append(
+                "widths differ from the published \(f.name) (\(f.unet.blockOutChannels), context \(f.unet.contextDim)): a reduced or custom model of the same structure"
+            )
         }
         if let v = f.variant(inChannels: u.inChannels) {
             evidence.append("\(u.inChannels) input channels: \(f.id) \(v.id)")
@@ -262,7 +274,10 @@ public struct Detection: Sendable {
     ) -> (PredictionType?, String) {
         if let p = schedulerConfig?["prediction_type"]?.stringValue {
             let prediction = PredictionType(spelling: p)
-            return (prediction, "scheduler/scheduler_config.json prediction_type" + (prediction == nil ? " '\(p)', which is not one WeightPack knows" : ""))
+            return (
+                prediction,
+                "scheduler/scheduler_config.json prediction_type" + (prediction == nil ? " '\(p)', which is not one WeightPack knows" : "")
+            )
         }
         if let p = metadata["modelspec.prediction_type"] ?? metadata["prediction_type"] {
             let prediction = PredictionType(spelling: p)
@@ -272,7 +287,11 @@ public struct Detection: Sendable {
         if names.contains("v_pred") { return (.vPrediction, "marker tensor v_pred") }
         guard let f = family else { return (nil, "unknown") }
         if let d = f.defaultPrediction.flatMap(PredictionType.init(spelling:)) {
-            return (d, f.predictionDecidedByWeights ? "no v-prediction marker tensor (\(f.predictionNote))" : "family convention, not decided by the weights (\(f.predictionNote))")
+            return (
+                d,
+                f.predictionDecidedByWeights
+                    ? "no v-prediction marker tensor (\(f.predictionNote))" : "family convention, not decided by the weights (\(f.predictionNote))"
+            )
         }
         return (nil, "unknown: \(f.predictionNote)")
     }
@@ -292,11 +311,24 @@ public struct Detection: Sendable {
                 guard let e = expectedShapes[d.name], e != d.shape else { return nil }
                 return ShapeMismatch(tensor: d.name, expected: e, actual: d.shape)
             }
-            return ComponentReport(component: c, tensorCount: actual.count, missing: missing, unexpected: unexpected, shapeMismatches: mismatches, summary: summary)
+            return ComponentReport(
+                component: c, tensorCount: actual.count, missing: missing, unexpected: unexpected, shapeMismatches: mismatches, summary: summary)
         }
         var reports: [ComponentReport] = []
-        if let u = seen.unet { reports.append(report(.unet, u.expectedTensors, summary: "\(u.blockOutChannels.count) levels \(u.blockOutChannels), in \(u.inChannels), context \(u.contextDim.map(String.init) ?? "-")")) }
-        if let v = seen.vae { reports.append(report(.vae, v.expectedTensors, summary: "widths \(v.blockOutChannels), latent \(v.latentChannels)" + (v.hasEncoder ? "" : ", decoder only"))) }
+        if let u = seen.unet {
+            reports.append(
+                report(
+                    .unet, u.expectedTensors,
+                    summary:
+                        "\(u.blockOutChannels.count) levels \(u.blockOutChannels), in \(u.inChannels), context \(u.contextDim.map(String.init) ?? "-")"
+                ))
+        }
+        if let v = seen.vae {
+            reports.append(
+                report(
+                    .vae, v.expectedTensors,
+                    summary: "widths \(v.blockOutChannels), latent \(v.latentChannels)" + (v.hasEncoder ? "" : ", decoder only")))
+        }
         for t in seen.texts { reports.append(report(t.component, t.expectedTensors, summary: "width \(t.hidden), \(t.layers) layers")) }
         return reports
     }
@@ -323,9 +355,13 @@ public struct Detection: Sendable {
                 "summary": .string(c.summary),
                 "missing": .array(c.missing.map { .string($0) }),
                 "unexpected": .array(c.unexpected.map { .string($0) }),
-                "shape_mismatches": .array(c.shapeMismatches.map {
-                    ["tensor": .string($0.tensor), "expected": .array($0.expected.dimensions.map { JSONValue($0) }), "actual": .array($0.actual.dimensions.map { JSONValue($0) })]
-                }),
+                "shape_mismatches": .array(
+                    c.shapeMismatches.map {
+                        [
+                            "tensor": .string($0.tensor), "expected": .array($0.expected.dimensions.map { JSONValue($0) }),
+                            "actual": .array($0.actual.dimensions.map { JSONValue($0) }),
+                        ]
+                    }),
             ]
         }
         o["components"] = .object(comps)

@@ -73,7 +73,8 @@ public enum DiffusersConfigs {
         if let a = u.additionEmbed {
             o["addition_embed_type"] = "text_time"
             o["projection_class_embeddings_input_dim"] = JSONValue(a)
-            o["addition_time_embed_dim"] = JSONValue(additionTimeEmbedDim(inputWidth: a, pooledWidth: pooledWidth, timeIDs: family?.addedTimeIDs ?? 6))
+            o["addition_time_embed_dim"] = JSONValue(
+                additionTimeEmbedDim(inputWidth: a, pooledWidth: pooledWidth, timeIDs: family?.addedTimeIDs ?? 6))
         }
         return .object(o)
     }
@@ -111,7 +112,8 @@ public enum DiffusersConfigs {
         o["intermediate_size"] = JSONValue(t.intermediate)
         o["num_hidden_layers"] = JSONValue(layers)
         let reference = slot?.model
-        let heads = reference.map { $0.hidden == t.hidden ? $0.heads : (t.hidden % 64 == 0 ? t.hidden / 64 : 1) } ?? (t.hidden % 64 == 0 ? t.hidden / 64 : 1)
+        let heads =
+            reference.map { $0.hidden == t.hidden ? $0.heads : (t.hidden % 64 == 0 ? t.hidden / 64 : 1) } ?? (t.hidden % 64 == 0 ? t.hidden / 64 : 1)
         o["num_attention_heads"] = JSONValue(heads)
         o["max_position_embeddings"] = JSONValue(t.positions)
         o["vocab_size"] = JSONValue(t.vocab)

@@ -88,9 +88,11 @@ public struct ModelLayout: Sendable, Hashable {
     /// The diffusers layout of the given components (prefix `component.`, transformers-4 text
     /// encoder names, which transformers 4 and 5 both load).
     public static func diffusers(_ components: [Component]) -> ModelLayout {
-        ModelLayout(kind: .diffusers, components: components.sorted().map { c in
-            ComponentLayout(component: c, prefix: c.canonicalPrefix, naming: c == .unet ? .diffusersUNet : c == .vae ? .diffusersVAE : .hfCLIP)
-        })
+        ModelLayout(
+            kind: .diffusers,
+            components: components.sorted().map { c in
+                ComponentLayout(component: c, prefix: c.canonicalPrefix, naming: c == .unet ? .diffusersUNet : c == .vae ? .diffusersVAE : .hfCLIP)
+            })
     }
 
     /// The single-file LDM layout of `family` for the given components.
@@ -104,7 +106,10 @@ public struct ModelLayout: Sendable, Hashable {
                 if let slot = family.textEncoder(c) {
                     out.append(ComponentLayout(component: c, prefix: slot.ldmPrefix, naming: slot.ldmNaming))
                 } else {
-                    out.append(ComponentLayout(component: c, prefix: c == .textEncoder ? "cond_stage_model.transformer." : "conditioner.embedders.1.model.", naming: c == .textEncoder ? .hfCLIP : .openCLIP))
+                    out.append(
+                        ComponentLayout(
+                            component: c, prefix: c == .textEncoder ? "cond_stage_model.transformer." : "conditioner.embedders.1.model.",
+                            naming: c == .textEncoder ? .hfCLIP : .openCLIP))
                 }
             }
         }
@@ -148,7 +153,8 @@ public struct ModelLayout: Sendable, Hashable {
             found.insert(ComponentLayout(component: .unet, prefix: "model.diffusion_model.", naming: .ldmUNet), at: 0)
         }
         if !found.isEmpty { return ModelLayout(kind: .ldm, components: found) }
-        for (prefix, component, naming) in diffusersProbes where names.contains(where: { $0.hasPrefix(prefix) && isComponentName(String($0.dropFirst(prefix.count)), component) }) {
+        for (prefix, component, naming) in diffusersProbes
+        where names.contains(where: { $0.hasPrefix(prefix) && isComponentName(String($0.dropFirst(prefix.count)), component) }) {
             found.append(ComponentLayout(component: component, prefix: prefix, naming: textNaming(prefix, naming)))
         }
         if !found.isEmpty { return ModelLayout(kind: .diffusers, components: found) }
@@ -157,9 +163,14 @@ public struct ModelLayout: Sendable, Hashable {
 
     private static func isComponentName(_ rest: String, _ component: Component) -> Bool {
         switch component {
-        case .unet: rest.hasPrefix("conv_in.") || rest.hasPrefix("down_blocks.") || rest.hasPrefix("mid_block.") || rest.hasPrefix("up_blocks.") || rest.hasPrefix("time_embedding.") || rest.hasPrefix("conv_out.") || rest.hasPrefix("conv_norm_out.") || rest.hasPrefix("add_embedding.")
+        case .unet:
+            rest.hasPrefix("conv_in.") || rest.hasPrefix("down_blocks.") || rest.hasPrefix("mid_block.") || rest.hasPrefix("up_blocks.")
+                || rest.hasPrefix("time_embedding.") || rest.hasPrefix("conv_out.") || rest.hasPrefix("conv_norm_out.")
+                || rest.hasPrefix("add_embedding.")
         case .vae: rest.hasPrefix("encoder.") || rest.hasPrefix("decoder.") || rest.hasPrefix("quant_conv.") || rest.hasPrefix("post_quant_conv.")
-        case .textEncoder, .textEncoder2: rest.hasPrefix("text_model.") || rest.hasPrefix("embeddings.") || rest.hasPrefix("encoder.layers.") || rest.hasPrefix("final_layer_norm.") || rest.hasPrefix("text_projection.")
+        case .textEncoder, .textEncoder2:
+            rest.hasPrefix("text_model.") || rest.hasPrefix("embeddings.") || rest.hasPrefix("encoder.layers.") || rest.hasPrefix("final_layer_norm.")
+                || rest.hasPrefix("text_projection.")
         }
     }
 
@@ -197,20 +208,21 @@ public struct ModelLayout: Sendable, Hashable {
     public var json: JSONValue {
         [
             "kind": .string(kind.rawValue),
-            "components": .array(components.map { c in
-                ["component": .string(c.component.rawValue), "prefix": .string(c.prefix), "naming": .string(c.naming.rawValue)]
-            }),
+            "components": .array(
+                components.map { c in
+                    ["component": .string(c.component.rawValue), "prefix": .string(c.prefix), "naming": .string(c.naming.rawValue)]
+                }),
         ]
     }
 
     public init(json: JSONValue) throws(CatalogError) {
         guard let o = json.objectValue, let kind = o["kind"]?.stringValue.flatMap(Kind.init(rawValue:)),
-              let list = o["components"]?.arrayValue
+            let list = o["components"]?.arrayValue
         else { throw CatalogError(.unsupportedLayout, "layout record is not an object with a known kind and components") }
         var components: [ComponentLayout] = []
         for item in list {
             guard let c = item.objectValue, let component = c["component"]?.stringValue.flatMap(Component.init(rawValue:)),
-                  let prefix = c["prefix"]?.stringValue, let naming = c["naming"]?.stringValue.flatMap(ComponentNaming.init(rawValue:))
+                let prefix = c["prefix"]?.stringValue, let naming = c["naming"]?.stringValue.flatMap(ComponentNaming.init(rawValue:))
             else { throw CatalogError(.unsupportedLayout, "layout record has a component entry we do not know: \(item.serialized())") }
             components.append(ComponentLayout(component: component, prefix: prefix, naming: naming))
         }

@@ -69,7 +69,11 @@ public struct UNetStructure: Sendable, Hashable {
         func transformer(_ n: String, _ c: Int, _ depth: Int) {
             let ctx = contextDim ?? c
             norm(n + ".norm", c)
-            if linearProjection == true { linear(n + ".proj_in", c, c); linear(n + ".proj_out", c, c) } else { conv(n + ".proj_in", c, c, 1); conv(n + ".proj_out", c, c, 1) }
+            if linearProjection == true {
+                linear(n + ".proj_in", c, c); linear(n + ".proj_out", c, c)
+            } else {
+                conv(n + ".proj_in", c, c, 1); conv(n + ".proj_out", c, c, 1)
+            }
             for k in 0..<depth {
                 let b = n + ".transformer_blocks.\(k)"
                 norm(b + ".norm1", c); norm(b + ".norm2", c); norm(b + ".norm3", c)
@@ -148,7 +152,8 @@ public struct VAEStructure: Sendable, Hashable {
         }
         layersPerBlock = enc != nil ? encoderLayers : decoderLayers
         blockOutChannels = (0..<levels).map { b in
-            shapes["vae.encoder.down_blocks.\(b).resnets.0.conv1.weight"]?[0] ?? shapes["vae.decoder.up_blocks.\(levels - 1 - b).resnets.0.conv1.weight"]?[0] ?? 0
+            shapes["vae.encoder.down_blocks.\(b).resnets.0.conv1.weight"]?[0] ?? shapes[
+                "vae.decoder.up_blocks.\(levels - 1 - b).resnets.0.conv1.weight"]?[0] ?? 0
         }
     }
 
@@ -165,7 +170,9 @@ public struct VAEStructure: Sendable, Hashable {
         func mid(_ side: String, _ c: Int) {
             resnet(side + ".mid_block.resnets.0", c, c)
             norm(side + ".mid_block.attentions.0.group_norm", c)
-            for x in ["to_q", "to_k", "to_v", "to_out.0"] { add(side + ".mid_block.attentions.0.\(x).weight", [c, c]); add(side + ".mid_block.attentions.0.\(x).bias", [c]) }
+            for x in ["to_q", "to_k", "to_v", "to_out.0"] {
+                add(side + ".mid_block.attentions.0.\(x).weight", [c, c]); add(side + ".mid_block.attentions.0.\(x).bias", [c])
+            }
             resnet(side + ".mid_block.resnets.1", c, c)
         }
         let n = blockOutChannels.count
@@ -240,7 +247,9 @@ public struct TextEncoderStructure: Sendable, Hashable {
         add("embeddings.position_embedding.weight", [positions, hidden])
         for n in 0..<layers {
             let l = "encoder.layers.\(n)."
-            for x in ["q_proj", "k_proj", "v_proj", "out_proj"] { add(l + "self_attn.\(x).weight", [hidden, hidden]); add(l + "self_attn.\(x).bias", [hidden]) }
+            for x in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+                add(l + "self_attn.\(x).weight", [hidden, hidden]); add(l + "self_attn.\(x).bias", [hidden])
+            }
             for x in ["layer_norm1", "layer_norm2"] { add(l + x + ".weight", [hidden]); add(l + x + ".bias", [hidden]) }
             add(l + "mlp.fc1.weight", [intermediate, hidden]); add(l + "mlp.fc1.bias", [intermediate])
             add(l + "mlp.fc2.weight", [hidden, intermediate]); add(l + "mlp.fc2.bias", [hidden])

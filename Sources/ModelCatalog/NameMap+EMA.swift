@@ -55,9 +55,11 @@ extension NameMap {
                 i = j
                 continue
             }
-            guard let segment = unetSegments.first(where: { s in
-                s.utf8.count <= rest.count - i && rest[i..<(i + s.utf8.count)].elementsEqual(s.utf8)
-            }) else { return nil }
+            guard
+                let segment = unetSegments.first(where: { s in
+                    s.utf8.count <= rest.count - i && rest[i..<(i + s.utf8.count)].elementsEqual(s.utf8)
+                })
+            else { return nil }
             parts.append(segment)
             i += segment.utf8.count
         }

@@ -130,7 +130,7 @@ public enum NameMap {
         for d in tensors {
             if usedAsEMA.contains(d.name) { continue }
             guard let layout, let structure, let (component, rest) = layout.locate(d.name),
-                  let mapped = try canonicalRecipes(for: d, rest: rest, in: component, structure: structure)
+                let mapped = try canonicalRecipes(for: d, rest: rest, in: component, structure: structure)
             else {
                 if !(weights == .ema && d.name.hasPrefix("model_ema.")) {
                     leftovers.append(Leftover(descriptor: d, kind: classify(d.name, catalog: catalog)))
@@ -144,7 +144,9 @@ public enum NameMap {
                         throw CatalogError(.noEMA, "the EMA copy of '\(d.name)' ('\(source)') is missing", tensor: d.name)
                     }
                     guard copy.dtype == d.dtype, copy.shape.count == d.shape.count else {
-                        throw CatalogError(.shapeMismatch, "the EMA copy '\(source)' is \(copy.dtype.name) \(copy.shape), the weight is \(d.dtype.name) \(d.shape)", tensor: source)
+                        throw CatalogError(
+                            .shapeMismatch, "the EMA copy '\(source)' is \(copy.dtype.name) \(copy.shape), the weight is \(d.dtype.name) \(d.shape)",
+                            tensor: source)
                     }
                     recipe.sources = [source]
                     usedAsEMA.insert(source)
@@ -170,7 +172,10 @@ public enum NameMap {
         }
         if keepExtra {
             for left in leftovers {
-                try add(TensorRecipe(name: extraPrefix + left.descriptor.name, dtype: left.descriptor.dtype, shape: left.descriptor.shape, sources: [left.descriptor.name], operation: .copy), at: position[left.descriptor.name] ?? 0)
+                try add(
+                    TensorRecipe(
+                        name: extraPrefix + left.descriptor.name, dtype: left.descriptor.dtype, shape: left.descriptor.shape,
+                        sources: [left.descriptor.name], operation: .copy), at: position[left.descriptor.name] ?? 0)
             }
             // Kept leftovers take their place in source order, so a round trip keeps the order.
             let order = recipePositions.indices.sorted { (recipePositions[$0], $0) < (recipePositions[$1], $1) }
@@ -185,7 +190,9 @@ public enum NameMap {
         if catalog.scheduleLeftovers.contains(bare) { return .schedule }
         if catalog.emaBookkeeping.contains(name) { return .emaBookkeeping }
         if name.hasPrefix("model_ema.") { return .ema }
-        if catalog.unusedPrefixes.contains(where: { name.hasPrefix($0) }) || catalog.unusedSuffixes.contains(where: { name.hasSuffix($0) }) { return .unused }
+        if catalog.unusedPrefixes.contains(where: { name.hasPrefix($0) }) || catalog.unusedSuffixes.contains(where: { name.hasSuffix($0) }) {
+            return .unused
+        }
         return .unknown
     }
 
@@ -193,7 +200,9 @@ public enum NameMap {
         for d: TensorDescriptor, rest: String, in layout: ComponentLayout, structure: SourceStructure
     ) throws(CatalogError) -> [TensorRecipe]? {
         let prefix = layout.component.canonicalPrefix
-        func copy(_ name: String) -> [TensorRecipe] { [TensorRecipe(name: prefix + name, dtype: d.dtype, shape: d.shape, sources: [d.name], operation: .copy)] }
+        func copy(_ name: String) -> [TensorRecipe] {
+            [TensorRecipe(name: prefix + name, dtype: d.dtype, shape: d.shape, sources: [d.name], operation: .copy)]
+        }
         switch layout.naming {
         case .diffusersUNet:
             return copy(rest)
@@ -203,14 +212,19 @@ public enum NameMap {
             let name = ComponentNames.vaeModernized(rest)
             if name != rest || (d.shape.rank == 4 && d.shape[2] == 1 && d.shape[3] == 1 && name.contains("mid_block.attentions.0.to_")) {
                 if d.shape.rank == 4 {
-                    return [TensorRecipe(name: prefix + name, dtype: d.dtype, shape: Shape([d.shape[0], d.shape[1]]), sources: [d.name], operation: .reshape)]
+                    return [
+                        TensorRecipe(
+                            name: prefix + name, dtype: d.dtype, shape: Shape([d.shape[0], d.shape[1]]), sources: [d.name], operation: .reshape)
+                    ]
                 }
             }
             return copy(name)
         case .ldmVAE:
             guard let (name, reshape) = ComponentNames.vaeToDiffusers(rest, levels: structure.vaeLevels) else { return nil }
             if reshape, d.shape.rank == 4, d.shape[2] == 1, d.shape[3] == 1 {
-                return [TensorRecipe(name: prefix + name, dtype: d.dtype, shape: Shape([d.shape[0], d.shape[1]]), sources: [d.name], operation: .reshape)]
+                return [
+                    TensorRecipe(name: prefix + name, dtype: d.dtype, shape: Shape([d.shape[0], d.shape[1]]), sources: [d.name], operation: .reshape)
+                ]
             }
             return copy(name)
         case .hfCLIP:
@@ -223,7 +237,11 @@ public enum NameMap {
                 return copy(name)
             case .projection?:
                 guard d.shape.rank == 2 else { throw CatalogError(.shapeMismatch, "'\(d.name)' is \(d.shape), expected 2-D", tensor: d.name) }
-                return [TensorRecipe(name: prefix + "text_projection.weight", dtype: d.dtype, shape: Shape([d.shape[1], d.shape[0]]), sources: [d.name], operation: .transpose)]
+                return [
+                    TensorRecipe(
+                        name: prefix + "text_projection.weight", dtype: d.dtype, shape: Shape([d.shape[1], d.shape[0]]), sources: [d.name],
+                        operation: .transpose)
+                ]
             case .inProjection(let layer, let kind)?:
                 guard d.shape.rank >= 1, d.shape[0] % 3 == 0 else {
                     throw CatalogError(.shapeMismatch, "'\(d.name)' is \(d.shape); its first dimension must hold q, k and v", tensor: d.name)
@@ -232,7 +250,9 @@ public enum NameMap {
                 var part = d.shape.dimensions
                 part[0] = n
                 return ["q", "k", "v"].enumerated().map { i, x in
-                    TensorRecipe(name: prefix + "text_model.encoder.layers.\(layer).self_attn.\(x)_proj.\(kind)", dtype: d.dtype, shape: Shape(part), sources: [d.name], operation: .rows(start: i * n, count: n))
+                    TensorRecipe(
+                        name: prefix + "text_model.encoder.layers.\(layer).self_attn.\(x)_proj.\(kind)", dtype: d.dtype, shape: Shape(part),
+                        sources: [d.name], operation: .rows(start: i * n, count: n))
                 }
             case nil:
                 return nil
@@ -273,7 +293,9 @@ public enum NameMap {
         var dropLayer: [Component: Int] = [:]
         if layout.kind == .diffusers, let family {
             for slot in family.textEncoders where slot.diffusersDropsLastLayer {
-                if byName[slot.component.canonicalPrefix + "text_projection.weight"] != nil, let last = structure.textLayers[slot.component].flatMap({ $0 > 0 ? $0 - 1 : nil }) {
+                if byName[slot.component.canonicalPrefix + "text_projection.weight"] != nil,
+                    let last = structure.textLayers[slot.component].flatMap({ $0 > 0 ? $0 - 1 : nil })
+                {
                     dropLayer[slot.component] = last
                 }
             }
@@ -282,7 +304,9 @@ public enum NameMap {
         for d in tensors {
             if d.name.hasPrefix(extraPrefix) {
                 if layout.kind == .ldm {
-                    try add(TensorRecipe(name: String(d.name.dropFirst(extraPrefix.count)), dtype: d.dtype, shape: d.shape, sources: [d.name], operation: .copy))
+                    try add(
+                        TensorRecipe(
+                            name: String(d.name.dropFirst(extraPrefix.count)), dtype: d.dtype, shape: d.shape, sources: [d.name], operation: .copy))
                 } else {
                     omitted.append(Omission(name: d.name, reason: "not part of a diffusers model"))
                 }
@@ -304,7 +328,8 @@ public enum NameMap {
             case .diffusersUNet:
                 try copy(rest)
             case .ldmUNet:
-                guard let name = ComponentNames.unetToLDM(rest, layersPerBlock: structure.layersPerBlock, upWithAttention: structure.upWithAttention) else {
+                guard let name = ComponentNames.unetToLDM(rest, layersPerBlock: structure.layersPerBlock, upWithAttention: structure.upWithAttention)
+                else {
                     omitted.append(Omission(name: d.name, reason: "no LDM UNet name")); continue
                 }
                 try copy(name)
@@ -321,7 +346,8 @@ public enum NameMap {
                 }
             case .hfCLIP, .hfCLIPFlat:
                 if let last = dropLayer[component], rest.hasPrefix("text_model.encoder.layers.\(last).") || rest.hasPrefix("text_projection.") {
-                    omitted.append(Omission(name: d.name, reason: "diffusers' \(family?.name ?? "") text encoder has no last layer and no projection"))
+                    omitted.append(
+                        Omission(name: d.name, reason: "diffusers' \(family?.name ?? "") text encoder has no last layer and no projection"))
                     continue
                 }
                 if layout.kind == .diffusers, rest == "text_model.embeddings.position_ids" {
@@ -331,9 +357,11 @@ public enum NameMap {
                 let name = target.naming == .hfCLIPFlat && rest.hasPrefix("text_model.") ? String(rest.dropFirst("text_model.".count)) : rest
                 try copy(name)
                 if layout.kind == .ldm, rest == "text_model.embeddings.position_embedding.weight",
-                   byName[component.canonicalPrefix + "text_model.embeddings.position_ids"] == nil, d.shape.rank == 2 {
+                    byName[component.canonicalPrefix + "text_model.embeddings.position_ids"] == nil, d.shape.rank == 2
+                {
                     let idName = (target.naming == .hfCLIPFlat ? "" : "text_model.") + "embeddings.position_ids"
-                    try add(TensorRecipe(name: target.prefix + idName, dtype: .i64, shape: Shape([1, d.shape[0]]), sources: [], operation: .positionIDs))
+                    try add(
+                        TensorRecipe(name: target.prefix + idName, dtype: .i64, shape: Shape([1, d.shape[0]]), sources: [], operation: .positionIDs))
                 }
             case .openCLIP:
                 switch ComponentNames.canonicalToOpenCLIP(rest) {
@@ -348,13 +376,18 @@ public enum NameMap {
                     let parts = ["q", "k", "v"].map { base + "\($0)_proj.\(kind)" }
                     let found = parts.compactMap { byName[$0] }
                     guard found.count == 3, found.allSatisfy({ $0.dtype == d.dtype && $0.shape == d.shape }) else {
-                        throw CatalogError(.missingTensor, "layer \(layer) of \(component.rawValue) lacks matching q, k and v \(kind)s to fuse", tensor: d.name)
+                        throw CatalogError(
+                            .missingTensor, "layer \(layer) of \(component.rawValue) lacks matching q, k and v \(kind)s to fuse", tensor: d.name)
                     }
                     var dims = d.shape.dimensions
                     dims[0] *= 3
-                    try add(TensorRecipe(name: target.prefix + "transformer.resblocks.\(layer).attn.in_proj_\(kind)", dtype: d.dtype, shape: Shape(dims), sources: parts, operation: .concatenateRows))
+                    try add(
+                        TensorRecipe(
+                            name: target.prefix + "transformer.resblocks.\(layer).attn.in_proj_\(kind)", dtype: d.dtype, shape: Shape(dims),
+                            sources: parts, operation: .concatenateRows))
                 case nil:
-                    omitted.append(Omission(name: d.name, reason: rest.hasSuffix("position_ids") ? "OpenCLIP has no position_ids buffer" : "no OpenCLIP name"))
+                    omitted.append(
+                        Omission(name: d.name, reason: rest.hasSuffix("position_ids") ? "OpenCLIP has no position_ids buffer" : "no OpenCLIP name"))
                 }
             }
         }
@@ -407,8 +440,12 @@ struct CanonicalStructure {
             guard p.count > 4 else { continue }
             if p[0] == "unet", p[1] == "down_blocks", p[2] == "0", p[3] == "resnets", let l = Int(p[4]) { resnets.insert(l) }
             if p[0] == "unet", p[1] == "up_blocks", p[3] == "attentions", let b = Int(p[2]) { upWithAttention.insert(b) }
-            if p[0] == "vae", p[1] == "encoder" || p[1] == "decoder", p[2] == "down_blocks" || p[2] == "up_blocks", let k = Int(p[3]) { vae.insert(k) }
-            if let c = Component(rawValue: String(p[0])), c.isTextEncoder, p.count > 5, p[1] == "text_model", p[2] == "encoder", p[3] == "layers", let n = Int(p[4]) {
+            if p[0] == "vae", p[1] == "encoder" || p[1] == "decoder", p[2] == "down_blocks" || p[2] == "up_blocks", let k = Int(p[3]) {
+                vae.insert(k)
+            }
+            if let c = Component(rawValue: String(p[0])), c.isTextEncoder, p.count > 5, p[1] == "text_model", p[2] == "encoder", p[3] == "layers",
+                let n = Int(p[4])
+            {
                 textLayers[c] = max(textLayers[c] ?? 0, n + 1)
             }
         }

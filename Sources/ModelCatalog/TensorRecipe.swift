@@ -50,7 +50,9 @@ public struct TensorRecipe: Sendable, Hashable {
         case .copy, .reshape:
             let view = try store.tensor(named: sources[0])
             guard view.dtype == dtype, view.descriptor.byteCount == out.byteCount else {
-                throw CatalogError(.shapeMismatch, "tensor '\(sources[0])' is \(view.dtype.name) \(view.shape), expected \(dtype.name) with \(shape.count) elements", tensor: sources[0])
+                throw CatalogError(
+                    .shapeMismatch, "tensor '\(sources[0])' is \(view.dtype.name) \(view.shape), expected \(dtype.name) with \(shape.count) elements",
+                    tensor: sources[0])
             }
             return TensorView(descriptor: out, bytes: view.bytes)
         case .rows(let start, let count):
@@ -82,7 +84,7 @@ public struct TensorRecipe: Sendable, Hashable {
         case .transpose:
             let view = try store.tensor(named: sources[0])
             guard view.dtype == dtype, view.shape.rank == 2, shape.rank == 2, view.shape[0] == shape[1], view.shape[1] == shape[0],
-                  let width = dtype.byteWidth
+                let width = dtype.byteWidth
             else { throw CatalogError(.shapeMismatch, "tensor '\(sources[0])' \(view.shape) cannot be transposed to \(shape)", tensor: sources[0]) }
             let rows = view.shape[0], columns = view.shape[1]
             let buffer = OwnedBuffer(byteCount: out.byteCount)
@@ -154,7 +156,8 @@ extension RemappedStore: QuantizedTensorStore, GGMLTensorStore {
     /// rows), so the engine dequantises it row block by row block instead of reading it whole.
     public func quantizedTensor(named name: String) throws -> QuantizedTensorView? {
         guard let r = recipe(named: name), r.sources.count == 1, [.copy, .reshape].contains(r.operation),
-              let base = base as? any QuantizedTensorStore, let q = try base.quantizedTensor(named: r.sources[0]) else { return nil }
+            let base = base as? any QuantizedTensorStore, let q = try base.quantizedTensor(named: r.sources[0])
+        else { return nil }
         guard q.layout.rows == (r.shape.dimensions.first ?? 1), q.layout.elementCount == r.shape.count else { return nil }
         return try QuantizedTensorView(descriptor: r.descriptor, layout: q.layout, bytes: q.bytes, metrics: q.metrics)
     }
@@ -163,7 +166,8 @@ extension RemappedStore: QuantizedTensorStore, GGMLTensorStore {
     /// base, zero-copy (a slice of the first dimension is a run of whole stored rows).
     public func ggmlTensor(named name: String) throws -> GGMLTensorView? {
         guard let r = recipe(named: name), r.sources.count == 1,
-              let base = base as? any GGMLTensorStore, let view = try base.ggmlTensor(named: r.sources[0]) else { return nil }
+            let base = base as? any GGMLTensorStore, let view = try base.ggmlTensor(named: r.sources[0])
+        else { return nil }
         switch r.operation {
         case .copy, .reshape:
             guard r.shape.count == view.descriptor.elementCount else { return nil }

@@ -37,8 +37,10 @@ public struct CanonicalModel: @unchecked Sendable {
     /// - Parameters:
     ///   - weights: which UNet weights to present (the EMA copies under the main names, or not).
     ///   - keepExtra: keep schedule buffers and other leftovers (as `extra.<name>`).
-    public static func open(_ path: String, options: ModelInput.Options = ModelInput.Options(), weights: WeightSelection = .main,
-                            keepExtra: Bool = false) throws -> CanonicalModel {
+    public static func open(
+        _ path: String, options: ModelInput.Options = ModelInput.Options(), weights: WeightSelection = .main,
+        keepExtra: Bool = false
+    ) throws -> CanonicalModel {
         try CanonicalModel(try ModelInput.open(path, options: options), path: path, weights: weights, keepExtra: keepExtra)
     }
 
@@ -59,10 +61,12 @@ public struct CanonicalModel: @unchecked Sendable {
             ema = EMAInfo()
             isCanonical = true
             let names = source.tensors.compactMap { source.sourceName(of: $0.name) }
-            var detection = Detection.detect(source.tensors, layout: layout, sourceNames: names, metadata: source.metadata, schedulerConfig: scheduler)
+            var detection = Detection.detect(
+                source.tensors, layout: layout, sourceNames: names, metadata: source.metadata, schedulerConfig: scheduler)
             // The prediction type decided at conversion (from a scheduler config or marker) stays.
             if let architecture = recorded["architecture"]?.objectValue, detection.predictionType == nil,
-               let p = architecture["prediction_type"]?.stringValue.flatMap(Detection.PredictionType.init(spelling:)) {
+                let p = architecture["prediction_type"]?.stringValue.flatMap(Detection.PredictionType.init(spelling:))
+            {
                 detection.predictionType = p
                 detection.predictionSource = architecture["prediction_source"]?.stringValue ?? "recorded at conversion"
             }
@@ -86,7 +90,8 @@ public struct CanonicalModel: @unchecked Sendable {
             ema = EMAInfo()
             isCanonical = false
         }
-        detection = Detection.detect(isCanonical ? store.tensors : [], layout: layout, sourceNames: names, metadata: source.metadata, schedulerConfig: scheduler)
+        detection = Detection.detect(
+            isCanonical ? store.tensors : [], layout: layout, sourceNames: names, metadata: source.metadata, schedulerConfig: scheduler)
     }
 
     /// The same model with `store` in place of its canonical tensors (the same names and
@@ -115,12 +120,14 @@ public struct CanonicalModel: @unchecked Sendable {
     /// they come from the family's published configuration, and for widths that are not the
     /// published ones from a 64-wide head.
     public var headCounts: HeadCountSource {
-        if auxiliaryFiles.contains(where: { $0.path == "unet/config.json" || $0.path.hasPrefix("text_encoder") && $0.path.hasSuffix("config.json") }) {
+        if auxiliaryFiles.contains(where: { $0.path == "unet/config.json" || $0.path.hasPrefix("text_encoder") && $0.path.hasSuffix("config.json") })
+        {
             return .read
         }
         guard detection.unet != nil || !detection.textEncoders.isEmpty else { return .notApplicable }
         if detection.family != nil, detection.referenceDimensions != false,
-           detection.textEncoders.allSatisfy({ t in detection.family?.textEncoder(t.component)?.model.hidden == t.hidden }) {
+            detection.textEncoders.allSatisfy({ t in detection.family?.textEncoder(t.component)?.model.hidden == t.hidden })
+        {
             return .publishedFamily
         }
         return .assumedHeadDim64

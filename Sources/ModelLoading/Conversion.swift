@@ -63,8 +63,10 @@ public enum Conversion {
     ///
     /// - Throws: ``ModelLoadingError`` `.noTensors` for an input without tensors; the writer's
     ///   and the source's errors otherwise. Nothing is left under `output` on failure.
-    public static func write(_ model: CanonicalModel, to output: String, options: Options,
-                             progress: (any ProgressReporter)? = nil) throws -> Result {
+    public static func write(
+        _ model: CanonicalModel, to output: String, options: Options,
+        progress: (any ProgressReporter)? = nil
+    ) throws -> Result {
         guard !model.source.tensors.isEmpty else {
             throw ModelLoadingError(.noTensors, "holds no tensors; there is nothing to convert", path: model.path)
         }
@@ -74,7 +76,10 @@ public enum Conversion {
         var plan: [OutputTensor]
         if let target = options.ggmlType {
             guard GGMLType.quantizable.contains(target) else {
-                throw QuantizationError(.invalidLayout, "\(target.name) is not a block type WeightPack writes (\(GGMLType.quantizable.map { $0.name.lowercased() }.joined(separator: ", ")))")
+                throw QuantizationError(
+                    .invalidLayout,
+                    "\(target.name) is not a block type WeightPack writes (\(GGMLType.quantizable.map { $0.name.lowercased() }.joined(separator: ", ")))"
+                )
             }
             let rules = GGMLTypeRules(target: target, overrides: options.tensorTypes, rows: .allButFirstDimension, keep: options.keepPatterns)
             plan = OutputTensor.plan(from: store, ggmlRules: rules, storedBlocks: { model.storedBlocks(of: $0) })
@@ -92,8 +97,9 @@ public enum Conversion {
             let broken = Set(try model.brokenPositionIDs().map(\.tensor))
             for i in plan.indices where broken.contains(plan[i].name) {
                 let recipe = TensorRecipe(name: plan[i].name, dtype: .i64, shape: plan[i].shape, sources: [], operation: .positionIDs)
-                plan[i] = OutputTensor(name: plan[i].name, dtype: .i64, shape: plan[i].shape, sourceName: plan[i].sourceName, sourceDType: .i64,
-                                       load: { try recipe.materialize(from: store) })
+                plan[i] = OutputTensor(
+                    name: plan[i].name, dtype: .i64, shape: plan[i].shape, sourceName: plan[i].sourceName, sourceDType: .i64,
+                    load: { try recipe.materialize(from: store) })
                 repaired.append((plan[i].sourceName, plan[i].shape.count))
             }
         }
@@ -101,7 +107,8 @@ public enum Conversion {
         var metadata = JSONObject()
         metadata["tool"] = .string(options.tool)
         var conversion = JSONObject([
-            ("dtype", .string(options.dtype.rawValue)), ("compress", .bool(options.compress)), ("weights", .string(model.ema.selected ? "ema" : "main")),
+            ("dtype", .string(options.dtype.rawValue)), ("compress", .bool(options.compress)),
+            ("weights", .string(model.ema.selected ? "ema" : "main")),
             ("keep_extra", .bool(model.keptExtra)), ("fix_position_ids", .bool(options.fixPositionIDs)),
         ])
         if model.ema.only { conversion["ema_only"] = true }
@@ -120,7 +127,8 @@ public enum Conversion {
             metadata["architecture"] = model.detection.json
             metadata["layout"] = layout.json
             if !model.leftovers.isEmpty {
-                metadata["leftovers"] = .array(model.leftovers.map { ["name": .string($0.descriptor.name), "kind": .string($0.kind.rawValue), "kept": .bool(model.keptExtra)] })
+                metadata["leftovers"] = .array(
+                    model.leftovers.map { ["name": .string($0.descriptor.name), "kind": .string($0.kind.rawValue), "kept": .bool(model.keptExtra)] })
             }
             var files = JSONObject()
             for file in model.auxiliaryFiles {
@@ -135,8 +143,9 @@ public enum Conversion {
         // written last, so it can still be recorded.
         let entries = try WPKWriter.write(
             plan, metadata: metadata, to: output, overwrite: options.overwrite,
-            options: WPKWriter.Options(compress: options.compress, compressionLevel: options.compressionLevel,
-                                       float16Overflow: { name, count in overflows.withLock { $0.append((name, count)) } }),
+            options: WPKWriter.Options(
+                compress: options.compress, compressionLevel: options.compressionLevel,
+                float16Overflow: { name, count in overflows.withLock { $0.append((name, count)) } }),
             progress: progress,
             finalizeMetadata: { meta in
                 var source = JSONObject()
@@ -150,7 +159,8 @@ public enum Conversion {
                 }
                 meta["source"] = .object(source)
             })
-        return Result(entries: entries, dropped: dropped, repairedPositionIDs: repaired,
-                      float16Overflows: overflows.withLock { $0 }, unmatchedKeepPatterns: unmatched)
+        return Result(
+            entries: entries, dropped: dropped, repairedPositionIDs: repaired,
+            float16Overflows: overflows.withLock { $0 }, unmatchedKeepPatterns: unmatched)
     }
 }

@@ -55,12 +55,15 @@ public enum ModelExport {
     ///     write instead of derived ones (attention head counts a single file does not state).
     ///   - extraMetadata: strings added to a single file's `__metadata__` (a merge's
     ///     `weightpack.adapters`).
-    public static func write(_ model: CanonicalModel, layout: Layout, dtype: DTypeChoice, to output: String, overwrite: Bool,
-                             configurationFolder: String? = nil, extraMetadata: [String: String] = [:],
-                             progress: (any ProgressReporter)? = nil) throws -> Result {
+    public static func write(
+        _ model: CanonicalModel, layout: Layout, dtype: DTypeChoice, to output: String, overwrite: Bool,
+        configurationFolder: String? = nil, extraMetadata: [String: String] = [:],
+        progress: (any ProgressReporter)? = nil
+    ) throws -> Result {
         guard model.isCanonical, let sourceLayout = model.layout else {
             guard layout == .source else {
-                throw CatalogError(.unmappable, "no Stable Diffusion layout recognised in \(model.path ?? "the input"); only --layout source can export it")
+                throw CatalogError(
+                    .unmappable, "no Stable Diffusion layout recognised in \(model.path ?? "the input"); only --layout source can export it")
             }
             // Written with the names it has (a .wpk gives back its source's names).
             // (`store` is the source here, or the source with adapters merged in.)
@@ -68,7 +71,8 @@ public enum ModelExport {
             for i in plan.indices {
                 if let original = model.store.sourceName(of: plan[i].sourceName) { plan[i].name = original }
             }
-            try SafetensorsWriter.write(plan, metadata: model.source.metadata.merging(extraMetadata) { $1 }, to: output, overwrite: overwrite, progress: progress)
+            try SafetensorsWriter.write(
+                plan, metadata: model.source.metadata.merging(extraMetadata) { $1 }, to: output, overwrite: overwrite, progress: progress)
             return Result(tensorCount: plan.count, layout: nil)
         }
         let target = try targetLayout(model, sourceLayout: sourceLayout, layout: layout)
@@ -80,8 +84,9 @@ public enum ModelExport {
         result.tensorCount = plan.count
         let isFolder = target.kind == .diffusers && target.components.allSatisfy { !$0.prefix.isEmpty }
         if isFolder {
-            result.warnings = try writeFolder(plan: plan, target: target, model: model, to: output, overwrite: overwrite,
-                                              configurationFolder: configurationFolder, progress: progress)
+            result.warnings = try writeFolder(
+                plan: plan, target: target, model: model, to: output, overwrite: overwrite,
+                configurationFolder: configurationFolder, progress: progress)
         } else {
             var metadata = model.source.metadata.filter { !$0.key.hasPrefix("diffusers.") }
             if let strings = model.recorded["strings"]?.objectValue {
@@ -98,26 +103,32 @@ public enum ModelExport {
     /// The layout to write.
     public static func targetLayout(_ model: CanonicalModel, sourceLayout: ModelLayout, layout: Layout) throws -> ModelLayout {
         let components = Component.allCases.filter { c in model.store.tensors.contains { $0.name.hasPrefix(c.canonicalPrefix) } }
-        let wanted: ModelLayout.Kind = switch layout {
-        case .source: sourceLayout.kind
-        case .ldm: .ldm
-        case .diffusers: .diffusers
-        }
+        let wanted: ModelLayout.Kind =
+            switch layout {
+            case .source: sourceLayout.kind
+            case .ldm: .ldm
+            case .diffusers: .diffusers
+            }
         if wanted == sourceLayout.kind { return sourceLayout }
         let single = !model.detection.kind.isPipeline
         switch wanted {
         case .diffusers:
             if single, let c = components.first {
-                return ModelLayout(kind: .diffusers, components: [ComponentLayout(component: c, prefix: "", naming: c == .unet ? .diffusersUNet : c == .vae ? .diffusersVAE : .hfCLIP)])
+                return ModelLayout(
+                    kind: .diffusers,
+                    components: [ComponentLayout(component: c, prefix: "", naming: c == .unet ? .diffusersUNet : c == .vae ? .diffusersVAE : .hfCLIP)]
+                )
             }
             return .diffusers(components)
         case .ldm:
             if single, let c = components.first {
-                let naming: ComponentNaming = c == .unet ? .ldmUNet : c == .vae ? .ldmVAE : (model.detection.textEncoders.first?.projection != nil ? .openCLIP : .hfCLIP)
+                let naming: ComponentNaming =
+                    c == .unet ? .ldmUNet : c == .vae ? .ldmVAE : (model.detection.textEncoders.first?.projection != nil ? .openCLIP : .hfCLIP)
                 return ModelLayout(kind: .ldm, components: [ComponentLayout(component: c, prefix: "", naming: naming)])
             }
             guard let family = model.detection.family else {
-                throw CatalogError(.unmappable, "the model's family is unknown (\(model.detection.candidates.joined(separator: ", "))), so its LDM prefixes are too")
+                throw CatalogError(
+                    .unmappable, "the model's family is unknown (\(model.detection.candidates.joined(separator: ", "))), so its LDM prefixes are too")
             }
             return .ldm(family, components: components)
         }
@@ -125,8 +136,10 @@ public enum ModelExport {
 
     /// Writes a diffusers folder: one safetensors file per component and the configurations
     /// (kept from a diffusers source, read from `configurationFolder`, or made from the detection).
-    static func writeFolder(plan: [OutputTensor], target: ModelLayout, model: CanonicalModel, to output: String, overwrite: Bool,
-                            configurationFolder: String?, progress: (any ProgressReporter)?) throws -> [String] {
+    static func writeFolder(
+        plan: [OutputTensor], target: ModelLayout, model: CanonicalModel, to output: String, overwrite: Bool,
+        configurationFolder: String?, progress: (any ProgressReporter)?
+    ) throws -> [String] {
         var warnings: [String] = []
         var weights: [DiffusersFolderWriter.WeightsFile] = []
         for c in target.components {
@@ -179,10 +192,13 @@ public enum ModelExport {
     ///   - tensorTypes: `GLOB=TYPE` overrides (`--tensor-type`), matched against the LDM name
     ///     written and the canonical name; only with a block `dtype`.
     ///   - extraMetadata: strings added as GGUF string values (a merge's `weightpack.adapters`).
-    public static func writeGGUF(_ model: CanonicalModel, dtype: GGUFDType, tensorTypes: [GGMLTypeRules.Override] = [], to output: String, overwrite: Bool, tool: String,
-                                 extraMetadata: [String: String] = [:], progress: (any ProgressReporter)? = nil) throws -> Result {
+    public static func writeGGUF(
+        _ model: CanonicalModel, dtype: GGUFDType, tensorTypes: [GGMLTypeRules.Override] = [], to output: String, overwrite: Bool, tool: String,
+        extraMetadata: [String: String] = [:], progress: (any ProgressReporter)? = nil
+    ) throws -> Result {
         guard model.isCanonical, let sourceLayout = model.layout else {
-            throw CatalogError(.unmappable, "no Stable Diffusion layout recognised in \(model.path ?? "the input"); GGUF export writes the LDM layout")
+            throw CatalogError(
+                .unmappable, "no Stable Diffusion layout recognised in \(model.path ?? "the input"); GGUF export writes the LDM layout")
         }
         guard tensorTypes.isEmpty || dtype.blockType != nil else {
             throw QuantizationError(.invalidLayout, "tensor type overrides apply to a block dtype (q4_0 … q6_k), not \(dtype.rawValue)")
@@ -193,7 +209,9 @@ public enum ModelExport {
         result.omitted = omitted.map { ($0.name, $0.reason) }
         let mapped = RemappedStore(base: model.store, recipes: recipes)
         let quantizedStore = model.store as? any QuantizedTensorStore
-        let rules = dtype.blockType.map { GGMLTypeRules(target: $0, overrides: tensorTypes, rows: .lastDimension, keep: stableDiffusionCppKeepPatterns) }
+        let rules = dtype.blockType.map {
+            GGMLTypeRules(target: $0, overrides: tensorTypes, rows: .lastDimension, keep: stableDiffusionCppKeepPatterns)
+        }
         var tensors: [GGUFWriter.Tensor] = []
         var items: [TypeSummary.Item] = []
         var fallbacks: [(String, GGMLType)] = []
@@ -202,12 +220,16 @@ public enum ModelExport {
             let unchanged = r.sources.count == 1 && (r.operation == .copy || r.operation == .reshape)
             let blocks = unchanged ? model.storedBlocks(of: r.sources[0]) : nil
             let storedType = try blocks?()?.type
-            guard let decision = ggufDecision(r, canonicalName: unchanged ? r.sources[0] : nil, isInt8: isInt8, storedType: storedType, dtype: dtype, rules: rules) else {
+            guard
+                let decision = ggufDecision(
+                    r, canonicalName: unchanged ? r.sources[0] : nil, isInt8: isInt8, storedType: storedType, dtype: dtype, rules: rules)
+            else {
                 result.omitted.append((r.name, "GGUF has no type for \(r.dtype.name)"))
                 continue
             }
             let name = r.name
-            var tensor = GGUFWriter.Tensor(name: name, shape: r.shape, ggmlType: decision.type, load: { try mapped.tensor(named: name) }, blocks: blocks)
+            var tensor = GGUFWriter.Tensor(
+                name: name, shape: r.shape, ggmlType: decision.type, load: { try mapped.tensor(named: name) }, blocks: blocks)
             if isInt8, unchanged, let quantizedStore {
                 let source = r.sources[0]
                 tensor.quantized = { try quantizedStore.quantizedTensor(named: source) }
@@ -216,8 +238,10 @@ public enum ModelExport {
             if let from = decision.fallbackFrom { fallbacks.append((name, from)) }
             tensors.append(tensor)
             let bytes = decision.type.byteCount(values: r.shape.count) ?? 0
-            items.append(TypeSummary.Item(type: decision.type.name, fallbackFrom: decision.fallbackFrom, rowLength: r.shape.dimensions.last,
-                                          storedBytes: bytes, values: r.shape.count))
+            items.append(
+                TypeSummary.Item(
+                    type: decision.type.name, fallbackFrom: decision.fallbackFrom, rowLength: r.shape.dimensions.last,
+                    storedBytes: bytes, values: r.shape.count))
         }
         let inputName = model.path.map { String($0.split(separator: "/").last ?? Substring($0)) } ?? "model"
         var metadata: [(String, GGUFWriter.Value)] = [
@@ -232,7 +256,8 @@ public enum ModelExport {
         metadata.append(("weightpack.prediction_type", .string(model.detection.predictionType?.rawValue ?? "unknown")))
         metadata.append(("weightpack.dtype", .string(dtype.rawValue)))
         if !tensorTypes.isEmpty {
-            metadata.append(("weightpack.tensor_types", .string(tensorTypes.map { "\($0.pattern)=\($0.type.name.lowercased())" }.joined(separator: ","))))
+            metadata.append(
+                ("weightpack.tensor_types", .string(tensorTypes.map { "\($0.pattern)=\($0.type.name.lowercased())" }.joined(separator: ","))))
         }
         // GGUF has no per-tensor record: the type each fallback was asked for, as ComfyUI-GGUF
         // keys its reshapes, so `inspect` can say it.
@@ -296,8 +321,10 @@ public enum ModelExport {
     /// - `f16`: matrices and kernels F16, 1-D tensors F32. `f32`: every float F32.
     /// - a block type: `rules` (overrides by LDM or canonical name first; stable-diffusion.cpp's
     ///   name rules and WeightPack's keep patterns on either name).
-    static func ggufDecision(_ r: TensorRecipe, canonicalName: String?, isInt8: Bool, storedType: GGMLType?, dtype: GGUFDType,
-                             rules: GGMLTypeRules?) -> GGMLTypeRules.Decision? {
+    static func ggufDecision(
+        _ r: TensorRecipe, canonicalName: String?, isInt8: Bool, storedType: GGMLType?, dtype: GGUFDType,
+        rules: GGMLTypeRules?
+    ) -> GGMLTypeRules.Decision? {
         guard r.dtype.isConvertibleFloat || storedType != nil else {
             return GGMLType(plain: r.dtype).map { GGMLTypeRules.Decision(type: $0) }
         }
@@ -334,7 +361,8 @@ public enum ModelExport {
 
     /// stable-diffusion.cpp's `tensor_should_be_converted` name rules (besides the row length).
     static func stableDiffusionCppQuantizes(_ name: String) -> Bool {
-        !(name.hasSuffix(".bias") || name.hasSuffix(".scale") || name.contains("time_embed.") || name.contains("label_emb.") || name.contains("embedding"))
+        !(name.hasSuffix(".bias") || name.hasSuffix(".scale") || name.contains("time_embed.") || name.contains("label_emb.")
+            || name.contains("embedding"))
     }
 
     /// The source's name, format and SHA-256: recorded at conversion for a `.wpk`, computed otherwise.
@@ -377,9 +405,11 @@ extension ModelExport {
     ///
     /// - Throws: ``AdapterError`` (`.notAnAdapter` for a model, `.inexpressible` for what the
     ///   dialect cannot hold) before anything is written; the writers' errors otherwise.
-    public static func writeAdapter(_ source: any TensorStore, path: String?, to target: AdapterConversion.Target, dtype: DTypeChoice,
-                                    output: String, overwrite: Bool, tool: String,
-                                    progress: (any ProgressReporter)? = nil) throws -> AdapterResult {
+    public static func writeAdapter(
+        _ source: any TensorStore, path: String?, to target: AdapterConversion.Target, dtype: DTypeChoice,
+        output: String, overwrite: Bool, tool: String,
+        progress: (any ProgressReporter)? = nil
+    ) throws -> AdapterResult {
         let adapter = try Adapter(store: source)
         let converted = try AdapterConversion.convert(adapter, to: target)
         let modules = adapter.modules.count

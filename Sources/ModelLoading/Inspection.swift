@@ -4,6 +4,7 @@ import ModelCatalog
 import Quantization
 import StrictJSON
 import TensorCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -92,7 +93,9 @@ public struct Inspection {
         let blockStore = store as? any GGMLTensorStore
         var rows = try selected.map { d in
             let record = records?.storageRecord(of: d.name)
-            var row = Row(descriptor: d, statistics: nil, storedBytes: record?.storedByteCount, sourceDType: record?.sourceDType, quantization: record?.quantization)
+            var row = Row(
+                descriptor: d, statistics: nil, storedBytes: record?.storedByteCount, sourceDType: record?.sourceDType,
+                quantization: record?.quantization)
             if record == nil, let from = store.metadata[ModelExport.fallbackKeyPrefix + d.name].flatMap(GGMLType.init(name:)) {
                 row.recordedFallbackFrom = from
             }
@@ -118,7 +121,8 @@ public struct Inspection {
         var other: [(String, String)] = []
         if let filter, selected.isEmpty {
             // A .wpk stores canonical names; a source file stores its own. Try the other naming.
-            let pairs: [(String, String)] = recordedHeader?["layout"] != nil
+            let pairs: [(String, String)] =
+                recordedHeader?["layout"] != nil
                 ? store.tensors.compactMap { d in store.sourceName(of: d.name).map { (d.name, $0) } }
                 : model.recipes.compactMap { r in r.sources.first.map { ($0, r.name) } }
             for (stored, name) in pairs where stored != name && fnmatch(filter, name, 0) == 0 {
@@ -135,50 +139,96 @@ public struct Inspection {
         for (tensor, wrong) in try model.brokenPositionIDs() {
             let source = model.sourceName(of: tensor) ?? tensor
             if wrong.isEmpty {
-                out.append(Finding(severity: .warning, code: "position-ids-dtype", message: "position_ids hold the right values but are stored as \(model.store.descriptor(named: tensor)?.dtype.name ?? "?") instead of I64", tensor: source))
+                out.append(
+                    Finding(
+                        severity: .warning, code: "position-ids-dtype",
+                        message:
+                            "position_ids hold the right values but are stored as \(model.store.descriptor(named: tensor)?.dtype.name ?? "?") instead of I64",
+                        tensor: source))
             } else {
                 let list = wrong.prefix(12).map { "[\($0.index)] = \(Formatting.threeDecimals($0.value))" }.joined(separator: ", ")
-                out.append(Finding(severity: .error, code: "position-ids", message: "\(wrong.count) position_ids are not their index: \(list)\(wrong.count > 12 ? ", …" : "") (convert --fix-position-ids repairs them)", tensor: source))
+                out.append(
+                    Finding(
+                        severity: .error, code: "position-ids",
+                        message:
+                            "\(wrong.count) position_ids are not their index: \(list)\(wrong.count > 12 ? ", …" : "") (convert --fix-position-ids repairs them)",
+                        tensor: source))
             }
         }
         let d = model.detection
         if model.isCanonical {
             if d.family == nil && d.kind == .pipeline {
-                out.append(Finding(severity: .warning, code: "unknown-family", message: d.candidates.isEmpty ? "no known family fits (see architecture.rejected)" : "several families fit: \(d.candidates.joined(separator: ", "))", tensor: nil))
+                out.append(
+                    Finding(
+                        severity: .warning, code: "unknown-family",
+                        message: d.candidates.isEmpty
+                            ? "no known family fits (see architecture.rejected)" : "several families fit: \(d.candidates.joined(separator: ", "))",
+                        tensor: nil))
             }
             for c in d.missingComponents {
                 out.append(Finding(severity: .warning, code: "missing-component", message: "the model has no \(c.rawValue)", tensor: nil))
             }
             for c in d.components {
                 if !c.missing.isEmpty {
-                    out.append(Finding(severity: .error, code: "missing-tensors", message: "\(c.component.rawValue) lacks \(c.missing.count) tensors: \(c.missing.prefix(5).joined(separator: ", "))\(c.missing.count > 5 ? ", …" : "")", tensor: nil))
+                    out.append(
+                        Finding(
+                            severity: .error, code: "missing-tensors",
+                            message:
+                                "\(c.component.rawValue) lacks \(c.missing.count) tensors: \(c.missing.prefix(5).joined(separator: ", "))\(c.missing.count > 5 ? ", …" : "")",
+                            tensor: nil))
                 }
                 if !c.unexpected.isEmpty {
-                    out.append(Finding(severity: .warning, code: "unexpected-tensors", message: "\(c.component.rawValue) has \(c.unexpected.count) tensors its structure does not explain: \(c.unexpected.prefix(5).joined(separator: ", "))\(c.unexpected.count > 5 ? ", …" : "")", tensor: nil))
+                    out.append(
+                        Finding(
+                            severity: .warning, code: "unexpected-tensors",
+                            message:
+                                "\(c.component.rawValue) has \(c.unexpected.count) tensors its structure does not explain: \(c.unexpected.prefix(5).joined(separator: ", "))\(c.unexpected.count > 5 ? ", …" : "")",
+                            tensor: nil))
                 }
                 for m in c.shapeMismatches {
-                    out.append(Finding(severity: .error, code: "shape-mismatch", message: "shape \(m.actual), expected \(m.expected)", tensor: m.tensor))
+                    out.append(
+                        Finding(severity: .error, code: "shape-mismatch", message: "shape \(m.actual), expected \(m.expected)", tensor: m.tensor))
                 }
             }
         } else {
-            out.append(Finding(severity: .info, code: "layout-unknown", message: "no Stable Diffusion layout recognised; tensors are shown as stored", tensor: nil))
+            out.append(
+                Finding(
+                    severity: .info, code: "layout-unknown", message: "no Stable Diffusion layout recognised; tensors are shown as stored",
+                    tensor: nil))
         }
         if model.ema.only {
-            out.append(Finding(severity: .info, code: "ema-only", message: "only EMA weights are present (\(model.ema.tensorCount) model_ema.* tensors, \(Formatting.bytes(model.ema.byteCount)), no model.diffusion_model.*): the UNet is read from them, and convert uses them", tensor: nil))
+            out.append(
+                Finding(
+                    severity: .info, code: "ema-only",
+                    message:
+                        "only EMA weights are present (\(model.ema.tensorCount) model_ema.* tensors, \(Formatting.bytes(model.ema.byteCount)), no model.diffusion_model.*): the UNet is read from them, and convert uses them",
+                    tensor: nil))
         } else if model.ema.isPresent {
-            out.append(Finding(severity: .info, code: "ema", message: "EMA weights present: \(model.ema.tensorCount) tensors, \(Formatting.bytes(model.ema.byteCount)) (convert --weights ema selects them)", tensor: nil))
+            out.append(
+                Finding(
+                    severity: .info, code: "ema",
+                    message:
+                        "EMA weights present: \(model.ema.tensorCount) tensors, \(Formatting.bytes(model.ema.byteCount)) (convert --weights ema selects them)",
+                    tensor: nil))
         }
         let grouped = Dictionary(grouping: model.leftovers, by: \.kind)
         for (kind, items) in grouped.sorted(by: { $0.key.rawValue < $1.key.rawValue }) where kind != .ema {
             let bytes = items.reduce(0) { $0 + $1.descriptor.byteCount }
-            out.append(Finding(severity: kind == .unknown ? .warning : .info, code: "leftover-\(kind.rawValue)", message: "\(items.count) \(kind.rawValue) tensors (\(Formatting.bytes(bytes))) are not model weights and are left out by convert/export unless --keep-extra: \(items.prefix(4).map(\.descriptor.name).joined(separator: ", "))\(items.count > 4 ? ", …" : "")", tensor: nil))
+            out.append(
+                Finding(
+                    severity: kind == .unknown ? .warning : .info, code: "leftover-\(kind.rawValue)",
+                    message:
+                        "\(items.count) \(kind.rawValue) tensors (\(Formatting.bytes(bytes))) are not model weights and are left out by convert/export unless --keep-extra: \(items.prefix(4).map(\.descriptor.name).joined(separator: ", "))\(items.count > 4 ? ", …" : "")",
+                    tensor: nil))
         }
         return out
     }
 
     /// Statistics of every tensor, two tensors at a time (one per core).
-    private static func statistics(of tensors: [TensorDescriptor], in store: any TensorStore,
-                                   progress: (any ProgressReporter)?) throws -> [TensorStatistics?] {
+    private static func statistics(
+        of tensors: [TensorDescriptor], in store: any TensorStore,
+        progress: (any ProgressReporter)?
+    ) throws -> [TensorStatistics?] {
         progress?.begin(total: tensors.reduce(0) { $0 + $1.byteCount })
         let results = Locked<[Result<TensorStatistics?, any Error>?]>(Array(repeating: nil, count: tensors.count))
         DispatchQueue.concurrentPerform(iterations: tensors.count) { i in
@@ -205,7 +255,10 @@ public struct Inspection {
             if s.nanCount > 0 { out.append(Finding(severity: .error, code: "nan", message: "\(s.nanCount) NaN values", tensor: name)) }
             if s.infinityCount > 0 { out.append(Finding(severity: .error, code: "inf", message: "\(s.infinityCount) infinite values", tensor: name)) }
             if s.beyondFloat16Count > 0 {
-                out.append(Finding(severity: .warning, code: "beyond-f16-range", message: "\(s.beyondFloat16Count) values beyond ±65504 become infinite in f16", tensor: name))
+                out.append(
+                    Finding(
+                        severity: .warning, code: "beyond-f16-range", message: "\(s.beyondFloat16Count) values beyond ±65504 become infinite in f16",
+                        tensor: name))
             }
             if s.count > 1, s.zeroCount == s.count, row.descriptor.dtype.isFloatingPoint {
                 out.append(Finding(severity: .warning, code: "all-zero", message: "every value is zero", tensor: name))
@@ -213,7 +266,10 @@ public struct Inspection {
         }
         let floatTypes = Set(rows.map(\.descriptor.dtype).filter(\.isFloatingPoint))
         if floatTypes.count > 1 {
-            out.append(Finding(severity: .info, code: "mixed-dtypes", message: "floating-point tensors are stored as " + floatTypes.map(\.name).sorted().joined(separator: ", "), tensor: nil))
+            out.append(
+                Finding(
+                    severity: .info, code: "mixed-dtypes",
+                    message: "floating-point tensors are stored as " + floatTypes.map(\.name).sorted().joined(separator: ", "), tensor: nil))
         }
         return out
     }

@@ -29,10 +29,13 @@ public struct RuntimeAdditions: Sendable {
     ///
     /// - Throws: `AdapterError` for a file that is not the kind of adapter asked for, or a bad
     ///   scale; the reader's errors for a missing or unreadable file.
-    public static func open(loras: [String] = [], embeddings: [(path: String, token: String?)] = [],
-                            options: ModelInput.Options = ModelInput.Options()) throws -> RuntimeAdditions {
-        RuntimeAdditions(adapters: try loras.map { try ScaledAdapter.open($0, options: options) },
-                         embeddings: try embeddings.map { try LoadedEmbedding.open($0.path, token: $0.token, options: options) })
+    public static func open(
+        loras: [String] = [], embeddings: [(path: String, token: String?)] = [],
+        options: ModelInput.Options = ModelInput.Options()
+    ) throws -> RuntimeAdditions {
+        RuntimeAdditions(
+            adapters: try loras.map { try ScaledAdapter.open($0, options: options) },
+            embeddings: try embeddings.map { try LoadedEmbedding.open($0.path, token: $0.token, options: options) })
     }
 
     /// The engine's table of `adapters` planned against `store` (canonical names): checked
@@ -41,14 +44,19 @@ public struct RuntimeAdditions: Sendable {
     ///
     /// - Throws: `AdapterError` for an adapter refused for this base, or whose target no
     ///   network reads (an embedding table, a normalisation, a tensor outside the networks).
-    static func table(_ adapters: [ScaledAdapter], store: any TensorStore, family: ArchitectureCatalog.Family?,
-                      prefixes: [String]) throws -> RuntimeAdapterTable? {
+    static func table(
+        _ adapters: [ScaledAdapter], store: any TensorStore, family: ArchitectureCatalog.Family?,
+        prefixes: [String]
+    ) throws -> RuntimeAdapterTable? {
         guard !adapters.isEmpty else { return nil }
         let plan = try AdapterPlan(base: store, baseFamily: family, adapters: adapters)
         var entries: [String: [RuntimeAdapterTable.Entry]] = [:]
         for layer in try plan.runtimeLayers() {
             guard prefixes.contains(where: { layer.target.hasPrefix($0) }) else {
-                throw AdapterError(.unmatchedModule, "an adapter changes \(layer.target), which none of the networks the engine runs reads; merge it instead (weightpack merge)", tensor: layer.target)
+                throw AdapterError(
+                    .unmatchedModule,
+                    "an adapter changes \(layer.target), which none of the networks the engine runs reads; merge it instead (weightpack merge)",
+                    tensor: layer.target)
             }
             let change: RuntimeAdapterTable.Entry.Change
             switch layer.factors {
@@ -79,15 +87,21 @@ public struct RuntimeAdditions: Sendable {
             for component in e.rows.keys.sorted(by: { $0.rawValue < $1.rawValue }) {
                 guard let (tokenizer, model) = encoders[component] else {
                     let has = encoders.keys.map(\.rawValue).sorted().joined(separator: ", ")
-                    throw AdapterError(.wrongFamily, "embedding '\(e.token)' has vectors for \(component.rawValue), which \(family) does not have (it has \(has))")
+                    throw AdapterError(
+                        .wrongFamily, "embedding '\(e.token)' has vectors for \(component.rawValue), which \(family) does not have (it has \(has))")
                 }
                 let width = e.width[component] ?? 0
                 guard width == model.configuration.hiddenSize else {
-                    throw AdapterError(.wrongFamily, "embedding '\(e.token)' is \(width) wide, the \(family) \(component.rawValue) is \(model.configuration.hiddenSize) wide: it was made for another model")
+                    throw AdapterError(
+                        .wrongFamily,
+                        "embedding '\(e.token)' is \(width) wide, the \(family) \(component.rawValue) is \(model.configuration.hiddenSize) wide: it was made for another model"
+                    )
                 }
                 let rows = e.rows[component] ?? []
                 guard rows.count == e.tokens.count * width else {
-                    throw AdapterError(.malformed, "embedding '\(e.token)' has \(rows.count / max(width, 1)) vectors for \(component.rawValue), \(e.tokens.count) tokens")
+                    throw AdapterError(
+                        .malformed,
+                        "embedding '\(e.token)' has \(rows.count / max(width, 1)) vectors for \(component.rawValue), \(e.tokens.count) tokens")
                 }
                 do throws(EngineError) {
                     let ids = try tokenizer.addTokens(e.tokens)

@@ -45,8 +45,10 @@ public final class StableDiffusionModel {
     ///   optionally its tokenizers) whose configurations replace what a single file lacks:
     ///   attention head counts above all, which no single file states.
     ///   - additions: adapters and embeddings applied at run time (``RuntimeAdditions``).
-    public convenience init(path: String, options: ModelInput.Options = ModelInput.Options(), configurationFolder: String? = nil,
-                            additions: RuntimeAdditions = RuntimeAdditions()) throws {
+    public convenience init(
+        path: String, options: ModelInput.Options = ModelInput.Options(), configurationFolder: String? = nil,
+        additions: RuntimeAdditions = RuntimeAdditions()
+    ) throws {
         try self.init(try CanonicalModel.open(path, options: options), configurationFolder: configurationFolder, additions: additions)
     }
 
@@ -61,8 +63,9 @@ public final class StableDiffusionModel {
         self.additions = additions
         let name = canonical.path ?? "the model"
         guard canonical.isCanonical, let family = canonical.detection.family else {
-            throw ModelLoadingError(.notAModel, "not a recognised Stable Diffusion model (\(canonical.detection.kind)); the engine needs a UNet, a VAE and text encoders",
-                                    path: canonical.path)
+            throw ModelLoadingError(
+                .notAModel, "not a recognised Stable Diffusion model (\(canonical.detection.kind)); the engine needs a UNet, a VAE and text encoders",
+                path: canonical.path)
         }
         let store = canonical.store
         var configs: [String: (value: JSONValue, origin: ConfigurationOrigin)] = [:]
@@ -75,8 +78,9 @@ public final class StableDiffusionModel {
             do {
                 configs[file] = (try bytes.withUnsafeBytes { (raw) throws(JSONError) in try JSONParser.parse(raw) }, .model)
             } catch {
-                throw ModelLoadingError(.missingConfiguration, "\(file) is not valid JSON (\(error)); the model's configuration cannot be read",
-                                        path: canonical.path, underlying: error)
+                throw ModelLoadingError(
+                    .missingConfiguration, "\(file) is not valid JSON (\(error)); the model's configuration cannot be read",
+                    path: canonical.path, underlying: error)
             }
         }
         if let configurationFolder {
@@ -112,7 +116,8 @@ public final class StableDiffusionModel {
                 throw ModelLoadingError(.notAModel, "no \(component.rawValue) weights", path: canonical.path)
             }
             let prefix = String(d.name.dropLast(anchor.count))
-            return try CLIPTextModel(store: store, configuration: try CLIPTextConfiguration(json: try config("\(component.rawValue)/config.json")), prefix: prefix)
+            return try CLIPTextModel(
+                store: store, configuration: try CLIPTextConfiguration(json: try config("\(component.rawValue)/config.json")), prefix: prefix)
         }
         // The first text encoder conditions the UNet through its hidden states; the one whose
         // pooled projection the family uses (SDXL's second) adds that too.
@@ -124,8 +129,9 @@ public final class StableDiffusionModel {
         var second: StableDiffusionPipeline.SecondTextEncoder? = nil
         if let pooled = family.pooledTextEncoder, pooled.component != firstSlot.component {
             let (tokenizer2, pad2) = try tokenizer(pooled)
-            second = .init(tokenizer: tokenizer2, model: try textModel(pooled.component), padTokenID: pad2,
-                           projectionName: pooled.component.rawValue + ".text_projection.weight")
+            second = .init(
+                tokenizer: tokenizer2, model: try textModel(pooled.component), padTokenID: pad2,
+                projectionName: pooled.component.rawValue + ".text_projection.weight")
         }
         let forceZeros = configs["model_index.json"]?.value.objectValue?["force_zeros_for_empty_prompt"]?.boolValue ?? family.forceZerosForEmptyPrompt
         _ = name
@@ -133,8 +139,10 @@ public final class StableDiffusionModel {
         let vae = try AutoencoderKL(store: store, configuration: vaeConfiguration, prefix: "vae.")
         // Run-time adapters: one table shared by the networks (names carry each one's prefix).
         let texts = [text1] + (second.map { [$0.model] } ?? [])
-        if let table = try RuntimeAdditions.table(additions.adapters, store: store, family: family,
-                                                  prefixes: [unet.weights.prefix, vae.weights.prefix] + texts.map(\.weights.prefix)) {
+        if let table = try RuntimeAdditions.table(
+            additions.adapters, store: store, family: family,
+            prefixes: [unet.weights.prefix, vae.weights.prefix] + texts.map(\.weights.prefix))
+        {
             unet.runtimeAdapters = table
             vae.runtimeAdapters = table
             for t in texts { t.runtimeAdapters = table }
@@ -211,8 +219,10 @@ public final class StableDiffusionModel {
         guard FileManager.default.fileExists(atPath: folder, isDirectory: &isDirectory), isDirectory.boolValue else {
             throw ModelLoadingError(.missingFile, "no such configuration folder", path: folder)
         }
-        let candidates = ["model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
-                          "text_encoder_2/config.json", "scheduler/scheduler_config.json"]
+        let candidates = [
+            "model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
+            "text_encoder_2/config.json", "scheduler/scheduler_config.json",
+        ]
         var out: [(String, JSONValue)] = []
         for file in candidates {
             let path = folder + "/" + file
@@ -247,7 +257,9 @@ extension StableDiffusionModel {
         let damage = file.verifyChecksums()
         guard let first = damage.first else { return [] }
         let more = damage.count > 1 ? " (and \(damage.count - 1) more)" : ""
-        return ["\(damage.count) tensor\(damage.count == 1 ? "" : "s") of \(canonical.path ?? "the model") fail their checksums: '\(first.tensor)' \(first.reason)\(more); the output may be wrong, and `weightpack check` lists them"]
+        return [
+            "\(damage.count) tensor\(damage.count == 1 ? "" : "s") of \(canonical.path ?? "the model") fail their checksums: '\(first.tensor)' \(first.reason)\(more); the output may be wrong, and `weightpack check` lists them"
+        ]
     }
 }
 

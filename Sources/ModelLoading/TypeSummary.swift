@@ -41,10 +41,13 @@ public struct TypeSummary: Sendable {
 
     /// The summary of the tensors of a `.wpk` just written (or read).
     public init(wpk entries: [WPKTensorEntry]) {
-        self.init(entries.map { e in
-            let type = e.blocks?.type.name ?? (e.quantization != nil ? DType.i8.name : e.descriptor.dtype.name)
-            return Item(type: type, fallbackFrom: e.blocks?.fallbackFrom, rowLength: e.blocks?.rowLength, storedBytes: e.length, values: e.descriptor.elementCount)
-        })
+        self.init(
+            entries.map { e in
+                let type = e.blocks?.type.name ?? (e.quantization != nil ? DType.i8.name : e.descriptor.dtype.name)
+                return Item(
+                    type: type, fallbackFrom: e.blocks?.fallbackFrom, rowLength: e.blocks?.rowLength, storedBytes: e.length,
+                    values: e.descriptor.elementCount)
+            })
     }
 
     /// Tensors per stored type, most first (ties by name).
@@ -62,7 +65,9 @@ public struct TypeSummary: Sendable {
             if let n = item.rowLength, !f.rowLengths.contains(n) { f.rowLengths.append(n) }
             groups[key] = f
         }
-        return groups.values.map { f in var f = f; f.rowLengths.sort(); return f }.sorted { ($0.from.rawValue, $0.to) < ($1.from.rawValue, $1.to) }
+        return groups.values.map { f in
+            var f = f; f.rowLengths.sort(); return f
+        }.sorted { ($0.from.rawValue, $0.to) < ($1.from.rawValue, $1.to) }
     }
 
     public var storedByteCount: Int { items.reduce(0) { $0 + $1.storedBytes } }
@@ -87,9 +92,13 @@ public struct TypeSummary: Sendable {
         for c in counts { types[c.type] = JSONValue(c.count) }
         return [
             "types": .object(types),
-            "fallbacks": .array(fallbacks.map { f in
-                ["from": .string(f.from.name), "to": .string(f.to), "count": JSONValue(f.count), "row_lengths": .array(f.rowLengths.map { JSONValue($0) })]
-            }),
+            "fallbacks": .array(
+                fallbacks.map { f in
+                    [
+                        "from": .string(f.from.name), "to": .string(f.to), "count": JSONValue(f.count),
+                        "row_lengths": .array(f.rowLengths.map { JSONValue($0) }),
+                    ]
+                }),
             "stored_bytes": JSONValue(storedByteCount),
             "values": JSONValue(valueCount),
             "bits_per_weight": .double((bitsPerWeight * 1000).rounded() / 1000),

@@ -110,12 +110,13 @@ public enum Verification {
                 ("steps", JSONValue(request.steps)), ("guidance", JSONValue(Double(request.guidanceScale))), ("seed", .uint(request.seed)),
                 ("width", JSONValue(request.width)), ("height", JSONValue(request.height)), ("scheduler", JSONValue(scheduler.rawValue)),
             ])
-            return .object(JSONObject([
-                ("reference", JSONValue(reference)), ("candidate", JSONValue(candidate)), ("candidate_dtype", JSONValue(thresholds.label)),
-                ("passed", .bool(passed)), ("failed_stages", .array(failedStages.map { JSONValue($0.name) })),
-                ("settings", .object(settings)),
-                ("stages", .array(list)),
-            ]))
+            return .object(
+                JSONObject([
+                    ("reference", JSONValue(reference)), ("candidate", JSONValue(candidate)), ("candidate_dtype", JSONValue(thresholds.label)),
+                    ("passed", .bool(passed)), ("failed_stages", .array(failedStages.map { JSONValue($0.name) })),
+                    ("settings", .object(settings)),
+                    ("stages", .array(list)),
+                ]))
         }
 
         /// Writes reference.png, candidate.png, difference.png (a heatmap of `gain * |reference -
@@ -159,8 +160,10 @@ public enum Verification {
                     }
                 }
             }
-            let text = [("Software", software),
-                        ("Comment", "difference heatmap gain \(gain) (largest mean pixel difference \(largest))")]
+            let text = [
+                ("Software", software),
+                ("Comment", "difference heatmap gain \(gain) (largest mean pixel difference \(largest))"),
+            ]
             var document = document
             if case .object(var root) = document {
                 root["heatmap"] = ["gain": JSONValue(Double(gain)), "largest_pixel_difference": JSONValue(Double(largest))]
@@ -181,9 +184,11 @@ public enum Verification {
     ///   - request: the generation both run (its size, seed, sampler and every sampler setting).
     ///   - thresholds: `nil` takes the defaults for the candidate's UNet dtype.
     ///   - observer: the reference's generation events (its `.schedule` first), for progress.
-    public static func verify(reference: StableDiffusionModel, candidate: StableDiffusionModel, request: StableDiffusionPipeline.Request,
-                              thresholds: Thresholds? = nil,
-                              observer: ((StableDiffusionPipeline.Event) -> Void)? = nil) throws -> Report {
+    public static func verify(
+        reference: StableDiffusionModel, candidate: StableDiffusionModel, request: StableDiffusionPipeline.Request,
+        thresholds: Thresholds? = nil,
+        observer: ((StableDiffusionPipeline.Event) -> Void)? = nil
+    ) throws -> Report {
         let thresholds = thresholds ?? .defaults(for: candidate.weakestStorage())
         let ref = reference.pipeline, cand = candidate.pipeline
         var stages: [Stage] = []
@@ -192,33 +197,48 @@ public enum Verification {
         let refText = try ref.encode(prompt: request.prompt, negativePrompt: request.negativePrompt, width: request.width, height: request.height)
         let candText = try cand.encode(prompt: request.prompt, negativePrompt: request.negativePrompt, width: request.width, height: request.height)
         guard refText.embeddings.shape == candText.embeddings.shape else {
-            throw ModelLoadingError(.notAModel, "the models' text embeddings differ in shape: \(refText.embeddings.shape) vs \(candText.embeddings.shape)")
+            throw ModelLoadingError(
+                .notAModel, "the models' text embeddings differ in shape: \(refText.embeddings.shape) vs \(candText.embeddings.shape)")
         }
-        stages.append(Stage(name: "text", metrics: ParityMetrics(reference: refText.embeddings.scalars, candidate: candText.embeddings.scalars),
-                            threshold: thresholds.stage, judgedOnPSNR: false))
+        stages.append(
+            Stage(
+                name: "text", metrics: ParityMetrics(reference: refText.embeddings.scalars, candidate: candText.embeddings.scalars),
+                threshold: thresholds.stage, judgedOnPSNR: false))
 
         let refRun = try ref.generate(request, observer: observer)
         let scheduler = try ref.scheduler(for: request)
         let shape = refRun.latents.shape
         let first = refRun.initialLatents.scalars
-        let refNoise = try ref.noisePrediction(latents: first, shape: shape, scale: scheduler.inputScale(at: 0),
-                                               timestep: scheduler.timesteps[0], conditioning: refText).scalars
-        let candNoise = try cand.noisePrediction(latents: first, shape: shape, scale: scheduler.inputScale(at: 0),
-                                                 timestep: scheduler.timesteps[0], conditioning: refText).scalars
-        stages.append(Stage(name: "unet", metrics: ParityMetrics(reference: refNoise, candidate: candNoise), threshold: thresholds.stage, judgedOnPSNR: false))
+        let refNoise = try ref.noisePrediction(
+            latents: first, shape: shape, scale: scheduler.inputScale(at: 0),
+            timestep: scheduler.timesteps[0], conditioning: refText
+        ).scalars
+        let candNoise = try cand.noisePrediction(
+            latents: first, shape: shape, scale: scheduler.inputScale(at: 0),
+            timestep: scheduler.timesteps[0], conditioning: refText
+        ).scalars
+        stages.append(
+            Stage(name: "unet", metrics: ParityMetrics(reference: refNoise, candidate: candNoise), threshold: thresholds.stage, judgedOnPSNR: false))
         let candDecoded = try cand.vae.decodeImage(latents: refRun.latents)
-        stages.append(Stage(name: "vae", metrics: ParityMetrics(reference: refRun.image.scalars, candidate: candDecoded.scalars, peak: 1),
-                            threshold: thresholds.stage, judgedOnPSNR: false))
+        stages.append(
+            Stage(
+                name: "vae", metrics: ParityMetrics(reference: refRun.image.scalars, candidate: candDecoded.scalars, peak: 1),
+                threshold: thresholds.stage, judgedOnPSNR: false))
 
         // End to end.
         let candRun = try cand.generate(request)
         // Sampling amplifies small differences: the final latent gets 5 dB of slack.
-        stages.append(Stage(name: "latents", metrics: ParityMetrics(reference: refRun.latents.scalars, candidate: candRun.latents.scalars),
-                            threshold: thresholds.stage - 5, judgedOnPSNR: false))
-        stages.append(Stage(name: "image", metrics: ParityMetrics(reference: refRun.image.scalars, candidate: candRun.image.scalars, peak: 1),
-                            ssim: ParityMetrics.ssim(reference: refRun.image, candidate: candRun.image),
-                            threshold: thresholds.image, judgedOnPSNR: true))
-        return Report(stages: stages, request: request, scheduler: ref.schedulerKind(for: request), thresholds: thresholds,
-                      referenceImage: refRun.image, candidateImage: candRun.image)
+        stages.append(
+            Stage(
+                name: "latents", metrics: ParityMetrics(reference: refRun.latents.scalars, candidate: candRun.latents.scalars),
+                threshold: thresholds.stage - 5, judgedOnPSNR: false))
+        stages.append(
+            Stage(
+                name: "image", metrics: ParityMetrics(reference: refRun.image.scalars, candidate: candRun.image.scalars, peak: 1),
+                ssim: ParityMetrics.ssim(reference: refRun.image, candidate: candRun.image),
+                threshold: thresholds.image, judgedOnPSNR: true))
+        return Report(
+            stages: stages, request: request, scheduler: ref.schedulerKind(for: request), thresholds: thresholds,
+            referenceImage: refRun.image, candidateImage: candRun.image)
     }
 }

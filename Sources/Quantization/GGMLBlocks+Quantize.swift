@@ -499,7 +499,8 @@ extension GGMLBlocks {
                     for l in 0..<32 { sumX2 += x[32 * j + l] * x[32 * j + l] }
                     let average = (sumX2 / 32).squareRoot()
                     for l in 0..<32 { weights[l] = average + abs(x[32 * j + l]) }
-                    let (s, m) = makeQKX2Quants(32, nmax, x + 32 * j, weights, L + 32 * j, aux.baseAddress!, rmin: rmin, rdelta: 0.1, nstep: nstep, useMAD: false)
+                    let (s, m) = makeQKX2Quants(
+                        32, nmax, x + 32 * j, weights, L + 32 * j, aux.baseAddress!, rmin: rmin, rdelta: 0.1, nstep: nstep, useMAD: false)
                     scales[j] = s
                     mins[j] = m
                     if s > maxScale { maxScale = s }
@@ -598,7 +599,8 @@ extension GGMLBlocks {
                     let q3 = UInt8(bitPattern: L[j + l + 64]) & 0x0F, q4 = UInt8(bitPattern: L[j + l + 96]) & 0x0F
                     y.storeBytes(of: q1 | q3 << 4, toByteOffset: j / 2 + l, as: UInt8.self)
                     y.storeBytes(of: q2 | q4 << 4, toByteOffset: j / 2 + l + 32, as: UInt8.self)
-                    let h = UInt8(bitPattern: L[j + l]) >> 4 | (UInt8(bitPattern: L[j + l + 32]) >> 4) << 2
+                    let h =
+                        UInt8(bitPattern: L[j + l]) >> 4 | (UInt8(bitPattern: L[j + l + 32]) >> 4) << 2
                         | (UInt8(bitPattern: L[j + l + 64]) >> 4) << 4 | (UInt8(bitPattern: L[j + l + 96]) >> 4) << 6
                     y.storeBytes(of: h, toByteOffset: 128 + j / 4 + l, as: UInt8.self)
                 }

@@ -24,7 +24,8 @@ public struct GGMLTensorView: Sendable {
         descriptor: TensorDescriptor, type: GGMLType, bytes: TensorBytes, rowLength: Int? = nil, metrics: QuantizationMetrics? = nil
     ) throws(QuantizationError) {
         guard type.isKnown, descriptor.shape.rank >= 1, let rowLength = rowLength ?? descriptor.shape.dimensions.last,
-              rowLength > 0 ? (rowLength % type.blockValues == 0 && descriptor.elementCount % rowLength == 0) : descriptor.elementCount == 0 else {
+            rowLength > 0 ? (rowLength % type.blockValues == 0 && descriptor.elementCount % rowLength == 0) : descriptor.elementCount == 0
+        else {
             throw QuantizationError(.invalidLayout, "shape \(descriptor.shape) does not divide into \(type.name) blocks", tensor: descriptor.name)
         }
         guard let size = type.byteCount(values: descriptor.elementCount), size == bytes.count else {

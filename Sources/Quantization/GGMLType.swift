@@ -44,7 +44,8 @@ public struct GGMLType: RawRepresentable, Hashable, Sendable, CustomStringConver
     /// The block types WeightPack both reads and writes, in ggml's order.
     public static let quantizable: [GGMLType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K]
     /// Every type whose values WeightPack can decode.
-    public static let readable: [GGMLType] = [.f32, .f16, .bf16, .f64, .i8, .i16, .i32, .i64] + quantizable + [.iq4_NL, .iq4_XS, .tq1_0, .tq2_0, .mxfp4]
+    public static let readable: [GGMLType] =
+        [.f32, .f16, .bf16, .f64, .i8, .i16, .i32, .i64] + quantizable + [.iq4_NL, .iq4_XS, .tq1_0, .tq2_0, .mxfp4]
 
     private struct Traits {
         var name: String

@@ -35,7 +35,10 @@ public struct GGMLTypeRules: Sendable {
             }
             let name = String(text[text.index(after: equals)...])
             guard let type = GGMLType(name: name), GGMLTypeRules.writable.contains(type) else {
-                throw QuantizationError(.invalidLayout, "'\(name)' in '\(text)' is not a type WeightPack writes (\(GGMLTypeRules.writable.map { $0.name.lowercased() }.joined(separator: ", ")))")
+                throw QuantizationError(
+                    .invalidLayout,
+                    "'\(name)' in '\(text)' is not a type WeightPack writes (\(GGMLTypeRules.writable.map { $0.name.lowercased() }.joined(separator: ", ")))"
+                )
             }
             self.init(pattern: String(text[..<equals]), type: type)
         }
@@ -75,7 +78,9 @@ public struct GGMLTypeRules: Sendable {
     public var minimumElementCount: Int
     public var keep: [String]
 
-    public init(target: GGMLType, overrides: [Override] = [], rows: Rows, minimumElementCount: Int = 1024, keep: [String] = [], includeDefaults: Bool = true) {
+    public init(
+        target: GGMLType, overrides: [Override] = [], rows: Rows, minimumElementCount: Int = 1024, keep: [String] = [], includeDefaults: Bool = true
+    ) {
         self.target = target
         self.overrides = overrides
         self.rows = rows

@@ -44,7 +44,9 @@ public enum Int8Quantizer {
 
     /// Quantises a whole tensor of f32 values into a new buffer laid out as the layout says
     /// (values, padding, scales).
-    public static func quantize(_ values: UnsafeBufferPointer<Float>, layout: Int8BlockLayout) throws(QuantizationError) -> (buffer: OwnedBuffer, metrics: QuantizationMetrics) {
+    public static func quantize(
+        _ values: UnsafeBufferPointer<Float>, layout: Int8BlockLayout
+    ) throws(QuantizationError) -> (buffer: OwnedBuffer, metrics: QuantizationMetrics) {
         guard values.count == layout.elementCount else {
             throw QuantizationError(.lengthMismatch, "\(values.count) values for \(layout)")
         }
@@ -83,7 +85,9 @@ public enum Int8Quantizer {
     }
 
     /// Dequantises from a buffer laid out as `layout` says (values, padding, scales).
-    public static func dequantize(_ bytes: UnsafeRawBufferPointer, layout: Int8BlockLayout, rows: Range<Int>, into output: UnsafeMutablePointer<Float>) throws(QuantizationError) {
+    public static func dequantize(
+        _ bytes: UnsafeRawBufferPointer, layout: Int8BlockLayout, rows: Range<Int>, into output: UnsafeMutablePointer<Float>
+    ) throws(QuantizationError) {
         guard bytes.count >= layout.byteCount, rows.lowerBound >= 0, rows.upperBound <= layout.rows else {
             throw QuantizationError(.lengthMismatch, "\(bytes.count) bytes for \(layout), rows \(rows)")
         }

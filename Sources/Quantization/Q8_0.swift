@@ -35,7 +35,9 @@ public enum Q8_0 {
     ///
     /// - Throws: ``QuantizationError/Code/nonFinite`` for NaN or infinities,
     ///   ``QuantizationError/Code/scaleOverflow`` when a block's scale does not fit binary16.
-    public static func quantize(_ values: UnsafePointer<Float>, count: Int, into output: UnsafeMutableRawPointer) throws(QuantizationError) -> ErrorAccumulator {
+    public static func quantize(
+        _ values: UnsafePointer<Float>, count: Int, into output: UnsafeMutableRawPointer
+    ) throws(QuantizationError) -> ErrorAccumulator {
         precondition(count % blockValues == 0, "Q8_0 needs a multiple of 32 values")
         for k in 0..<(count / blockValues) {
             let amax = Int8Quantizer.absoluteMaximum(values + k * blockValues, blockValues)

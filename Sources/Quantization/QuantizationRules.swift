@@ -31,7 +31,8 @@ public struct QuantizationRules: Sendable {
 
     /// - Parameters:
     ///   - keep: extra patterns (`--keep GLOB`) added to the defaults.
-    public init(blockSize: Int = Int8BlockLayout.defaultBlockSize, minimumElementCount: Int = 1024, keep: [String] = [], includeDefaults: Bool = true) {
+    public init(blockSize: Int = Int8BlockLayout.defaultBlockSize, minimumElementCount: Int = 1024, keep: [String] = [], includeDefaults: Bool = true)
+    {
         self.blockSize = blockSize
         self.minimumElementCount = minimumElementCount
         keepPatterns = (includeDefaults ? Self.defaultKeepPatterns : []) + keep

@@ -123,8 +123,10 @@ public struct PickleGlobalReference: Hashable, Sendable, CustomStringConvertible
     /// Why an unresolved reference is unresolved.
     public var reason: String?
 
-    public init(module: String, name: String, offset: Int, opcode: PickleOpcode, isResolved: Bool = true,
-                protocolVersion: Int = 2, context: UnpicklerContext = .pickle, reason: String? = nil) {
+    public init(
+        module: String, name: String, offset: Int, opcode: PickleOpcode, isResolved: Bool = true,
+        protocolVersion: Int = 2, context: UnpicklerContext = .pickle, reason: String? = nil
+    ) {
         self.module = module
         self.name = name
         self.offset = offset
@@ -239,7 +241,10 @@ public enum GlobalClassifier {
         if let names = safeNames[module], names.contains(name) { return true }
         // Storage classes: torch maps any `torch...XStorage` name through its storage table.
         if module == "torch" || module == "torch.cuda" || module == "torch.storage",
-           storageNames.contains(name) { return true }
+            storageNames.contains(name)
+        {
+            return true
+        }
         if module == "numpy.dtypes", name.hasSuffix("DType"), name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }) { return true }
         return false
     }
@@ -297,23 +302,31 @@ public enum GlobalClassifier {
         "operator": ["attrgetter", "itemgetter", "methodcaller", "call"],
         "_operator": ["attrgetter", "itemgetter", "methodcaller", "call"],
         "logging": ["FileHandler", "config"],
-        "logging.handlers": ["RotatingFileHandler", "TimedRotatingFileHandler", "WatchedFileHandler", "SocketHandler",
-                             "DatagramHandler", "SysLogHandler", "SMTPHandler", "HTTPHandler"],
+        "logging.handlers": [
+            "RotatingFileHandler", "TimedRotatingFileHandler", "WatchedFileHandler", "SocketHandler",
+            "DatagramHandler", "SysLogHandler", "SMTPHandler", "HTTPHandler",
+        ],
         "logging.config": ["listen", "fileConfig", "dictConfig"],
         "collections": ["namedtuple"],
-        "numpy": ["load", "loads", "fromfile", "save", "savez", "savez_compressed", "savetxt", "tofile", "memmap",
-                  "DataSource"],
+        "numpy": [
+            "load", "loads", "fromfile", "save", "savez", "savez_compressed", "savetxt", "tofile", "memmap",
+            "DataSource",
+        ],
         "numpy.lib.npyio": ["load", "save", "savez", "savez_compressed", "savetxt", "DataSource"],
         "numpy.lib._npyio_impl": ["load", "save", "savez", "savez_compressed", "savetxt", "DataSource"],
         "numpy.lib.format": ["open_memmap", "write_array", "read_array"],
         "numpy.core.memmap": ["memmap"],
         "numpy._core.memmap": ["memmap"],
         "numpy.lib.utils": ["source"],
-        "torch": ["load", "save", "compile", "_load_global_deps", "jit", "hub", "package", "from_file", "fx", "_dynamo",
-                  "_inductor", "_import_dotted_name"],
+        "torch": [
+            "load", "save", "compile", "_load_global_deps", "jit", "hub", "package", "from_file", "fx", "_dynamo",
+            "_inductor", "_import_dotted_name",
+        ],
         "torch._utils": ["_import_dotted_name"],
-        "torch.serialization": ["load", "_load", "_legacy_load", "save", "_save", "_legacy_save", "_open_file",
-                                "_open_file_like", "_open_zipfile_writer", "_open_zipfile_reader", "_open_buffer_writer"],
+        "torch.serialization": [
+            "load", "_load", "_legacy_load", "save", "_save", "_legacy_save", "_open_file",
+            "_open_file_like", "_open_zipfile_writer", "_open_zipfile_reader", "_open_buffer_writer",
+        ],
         "torch.library": ["Library", "define", "impl", "register_fake", "custom_op"],
         "torch._ops": ["ops", "import_module"],
         "torch.utils.data": ["datapipes"],
@@ -356,12 +369,16 @@ public enum GlobalClassifier {
         "torch.serialization": ["_get_layout"],
         "torch.nn.modules.container": ["ParameterDict", "ParameterList"],
         "collections": ["OrderedDict", "Counter", "defaultdict", "deque"],
-        "builtins": ["set", "frozenset", "bytearray", "complex", "slice", "range", "dict", "list", "tuple", "int",
-                     "float", "str", "bytes", "bool"],
+        "builtins": [
+            "set", "frozenset", "bytearray", "complex", "slice", "range", "dict", "list", "tuple", "int",
+            "float", "str", "bytes", "bool",
+        ],
         "_codecs": ["encode"],
         "codecs": ["encode"],
-        "numpy": ["dtype", "ndarray", "float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8",
-                  "bool_"],
+        "numpy": [
+            "dtype", "ndarray", "float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8",
+            "bool_",
+        ],
         "numpy.core.multiarray": ["_reconstruct", "scalar"],
         "numpy._core.multiarray": ["_reconstruct", "scalar"],
         "numpy.core.numeric": ["_frombuffer"],

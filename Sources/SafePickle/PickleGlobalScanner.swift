@@ -57,10 +57,11 @@ public enum PickleGlobalScanner {
             String(validating: UnsafeRawBufferPointer(rebasing: input[range]), as: UTF8.self)
         }
         func hidden(_ error: PickleError, opcode: PickleOpcode) {
-            listing.globals.append(PickleGlobalReference(
-                module: "unknown", name: "unknown", offset: error.offset, opcode: opcode, isResolved: false,
-                protocolVersion: proto, context: context,
-                reason: "the rest of the pickle is hidden from this walk (\(error.message)) but an unpickler would read on"))
+            listing.globals.append(
+                PickleGlobalReference(
+                    module: "unknown", name: "unknown", offset: error.offset, opcode: opcode, isResolved: false,
+                    protocolVersion: proto, context: context,
+                    reason: "the rest of the pickle is hidden from this walk (\(error.message)) but an unpickler would read on"))
         }
 
         while true {
@@ -85,9 +86,10 @@ public enum PickleGlobalScanner {
             }
             let op = instruction.opcode
             func reference(module: String, name: String, resolved: Bool = true) -> PickleGlobalReference {
-                PickleGlobalReference(module: module, name: name, offset: instruction.offset, opcode: op, isResolved: resolved,
-                                      protocolVersion: proto, context: context,
-                                      reason: resolved ? nil : "operands cannot be traced statically")
+                PickleGlobalReference(
+                    module: module, name: name, offset: instruction.offset, opcode: op, isResolved: resolved,
+                    protocolVersion: proto, context: context,
+                    reason: resolved ? nil : "operands cannot be traced statically")
             }
             switch (op, instruction.argument) {
             case (.stop, _):
@@ -125,7 +127,7 @@ public enum PickleGlobalScanner {
                 listing.globals.append(ext)
                 produce(.other)
             case (.binUnicode, .bytes(let r)), (.shortBinUnicode, .bytes(let r)), (.binUnicode8, .bytes(let r)),
-                 (.binString, .bytes(let r)), (.shortBinString, .bytes(let r)):
+                (.binString, .bytes(let r)), (.shortBinString, .bytes(let r)):
                 produce(text(r).map(Produced.string) ?? .other)
             case (.unicode, .bytes(let r)):
                 produce(PickleText.rawUnicodeEscape(UnsafeRawBufferPointer(rebasing: input[r])).map(Produced.string) ?? .other)
@@ -181,7 +183,9 @@ public enum PickleGlobalScanner {
     }
 
     /// Walks one pickle held in an array.
-    public static func scan(_ bytes: [UInt8], from start: Int = 0, limits: PickleLimits = .default, context: UnpicklerContext = .pickle) -> PickleGlobalListing {
+    public static func scan(
+        _ bytes: [UInt8], from start: Int = 0, limits: PickleLimits = .default, context: UnpicklerContext = .pickle
+    ) -> PickleGlobalListing {
         bytes.withUnsafeBytes { scan($0, from: start, limits: limits, context: context) }
     }
 }

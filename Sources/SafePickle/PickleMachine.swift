@@ -277,7 +277,7 @@ private struct Run {
                 }
                 document.protocolVersion = version
             case (.frame, _):
-                break // boundaries are enforced by the reader
+                break  // boundaries are enforced by the reader
             case (.stop, _):
                 let root = try pop(op)
                 document.root = root
@@ -313,9 +313,13 @@ private struct Run {
                 try pushNew(.int(Int64(v)))
             case (.int, .bytes(let range)):
                 let text = ascii(range)
-                if text == "00" { try pushNew(.bool(false)) }
-                else if text == "01" { try pushNew(.bool(true)) }
-                else { try pushNew(try decimal(text, op)) }
+                if text == "00" {
+                    try pushNew(.bool(false))
+                } else if text == "01" {
+                    try pushNew(.bool(true))
+                } else {
+                    try pushNew(try decimal(text, op))
+                }
             case (.long, .bytes(let range)):
                 var text = ascii(range)
                 if text.hasSuffix("L") { text.removeLast() }
@@ -335,7 +339,7 @@ private struct Run {
 
             // Strings and bytes
             case (.binUnicode, .bytes(let range)), (.shortBinUnicode, .bytes(let range)), (.binUnicode8, .bytes(let range)),
-                 (.binString, .bytes(let range)), (.shortBinString, .bytes(let range)):
+                (.binString, .bytes(let range)), (.shortBinString, .bytes(let range)):
                 try pushNew(.string(try utf8(range, op)))
             case (.unicode, .bytes(let range)):
                 guard let s = PickleText.rawUnicodeEscape(UnsafeRawBufferPointer(rebasing: input[range])) else {
@@ -348,7 +352,7 @@ private struct Run {
                 }
                 try pushNew(.string(try utf8(raw, op)))
             case (.binBytes, .bytes(let range)), (.shortBinBytes, .bytes(let range)), (.binBytes8, .bytes(let range)),
-                 (.byteArray8, .bytes(let range)):
+                (.byteArray8, .bytes(let range)):
                 try charge(range.count / 64)
                 try pushNew(.bytes(bytes(range)))
 
@@ -426,18 +430,21 @@ private struct Run {
             case (.global, .lines(let moduleRange, let nameRange)):
                 let module = try utf8(moduleRange, op)
                 let name = try utf8(nameRange, op)
-                document.globals.append(PickleGlobalReference(
-                    module: module, name: name, offset: offset, opcode: op, protocolVersion: document.protocolVersion, context: context))
+                document.globals.append(
+                    PickleGlobalReference(
+                        module: module, name: name, offset: offset, opcode: op, protocolVersion: document.protocolVersion, context: context))
                 try pushNew(.global(PickleGlobal(module: module, name: name)))
             case (.stackGlobal, _):
                 let nameID = try pop(op)
                 let moduleID = try pop(op)
                 guard case .string(let module) = document.values[moduleID.index],
-                      case .string(let name) = document.values[nameID.index] else {
+                    case .string(let name) = document.values[nameID.index]
+                else {
                     throw fail(.invalidOperand, "STACK_GLOBAL operands are not two strings")
                 }
-                document.globals.append(PickleGlobalReference(
-                    module: module, name: name, offset: offset, opcode: op, protocolVersion: document.protocolVersion, context: context))
+                document.globals.append(
+                    PickleGlobalReference(
+                        module: module, name: name, offset: offset, opcode: op, protocolVersion: document.protocolVersion, context: context))
                 try pushNew(.global(PickleGlobal(module: module, name: name)))
             case (.reduce, _):
                 let arguments = try pop(op)
@@ -446,7 +453,8 @@ private struct Run {
                     throw fail(.invalidOperand, "REDUCE arguments are a \(document.values[arguments.index].kindName), not a tuple")
                 }
                 if args.isEmpty, case .global(let g) = document.values[callable.index],
-                   g.module == "collections", g.name == "OrderedDict" {
+                    g.module == "collections", g.name == "OrderedDict"
+                {
                     try pushNew(.dict(ordered: true))
                 } else {
                     let call = PickleCall(kind: .reduce, callable: callable, arguments: arguments)
@@ -498,10 +506,9 @@ enum PickleIntegers {
     static func parseDecimal(_ text: String) -> [UInt8]? {
         var digits = Substring(text)
         var negative = false
-        if digits.first == "-" { negative = true; digits = digits.dropFirst() }
-        else if digits.first == "+" { digits = digits.dropFirst() }
+        if digits.first == "-" { negative = true; digits = digits.dropFirst() } else if digits.first == "+" { digits = digits.dropFirst() }
         guard !digits.isEmpty else { return nil }
-        var magnitude: [UInt8] = [0] // little-endian base 256
+        var magnitude: [UInt8] = [0]  // little-endian base 256
         for ch in digits.utf8 {
             guard ch >= 0x30, ch <= 0x39 else { return nil }
             var carry = Int(ch - 0x30)
@@ -512,7 +519,7 @@ enum PickleIntegers {
             }
             while carry > 0 { magnitude.append(UInt8(carry & 0xFF)); carry >>= 8 }
         }
-        magnitude.append(0) // room for the sign bit
+        magnitude.append(0)  // room for the sign bit
         if negative {
             var carry = 1
             for i in magnitude.indices {
@@ -578,19 +585,19 @@ enum PickleText {
             let e = raw[i + 1]
             i += 2
             switch e {
-            case 0x6E: out.append(0x0A) // n
-            case 0x74: out.append(0x09) // t
-            case 0x72: out.append(0x0D) // r
-            case 0x61: out.append(0x07) // a
-            case 0x62: out.append(0x08) // b
-            case 0x66: out.append(0x0C) // f
-            case 0x76: out.append(0x0B) // v
-            case 0x30...0x37: // octal, up to three digits
+            case 0x6E: out.append(0x0A)  // n
+            case 0x74: out.append(0x09)  // t
+            case 0x72: out.append(0x0D)  // r
+            case 0x61: out.append(0x07)  // a
+            case 0x62: out.append(0x08)  // b
+            case 0x66: out.append(0x0C)  // f
+            case 0x76: out.append(0x0B)  // v
+            case 0x30...0x37:  // octal, up to three digits
                 var v = Int(e - 0x30)
                 var n = 1
                 while n < 3, i < end, raw[i] >= 0x30, raw[i] <= 0x37 { v = v * 8 + Int(raw[i] - 0x30); i += 1; n += 1 }
                 out.append(UInt8(truncatingIfNeeded: v))
-            case 0x78: // x
+            case 0x78:  // x
                 guard i + 2 <= end, let h = hexValue(raw[i]), let l = hexValue(raw[i + 1]) else { return nil }
                 out.append(h << 4 | l)
                 i += 2

@@ -263,7 +263,8 @@ struct PickleReader {
             let remaining = UInt64(input.count - position)
             guard length <= remaining else {
                 if let frameEnd, length > UInt64(frameEnd - position) {
-                    throw PickleError(.frameViolation, "\(opcode.name) of \(length) bytes crosses the end of its FRAME at byte \(frameEnd)", at: offset)
+                    throw PickleError(
+                        .frameViolation, "\(opcode.name) of \(length) bytes crosses the end of its FRAME at byte \(frameEnd)", at: offset)
                 }
                 throw PickleError(.truncated, "\(opcode.name) declares \(length) bytes but only \(remaining) remain", at: offset)
             }

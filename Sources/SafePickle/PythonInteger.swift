@@ -41,7 +41,7 @@ public enum PythonInteger {
         var underscoreAllowed = false
         if allowPrefix, base == 8, end - start >= 2, bytes[start] == 0x30, bytes[start + 1] == 0x6F || bytes[start + 1] == 0x4F {
             start += 2
-            underscoreAllowed = true // `0o_7` is valid Python
+            underscoreAllowed = true  // `0o_7` is valid Python
         }
         guard start < end else { return nil }
         var value = 0

@@ -79,7 +79,9 @@ public struct JSONObject: Sendable, Hashable, Sequence {
         get { index[key].map { entries[$0].value } }
         set {
             if let i = index[key] {
-                if let newValue { entries[i].value = newValue } else {
+                if let newValue {
+                    entries[i].value = newValue
+                } else {
                     entries.remove(at: i)
                     index = Dictionary(uniqueKeysWithValues: entries.enumerated().map { ($1.key, $0) })
                 }

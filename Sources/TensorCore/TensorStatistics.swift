@@ -83,7 +83,7 @@ struct Accumulator {
         // Counters are Int32 per lane: at most chunk/16 increments each, far from overflow.
         while i < whole {
             let v = base.loadUnaligned(fromByteOffset: i * 4, as: V.self)
-            let finite = (v - v) .== V(repeating: 0) // inf - inf and NaN - NaN are NaN
+            let finite = (v - v) .== V(repeating: 0)  // inf - inf and NaN - NaN are NaN
             let isNaN = v .!= v
             let beyondHalf = (v .> V(repeating: float16GreatestFiniteMagnitude)) .| (v .< V(repeating: -float16GreatestFiniteMagnitude))
             vFinite &+= SIMD16<Int32>(repeating: 0).replacing(with: 1, where: finite)

@@ -9,6 +9,7 @@ import Quantization
 import SafePickle
 import StrictJSON
 import TensorCore
+
 #if canImport(Glibc)
 import Glibc
 #endif

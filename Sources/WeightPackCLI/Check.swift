@@ -32,7 +32,10 @@ struct Check: ParsableCommand {
             let damage = file.verifyChecksums(progress: TerminalProgress.make("check"))
             if json {
                 let items: [JSONValue] = damage.map { ["tensor": .string($0.tensor), "reason": .string($0.reason)] }
-                let result: JSONValue = ["ok": .bool(damage.isEmpty), "tensors": JSONValue(file.entries.count), "bytes": JSONValue(file.dataLength), "damaged": .array(items)]
+                let result: JSONValue = [
+                    "ok": .bool(damage.isEmpty), "tensors": JSONValue(file.entries.count), "bytes": JSONValue(file.dataLength),
+                    "damaged": .array(items),
+                ]
                 print(result.serialized(pretty: true))
             }
             if damage.isEmpty {

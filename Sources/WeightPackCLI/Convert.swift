@@ -44,17 +44,23 @@ struct Convert: ParsableCommand {
     @Argument(help: "The .wpk file to write.")
     var output: String
 
-    @Option(help: ArgumentHelp(
-        "Element type of floating-point tensors: keep, f32, f16, bf16, int8 (weights in int8 blocks, the rest f16/f32), or a ggml block type: \(blockTypeList) (upper case too; Docs/quantization.md).",
-        valueName: "dtype"))
+    @Option(
+        help: ArgumentHelp(
+            "Element type of floating-point tensors: keep, f32, f16, bf16, int8 (weights in int8 blocks, the rest f16/f32), or a ggml block type: \(blockTypeList) (upper case too; Docs/quantization.md).",
+            valueName: "dtype"))
     var dtype: ConvertDType = .keep
 
-    @Option(name: .customLong("keep"), help: ArgumentHelp("With --dtype int8 or a block type: keep tensors matching this pattern unquantised (repeatable; * and ?).", valueName: "GLOB"))
+    @Option(
+        name: .customLong("keep"),
+        help: ArgumentHelp(
+            "With --dtype int8 or a block type: keep tensors matching this pattern unquantised (repeatable; * and ?).", valueName: "GLOB"))
     var keepPatterns: [String] = []
 
-    @Option(name: .customLong("tensor-type"), help: ArgumentHelp(
-        "With a block --dtype: store tensors whose canonical name matches GLOB as TYPE (repeatable, first match wins; e.g. '*attn*=q8_0', '*.proj_in.weight=f16').",
-        valueName: "GLOB=TYPE"))
+    @Option(
+        name: .customLong("tensor-type"),
+        help: ArgumentHelp(
+            "With a block --dtype: store tensors whose canonical name matches GLOB as TYPE (repeatable, first match wins; e.g. '*attn*=q8_0', '*.proj_in.weight=f16').",
+            valueName: "GLOB=TYPE"))
     var tensorTypes: [String] = []
 
     @Flag(help: "Print the conversion's summary (tensors per type, fallbacks, bits per weight) as JSON on stdout.")
@@ -75,9 +81,10 @@ struct Convert: ParsableCommand {
     @Flag(help: "Keep schedule buffers, unselected EMA copies and other leftovers (as extra.<name>).")
     var keepExtra = false
 
-    @Flag(help: ArgumentHelp(
-        "Do not record the source file's SHA-256 (saves reading the whole input a second time).",
-        discussion: "The .wpk then records the source's name, format and size only."))
+    @Flag(
+        help: ArgumentHelp(
+            "Do not record the source file's SHA-256 (saves reading the whole input a second time).",
+            discussion: "The .wpk then records the source's name, format and size only."))
     var noSourceHash = false
 
     @Flag(help: "Store CLIP position_ids as the integers 0..n-1 (repairs merge-damaged checkpoints).")
@@ -105,7 +112,9 @@ struct Convert: ParsableCommand {
             options.variant = variant
             let model = try CanonicalModel.open(input, options: options, weights: weights, keepExtra: keepExtra)
             if model.ema.only, weights == .main {
-                printError("note: \(input) holds EMA weights only (model_ema.*, no model.diffusion_model.*); the UNet is converted from them, as --weights ema would")
+                printError(
+                    "note: \(input) holds EMA weights only (model_ema.*, no model.diffusion_model.*); the UNet is converted from them, as --weights ema would"
+                )
             }
             var conversion = Conversion.Options(dtype: dtype.plain)
             conversion.keepPatterns = keepPatterns
@@ -119,7 +128,9 @@ struct Convert: ParsableCommand {
             conversion.tool = "weightpack \(WeightPackCommand.version)"
             let result = try Conversion.write(model, to: output, options: conversion, progress: TerminalProgress.make("convert"))
             for pattern in result.unmatchedKeepPatterns {
-                printError("note: --keep '\(pattern)' matches no tensor (patterns match the canonical names that weightpack inspect shows for the converted file)")
+                printError(
+                    "note: --keep '\(pattern)' matches no tensor (patterns match the canonical names that weightpack inspect shows for the converted file)"
+                )
             }
             for repaired in result.repairedPositionIDs {
                 printError("repaired \(repaired.sourceName): position_ids set to 0..\(repaired.count - 1)")
@@ -143,10 +154,14 @@ struct Convert: ParsableCommand {
             for (name, count) in result.float16Overflows.prefix(10) {
                 printError("weightpack: warning: \(name): \(count) values beyond ±65504 became infinite in f16")
             }
-            if result.float16Overflows.count > 10 { printError("weightpack: warning: \(result.float16Overflows.count - 10) more tensors overflowed f16") }
+            if result.float16Overflows.count > 10 {
+                printError("weightpack: warning: \(result.float16Overflows.count - 10) more tensors overflowed f16")
+            }
             let dropped = result.dropped
             if !dropped.isEmpty {
-                printError("left out \(dropped.count) leftover tensors (\(Set(dropped.map(\.kind.rawValue)).sorted().joined(separator: ", "))); --keep-extra keeps them")
+                printError(
+                    "left out \(dropped.count) leftover tensors (\(Set(dropped.map(\.kind.rawValue)).sorted().joined(separator: ", "))); --keep-extra keeps them"
+                )
             }
             if !model.isCanonical { printError("note: no Stable Diffusion layout recognised; tensors keep their names") }
         }

@@ -59,7 +59,8 @@ struct Diff: ParsableCommand {
                     continue
                 }
                 let x = try left.store.tensor(named: d.name), y = try right.store.tensor(named: d.name)
-                let sameBytes = d.dtype == e.dtype && d.shape == e.shape && x.bytes.withUnsafeBytes { p in y.bytes.withUnsafeBytes { q in p.elementsEqual(q) } }
+                let sameBytes =
+                    d.dtype == e.dtype && d.shape == e.shape && x.bytes.withUnsafeBytes { p in y.bytes.withUnsafeBytes { q in p.elementsEqual(q) } }
                 if sameBytes {
                     identical += 1
                     if all { rows.append(Row(name: d.name, status: "identical", detail: "", maxAbs: 0, cosine: 1)) }
@@ -93,15 +94,16 @@ struct Diff: ParsableCommand {
                     "max_abs_diff": JSONValue(rows.compactMap(\.maxAbs).max() ?? 0),
                     "min_cosine": JSONValue(rows.compactMap(\.cosine).min() ?? 1),
                 ]
-                root["tensors"] = .array(rows.map { r in
-                    var o = JSONObject()
-                    o["name"] = .string(r.name)
-                    o["status"] = .string(r.status)
-                    if !r.detail.isEmpty { o["detail"] = .string(r.detail) }
-                    if let m = r.maxAbs { o["max_abs_diff"] = JSONValue(m) }
-                    if let c = r.cosine { o["cosine"] = JSONValue(c) }
-                    return .object(o)
-                })
+                root["tensors"] = .array(
+                    rows.map { r in
+                        var o = JSONObject()
+                        o["name"] = .string(r.name)
+                        o["status"] = .string(r.status)
+                        if !r.detail.isEmpty { o["detail"] = .string(r.detail) }
+                        if let m = r.maxAbs { o["max_abs_diff"] = JSONValue(m) }
+                        if let c = r.cosine { o["cosine"] = JSONValue(c) }
+                        return .object(o)
+                    })
                 print(JSONValue.object(root).serialized(pretty: true))
             } else {
                 var table: [[String]] = [["TENSOR", "STATUS", "MAX ABS", "COSINE", "DETAIL"]]

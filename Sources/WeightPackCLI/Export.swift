@@ -69,14 +69,17 @@ struct Export: ParsableCommand {
     @Option(help: "Tensor naming of the output: source, ldm or diffusers for a model; kohya or diffusers for a LoRA/LoCon.")
     var layout: Layout = .source
 
-    @Option(help: ArgumentHelp(
-        "Element type of floating-point tensors: keep, f32, f16 or bf16; for --format gguf keep, f32, f16 or a ggml block type: \(blockTypeList) (upper case too).",
-        valueName: "dtype"))
+    @Option(
+        help: ArgumentHelp(
+            "Element type of floating-point tensors: keep, f32, f16 or bf16; for --format gguf keep, f32, f16 or a ggml block type: \(blockTypeList) (upper case too).",
+            valueName: "dtype"))
     var dtype: ExportDType = .keep
 
-    @Option(name: .customLong("tensor-type"), help: ArgumentHelp(
-        "With --format gguf and a block --dtype: write tensors whose LDM or canonical name matches GLOB as TYPE (repeatable, first match wins).",
-        valueName: "GLOB=TYPE"))
+    @Option(
+        name: .customLong("tensor-type"),
+        help: ArgumentHelp(
+            "With --format gguf and a block --dtype: write tensors whose LDM or canonical name matches GLOB as TYPE (repeatable, first match wins).",
+            valueName: "GLOB=TYPE"))
     var tensorTypes: [String] = []
 
     @Flag(help: "With --format gguf: print the export's summary (tensors per type, fallbacks, bits per weight) as JSON on stdout.")
@@ -88,9 +91,11 @@ struct Export: ParsableCommand {
     @Flag(help: "Overwrite the output if it exists.")
     var force = false
 
-    @Option(name: .customLong("config"), help: ArgumentHelp(
-        "With --layout diffusers: a diffusers folder (or a copy of its JSON files) whose configurations replace the derived ones.",
-        valueName: "DIR"))
+    @Option(
+        name: .customLong("config"),
+        help: ArgumentHelp(
+            "With --layout diffusers: a diffusers folder (or a copy of its JSON files) whose configurations replace the derived ones.",
+            valueName: "DIR"))
     var configurationFolder: String?
 
     @OptionGroup var inputOptions: InputOptions
@@ -99,7 +104,9 @@ struct Export: ParsableCommand {
         if resolvedFormat == .gguf {
             guard dtype.gguf != nil else { throw ValidationError("--format gguf takes --dtype keep, f32, f16 or a block type (\(blockTypeList))") }
             guard layout != .diffusers else { throw ValidationError("--format gguf writes the LDM layout; --layout diffusers does not apply") }
-            guard layout != .kohya else { throw ValidationError("--format gguf writes models in the LDM layout; --layout kohya (for adapters) does not apply") }
+            guard layout != .kohya else {
+                throw ValidationError("--format gguf writes models in the LDM layout; --layout kohya (for adapters) does not apply")
+            }
             _ = try parseTensorTypes(tensorTypes, blockType: dtype.blockType)
         } else {
             if dtype.blockType != nil { throw ValidationError("--dtype \(dtype.rawValue) needs --format gguf (a .wpk takes it through convert)") }
@@ -117,12 +124,14 @@ struct Export: ParsableCommand {
             if try exportAdapter(model) { return }
             if resolvedFormat == .gguf {
                 let ggufDType = dtype.gguf ?? .keep
-                let result = try ModelExport.writeGGUF(model, dtype: ggufDType, tensorTypes: try parseTensorTypes(tensorTypes, blockType: dtype.blockType),
-                                                       to: output, overwrite: force, tool: "weightpack \(WeightPackCommand.version)",
-                                                       progress: TerminalProgress.make("export"))
+                let result = try ModelExport.writeGGUF(
+                    model, dtype: ggufDType, tensorTypes: try parseTensorTypes(tensorTypes, blockType: dtype.blockType),
+                    to: output, overwrite: force, tool: "weightpack \(WeightPackCommand.version)",
+                    progress: TerminalProgress.make("export"))
                 for o in result.omitted { printError("weightpack: note: left out \(o.name): \(o.reason)") }
                 let counts = result.ggufTypeCounts.map { "\($0.value) \($0.key)" }.sorted().joined(separator: ", ")
-                var line = "wrote \(output): \(result.tensorCount) tensors (\(counts)), \(formatBytes(result.byteCount ?? 0)), GGUF for stable-diffusion.cpp"
+                var line =
+                    "wrote \(output): \(result.tensorCount) tensors (\(counts)), \(formatBytes(result.byteCount ?? 0)), GGUF for stable-diffusion.cpp"
                 if result.repackedCount > 0 { line += "; \(result.repackedCount) Q8_0 tensors copied from int8 blocks" }
                 if result.passedThroughCount > 0 { line += "; \(result.passedThroughCount) block tensors passed through unchanged" }
                 printError(line)
@@ -131,8 +140,11 @@ struct Export: ParsableCommand {
                 }
                 let requantized = result.requantizedFromBlocks
                 if !requantized.isEmpty {
-                    let pairs = Dictionary(grouping: requantized, by: { "\($0.from.name) to \($0.to.name)" }).map { "\($0.value.count) \($0.key)" }.sorted()
-                    printError("note: \(requantized.count) tensors stored as blocks were rewritten from their values (\(pairs.joined(separator: ", "))): their GGUF rows do not hold the stored type, or another type was asked for")
+                    let pairs = Dictionary(grouping: requantized, by: { "\($0.from.name) to \($0.to.name)" }).map { "\($0.value.count) \($0.key)" }
+                        .sorted()
+                    printError(
+                        "note: \(requantized.count) tensors stored as blocks were rewritten from their values (\(pairs.joined(separator: ", "))): their GGUF rows do not hold the stored type, or another type was asked for"
+                    )
                 }
                 if json {
                     var root = result.types?.json.objectValue ?? JSONObject()
@@ -146,8 +158,9 @@ struct Export: ParsableCommand {
                 return
             }
             guard let modelLayout = layout.value else { return }  // kohya: handled by exportAdapter
-            let result = try ModelExport.write(model, layout: modelLayout, dtype: dtype.plain, to: output, overwrite: force,
-                                               configurationFolder: configurationFolder, progress: TerminalProgress.make("export"))
+            let result = try ModelExport.write(
+                model, layout: modelLayout, dtype: dtype.plain, to: output, overwrite: force,
+                configurationFolder: configurationFolder, progress: TerminalProgress.make("export"))
             for o in result.omitted { printError("weightpack: note: left out \(o.name): \(o.reason)") }
             for w in result.warnings { printError("weightpack: warning: \(w)") }
             if let kind = result.layout {
@@ -173,7 +186,9 @@ extension Export {
         }
         guard isAdapter else {
             if layout == .kohya {
-                throw AdapterError(.notAnAdapter, "--layout kohya applies to a LoRA or LoCon adapter; \(input) is not one (a model exports as source, ldm or diffusers)")
+                throw AdapterError(
+                    .notAnAdapter,
+                    "--layout kohya applies to a LoRA or LoCon adapter; \(input) is not one (a model exports as source, ldm or diffusers)")
             }
             return false
         }
@@ -185,9 +200,12 @@ extension Export {
             printError("weightpack: error: --config gives a model's diffusers configurations; \(PrintableText.escaped(input)) is an adapter")
             throw ExitCode(ExitStatus.usage.rawValue)
         }
-        let result = try ModelExport.writeAdapter(model.source, path: input, to: dialect, dtype: dtype.plain, output: output, overwrite: force,
-                                                  tool: "weightpack \(WeightPackCommand.version)", progress: TerminalProgress.make("export"))
-        printError("wrote \(output): \(result.tensorCount) tensors, \(result.moduleCount) modules in the \(dialect == .kohya ? "kohya" : "diffusers/PEFT") dialect")
+        let result = try ModelExport.writeAdapter(
+            model.source, path: input, to: dialect, dtype: dtype.plain, output: output, overwrite: force,
+            tool: "weightpack \(WeightPackCommand.version)", progress: TerminalProgress.make("export"))
+        printError(
+            "wrote \(output): \(result.tensorCount) tensors, \(result.moduleCount) modules in the \(dialect == .kohya ? "kohya" : "diffusers/PEFT") dialect"
+        )
         return true
     }
 }

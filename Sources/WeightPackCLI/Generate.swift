@@ -4,6 +4,7 @@ import DiffusionEngine
 import Foundation
 import ModelLoading
 import StrictJSON
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -52,8 +53,10 @@ struct Generate: ParsableCommand {
             let progress = StepProgress()
             let result = try engine.pipeline.generate(request, observer: progress.observe)
             progress.finish()
-            try PNGImage.write(result.image, text: generation.textChunks(request, scheduler: engine.pipeline.schedulerKind(for: request), model: model, additions: adapters),
-                               to: output, overwrite: force)
+            try PNGImage.write(
+                result.image,
+                text: generation.textChunks(request, scheduler: engine.pipeline.schedulerKind(for: request), model: model, additions: adapters),
+                to: output, overwrite: force)
             print(output)
         }
     }
@@ -74,9 +77,11 @@ struct GenerationOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: "Classifier-free guidance scale (negative values are allowed, as in diffusers).")
     var guidance: Float = 7.5
 
-    @Option(parsing: .unconditional, help: ArgumentHelp(
-        "Seed of the initial noise (torch.Generator().manual_seed compatible).",
-        discussion: "Any integer from -2^63 to 2^64-1; a negative seed means what it means to torch (-1 is 2^64-1)."))
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp(
+            "Seed of the initial noise (torch.Generator().manual_seed compatible).",
+            discussion: "Any integer from -2^63 to 2^64-1; a negative seed means what it means to torch (-1 is 2^64-1)."))
     var seed: String = "0"
 
     /// `--seed` as the generator takes it (validated in `validate()`).
@@ -100,9 +105,11 @@ struct GenerationOptions: ParsableArguments {
     @Flag(help: "Use Karras sigmas (Euler and DPM++ 2M).")
     var karras = false
 
-    @Option(name: .customLong("config"), help: ArgumentHelp(
-        "A diffusers folder (or a copy of its JSON files) whose configurations a single file lacks, such as attention head counts.",
-        valueName: "DIR"))
+    @Option(
+        name: .customLong("config"),
+        help: ArgumentHelp(
+            "A diffusers folder (or a copy of its JSON files) whose configurations a single file lacks, such as attention head counts.",
+            valueName: "DIR"))
     var configurationFolder: String?
 
     enum PredictionChoice: String, ExpressibleByArgument, CaseIterable {
@@ -128,7 +135,8 @@ struct GenerationOptions: ParsableArguments {
     /// Opens `path` for the engine, with `--config`'s configurations and the run-time adapters
     /// and embeddings in `additions`. Warns on stderr about tensors whose `.wpk` checksums fail.
     func open(_ path: String, inputOptions: InputOptions, additions: RuntimeAdditions = RuntimeAdditions()) throws -> StableDiffusionModel {
-        let model = try StableDiffusionModel(path: path, options: inputOptions.modelInputOptions, configurationFolder: configurationFolder, additions: additions)
+        let model = try StableDiffusionModel(
+            path: path, options: inputOptions.modelInputOptions, configurationFolder: configurationFolder, additions: additions)
         for warning in model.integrityWarnings() { printWarning(warning) }
         return model
     }
@@ -161,7 +169,9 @@ struct GenerationOptions: ParsableArguments {
     }
 
     /// The PNG text chunks: the prompt and every setting that decides the image.
-    func textChunks(_ r: StableDiffusionPipeline.Request, scheduler: SchedulerKind, model: String, additions: RuntimeAdapterOptions? = nil) -> [(String, String)] {
+    func textChunks(
+        _ r: StableDiffusionPipeline.Request, scheduler: SchedulerKind, model: String, additions: RuntimeAdapterOptions? = nil
+    ) -> [(String, String)] {
         var settings = JSONObject([
             ("steps", JSONValue(r.steps)), ("guidance", JSONValue(Double(r.guidanceScale))), ("seed", .uint(r.seed)),
             ("width", JSONValue(r.width)), ("height", JSONValue(r.height)), ("scheduler", JSONValue(scheduler.rawValue)),
@@ -173,28 +183,39 @@ struct GenerationOptions: ParsableArguments {
         if karras { settings["karras_sigmas"] = true }
         if let additions {
             if !additions.loras.isEmpty { settings["loras"] = .array(additions.loras.map { JSONValue(URL(fileURLWithPath: $0).lastPathComponent) }) }
-            if !additions.embeddings.isEmpty { settings["embeddings"] = .array(additions.embeddings.map { JSONValue(URL(fileURLWithPath: $0).lastPathComponent) }) }
+            if !additions.embeddings.isEmpty {
+                settings["embeddings"] = .array(additions.embeddings.map { JSONValue(URL(fileURLWithPath: $0).lastPathComponent) })
+            }
         }
-        return [("prompt", r.prompt), ("negative_prompt", r.negativePrompt), ("parameters", JSONValue.object(settings).serialized()),
-                ("Software", "weightpack \(WeightPackCommand.version)")]
+        return [
+            ("prompt", r.prompt), ("negative_prompt", r.negativePrompt), ("parameters", JSONValue.object(settings).serialized()),
+            ("Software", "weightpack \(WeightPackCommand.version)"),
+        ]
     }
 }
 
 /// `--lora FILE[:SCALE]`, `--embedding FILE` and `--token NAME` (generate, trace, verify).
 struct RuntimeAdapterOptions: ParsableArguments {
-    @Option(name: .customLong("lora"), help: ArgumentHelp(
-        "A LoRA, LyCORIS or full-diff adapter applied at run time, with an optional scale (default 1.0); repeatable.",
-        discussion: "Its product is added to each layer's output as the engine runs; the weights are not merged. An adapter for another base family, or whose modules match no layer, is refused (exit 65).",
-        valueName: "file[:scale]"))
+    @Option(
+        name: .customLong("lora"),
+        help: ArgumentHelp(
+            "A LoRA, LyCORIS or full-diff adapter applied at run time, with an optional scale (default 1.0); repeatable.",
+            discussion:
+                "Its product is added to each layer's output as the engine runs; the weights are not merged. An adapter for another base family, or whose modules match no layer, is refused (exit 65).",
+            valueName: "file[:scale]"))
     var loras: [String] = []
 
-    @Option(name: .customLong("embedding"), help: ArgumentHelp(
-        "A textual-inversion embedding whose token the prompt can use; repeatable.", valueName: "file"))
+    @Option(
+        name: .customLong("embedding"),
+        help: ArgumentHelp(
+            "A textual-inversion embedding whose token the prompt can use; repeatable.", valueName: "file"))
     var embeddings: [String] = []
 
-    @Option(name: .customLong("token"), help: ArgumentHelp(
-        "The prompt word of the --embedding at the same position (default: the file's own token, else its file name without the extension); repeatable.",
-        valueName: "name"))
+    @Option(
+        name: .customLong("token"),
+        help: ArgumentHelp(
+            "The prompt word of the --embedding at the same position (default: the file's own token, else its file name without the extension); repeatable.",
+            valueName: "name"))
     var tokens: [String] = []
 
     func validate() throws {
@@ -202,7 +223,9 @@ struct RuntimeAdapterOptions: ParsableArguments {
             do { _ = try ScaledAdapter.parse(argument) } catch { throw ValidationError("--lora: \(error.message)") }
         }
         guard tokens.count <= embeddings.count else {
-            throw ValidationError("--token is given \(tokens.count) times for \(embeddings.count) --embedding files; each --token names the --embedding at its position")
+            throw ValidationError(
+                "--token is given \(tokens.count) times for \(embeddings.count) --embedding files; each --token names the --embedding at its position"
+            )
         }
         for t in tokens where t.isEmpty || t.unicodeScalars.allSatisfy(\.properties.isWhitespace) {
             throw ValidationError("--token must not be empty or blank")
@@ -211,9 +234,10 @@ struct RuntimeAdapterOptions: ParsableArguments {
 
     /// The adapters and embeddings, opened.
     func additions(_ input: InputOptions, loras include: Bool = true) throws -> RuntimeAdditions {
-        try RuntimeAdditions.open(loras: include ? loras : [],
-                                  embeddings: embeddings.enumerated().map { ($1, $0 < tokens.count ? tokens[$0] : nil) },
-                                  options: input.modelInputOptions)
+        try RuntimeAdditions.open(
+            loras: include ? loras : [],
+            embeddings: embeddings.enumerated().map { ($1, $0 < tokens.count ? tokens[$0] : nil) },
+            options: input.modelInputOptions)
     }
 }
 
@@ -237,4 +261,3 @@ final class StepProgress {
     }
     func finish() { if enabled, total > 0 { writeStandardError("\n") } }
 }
-

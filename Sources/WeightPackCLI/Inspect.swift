@@ -6,6 +6,7 @@ import ModelLoading
 import Quantization
 import StrictJSON
 import TensorCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -44,16 +45,22 @@ struct Inspect: ParsableCommand {
     func run() throws {
         try runReporting(verbose: inputOptions.verbose) {
             let model = try CanonicalModel.open(input, options: inputOptions.modelInputOptions)
-            var report = InspectionReport(path: input, inspection: try Inspection(model, filter: filter, computeStatistics: stats,
-                                                                                  progress: stats ? TerminalProgress.make("stats") : nil))
+            var report = InspectionReport(
+                path: input,
+                inspection: try Inspection(
+                    model, filter: filter, computeStatistics: stats,
+                    progress: stats ? TerminalProgress.make("stats") : nil))
             // PEFT keys (`unet.…`, `text_encoder.…`) pass for a diffusers layout of no recognised model.
             if !model.isCanonical || model.detection.family == nil {
                 // An adapter with a bad module is still shown, tensors and all, with the reason as a finding.
                 do throws(AdapterError) { report.adapter = try AdapterReport.inspect(model.source) } catch { report.adapterProblem = error.message }
             }
             if let filter, report.rows.isEmpty, let example = report.filterMatchesOtherNames.first {
-                let (holds, other) = report.recordedHeader?["layout"] != nil ? ("canonical names", "source name") : ("its source's names", "canonical name")
-                printError("note: --filter '\(filter)' matches no tensor of \(input), which stores \(holds); it matches the \(other) '\(example.other)' of '\(example.stored)'")
+                let (holds, other) =
+                    report.recordedHeader?["layout"] != nil ? ("canonical names", "source name") : ("its source's names", "canonical name")
+                printError(
+                    "note: --filter '\(filter)' matches no tensor of \(input), which stores \(holds); it matches the \(other) '\(example.other)' of '\(example.stored)'"
+                )
             }
             if json {
                 print(report.json.serialized(pretty: true))
@@ -80,7 +87,10 @@ struct InspectionReport {
 
     /// The findings, with the adapter problem (if any) as an error finding `bad-adapter`.
     var findings: [Inspection.Finding] {
-        inspection.findings + (adapterProblem.map { [Inspection.Finding(severity: .error, code: "bad-adapter", message: "not usable as an adapter: \($0)", tensor: nil)] } ?? [])
+        inspection.findings
+            + (adapterProblem.map {
+                [Inspection.Finding(severity: .error, code: "bad-adapter", message: "not usable as an adapter: \($0)", tensor: nil)]
+            } ?? [])
     }
 
     var format: String { inspection.format }
@@ -99,8 +109,14 @@ struct InspectionReport {
         root["path"] = .string(path)
         root["format"] = .string(format)
         var architecture = model.detection.json.objectValue ?? JSONObject()
-        architecture["ema"] = ["present": .bool(model.ema.isPresent), "only": .bool(model.ema.only), "tensors": JSONValue(model.ema.tensorCount), "bytes": JSONValue(model.ema.byteCount)]
-        architecture["leftovers"] = .array(model.leftovers.map { ["name": .string($0.descriptor.name), "kind": .string($0.kind.rawValue), "bytes": JSONValue($0.descriptor.byteCount)] })
+        architecture["ema"] = [
+            "present": .bool(model.ema.isPresent), "only": .bool(model.ema.only), "tensors": JSONValue(model.ema.tensorCount),
+            "bytes": JSONValue(model.ema.byteCount),
+        ]
+        architecture["leftovers"] = .array(
+            model.leftovers.map {
+                ["name": .string($0.descriptor.name), "kind": .string($0.kind.rawValue), "bytes": JSONValue($0.descriptor.byteCount)]
+            })
         architecture["head_counts"] = .string(model.headCounts.rawValue)
         root["architecture"] = .object(architecture)
         root["metadata"] = .object(JSONObject(metadata.sorted { $0.key < $1.key }.map { ($0.key, JSONValue.string($0.value)) }))
@@ -119,7 +135,9 @@ struct InspectionReport {
         if inspection.hasQuantizedRows {
             summary["bits_per_weight"] = .double((inspection.bitsPerWeight * 1000).rounded() / 1000)
             var fallbacks = JSONObject()
-            for (key, list) in Dictionary(grouping: rows.filter { $0.fallbackFrom != nil }, by: { "\($0.fallbackFrom!.name)>\($0.storedTypeName)" }).sorted(by: { $0.key < $1.key }) {
+            for (key, list) in Dictionary(grouping: rows.filter { $0.fallbackFrom != nil }, by: { "\($0.fallbackFrom!.name)>\($0.storedTypeName)" })
+                .sorted(by: { $0.key < $1.key })
+            {
                 fallbacks[key] = JSONValue(list.count)
             }
             summary["fallbacks"] = .object(fallbacks)
@@ -129,35 +147,41 @@ struct InspectionReport {
             summary["compression_ratio"] = JSONValue(stored > 0 ? Double(byteCount) / Double(stored) : 1)
         }
         root["summary"] = .object(summary)
-        root["tensors"] = .array(rows.map { row in
-            var t = JSONObject()
-            t["name"] = .string(row.descriptor.name)
-            t["dtype"] = .string(row.storedTypeName)
-            if let q = row.quantization { t["quantization"] = Self.json(q) }
-            if let g = row.ggml { t["quantization"] = Self.json(g) }
-            if row.ggml == nil, let from = row.recordedFallbackFrom { t["fallback_from"] = .string(from.name) }
-            if inspection.hasQuantizedRows, let bpw = row.bitsPerWeight { t["bits_per_weight"] = .double((bpw * 10000).rounded() / 10000) }
-            t["shape"] = .array(row.descriptor.shape.dimensions.map { JSONValue($0) })
-            if let stored = row.storedBytes, stored != row.descriptor.byteCount { t["stored_bytes"] = JSONValue(stored) }
-            if let source = row.sourceDType, source != row.descriptor.dtype { t["source_dtype"] = .string(source.name) }
-            if row.canonical.count == 1 { t["canonical"] = .string(row.canonical[0]) } else if row.canonical.count > 1 { t["canonical"] = .array(row.canonical.map { .string($0) }) }
-            if let s = row.statistics {
-                t["stats"] = [
-                    "min": JSONValue(s.min), "max": JSONValue(s.max), "mean": JSONValue(s.mean), "std": JSONValue(s.std),
-                    "nan": JSONValue(s.nanCount), "inf": JSONValue(s.infinityCount), "zeros": JSONValue(s.zeroCount),
-                    "beyond_f16": JSONValue(s.beyondFloat16Count),
-                ]
-            }
-            return .object(t)
-        })
-        root["findings"] = .array(findings.map { f in
-            var o = JSONObject()
-            o["severity"] = .string(f.severity.rawValue)
-            o["code"] = .string(f.code)
-            o["message"] = .string(f.message)
-            if let tensor = f.tensor { o["tensor"] = .string(tensor) }
-            return .object(o)
-        })
+        root["tensors"] = .array(
+            rows.map { row in
+                var t = JSONObject()
+                t["name"] = .string(row.descriptor.name)
+                t["dtype"] = .string(row.storedTypeName)
+                if let q = row.quantization { t["quantization"] = Self.json(q) }
+                if let g = row.ggml { t["quantization"] = Self.json(g) }
+                if row.ggml == nil, let from = row.recordedFallbackFrom { t["fallback_from"] = .string(from.name) }
+                if inspection.hasQuantizedRows, let bpw = row.bitsPerWeight { t["bits_per_weight"] = .double((bpw * 10000).rounded() / 10000) }
+                t["shape"] = .array(row.descriptor.shape.dimensions.map { JSONValue($0) })
+                if let stored = row.storedBytes, stored != row.descriptor.byteCount { t["stored_bytes"] = JSONValue(stored) }
+                if let source = row.sourceDType, source != row.descriptor.dtype { t["source_dtype"] = .string(source.name) }
+                if row.canonical.count == 1 {
+                    t["canonical"] = .string(row.canonical[0])
+                } else if row.canonical.count > 1 {
+                    t["canonical"] = .array(row.canonical.map { .string($0) })
+                }
+                if let s = row.statistics {
+                    t["stats"] = [
+                        "min": JSONValue(s.min), "max": JSONValue(s.max), "mean": JSONValue(s.mean), "std": JSONValue(s.std),
+                        "nan": JSONValue(s.nanCount), "inf": JSONValue(s.infinityCount), "zeros": JSONValue(s.zeroCount),
+                        "beyond_f16": JSONValue(s.beyondFloat16Count),
+                    ]
+                }
+                return .object(t)
+            })
+        root["findings"] = .array(
+            findings.map { f in
+                var o = JSONObject()
+                o["severity"] = .string(f.severity.rawValue)
+                o["code"] = .string(f.code)
+                o["message"] = .string(f.message)
+                if let tensor = f.tensor { o["tensor"] = .string(tensor) }
+                return .object(o)
+            })
         return .object(root)
     }
 
@@ -168,7 +192,9 @@ struct InspectionReport {
         var counts = "\(rows.count)"
         if rows.count != totalTensorCount { counts += " of \(totalTensorCount) (filtered)" }
         lines.append("tensors:    \(counts), \(formatCount(parameterCount)) parameters, \(formatBytes(byteCount))")
-        let dtypes = Dictionary(grouping: rows, by: \.storedTypeName).mapValues(\.count).sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }
+        let dtypes = Dictionary(grouping: rows, by: \.storedTypeName).mapValues(\.count).sorted {
+            $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key
+        }
         if !dtypes.isEmpty { lines.append("dtypes:     " + dtypes.map { "\($0.key) \($0.value)" }.joined(separator: ", ")) }
         if inspection.hasQuantizedRows {
             let stored = rows.reduce(0) { $0 + ($1.storedBytes ?? $1.descriptor.byteCount) }
@@ -206,17 +232,25 @@ struct InspectionReport {
                 lines.append("prediction: \(d.predictionType?.rawValue ?? "unknown") (\(d.predictionSource))")
             }
             switch model.headCounts {
-            case .publishedFamily: lines.append("heads:      assumed from the published \(d.family?.name ?? "family") configuration (a single file does not state them)")
-            case .assumedHeadDim64: lines.append("heads:      assumed 64-wide (the widths are not the published ones and the file does not state head counts; --config DIR gives them)")
+            case .publishedFamily:
+                lines.append("heads:      assumed from the published \(d.family?.name ?? "family") configuration (a single file does not state them)")
+            case .assumedHeadDim64:
+                lines.append(
+                    "heads:      assumed 64-wide (the widths are not the published ones and the file does not state head counts; --config DIR gives them)"
+                )
             case .read, .notApplicable: break
             }
             for e in d.evidence { lines.append("evidence:   \(e)") }
             for r in d.rejected { lines.append("rejected:   \(r.family): \(r.reasons.joined(separator: "; "))") }
             for c in d.components {
-                lines.append("component:  \(c.component.rawValue): \(c.tensorCount) tensors, \(c.summary); \(c.missing.count) missing, \(c.unexpected.count) unexpected, \(c.shapeMismatches.count) mis-shaped")
+                lines.append(
+                    "component:  \(c.component.rawValue): \(c.tensorCount) tensors, \(c.summary); \(c.missing.count) missing, \(c.unexpected.count) unexpected, \(c.shapeMismatches.count) mis-shaped"
+                )
             }
             if model.ema.isPresent {
-                lines.append("ema:        \(model.ema.tensorCount) tensors, \(formatBytes(model.ema.byteCount))" + (model.ema.only ? " (EMA only: the UNet is read from them)" : ""))
+                lines.append(
+                    "ema:        \(model.ema.tensorCount) tensors, \(formatBytes(model.ema.byteCount))"
+                        + (model.ema.only ? " (EMA only: the UNet is read from them)" : ""))
             }
         }
         for (k, v) in metadata.filter({ !$0.key.hasPrefix(ModelExport.fallbackKeyPrefix) }).sorted(by: { $0.key < $1.key }).prefix(20) {
@@ -284,7 +318,9 @@ struct InspectionReport {
         o["dequantized_dtype"] = "F32"
         if let from = g.fallbackFrom { o["fallback_from"] = .string(from.name) }
         if let m = g.metrics {
-            o["error"] = ["snr_db": m.snrDecibels.map { JSONValue($0) } ?? .null, "max_abs": JSONValue(m.maxAbsoluteError), "cosine": JSONValue(m.cosine)]
+            o["error"] = [
+                "snr_db": m.snrDecibels.map { JSONValue($0) } ?? .null, "max_abs": JSONValue(m.maxAbsoluteError), "cosine": JSONValue(m.cosine),
+            ]
         }
         return .object(o)
     }
@@ -297,7 +333,9 @@ struct InspectionReport {
         o["scale_dtype"] = "F16"
         o["dequantized_dtype"] = "F32"
         if let m = q.metrics {
-            o["error"] = ["snr_db": m.snrDecibels.map { JSONValue($0) } ?? .null, "max_abs": JSONValue(m.maxAbsoluteError), "cosine": JSONValue(m.cosine)]
+            o["error"] = [
+                "snr_db": m.snrDecibels.map { JSONValue($0) } ?? .null, "max_abs": JSONValue(m.maxAbsoluteError), "cosine": JSONValue(m.cosine),
+            ]
         }
         return .object(o)
     }

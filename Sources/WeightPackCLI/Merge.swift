@@ -50,14 +50,17 @@ struct Merge: ParsableCommand {
     @Option(name: [.short, .customLong("output")], help: "The file to write: .wpk, .safetensors or .gguf.")
     var output: String
 
-    @Option(help: ArgumentHelp(
-        "Element type of floating-point tensors: keep, f32, f16, bf16, int8 (.wpk only), or a ggml block type \(blockTypeList) (.wpk and .gguf); keep, f32, f16 or a block type for .gguf. Quantised after the merge.",
-        valueName: "dtype"))
+    @Option(
+        help: ArgumentHelp(
+            "Element type of floating-point tensors: keep, f32, f16, bf16, int8 (.wpk only), or a ggml block type \(blockTypeList) (.wpk and .gguf); keep, f32, f16 or a block type for .gguf. Quantised after the merge.",
+            valueName: "dtype"))
     var dtype: ConvertDType = .keep
 
-    @Option(name: .customLong("tensor-type"), help: ArgumentHelp(
-        "With a block --dtype: write tensors whose name matches GLOB as TYPE (repeatable, first match wins; canonical names for .wpk, LDM or canonical for .gguf).",
-        valueName: "GLOB=TYPE"))
+    @Option(
+        name: .customLong("tensor-type"),
+        help: ArgumentHelp(
+            "With a block --dtype: write tensors whose name matches GLOB as TYPE (repeatable, first match wins; canonical names for .wpk, LDM or canonical for .gguf).",
+            valueName: "GLOB=TYPE"))
     var tensorTypes: [String] = []
 
     @Flag(help: "Overwrite the output if it exists.")
@@ -76,7 +79,9 @@ struct Merge: ParsableCommand {
         guard isWPK || isGGUF || output.lowercased().hasSuffix(".safetensors") else {
             throw ValidationError("-o '\(output)': the output must end in .wpk, .safetensors or .gguf")
         }
-        guard !isGGUF || dtype != .bf16 && dtype != .int8 else { throw ValidationError("a .gguf output takes --dtype keep, f32, f16 or a block type (\(blockTypeList))") }
+        guard !isGGUF || dtype != .bf16 && dtype != .int8 else {
+            throw ValidationError("a .gguf output takes --dtype keep, f32, f16 or a block type (\(blockTypeList))")
+        }
         guard isWPK || isGGUF || dtype.blockType == nil else { throw ValidationError("--dtype \(dtype.rawValue) needs a .wpk or .gguf output") }
         guard isWPK || dtype != .int8 else { throw ValidationError("--dtype int8 needs a .wpk output") }
         _ = try parseTensorTypes(tensorTypes, blockType: dtype.blockType)
@@ -109,12 +114,16 @@ struct Merge: ParsableCommand {
                 let quantised = try Self.quantisedTensors(of: model)
                 if !quantised.isEmpty {
                     let list = quantised.map { "\($0.value) \($0.key)" }.sorted().joined(separator: ", ")
-                    printError(shortened("weightpack: error: \(PrintableText.escaped(base)) stores quantised tensors (\(list)); --dtype keep would write them unquantised: give --dtype int8 (.wpk) or a block type to quantise after the merge, or f16/f32"))
+                    printError(
+                        shortened(
+                            "weightpack: error: \(PrintableText.escaped(base)) stores quantised tensors (\(list)); --dtype keep would write them unquantised: give --dtype int8 (.wpk) or a block type to quantise after the merge, or f16/f32"
+                        ))
                     throw ExitCode(ExitStatus.usage.rawValue)
                 }
             }
-            let merged = try MergedStore.merging(adapters, into: model.store, baseFamily: model.detection.family,
-                                                 mergedDType: dtype == .keep ? nil : .f32, options: inputOptions.modelInputOptions)
+            let merged = try MergedStore.merging(
+                adapters, into: model.store, baseFamily: model.detection.family,
+                mergedDType: dtype == .keep ? nil : .f32, options: inputOptions.modelInputOptions)
             let mergedModel = model.replacingStore(merged)
             let progress = TerminalProgress.make("merge")
             let count: Int
@@ -130,19 +139,24 @@ struct Merge: ParsableCommand {
                 count = result.entries.count
                 if dtype.blockType != nil { summary = typeSummaryLines(result.types) }
             } else if isGGUF {
-                let result = try ModelExport.writeGGUF(mergedModel, dtype: ModelExport.GGUFDType(rawValue: dtype.rawValue) ?? .keep,
-                                                       tensorTypes: try parseTensorTypes(tensorTypes, blockType: dtype.blockType), to: output, overwrite: force,
-                                                       tool: "weightpack \(WeightPackCommand.version)",
-                                                       extraMetadata: ["weightpack.adapters": merged.plan.provenance.serialized()], progress: progress)
+                let result = try ModelExport.writeGGUF(
+                    mergedModel, dtype: ModelExport.GGUFDType(rawValue: dtype.rawValue) ?? .keep,
+                    tensorTypes: try parseTensorTypes(tensorTypes, blockType: dtype.blockType), to: output, overwrite: force,
+                    tool: "weightpack \(WeightPackCommand.version)",
+                    extraMetadata: ["weightpack.adapters": merged.plan.provenance.serialized()], progress: progress)
                 count = result.tensorCount
                 if dtype.blockType != nil, let types = result.types { summary = typeSummaryLines(types) }
             } else {
                 // One file: a diffusers folder's pipeline is written in the LDM single-file layout.
                 let layout: ModelExport.Layout = model.layout?.kind == .diffusers && model.detection.kind.isPipeline ? .ldm : .source
-                count = try ModelExport.write(mergedModel, layout: layout, dtype: dtype.plain, to: output, overwrite: force,
-                                              extraMetadata: ["weightpack.adapters": merged.plan.provenance.serialized()], progress: progress).tensorCount
+                count = try ModelExport.write(
+                    mergedModel, layout: layout, dtype: dtype.plain, to: output, overwrite: force,
+                    extraMetadata: ["weightpack.adapters": merged.plan.provenance.serialized()], progress: progress
+                ).tensorCount
             }
-            printError("wrote \(output): \(count) tensors, \(merged.changedTensors.count) changed by \(adapters.count) adapter\(adapters.count == 1 ? "" : "s") (\(merged.plan.kinds.joined(separator: ", ")))")
+            printError(
+                "wrote \(output): \(count) tensors, \(merged.changedTensors.count) changed by \(adapters.count) adapter\(adapters.count == 1 ? "" : "s") (\(merged.plan.kinds.joined(separator: ", ")))"
+            )
             for line in summary { printError(line) }
         }
     }

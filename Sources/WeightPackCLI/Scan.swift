@@ -35,8 +35,10 @@ struct Scan: ParsableCommand {
                 print(Self.table(report, path: input))
             }
             if report.isDangerous {
-                printError("weightpack: dangerous: \(input): " + report.dangerous.prefix(3).map { $0.isResolved ? $0.qualifiedName : "an unresolvable \($0.opcode)" }.joined(separator: ", ")
-                    + (report.dangerous.count > 3 ? " and \(report.dangerous.count - 3) more" : ""))
+                printError(
+                    "weightpack: dangerous: \(input): "
+                        + report.dangerous.prefix(3).map { $0.isResolved ? $0.qualifiedName : "an unresolvable \($0.opcode)" }.joined(separator: ", ")
+                        + (report.dangerous.count > 3 ? " and \(report.dangerous.count - 3) more" : ""))
                 throw ExitCode(ExitStatus.problemFound.rawValue)
             }
         }
@@ -48,18 +50,22 @@ struct Scan: ParsableCommand {
         root["format"] = .string(report.format)
         root["verdict"] = .string(report.worst.rawValue)
         root["pickles"] = .array(report.pickles.map { .string($0) })
-        root["globals"] = .array(report.findings.map { f in
-            [
-                "module": .string(f.module), "name": .string(f.name), "class": .string(f.safety.rawValue),
-                "entry": .string(f.entry), "offset": JSONValue(f.offset), "opcode": .string(f.opcode), "resolved": .bool(f.isResolved),
-            ]
-        })
+        root["globals"] = .array(
+            report.findings.map { f in
+                [
+                    "module": .string(f.module), "name": .string(f.name), "class": .string(f.safety.rawValue),
+                    "entry": .string(f.entry), "offset": JSONValue(f.offset), "opcode": .string(f.opcode), "resolved": .bool(f.isResolved),
+                ]
+            })
         root["problems"] = .array(report.problems.map { .string($0) })
         return .object(root)
     }
 
     static func table(_ report: PickleScanReport, path: String) -> String {
-        var lines = ["file:     \(path)", "format:   \(report.format)", "pickles:  \(report.pickles.joined(separator: ", "))", "verdict:  \(report.worst.rawValue)", ""]
+        var lines = [
+            "file:     \(path)", "format:   \(report.format)", "pickles:  \(report.pickles.joined(separator: ", "))",
+            "verdict:  \(report.worst.rawValue)", "",
+        ]
         // One row per distinct global and entry, with how often it appears.
         var rows: [[String]] = [["CLASS", "GLOBAL", "ENTRY", "COUNT", "FIRST AT"]]
         var seen: [String: Int] = [:]
@@ -69,7 +75,9 @@ struct Scan: ParsableCommand {
                 rows[i][3] = String(Int(rows[i][3])! + 1)
             } else {
                 seen[key] = rows.count
-                rows.append([f.safety.rawValue, f.isResolved ? f.qualifiedName : "<unresolved \(f.opcode)>", f.entry, "1", "\(f.opcode) @\(f.offset)"])
+                rows.append([
+                    f.safety.rawValue, f.isResolved ? f.qualifiedName : "<unresolved \(f.opcode)>", f.entry, "1", "\(f.opcode) @\(f.offset)",
+                ])
             }
         }
         let order: [String: Int] = ["dangerous": 0, "unknown": 1, "safe": 2]

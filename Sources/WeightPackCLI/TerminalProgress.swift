@@ -1,5 +1,6 @@
 import CheckpointFormats
 import ModelLoading
+
 #if canImport(Glibc)
 import Glibc
 #endif

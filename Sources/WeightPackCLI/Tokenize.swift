@@ -21,7 +21,10 @@ struct Tokenize: ParsableCommand {
     @Option(help: "A tokenizer folder (vocab.json + merges.txt, or tokenizer.json), e.g. a diffusers model's tokenizer/.")
     var tokenizer: String?
 
-    @Option(help: "Padding: 'end' pads with the end token (SD 1.x), 'zero' with id 0 (the '!' token, as SD 2.x does). Default: the folder's configuration, else end.")
+    @Option(
+        help:
+            "Padding: 'end' pads with the end token (SD 1.x), 'zero' with id 0 (the '!' token, as SD 2.x does). Default: the folder's configuration, else end."
+    )
     var padding: Padding?
 
     @Flag(help: "Print a JSON array of integers.")

@@ -69,7 +69,8 @@ struct Verify: ParsableCommand {
             let ref = try generation.open(reference, inputOptions: inputOptions, additions: try adapters.additions(inputOptions))
             let cand = try generation.open(candidate, inputOptions: inputOptions, additions: try adapters.additions(inputOptions, loras: false))
             let defaults = Verification.Thresholds.defaults(for: cand.weakestStorage())
-            let thresholds = Verification.Thresholds(stage: minStageSnr ?? defaults.stage, image: minImagePsnr ?? defaults.image, label: defaults.label)
+            let thresholds = Verification.Thresholds(
+                stage: minStageSnr ?? defaults.stage, image: minImagePsnr ?? defaults.image, label: defaults.label)
             let request = try generation.request(for: ref)
             let result = try Verification.verify(reference: ref, candidate: cand, request: request, thresholds: thresholds)
             var document = result.json(reference: reference, candidate: candidate)
@@ -89,8 +90,9 @@ struct Verify: ParsableCommand {
             let failed = result.failedStages
             if let worst = failed.first {
                 let unit = worst.judgedOnPSNR ? "PSNR" : "SNR"
-                printError("weightpack: verify failed at stage '\(worst.name)': \(unit) \(Self.format(worst.value)) dB below the \(Self.format(worst.threshold)) dB threshold for \(thresholds.label) candidates"
-                           + (failed.count > 1 ? " (also: \(failed.dropFirst().map(\.name).joined(separator: ", ")))" : ""))
+                printError(
+                    "weightpack: verify failed at stage '\(worst.name)': \(unit) \(Self.format(worst.value)) dB below the \(Self.format(worst.threshold)) dB threshold for \(thresholds.label) candidates"
+                        + (failed.count > 1 ? " (also: \(failed.dropFirst().map(\.name).joined(separator: ", ")))" : ""))
                 throw ExitCode(1)
             }
         }
@@ -103,11 +105,14 @@ struct Verify: ParsableCommand {
 
     private func printTable(_ result: Verification.Report) {
         let request = result.request
-        print("verify: candidate weights \(result.thresholds.label); \(result.scheduler.rawValue), \(request.steps) steps, seed \(request.seed), \(request.width)x\(request.height)")
+        print(
+            "verify: candidate weights \(result.thresholds.label); \(result.scheduler.rawValue), \(request.steps) steps, seed \(request.seed), \(request.width)x\(request.height)"
+        )
         print("stage     measure  value (dB)  threshold  max abs       SSIM    result")
         for s in result.stages {
             let measure = s.judgedOnPSNR ? "PSNR" : "SNR"
-            let line = s.name.padding(toLength: 10, withPad: " ", startingAt: 0)
+            let line =
+                s.name.padding(toLength: 10, withPad: " ", startingAt: 0)
                 + measure.padding(toLength: 9, withPad: " ", startingAt: 0)
                 + Self.format(s.value).padding(toLength: 12, withPad: " ", startingAt: 0)
                 + Self.format(s.threshold).padding(toLength: 11, withPad: " ", startingAt: 0)

@@ -21,7 +21,10 @@ public struct WeightPackCommand: ParsableCommand {
             while reading or writing.
             """,
         version: version,
-        subcommands: [Inspect.self, Convert.self, Export.self, Merge.self, Check.self, Scan.self, Diff.self, Tokenize.self, Generate.self, Trace.self, Verify.self, Version.self])
+        subcommands: [
+            Inspect.self, Convert.self, Export.self, Merge.self, Check.self, Scan.self, Diff.self, Tokenize.self, Generate.self, Trace.self,
+            Verify.self, Version.self,
+        ])
 
     public init() {}
 }

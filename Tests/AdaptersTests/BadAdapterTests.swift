@@ -11,12 +11,14 @@ struct BadAdapterTests {
         var description: String { file }
     }
 
-    @Test("malformed fixtures: the error code, and the message is one line", arguments: [
-        Case(file: "bad-rank-mismatch.safetensors", code: "rank mismatch"),
-        Case(file: "bad-alpha-zero.safetensors", code: "bad alpha"),
-        Case(file: "bad-alpha-nan.safetensors", code: "bad alpha"),
-        Case(file: "bad-rank-too-large.safetensors", code: "rank mismatch"),
-    ])
+    @Test(
+        "malformed fixtures: the error code, and the message is one line",
+        arguments: [
+            Case(file: "bad-rank-mismatch.safetensors", code: "rank mismatch"),
+            Case(file: "bad-alpha-zero.safetensors", code: "bad alpha"),
+            Case(file: "bad-alpha-nan.safetensors", code: "bad alpha"),
+            Case(file: "bad-rank-too-large.safetensors", code: "rank mismatch"),
+        ])
     func refusedWhenRead(_ c: Case) throws {
         do {
             _ = try openAdapter(c.file)
@@ -75,13 +77,17 @@ struct BadAdapterTests {
         }
     }
 
-    @Test("hostile declared shapes are bounded before any value is read or allocated", arguments: [
-        // A LoKr whose Kronecker product would be 2^31 × 2^31 from four small-looking factors.
-        [("lora_unet_x.lokr_w1_a", [65_536, 1]), ("lora_unet_x.lokr_w1_b", [1, 65_536]),
-         ("lora_unet_x.lokr_w2_a", [32_768, 1]), ("lora_unet_x.lokr_w2_b", [1, 32_768])],
-        // A rank beyond any layer.
-        [("lora_unet_x.lora_down.weight", [1 << 20, 8]), ("lora_unet_x.lora_up.weight", [8, 1 << 20])],
-    ])
+    @Test(
+        "hostile declared shapes are bounded before any value is read or allocated",
+        arguments: [
+            // A LoKr whose Kronecker product would be 2^31 × 2^31 from four small-looking factors.
+            [
+                ("lora_unet_x.lokr_w1_a", [65_536, 1]), ("lora_unet_x.lokr_w1_b", [1, 65_536]),
+                ("lora_unet_x.lokr_w2_a", [32_768, 1]), ("lora_unet_x.lokr_w2_b", [1, 32_768]),
+            ],
+            // A rank beyond any layer.
+            [("lora_unet_x.lora_down.weight", [1 << 20, 8]), ("lora_unet_x.lora_up.weight", [8, 1 << 20])],
+        ])
     func hostile(_ shapes: [(String, [Int])]) throws {
         let base = try Base.sd1.get()
         do {

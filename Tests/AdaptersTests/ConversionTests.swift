@@ -28,7 +28,9 @@ struct ConversionTests {
         let peft = try write(converted, "peft")
         // WEIGHTPACK_KEEP_CONVERTED=DIR keeps a copy for checking with diffusers by hand (Docs/adapters.md).
         if let dir = ProcessInfo.processInfo.environment["WEIGHTPACK_KEEP_CONVERTED"] {
-            try SafetensorsWriter.write(OutputTensor.plan(from: converted, dtype: .keep), metadata: converted.metadata, to: dir + "/sd1-kohya-as-diffusers.safetensors", overwrite: true)
+            try SafetensorsWriter.write(
+                OutputTensor.plan(from: converted, dtype: .keep), metadata: converted.metadata, to: dir + "/sd1-kohya-as-diffusers.safetensors",
+                overwrite: true)
         }
         let asPEFT = try Adapter(store: peft)
         #expect(asPEFT.modules.allSatisfy { $0.dialect == .peft })
@@ -49,7 +51,10 @@ struct ConversionTests {
         let kohya = try openAdapter("sd1-kohya-lora.safetensors", scale: 0.8)
         let peft = try write(try AdapterConversion.convert(kohya.adapter, to: .diffusers, family: base.family), "peft-merge")
         let a = MergedStore(plan: try AdapterPlan(base: base.store, baseFamily: base.family, adapters: [kohya]), mergedDType: .f32)
-        let b = MergedStore(plan: try AdapterPlan(base: base.store, baseFamily: base.family, adapters: [ScaledAdapter(adapter: try Adapter(store: peft), scale: 0.8, name: "peft")]), mergedDType: .f32)
+        let b = MergedStore(
+            plan: try AdapterPlan(
+                base: base.store, baseFamily: base.family, adapters: [ScaledAdapter(adapter: try Adapter(store: peft), scale: 0.8, name: "peft")]),
+            mergedDType: .f32)
         #expect(a.changedTensors.sorted() == b.changedTensors.sorted())
         for name in a.changedTensors { #expect(try a.tensor(named: name).floats() == b.tensor(named: name).floats()) }
     }
@@ -63,7 +68,9 @@ struct ConversionTests {
         #expect(Set(back.tensors.map(\.name)) == Set(original.store.tensors.map(\.name)))
     }
 
-    @Test("what PEFT keys cannot express is refused with a reason", arguments: ["sd1-loha.safetensors", "sd1-lokr.safetensors", "sd1-tucker.safetensors", "sd1-dora.safetensors", "sd1-full-diff.safetensors"])
+    @Test(
+        "what PEFT keys cannot express is refused with a reason",
+        arguments: ["sd1-loha.safetensors", "sd1-lokr.safetensors", "sd1-tucker.safetensors", "sd1-dora.safetensors", "sd1-full-diff.safetensors"])
     func inexpressible(_ file: String) throws {
         let adapter = try openAdapter(file).adapter
         do {

@@ -16,13 +16,15 @@ struct MergeTests {
 
     /// Each golden's scale is in its metadata; the oracle is diffusers' fuse_lora for kohya and
     /// PEFT LoRAs, ComfyUI's formulas (numpy, float64) for LyCORIS and full diffs.
-    @Test("merged tensors equal the golden within 1e-6 relative; nothing else changes", arguments: [
-        Case(adapter: "sd1-kohya-lora", base: "sd1"), Case(adapter: "sd1-peft-lora", base: "sd1"),
-        Case(adapter: "sd1-locon", base: "sd1"), Case(adapter: "sd1-tucker", base: "sd1"),
-        Case(adapter: "sd1-loha", base: "sd1"), Case(adapter: "sd1-lokr", base: "sd1"),
-        Case(adapter: "sd1-dora", base: "sd1"), Case(adapter: "sd1-full-diff", base: "sd1"),
-        Case(adapter: "sdxl-kohya-lora", base: "sdxl"),
-    ])
+    @Test(
+        "merged tensors equal the golden within 1e-6 relative; nothing else changes",
+        arguments: [
+            Case(adapter: "sd1-kohya-lora", base: "sd1"), Case(adapter: "sd1-peft-lora", base: "sd1"),
+            Case(adapter: "sd1-locon", base: "sd1"), Case(adapter: "sd1-tucker", base: "sd1"),
+            Case(adapter: "sd1-loha", base: "sd1"), Case(adapter: "sd1-lokr", base: "sd1"),
+            Case(adapter: "sd1-dora", base: "sd1"), Case(adapter: "sd1-full-diff", base: "sd1"),
+            Case(adapter: "sdxl-kohya-lora", base: "sdxl"),
+        ])
     func merge(_ c: Case) throws {
         let base = try (c.base == "sd1" ? Base.sd1 : Base.sdxl).get()
         let golden = try SafetensorsFile(path: adapterFixture(c.adapter + ".merged.safetensors"))
@@ -40,7 +42,8 @@ struct MergeTests {
             #expect(e.relative <= 1e-6, "\(d.name): max abs \(e.maxAbs) (relative \(e.relative)) at \(e.index)")
         }
         // An untouched tensor is the base's own bytes.
-        let untouched = try #require(base.store.tensors.first { merged.descriptor(named: $0.name) != nil && !merged.changedTensors.contains($0.name) })
+        let untouched = try #require(
+            base.store.tensors.first { merged.descriptor(named: $0.name) != nil && !merged.changedTensors.contains($0.name) })
         #expect(try merged.tensor(named: untouched.name).floats() == base.store.tensor(named: untouched.name).floats())
     }
 
@@ -92,7 +95,11 @@ struct MergeTests {
                     #expect(file != "sd1-loha.safetensors")
                     let r = upShape[1], out = upShape[0], inner = down.count / r
                     #expect(downShape[0] == r)
-                    for o in 0..<out { for j in 0..<inner { var s: Float = 0; for k in 0..<r { s += up[o * r + k] * down[k * inner + j] }; w[o * inner + j] += layer.scale * s } }
+                    for o in 0..<out {
+                        for j in 0..<inner {
+                            var s: Float = 0; for k in 0..<r { s += up[o * r + k] * down[k * inner + j] }; w[o * inner + j] += layer.scale * s
+                        }
+                    }
                 case .dense(let delta):
                     #expect(file == "sd1-loha.safetensors")
                     for i in w.indices { w[i] += layer.scale * delta[i] }
@@ -123,14 +130,17 @@ struct CommandEntryTests {
     @Test("merge: arguments FILE:SCALE give the golden; inspect: nil for a model")
     func merging() throws {
         let base = try Base.sd1.get()
-        let merged = try MergedStore.merging([adapterFixture("sd1-loha.safetensors") + ":0.8"], into: base.store, baseFamily: base.family, mergedDType: .f32)
+        let merged = try MergedStore.merging(
+            [adapterFixture("sd1-loha.safetensors") + ":0.8"], into: base.store, baseFamily: base.family, mergedDType: .f32)
         let golden = try SafetensorsFile(path: adapterFixture("sd1-loha.merged.safetensors"))
         for d in golden.tensors {
             #expect(relativeError(try merged.tensor(named: d.name).floats(), try golden.tensor(named: d.name).floats()).relative <= 1e-6)
         }
         #expect(try AdapterReport.inspect(base.store) == nil)
         #expect(try AdapterReport.inspect(try ModelInput.open(adapterFixture("sd1-lokr.safetensors")))?.kinds.first?.kind == "LoKr")
-        #expect(try AdapterPlan.runtimeLayers([adapterFixture("sd1-kohya-lora.safetensors") + ":0.8"], for: base.store, baseFamily: base.family).count == 13)
+        #expect(
+            try AdapterPlan.runtimeLayers([adapterFixture("sd1-kohya-lora.safetensors") + ":0.8"], for: base.store, baseFamily: base.family).count
+                == 13)
     }
 
     @Test("merged tensors in f16 are the f32 merge rounded once")
@@ -207,7 +217,8 @@ struct StreamingTests {
             factorReads[t.name] = factors.count
             // Only the module that changes this tensor is read, and only its own factors.
             if merged.changedTensors.contains(t.name) {
-                let module = try #require(adapter.adapter.modules.first { m in merged.plan.changes[t.name]?.contains { $0.module.key == m.key } == true })
+                let module = try #require(
+                    adapter.adapter.modules.first { m in merged.plan.changes[t.name]?.contains { $0.module.key == m.key } == true })
                 #expect(factors.allSatisfy { $0.hasPrefix(module.key + ".") })
             }
         }

@@ -19,10 +19,14 @@ struct RecognitionTests {
     static let cases: [Case] = [
         Case(file: "sd1-kohya-lora.safetensors", kinds: ["LoRA"], dialect: "kohya", family: "sd1", modules: 13),
         Case(file: "sd1-peft-lora.safetensors", kinds: ["LoRA"], dialect: "diffusers-peft", family: "sd1", modules: 86),
-        Case(file: "sd1-attn-processor-lora.safetensors", kinds: ["LoRA"], dialect: "diffusers-attn-processor", family: nil, candidates: ["sd1", "sd2"], modules: 64),
+        Case(
+            file: "sd1-attn-processor-lora.safetensors", kinds: ["LoRA"], dialect: "diffusers-attn-processor", family: nil,
+            candidates: ["sd1", "sd2"], modules: 64),
         Case(file: "sd1-locon.safetensors", kinds: ["LoCon", "LoRA"], dialect: "kohya", family: nil, candidates: ["sd1", "sd2"], modules: 2),
         // One 3×3 convolution of the first down level: every family has it, so the family stays open.
-        Case(file: "sd1-tucker.safetensors", kinds: ["LoCon+Tucker"], dialect: "kohya", family: nil, candidates: ["sd1", "sd2", "sdxl", "sdxl-refiner"], modules: 1),
+        Case(
+            file: "sd1-tucker.safetensors", kinds: ["LoCon+Tucker"], dialect: "kohya", family: nil,
+            candidates: ["sd1", "sd2", "sdxl", "sdxl-refiner"], modules: 1),
         Case(file: "sd1-loha.safetensors", kinds: ["LoHa", "LoHa+Tucker"], dialect: "kohya", family: nil, candidates: ["sd1", "sd2"], modules: 3),
         Case(file: "sd1-lokr.safetensors", kinds: ["LoKr"], dialect: "kohya", family: nil, candidates: ["sd1", "sd2"], modules: 3),
         Case(file: "sd1-dora.safetensors", kinds: ["LoRA+DoRA"], dialect: "kohya", family: nil, candidates: ["sd1", "sd2"], modules: 1),
@@ -66,10 +70,13 @@ struct RecognitionTests {
     func sdxlNames() throws {
         let report = AdapterReport(try openAdapter("sdxl-kohya-lora.safetensors").adapter)
         let targets = Dictionary(uniqueKeysWithValues: report.modules.map { ($0.module.key, $0.target ?? "") })
-        #expect(targets["lora_unet_input_blocks_8_1_transformer_blocks_1_attn2_to_k"] == "unet.down_blocks.2.attentions.1.transformer_blocks.1.attn2.to_k.weight")
+        #expect(
+            targets["lora_unet_input_blocks_8_1_transformer_blocks_1_attn2_to_k"]
+                == "unet.down_blocks.2.attentions.1.transformer_blocks.1.attn2.to_k.weight")
         #expect(targets["lora_unet_output_blocks_4_1_proj_out"] == "unet.up_blocks.1.attentions.1.proj_out.weight")
         #expect(targets["lora_te2_text_model_encoder_layers_0_mlp_fc2"] == "text_encoder_2.text_model.encoder.layers.0.mlp.fc2.weight")
-        #expect(targets["lora_te1_text_model_encoder_layers_0_self_attn_q_proj"] == "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.weight")
+        #expect(
+            targets["lora_te1_text_model_encoder_layers_0_self_attn_q_proj"] == "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.weight")
         #expect(report.considered.first { $0.family == "sd1" }?.reasons.isEmpty == false)
     }
 
@@ -94,12 +101,14 @@ struct RecognitionTests {
         var description: String { file }
     }
 
-    @Test("textual-inversion embeddings: dialect, vectors, width, encoders", arguments: [
-        EmbeddingCase(file: "ti-a1111.pt", dialect: "a1111", vectors: [[2, 32]], token: "tinycat"),
-        EmbeddingCase(file: "ti-a1111.safetensors", dialect: "a1111", vectors: [[2, 32]], token: nil),
-        EmbeddingCase(file: "ti-diffusers.safetensors", dialect: "diffusers", vectors: [[2, 32]], token: "<tinycat>"),
-        EmbeddingCase(file: "ti-sdxl.safetensors", dialect: "sdxl-pair", vectors: [[3, 32], [3, 32]], token: nil),
-    ])
+    @Test(
+        "textual-inversion embeddings: dialect, vectors, width, encoders",
+        arguments: [
+            EmbeddingCase(file: "ti-a1111.pt", dialect: "a1111", vectors: [[2, 32]], token: "tinycat"),
+            EmbeddingCase(file: "ti-a1111.safetensors", dialect: "a1111", vectors: [[2, 32]], token: nil),
+            EmbeddingCase(file: "ti-diffusers.safetensors", dialect: "diffusers", vectors: [[2, 32]], token: "<tinycat>"),
+            EmbeddingCase(file: "ti-sdxl.safetensors", dialect: "sdxl-pair", vectors: [[3, 32], [3, 32]], token: nil),
+        ])
     func embeddings(_ c: EmbeddingCase) throws {
         let adapter = try openAdapter(c.file).adapter
         let e = try #require(adapter.embedding)
@@ -178,7 +187,9 @@ struct AdapterNameTests {
         ])
         let targets = Dictionary(uniqueKeysWithValues: try Adapter(store: store).modules.map { ($0.key, index.target(of: $0)) })
         #expect(targets["lora_unet_input_blocks_1_1_proj_in"] == "unet.down_blocks.0.attentions.0.proj_in.weight")
-        #expect(targets["lora_unet_output_blocks_11_1_transformer_blocks_0_attn2_to_q"] == "unet.up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_q.weight")
+        #expect(
+            targets["lora_unet_output_blocks_11_1_transformer_blocks_0_attn2_to_q"]
+                == "unet.up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_q.weight")
         #expect(targets["lora_unet_middle_block_0_in_layers_2"] == "unet.mid_block.resnets.0.conv1.weight")
     }
 
@@ -207,10 +218,22 @@ struct AdapterNameTests {
 
     @Test("a module missing a factor, or with a 3-D factor, is malformed")
     func malformedModules() throws {
-        #expect { try Adapter(store: ShapeOnlyStore([("lora_unet_x.lora_down.weight", [4, 32])])) } throws: { ($0 as? AdapterError)?.code == .malformed }
-        #expect { try Adapter(store: ShapeOnlyStore([("lora_unet_x.hada_w1_a", [32, 4]), ("lora_unet_x.hada_w1_b", [4, 32])])) } throws: { ($0 as? AdapterError)?.code == .malformed }
-        #expect { try Adapter(store: ShapeOnlyStore([("lora_unet_x.lora_down.weight", [4, 32, 3]), ("lora_unet_x.lora_up.weight", [32, 4])])) } throws: { ($0 as? AdapterError)?.code == .malformed }
-        #expect { try Adapter(store: ShapeOnlyStore([("lora_unet_x.hada_w1_a", [32, 4]), ("lora_unet_x.hada_w1_b", [4, 32]), ("lora_unet_x.hada_w2_a", [32, 2]), ("lora_unet_x.hada_w2_b", [4, 32])])) } throws: { ($0 as? AdapterError)?.code == .rankMismatch }
+        #expect { try Adapter(store: ShapeOnlyStore([("lora_unet_x.lora_down.weight", [4, 32])])) } throws: {
+            ($0 as? AdapterError)?.code == .malformed
+        }
+        #expect { try Adapter(store: ShapeOnlyStore([("lora_unet_x.hada_w1_a", [32, 4]), ("lora_unet_x.hada_w1_b", [4, 32])])) } throws: {
+            ($0 as? AdapterError)?.code == .malformed
+        }
+        #expect {
+            try Adapter(store: ShapeOnlyStore([("lora_unet_x.lora_down.weight", [4, 32, 3]), ("lora_unet_x.lora_up.weight", [32, 4])]))
+        } throws: { ($0 as? AdapterError)?.code == .malformed }
+        #expect {
+            try Adapter(
+                store: ShapeOnlyStore([
+                    ("lora_unet_x.hada_w1_a", [32, 4]), ("lora_unet_x.hada_w1_b", [4, 32]), ("lora_unet_x.hada_w2_a", [32, 2]),
+                    ("lora_unet_x.hada_w2_b", [4, 32]),
+                ]))
+        } throws: { ($0 as? AdapterError)?.code == .rankMismatch }
     }
 }
 

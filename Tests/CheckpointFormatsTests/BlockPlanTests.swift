@@ -2,8 +2,8 @@ import CheckpointFormats
 import Foundation
 import Quantization
 import StrictJSON
-import Testing
 import TensorCore
+import Testing
 
 /// `OutputTensor.plan(from:ggmlRules:)` and `keepingStoredBlocks`: what a conversion to ggml
 /// block types stores, and that blocks already in the decided type are copied, not requantised.

@@ -1,7 +1,8 @@
-@testable import CheckpointFormats
 import Foundation
-import Testing
 import TensorCore
+import Testing
+
+@testable import CheckpointFormats
 
 /// The files of `Fixtures/fuzz/<target>/`: inputs found by the libFuzzer targets of `Fuzz/`
 /// (crashes, minimised, and the corpus entries with the most coverage; Docs/fuzzing.md). Each is
@@ -133,8 +134,8 @@ struct FuzzRegressionTests {
     func compressedClaimBeyondMemory() throws {
         let size = 30 << 30
         var frame = [UInt8](repeating: 0, count: 1 << 20)
-        frame.replaceSubrange(0..<4, with: [0x28, 0xB5, 0x2F, 0xFD])         // zstd magic
-        frame[4] = 0xE0                                                      // single segment, 8-byte content size
+        frame.replaceSubrange(0..<4, with: [0x28, 0xB5, 0x2F, 0xFD])  // zstd magic
+        frame[4] = 0xE0  // single segment, 8-byte content size
         withUnsafeBytes(of: UInt64(size).littleEndian) { frame.replaceSubrange(5..<13, with: $0) }
         do {
             try frame.withUnsafeBytes { raw in _ = try ByteGroupCodec.decode(raw, width: 2, size: size) }

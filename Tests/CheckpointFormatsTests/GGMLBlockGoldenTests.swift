@@ -1,8 +1,8 @@
 import CheckpointFormats
 import Foundation
 import Quantization
-import Testing
 import TensorCore
+import Testing
 
 /// Goldens of `Fixtures/gguf/blocks.gguf` (`Fixtures/generate/make_gguf_fixtures.py`): blocks made by
 /// ggml's own quantiser, and gguf-py's dequantisation of them and of random blocks.
@@ -40,7 +40,9 @@ struct GGMLBlockGoldenTests {
     @Test("dequantisation equals gguf-py bit for bit on ggml's blocks", arguments: written)
     func dequantizeGGML(tag: String) throws {
         for source in ["wide", "narrow"] {
-            guard file.descriptor(named: "ggml.\(tag).\(source)") != nil, let view = try file.ggmlTensor(named: "ggml.\(tag).\(source)") else { continue }
+            guard file.descriptor(named: "ggml.\(tag).\(source)") != nil, let view = try file.ggmlTensor(named: "ggml.\(tag).\(source)") else {
+                continue
+            }
             let expected = bits(try floats("dequantized.\(tag).\(source)"))
             let ours = bits(try view.dequantized().floats())
             #expect(ours == expected, "\(tag).\(source): first difference at \(firstDifference(ours, expected))")
@@ -51,7 +53,9 @@ struct GGMLBlockGoldenTests {
     func quantize(tag: String) throws {
         var compared = 0
         for source in ["wide", "narrow"] {
-            guard file.descriptor(named: "ggml.\(tag).\(source)") != nil, let view = try file.ggmlTensor(named: "ggml.\(tag).\(source)") else { continue }
+            guard file.descriptor(named: "ggml.\(tag).\(source)") != nil, let view = try file.ggmlTensor(named: "ggml.\(tag).\(source)") else {
+                continue
+            }
             let values = try floats("source.\(source)")
             var ours = [UInt8](repeating: 0, count: view.bytes.count)
             try values.withUnsafeBufferPointer { src in
@@ -62,7 +66,9 @@ struct GGMLBlockGoldenTests {
             let theirs = view.bytes.withUnsafeBytes { Array($0) }
             let size = view.type.blockBytes
             let badBlocks = stride(from: 0, to: ours.count, by: size).filter { ours[$0..<($0 + size)] != theirs[$0..<($0 + size)] }
-            #expect(badBlocks.isEmpty, "\(tag).\(source): \(badBlocks.count) of \(ours.count / size) blocks differ, first block \(badBlocks.first.map { $0 / size } ?? -1)")
+            #expect(
+                badBlocks.isEmpty,
+                "\(tag).\(source): \(badBlocks.count) of \(ours.count / size) blocks differ, first block \(badBlocks.first.map { $0 / size } ?? -1)")
             compared += 1
         }
         #expect(compared > 0)

@@ -1,8 +1,8 @@
 import CheckpointFormats
 import Foundation
 import Quantization
-import Testing
 import TensorCore
+import Testing
 
 let ggufFixtures = fixturesURL.appendingPathComponent("gguf")
 
@@ -10,7 +10,8 @@ let ggufFixtures = fixturesURL.appendingPathComponent("gguf")
 let malformedGGUF: [(String, String)] = {
     let url = ggufFixtures.appendingPathComponent("malformed/expected.json")
     guard let data = try? Data(contentsOf: url),
-          let object = try? JSONSerialization.jsonObject(with: data) as? [String: String] else { return [] }
+        let object = try? JSONSerialization.jsonObject(with: data) as? [String: String]
+    else { return [] }
     return object.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
 }()
 
@@ -55,7 +56,9 @@ struct GGUFReaderTests {
     }
 
     /// Inputs the fuzz target found (and its seeds), replayed as FuzzGGUF runs them.
-    @Test("fuzz inputs return or throw", arguments: (try? FileManager.default.contentsOfDirectory(atPath: fixturesURL.appendingPathComponent("fuzz/gguf").path).sorted()) ?? [])
+    @Test(
+        "fuzz inputs return or throw",
+        arguments: (try? FileManager.default.contentsOfDirectory(atPath: fixturesURL.appendingPathComponent("fuzz/gguf").path).sorted()) ?? [])
     func fuzzRegressions(name: String) throws {
         let path = fixturesURL.appendingPathComponent("fuzz/gguf/\(name)").path
         let bytes = Array(try Data(contentsOf: URL(fileURLWithPath: path)))
@@ -156,7 +159,9 @@ struct GGUFReaderTests {
         #expect(reshaped > 0, "the fixture has no reshaped tensor")
     }
 
-    @Test("a GGUF read and written again has byte-identical tensor data", arguments: ["tiny-sd1-q8_0.gguf", "sdcpp-q4_k-pair.gguf", "tiny-sd1-unet-comfy.gguf", "blocks.gguf"])
+    @Test(
+        "a GGUF read and written again has byte-identical tensor data",
+        arguments: ["tiny-sd1-q8_0.gguf", "sdcpp-q4_k-pair.gguf", "tiny-sd1-unet-comfy.gguf", "blocks.gguf"])
     func roundTrip(file name: String) throws {
         let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -169,7 +174,8 @@ struct GGUFReaderTests {
         let again = try GGUFFile(path: output)
         #expect(again.tensors.count == input.tensors.count)
         for entry in input.header.entries {
-            let other = try #require(again.header.entries.first { $0.storedName == entry.descriptor.name || $0.descriptor.name == entry.descriptor.name })
+            let other = try #require(
+                again.header.entries.first { $0.storedName == entry.descriptor.name || $0.descriptor.name == entry.descriptor.name })
             #expect(other.type == entry.type)
             // Block tensors keep their stored rows; plain ones are written in their real shape.
             #expect(entry.type.isBlockQuantized ? other.storedShape == entry.storedShape : other.storedShape == entry.descriptor.shape)

@@ -2,8 +2,9 @@ import CheckpointFormats
 import Foundation
 import MappedIO
 import StrictJSON
-import Testing
 import TensorCore
+import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -49,8 +50,10 @@ struct HostileInputTests {
             }
         }
         let path = folder.appendingPathComponent("model.safetensors").path
-        for open in [{ _ = try SafetensorsFile(path: path) }, { _ = try WPKFile(path: path) },
-                     { _ = try ShardedSafetensors(indexPath: path) }] as [() throws -> Void] {
+        for open in [
+            { _ = try SafetensorsFile(path: path) }, { _ = try WPKFile(path: path) },
+            { _ = try ShardedSafetensors(indexPath: path) },
+        ] as [() throws -> Void] {
             do {
                 try open()
                 Issue.record("opened a FIFO")
@@ -63,9 +66,11 @@ struct HostileInputTests {
         #expect(try FileCheck.kind(of: path) == .other)
     }
 
-    @Test("a FIFO as a diffusers component's weights, config or shard is refused", arguments: [
-        "unet/diffusion_pytorch_model.safetensors", "unet/config.json", "model_index.json", "tokenizer/vocab.json",
-    ])
+    @Test(
+        "a FIFO as a diffusers component's weights, config or shard is refused",
+        arguments: [
+            "unet/diffusion_pytorch_model.safetensors", "unet/config.json", "model_index.json", "tokenizer/vocab.json",
+        ])
     func fifoInFolder(_ relative: String) throws {
         let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -139,8 +144,10 @@ struct HostileInputTests {
         }
     }
 
-    static let unsafePaths = ["../evil.json", "/etc/passwd", "unet/../../x", "a//b", "./config.json", "unet/", "", "a\nb",
-                              "a\u{1B}[31m", "..", "unet\\..\\x", "x\u{0}y", String(repeating: "a", count: 1100)]
+    static let unsafePaths = [
+        "../evil.json", "/etc/passwd", "unet/../../x", "a//b", "./config.json", "unet/", "", "a\nb",
+        "a\u{1B}[31m", "..", "unet\\..\\x", "x\u{0}y", String(repeating: "a", count: 1100),
+    ]
 
     @Test("a .wpk whose diffusers_files names a path outside its folder is refused at open", arguments: unsafePaths)
     func unsafeAuxiliaryPath(_ relative: String) throws {
@@ -149,8 +156,9 @@ struct HostileInputTests {
         let path = folder.appendingPathComponent("m.wpk").path
         let store = MemoryStore([("a", .f32, [1], sampleBytes(.f32, count: 1))])
         let files = JSONObject([("unet/config.json", "{}"), (relative, "{}")])
-        try WPKWriter.write(OutputTensor.plan(from: store, dtype: .keep), metadata: JSONObject([("diffusers_files", .object(files))]),
-                            to: path, overwrite: true)
+        try WPKWriter.write(
+            OutputTensor.plan(from: store, dtype: .keep), metadata: JSONObject([("diffusers_files", .object(files))]),
+            to: path, overwrite: true)
         do {
             _ = try WPKFile(path: path)
             Issue.record("accepted diffusers_files path \(relative.debugDescription)")
@@ -169,14 +177,19 @@ struct HostileInputTests {
         let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let names = ["a\u{0}x", "a", "x\u{0}hidden", "\u{0}"]
-        let store = MemoryStore(names.enumerated().map { ($1, .f32, [1], sampleBytes(.f32, count: 1, seed: UInt64($0 + 1))) },
-                                metadata: ["k\u{0}a": "1", "k": "2"])
+        let store = MemoryStore(
+            names.enumerated().map { ($1, .f32, [1], sampleBytes(.f32, count: 1, seed: UInt64($0 + 1))) },
+            metadata: ["k\u{0}a": "1", "k": "2"])
         let st = folder.appendingPathComponent("n.safetensors").path
         try SafetensorsWriter.write(OutputTensor.plan(from: store, dtype: .keep), metadata: store.metadata, to: st, overwrite: false)
         let file = try SafetensorsFile(path: st)
         #expect(Set(file.tensors.map(\.name)) == Set(names))
         #expect(file.metadata == store.metadata)
-        for name in names { #expect(try file.tensor(named: name).bytes.withUnsafeBytes { Array($0) } == (try store.tensor(named: name)).bytes.withUnsafeBytes { Array($0) }) }
+        for name in names {
+            #expect(
+                try file.tensor(named: name).bytes.withUnsafeBytes { Array($0) }
+                    == (try store.tensor(named: name)).bytes.withUnsafeBytes { Array($0) })
+        }
         let wpkPath = folder.appendingPathComponent("n.wpk").path
         try WPKWriter.write(OutputTensor.plan(from: file, dtype: .keep), metadata: JSONObject([("tool", "tests")]), to: wpkPath, overwrite: false)
         let wpk = try WPKFile(path: wpkPath)

@@ -1,8 +1,8 @@
 import CheckpointFormats
 import Foundation
 import MappedIO
-import Testing
 import TensorCore
+import Testing
 
 /// `TensorBytes.releasePages()`, which the engine calls after each layer: a mapped file's pages
 /// are dropped from the resident set and read back unchanged on the next access; heap memory,

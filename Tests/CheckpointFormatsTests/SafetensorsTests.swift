@@ -2,8 +2,8 @@ import CheckpointFormats
 import Foundation
 import MappedIO
 import StrictJSON
-import Testing
 import TensorCore
+import Testing
 
 @Suite("safetensors reader: the malformed corpus")
 struct SafetensorsCorpusTests {
@@ -56,7 +56,8 @@ struct SafetensorsCorpusTests {
         var checked = 0
         for item in root.arrayValue ?? [] {
             guard let o = item.objectValue, o["expect"]?.stringValue == "ok", let tensors = o["tensors"]?.arrayValue,
-                  let name = o["file"]?.stringValue else { continue }
+                let name = o["file"]?.stringValue
+            else { continue }
             let file = try SafetensorsFile(path: fixturesURL.appendingPathComponent("malformed/safetensors/\(name)").path)
             for t in tensors {
                 guard let t = t.objectValue, let tensorName = t["name"]?.stringValue else { continue }
@@ -79,11 +80,12 @@ struct SafetensorsWriterTests {
     func roundTrip(_ dtype: DType) throws {
         let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
-        let store = MemoryStore([
-            ("x.\(dtype.name)", dtype, [3, 5], sampleBytes(dtype, count: 15)),
-            ("scalar", dtype, [], sampleBytes(dtype, count: 1, seed: 9)),
-            ("empty", dtype, [2, 0], []),
-        ], metadata: ["format": "pt", "note": "héllo"])
+        let store = MemoryStore(
+            [
+                ("x.\(dtype.name)", dtype, [3, 5], sampleBytes(dtype, count: 15)),
+                ("scalar", dtype, [], sampleBytes(dtype, count: 1, seed: 9)),
+                ("empty", dtype, [2, 0], []),
+            ], metadata: ["format": "pt", "note": "héllo"])
         let path = folder.appendingPathComponent("a.safetensors").path
         try SafetensorsWriter.write(OutputTensor.plan(from: store, dtype: .keep), metadata: store.metadata, to: path, overwrite: false)
         let back = try SafetensorsFile(path: path)
@@ -120,7 +122,9 @@ struct SafetensorsWriterTests {
         defer { try? FileManager.default.removeItem(at: folder) }
         struct Boom: Error {}
         let good = OutputTensor(name: "a", dtype: .f32, shape: [4], sourceName: "a", sourceDType: .f32) {
-            sampleBytes(.f32, count: 4).withUnsafeBytes { TensorView(descriptor: TensorDescriptor(name: "a", dtype: .f32, shape: [4], byteCount: 16), bytes: TensorBytes(copying: $0)) }
+            sampleBytes(.f32, count: 4).withUnsafeBytes {
+                TensorView(descriptor: TensorDescriptor(name: "a", dtype: .f32, shape: [4], byteCount: 16), bytes: TensorBytes(copying: $0))
+            }
         }
         let bad = OutputTensor(name: "b", dtype: .f32, shape: [4], sourceName: "b", sourceDType: .f32) { throw Boom() }
         let path = folder.appendingPathComponent("a.safetensors").path
@@ -160,9 +164,12 @@ struct ShardedSafetensorsTests {
         defer { try? FileManager.default.removeItem(at: folder) }
         let a = MemoryStore([("a.weight", .f32, [2, 2], sampleBytes(.f32, count: 4))])
         let b = MemoryStore([("b.weight", .f16, [3], sampleBytes(.f16, count: 3))])
-        try SafetensorsWriter.write(OutputTensor.plan(from: a, dtype: .keep), to: folder.appendingPathComponent("m-00001-of-00002.safetensors").path, overwrite: false)
-        try SafetensorsWriter.write(OutputTensor.plan(from: b, dtype: .keep), to: folder.appendingPathComponent("m-00002-of-00002.safetensors").path, overwrite: false)
-        let index = #"{"metadata": {"total_size": 22}, "weight_map": {"a.weight": "m-00001-of-00002.safetensors", "b.weight": "m-00002-of-00002.safetensors"}}"#
+        try SafetensorsWriter.write(
+            OutputTensor.plan(from: a, dtype: .keep), to: folder.appendingPathComponent("m-00001-of-00002.safetensors").path, overwrite: false)
+        try SafetensorsWriter.write(
+            OutputTensor.plan(from: b, dtype: .keep), to: folder.appendingPathComponent("m-00002-of-00002.safetensors").path, overwrite: false)
+        let index =
+            #"{"metadata": {"total_size": 22}, "weight_map": {"a.weight": "m-00001-of-00002.safetensors", "b.weight": "m-00002-of-00002.safetensors"}}"#
         let indexPath = folder.appendingPathComponent("m.safetensors.index.json").path
         try Data(index.utf8).write(to: URL(fileURLWithPath: indexPath))
         let store = try ModelInput.open(indexPath)
@@ -179,4 +186,3 @@ struct ShardedSafetensorsTests {
         }
     }
 }
-

@@ -16,10 +16,12 @@ struct BypassFixture: CustomTestStringConvertible, Sendable {
     static let all: [BypassFixture] = {
         let url = torchFixturesURL.appendingPathComponent("bypass/manifest.json")
         guard let data = try? Data(contentsOf: url),
-              let items = try? JSONSerialization.jsonObject(with: data) as? [[String: Any]] else { return [] }
+            let items = try? JSONSerialization.jsonObject(with: data) as? [[String: Any]]
+        else { return [] }
         return items.compactMap { o in
             guard let file = o["file"] as? String, let technique = o["technique"] as? String, let scan = o["scan"] as? String,
-                  let resolved = o["resolved"] as? String, let open = o["open"] as? String else { return nil }
+                let resolved = o["resolved"] as? String, let open = o["open"] as? String
+            else { return nil }
             return BypassFixture(file: file, technique: technique, scan: scan, resolved: resolved, open: open)
         }
     }()
@@ -42,8 +44,9 @@ struct TorchBypassTests {
         if fixture.resolved == "unknown.unknown" {
             #expect(report.dangerous.contains { !$0.isResolved && $0.reason != nil })
         } else {
-            #expect(report.dangerous.contains { $0.qualifiedName == fixture.resolved },
-                    "expected \(fixture.resolved) among \(report.dangerous.map(\.qualifiedName))")
+            #expect(
+                report.dangerous.contains { $0.qualifiedName == fixture.resolved },
+                "expected \(fixture.resolved) among \(report.dangerous.map(\.qualifiedName))")
         }
     }
 
@@ -75,11 +78,17 @@ struct TorchBypassTests {
     func caseVariants() throws {
         let single = try TorchCheckpoint.scan(path: BypassFixture(file: "zip_DATA_PKL.ckpt", technique: "", scan: "", resolved: "", open: "").path)
         #expect(single.pickles == ["archive/DATA.PKL"])
-        let both = try TorchCheckpoint.scan(path: BypassFixture(file: "zip_case_ambiguous.ckpt", technique: "", scan: "", resolved: "", open: "").path)
+        let both = try TorchCheckpoint.scan(
+            path: BypassFixture(file: "zip_case_ambiguous.ckpt", technique: "", scan: "", resolved: "", open: "").path)
         #expect(Set(both.pickles) == ["archive/data.pkl", "archive/Data.pkl"])
         #expect(both.dangerous.contains { $0.opcode == "ZIP" && !$0.isResolved })
         // Even when unsafe globals are allowed, the archive is not read: which member is data.pkl is undefined.
-        #expect(formatErrorCode { _ = try TorchCheckpoint(path: BypassFixture(file: "zip_case_ambiguous.ckpt", technique: "", scan: "", resolved: "", open: "").path, allowUnsafeGlobals: true) } == "invalidArchive")
+        #expect(
+            formatErrorCode {
+                _ = try TorchCheckpoint(
+                    path: BypassFixture(file: "zip_case_ambiguous.ckpt", technique: "", scan: "", resolved: "", open: "").path,
+                    allowUnsafeGlobals: true)
+            } == "invalidArchive")
     }
 }
 

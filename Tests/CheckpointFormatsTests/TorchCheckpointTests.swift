@@ -1,8 +1,8 @@
 import CheckpointFormats
 import Foundation
 import SafePickle
-import Testing
 import TensorCore
+import Testing
 
 /// One entry of `Fixtures/torch/manifest.json` (written by make_torch_fixtures.py).
 struct TorchFixture: CustomTestStringConvertible, Sendable {
@@ -22,7 +22,8 @@ struct TorchFixture: CustomTestStringConvertible, Sendable {
     static let all: [TorchFixture] = {
         let url = torchFixturesURL.appendingPathComponent("manifest.json")
         guard let data = try? Data(contentsOf: url),
-              let items = try? JSONSerialization.jsonObject(with: data) as? [[String: Any]] else { return [] }
+            let items = try? JSONSerialization.jsonObject(with: data) as? [[String: Any]]
+        else { return [] }
         return items.compactMap { o in
             guard let file = o["file"] as? String, let kind = o["kind"] as? String, let expect = o["expect"] as? String else { return nil }
             return TorchFixture(
@@ -140,8 +141,9 @@ struct TorchValidTests {
                 try source.bytes.withUnsafeBytes { raw in
                     try ElementConversion.convert(raw, from: source.dtype, into: buffer.mutableBytes, to: target.dtype, count: target.elementCount)
                 }
-                expected = TensorView(descriptor: TensorDescriptor(name: target.name, dtype: target.dtype, shape: source.shape, byteCount: target.byteCount),
-                                      bytes: TensorBytes(owner: buffer, buffer: buffer.bytes))
+                expected = TensorView(
+                    descriptor: TensorDescriptor(name: target.name, dtype: target.dtype, shape: source.shape, byteCount: target.byteCount),
+                    bytes: TensorBytes(owner: buffer, buffer: buffer.bytes))
             }
             let difference = torchCompare(actual, expected)
             #expect(difference == nil, "\(descriptor.name): \(difference ?? "")")
@@ -173,8 +175,9 @@ struct TorchMaliciousTests {
         #expect(report.isDangerous)
         if let name = fixture.dangerous {
             // The manifest names the global as written; the report names what it resolves to.
-            #expect(report.dangerous.contains { $0.qualifiedName == name || $0.written == name },
-                    "expected \(name) among \(report.dangerous.map(\.qualifiedName))")
+            #expect(
+                report.dangerous.contains { $0.qualifiedName == name || $0.written == name },
+                "expected \(name) among \(report.dangerous.map(\.qualifiedName))")
         }
         #expect(report.findings.allSatisfy { !$0.entry.isEmpty })
         try assertNotExecuted(fixture)

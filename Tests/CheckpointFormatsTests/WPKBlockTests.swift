@@ -2,8 +2,8 @@ import CheckpointFormats
 import Foundation
 import Quantization
 import StrictJSON
-import Testing
 import TensorCore
+import Testing
 
 @Suite(".wpk ggml block tensors")
 struct WPKBlockTests {
@@ -27,7 +27,9 @@ struct WPKBlockTests {
         copied.ggml = WPKBlockStorage(type: .q6_K, rowLength: 768)
         copied.blocks = { try golden.ggmlTensor(named: "ggml.q6_k.wide") }
         let plain = OutputTensor(name: "bias", dtype: .f32, shape: [3], sourceName: "bias", sourceDType: .f32) {
-            [Float(1), 2, 3].withUnsafeBytes { TensorView(descriptor: TensorDescriptor(name: "bias", dtype: .f32, shape: [3], byteCount: 12), bytes: TensorBytes(copying: $0)) }
+            [Float(1), 2, 3].withUnsafeBytes {
+                TensorView(descriptor: TensorDescriptor(name: "bias", dtype: .f32, shape: [3], byteCount: 12), bytes: TensorBytes(copying: $0))
+            }
         }
         try WPKWriter.write([plain, quantized, copied], metadata: JSONObject(), to: path, overwrite: false)
 

@@ -2,8 +2,8 @@ import CheckpointFormats
 import Foundation
 import Quantization
 import StrictJSON
-import Testing
 import TensorCore
+import Testing
 
 /// A `.wpk` file taken apart: preamble version, header, data section. `bytes` puts it back
 /// together with the header length, data offset and header checksum recomputed, so a tampered
@@ -103,8 +103,12 @@ struct WPKQuantizedHeaderTests {
         .quantization("no scale dtype", "scale_dtype", nil, .corruptHeader, "no scale_dtype name"),
         .quantization("dequantised dtype not a string", "dequantized_dtype", 32, .corruptHeader, "dequantized_dtype is not a name"),
         // The scale region.
-        .quantization("scale_offset past the padding", "scale_offset", .int(Int64(expectedScaleOffset + 64)), .corruptHeader, "scale_offset 4672, expected 4608"),
-        .quantization("scales overlapping the values", "scale_offset", .int(Int64(expectedScaleOffset - 64)), .corruptHeader, "scale_offset 4544, expected 4608"),
+        .quantization(
+            "scale_offset past the padding", "scale_offset", .int(Int64(expectedScaleOffset + 64)), .corruptHeader, "scale_offset 4672, expected 4608"
+        ),
+        .quantization(
+            "scales overlapping the values", "scale_offset", .int(Int64(expectedScaleOffset - 64)), .corruptHeader, "scale_offset 4544, expected 4608"
+        ),
         .quantization("scales at the start", "scale_offset", 0, .corruptHeader, "scale_offset 0, expected 4608"),
         .quantization("scale_offset beyond any file", "scale_offset", .int(Int64.max), .corruptHeader, "expected 4608"),
         .quantization("negative scale_offset", "scale_offset", -64, .corruptHeader, "scale_offset must be a non-negative integer"),
@@ -115,10 +119,15 @@ struct WPKQuantizedHeaderTests {
         .quantization("block size 0", "block_size", 0, .corruptHeader, "block_size must be a positive integer"),
         .quantization("negative block size", "block_size", -32, .corruptHeader, "block_size must be a positive integer"),
         .quantization("no block size", "block_size", nil, .corruptHeader, "block_size must be a positive integer"),
-        .quantization("block size not matching the scales (smaller)", "block_size", 16, .corruptHeader, "stores 4992 bytes but int8 64×72, blocks of 16 needs 5248"),
+        .quantization(
+            "block size not matching the scales (smaller)", "block_size", 16, .corruptHeader,
+            "stores 4992 bytes but int8 64×72, blocks of 16 needs 5248"),
         .quantization("block size not matching the scales (larger)", "block_size", 72, .corruptHeader, "blocks of 72 needs 4736"),
         // Rows.
-        QuantizedHeaderTamper(label: "rows not the first dimension (same element count)", code: .corruptHeader, message: "int8 layout 72×64 does not fit shape [64, 8, 3, 3]") { row in
+        QuantizedHeaderTamper(
+            label: "rows not the first dimension (same element count)", code: .corruptHeader,
+            message: "int8 layout 72×64 does not fit shape [64, 8, 3, 3]"
+        ) { row in
             guard var q = row["quantization"]?.objectValue else { return }
             q["rows"] = 72
             q["row_length"] = 64
@@ -130,13 +139,16 @@ struct WPKQuantizedHeaderTests {
         // The error figures.
         .quantization("error not an object", "error", 5, .corruptHeader, "malformed quantization error"),
         .quantization("error without max_abs", "error", ["cosine": 1.0, "snr_db": 40.0], .corruptHeader, "malformed quantization error"),
-        .quantization("snr_db not a number", "error", ["cosine": 1.0, "max_abs": 0.1, "snr_db": "high"], .corruptHeader, "malformed quantization error"),
+        .quantization(
+            "snr_db not a number", "error", ["cosine": 1.0, "max_abs": 0.1, "snr_db": "high"], .corruptHeader, "malformed quantization error"),
         // The row around the quantisation object.
         .row("int8 tensor without its quantization object", "quantization", nil, .corruptHeader, "stores 4992 bytes but I8 [64, 8, 3, 3] needs 4608"),
         .row("quantization not an object", "quantization", "int8-block", .corruptHeader, "malformed quantization"),
         .row("quantised tensor with dtype F32", "dtype", "F32", .corruptHeader, "must have dtype I8, not F32"),
         .row("quantised tensor with dtype F16", "dtype", "F16", .corruptHeader, "must have dtype I8, not F16"),
-        .row("quantised tensor compressed", "encoding", ["kind": "zstd-bytegroup", "width": 1, "size": 4608, "raw_checksum": "xxh64:0000000000000000"], .corruptHeader, "must be stored raw"),
+        .row(
+            "quantised tensor compressed", "encoding",
+            ["kind": "zstd-bytegroup", "width": 1, "size": 4608, "raw_checksum": "xxh64:0000000000000000"], .corruptHeader, "must be stored raw"),
         .row("0-rank quantised tensor", "shape", [], .corruptHeader, "0-rank tensor cannot be int8-block quantised"),
         .row("length one byte short", "length", 4991, .corruptHeader, "stores 4991 bytes but int8 64×72, blocks of 32 needs 4992"),
     ]

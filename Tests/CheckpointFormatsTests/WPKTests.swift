@@ -3,16 +3,19 @@ import Foundation
 import MappedIO
 import Quantization
 import StrictJSON
-import Testing
 import TensorCore
+import Testing
 
 @Suite("wpk format")
 struct WPKTests {
-    func write(_ store: any TensorStore, dtype: DTypeChoice = .keep, compress: Bool = false, in folder: URL, name: String = "m.wpk") throws -> String {
+    func write(_ store: any TensorStore, dtype: DTypeChoice = .keep, compress: Bool = false, in folder: URL, name: String = "m.wpk") throws -> String
+    {
         let path = folder.appendingPathComponent(name).path
         let strings = JSONObject(store.metadata.sorted { $0.key < $1.key }.map { ($0.key, JSONValue.string($0.value)) })
-        try WPKWriter.write(OutputTensor.plan(from: store, dtype: dtype), metadata: JSONObject([("tool", .string("tests")), ("strings", .object(strings))]), to: path, overwrite: true,
-                            options: WPKWriter.Options(compress: compress))
+        try WPKWriter.write(
+            OutputTensor.plan(from: store, dtype: dtype), metadata: JSONObject([("tool", .string("tests")), ("strings", .object(strings))]), to: path,
+            overwrite: true,
+            options: WPKWriter.Options(compress: compress))
         return path
     }
 
@@ -20,11 +23,12 @@ struct WPKTests {
     func roundTrip(_ dtype: DType, compress: Bool) throws {
         let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
-        let source = MemoryStore([
-            ("layer.weight", dtype, [17, 33], sampleBytes(dtype, count: 17 * 33)),
-            ("scalar", dtype, [], sampleBytes(dtype, count: 1, seed: 3)),
-            ("empty", dtype, [0, 4], []),
-        ], metadata: ["k": "v"])
+        let source = MemoryStore(
+            [
+                ("layer.weight", dtype, [17, 33], sampleBytes(dtype, count: 17 * 33)),
+                ("scalar", dtype, [], sampleBytes(dtype, count: 1, seed: 3)),
+                ("empty", dtype, [0, 4], []),
+            ], metadata: ["k": "v"])
         let st = folder.appendingPathComponent("src.safetensors").path
         try SafetensorsWriter.write(OutputTensor.plan(from: source, dtype: .keep), metadata: source.metadata, to: st, overwrite: false)
         let wpkPath = try write(SafetensorsFile(path: st), compress: compress, in: folder)
@@ -48,7 +52,9 @@ struct WPKTests {
     func conversionBits() throws {
         let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
-        var values: [Float] = [0, -0, 1, -1, 65504, 65519.99, 65520, 1e-8, 5.96e-8, 2.98e-8, .infinity, -.infinity, .nan, 3.14159, 1 + 1.0 / 2048, 1 + 3.0 / 2048]
+        var values: [Float] = [
+            0, -0, 1, -1, 65504, 65519.99, 65520, 1e-8, 5.96e-8, 2.98e-8, .infinity, -.infinity, .nan, 3.14159, 1 + 1.0 / 2048, 1 + 3.0 / 2048,
+        ]
         var rng = SystemRandomNumberGenerator()
         for _ in 0..<10_000 { values.append(Float(bitPattern: UInt32.random(in: 0...UInt32.max, using: &rng))) }
         let bytes = values.withUnsafeBytes { Array($0) }
@@ -61,7 +67,10 @@ struct WPKTests {
                 if v.isNaN {
                     #expect(dtype == .f16 ? (got[i] & 0x7C00 == 0x7C00 && got[i] & 0x3FF != 0) : (got[i] & 0x7F80 == 0x7F80 && got[i] & 0x7F != 0))
                 } else {
-                    #expect(got[i] == expected, "\(dtype) of \(v) (0x\(String(v.bitPattern, radix: 16))): got 0x\(String(got[i], radix: 16)) expected 0x\(String(expected, radix: 16))")
+                    #expect(
+                        got[i] == expected,
+                        "\(dtype) of \(v) (0x\(String(v.bitPattern, radix: 16))): got 0x\(String(got[i], radix: 16)) expected 0x\(String(expected, radix: 16))"
+                    )
                 }
                 if got[i] != expected && !v.isNaN { break }
             }
@@ -146,19 +155,42 @@ struct WPKTests {
         try expectCode({ $0.append(0) }, .corruptHeader)
         try expectCode({ $0 = $0.prefix(40) }, .corruptHeader)
         try expectCode({ $0 = Data() }, .badMagic)
-        try expectCode({ d in d[24] = 0xFF; d[25] = 0xFF; d[26] = 0xFF; d[27] = 0x7F }, .corruptHeader)
+        try expectCode(
+            { d in
+                d[24] = 0xFF; d[25] = 0xFF; d[26] = 0xFF; d[27] = 0x7F
+            }, .corruptHeader)
     }
 
-    @Test("a header that lies about its tensors is refused even with a valid checksum", arguments: [
-        (#"{"metadata":{},"tensors":[{"name":"a","dtype":"F32","shape":[4],"offset":0,"length":15,"checksum":"xxh64:0000000000000000"}]}"#, FormatError.Code.corruptHeader),
-        (#"{"metadata":{},"tensors":[{"name":"a","dtype":"F32","shape":[4],"offset":32,"length":16,"checksum":"xxh64:0000000000000000"}]}"#, .corruptHeader),
-        (#"{"metadata":{},"tensors":[{"name":"a","dtype":"F32","shape":[4],"offset":64,"length":16,"checksum":"xxh64:0000000000000000"}]}"#, .corruptHeader),
-        (#"{"metadata":{},"tensors":[{"name":"a","dtype":"X9","shape":[4],"offset":0,"length":16,"checksum":"xxh64:0000000000000000"}]}"#, .corruptHeader),
-        (#"{"metadata":{},"tensors":[{"name":"a","dtype":"F32","shape":[4],"offset":0,"length":16,"checksum":"xxh64:0000000000000000"},{"name":"a","dtype":"F32","shape":[0],"offset":0,"length":0,"checksum":"xxh64:0000000000000000"}]}"#, .duplicateTensor),
-        (#"{"metadata":{},"tensors":[{"name":"a","dtype":"F32","shape":[4611686018427387904,4],"offset":0,"length":16,"checksum":"xxh64:0000000000000000"}]}"#, .corruptHeader),
-        (#"{"metadata":{},"metadata":{},"tensors":[]}"#, .corruptHeader),
-        (#"{"tensors":[]}"#, .corruptHeader),
-    ])
+    @Test(
+        "a header that lies about its tensors is refused even with a valid checksum",
+        arguments: [
+            (
+                #"{"metadata":{},"tensors":[{"name":"a","dtype":"F32","shape":[4],"offset":0,"length":15,"checksum":"xxh64:0000000000000000"}]}"#,
+                FormatError.Code.corruptHeader
+            ),
+            (
+                #"{"metadata":{},"tensors":[{"name":"a","dtype":"F32","shape":[4],"offset":32,"length":16,"checksum":"xxh64:0000000000000000"}]}"#,
+                .corruptHeader
+            ),
+            (
+                #"{"metadata":{},"tensors":[{"name":"a","dtype":"F32","shape":[4],"offset":64,"length":16,"checksum":"xxh64:0000000000000000"}]}"#,
+                .corruptHeader
+            ),
+            (
+                #"{"metadata":{},"tensors":[{"name":"a","dtype":"X9","shape":[4],"offset":0,"length":16,"checksum":"xxh64:0000000000000000"}]}"#,
+                .corruptHeader
+            ),
+            (
+                #"{"metadata":{},"tensors":[{"name":"a","dtype":"F32","shape":[4],"offset":0,"length":16,"checksum":"xxh64:0000000000000000"},{"name":"a","dtype":"F32","shape":[0],"offset":0,"length":0,"checksum":"xxh64:0000000000000000"}]}"#,
+                .duplicateTensor
+            ),
+            (
+                #"{"metadata":{},"tensors":[{"name":"a","dtype":"F32","shape":[4611686018427387904,4],"offset":0,"length":16,"checksum":"xxh64:0000000000000000"}]}"#,
+                .corruptHeader
+            ),
+            (#"{"metadata":{},"metadata":{},"tensors":[]}"#, .corruptHeader),
+            (#"{"tensors":[]}"#, .corruptHeader),
+        ])
     func lyingHeader(_ header: String, _ code: FormatError.Code) throws {
         let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -260,7 +292,8 @@ struct WPKInt8Tests {
         defer { try? FileManager.default.removeItem(at: folder) }
         let store = MemoryStore([("w", .f32, [4, 4], sampleBytes(.f32, count: 16))])
         let path = folder.appendingPathComponent("p.wpk").path
-        try WPKWriter.write(OutputTensor.plan(from: store, dtype: .keep), metadata: JSONObject([("tool", .string("tests"))]), to: path, overwrite: true)
+        try WPKWriter.write(
+            OutputTensor.plan(from: store, dtype: .keep), metadata: JSONObject([("tool", .string("tests"))]), to: path, overwrite: true)
         #expect(try WPKFile(path: path).version.minor == 0)
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import StrictJSON
 import Testing
+
 @testable import DiffusionEngine
 
 /// One golden case of `Fixtures/golden/tokenizer_cases.json` (made by transformers' CLIPTokenizer).
@@ -15,11 +16,13 @@ struct TokenizerCase: CustomTestStringConvertible, Sendable {
     static let all: [TokenizerCase] = {
         let url = Fixture.golden.appendingPathComponent("tokenizer_cases.json")
         guard let text = try? String(contentsOf: url, encoding: .utf8), let json = try? JSONParser.parse(text),
-              let cases = json.arrayValue else { return [] }
+            let cases = json.arrayValue
+        else { return [] }
         return cases.compactMap { c in
             guard let o = c.objectValue, let prompt = o["prompt"]?.stringValue,
-                  let ids = o["ids"]?.arrayValue?.compactMap(\.intValue),
-                  let pad0 = o["ids_pad0"]?.arrayValue?.compactMap(\.intValue) else { return nil }
+                let ids = o["ids"]?.arrayValue?.compactMap(\.intValue),
+                let pad0 = o["ids_pad0"]?.arrayValue?.compactMap(\.intValue)
+            else { return nil }
             let openCLIP = o["open_clip_agrees"]?.boolValue == true ? o["ids_open_clip"]?.arrayValue?.compactMap(\.intValue) : nil
             return TokenizerCase(name: o["name"]?.stringValue ?? prompt, prompt: prompt, ids: ids, idsPad0: pad0, idsOpenCLIP: openCLIP)
         }
@@ -81,7 +84,8 @@ struct CLIPTokenizerTests {
         for name in ["vocab.json", "merges.txt"] {
             try FileManager.default.copyItem(at: Fixture.diffusers.appendingPathComponent("tokenizer/" + name), to: dir.appendingPathComponent(name))
         }
-        try #"{"pad_token": {"content": "!", "lstrip": false}, "model_max_length": 77}"#.write(to: dir.appendingPathComponent("tokenizer_config.json"), atomically: true, encoding: .utf8)
+        try #"{"pad_token": {"content": "!", "lstrip": false}, "model_max_length": 77}"#.write(
+            to: dir.appendingPathComponent("tokenizer_config.json"), atomically: true, encoding: .utf8)
         let tokenizer = try CLIPTokenizer(directory: dir)
         #expect(tokenizer.padTokenID == 0)
         #expect(tokenizer.encode("a cat") == [49406, 320, 2368, 49407] + Array(repeating: 0, count: 73))

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import DiffusionEngine
 
 /// The compute back end chosen at run time (issue 12): a family the processor has, honouring
@@ -27,10 +28,12 @@ struct ComputeBackendTests {
     /// The processor's family as /proc/cpuinfo lists it (Linux), independently of CPUID code.
     @Test func processorFamilyMatchesCPUInfo() throws {
         guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-              let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return }
+            let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") })
+        else { return }
         let flags = Set(line.split(separator: " ").map(String.init))
         let expected: ComputeBackend.Kernels =
-            flags.isSuperset(of: ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma"]) ? .avx512
+            flags.isSuperset(of: ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma"])
+            ? .avx512
             : flags.isSuperset(of: ["avx2", "fma", "f16c"]) ? .avx2 : .baseline
         #expect(ComputeBackend.current.processorKernels == expected)
     }

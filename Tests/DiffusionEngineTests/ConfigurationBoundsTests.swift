@@ -1,6 +1,7 @@
 import Foundation
 import StrictJSON
 import Testing
+
 @testable import DiffusionEngine
 
 /// Issue 16: a configuration number from a file never traps, overflows or sizes an allocation
@@ -27,9 +28,11 @@ struct ConfigurationBoundsTests {
 
     @Test("the fixture's own configurations are inside the bounds")
     func fixturesPass() throws {
-        for (component, make) in [("unet", { (v: JSONValue) throws(EngineError) in _ = try UNetConfiguration(json: v) }),
-                                  ("vae", { (v: JSONValue) throws(EngineError) in _ = try AutoencoderKLConfiguration(json: v) }),
-                                  ("text_encoder", { (v: JSONValue) throws(EngineError) in _ = try CLIPTextConfiguration(json: v) })] {
+        for (component, make) in [
+            ("unet", { (v: JSONValue) throws(EngineError) in _ = try UNetConfiguration(json: v) }),
+            ("vae", { (v: JSONValue) throws(EngineError) in _ = try AutoencoderKLConfiguration(json: v) }),
+            ("text_encoder", { (v: JSONValue) throws(EngineError) in _ = try CLIPTextConfiguration(json: v) }),
+        ] {
             let url = Fixture.diffusers.appendingPathComponent("\(component)/config.json")
             try make(try JSONParser.parse(String(contentsOf: url, encoding: .utf8)))
         }
@@ -140,12 +143,14 @@ struct GenerationLimitsTests {
         try Self.request(width: c.0, height: c.1, steps: c.2, guidance: c.3).validate()
     }
 
-    @Test("requests outside the limits are refused with invalidInput", arguments: [
-        (4_611_686_018_427_387_904, 512, 20, Float(7.5)), (100_000, 512, 20, 7.5), (2056, 512, 20, 7.5), (0, 512, 20, 7.5),
-        (-512, 512, 20, 7.5), (512, 12, 20, 7.5), (512, Int.max, 20, 7.5), (Int.min, 512, 20, 7.5), (512, 512, 0, 7.5),
-        (512, 512, 1001, 7.5), (512, 512, -1, 7.5), (512, 512, 20, .nan), (512, 512, 20, .infinity), (512, 512, 20, 1e6),
-        (512, 512, 20, -.infinity),
-    ])
+    @Test(
+        "requests outside the limits are refused with invalidInput",
+        arguments: [
+            (4_611_686_018_427_387_904, 512, 20, Float(7.5)), (100_000, 512, 20, 7.5), (2056, 512, 20, 7.5), (0, 512, 20, 7.5),
+            (-512, 512, 20, 7.5), (512, 12, 20, 7.5), (512, Int.max, 20, 7.5), (Int.min, 512, 20, 7.5), (512, 512, 0, 7.5),
+            (512, 512, 1001, 7.5), (512, 512, -1, 7.5), (512, 512, 20, .nan), (512, 512, 20, .infinity), (512, 512, 20, 1e6),
+            (512, 512, 20, -.infinity),
+        ])
     func invalid(_ c: (Int, Int, Int, Float)) {
         do {
             try Self.request(width: c.0, height: c.1, steps: c.2, guidance: c.3).validate()
@@ -211,8 +216,10 @@ struct BPEBoundTests {
         var state: UInt64 = 0x2545_F491_4F6C_DD1D
         func next() -> UInt64 { state ^= state << 13; state ^= state >> 7; state ^= state << 17; return state }
         let alphabet = Array("aeinorstlhdcumbgpfy")
-        var words = ["aaaaaaaaaaaaaaaaaaaaaaaaa", "abababababababababababab", "lllllllllll", "thethethethethe", "a",
-                     "mississippi", "antidisestablishmentarianism", String(repeating: "photograph", count: 200)]
+        var words = [
+            "aaaaaaaaaaaaaaaaaaaaaaaaa", "abababababababababababab", "lllllllllll", "thethethethethe", "a",
+            "mississippi", "antidisestablishmentarianism", String(repeating: "photograph", count: 200),
+        ]
         for _ in 0..<300 {
             let length = 1 + Int(next() % 40)
             words.append(String((0..<length).map { _ in alphabet[Int(next() % UInt64(alphabet.count))] }))

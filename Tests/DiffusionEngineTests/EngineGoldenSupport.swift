@@ -1,7 +1,8 @@
 import CheckpointFormats
 import Foundation
-import Testing
 import TensorCore
+import Testing
+
 @testable import DiffusionEngine
 
 /// The tiny SD 2.x and SDXL fixtures and the goldens `Fixtures/generate/make_engine_goldens.py`
@@ -55,8 +56,10 @@ enum StepTolerance {
 
 /// Compares every `step<i>.latents` of `golden` with `steps`, printing and checking each.
 @discardableResult
-func compareSteps(_ steps: [FloatTensor], golden: SafetensorsFile, label: String,
-                  sourceLocation: SourceLocation = #_sourceLocation) throws -> StepComparison {
+func compareSteps(
+    _ steps: [FloatTensor], golden: SafetensorsFile, label: String,
+    sourceLocation: SourceLocation = #_sourceLocation
+) throws -> StepComparison {
     let stored = golden.tensors.filter { $0.name.hasPrefix("step") && $0.name.hasSuffix(".latents") }.count
     #expect(steps.count == stored, "\(label): \(steps.count) steps, the golden has \(stored)", sourceLocation: sourceLocation)
     var result = StepComparison()
@@ -68,8 +71,9 @@ func compareSteps(_ steps: [FloatTensor], golden: SafetensorsFile, label: String
         result.worstSNR = min(result.worstSNR, m.snr)
         result.worstRelative = max(result.worstRelative, m.maxAbsoluteError / scale)
         print("\(label) step \(i): max abs \(m.maxAbsoluteError) (scale \(scale)), SNR \(m.snr) dB")
-        #expect(m.maxAbsoluteError <= StepTolerance.relative * scale, "\(label) step \(i): max abs \(m.maxAbsoluteError) at scale \(scale)",
-                sourceLocation: sourceLocation)
+        #expect(
+            m.maxAbsoluteError <= StepTolerance.relative * scale, "\(label) step \(i): max abs \(m.maxAbsoluteError) at scale \(scale)",
+            sourceLocation: sourceLocation)
         #expect(m.snr >= StepTolerance.snr, "\(label) step \(i): SNR \(m.snr) dB", sourceLocation: sourceLocation)
     }
     return result
@@ -95,8 +99,11 @@ func sixStepRequest(_ golden: SafetensorsFile, kind: SchedulerKind, size: Int) t
     return request
 }
 
-func runCollectingSteps(_ pipeline: StableDiffusionPipeline, _ request: StableDiffusionPipeline.Request)
-    throws -> (output: StableDiffusionPipeline.Output, steps: [FloatTensor]) {
+func runCollectingSteps(
+    _ pipeline: StableDiffusionPipeline, _ request: StableDiffusionPipeline.Request
+)
+    throws -> (output: StableDiffusionPipeline.Output, steps: [FloatTensor])
+{
     var steps: [FloatTensor] = []
     let output = try pipeline.generate(request) { event in
         if case .step(_, _, _, let latents) = event { steps.append(latents) }

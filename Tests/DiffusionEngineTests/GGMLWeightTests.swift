@@ -2,8 +2,9 @@ import CheckpointFormats
 import Foundation
 import Quantization
 import StrictJSON
-import Testing
 import TensorCore
+import Testing
+
 @testable import DiffusionEngine
 
 /// The engine computing with ggml block weights (issue 13): linear and convolution layers read

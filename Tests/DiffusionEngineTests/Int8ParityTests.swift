@@ -2,8 +2,9 @@ import CheckpointFormats
 import Foundation
 import Quantization
 import StrictJSON
-import Testing
 import TensorCore
+import Testing
+
 @testable import DiffusionEngine
 
 /// The engine computing with int8 weights (issue 7): the tiny fixture's text encoder and VAE,
@@ -13,7 +14,8 @@ struct Int8ParityTests {
     /// Writes `store` as an int8 `.wpk` with the default rules and opens it.
     static func int8(_ store: any TensorStore, in folder: URL, name: String) throws -> WPKFile {
         let path = folder.appendingPathComponent(name).path
-        try WPKWriter.write(OutputTensor.plan(from: store, rules: QuantizationRules()), metadata: JSONObject([("tool", .string("tests"))]), to: path, overwrite: true)
+        try WPKWriter.write(
+            OutputTensor.plan(from: store, rules: QuantizationRules()), metadata: JSONObject([("tool", .string("tests"))]), to: path, overwrite: true)
         return try WPKFile(path: path)
     }
 
@@ -28,7 +30,8 @@ struct Int8ParityTests {
         defer { try? FileManager.default.removeItem(at: folder) }
         let source = try Fixture.safetensors("text_encoder/model.safetensors", in: Fixture.diffusers)
         let wpk = try Self.int8(source, in: folder, name: "te.wpk")
-        let config = try CLIPTextConfiguration(jsonText: try String(contentsOf: Fixture.diffusers.appendingPathComponent("text_encoder/config.json"), encoding: .utf8))
+        let config = try CLIPTextConfiguration(
+            jsonText: try String(contentsOf: Fixture.diffusers.appendingPathComponent("text_encoder/config.json"), encoding: .utf8))
         let model = try CLIPTextModel(store: wpk, configuration: config)
         // The weights really are int8 (the token table included) and are read as such.
         #expect(model.weights.isQuantized("encoder.layers.0.self_attn.q_proj.weight"))
@@ -51,7 +54,8 @@ struct Int8ParityTests {
         let source = try Fixture.safetensors("vae/diffusion_pytorch_model.safetensors", in: Fixture.diffusers)
         let wpk = try Self.int8(source, in: folder, name: "vae.wpk")
         #expect(wpk.entries.filter { $0.quantization != nil }.count > 30)
-        let config = try AutoencoderKLConfiguration(jsonText: try String(contentsOf: Fixture.diffusers.appendingPathComponent("vae/config.json"), encoding: .utf8))
+        let config = try AutoencoderKLConfiguration(
+            jsonText: try String(contentsOf: Fixture.diffusers.appendingPathComponent("vae/config.json"), encoding: .utf8))
         let vae = try AutoencoderKL(store: wpk, configuration: config)
         #expect(vae.weights.isQuantized("decoder.up_blocks.0.resnets.0.conv1.weight"))
         let golden = try Fixture.safetensors("vae.safetensors")

@@ -1,6 +1,7 @@
 import Foundation
-import Testing
 import TensorCore
+import Testing
+
 @testable import DiffusionEngine
 
 /// The compute kernels against naive reference loops.
@@ -23,8 +24,9 @@ struct KernelTests {
         var random = TestRandom(seed: 11)
         let a = random.values(c.m * c.k), b = random.values(c.k * c.n)
         var out = [Float](repeating: 0, count: c.m * c.n)
-        GEMM.multiply(m: c.m, n: c.n, k: c.k, a: a, lda: c.transposeA ? c.m : c.k, transposeA: c.transposeA,
-                      b: b, ldb: c.transposeB ? c.k : c.n, transposeB: c.transposeB, c: &out, ldc: c.n)
+        GEMM.multiply(
+            m: c.m, n: c.n, k: c.k, a: a, lda: c.transposeA ? c.m : c.k, transposeA: c.transposeA,
+            b: b, ldb: c.transposeB ? c.k : c.n, transposeB: c.transposeB, c: &out, ldc: c.n)
         var expected = [Float](repeating: 0, count: c.m * c.n)
         for i in 0..<c.m {
             for j in 0..<c.n {
@@ -57,8 +59,9 @@ struct KernelTests {
     ])
     func convolutionMatchesNaiveLoops(_ c: ConvolutionCase) {
         var random = TestRandom(seed: 12)
-        let g = Convolution.Geometry(inChannels: c.inC, height: c.h, width: c.w, outChannels: c.outC,
-                                     kernelHeight: c.kernel, kernelWidth: c.kernel, stride: c.stride, padding: c.padding)
+        let g = Convolution.Geometry(
+            inChannels: c.inC, height: c.h, width: c.w, outChannels: c.outC,
+            kernelHeight: c.kernel, kernelWidth: c.kernel, stride: c.stride, padding: c.padding)
         let x = random.values(c.inC * c.h * c.w), weight = random.values(c.outC * g.patchSize), bias = random.values(c.outC)
         var out = [Float](repeating: .nan, count: c.outC * g.outHeight * g.outWidth)
         var columns = [Float](repeating: 0, count: g.patchSize * Convolution.blockPixels(g))
@@ -87,8 +90,9 @@ struct KernelTests {
     @Test func im2colBlocksSmallerThanTheImageGiveTheSameResult() {
         // A patch size large enough that the column budget forces several blocks.
         var random = TestRandom(seed: 13)
-        let g = Convolution.Geometry(inChannels: 512, height: 40, width: 40, outChannels: 4, kernelHeight: 3, kernelWidth: 3,
-                                     stride: 1, padding: .init(1))
+        let g = Convolution.Geometry(
+            inChannels: 512, height: 40, width: 40, outChannels: 4, kernelHeight: 3, kernelWidth: 3,
+            stride: 1, padding: .init(1))
         #expect(Convolution.blockPixels(g) < 1600)
         let x = random.values(512 * 1600), weight = random.values(4 * g.patchSize, scale: 0.05)
         var blocked = [Float](repeating: 0, count: 4 * 1600)
@@ -182,11 +186,15 @@ struct KernelTests {
             let scale = 1 / Float(d).squareRoot()
             func run(chunk: Int) -> [Float] {
                 var out = [Float](repeating: .nan, count: tokens * width)
-                var scores = [Float](repeating: .nan, count: Attention.scratchCount(queries: tokens, keys: tokens, heads: heads, headDimension: d,
-                                                                                  chunk: chunk, packed: packed))
-                Attention.forward(q: q, qStride: width, k: k, kStride: width, v: v, vStride: width, out: &out, outStride: width,
-                                  queries: tokens, keys: tokens, heads: heads, headDimension: d, scale: scale,
-                                  causal: causal, chunk: chunk, scores: &scores, packed: packed)
+                var scores = [Float](
+                    repeating: .nan,
+                    count: Attention.scratchCount(
+                        queries: tokens, keys: tokens, heads: heads, headDimension: d,
+                        chunk: chunk, packed: packed))
+                Attention.forward(
+                    q: q, qStride: width, k: k, kStride: width, v: v, vStride: width, out: &out, outStride: width,
+                    queries: tokens, keys: tokens, heads: heads, headDimension: d, scale: scale,
+                    causal: causal, chunk: chunk, scores: &scores, packed: packed)
                 return out
             }
             let whole = run(chunk: tokens)

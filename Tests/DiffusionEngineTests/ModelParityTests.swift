@@ -1,7 +1,8 @@
 import CheckpointFormats
 import Foundation
-import Testing
 import TensorCore
+import Testing
+
 @testable import DiffusionEngine
 
 /// Parity with the goldens made by transformers and diffusers on the tiny SD 1.x fixture
@@ -11,13 +12,15 @@ struct ModelParityTests {
     static let prompts = ["simple", "empty", "emoji"]
 
     static func textModel() throws -> CLIPTextModel {
-        let config = try CLIPTextConfiguration(jsonText: try String(contentsOf: Fixture.diffusers.appendingPathComponent("text_encoder/config.json"), encoding: .utf8))
+        let config = try CLIPTextConfiguration(
+            jsonText: try String(contentsOf: Fixture.diffusers.appendingPathComponent("text_encoder/config.json"), encoding: .utf8))
         let store = try Fixture.safetensors("text_encoder/model.safetensors", in: Fixture.diffusers)
         return try CLIPTextModel(store: store, configuration: config)
     }
 
     static func vae() throws -> AutoencoderKL {
-        let config = try AutoencoderKLConfiguration(jsonText: try String(contentsOf: Fixture.diffusers.appendingPathComponent("vae/config.json"), encoding: .utf8))
+        let config = try AutoencoderKLConfiguration(
+            jsonText: try String(contentsOf: Fixture.diffusers.appendingPathComponent("vae/config.json"), encoding: .utf8))
         let store = try Fixture.safetensors("vae/diffusion_pytorch_model.safetensors", in: Fixture.diffusers)
         return try AutoencoderKL(store: store, configuration: config)
     }
@@ -29,12 +32,16 @@ struct ModelParityTests {
         let ids = try golden.int64s("\(prompt).input_ids")
         let last = try model.encode([ids])
         #expect(last.shape == [1, 77, 32])
-        let c = expectClose(last.scalars, try golden.floats("\(prompt).last_hidden_state"), shape: last.shape, tolerance: 1e-4, "\(prompt).last_hidden_state")
+        let c = expectClose(
+            last.scalars, try golden.floats("\(prompt).last_hidden_state"), shape: last.shape, tolerance: 1e-4, "\(prompt).last_hidden_state")
         print("text encoder \(prompt) last_hidden_state: \(c)")
         let penultimate = try model.hiddenState([ids], layers: model.configuration.layerCount - 1, finalLayerNorm: false)
-        let p = expectClose(penultimate.scalars, try golden.floats("\(prompt).penultimate_hidden_state"), shape: penultimate.shape, tolerance: 1e-4, "\(prompt).penultimate")
+        let p = expectClose(
+            penultimate.scalars, try golden.floats("\(prompt).penultimate_hidden_state"), shape: penultimate.shape, tolerance: 1e-4,
+            "\(prompt).penultimate")
         let pooled = model.pooledOutput(last, tokens: [ids])
-        let o = expectClose(pooled.scalars, try golden.floats("\(prompt).pooler_output"), shape: pooled.shape, tolerance: 1e-4, "\(prompt).pooler_output")
+        let o = expectClose(
+            pooled.scalars, try golden.floats("\(prompt).pooler_output"), shape: pooled.shape, tolerance: 1e-4, "\(prompt).pooler_output")
         print("text encoder \(prompt) penultimate: \(p); pooled: \(o)")
     }
 
@@ -101,7 +108,8 @@ struct ModelParityTests {
         let latent = try vae.encode(image)
         #expect(latent.mean.shape == [1, 4, 8, 8])
         let m = expectClose(latent.mean.scalars, try golden.floats("encode.mean"), shape: latent.mean.shape, tolerance: 1e-3, "encode.mean")
-        let l = expectClose(latent.logVariance.scalars, try golden.floats("encode.logvar"), shape: latent.logVariance.shape, tolerance: 1e-3, "encode.logvar")
+        let l = expectClose(
+            latent.logVariance.scalars, try golden.floats("encode.logvar"), shape: latent.logVariance.shape, tolerance: 1e-3, "encode.logvar")
         print("VAE encode mean: \(m); logvar: \(l)")
     }
 
@@ -146,7 +154,8 @@ struct ModelParityTests {
     @Test func halfPrecisionWeightsDecodeCloseToFloatWeights() throws {
         // The same VAE with every weight stored as F16 and as BF16 (converted tile by tile).
         let source = try Fixture.safetensors("vae/diffusion_pytorch_model.safetensors", in: Fixture.diffusers)
-        let config = try AutoencoderKLConfiguration(jsonText: try String(contentsOf: Fixture.diffusers.appendingPathComponent("vae/config.json"), encoding: .utf8))
+        let config = try AutoencoderKLConfiguration(
+            jsonText: try String(contentsOf: Fixture.diffusers.appendingPathComponent("vae/config.json"), encoding: .utf8))
         let golden = try Fixture.safetensors("vae.safetensors")
         let latent = FloatTensor(shape: [4, 8, 8], values: try golden.floats("decode.latent"))
         let reference = try golden.floats("decode.sample")
@@ -163,7 +172,8 @@ struct ModelParityTests {
     @Test func missingWeightIsReportedByName() throws {
         let store = MemoryStore()
         store.add("decoder.conv_in.weight", shape: [64, 4, 3, 3], values: Array(repeating: 0, count: 64 * 4 * 9))
-        let config = try AutoencoderKLConfiguration(jsonText: try String(contentsOf: Fixture.diffusers.appendingPathComponent("vae/config.json"), encoding: .utf8))
+        let config = try AutoencoderKLConfiguration(
+            jsonText: try String(contentsOf: Fixture.diffusers.appendingPathComponent("vae/config.json"), encoding: .utf8))
         let vae = try AutoencoderKL(store: store, configuration: config)
         let error = #expect(throws: EngineError.self) { try vae.decode(FloatTensor.zeros([4, 8, 8])) }
         #expect(error?.code == .missingTensor)

@@ -1,7 +1,8 @@
 import CheckpointFormats
 import Foundation
-import Testing
 import TensorCore
+import Testing
+
 @testable import DiffusionEngine
 
 /// Full 6-step generations against diffusers' StableDiffusionPipeline on the tiny SD 1.x fixture
@@ -9,9 +10,10 @@ import TensorCore
 @Suite("Pipeline parity with diffusers")
 struct PipelineParityTests {
     static func pipeline() throws -> StableDiffusionPipeline {
-        try StableDiffusionPipeline(tokenizer: CLIPTokenizer.bundled(), textEncoder: ModelParityTests.textModel(),
-                                    unet: UNetParityTests.unet(), vae: ModelParityTests.vae(),
-                                    schedulerConfiguration: .sd15)
+        try StableDiffusionPipeline(
+            tokenizer: CLIPTokenizer.bundled(), textEncoder: ModelParityTests.textModel(),
+            unet: UNetParityTests.unet(), vae: ModelParityTests.vae(),
+            schedulerConfiguration: .sd15)
     }
 
     static let cases = sixStepCases
@@ -25,7 +27,9 @@ struct PipelineParityTests {
         let expectedTimesteps = try golden.floats("timesteps")
         #expect(output.timesteps.count == c.calls)
         expectClose(output.timesteps, expectedTimesteps, shape: [c.calls], tolerance: 1e-3, "\(c.file) timesteps")
-        if golden.descriptor(named: "sigmas") != nil, let s = (try SchedulerFactory.make(c.kind, configuration: .sd15, steps: 6)) as? EulerDiscreteScheduler {
+        if golden.descriptor(named: "sigmas") != nil,
+            let s = (try SchedulerFactory.make(c.kind, configuration: .sd15, steps: 6)) as? EulerDiscreteScheduler
+        {
             expectClose(s.sigmas, try golden.floats("sigmas"), shape: [7], tolerance: 1e-4, "\(c.file) sigmas")
         }
         #expect(steps.count == c.calls)

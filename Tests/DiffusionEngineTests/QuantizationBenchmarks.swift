@@ -1,9 +1,11 @@
 import CheckpointFormats
 import Foundation
 import Quantization
-import Testing
 import TensorCore
+import Testing
+
 @testable import DiffusionEngine
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -37,14 +39,18 @@ struct QuantizationBenchmarks {
                 let layout = try Int8BlockLayout(rows: base.rows, rowLength: base.rowLength, blockSize: block == 0 ? max(base.rowLength, 1) : block)
                 let (buffer, _) = try values.withUnsafeBufferPointer { try Int8Quantizer.quantize($0, layout: layout) }
                 let start = DispatchTime.now().uptimeNanoseconds
-                try output.withUnsafeMutableBufferPointer { try Int8Quantizer.dequantize(buffer.bytes, layout: layout, rows: 0..<layout.rows, into: $0.baseAddress!) }
+                try output.withUnsafeMutableBufferPointer {
+                    try Int8Quantizer.dequantize(buffer.bytes, layout: layout, rows: 0..<layout.rows, into: $0.baseAddress!)
+                }
                 seconds[i] += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
                 bytes[i] += layout.byteCount
-                let m = values.withUnsafeBufferPointer { r in output.withUnsafeBufferPointer { c in
-                    var a = ErrorAccumulator()
-                    for k in 0..<r.count { a.add(r[k], c[k]) }
-                    return a
-                } }
+                let m = values.withUnsafeBufferPointer { r in
+                    output.withUnsafeBufferPointer { c in
+                        var a = ErrorAccumulator()
+                        for k in 0..<r.count { a.add(r[k], c[k]) }
+                        return a
+                    }
+                }
                 totals[i].merge(m)
                 worst[i] = min(worst[i], m.metrics.snrDecibels ?? .infinity)
             }
@@ -52,7 +58,9 @@ struct QuantizationBenchmarks {
         print("quantised \(quantizedParameters) of \(parameters) parameters (\(Double(quantizedParameters) / Double(parameters) * 100) %)")
         for (i, block) in schemes.enumerated() {
             let m = totals[i].metrics
-            print("block \(block == 0 ? "per-channel" : String(block)): stored \(bytes[i]) bytes, aggregate SNR \(m.snrDecibels ?? .infinity) dB, lowest tensor \(worst[i]) dB, cosine \(m.cosine), dequantise \(Double(totals[i].count) / seconds[i] / 1e9) G values/s (one thread)")
+            print(
+                "block \(block == 0 ? "per-channel" : String(block)): stored \(bytes[i]) bytes, aggregate SNR \(m.snrDecibels ?? .infinity) dB, lowest tensor \(worst[i]) dB, cosine \(m.cosine), dequantise \(Double(totals[i].count) / seconds[i] / 1e9) G values/s (one thread)"
+            )
         }
     }
 

@@ -1,5 +1,6 @@
-import Testing
 import TensorCore
+import Testing
+
 @testable import DiffusionEngine
 
 /// Deterministic values in [-1, 1).
@@ -16,7 +17,8 @@ private func values(_ count: Int, seed: UInt64) -> [Float] {
 @Suite("run-time adapters in the layers")
 struct RuntimeAdapterTests {
     /// The layer's output with `weight`, computed by the engine without adapters.
-    private func reference(_ name: String, shape: [Int], weight: [Float], bias: [Float], x: FloatTensor, stride: Int, padding: Int) throws -> [Float] {
+    private func reference(_ name: String, shape: [Int], weight: [Float], bias: [Float], x: FloatTensor, stride: Int, padding: Int) throws -> [Float]
+    {
         let store = MemoryStore()
         store.add(name + ".weight", shape: shape, values: weight)
         store.add(name + ".bias", shape: [shape[0]], values: bias)
@@ -24,12 +26,14 @@ struct RuntimeAdapterTests {
         return shape.count == 2 ? try ws.linear(x, name).scalars : try ws.conv2d(x, name, stride: stride, padding: .init(padding)).scalars
     }
 
-    @Test("low-rank and dense changes equal the merged weight", arguments: [
-        // shape of the weight, input shape, stride, padding, rank
-        ([24, 20], [7, 20], 1, 0, 3), ([16, 12, 1, 1], [12, 9, 9], 1, 0, 4), ([16, 12, 3, 3], [12, 10, 10], 1, 1, 4),
-        ([16, 16, 3, 3], [16, 24, 24], 1, 1, 4), ([16, 8, 3, 3], [8, 11, 9], 2, 1, 2), ([32, 32, 3, 3], [32, 16, 16], 1, 1, 8),
-        ([16, 16, 3, 3], [16, 32, 32], 1, 1, 8), ([32, 32, 3, 3], [32, 8, 8], 1, 1, 4),   // Winograd for the layer and for the down factor
-    ])
+    @Test(
+        "low-rank and dense changes equal the merged weight",
+        arguments: [
+            // shape of the weight, input shape, stride, padding, rank
+            ([24, 20], [7, 20], 1, 0, 3), ([16, 12, 1, 1], [12, 9, 9], 1, 0, 4), ([16, 12, 3, 3], [12, 10, 10], 1, 1, 4),
+            ([16, 16, 3, 3], [16, 24, 24], 1, 1, 4), ([16, 8, 3, 3], [8, 11, 9], 2, 1, 2), ([32, 32, 3, 3], [32, 16, 16], 1, 1, 8),
+            ([16, 16, 3, 3], [16, 32, 32], 1, 1, 8), ([32, 32, 3, 3], [32, 8, 8], 1, 1, 4),  // Winograd for the layer and for the down factor
+        ])
     func matchesMerged(_ shape: [Int], _ input: [Int], _ stride: Int, _ padding: Int, _ rank: Int) throws {
         let out = shape[0], inner = shape.dropFirst().reduce(1, *)
         let w = values(out * inner, seed: 1), b = values(out, seed: 2)
@@ -46,14 +50,17 @@ struct RuntimeAdapterTests {
                 merged[o * inner + i] += scale * s + 0.5 * dense[o * inner + i]
             }
         }
-        let expected = try reference("layer", shape: shape, weight: merged, bias: zip(b, biasChange).map { $0 + 0.25 * $1 }, x: x, stride: stride, padding: padding)
+        let expected = try reference(
+            "layer", shape: shape, weight: merged, bias: zip(b, biasChange).map { $0 + 0.25 * $1 }, x: x, stride: stride, padding: padding)
 
         let store = MemoryStore()
         store.add("m.layer.weight", shape: shape, values: w)
         store.add("m.layer.bias", shape: [out], values: b)
         let table = RuntimeAdapterTable([
-            "m.layer.weight": [.init(change: .lowRank(down: down, downShape: downShape, up: up, upShape: [out, rank]), scale: scale),
-                               .init(change: .dense(dense), scale: 0.5)],
+            "m.layer.weight": [
+                .init(change: .lowRank(down: down, downShape: downShape, up: up, upShape: [out, rank]), scale: scale),
+                .init(change: .dense(dense), scale: 0.5),
+            ],
             "m.layer.bias": [.init(change: .dense(biasChange), scale: 0.25)],
         ])
         try table.validate { store.descriptor(named: $0)?.shape.dimensions }
@@ -71,15 +78,22 @@ struct RuntimeAdapterTests {
 
     @Test("factors that do not fit, and targets the engine reads directly, are refused before running")
     func validation() {
-        let shapes: [String: [Int]] = ["u.conv.weight": [8, 4, 3, 3], "u.lin.weight": [8, 4], "u.norm.weight": [8], "t.embeddings.token_embedding.weight": [10, 4]]
+        let shapes: [String: [Int]] = [
+            "u.conv.weight": [8, 4, 3, 3], "u.lin.weight": [8, 4], "u.norm.weight": [8], "t.embeddings.token_embedding.weight": [10, 4],
+        ]
         func check(_ entries: [String: [RuntimeAdapterTable.Entry]]) -> EngineError.Code? {
             do { try RuntimeAdapterTable(entries).validate { shapes[$0] }; return nil } catch { return error.code }
         }
-        let low = { (ds: [Int], us: [Int]) in RuntimeAdapterTable.Entry(change: .lowRank(down: [Float](repeating: 0, count: ds.reduce(1, *)), downShape: ds, up: [Float](repeating: 0, count: us.reduce(1, *)), upShape: us), scale: 1) }
+        let low = { (ds: [Int], us: [Int]) in
+            RuntimeAdapterTable.Entry(
+                change: .lowRank(
+                    down: [Float](repeating: 0, count: ds.reduce(1, *)), downShape: ds, up: [Float](repeating: 0, count: us.reduce(1, *)), upShape: us
+                ), scale: 1)
+        }
         #expect(check(["u.conv.weight": [low([2, 4, 3, 3], [8, 2])]]) == nil)
         #expect(check(["u.lin.weight": [low([2, 4], [8, 2])]]) == nil)
-        #expect(check(["u.conv.weight": [low([2, 4, 1, 1], [8, 2])]]) == .shapeMismatch)   // another kernel
-        #expect(check(["u.lin.weight": [low([2, 4], [8, 3])]]) == .shapeMismatch)           // ranks differ
+        #expect(check(["u.conv.weight": [low([2, 4, 1, 1], [8, 2])]]) == .shapeMismatch)  // another kernel
+        #expect(check(["u.lin.weight": [low([2, 4], [8, 3])]]) == .shapeMismatch)  // ranks differ
         #expect(check(["u.lin.weight": [.init(change: .dense([1, 2]), scale: 1)]]) == .shapeMismatch)
         #expect(check(["u.norm.weight": [.init(change: .dense([Float](repeating: 0, count: 8)), scale: 1)]]) == .invalidInput)
         #expect(check(["t.embeddings.token_embedding.weight": [.init(change: .dense([Float](repeating: 0, count: 40)), scale: 1)]]) == .invalidInput)

@@ -1,7 +1,8 @@
 import CheckpointFormats
 import Foundation
-import Testing
 import TensorCore
+import Testing
+
 @testable import DiffusionEngine
 
 /// SD 2.x against diffusers on the tiny SD 2.x fixture (`Fixtures/tiny-sd2/diffusers`, fp16 weight
@@ -23,9 +24,10 @@ struct SD2ParityTests {
     }
 
     static func pipeline() throws -> StableDiffusionPipeline {
-        try StableDiffusionPipeline(tokenizer: tokenizer(), textEncoder: textModel(), unet: unet(),
-                                    vae: Fixture.vae(Fixture.sd2, file: "diffusion_pytorch_model.fp16.safetensors"),
-                                    schedulerConfiguration: Fixture.schedulerConfiguration(Fixture.sd2))
+        try StableDiffusionPipeline(
+            tokenizer: tokenizer(), textEncoder: textModel(), unet: unet(),
+            vae: Fixture.vae(Fixture.sd2, file: "diffusion_pytorch_model.fp16.safetensors"),
+            schedulerConfiguration: Fixture.schedulerConfiguration(Fixture.sd2))
     }
 
     static let prompts = [("pipeline_prompt", "a photo of an astronaut riding a horse"), ("empty", ""), ("pad_token_in_prompt", "Hello!!! a cat")]
@@ -53,11 +55,14 @@ struct SD2ParityTests {
         let model = try Self.textModel()
         let last = try model.encode([ids])
         #expect(last.shape == [1, 77, 32])
-        let c = expectClose(last.scalars, try golden.floats("\(name).last_hidden_state"), shape: last.shape, tolerance: 1e-4, "\(name).last_hidden_state")
+        let c = expectClose(
+            last.scalars, try golden.floats("\(name).last_hidden_state"), shape: last.shape, tolerance: 1e-4, "\(name).last_hidden_state")
         print("SD2 text encoder \(name) last_hidden_state: \(c)")
         guard name == "pipeline_prompt" else { return }
         let penultimate = try model.hiddenState([ids], layers: model.configuration.layerCount - 1, finalLayerNorm: false)
-        let p = expectClose(penultimate.scalars, try golden.floats("\(name).penultimate_hidden_state"), shape: penultimate.shape, tolerance: 1e-4, "\(name).penultimate")
+        let p = expectClose(
+            penultimate.scalars, try golden.floats("\(name).penultimate_hidden_state"), shape: penultimate.shape, tolerance: 1e-4,
+            "\(name).penultimate")
         let pooled = model.pooledOutput(last, tokens: [ids])
         let o = expectClose(pooled.scalars, try golden.floats("\(name).pooler_output"), shape: pooled.shape, tolerance: 1e-4, "\(name).pooler_output")
         print("SD2 text encoder \(name) penultimate: \(p); pooled: \(o)")
@@ -81,8 +86,12 @@ struct SD2ParityTests {
         #expect(output.conditioning.tokens.conditional == (try golden.int64s("prompt_ids")))
         #expect(output.conditioning.tokens.unconditional == (try golden.int64s("negative_prompt_ids")))
         let embeddings = output.conditioning.embeddings
-        expectClose(rows(embeddings, 0..<1), try text.floats("empty.last_hidden_state"), shape: [1, 77, 32], tolerance: 1e-4, "\(c.file) unconditional embeddings")
-        expectClose(rows(embeddings, 1..<2), try text.floats("pipeline_prompt.last_hidden_state"), shape: [1, 77, 32], tolerance: 1e-4, "\(c.file) conditional embeddings")
+        expectClose(
+            rows(embeddings, 0..<1), try text.floats("empty.last_hidden_state"), shape: [1, 77, 32], tolerance: 1e-4,
+            "\(c.file) unconditional embeddings")
+        expectClose(
+            rows(embeddings, 1..<2), try text.floats("pipeline_prompt.last_hidden_state"), shape: [1, 77, 32], tolerance: 1e-4,
+            "\(c.file) conditional embeddings")
 
         let timesteps = try golden.floats("timesteps")
         #expect(timesteps.count == c.calls)
@@ -93,7 +102,9 @@ struct SD2ParityTests {
         }
         let worst = try compareSteps(steps, golden: golden, label: "SD2 \(c.file)")
         let image = ParityMetrics(reference: try golden.floats("image"), candidate: output.image.scalars, peak: 1)
-        print("SD2 \(c.file): image PSNR \(image.psnr) dB, max abs \(image.maxAbsoluteError); worst step latent max abs \(worst.worstMaxAbsolute), SNR \(worst.worstSNR) dB")
+        print(
+            "SD2 \(c.file): image PSNR \(image.psnr) dB, max abs \(image.maxAbsoluteError); worst step latent max abs \(worst.worstMaxAbsolute), SNR \(worst.worstSNR) dB"
+        )
         #expect(output.image.shape == [16, 16, 3])
         #expect(image.psnr >= 40, "SD2 \(c.file) image PSNR \(image.psnr) dB")
     }

@@ -1,7 +1,8 @@
 import CheckpointFormats
 import Foundation
-import Testing
 import TensorCore
+import Testing
+
 @testable import DiffusionEngine
 
 /// SDXL against diffusers' StableDiffusionXLPipeline on the tiny SDXL fixture
@@ -58,12 +59,16 @@ struct SDXLParityTests {
         #expect(c.tokens.conditional == (try golden.int64s("prompt_ids")))
         #expect(c.tokens.unconditional == (try golden.int64s("negative_prompt_ids")))
         #expect(c.embeddings.shape == [2, 77, 64])
-        let u = expectClose(rows(c.embeddings, 0..<1), try golden.floats("negative_prompt_embeds"), shape: [1, 77, 64], tolerance: 1e-4, "negative_prompt_embeds")
+        let u = expectClose(
+            rows(c.embeddings, 0..<1), try golden.floats("negative_prompt_embeds"), shape: [1, 77, 64], tolerance: 1e-4, "negative_prompt_embeds")
         let p = expectClose(rows(c.embeddings, 1..<2), try golden.floats("prompt_embeds"), shape: [1, 77, 64], tolerance: 1e-4, "prompt_embeds")
         let added = try #require(c.added)
         #expect(added.textEmbeddings.shape == [2, 32])
-        let un = expectClose(rows(added.textEmbeddings, 0..<1), try golden.floats("negative_pooled_prompt_embeds"), shape: [1, 32], tolerance: 1e-4, "negative_pooled_prompt_embeds")
-        let po = expectClose(rows(added.textEmbeddings, 1..<2), try golden.floats("pooled_prompt_embeds"), shape: [1, 32], tolerance: 1e-4, "pooled_prompt_embeds")
+        let un = expectClose(
+            rows(added.textEmbeddings, 0..<1), try golden.floats("negative_pooled_prompt_embeds"), shape: [1, 32], tolerance: 1e-4,
+            "negative_pooled_prompt_embeds")
+        let po = expectClose(
+            rows(added.textEmbeddings, 1..<2), try golden.floats("pooled_prompt_embeds"), shape: [1, 32], tolerance: 1e-4, "pooled_prompt_embeds")
         #expect(added.timeIDs.shape == [2, 6])
         #expect(added.timeIDs.scalars == [16, 16, 0, 0, 16, 16, 16, 16, 0, 0, 16, 16])
         print("SDXL prompt_embeds: \(p); negative: \(u); pooled: \(po); negative pooled: \(un)")
@@ -79,15 +84,20 @@ struct SDXLParityTests {
         config.endTokenID = 2
         let legacy = try CLIPTextModel(store: try Fixture.safetensors("text_encoder_2/model.safetensors", in: Fixture.sdxl), configuration: config)
         let reference = try Self.pipeline()
-        let second = StableDiffusionPipeline.SecondTextEncoder(tokenizer: try #require(reference.secondTextEncoder).tokenizer, model: legacy,
-                                                               projectionName: "text_projection.weight")
-        let pipeline = StableDiffusionPipeline(tokenizer: reference.tokenizer, textEncoder: reference.textEncoder, secondTextEncoder: second,
-                                               unet: reference.unet, vae: reference.vae, schedulerConfiguration: reference.schedulerConfiguration,
-                                               forceZerosForEmptyPrompt: true)
+        let second = StableDiffusionPipeline.SecondTextEncoder(
+            tokenizer: try #require(reference.secondTextEncoder).tokenizer, model: legacy,
+            projectionName: "text_projection.weight")
+        let pipeline = StableDiffusionPipeline(
+            tokenizer: reference.tokenizer, textEncoder: reference.textEncoder, secondTextEncoder: second,
+            unet: reference.unet, vae: reference.vae, schedulerConfiguration: reference.schedulerConfiguration,
+            forceZerosForEmptyPrompt: true)
         let c = try pipeline.encode(prompt: Self.prompt, negativePrompt: Self.negative, width: 16, height: 16)
         let added = try #require(c.added)
-        let u = expectClose(rows(added.textEmbeddings, 0..<1), try golden.floats("negative_pooled_prompt_embeds"), shape: [1, 32], tolerance: 1e-4, "legacy negative pooled")
-        let p = expectClose(rows(added.textEmbeddings, 1..<2), try golden.floats("pooled_prompt_embeds"), shape: [1, 32], tolerance: 1e-4, "legacy pooled")
+        let u = expectClose(
+            rows(added.textEmbeddings, 0..<1), try golden.floats("negative_pooled_prompt_embeds"), shape: [1, 32], tolerance: 1e-4,
+            "legacy negative pooled")
+        let p = expectClose(
+            rows(added.textEmbeddings, 1..<2), try golden.floats("pooled_prompt_embeds"), shape: [1, 32], tolerance: 1e-4, "legacy pooled")
         print("SDXL pooled with eos_token_id 2: \(p); negative: \(u)")
     }
 
@@ -100,7 +110,8 @@ struct SDXLParityTests {
         let added = try #require(c.added)
         #expect(rows(added.textEmbeddings, 0..<1).allSatisfy { $0 == 0 })
         expectClose(rows(c.embeddings, 1..<2), try golden.floats("prompt_embeds"), shape: [1, 77, 64], tolerance: 1e-4, "prompt_embeds")
-        expectClose(rows(added.textEmbeddings, 1..<2), try golden.floats("pooled_prompt_embeds"), shape: [1, 32], tolerance: 1e-4, "pooled_prompt_embeds")
+        expectClose(
+            rows(added.textEmbeddings, 1..<2), try golden.floats("pooled_prompt_embeds"), shape: [1, 32], tolerance: 1e-4, "pooled_prompt_embeds")
         // Without the flag the empty prompt is encoded like any other.
         pipeline.forceZerosForEmptyPrompt = false
         let encoded = try pipeline.encode(prompt: Self.prompt, negativePrompt: "", width: 16, height: 16)
@@ -131,7 +142,8 @@ struct SDXLParityTests {
         #expect(rows(c.embeddings, 0..<1).allSatisfy { $0 == 0 })
         expectClose(rows(c.embeddings, 1..<2), try text.floats("prompt_embeds"), shape: [1, 77, 64], tolerance: 1e-4, "conditional embeddings")
         let added = try #require(c.added)
-        expectClose(added.textEmbeddings.scalars, try golden.floats("unet_input.text_embeds"), shape: [2, 32], tolerance: 1e-4, "unet_input.text_embeds")
+        expectClose(
+            added.textEmbeddings.scalars, try golden.floats("unet_input.text_embeds"), shape: [2, 32], tolerance: 1e-4, "unet_input.text_embeds")
         #expect(added.timeIDs.scalars == (try golden.floats("unet_input.time_ids")))
         let scheduler = try SchedulerFactory.make(.euler, configuration: pipeline.schedulerConfiguration, steps: 6)
         let scale = scheduler.inputScale(at: 0)
@@ -145,7 +157,9 @@ struct SDXLParityTests {
         expectClose(euler.sigmas, try golden.floats("sigmas"), shape: [7], tolerance: 1e-5, "sigmas")
         let worst = try compareSteps(steps, golden: golden, label: "SDXL euler")
         let image = ParityMetrics(reference: try golden.floats("image"), candidate: output.image.scalars, peak: 1)
-        print("SDXL euler: image PSNR \(image.psnr) dB, max abs \(image.maxAbsoluteError); worst step latent max abs \(worst.worstMaxAbsolute), SNR \(worst.worstSNR) dB")
+        print(
+            "SDXL euler: image PSNR \(image.psnr) dB, max abs \(image.maxAbsoluteError); worst step latent max abs \(worst.worstMaxAbsolute), SNR \(worst.worstSNR) dB"
+        )
         #expect(output.image.shape == [16, 16, 3])
         #expect(image.psnr >= 40, "SDXL euler image PSNR \(image.psnr) dB")
     }

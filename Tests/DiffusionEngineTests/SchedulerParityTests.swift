@@ -1,7 +1,8 @@
 import CheckpointFormats
 import Foundation
-import Testing
 import TensorCore
+import Testing
+
 @testable import DiffusionEngine
 
 /// Scheduler options against diffusers (`Fixtures/golden/schedulers/`, made by
@@ -80,8 +81,10 @@ struct SchedulerParityTests {
     /// Compares timesteps: exactly, or within ``fractionalTimestepTolerance`` for Euler's Karras
     /// schedule. Returns the largest difference.
     @discardableResult
-    static func expectTimesteps(_ mine: [Float], _ expected: [Float], fractional: Bool, _ label: String,
-                                sourceLocation: SourceLocation = #_sourceLocation) -> Float {
+    static func expectTimesteps(
+        _ mine: [Float], _ expected: [Float], fractional: Bool, _ label: String,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) -> Float {
         guard fractional else {
             #expect(mine == expected, "\(label): timesteps \(mine), diffusers \(expected)", sourceLocation: sourceLocation)
             return mine == expected ? 0 : .infinity
@@ -117,7 +120,9 @@ struct SchedulerParityTests {
                 }
             }
         }
-        print("scheduler \(c.name) (\(Self.stepCounts) steps): \(total - differing) of \(total) timesteps bit-exact, largest difference \(worstTimestep); worst sigma relative error \(worstSigma)")
+        print(
+            "scheduler \(c.name) (\(Self.stepCounts) steps): \(total - differing) of \(total) timesteps bit-exact, largest difference \(worstTimestep); worst sigma relative error \(worstSigma)"
+        )
     }
 
     struct Run: CustomStringConvertible, Sendable {
@@ -158,7 +163,8 @@ struct SchedulerParityTests {
             expectClose(try #require(Self.sigmas(s)), try golden.floats("sigmas"), shape: [7], tolerance: 1e-5, "\(run.file) sigmas")
         }
         let worst = try compareSteps(steps, golden: golden, label: run.file)
-        var summary = "\(run.file): worst step latent max abs \(worst.worstMaxAbsolute) (\(worst.worstRelative) of the latents' scale), worst SNR \(worst.worstSNR) dB"
+        var summary =
+            "\(run.file): worst step latent max abs \(worst.worstMaxAbsolute) (\(worst.worstRelative) of the latents' scale), worst SNR \(worst.worstSNR) dB"
         if golden.descriptor(named: "image") != nil {
             let image = ParityMetrics(reference: try golden.floats("image"), candidate: output.image.scalars, peak: 1)
             summary += "; image PSNR \(image.psnr) dB, max abs \(image.maxAbsoluteError)"

@@ -1,6 +1,7 @@
 import Foundation
-import Testing
 import TensorCore
+import Testing
+
 @testable import DiffusionEngine
 
 /// Weights converted once for the providers of a batch run on several cores (issue 12, item 2),
@@ -24,7 +25,9 @@ struct SharedConversionTests {
     func twoProvidersShareOneConversion(_ kind: String, _ chunk: Int) throws {
         let folder = try Int8ParityTests.folder()
         defer { try? FileManager.default.removeItem(at: folder) }
-        let store: any TensorStore = kind == "int8" ? try Int8ParityTests.int8(Self.store(.f32), in: folder, name: "shared.wpk")
+        let store: any TensorStore =
+            kind == "int8"
+            ? try Int8ParityTests.int8(Self.store(.f32), in: folder, name: "shared.wpk")
             : Self.store(kind == "f16" ? .f16 : .bf16)
         if kind == "int8" { #expect(WeightProvider(store: store).isQuantized("a.weight")) }
         let shared = SharedConvertedWeights(consumers: 2, minimumFloats: 1, chunkFloats: chunk)
@@ -56,8 +59,10 @@ struct SharedConversionTests {
     /// privately and gets the same values.
     @Test func overBudgetOrSmallFallsBackToPrivateConversion() throws {
         let store = Self.store(.f16)
-        for shared in [SharedConvertedWeights(consumers: 2, budgetFloats: 100, minimumFloats: 1),
-                       SharedConvertedWeights(consumers: 2, minimumFloats: 1 << 20)] {
+        for shared in [
+            SharedConvertedWeights(consumers: 2, budgetFloats: 100, minimumFloats: 1),
+            SharedConvertedWeights(consumers: 2, minimumFloats: 1 << 20),
+        ] {
             let provider = WeightProvider(store: store)
             provider.sharedConversions = shared
             #expect(try provider.floats("a.weight") == (try WeightProvider(store: store).floats("a.weight")))

@@ -1,7 +1,8 @@
 import CheckpointFormats
 import Foundation
-import Testing
 import TensorCore
+import Testing
+
 @testable import DiffusionEngine
 
 /// Paths of the committed fixtures.
@@ -92,8 +93,10 @@ struct TensorComparison: CustomStringConvertible {
 
 /// Expects `actual` to match `expected` within `tolerance`, reporting the comparison.
 @discardableResult
-func expectClose(_ actual: [Float], _ expected: [Float], shape: [Int], tolerance: Float,
-                 _ label: String = "", sourceLocation: SourceLocation = #_sourceLocation) -> TensorComparison {
+func expectClose(
+    _ actual: [Float], _ expected: [Float], shape: [Int], tolerance: Float,
+    _ label: String = "", sourceLocation: SourceLocation = #_sourceLocation
+) -> TensorComparison {
     let c = TensorComparison(actual, expected, shape: shape, tolerance: tolerance)
     #expect(actual.count == expected.count, "\(label): \(actual.count) values, expected \(expected.count)", sourceLocation: sourceLocation)
     #expect(c.firstBadIndex == nil, "\(label): \(c)", sourceLocation: sourceLocation)
@@ -125,8 +128,9 @@ func expectUNetMatchesGolden(_ model: UNet2DConditionModel, _ golden: Safetensor
     let context = FloatTensor(shape: [2, 77, c.crossAttentionDimension], values: try golden.floats("encoder_hidden_states"))
     var added: UNet2DConditionModel.AddedConditions?
     if let pooled = golden.descriptor(named: "text_embeds") {
-        added = .init(textEmbeddings: FloatTensor(shape: pooled.shape.dimensions, values: try golden.floats("text_embeds")),
-                      timeIDs: FloatTensor(shape: [2, 6], values: try golden.floats("time_ids")))
+        added = .init(
+            textEmbeddings: FloatTensor(shape: pooled.shape.dimensions, values: try golden.floats("text_embeds")),
+            timeIDs: FloatTensor(shape: [2, 6], values: try golden.floats("time_ids")))
     }
     let t = try golden.int64s("\(key).timestep")[0]
     let out = try model.predict(sample, timestep: Float(t), encoderHiddenStates: context, added: added)
@@ -175,6 +179,9 @@ func expectWithinReassociationBound(
         if !(error <= bound), firstBad == nil { firstBad = i }
         worst = max(worst, error / bound)
     }
-    #expect(firstBad == nil, "\(label): element \(firstBad ?? -1) is \(firstBad.map { Double(actual[$0]) - reference[$0] } ?? 0) from the exact value, beyond the reassociation bound (worst error/bound \(worst))", sourceLocation: sourceLocation)
+    #expect(
+        firstBad == nil,
+        "\(label): element \(firstBad ?? -1) is \(firstBad.map { Double(actual[$0]) - reference[$0] } ?? 0) from the exact value, beyond the reassociation bound (worst error/bound \(worst))",
+        sourceLocation: sourceLocation)
     return (worst, firstBad)
 }

@@ -1,7 +1,8 @@
 import CheckpointFormats
 import Foundation
-import Testing
 import TensorCore
+import Testing
+
 @testable import DiffusionEngine
 
 /// `TorchGenerator` against `torch.randn(shape, generator=torch.Generator().manual_seed(S))`

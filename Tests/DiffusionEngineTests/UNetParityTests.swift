@@ -1,7 +1,8 @@
 import CheckpointFormats
 import Foundation
-import Testing
 import TensorCore
+import Testing
+
 @testable import DiffusionEngine
 
 /// The UNet against diffusers' `UNet2DConditionModel` on the tiny SD 1.x fixture
@@ -9,7 +10,8 @@ import TensorCore
 @Suite("UNet parity with diffusers")
 struct UNetParityTests {
     static func unet() throws -> UNet2DConditionModel {
-        let config = try UNetConfiguration(jsonText: try String(contentsOf: Fixture.diffusers.appendingPathComponent("unet/config.json"), encoding: .utf8))
+        let config = try UNetConfiguration(
+            jsonText: try String(contentsOf: Fixture.diffusers.appendingPathComponent("unet/config.json"), encoding: .utf8))
         let store = try Fixture.safetensors("unet/diffusion_pytorch_model.safetensors", in: Fixture.diffusers)
         return try UNet2DConditionModel(store: store, configuration: config)
     }

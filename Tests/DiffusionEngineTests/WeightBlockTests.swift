@@ -1,7 +1,8 @@
 import CheckpointFormats
 import Foundation
-import Testing
 import TensorCore
+import Testing
+
 @testable import DiffusionEngine
 
 /// Linear and convolution layers reading their weights block by block of output channels
@@ -31,15 +32,18 @@ struct WeightBlockTests {
     static func outputs(_ store: any TensorStore, blocked: Bool) throws -> [[Float]] {
         let ws = Workspace(weights: WeightProvider(store: store))
         if blocked {
-            ws.weightBlockFloats = 50 * 3          // 3 rows of the linear weight
+            ws.weightBlockFloats = 50 * 3  // 3 rows of the linear weight
             ws.winogradWeightFloats = 36 * 16 * 8  // 8 output channels of transformed weights
         }
         var random = TestRandom(seed: 42)
         let tokens = FloatTensor(shape: [6, 50], values: random.values(6 * 50))
         let small = FloatTensor(shape: [9, 5, 7], values: random.values(9 * 35))
         let image = FloatTensor(shape: [16, 40, 36], values: random.values(16 * 40 * 36))
-        #expect(Convolution.usesWinograd(.init(inChannels: 16, height: 40, width: 36, outChannels: 24,
-                                                kernelHeight: 3, kernelWidth: 3, stride: 1, padding: .init(1))))
+        #expect(
+            Convolution.usesWinograd(
+                .init(
+                    inChannels: 16, height: 40, width: 36, outChannels: 24,
+                    kernelHeight: 3, kernelWidth: 3, stride: 1, padding: .init(1))))
         return [
             try ws.linear(tokens, "fc").scalars,
             try ws.conv2d(small, "small", padding: .init(1)).scalars,
@@ -71,8 +75,10 @@ struct WeightBlockTests {
             }
             return (exact, magnitude, 51)
         }
-        func conv(_ x: [Float], _ shape: (c: Int, h: Int, w: Int), _ name: String, kernel: Int, stride: Int, padding: Int,
-                  hasBias: Bool) throws -> ([Double], [Double], Int) {
+        func conv(
+            _ x: [Float], _ shape: (c: Int, h: Int, w: Int), _ name: String, kernel: Int, stride: Int, padding: Int,
+            hasBias: Bool
+        ) throws -> ([Double], [Double], Int) {
             let wShape = try provider.shape(name + ".weight")
             let outC = wShape[0]
             let w = try provider.floats(name + ".weight")
@@ -117,12 +123,18 @@ struct WeightBlockTests {
     /// `Σ|terms|` of Winograd F(4x4, 3x3) for a 3x3, padding-1 convolution: `|Aᵀ| (Σ_c |G||g||Gᵀ| ⊙
     /// |Bᵀ||d||B|) |A| + |bias|` per output pixel, with the transform matrices of Lavin & Gray
     /// (interpolation points 0, ±1, ±2, ∞), written out here independently of the engine's code.
-    static func winogradMagnitude(_ x: [Float], channels: Int, height: Int, width: Int,
-                                  weight: [Float], outChannels: Int, bias: [Float]) -> [Double] {
-        let bt: [[Double]] = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
-                              [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
-        let g: [[Double]] = [[1.0 / 4, 0, 0], [-1.0 / 6, -1.0 / 6, -1.0 / 6], [-1.0 / 6, 1.0 / 6, -1.0 / 6],
-                             [1.0 / 24, 1.0 / 12, 1.0 / 6], [1.0 / 24, -1.0 / 12, 1.0 / 6], [0, 0, 1]]
+    static func winogradMagnitude(
+        _ x: [Float], channels: Int, height: Int, width: Int,
+        weight: [Float], outChannels: Int, bias: [Float]
+    ) -> [Double] {
+        let bt: [[Double]] = [
+            [4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+            [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1],
+        ]
+        let g: [[Double]] = [
+            [1.0 / 4, 0, 0], [-1.0 / 6, -1.0 / 6, -1.0 / 6], [-1.0 / 6, 1.0 / 6, -1.0 / 6],
+            [1.0 / 24, 1.0 / 12, 1.0 / 6], [1.0 / 24, -1.0 / 12, 1.0 / 6], [0, 0, 1],
+        ]
         let at: [[Double]] = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
         /// `|L| X |R|ᵀ` for `L` of `p x q`, `X` of `q x q`.
         func sandwich(_ l: [[Double]], _ xm: [[Double]]) -> [[Double]] {
@@ -135,7 +147,7 @@ struct WeightBlockTests {
         }
         let tilesHigh = (height + 3) / 4, tilesWide = (width + 3) / 4
         var out = [Double](repeating: 0, count: outChannels * height * width)
-        var u = [[[Double]]]()   // [o * channels + c]: |G||g||G|ᵀ
+        var u = [[[Double]]]()  // [o * channels + c]: |G||g||G|ᵀ
         for o in 0..<outChannels {
             for c in 0..<channels {
                 let f = (0..<3).map { ky in (0..<3).map { kx in abs(Double(weight[((o * channels + c) * 3 + ky) * 3 + kx])) } }
@@ -145,10 +157,12 @@ struct WeightBlockTests {
         for ty in 0..<tilesHigh {
             for tx in 0..<tilesWide {
                 let v = (0..<channels).map { c in
-                    let d = (0..<6).map { i in (0..<6).map { j -> Double in
-                        let y = 4 * ty - 1 + i, xx = 4 * tx - 1 + j
-                        return y >= 0 && y < height && xx >= 0 && xx < width ? abs(Double(x[(c * height + y) * width + xx])) : 0
-                    } }
+                    let d = (0..<6).map { i in
+                        (0..<6).map { j -> Double in
+                            let y = 4 * ty - 1 + i, xx = 4 * tx - 1 + j
+                            return y >= 0 && y < height && xx >= 0 && xx < width ? abs(Double(x[(c * height + y) * width + xx])) : 0
+                        }
+                    }
                     return sandwich(bt, d)
                 }
                 for o in 0..<outChannels {
@@ -174,11 +188,12 @@ struct WeightBlockTests {
     func blocksGiveTheWholeTensorsResult(_ kind: String) throws {
         let folder = try Int8ParityTests.folder()
         defer { try? FileManager.default.removeItem(at: folder) }
-        let store: any TensorStore = switch kind {
-        case "f16": Self.store(dtype: .f16)
-        case "int8": try Int8ParityTests.int8(Self.store(dtype: .f32), in: folder, name: "blocks.wpk")
-        default: Self.store(dtype: .f32)
-        }
+        let store: any TensorStore =
+            switch kind {
+            case "f16": Self.store(dtype: .f16)
+            case "int8": try Int8ParityTests.int8(Self.store(dtype: .f32), in: folder, name: "blocks.wpk")
+            default: Self.store(dtype: .f32)
+            }
         let provider = WeightProvider(store: store)
         if kind == "int8" { #expect(provider.isQuantized("fc.weight") && provider.isQuantized("wino.weight")) }
         // The small budget really splits F16 and int8 weights (F32 is read in place, whole,

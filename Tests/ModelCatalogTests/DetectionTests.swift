@@ -5,15 +5,17 @@ import Testing
 
 @Suite("detection from names and shapes")
 struct DetectionTests {
-    @Test("every fixture is detected with its evidence", arguments: [
-        ("tiny-sd1/tiny-sd1.safetensors", "sd1", "base", "epsilon"),
-        ("tiny-sd1/tiny-sd1.ckpt", "sd1", "base", "epsilon"),
-        ("tiny-sd1/diffusers", "sd1", "base", "epsilon"),
-        ("tiny-sd2/tiny-sd2.safetensors", "sd2", "base", "unknown"),
-        ("tiny-sd2/diffusers", "sd2", "base", "v_prediction"),
-        ("tiny-sdxl/tiny-sdxl.safetensors", "sdxl", "base", "epsilon"),
-        ("tiny-sdxl/diffusers", "sdxl", "base", "epsilon"),
-    ])
+    @Test(
+        "every fixture is detected with its evidence",
+        arguments: [
+            ("tiny-sd1/tiny-sd1.safetensors", "sd1", "base", "epsilon"),
+            ("tiny-sd1/tiny-sd1.ckpt", "sd1", "base", "epsilon"),
+            ("tiny-sd1/diffusers", "sd1", "base", "epsilon"),
+            ("tiny-sd2/tiny-sd2.safetensors", "sd2", "base", "unknown"),
+            ("tiny-sd2/diffusers", "sd2", "base", "v_prediction"),
+            ("tiny-sdxl/tiny-sdxl.safetensors", "sdxl", "base", "epsilon"),
+            ("tiny-sdxl/diffusers", "sdxl", "base", "epsilon"),
+        ])
     func fixtures(path: String, family: String, variant: String, prediction: String) throws {
         let store = try ModelInput.open(fixture(path))
         let (_, mapping, canonicalStore) = try canonical(fixture(path))
@@ -26,7 +28,9 @@ struct DetectionTests {
         #expect(d.rejected.count == 3)
         #expect(d.referenceDimensions == false)
         for c in d.components {
-            #expect(c.missing.isEmpty && c.unexpected.isEmpty && c.shapeMismatches.isEmpty, "\(c.component): \(c.missing.prefix(3)) \(c.unexpected.prefix(3)) \(c.shapeMismatches.prefix(3))")
+            #expect(
+                c.missing.isEmpty && c.unexpected.isEmpty && c.shapeMismatches.isEmpty,
+                "\(c.component): \(c.missing.prefix(3)) \(c.unexpected.prefix(3)) \(c.shapeMismatches.prefix(3))")
         }
         #expect(!d.evidence.isEmpty)
     }
@@ -58,11 +62,13 @@ struct DetectionTests {
         return out
     }
 
-    @Test("published-size models and their variants are told apart", arguments: [
-        ("sd1", 4, "base"), ("sd1", 9, "inpainting"), ("sd1", 8, "instruct-pix2pix"),
-        ("sd2", 4, "base"), ("sd2", 9, "inpainting"), ("sd2", 5, "depth"),
-        ("sdxl", 4, "base"), ("sdxl", 9, "inpainting"), ("sdxl-refiner", 4, "base"),
-    ])
+    @Test(
+        "published-size models and their variants are told apart",
+        arguments: [
+            ("sd1", 4, "base"), ("sd1", 9, "inpainting"), ("sd1", 8, "instruct-pix2pix"),
+            ("sd2", 4, "base"), ("sd2", 9, "inpainting"), ("sd2", 5, "depth"),
+            ("sdxl", 4, "base"), ("sdxl", 9, "inpainting"), ("sdxl-refiner", 4, "base"),
+        ])
     func publishedSizes(family: String, inChannels: Int, variant: String) {
         let shapes = Self.published(family, inChannels: inChannels)
         let store = ShapeStore(shapes)
@@ -100,12 +106,14 @@ struct DetectionTests {
         #expect(d.predictionType == .vPrediction)
     }
 
-    @Test("layouts are recognised from names", arguments: [
-        (["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.model.token_embedding.weight"], "ldm"),
-        (["unet.conv_in.weight", "text_encoder.embeddings.token_embedding.weight"], "diffusers"),
-        (["encoder.down.0.block.0.conv1.weight"], "ldm"),
-        (["conv_in.weight", "down_blocks.0.resnets.0.conv1.weight"], "diffusers"),
-    ])
+    @Test(
+        "layouts are recognised from names",
+        arguments: [
+            (["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.model.token_embedding.weight"], "ldm"),
+            (["unet.conv_in.weight", "text_encoder.embeddings.token_embedding.weight"], "diffusers"),
+            (["encoder.down.0.block.0.conv1.weight"], "ldm"),
+            (["conv_in.weight", "down_blocks.0.resnets.0.conv1.weight"], "diffusers"),
+        ])
     func layouts(names: [String], kind: String) throws {
         #expect(try #require(ModelLayout.recognize(names)).kind.rawValue == kind)
     }
@@ -113,7 +121,8 @@ struct DetectionTests {
     @Test("the bundled catalog equals Formats/architectures.json")
     func bundledCopy() throws {
         let formats = try String(contentsOfFile: repository.appendingPathComponent("Formats/architectures.json").path, encoding: .utf8)
-        let bundled = try String(contentsOfFile: repository.appendingPathComponent("Sources/ModelCatalog/Data/architectures.json").path, encoding: .utf8)
+        let bundled = try String(
+            contentsOfFile: repository.appendingPathComponent("Sources/ModelCatalog/Data/architectures.json").path, encoding: .utf8)
         #expect(formats == bundled)
         #expect(ArchitectureCatalog.standard.families.map(\.id) == ["sd1", "sd2", "sdxl", "sdxl-refiner"])
     }

@@ -10,16 +10,22 @@ struct DiffusersVariantTests {
     /// Each folder, with the weights file (or index) every component must be read from, so a
     /// reader that silently fell back to another file would fail.
     static let folders: [(String, [String: String])] = [
-        ("tiny-sd1/diffusers-bin", [
-            "unet": "unet/diffusion_pytorch_model.safetensors",
-            "vae": "vae/diffusion_pytorch_model.bin",
-            "text_encoder": "text_encoder/model.safetensors",
-        ]),
-        ("tiny-sd1/diffusers-sharded", [
-            "unet": "unet/diffusion_pytorch_model.safetensors.index.json",
-            "vae": "vae/diffusion_pytorch_model.bin.index.json",
-            "text_encoder": "text_encoder/model.safetensors",
-        ]),
+        (
+            "tiny-sd1/diffusers-bin",
+            [
+                "unet": "unet/diffusion_pytorch_model.safetensors",
+                "vae": "vae/diffusion_pytorch_model.bin",
+                "text_encoder": "text_encoder/model.safetensors",
+            ]
+        ),
+        (
+            "tiny-sd1/diffusers-sharded",
+            [
+                "unet": "unet/diffusion_pytorch_model.safetensors.index.json",
+                "vae": "vae/diffusion_pytorch_model.bin.index.json",
+                "text_encoder": "text_encoder/model.safetensors",
+            ]
+        ),
     ]
 
     @Test("components are read from the expected files, through the expected stores", arguments: folders)
@@ -62,13 +68,16 @@ struct DiffusersVariantTests {
     @Test("detection: SD 1.x, complete, from the canonical names of each folder", arguments: folders.map(\.0))
     func detection(path: String) throws {
         let (store, mapping, canonicalStore) = try canonical(fixture(path))
-        let d = Detection.detect(canonicalStore.tensors, layout: mapping.layout, sourceNames: store.tensors.map(\.name),
-                                 schedulerConfig: (store as? DiffusersFolder)?.schedulerConfig)
+        let d = Detection.detect(
+            canonicalStore.tensors, layout: mapping.layout, sourceNames: store.tensors.map(\.name),
+            schedulerConfig: (store as? DiffusersFolder)?.schedulerConfig)
         #expect(d.familyID == "sd1" && d.variant == "base" && d.kind == .pipeline)
         #expect(d.predictionType == .epsilon)
         #expect(Set(d.components.map(\.component)) == [.unet, .vae, .textEncoder])
         for c in d.components {
-            #expect(c.missing.isEmpty && c.unexpected.isEmpty && c.shapeMismatches.isEmpty, "\(c.component): \(c.missing.prefix(3)) \(c.unexpected.prefix(3))")
+            #expect(
+                c.missing.isEmpty && c.unexpected.isEmpty && c.shapeMismatches.isEmpty,
+                "\(c.component): \(c.missing.prefix(3)) \(c.unexpected.prefix(3))")
         }
         #expect(mapping.leftovers.isEmpty)
     }

@@ -19,28 +19,32 @@ struct EMAOnlyTests {
         }
     }
 
-    @Test("names of full-size models, where digit runs are ambiguous", arguments: [
-        "model.diffusion_model.input_blocks.11.0.out_layers.3.weight",
-        "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.ff.net.0.proj.bias",
-        "model.diffusion_model.output_blocks.2.2.conv.weight",
-        "model.diffusion_model.output_blocks.10.1.proj_out.weight",
-        "model.diffusion_model.input_blocks.7.1.transformer_blocks.9.attn2.to_out.0.weight",
-        "model.diffusion_model.middle_block.1.transformer_blocks.0.norm3.bias",
-        "model.diffusion_model.label_emb.0.2.weight",
-        "model.diffusion_model.time_embed.0.bias",
-        "model.diffusion_model.out.2.weight",
-        "model.diffusion_model.input_blocks.3.0.op.weight",
-    ])
+    @Test(
+        "names of full-size models, where digit runs are ambiguous",
+        arguments: [
+            "model.diffusion_model.input_blocks.11.0.out_layers.3.weight",
+            "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.ff.net.0.proj.bias",
+            "model.diffusion_model.output_blocks.2.2.conv.weight",
+            "model.diffusion_model.output_blocks.10.1.proj_out.weight",
+            "model.diffusion_model.input_blocks.7.1.transformer_blocks.9.attn2.to_out.0.weight",
+            "model.diffusion_model.middle_block.1.transformer_blocks.0.norm3.bias",
+            "model.diffusion_model.label_emb.0.2.weight",
+            "model.diffusion_model.time_embed.0.bias",
+            "model.diffusion_model.out.2.weight",
+            "model.diffusion_model.input_blocks.3.0.op.weight",
+        ])
     func unflattenFullSize(name: String) {
         #expect(NameMap.unflattenedEMAName(NameMap.emaName(of: name)) == name)
     }
 
-    @Test("flat names that are not UNet weights are not read as such", arguments: [
-        "model_ema.decay", "model_ema.num_updates", "model_ema.diffusion_model", "model_ema.diffusion_modelinput_blocks",
-        "model_ema.diffusion_modelinput_blocks0weight", "model_ema.diffusion_modelfoo0weight",
-        "model_ema.diffusion_modelinput_blocks00", "model.diffusion_model.input_blocks.0.0.weight",
-        "model_ema.first_stage_modelencoderconv_inweight",
-    ])
+    @Test(
+        "flat names that are not UNet weights are not read as such",
+        arguments: [
+            "model_ema.decay", "model_ema.num_updates", "model_ema.diffusion_model", "model_ema.diffusion_modelinput_blocks",
+            "model_ema.diffusion_modelinput_blocks0weight", "model_ema.diffusion_modelfoo0weight",
+            "model_ema.diffusion_modelinput_blocks00", "model.diffusion_model.input_blocks.0.0.weight",
+            "model_ema.first_stage_modelencoderconv_inweight",
+        ])
     func notUNetNames(name: String) {
         #expect(NameMap.unflattenedEMAName(name) == nil)
     }
@@ -71,7 +75,9 @@ struct EMAOnlyTests {
             #expect(a.sources == b.sources.map { $0.hasPrefix("model.diffusion_model.") ? NameMap.emaName(of: $0) : $0 })
             #expect(a.shape == b.shape && a.dtype == b.dtype)
         }
-        #expect(Set(mapping.leftovers.map(\.descriptor.name)) == Set(reference.leftovers.map(\.descriptor.name) + ["model_ema.decay", "model_ema.num_updates"]))
+        #expect(
+            Set(mapping.leftovers.map(\.descriptor.name))
+                == Set(reference.leftovers.map(\.descriptor.name) + ["model_ema.decay", "model_ema.num_updates"]))
         let d = Detection.detect(mapping.descriptors, layout: layout, sourceNames: emaOnly.map(\.name))
         #expect(d.familyID == "sd1" && d.kind == .pipeline)
         let unet = try #require(d.components.first { $0.component == .unet })

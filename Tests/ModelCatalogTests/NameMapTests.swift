@@ -110,20 +110,22 @@ struct NameMapTests {
         #expect(bytes(conv) == bytes(linear))
     }
 
-    @Test("single names map as the reference tables say", arguments: [
-        ("model.diffusion_model.input_blocks.4.0.in_layers.2.weight", "unet.down_blocks.1.resnets.0.conv1.weight"),
-        ("model.diffusion_model.input_blocks.3.0.op.weight", "unet.down_blocks.0.downsamplers.0.conv.weight"),
-        ("model.diffusion_model.middle_block.1.proj_in.weight", "unet.mid_block.attentions.0.proj_in.weight"),
-        ("model.diffusion_model.middle_block.2.out_layers.3.bias", "unet.mid_block.resnets.1.conv2.bias"),
-        ("model.diffusion_model.output_blocks.2.1.conv.weight", "unet.up_blocks.0.upsamplers.0.conv.weight"),
-        ("model.diffusion_model.output_blocks.5.2.conv.weight", "unet.up_blocks.1.upsamplers.0.conv.weight"),
-        ("model.diffusion_model.output_blocks.4.0.skip_connection.weight", "unet.up_blocks.1.resnets.1.conv_shortcut.weight"),
-        ("model.diffusion_model.out.2.weight", "unet.conv_out.weight"),
-        ("first_stage_model.decoder.up.3.block.0.conv1.weight", "vae.decoder.up_blocks.0.resnets.0.conv1.weight"),
-        ("first_stage_model.encoder.down.1.downsample.conv.weight", "vae.encoder.down_blocks.1.downsamplers.0.conv.weight"),
-        ("first_stage_model.encoder.norm_out.weight", "vae.encoder.conv_norm_out.weight"),
-        ("cond_stage_model.transformer.text_model.final_layer_norm.weight", "text_encoder.text_model.final_layer_norm.weight"),
-    ])
+    @Test(
+        "single names map as the reference tables say",
+        arguments: [
+            ("model.diffusion_model.input_blocks.4.0.in_layers.2.weight", "unet.down_blocks.1.resnets.0.conv1.weight"),
+            ("model.diffusion_model.input_blocks.3.0.op.weight", "unet.down_blocks.0.downsamplers.0.conv.weight"),
+            ("model.diffusion_model.middle_block.1.proj_in.weight", "unet.mid_block.attentions.0.proj_in.weight"),
+            ("model.diffusion_model.middle_block.2.out_layers.3.bias", "unet.mid_block.resnets.1.conv2.bias"),
+            ("model.diffusion_model.output_blocks.2.1.conv.weight", "unet.up_blocks.0.upsamplers.0.conv.weight"),
+            ("model.diffusion_model.output_blocks.5.2.conv.weight", "unet.up_blocks.1.upsamplers.0.conv.weight"),
+            ("model.diffusion_model.output_blocks.4.0.skip_connection.weight", "unet.up_blocks.1.resnets.1.conv_shortcut.weight"),
+            ("model.diffusion_model.out.2.weight", "unet.conv_out.weight"),
+            ("first_stage_model.decoder.up.3.block.0.conv1.weight", "vae.decoder.up_blocks.0.resnets.0.conv1.weight"),
+            ("first_stage_model.encoder.down.1.downsample.conv.weight", "vae.encoder.down_blocks.1.downsamplers.0.conv.weight"),
+            ("first_stage_model.encoder.norm_out.weight", "vae.encoder.conv_norm_out.weight"),
+            ("cond_stage_model.transformer.text_model.final_layer_norm.weight", "text_encoder.text_model.final_layer_norm.weight"),
+        ])
     func singleNames(ldm: String, canonical expected: String) throws {
         let (_, mapping, _) = try canonical(fixture("tiny-sd1/tiny-sd1.safetensors"))
         let recipe = try #require(mapping.recipes.first { $0.sources == [ldm] })

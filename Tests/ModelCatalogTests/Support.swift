@@ -30,7 +30,8 @@ final class ShapeStore: TensorStore, @unchecked Sendable {
 }
 
 /// Opens `path` and maps it to canonical names.
-func canonical(_ path: String, weights: WeightSelection = .main, keepExtra: Bool = false) throws -> (any TensorStore, CanonicalMapping, RemappedStore) {
+func canonical(_ path: String, weights: WeightSelection = .main, keepExtra: Bool = false) throws -> (any TensorStore, CanonicalMapping, RemappedStore)
+{
     let store = try ModelInput.open(path)
     let layout = ModelLayout.recognize(store.tensors.map(\.name))
     let mapping = try NameMap.canonical(store.tensors, layout: layout, weights: weights, keepExtra: keepExtra)

@@ -1,10 +1,11 @@
 import CheckpointFormats
 import Foundation
 import ModelCatalog
-@testable import ModelLoading
 import Quantization
-import Testing
 import TensorCore
+import Testing
+
+@testable import ModelLoading
 
 /// The library side of `convert --dtype q4_0…q6_k` and `export --format gguf --dtype …`.
 @Suite("block-type conversion and GGUF export in the library")
@@ -56,15 +57,25 @@ struct BlockTypeConversionTests {
 
     @Test("GGUF decisions: overrides by LDM or canonical name, stable-diffusion.cpp's name rules, keep passes stored blocks through where they fit")
     func decisions() throws {
-        let rules = GGMLTypeRules(target: .q4_0, overrides: [try GGMLTypeRules.Override(parsing: "*attn2.to_k.weight=q8_0"), try GGMLTypeRules.Override(parsing: "unet.mid_block.*=f16")],
-                                  rows: .lastDimension, keep: ModelExport.stableDiffusionCppKeepPatterns)
-        func recipe(_ name: String, _ shape: [Int]) -> TensorRecipe { TensorRecipe(name: name, dtype: .f32, shape: Shape(shape), sources: ["x"], operation: .copy) }
-        func decide(_ name: String, _ shape: [Int], canonical: String? = nil, stored: GGMLType? = nil, dtype: ModelExport.GGUFDType = .q4_0) -> GGMLType? {
-            ModelExport.ggufDecision(recipe(name, shape), canonicalName: canonical, isInt8: false, storedType: stored, dtype: dtype, rules: dtype.blockType == nil ? nil : rules)?.type
+        let rules = GGMLTypeRules(
+            target: .q4_0,
+            overrides: [try GGMLTypeRules.Override(parsing: "*attn2.to_k.weight=q8_0"), try GGMLTypeRules.Override(parsing: "unet.mid_block.*=f16")],
+            rows: .lastDimension, keep: ModelExport.stableDiffusionCppKeepPatterns)
+        func recipe(_ name: String, _ shape: [Int]) -> TensorRecipe {
+            TensorRecipe(name: name, dtype: .f32, shape: Shape(shape), sources: ["x"], operation: .copy)
+        }
+        func decide(
+            _ name: String, _ shape: [Int], canonical: String? = nil, stored: GGMLType? = nil, dtype: ModelExport.GGUFDType = .q4_0
+        ) -> GGMLType? {
+            ModelExport.ggufDecision(
+                recipe(name, shape), canonicalName: canonical, isInt8: false, storedType: stored, dtype: dtype,
+                rules: dtype.blockType == nil ? nil : rules)?.type
         }
         #expect(decide("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight", [320, 320]) == .q4_0)
         #expect(decide("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", [320, 768]) == .q8_0)
-        #expect(decide("model.diffusion_model.middle_block.1.proj_in.weight", [640, 640], canonical: "unet.mid_block.attentions.0.proj_in.weight") == .f16)
+        #expect(
+            decide("model.diffusion_model.middle_block.1.proj_in.weight", [640, 640], canonical: "unet.mid_block.attentions.0.proj_in.weight") == .f16
+        )
         // stable-diffusion.cpp leaves these unquantised; so do we (matrices F16, 1-D F32).
         #expect(decide("model.diffusion_model.time_embed.0.weight", [1280, 320]) == .f16)
         #expect(decide("model.diffusion_model.label_emb.0.0.weight", [1280, 2816]) == .f16)

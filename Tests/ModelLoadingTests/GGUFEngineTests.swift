@@ -23,7 +23,8 @@ import Testing
     @Test func aComfyUNetComputesWithItsQ4_0Blocks() throws {
         let model = try CanonicalModel.open(repositoryURL.appendingPathComponent("Fixtures/gguf/tiny-sd1-unet-comfy.gguf").path)
         #expect(model.detection.familyID == "sd1")
-        let config = try UNetConfiguration(jsonText: String(contentsOf: repositoryURL.appendingPathComponent("Fixtures/tiny-sd1/diffusers/unet/config.json"), encoding: .utf8))
+        let config = try UNetConfiguration(
+            jsonText: String(contentsOf: repositoryURL.appendingPathComponent("Fixtures/tiny-sd1/diffusers/unet/config.json"), encoding: .utf8))
         let unet = try UNet2DConditionModel(store: model.store, configuration: config, prefix: "unet.")
         // Blocks reach the engine through the canonical store (a linear weight stored in rows
         // of 256, and a convolution stored reshaped to rows of 256).
@@ -73,8 +74,9 @@ import Testing
         for candidate in [q8, q4] {
             let report = try Verification.verify(reference: reference, candidate: candidate, request: request)
             #expect(report.passed, "\(report.thresholds.label): \(report.stages.map { "\($0.name) \($0.value)" })")
-            let strict = try Verification.verify(reference: reference, candidate: candidate, request: request,
-                                                 thresholds: .defaults(for: .plain(.f16)))
+            let strict = try Verification.verify(
+                reference: reference, candidate: candidate, request: request,
+                thresholds: .defaults(for: .plain(.f16)))
             #expect(!strict.passed, "\(report.thresholds.label) judged as F16")
         }
     }

@@ -6,7 +6,8 @@ import Testing
     static func example(in text: String) -> [Substring] {
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
         guard let start = lines.firstIndex(where: { $0.contains("// README example begins") }),
-              let end = lines.firstIndex(where: { $0.contains("// README example ends") }), start < end else { return [] }
+            let end = lines.firstIndex(where: { $0.contains("// README example ends") }), start < end
+        else { return [] }
         return Array(lines[(start + 1)..<end])
     }
 

@@ -70,9 +70,11 @@ struct RuntimeAdditionsTests {
         #expect(without.psnr < image.psnr - 10)
     }
 
-    @Test("a textual-inversion embedding gives diffusers' ids and prompt embeddings", arguments: [
-        ("ti-diffusers.safetensors", nil as String?), ("ti-a1111.pt", "<tinycat>"), ("ti-a1111.safetensors", "<tinycat>"),
-    ])
+    @Test(
+        "a textual-inversion embedding gives diffusers' ids and prompt embeddings",
+        arguments: [
+            ("ti-diffusers.safetensors", nil as String?), ("ti-a1111.pt", "<tinycat>"), ("ti-a1111.safetensors", "<tinycat>"),
+        ])
     func textualInversionMatchesDiffusers(_ file: String, _ token: String?) throws {
         let golden = try SafetensorsFile(path: adapter("ti-prompt.safetensors"))
         let additions = try RuntimeAdditions.open(embeddings: [(adapter(file), token)])
@@ -100,7 +102,9 @@ struct RuntimeAdditionsTests {
         let model = try StableDiffusionModel(path: tinySDXLFolder, additions: try RuntimeAdditions.open(embeddings: [(file, "<pair>")]))
         let pair = try SafetensorsFile(path: file)
         let second = try #require(model.pipeline.secondTextEncoder)
-        for (tokenizer, encoder, tensor) in [(model.pipeline.tokenizer, model.pipeline.textEncoder, "clip_l"), (second.tokenizer, second.model, "clip_g")] {
+        for (tokenizer, encoder, tensor) in [
+            (model.pipeline.tokenizer, model.pipeline.textEncoder, "clip_l"), (second.tokenizer, second.model, "clip_g"),
+        ] {
             let values = try pair.tensor(named: tensor).floats()
             let width = encoder.configuration.hiddenSize
             let ids = try #require(["<pair>", "<pair>_1", "<pair>_2"].map { tokenizer.addedTokens[$0] } as? [Int])
@@ -120,10 +124,12 @@ struct RuntimeAdditionsTests {
     @Test("an embedding for another model, or a token already in the vocabulary, is refused")
     func embeddingsRefused() throws {
         #expect(throws: AdapterError.self) {
-            _ = try StableDiffusionModel(path: tinySD1Folder, additions: try RuntimeAdditions.open(embeddings: [(adapter("ti-sdxl.safetensors"), nil)]))
+            _ = try StableDiffusionModel(
+                path: tinySD1Folder, additions: try RuntimeAdditions.open(embeddings: [(adapter("ti-sdxl.safetensors"), nil)]))
         }
         #expect(throws: AdapterError.self) {
-            _ = try StableDiffusionModel(path: tinySD1Folder, additions: try RuntimeAdditions.open(embeddings: [(adapter("ti-diffusers.safetensors"), "cat")]))
+            _ = try StableDiffusionModel(
+                path: tinySD1Folder, additions: try RuntimeAdditions.open(embeddings: [(adapter("ti-diffusers.safetensors"), "cat")]))
         }
     }
 
@@ -134,10 +140,12 @@ struct RuntimeAdditionsTests {
     /// norm. (The tiny random UNet has states that amplify rounding: from latents
     /// `sin(0.37 i)` at t = 500 the Tucker-merged model moves by 1e-3 when the same ΔW is added
     /// as W x + ΔW x instead of (W + ΔW) x; such inputs measure that, not the adapter.)
-    @Test("run-time adapters equal the merged model", arguments: [
-        "sd1-kohya-lora.safetensors", "sd1-peft-lora.safetensors", "sd1-locon.safetensors", "sd1-loha.safetensors",
-        "sd1-lokr.safetensors", "sd1-tucker.safetensors", "sd1-dora.safetensors", "sd1-full-diff.safetensors",
-    ])
+    @Test(
+        "run-time adapters equal the merged model",
+        arguments: [
+            "sd1-kohya-lora.safetensors", "sd1-peft-lora.safetensors", "sd1-locon.safetensors", "sd1-loha.safetensors",
+            "sd1-lokr.safetensors", "sd1-tucker.safetensors", "sd1-dora.safetensors", "sd1-full-diff.safetensors",
+        ])
     func runtimeEqualsMerged(_ file: String) throws {
         let goldenWeights = try SafetensorsFile(path: adapter(file.replacingOccurrences(of: ".safetensors", with: ".merged.safetensors")))
         // The scale the golden was merged at (its metadata).
@@ -145,7 +153,8 @@ struct RuntimeAdditionsTests {
         let argument = adapter(file) + ":" + scale
         let base = try CanonicalModel.open(tinySD1)
         let runtime = try StableDiffusionModel(base, additions: try RuntimeAdditions.open(loras: [argument]))
-        let merged = try StableDiffusionModel(base.replacingStore(try MergedStore.merging([argument], into: base.store, baseFamily: base.detection.family, mergedDType: .f32)))
+        let merged = try StableDiffusionModel(
+            base.replacingStore(try MergedStore.merging([argument], into: base.store, baseFamily: base.detection.family, mergedDType: .f32)))
         let golden = try StableDiffusionModel(base.replacingStore(OverlayStore(base: base.store, overlay: goldenWeights)))
         let plain = try StableDiffusionModel(base)
         let prompt = "a photo of an astronaut riding a horse"
@@ -159,7 +168,9 @@ struct RuntimeAdditionsTests {
         let r = try run(runtime), m = try run(merged), g = try run(golden), p = try run(plain)
         let text = l2Relative(r.text, m.text), unet = l2Relative(r.noise, m.noise), unetGolden = l2Relative(r.noise, g.noise)
         let effect = l2Relative(p.noise, m.noise)
-        print("\(file): run time vs MergedStore: text \(text), UNet \(unet); vs the golden merged weights: UNet \(unetGolden); MergedStore vs golden \(l2Relative(m.noise, g.noise)); the adapter's effect \(effect) (L2 relative)")
+        print(
+            "\(file): run time vs MergedStore: text \(text), UNet \(unet); vs the golden merged weights: UNet \(unetGolden); MergedStore vs golden \(l2Relative(m.noise, g.noise)); the adapter's effect \(effect) (L2 relative)"
+        )
         #expect(text <= 1e-5)
         #expect(unet <= 1e-4)
         #expect(unetGolden <= 1e-4)
@@ -183,7 +194,9 @@ struct RuntimeAdditionsTests {
             return (text.embeddings.scalars, text.added?.textEmbeddings.scalars ?? [], noise.scalars)
         }
         let r = try run(runtime), g = try run(golden), p = try run(plain)
-        print("SDXL kohya: run time vs golden merged weights: text \(l2Relative(r.text, g.text)), pooled \(l2Relative(r.pooled, g.pooled)), UNet \(l2Relative(r.noise, g.noise)); the adapter's effect: text \(l2Relative(p.text, g.text)), UNet \(l2Relative(p.noise, g.noise)) (L2 relative)")
+        print(
+            "SDXL kohya: run time vs golden merged weights: text \(l2Relative(r.text, g.text)), pooled \(l2Relative(r.pooled, g.pooled)), UNet \(l2Relative(r.noise, g.noise)); the adapter's effect: text \(l2Relative(p.text, g.text)), UNet \(l2Relative(p.noise, g.noise)) (L2 relative)"
+        )
         #expect(l2Relative(r.text, g.text) <= 1e-5)
         #expect(l2Relative(r.pooled, g.pooled) <= 1e-5)
         #expect(l2Relative(r.noise, g.noise) <= 1e-4)

@@ -1,6 +1,6 @@
 import Quantization
-import Testing
 import TensorCore
+import Testing
 
 @Suite("ggml type rules")
 struct GGMLTypeRulesTests {

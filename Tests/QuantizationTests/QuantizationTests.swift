@@ -1,6 +1,6 @@
 import Quantization
-import Testing
 import TensorCore
+import Testing
 
 /// Deterministic pseudo-random normal values (xorshift + Box–Muller).
 func normalValues(_ count: Int, seed: UInt64 = 7, scale: Float = 0.05) -> [Float] {
@@ -54,14 +54,16 @@ func referenceQuantize(_ x: [Float], rows: Int, rowLength: Int, block: Int) -> (
 
 @Suite("int8 quantisation")
 struct QuantizationTests {
-    @Test("glob patterns", arguments: [
-        ("*conv_in.weight", "unet.conv_in.weight", true),
-        ("*conv_in.weight", "unet.conv_in.bias", false),
-        ("vae.*", "vae.decoder.conv_out.weight", true),
-        ("unet.down_blocks.?.resnets.*", "unet.down_blocks.1.resnets.0.conv1.weight", true),
-        ("unet.down_blocks.?.resnets.*", "unet.down_blocks.10.resnets.0.conv1.weight", false),
-        ("exact", "exact", true), ("exact", "exactly", false), ("*", "", true), ("**a*", "bab", true),
-    ])
+    @Test(
+        "glob patterns",
+        arguments: [
+            ("*conv_in.weight", "unet.conv_in.weight", true),
+            ("*conv_in.weight", "unet.conv_in.bias", false),
+            ("vae.*", "vae.decoder.conv_out.weight", true),
+            ("unet.down_blocks.?.resnets.*", "unet.down_blocks.1.resnets.0.conv1.weight", true),
+            ("unet.down_blocks.?.resnets.*", "unet.down_blocks.10.resnets.0.conv1.weight", false),
+            ("exact", "exact", true), ("exact", "exactly", false), ("*", "", true), ("**a*", "bab", true),
+        ])
     func glob(_ pattern: String, _ name: String, _ expected: Bool) {
         #expect(Glob.matches(pattern, name) == expected)
     }
@@ -77,7 +79,9 @@ struct QuantizationTests {
         #expect(throws: QuantizationError.self) { try Int8BlockLayout(rows: Int.max, rowLength: 2, blockSize: 32) }
     }
 
-    @Test("SIMD kernels equal the reference, and dequantising gives q·scale", arguments: [(5, 100, 32), (16, 2880, 32), (7, 36, 32), (8, 512, 64), (4, 2880, 2880), (3, 15, 32)])
+    @Test(
+        "SIMD kernels equal the reference, and dequantising gives q·scale",
+        arguments: [(5, 100, 32), (16, 2880, 32), (7, 36, 32), (8, 512, 64), (4, 2880, 2880), (3, 15, 32)])
     func matchesReference(_ rows: Int, _ rowLength: Int, _ block: Int) throws {
         let x = normalValues(rows * rowLength, seed: UInt64(rows * 31 + rowLength))
         let layout = try Int8BlockLayout(rows: rows, rowLength: rowLength, blockSize: block)
@@ -123,7 +127,9 @@ struct QuantizationTests {
         for (bad, code) in [(Float.nan, QuantizationError.Code.nonFinite), (.infinity, .nonFinite), (1e8, .scaleOverflow)] {
             var x = normalValues(40)
             x[35] = bad
-            let error = #expect(throws: QuantizationError.self) { _ = try x.withUnsafeBufferPointer { try Int8Quantizer.quantize($0, layout: layout) } }
+            let error = #expect(throws: QuantizationError.self) {
+                _ = try x.withUnsafeBufferPointer { try Int8Quantizer.quantize($0, layout: layout) }
+            }
             #expect(error?.code == code)
         }
     }
@@ -138,7 +144,9 @@ struct QuantizationTests {
         var repacked = [UInt8](repeating: 0, count: Q8_0.byteCount(values: x.count))
         var direct = repacked
         repacked.withUnsafeMutableBytes { Q8_0.repack(buffer.bytes, layout: layout, into: $0.baseAddress!) }
-        _ = try direct.withUnsafeMutableBytes { out in try x.withUnsafeBufferPointer { try Q8_0.quantize($0.baseAddress!, count: x.count, into: out.baseAddress!) } }
+        _ = try direct.withUnsafeMutableBytes { out in
+            try x.withUnsafeBufferPointer { try Q8_0.quantize($0.baseAddress!, count: x.count, into: out.baseAddress!) }
+        }
         // Same f16 scales (f16(amax / 127)) in every block. The codes may differ by one where the
         // int8 scheme divides by the f16 scale and ggml multiplies by 1/d (f32): the int8 values
         // are repacked as they are, the direct path rounds as ggml does (GGMLBlockGoldenTests).

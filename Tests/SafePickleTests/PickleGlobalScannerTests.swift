@@ -5,18 +5,19 @@ import Testing
 struct PickleGlobalScannerTests {
     @Test("GLOBAL, INST and STACK_GLOBAL (direct and through the memo) are listed with offsets")
     func listing() {
-        var bytes: [UInt8] = [0x80, 4] + Array("ctorch._utils\n_rebuild_tensor_v2\n".utf8) // offset 2
-        bytes += [0x8C, 2] + Array("os".utf8) + [0x94] + [0x8C, 6] + Array("system".utf8) + [0x94] + [0x93] // direct
-        bytes += [0x68, 0, 0x68, 1, 0x93] // through the memo
-        bytes += [0x8C, 1, 0x61, 0x8C, 1, 0x62, 0x30, 0x8C, 1, 0x63, 0x93] // 'a' 'b' POP 'c': unresolvable
+        var bytes: [UInt8] = [0x80, 4] + Array("ctorch._utils\n_rebuild_tensor_v2\n".utf8)  // offset 2
+        bytes += [0x8C, 2] + Array("os".utf8) + [0x94] + [0x8C, 6] + Array("system".utf8) + [0x94] + [0x93]  // direct
+        bytes += [0x68, 0, 0x68, 1, 0x93]  // through the memo
+        bytes += [0x8C, 1, 0x61, 0x8C, 1, 0x62, 0x30, 0x8C, 1, 0x63, 0x93]  // 'a' 'b' POP 'c': unresolvable
         bytes += Array("(ibuiltins\nexec\n".utf8)
         bytes += [0x2E]
         let listing = PickleGlobalScanner.scan(bytes)
         #expect(listing.error == nil)
         #expect(listing.endOffset == bytes.count)
-        #expect(listing.globals.map(\.qualifiedName) == [
-            "torch._utils._rebuild_tensor_v2", "os.system", "os.system", "unknown.unknown", "builtins.exec",
-        ])
+        #expect(
+            listing.globals.map(\.qualifiedName) == [
+                "torch._utils._rebuild_tensor_v2", "os.system", "os.system", "unknown.unknown", "builtins.exec",
+            ])
         #expect(listing.globals[0].offset == 2)
         #expect(listing.globals.map(\.safety) == [.safe, .dangerous, .dangerous, .dangerous, .dangerous])
         #expect(listing.globals[3].isResolved == false)

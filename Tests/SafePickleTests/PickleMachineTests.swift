@@ -38,8 +38,9 @@ struct PickleMachineValueTests {
         Case(name: "BININT negative", bytes: [0x80, 2, 0x4A, 0xFF, 0xFF, 0xFF, 0xFF, 0x2E], expected: .int(-1)),
         Case(name: "LONG1 8 bytes", bytes: [0x80, 2, 0x8A, 8, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x2E], expected: .int(Int64.min)),
         Case(name: "LONG1 empty", bytes: [0x80, 2, 0x8A, 0, 0x2E], expected: .int(0)),
-        Case(name: "LONG1 torch magic", bytes: [0x80, 2, 0x8A, 0x0A, 0x6C, 0xFC, 0x9C, 0x46, 0xF9, 0x20, 0x6A, 0xA8, 0x50, 0x19, 0x2E],
-             expected: .bigInt([0x6C, 0xFC, 0x9C, 0x46, 0xF9, 0x20, 0x6A, 0xA8, 0x50, 0x19])),
+        Case(
+            name: "LONG1 torch magic", bytes: [0x80, 2, 0x8A, 0x0A, 0x6C, 0xFC, 0x9C, 0x46, 0xF9, 0x20, 0x6A, 0xA8, 0x50, 0x19, 0x2E],
+            expected: .bigInt([0x6C, 0xFC, 0x9C, 0x46, 0xF9, 0x20, 0x6A, 0xA8, 0x50, 0x19])),
         Case(name: "INT I01", bytes: Array("I01\n.".utf8), expected: .bool(true)),
         Case(name: "INT decimal", bytes: Array("I-42\n.".utf8), expected: .int(-42)),
         Case(name: "LONG big", bytes: Array("L18446744073709551616L\n.".utf8), expected: .bigInt([0, 0, 0, 0, 0, 0, 0, 0, 1])),
@@ -70,7 +71,7 @@ struct PickleMachineValueTests {
         let items = doc.items(of: doc.root)
         #expect(items.count == 2)
         #expect(doc.string(items[0].key) == "a")
-        #expect(items[0].value == items[1].value) // memo GET returns the same value, not a copy
+        #expect(items[0].value == items[1].value)  // memo GET returns the same value, not a copy
         let list = doc.elements(of: items[0].value)
         #expect(list.count == 3)
         #expect(doc.integer(list[1]) == 2)
@@ -158,10 +159,12 @@ struct PickleMachineLimitTests {
         Case(name: "LONG4 1 GiB", bytes: [0x80, 2, 0x8B, 0, 0, 0, 0x40, 0x2E], code: .truncated),
         Case(name: "FRAME past end", bytes: [0x80, 4, 0x95, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0x4E, 0x2E], code: .truncated),
         // BINBYTES whose bytes cross the end of their FRAME (cpython#154848 divergence).
-        Case(name: "literal crossing FRAME", bytes: [0x80, 4, 0x95, 5, 0, 0, 0, 0, 0, 0, 0, 0x42, 4, 0, 0, 0, 1, 2, 3, 4, 0x2E],
-             code: .frameViolation),
-        Case(name: "FRAME inside FRAME", bytes: [0x80, 4, 0x95, 12, 0, 0, 0, 0, 0, 0, 0, 0x95, 1, 0, 0, 0, 0, 0, 0, 0, 0x4E, 0x2E, 0x4E, 0x2E],
-             code: .frameViolation),
+        Case(
+            name: "literal crossing FRAME", bytes: [0x80, 4, 0x95, 5, 0, 0, 0, 0, 0, 0, 0, 0x42, 4, 0, 0, 0, 1, 2, 3, 4, 0x2E],
+            code: .frameViolation),
+        Case(
+            name: "FRAME inside FRAME", bytes: [0x80, 4, 0x95, 12, 0, 0, 0, 0, 0, 0, 0, 0x95, 1, 0, 0, 0, 0, 0, 0, 0, 0x4E, 0x2E, 0x4E, 0x2E],
+            code: .frameViolation),
     ]
 
     @Test("refused and malformed input", arguments: refusals)

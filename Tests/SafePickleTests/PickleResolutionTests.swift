@@ -70,7 +70,9 @@ struct GlobalResolutionTests {
         Case(module: "my_project", name: "helpers.subprocess.run", proto: 5, resolved: "my_project.helpers.subprocess.run", safety: .dangerous),
         Case(module: "my_project", name: "helpers._sys.exit", proto: 4, resolved: "my_project.helpers._sys.exit", safety: .dangerous),
         Case(module: "numpy", name: "lib.npyio.savetxt", proto: 4, resolved: "numpy.lib.npyio.savetxt", safety: .dangerous),
-        Case(module: "torch", name: "fx.graph_module.reduce_graph_module", proto: 4, resolved: "torch.fx.graph_module.reduce_graph_module", safety: .dangerous),
+        Case(
+            module: "torch", name: "fx.graph_module.reduce_graph_module", proto: 4, resolved: "torch.fx.graph_module.reduce_graph_module",
+            safety: .dangerous),
         Case(module: "x", name: "y.system", proto: 4, resolved: "x.y.system", safety: .dangerous),
         Case(module: "collections", name: "OrderedDict.fromkeys", proto: 4, resolved: "collections.OrderedDict.fromkeys", safety: .unknown),
         Case(module: "torch", name: "nn.Linear", proto: 4, resolved: "torch.nn.Linear", safety: .unknown),
@@ -96,8 +98,12 @@ struct GlobalResolutionTests {
         Case(module: "os", name: "FloatStorage", proto: 2, context: .pickle, resolved: "os.FloatStorage", safety: .dangerous),
         Case(module: "torch", name: "UntypedStorage", proto: 2, context: .torchZip, resolved: "torch.UntypedStorage", safety: .safe),
         Case(module: "torch", name: "FloatStorage.x", proto: 4, context: .torchZip, resolved: "torch.FloatStorage.x", safety: .unknown),
-        Case(module: "torch.tensor", name: "_rebuild_from_type_v2", proto: 2, context: .torchZip, resolved: "torch._tensor._rebuild_from_type_v2", safety: .safe),
-        Case(module: "torch.tensor", name: "_rebuild_from_type_v2", proto: 2, context: .torchLegacy, resolved: "torch.tensor._rebuild_from_type_v2", safety: .unknown),
+        Case(
+            module: "torch.tensor", name: "_rebuild_from_type_v2", proto: 2, context: .torchZip, resolved: "torch._tensor._rebuild_from_type_v2",
+            safety: .safe),
+        Case(
+            module: "torch.tensor", name: "_rebuild_from_type_v2", proto: 2, context: .torchLegacy, resolved: "torch.tensor._rebuild_from_type_v2",
+            safety: .unknown),
         // Import-by-name helpers, file writers, exec.
         Case(module: "torch._utils", name: "_import_dotted_name", proto: 2, resolved: "torch._utils._import_dotted_name", safety: .dangerous),
         Case(module: "importlib", name: "import_module", proto: 2, resolved: "importlib.import_module", safety: .dangerous),
@@ -110,7 +116,9 @@ struct GlobalResolutionTests {
         Case(module: "numpy", name: "savetxt", proto: 2, resolved: "numpy.savetxt", safety: .dangerous),
         Case(module: "numpy", name: "save", proto: 2, resolved: "numpy.save", safety: .dangerous),
         Case(module: "shutil", name: "copyfile", proto: 2, resolved: "shutil.copyfile", safety: .dangerous),
-        Case(module: "torch.fx.graph_module", name: "reduce_graph_module", proto: 2, resolved: "torch.fx.graph_module.reduce_graph_module", safety: .dangerous),
+        Case(
+            module: "torch.fx.graph_module", name: "reduce_graph_module", proto: 2, resolved: "torch.fx.graph_module.reduce_graph_module",
+            safety: .dangerous),
         Case(module: "tarfile", name: "open", proto: 2, resolved: "tarfile.open", safety: .dangerous),
         // The allow-list itself.
         Case(module: "torch._utils", name: "_rebuild_tensor_v2", proto: 2, resolved: "torch._utils._rebuild_tensor_v2", safety: .safe),
@@ -121,13 +129,16 @@ struct GlobalResolutionTests {
         // A final attribute is only a name; walking through it is what reaches the module.
         Case(module: "my_project.models", name: "code", proto: 2, resolved: "my_project.models.code", safety: .unknown),
         Case(module: "my_project", name: "models.code", proto: 4, resolved: "my_project.models.code", safety: .unknown),
-        Case(module: "my_project", name: "code.InteractiveInterpreter", proto: 4, resolved: "my_project.code.InteractiveInterpreter", safety: .dangerous),
+        Case(
+            module: "my_project", name: "code.InteractiveInterpreter", proto: 4, resolved: "my_project.code.InteractiveInterpreter",
+            safety: .dangerous),
     ]
 
     @Test("resolution and class", arguments: cases)
     func resolve(_ c: Case) {
-        let reference = PickleGlobalReference(module: c.module, name: c.name, offset: 0, opcode: .global,
-                                              protocolVersion: c.proto, context: c.context)
+        let reference = PickleGlobalReference(
+            module: c.module, name: c.name, offset: 0, opcode: .global,
+            protocolVersion: c.proto, context: c.context)
         #expect(reference.resolved.qualifiedName == c.resolved)
         #expect(reference.safety == c.safety)
     }

@@ -30,11 +30,13 @@ struct HostileJSONTests {
         #expect(object.keys[0].utf8.count == 8)
     }
 
-    @Test("the same key with a NUL byte twice is a duplicate", arguments: [
-        #"{"a\u0000": 1, "a\u0000": 2}"#,
-        #"{"\u0000": 1, "\u0000": 2}"#,
-        #"{"o": {"k\u0000z": 1, "k\u0000\u007a": 2}}"#,
-    ])
+    @Test(
+        "the same key with a NUL byte twice is a duplicate",
+        arguments: [
+            #"{"a\u0000": 1, "a\u0000": 2}"#,
+            #"{"\u0000": 1, "\u0000": 2}"#,
+            #"{"o": {"k\u0000z": 1, "k\u0000\u007a": 2}}"#,
+        ])
     func nulDuplicates(_ text: String) {
         #expect(code(text) == .duplicateKey)
     }
@@ -46,32 +48,36 @@ struct HostileJSONTests {
         #expect(try JSONParser.parse(value.serialized()) == value)
     }
 
-    @Test("malformed strings and escapes are syntax errors", arguments: [
-        "[\"\\ud800\"]",          // lone high surrogate
-        "[\"\\udc00\"]",          // lone low surrogate
-        "[\"\\ud800\\u0041\"]",   // high surrogate with a non-surrogate after it
-        "[\"\\u12\"]",            // short \u escape
-        "[\"\\u12G4\"]",          // not hex
-        "[\"\\x41\"]",            // not a JSON escape
-        "[\"a\tb\"]",             // raw tab
-        "[\"a\u{1}b\"]",          // raw control character
-        "[\"abc",                 // never ends
-        "[\"abc\\",               // ends in an escape
-        "{\"a\" 1}",              // no colon
-        "{\"a\": 1,}",            // trailing comma in an object
-        "{,}", "[,]", "[1,,2]", "{\"a\":}", "{1: 2}", "{\"a\":1 \"b\":2}",
-        "[01]", "[-]", "[1.]", "[.5]", "[1e]", "[1e+]", "[+1]", "[0x10]", "[1.5.5]",
-        "[truex]", "[nul]", "[True]", "[Infinity]", "[-Infinity]",
-        "[1]]", "[1] [2]", "}", "]", ":", "\u{FEFF}[]",
-    ])
+    @Test(
+        "malformed strings and escapes are syntax errors",
+        arguments: [
+            "[\"\\ud800\"]",  // lone high surrogate
+            "[\"\\udc00\"]",  // lone low surrogate
+            "[\"\\ud800\\u0041\"]",  // high surrogate with a non-surrogate after it
+            "[\"\\u12\"]",  // short \u escape
+            "[\"\\u12G4\"]",  // not hex
+            "[\"\\x41\"]",  // not a JSON escape
+            "[\"a\tb\"]",  // raw tab
+            "[\"a\u{1}b\"]",  // raw control character
+            "[\"abc",  // never ends
+            "[\"abc\\",  // ends in an escape
+            "{\"a\" 1}",  // no colon
+            "{\"a\": 1,}",  // trailing comma in an object
+            "{,}", "[,]", "[1,,2]", "{\"a\":}", "{1: 2}", "{\"a\":1 \"b\":2}",
+            "[01]", "[-]", "[1.]", "[.5]", "[1e]", "[1e+]", "[+1]", "[0x10]", "[1.5.5]",
+            "[truex]", "[nul]", "[True]", "[Infinity]", "[-Infinity]",
+            "[1]]", "[1] [2]", "}", "]", ":", "\u{FEFF}[]",
+        ])
     func syntax(_ text: String) {
         #expect(code(text) == .syntax, "\(text.debugDescription)")
     }
 
-    @Test("numbers beyond 64 bits or beyond a double are out of range", arguments: [
-        "[18446744073709551616]", "[-9223372036854775809]", "[1e999]", "[-1e400]",
-        "[99999999999999999999999999999999999999]",
-    ])
+    @Test(
+        "numbers beyond 64 bits or beyond a double are out of range",
+        arguments: [
+            "[18446744073709551616]", "[-9223372036854775809]", "[1e999]", "[-1e400]",
+            "[99999999999999999999999999999999999999]",
+        ])
     func outOfRange(_ text: String) {
         #expect(code(text) == .numberOutOfRange, "\(text)")
     }
@@ -79,16 +85,21 @@ struct HostileJSONTests {
     @Test("numbers at the edges of their ranges parse exactly")
     func numberEdges() throws {
         let v = try JSONParser.parse("[-0, 0, -9223372036854775808, 18446744073709551615, 5e-324, 1.7976931348623157e308, 1E2, 1e-2]")
-        #expect(v.arrayValue == [.int(0), .int(0), .int(.min), .uint(.max), .double(5e-324), .double(.greatestFiniteMagnitude), .double(100), .double(0.01)])
+        #expect(
+            v.arrayValue == [
+                .int(0), .int(0), .int(.min), .uint(.max), .double(5e-324), .double(.greatestFiniteMagnitude), .double(100), .double(0.01),
+            ])
     }
 
-    @Test("invalid UTF-8 anywhere is reported as such", arguments: [
-        [0x5B, 0x22, 0xC0, 0x80, 0x22, 0x5D],          // overlong NUL
-        [0x5B, 0x22, 0xED, 0xA0, 0x80, 0x22, 0x5D],    // encoded surrogate
-        [0x5B, 0x22, 0xF4, 0x90, 0x80, 0x80, 0x22, 0x5D], // above U+10FFFF
-        [0x5B, 0x22, 0xE2, 0x82, 0x22, 0x5D],          // truncated sequence
-        [0x5B, 0x31, 0x5D, 0x80],                      // stray continuation byte after the document
-    ] as [[UInt8]])
+    @Test(
+        "invalid UTF-8 anywhere is reported as such",
+        arguments: [
+            [0x5B, 0x22, 0xC0, 0x80, 0x22, 0x5D],  // overlong NUL
+            [0x5B, 0x22, 0xED, 0xA0, 0x80, 0x22, 0x5D],  // encoded surrogate
+            [0x5B, 0x22, 0xF4, 0x90, 0x80, 0x80, 0x22, 0x5D],  // above U+10FFFF
+            [0x5B, 0x22, 0xE2, 0x82, 0x22, 0x5D],  // truncated sequence
+            [0x5B, 0x31, 0x5D, 0x80],  // stray continuation byte after the document
+        ] as [[UInt8]])
     func invalidUTF8(_ bytes: [UInt8]) {
         let result = bytes.withUnsafeBytes { raw in Result { () throws(JSONError) in try JSONParser.parse(raw) } }
         if case .failure(let error) = result {

@@ -3,13 +3,15 @@ import Testing
 
 @Suite("strict JSON")
 struct JSONParserTests {
-    @Test("duplicate keys are refused at any depth, after unescaping", arguments: [
-        #"{"a": 1, "a": 2}"#,
-        #"{"x": {"b": 1, "b": 1}}"#,
-        #"[{"k": 1}, {"k": 2, "k": 3}]"#,
-        #"{"a": 1, "\u0061": 2}"#,
-        #"{"😀": 1, "\ud83d\ude00": 2}"#,
-    ])
+    @Test(
+        "duplicate keys are refused at any depth, after unescaping",
+        arguments: [
+            #"{"a": 1, "a": 2}"#,
+            #"{"x": {"b": 1, "b": 1}}"#,
+            #"[{"k": 1}, {"k": 2, "k": 3}]"#,
+            #"{"a": 1, "\u0061": 2}"#,
+            #"{"😀": 1, "\ud83d\ude00": 2}"#,
+        ])
     func duplicates(_ text: String) {
         do {
             _ = try JSONParser.parse(text)

@@ -1,12 +1,14 @@
-import Testing
 import TensorCore
+import Testing
 
 @Suite("dtypes and shapes")
 struct ShapeTests {
-    @Test("every safetensors dtype name parses and has its width", arguments: [
-        ("BOOL", 8), ("U8", 8), ("I8", 8), ("I16", 16), ("U16", 16), ("F16", 16), ("BF16", 16), ("I32", 32), ("U32", 32),
-        ("F32", 32), ("F64", 64), ("I64", 64), ("U64", 64), ("F8_E4M3", 8), ("F8_E5M2", 8), ("F4", 4), ("C64", 64),
-    ])
+    @Test(
+        "every safetensors dtype name parses and has its width",
+        arguments: [
+            ("BOOL", 8), ("U8", 8), ("I8", 8), ("I16", 16), ("U16", 16), ("F16", 16), ("BF16", 16), ("I32", 32), ("U32", 32),
+            ("F32", 32), ("F64", 64), ("I64", 64), ("U64", 64), ("F8_E4M3", 8), ("F8_E5M2", 8), ("F4", 4), ("C64", 64),
+        ])
     func names(_ name: String, _ bits: Int) throws {
         let dtype = try #require(DType(name: name))
         #expect(dtype.bitWidth == bits)
@@ -59,15 +61,15 @@ struct ConversionTests {
             }
             #expect(f.halfBits == Float16(f).bitPattern, "\(f)")
         }
-        #expect(Float(65520).halfBits == 0x7C00)        // halfway to 65536 rounds up to inf
+        #expect(Float(65520).halfBits == 0x7C00)  // halfway to 65536 rounds up to inf
         #expect(Float(65519.996).halfBits == 0x7BFF)
         #expect(Float(1 + 1.0 / 2048).halfBits == 0x3C00)  // tie → even
         #expect(Float(1 + 3.0 / 2048).halfBits == 0x3C02)  // tie → even (up)
         #expect(Float(-0.0).halfBits == 0x8000)
-        #expect(Float(2.9802322e-8).halfBits == 0)          // exactly half the smallest subnormal → 0
+        #expect(Float(2.9802322e-8).halfBits == 0)  // exactly half the smallest subnormal → 0
         #expect(Float(2.9802326e-8).halfBits == 1)
         #expect(Float.infinity.halfBits == 0x7C00)
-        #expect((-Float.nan).halfBits == 0xFE00)            // PyTorch's NaN pattern, sign kept
+        #expect((-Float.nan).halfBits == 0xFE00)  // PyTorch's NaN pattern, sign kept
     }
 
     @Test("bf16 rounds to nearest even and keeps NaN as PyTorch does")
@@ -91,7 +93,8 @@ struct ConversionTests {
         var out = [UInt8](repeating: 0, count: 2000)
         try raw.withUnsafeMutableBytes { src in
             try out.withUnsafeMutableBytes { dst in
-                try ElementConversion.convert(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(src)[1...]), from: .f32, into: dst, to: .f16, count: 1000)
+                try ElementConversion.convert(
+                    UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(src)[1...]), from: .f32, into: dst, to: .f16, count: 1000)
             }
         }
         for (i, v) in values.enumerated() {
@@ -105,10 +108,14 @@ struct ConversionTests {
         var out = [UInt8](repeating: 0, count: 16)
         let src = [UInt8](repeating: 0, count: 16)
         #expect(throws: TensorCoreError.self) {
-            try src.withUnsafeBytes { s in try out.withUnsafeMutableBytes { try ElementConversion.convert(s, from: .i32, into: $0, to: .f16, count: 4) } }
+            try src.withUnsafeBytes { s in
+                try out.withUnsafeMutableBytes { try ElementConversion.convert(s, from: .i32, into: $0, to: .f16, count: 4) }
+            }
         }
         #expect(throws: TensorCoreError.self) {
-            try src.withUnsafeBytes { s in try out.withUnsafeMutableBytes { try ElementConversion.convert(s, from: .f32, into: $0, to: .f16, count: 5) } }
+            try src.withUnsafeBytes { s in
+                try out.withUnsafeMutableBytes { try ElementConversion.convert(s, from: .f32, into: $0, to: .f16, count: 5) }
+            }
         }
     }
 }
@@ -217,7 +224,9 @@ struct Float16OverflowTests {
             #expect((one == 1) == expected, "\(v)")
         }
         let bf16 = padded.map(\.bfloat16Bits)
-        let expectedBF16 = bf16.filter { let f = Float(bfloat16Bits: $0); return f.isFinite && f.halfBits & 0x7FFF == 0x7C00 }.count
+        let expectedBF16 = bf16.filter {
+            let f = Float(bfloat16Bits: $0); return f.isFinite && f.halfBits & 0x7FFF == 0x7C00
+        }.count
         #expect(bf16.withUnsafeBytes { ElementConversion.float16OverflowCount($0, dtype: .bf16, count: bf16.count) } == expectedBF16)
         let f64 = padded.map(Double.init)
         #expect(f64.withUnsafeBytes { ElementConversion.float16OverflowCount($0, dtype: .f64, count: f64.count) } == 4)
@@ -226,19 +235,21 @@ struct Float16OverflowTests {
 
 @Suite("printable text")
 struct PrintableTextTests {
-    @Test("control characters, escapes and bidirectional overrides are escaped", arguments: [
-        ("plain.name", "plain.name"),
-        ("a\nb", "a\\nb"),
-        ("a\r\tb", "a\\r\\tb"),
-        ("\u{1B}[31mred\u{1B}[0m", "\\x1b[31mred\\x1b[0m"),
-        ("nul\u{0}x", "nul\\x00x"),
-        ("del\u{7F}", "del\\x7f"),
-        ("c1\u{9B}31m", "c1\\x9b31m"),
-        ("back\\slash", "back\\\\slash"),
-        ("rtl\u{202E}txt", "rtl\\u{202e}txt"),
-        ("line\u{2028}sep", "line\\u{2028}sep"),
-        ("é😀日本", "é😀日本"),
-    ])
+    @Test(
+        "control characters, escapes and bidirectional overrides are escaped",
+        arguments: [
+            ("plain.name", "plain.name"),
+            ("a\nb", "a\\nb"),
+            ("a\r\tb", "a\\r\\tb"),
+            ("\u{1B}[31mred\u{1B}[0m", "\\x1b[31mred\\x1b[0m"),
+            ("nul\u{0}x", "nul\\x00x"),
+            ("del\u{7F}", "del\\x7f"),
+            ("c1\u{9B}31m", "c1\\x9b31m"),
+            ("back\\slash", "back\\\\slash"),
+            ("rtl\u{202E}txt", "rtl\\u{202e}txt"),
+            ("line\u{2028}sep", "line\\u{2028}sep"),
+            ("é😀日本", "é😀日本"),
+        ])
     func escapes(_ c: (String, String)) {
         #expect(PrintableText.escaped(c.0) == c.1)
         #expect(!PrintableText.escaped(c.0).unicodeScalars.contains { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) })

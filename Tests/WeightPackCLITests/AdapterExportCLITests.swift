@@ -3,6 +3,7 @@ import Foundation
 import StrictJSON
 import TensorCore
 import Testing
+
 @testable import WeightPackCLI
 
 private func adapterFixture(_ name: String) -> String {
@@ -44,7 +45,9 @@ struct AdapterExportCLITests {
         }
     }
 
-    @Test("kohya → diffusers → kohya through the command gives back every tensor bit for bit; the PEFT file carries the alphas in lora_adapter_metadata")
+    @Test(
+        "kohya → diffusers → kohya through the command gives back every tensor bit for bit; the PEFT file carries the alphas in lora_adapter_metadata"
+    )
     func roundTrip() throws {
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -123,13 +126,15 @@ struct AdapterExportCLITests {
         }
     }
 
-    @Test("refusals: one line, the documented exit code, nothing written", arguments: [
-        (["sd1-loha.safetensors", "diffusers"], 65 as Int32, "LoHa"),
-        (["sd1-dora.safetensors", "diffusers"], 65, "PEFT"),
-        (["ti-diffusers.safetensors", "kohya"], 65, "embedding"),
-        (["sd1-kohya-lora.safetensors", "ldm"], 65, "adapter"),
-        (["MODEL", "kohya"], 65, "--layout kohya"),
-    ])
+    @Test(
+        "refusals: one line, the documented exit code, nothing written",
+        arguments: [
+            (["sd1-loha.safetensors", "diffusers"], 65 as Int32, "LoHa"),
+            (["sd1-dora.safetensors", "diffusers"], 65, "PEFT"),
+            (["ti-diffusers.safetensors", "kohya"], 65, "embedding"),
+            (["sd1-kohya-lora.safetensors", "ldm"], 65, "adapter"),
+            (["MODEL", "kohya"], 65, "--layout kohya"),
+        ])
     func refused(_ arguments: [String], _ status: Int32, _ word: String) throws {
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -149,7 +154,8 @@ struct AdapterExportCLITests {
     func inspectPEFT() throws {
         let path = adapterFixture("sd1-peft-lora.safetensors")
         let file = try SafetensorsFile(path: path)
-        let modules = Set(file.tensors.map { $0.name.replacingOccurrences(of: ".lora_A.weight", with: "").replacingOccurrences(of: ".lora_B.weight", with: "") })
+        let modules = Set(
+            file.tensors.map { $0.name.replacingOccurrences(of: ".lora_A.weight", with: "").replacingOccurrences(of: ".lora_B.weight", with: "") })
         let table = try run(["inspect", path])
         #expect(table.status == 0, "\(table.stderr)")
         #expect(table.stdout.contains("adapter: LoRA (\(modules.count) modules), dialect diffusers-peft"), "\(table.stdout.prefix(600))")
@@ -163,11 +169,15 @@ struct AdapterExportCLITests {
         #expect(throws: (any Error).self) { _ = try WeightPackCommand.parseAsRoot(["export", "a.safetensors", "b.gguf", "--layout", "kohya"]) }
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
-        let result = try run(["export", adapterFixture("sd1-kohya-lora.safetensors"), folder.appendingPathComponent("x.gguf").path, "--layout", "kohya"])
+        let result = try run([
+            "export", adapterFixture("sd1-kohya-lora.safetensors"), folder.appendingPathComponent("x.gguf").path, "--layout", "kohya",
+        ])
         #expect(result.status == 64, "\(result.stderr)")
         // --config (a model's diffusers configurations) with an adapter: usage, one line, nothing written.
-        let config = try run(["export", adapterFixture("sd1-kohya-lora.safetensors"), folder.appendingPathComponent("x.safetensors").path,
-                              "--layout", "diffusers", "--config", repositoryURL.appendingPathComponent("Fixtures/tiny-sd1/diffusers").path])
+        let config = try run([
+            "export", adapterFixture("sd1-kohya-lora.safetensors"), folder.appendingPathComponent("x.safetensors").path,
+            "--layout", "diffusers", "--config", repositoryURL.appendingPathComponent("Fixtures/tiny-sd1/diffusers").path,
+        ])
         #expect(config.status == 64 && config.stderr.split(separator: "\n").count == 1, "\(config.stderr)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).isEmpty)
     }
@@ -241,11 +251,13 @@ struct MergeBlockTypeCLITests {
 
     @Test("merge options: block types need .wpk or .gguf, --tensor-type needs a block type, bf16 and int8 are not GGUF types")
     func parsing() throws {
-        let ok = try #require(try WeightPackCommand.parseAsRoot(["merge", "b", "a", "-o", "o.gguf", "--dtype", "Q4_K", "--tensor-type", "*attn*=q8_0"]) as? Merge)
+        let ok = try #require(
+            try WeightPackCommand.parseAsRoot(["merge", "b", "a", "-o", "o.gguf", "--dtype", "Q4_K", "--tensor-type", "*attn*=q8_0"]) as? Merge)
         #expect(ok.dtype == .q4_k && ok.tensorTypes == ["*attn*=q8_0"])
         for arguments in [
             ["merge", "b", "a", "-o", "o.safetensors", "--dtype", "q4_k"], ["merge", "b", "a", "-o", "o.wpk", "--tensor-type", "*=q8_0"],
-            ["merge", "b", "a", "-o", "o.gguf", "--dtype", "bf16"], ["merge", "b", "a", "-o", "o.wpk", "--dtype", "q4_k", "--tensor-type", "[a]=q8_0"],
+            ["merge", "b", "a", "-o", "o.gguf", "--dtype", "bf16"],
+            ["merge", "b", "a", "-o", "o.wpk", "--dtype", "q4_k", "--tensor-type", "[a]=q8_0"],
         ] {
             #expect(throws: (any Error).self, "\(arguments)") { _ = try WeightPackCommand.parseAsRoot(arguments) }
         }

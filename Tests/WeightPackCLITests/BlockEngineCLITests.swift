@@ -11,7 +11,8 @@ struct BlockEngineCLITests {
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let model = folder.appendingPathComponent(name).path
-        let made = name.hasSuffix(".gguf")
+        let made =
+            name.hasSuffix(".gguf")
             ? try run(["export", tinyModel, model, "--format", "gguf", "--dtype", "q4_k"])
             : try run(["convert", tinyModel, model, "--dtype", "q4_k"])
         #expect(made.status == 0, "\(made.stderr)")
@@ -21,8 +22,9 @@ struct BlockEngineCLITests {
         #expect(FileManager.default.fileExists(atPath: png))
         let latents = folder.appendingPathComponent("latents.safetensors").path
         let noise = try SafetensorsFile(path: EngineCLITests.golden).tensor(named: "init_latents")
-        try SafetensorsWriter.write([OutputTensor(name: "latents", dtype: .f32, shape: noise.descriptor.shape, sourceName: "latents", sourceDType: .f32, load: { noise })],
-                                    to: latents, overwrite: false)
+        try SafetensorsWriter.write(
+            [OutputTensor(name: "latents", dtype: .f32, shape: noise.descriptor.shape, sourceName: "latents", sourceDType: .f32, load: { noise })],
+            to: latents, overwrite: false)
         let traced = folder.appendingPathComponent("t.safetensors").path
         let t = try run(["trace", model, "--steps", "2", "--latents", latents, "-o", traced])
         #expect(t.status == 0, "\(t.stderr)")

@@ -1,8 +1,9 @@
 import CheckpointFormats
 import Foundation
 import StrictJSON
-import Testing
 import TensorCore
+import Testing
+
 @testable import WeightPackCLI
 
 /// Signal-to-noise ratio of `b` against `a` in dB (`.infinity` when equal).
@@ -21,7 +22,9 @@ private func snr(_ a: [Float], _ b: [Float]) -> Double {
 /// quantiser (ggml's Q4_0 of a real text-encoder tensor measured 21.8 dB, issue 13). Measured
 /// lowest: Q4_0 20.7, Q4_1 21.7, Q5_0 26.9, Q5_1 28.1, Q8_0 44.7, Q2_K 12.6, Q3_K 18.1, Q4_K 25.2,
 /// Q5_K 31.2, Q6_K 37.6 dB.
-private let minimumSNR: [String: Double] = ["Q4_0": 19, "Q4_1": 20, "Q5_0": 25, "Q5_1": 26, "Q8_0": 42, "Q2_K": 10, "Q3_K": 16, "Q4_K": 23, "Q5_K": 29, "Q6_K": 35]
+private let minimumSNR: [String: Double] = [
+    "Q4_0": 19, "Q4_1": 20, "Q5_0": 25, "Q5_1": 26, "Q8_0": 42, "Q2_K": 10, "Q3_K": 16, "Q4_K": 23, "Q5_K": 29, "Q6_K": 35,
+]
 
 private func parseJSON(_ text: String) throws -> JSONObject {
     try #require(try Array(text.utf8).withUnsafeBytes { try JSONParser.parse($0) }.objectValue)
@@ -86,11 +89,15 @@ struct BlockTypeCLITests {
             let measured = snr(try reference.tensor(named: name).floats(), try file.tensor(named: name).floats())
             #expect(measured >= minimumSNR[b.type.name] ?? 99, "\(name) \(b.type.name): \(measured) dB")
             // The error recorded at conversion is the one measured here.
-            if let recorded = b.metrics?.snrDecibels { #expect(abs(recorded - measured) < 0.05, "\(name): recorded \(recorded), measured \(measured)") }
+            if let recorded = b.metrics?.snrDecibels {
+                #expect(abs(recorded - measured) < 0.05, "\(name): recorded \(recorded), measured \(measured)")
+            }
         }
     }
 
-    @Test("every block type converts: the summary's bits per weight is the file's, the blocks read back as the values, the recorded error meets the type's floor", arguments: ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q5_k", "q6_k"])
+    @Test(
+        "every block type converts: the summary's bits per weight is the file's, the blocks read back as the values, the recorded error meets the type's floor",
+        arguments: ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q5_k", "q6_k"])
     func everyType(dtype: String) throws {
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -106,7 +113,9 @@ struct BlockTypeCLITests {
         #expect(types[dtype.uppercased()] != nil || !(summary["fallbacks"]?.arrayValue ?? []).isEmpty, "\(converted.stdout)")
         for e in file.entries {
             guard let b = e.blocks else { continue }
-            let measured = snr(try file.tensor(named: e.descriptor.name).floats(), try #require(try file.ggmlTensor(named: e.descriptor.name)).dequantized().floats())
+            let measured = snr(
+                try file.tensor(named: e.descriptor.name).floats(), try #require(try file.ggmlTensor(named: e.descriptor.name)).dequantized().floats()
+            )
             #expect(measured == .infinity)
             #expect(b.metrics?.snrDecibels ?? 0 >= minimumSNR[b.type.name] ?? 99, "\(e.descriptor.name) \(b.type.name)")
         }
@@ -129,7 +138,9 @@ struct BlockTypeCLITests {
                 typeCounts[type, default: 0] += 1
                 if name.hasSuffix(".bias") || entry.descriptor.shape.rank == 1 { #expect(!entry.type.isBlockQuantized, "\(name) \(type)") }
                 // stable-diffusion.cpp's name rules and ours: time embeddings and conv_in unquantised.
-                if name.contains("time_embed.") || name.hasSuffix("input_blocks.0.0.weight") { #expect(!entry.type.isBlockQuantized, "\(name) \(type)") }
+                if name.contains("time_embed.") || name.hasSuffix("input_blocks.0.0.weight") {
+                    #expect(!entry.type.isBlockQuantized, "\(name) \(type)")
+                }
                 if entry.type.isBlockQuantized {
                     #expect(entry.descriptor.shape.dimensions.last! % entry.type.blockValues == 0)
                     let measured = snr(try source.tensor(named: name).floats(), try file.tensor(named: name).floats())
@@ -165,7 +176,9 @@ struct BlockTypeCLITests {
         }
     }
 
-    @Test("stable-diffusion.cpp's GGUFs exported again with --dtype keep have byte-identical tensor data", arguments: ["tiny-sd1-q8_0.gguf", "sdcpp-q4_k-pair.gguf"])
+    @Test(
+        "stable-diffusion.cpp's GGUFs exported again with --dtype keep have byte-identical tensor data",
+        arguments: ["tiny-sd1-q8_0.gguf", "sdcpp-q4_k-pair.gguf"])
     func sdcppRoundTrip(name: String) throws {
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -181,11 +194,14 @@ struct BlockTypeCLITests {
                 continue
             }
             #expect(other.type == entry.type, "\(entry.descriptor.name)")
-            #expect(file.file.bytes(in: entry.fileRange)!.withUnsafeBytes { Array($0) } == copy.file.bytes(in: other.fileRange)!.withUnsafeBytes { Array($0) }, "\(entry.descriptor.name)")
+            #expect(
+                file.file.bytes(in: entry.fileRange)!.withUnsafeBytes { Array($0) }
+                    == copy.file.bytes(in: other.fileRange)!.withUnsafeBytes { Array($0) }, "\(entry.descriptor.name)")
         }
     }
 
-    @Test("a block .wpk exports to GGUF with its blocks passed through where the GGUF row holds them, and a GGUF converts to .wpk without requantising")
+    @Test(
+        "a block .wpk exports to GGUF with its blocks passed through where the GGUF row holds them, and a GGUF converts to .wpk without requantising")
     func passThrough() throws {
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -247,14 +263,16 @@ struct BlockTypeCLITests {
         #expect(try run(["export", tinyModel, gguf, "--dtype", "q4_0"]).status == 0)
         let g = try parseJSON(try run(["inspect", gguf, "--json"]).stdout)
         let rows = g["tensors"]?.arrayValue?.compactMap(\.objectValue) ?? []
-        let toQ = try #require(rows.first { $0["name"]?.stringValue == "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight" })
+        let toQ = try #require(
+            rows.first { $0["name"]?.stringValue == "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight" })
         #expect(toQ["dtype"]?.stringValue == "Q4_0" && toQ["bits_per_weight"]?.doubleValue == 4.5)
         #expect(g["summary"]?.objectValue?["bits_per_weight"]?.doubleValue != nil)
         // Our GGUF records what fell back (weightpack.fallback_from.<name>): a Q5_0 matrix and an F16 kernel.
         let k = folder.appendingPathComponent("k.gguf").path
         #expect(try run(["export", tinyModel, k, "--dtype", "q4_k"]).status == 0)
         let kRows = try parseJSON(try run(["inspect", k, "--json"]).stdout)["tensors"]?.arrayValue?.compactMap(\.objectValue) ?? []
-        let kToQ = try #require(kRows.first { $0["name"]?.stringValue == "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight" })
+        let kToQ = try #require(
+            kRows.first { $0["name"]?.stringValue == "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight" })
         #expect(kToQ["dtype"]?.stringValue == "Q5_0" && kToQ["quantization"]?.objectValue?["fallback_from"]?.stringValue == "Q4_K")
         let kernel = try #require(kRows.first { $0["name"]?.stringValue == "model.diffusion_model.input_blocks.1.0.in_layers.2.weight" })
         #expect(kernel["dtype"]?.stringValue == "F16" && kernel["fallback_from"]?.stringValue == "Q4_K")
@@ -262,18 +280,20 @@ struct BlockTypeCLITests {
         #expect(kTable.stdout.contains("fallback from Q4_K") && !kTable.stdout.contains("metadata:   weightpack.fallback_from"), "\(kTable.stdout)")
     }
 
-    @Test("bad option combinations are usage errors (64) and write nothing", arguments: [
-        ["convert", "IN", "OUT.wpk", "--dtype", "q4_k", "--tensor-type", "no-equals"],
-        ["convert", "IN", "OUT.wpk", "--dtype", "q4_k", "--tensor-type", "*attn*=q9_9"],
-        ["convert", "IN", "OUT.wpk", "--dtype", "q4_k", "--tensor-type", "=q8_0"],
-        ["convert", "IN", "OUT.wpk", "--dtype", "q4_k", "--tensor-type", "unet.down_blocks.[01].*=q8_0"],
-        ["convert", "IN", "OUT.wpk", "--dtype", "f16", "--tensor-type", "*attn*=q8_0"],
-        ["convert", "IN", "OUT.wpk", "--dtype", "q4_z"],
-        ["export", "IN", "OUT.safetensors", "--dtype", "q4_k"],
-        ["export", "IN", "OUT.gguf", "--dtype", "q4_k", "--tensor-type", "*=iq2_xxs"],
-        ["export", "IN", "OUT.gguf", "--dtype", "f16", "--tensor-type", "*attn*=q8_0"],
-        ["export", "IN", "OUT.gguf", "--dtype", "bf16"],
-    ])
+    @Test(
+        "bad option combinations are usage errors (64) and write nothing",
+        arguments: [
+            ["convert", "IN", "OUT.wpk", "--dtype", "q4_k", "--tensor-type", "no-equals"],
+            ["convert", "IN", "OUT.wpk", "--dtype", "q4_k", "--tensor-type", "*attn*=q9_9"],
+            ["convert", "IN", "OUT.wpk", "--dtype", "q4_k", "--tensor-type", "=q8_0"],
+            ["convert", "IN", "OUT.wpk", "--dtype", "q4_k", "--tensor-type", "unet.down_blocks.[01].*=q8_0"],
+            ["convert", "IN", "OUT.wpk", "--dtype", "f16", "--tensor-type", "*attn*=q8_0"],
+            ["convert", "IN", "OUT.wpk", "--dtype", "q4_z"],
+            ["export", "IN", "OUT.safetensors", "--dtype", "q4_k"],
+            ["export", "IN", "OUT.gguf", "--dtype", "q4_k", "--tensor-type", "*=iq2_xxs"],
+            ["export", "IN", "OUT.gguf", "--dtype", "f16", "--tensor-type", "*attn*=q8_0"],
+            ["export", "IN", "OUT.gguf", "--dtype", "bf16"],
+        ])
     func usageErrors(arguments: [String]) throws {
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -305,8 +325,9 @@ struct BlockTypeCLITests {
         return p.terminationStatus == 0
     }()
 
-    @Test("gguf-py reads our q4_0 and q4_k GGUFs: names, shapes, types, and the same values as ours",
-          .enabled(if: pythonHasGGUF, "needs gguf-py in the fixture environment (Fixtures/generate/setup_venv.sh)"))
+    @Test(
+        "gguf-py reads our q4_0 and q4_k GGUFs: names, shapes, types, and the same values as ours",
+        .enabled(if: pythonHasGGUF, "needs gguf-py in the fixture environment (Fixtures/generate/setup_venv.sh)"))
     func ggufPy() throws {
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }

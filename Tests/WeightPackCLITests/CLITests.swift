@@ -3,6 +3,7 @@ import CheckpointFormats
 import Foundation
 import StrictJSON
 import Testing
+
 @testable import WeightPackCLI
 
 let repositoryURL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -36,7 +37,8 @@ func run(_ arguments: [String]) throws -> RunResult {
     let outData = out.fileHandleForReading.readDataToEndOfFile()
     let errData = err.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
-    return RunResult(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
+    return RunResult(
+        status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
 }
 
 func temporaryFolder() throws -> URL {
@@ -49,28 +51,34 @@ func temporaryFolder() throws -> URL {
 struct ParsingTests {
     @Test("valid command lines parse")
     func parses() throws {
-        let inspect = try #require(try WeightPackCommand.parseAsRoot(["inspect", "m.safetensors", "--json", "--stats", "--filter", "unet.*"]) as? Inspect)
+        let inspect = try #require(
+            try WeightPackCommand.parseAsRoot(["inspect", "m.safetensors", "--json", "--stats", "--filter", "unet.*"]) as? Inspect)
         #expect(inspect.json && inspect.stats && inspect.filter == "unet.*")
-        let convert = try #require(try WeightPackCommand.parseAsRoot(["convert", "a", "b.wpk", "--dtype", "bf16", "--compress", "--force"]) as? Convert)
+        let convert = try #require(
+            try WeightPackCommand.parseAsRoot(["convert", "a", "b.wpk", "--dtype", "bf16", "--compress", "--force"]) as? Convert)
         #expect(convert.dtype == .bf16 && convert.compress && convert.force)
         let export = try #require(try WeightPackCommand.parseAsRoot(["export", "a.wpk", "b.safetensors"]) as? Export)
         #expect(export.dtype == .keep && export.layout == .source)
     }
 
-    @Test("invalid command lines are usage errors", arguments: [
-        ["convert", "a"], ["convert", "a", "b", "--dtype", "f8"], ["inspect"], ["frobnicate"],
-        ["convert", "a", "b", "--compression-level", "40"], ["export", "a", "b", "--layout", "nope"],
-    ])
+    @Test(
+        "invalid command lines are usage errors",
+        arguments: [
+            ["convert", "a"], ["convert", "a", "b", "--dtype", "f8"], ["inspect"], ["frobnicate"],
+            ["convert", "a", "b", "--compression-level", "40"], ["export", "a", "b", "--layout", "nope"],
+        ])
     func refuses(_ arguments: [String]) {
         #expect(throws: (any Error).self) { _ = try WeightPackCommand.parseAsRoot(arguments) }
     }
 
-    @Test("help explains options and exit codes", arguments: [
-        (Inspect.self as any ParsableCommand.Type, ["--json", "--stats", "--filter", "Exit codes"]),
-        (Convert.self, ["--dtype", "--compress", "--force", "Exit codes", "never cast"]),
-        (Export.self, ["--layout", "--dtype", "Exit codes"]),
-        (Check.self, ["Exit codes", "corruption"]),
-    ])
+    @Test(
+        "help explains options and exit codes",
+        arguments: [
+            (Inspect.self as any ParsableCommand.Type, ["--json", "--stats", "--filter", "Exit codes"]),
+            (Convert.self, ["--dtype", "--compress", "--force", "Exit codes", "never cast"]),
+            (Export.self, ["--layout", "--dtype", "Exit codes"]),
+            (Check.self, ["Exit codes", "corruption"]),
+        ])
     func help(_ command: any ParsableCommand.Type, _ words: [String]) {
         let text = WeightPackCommand.helpMessage(for: command)
         for word in words { #expect(text.contains(word), "help of \(command) lacks \(word)") }
@@ -215,7 +223,9 @@ struct CheckpointCLITests {
         for d in a.tensors.prefix(50) {
             // Stored under canonical names; each entry records its source name.
             let entry = try #require(b.entries.first { $0.sourceName == d.name })
-            #expect(try a.tensor(named: d.name).bytes.withUnsafeBytes { Array($0) } == b.tensor(named: entry.descriptor.name).bytes.withUnsafeBytes { Array($0) })
+            #expect(
+                try a.tensor(named: d.name).bytes.withUnsafeBytes { Array($0) }
+                    == b.tensor(named: entry.descriptor.name).bytes.withUnsafeBytes { Array($0) })
         }
     }
 
@@ -246,7 +256,8 @@ struct TokenizeCLITests {
         let items = root.arrayValue ?? root.objectValue?["cases"]?.arrayValue ?? []
         return items.compactMap { item in
             guard let o = item.objectValue, let prompt = o["prompt"]?.stringValue,
-                  let ids = o["ids"]?.arrayValue?.compactMap(\.intValue) else { return nil }
+                let ids = o["ids"]?.arrayValue?.compactMap(\.intValue)
+            else { return nil }
             return (prompt, ids, o["ids_pad0"]?.arrayValue?.compactMap(\.intValue) ?? [])
         }
     }()

@@ -42,12 +42,14 @@ struct DataSafetyCLITests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["sd"])
     }
 
-    @Test("an output that is the input is refused with 73 whatever --force says", arguments: [
-        ["convert", "IN", "IN", "--force"], ["convert", "IN", "IN", "--dtype", "f16", "--force"],
-        ["export", "IN", "IN", "--force"], ["export", "IN", "IN", "--dtype", "f16", "--force"],
-        ["convert", "IN", "LINK", "--force"], ["export", "IN", "HARD", "--force"],
-        ["export", "IN", "DIR", "--layout", "diffusers", "--force"],
-    ])
+    @Test(
+        "an output that is the input is refused with 73 whatever --force says",
+        arguments: [
+            ["convert", "IN", "IN", "--force"], ["convert", "IN", "IN", "--dtype", "f16", "--force"],
+            ["export", "IN", "IN", "--force"], ["export", "IN", "IN", "--dtype", "f16", "--force"],
+            ["convert", "IN", "LINK", "--force"], ["export", "IN", "HARD", "--force"],
+            ["export", "IN", "DIR", "--layout", "diffusers", "--force"],
+        ])
     func outputIsInput(_ template: [String]) throws {
         let dir = try temporaryFolder().path
         let folder = dir + "/model"
@@ -133,7 +135,10 @@ struct DataSafetyCLITests {
             let result = try run(["verify", tinyModel, tinyModel, "--steps", "2", "--size", "64", "--report", target])
             #expect(result.status == 0, "\(result.stderr)")
         }
-        #expect(Set(try FileManager.default.contentsOfDirectory(atPath: target)) == ["reference.png", "candidate.png", "difference.png", "comparison.png", "report.json"])
+        #expect(
+            Set(try FileManager.default.contentsOfDirectory(atPath: target)) == [
+                "reference.png", "candidate.png", "difference.png", "comparison.png", "report.json",
+            ])
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["report"])
     }
 }

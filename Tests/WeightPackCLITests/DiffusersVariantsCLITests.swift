@@ -29,7 +29,9 @@ struct DiffusersVariantsCLITests {
         #expect(serious.isEmpty, "\(serious.map { $0.serialized() })")
     }
 
-    @Test("convert to .wpk, then diff against the safetensors folder: identical (exit 0)", arguments: ["tiny-sd1/diffusers-bin", "tiny-sd1/diffusers-sharded"])
+    @Test(
+        "convert to .wpk, then diff against the safetensors folder: identical (exit 0)",
+        arguments: ["tiny-sd1/diffusers-bin", "tiny-sd1/diffusers-sharded"])
     func convertAndDiff(path: String) throws {
         let dir = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -61,12 +63,15 @@ struct DiffusersVariantsCLITests {
         let source = URL(fileURLWithPath: fixturePath("tiny-sd1/diffusers-sharded"))
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         for name in ["model_index.json", "scheduler", "tokenizer", "text_encoder", "unet"] {
-            try FileManager.default.createSymbolicLink(at: folder.appendingPathComponent(name), withDestinationURL: source.appendingPathComponent(name).resolvingSymlinksInPath())
+            try FileManager.default.createSymbolicLink(
+                at: folder.appendingPathComponent(name), withDestinationURL: source.appendingPathComponent(name).resolvingSymlinksInPath())
         }
         let vae = folder.appendingPathComponent("vae")
         try FileManager.default.createDirectory(at: vae, withIntermediateDirectories: true)
-        for name in try FileManager.default.contentsOfDirectory(atPath: source.appendingPathComponent("vae").path) where name.hasSuffix(".bin") || name == "config.json" {
-            try FileManager.default.createSymbolicLink(at: vae.appendingPathComponent(name), withDestinationURL: source.appendingPathComponent("vae/" + name))
+        for name in try FileManager.default.contentsOfDirectory(atPath: source.appendingPathComponent("vae").path)
+        where name.hasSuffix(".bin") || name == "config.json" {
+            try FileManager.default.createSymbolicLink(
+                at: vae.appendingPathComponent(name), withDestinationURL: source.appendingPathComponent("vae/" + name))
         }
         let index = vae.appendingPathComponent("diffusion_pytorch_model.bin.index.json")
         try Data(#"{"metadata": {}, "weight_map": {"decoder.conv_in.weight": "../elsewhere.bin"}}"#.utf8).write(to: index)

@@ -28,11 +28,18 @@ struct EMAOnlyCLITests {
             let name = "model_ema." + t.name.split(separator: ".").dropFirst().joined()
             plan.append(OutputTensor(name: name, dtype: t.dtype, shape: t.shape, sourceName: t.sourceName, sourceDType: t.sourceDType, load: t.load))
         }
-        for (name, dtype, bytes) in [("model_ema.decay", DType.f32, withUnsafeBytes(of: Float(0.9999).bitPattern.littleEndian) { Array($0) }),
-                                     ("model_ema.num_updates", .i32, withUnsafeBytes(of: Int32(470).littleEndian) { Array($0) })] {
-            plan.append(OutputTensor(name: name, dtype: dtype, shape: [], sourceName: name, sourceDType: dtype, load: {
-                TensorView(descriptor: TensorDescriptor(name: name, dtype: dtype, shape: [], byteCount: 4), bytes: bytes.withUnsafeBytes { TensorBytes(copying: $0) })
-            }))
+        for (name, dtype, bytes) in [
+            ("model_ema.decay", DType.f32, withUnsafeBytes(of: Float(0.9999).bitPattern.littleEndian) { Array($0) }),
+            ("model_ema.num_updates", .i32, withUnsafeBytes(of: Int32(470).littleEndian) { Array($0) }),
+        ] {
+            plan.append(
+                OutputTensor(
+                    name: name, dtype: dtype, shape: [], sourceName: name, sourceDType: dtype,
+                    load: {
+                        TensorView(
+                            descriptor: TensorDescriptor(name: name, dtype: dtype, shape: [], byteCount: 4),
+                            bytes: bytes.withUnsafeBytes { TensorBytes(copying: $0) })
+                    }))
         }
         let path = dir.appendingPathComponent("ema-only.safetensors").path
         try SafetensorsWriter.write(plan, to: path, overwrite: true)
@@ -55,10 +62,18 @@ struct EMAOnlyCLITests {
         let unet = try #require(architecture["components"]?.objectValue?["unet"]?.objectValue)
         #expect(unet["missing"]?.arrayValue?.isEmpty == true, "\(JSONValue.object(unet).serialized())")
         let findings = root["findings"]?.arrayValue?.compactMap(\.objectValue) ?? []
-        #expect(findings.contains { $0["code"]?.stringValue == "ema-only" && $0["message"]?.stringValue?.hasPrefix("only EMA weights are present") == true })
-        #expect(!findings.contains { ["missing-component", "missing-tensors", "ema", "leftover-ema"].contains($0["code"]?.stringValue ?? "") }, "\(findings.map { JSONValue.object($0).serialized() })")
+        #expect(
+            findings.contains {
+                $0["code"]?.stringValue == "ema-only" && $0["message"]?.stringValue?.hasPrefix("only EMA weights are present") == true
+            })
+        #expect(
+            !findings.contains { ["missing-component", "missing-tensors", "ema", "leftover-ema"].contains($0["code"]?.stringValue ?? "") },
+            "\(findings.map { JSONValue.object($0).serialized() })")
         let tensors = root["tensors"]?.arrayValue?.compactMap(\.objectValue) ?? []
-        #expect(tensors.contains { $0["name"]?.stringValue == "model_ema.diffusion_modelinput_blocks00weight" && $0["canonical"]?.stringValue == "unet.conv_in.weight" })
+        #expect(
+            tensors.contains {
+                $0["name"]?.stringValue == "model_ema.diffusion_modelinput_blocks00weight" && $0["canonical"]?.stringValue == "unet.conv_in.weight"
+            })
         let table = try run(["inspect", path])
         #expect(table.stdout.contains("(EMA only: the UNet is read from them)"), "\(table.stdout.prefix(600))")
     }

@@ -4,6 +4,7 @@ import Foundation
 import StrictJSON
 import TensorCore
 import Testing
+
 @testable import WeightPackCLI
 
 /// `generate`, `trace` and `verify` on the tiny SD 1.x fixture, by running the built binary.
@@ -12,8 +13,11 @@ struct EngineCLITests {
     static let golden = repositoryURL.appendingPathComponent("Fixtures/golden/pipelines/ddim.safetensors").path
 
     @Test func argumentsParse() throws {
-        let g = try #require(try WeightPackCommand.parseAsRoot(["generate", "m", "--prompt", "p", "-o", "x.png", "--scheduler", "euler-a",
-                                                                "--timestep-spacing", "trailing", "--prediction-type", "v", "--size", "64"]) as? Generate)
+        let g = try #require(
+            try WeightPackCommand.parseAsRoot([
+                "generate", "m", "--prompt", "p", "-o", "x.png", "--scheduler", "euler-a",
+                "--timestep-spacing", "trailing", "--prediction-type", "v", "--size", "64",
+            ]) as? Generate)
         #expect(g.generation.scheduler == .eulerAncestral && g.generation.timestepSpacing == .trailing && g.generation.size == 64)
         #expect(throws: (any Error).self) { try WeightPackCommand.parseAsRoot(["generate", "m", "-o", "x.png", "--size", "65"]) }
         #expect(throws: (any Error).self) { try WeightPackCommand.parseAsRoot(["generate", "m", "-o", "x.png", "--scheduler", "lms"]) }
@@ -46,11 +50,17 @@ struct EngineCLITests {
         let golden = try SafetensorsFile(path: Self.golden)
         let latents = try golden.tensor(named: "init_latents")
         let file = folder.appendingPathComponent("latents.safetensors").path
-        try SafetensorsWriter.write([OutputTensor(name: "latents", dtype: .f32, shape: latents.descriptor.shape, sourceName: "latents", sourceDType: .f32, load: { latents })],
-                                    to: file, overwrite: false)
+        try SafetensorsWriter.write(
+            [
+                OutputTensor(
+                    name: "latents", dtype: .f32, shape: latents.descriptor.shape, sourceName: "latents", sourceDType: .f32, load: { latents })
+            ],
+            to: file, overwrite: false)
         let out = folder.appendingPathComponent("trace.safetensors").path
-        let r = try run(["trace", tinyModel, "--prompt", "a photo of an astronaut riding a horse", "--latents", file,
-                         "--steps", "6", "--scheduler", "ddim", "-o", out])
+        let r = try run([
+            "trace", tinyModel, "--prompt", "a photo of an astronaut riding a horse", "--latents", file,
+            "--steps", "6", "--scheduler", "ddim", "-o", out,
+        ])
         #expect(r.status == 0, "\(r.stderr)")
         let trace = try SafetensorsFile(path: out)
         for name in ["tokens.cond", "tokens.uncond", "text.cond", "text.uncond", "latents.initial", "noise_pred.0", "latents.5", "image"] {
@@ -88,8 +98,9 @@ struct EngineCLITests {
         let plan = OutputTensor.plan(from: source, dtype: .keep).map { t -> OutputTensor in
             guard t.name == a || t.name == b else { return t }
             let other = t.name == a ? b : a
-            return OutputTensor(name: t.name, dtype: t.dtype, shape: t.shape, sourceName: other, sourceDType: t.sourceDType,
-                                load: { try source.tensor(named: other) })
+            return OutputTensor(
+                name: t.name, dtype: t.dtype, shape: t.shape, sourceName: other, sourceDType: t.sourceDType,
+                load: { try source.tensor(named: other) })
         }
         let swapped = folder.appendingPathComponent("swapped.safetensors").path
         try SafetensorsWriter.write(plan, metadata: ["format": "pt"], to: swapped, overwrite: false)

@@ -2,6 +2,7 @@ import CheckpointFormats
 import Foundation
 import TensorCore
 import Testing
+
 @testable import WeightPackCLI
 
 /// Issue 11's proof that `--config` makes a single file with unpublished head counts match
@@ -24,11 +25,16 @@ struct HeadCountConfigCLITests {
         let latents = try ddim.tensor(named: "init_latents")
         let latentsFile = scratch.appendingPathComponent("latents.safetensors").path
         if !FileManager.default.fileExists(atPath: latentsFile) {
-            try SafetensorsWriter.write([OutputTensor(name: "latents", dtype: .f32, shape: latents.descriptor.shape, sourceName: "latents", sourceDType: .f32, load: { latents })],
-                                        to: latentsFile, overwrite: false)
+            try SafetensorsWriter.write(
+                [
+                    OutputTensor(
+                        name: "latents", dtype: .f32, shape: latents.descriptor.shape, sourceName: "latents", sourceDType: .f32, load: { latents })
+                ],
+                to: latentsFile, overwrite: false)
         }
         let out = scratch.appendingPathComponent("trace-\(extra.count).safetensors").path
-        let r = try run(["trace", Self.model, "--prompt", Self.prompt, "--latents", latentsFile, "--steps", "1", "--scheduler", "ddim", "-o", out] + extra)
+        let r = try run(
+            ["trace", Self.model, "--prompt", Self.prompt, "--latents", latentsFile, "--steps", "1", "--scheduler", "ddim", "-o", out] + extra)
         #expect(r.status == 0, "\(r.stderr)")
         return try SafetensorsFile(path: out).tensor(named: "text.cond").floats()
     }

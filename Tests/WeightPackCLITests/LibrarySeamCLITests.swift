@@ -3,6 +3,7 @@ import CheckpointFormats
 import Foundation
 import TensorCore
 import Testing
+
 @testable import WeightPackCLI
 
 /// The command line over the ModelLoading library: --config, the tiny SDXL single file, and the
@@ -17,8 +18,12 @@ struct LibrarySeamCLITests {
         let golden = try SafetensorsFile(path: Self.ddimGolden)
         let latents = try golden.tensor(named: "init_latents")
         let file = folder.appendingPathComponent("latents.safetensors").path
-        try SafetensorsWriter.write([OutputTensor(name: "latents", dtype: .f32, shape: latents.descriptor.shape, sourceName: "latents", sourceDType: .f32, load: { latents })],
-                                    to: file, overwrite: false)
+        try SafetensorsWriter.write(
+            [
+                OutputTensor(
+                    name: "latents", dtype: .f32, shape: latents.descriptor.shape, sourceName: "latents", sourceDType: .f32, load: { latents })
+            ],
+            to: file, overwrite: false)
         return file
     }
 
@@ -35,8 +40,11 @@ struct LibrarySeamCLITests {
         let expected = try SafetensorsFile(path: Self.ddimGolden).tensor(named: "prompt_embeds").floats()
         func textEmbeddings(_ extra: [String]) throws -> [Float] {
             let out = folder.appendingPathComponent("trace-\(extra.count).safetensors").path
-            let r = try run(["trace", tinyModel, "--prompt", "a photo of an astronaut riding a horse", "--latents", latents,
-                             "--steps", "1", "--scheduler", "ddim", "-o", out] + extra)
+            let r = try run(
+                [
+                    "trace", tinyModel, "--prompt", "a photo of an astronaut riding a horse", "--latents", latents,
+                    "--steps", "1", "--scheduler", "ddim", "-o", out,
+                ] + extra)
             #expect(r.status == 0, "\(r.stderr)")
             return try SafetensorsFile(path: out).tensor(named: "text.cond").floats()
         }
@@ -55,9 +63,11 @@ struct LibrarySeamCLITests {
         let folder = try temporaryFolder()
         let png = folder.appendingPathComponent("xl.png").path
         // Its text encoders have a 514-token vocabulary: the folder gives the tokenizers (and configurations).
-        let r = try run(["generate", Self.fixtures.appendingPathComponent("tiny-sdxl/tiny-sdxl.safetensors").path,
-                         "--config", Self.fixtures.appendingPathComponent("tiny-sdxl/diffusers").path,
-                         "--prompt", "a red bicycle", "--steps", "2", "--size", "64", "-o", png])
+        let r = try run([
+            "generate", Self.fixtures.appendingPathComponent("tiny-sdxl/tiny-sdxl.safetensors").path,
+            "--config", Self.fixtures.appendingPathComponent("tiny-sdxl/diffusers").path,
+            "--prompt", "a red bicycle", "--steps", "2", "--size", "64", "-o", png,
+        ])
         #expect(r.status == 0, "\(r.stderr)")
         let bytes = try Data(contentsOf: URL(fileURLWithPath: png))
         #expect(bytes.starts(with: [0x89, 0x50, 0x4E, 0x47]))
@@ -67,10 +77,12 @@ struct LibrarySeamCLITests {
         let folder = try temporaryFolder()
         let path = folder.appendingPathComponent("plain.safetensors").path
         let values: [Float] = [1, 2]
-        let view = TensorView(descriptor: TensorDescriptor(name: "weights", dtype: .f32, shape: Shape([2]), byteCount: 8),
-                              bytes: values.withUnsafeBytes { TensorBytes(copying: $0) })
-        try SafetensorsWriter.write([OutputTensor(name: "weights", dtype: .f32, shape: Shape([2]), sourceName: "weights", sourceDType: .f32, load: { view })],
-                                    to: path, overwrite: false)
+        let view = TensorView(
+            descriptor: TensorDescriptor(name: "weights", dtype: .f32, shape: Shape([2]), byteCount: 8),
+            bytes: values.withUnsafeBytes { TensorBytes(copying: $0) })
+        try SafetensorsWriter.write(
+            [OutputTensor(name: "weights", dtype: .f32, shape: Shape([2]), sourceName: "weights", sourceDType: .f32, load: { view })],
+            to: path, overwrite: false)
         let r = try run(["inspect", path])
         #expect(r.status == 0)
         #expect(r.stdout.contains("model:      not recognised"))

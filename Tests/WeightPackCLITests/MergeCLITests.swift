@@ -3,6 +3,7 @@ import Foundation
 import StrictJSON
 import TensorCore
 import Testing
+
 @testable import WeightPackCLI
 
 private func adapterFixture(_ name: String) -> String {
@@ -37,11 +38,14 @@ struct MergeCLITests {
 
     @Test("merge parses FILE:SCALE arguments and -o; bad scales and outputs are usage errors")
     func parsing() throws {
-        let merge = try #require(try WeightPackCommand.parseAsRoot(["merge", "base.safetensors", "a.safetensors:0.8", "b.safetensors", "-o", "out.wpk", "--dtype", "int8"]) as? Merge)
+        let merge = try #require(
+            try WeightPackCommand.parseAsRoot(["merge", "base.safetensors", "a.safetensors:0.8", "b.safetensors", "-o", "out.wpk", "--dtype", "int8"])
+                as? Merge)
         #expect(merge.adapters == ["a.safetensors:0.8", "b.safetensors"] && merge.output == "out.wpk" && merge.dtype == .int8)
         for arguments in [
             ["merge", "base", "a:nan", "-o", "out.wpk"], ["merge", "base", "a:inf", "-o", "out.wpk"], ["merge", "base", "-o", "out.wpk"],
-            ["merge", "base", "a", "-o", "out.ckpt"], ["merge", "base", "a", "-o", "out.gguf", "--dtype", "int8"], ["merge", "base", "a", "-o", "out.safetensors", "--dtype", "int8"], ["merge", "base", "a"],
+            ["merge", "base", "a", "-o", "out.ckpt"], ["merge", "base", "a", "-o", "out.gguf", "--dtype", "int8"],
+            ["merge", "base", "a", "-o", "out.safetensors", "--dtype", "int8"], ["merge", "base", "a"],
         ] {
             #expect(throws: (any Error).self, "\(arguments)") { _ = try WeightPackCommand.parseAsRoot(arguments) }
         }
@@ -143,11 +147,13 @@ struct MergeCLITests {
         #expect(bytes.range(of: Data(lora.utf8)) != nil)
     }
 
-    @Test("refused adapters exit 65 with one line and write nothing", arguments: [
-        ("sdxl-kohya-lora.safetensors:0.8", 65 as Int32, "Stable Diffusion XL"),
-        ("bad-alpha-nan.safetensors", 65, "alpha"),
-        ("sd1-kohya-lora.safetensors:nan", 64, "nan"),
-    ])
+    @Test(
+        "refused adapters exit 65 with one line and write nothing",
+        arguments: [
+            ("sdxl-kohya-lora.safetensors:0.8", 65 as Int32, "Stable Diffusion XL"),
+            ("bad-alpha-nan.safetensors", 65, "alpha"),
+            ("sd1-kohya-lora.safetensors:nan", 64, "nan"),
+        ])
     func refused(_ adapter: String, _ status: Int32, _ word: String) throws {
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -233,8 +239,9 @@ struct PlainTensorInspectionCLITests {
         let values = [Float](repeating: 0.5, count: count)
         let descriptor = TensorDescriptor(name: "weights", dtype: .f32, shape: Shape(dimensions), byteCount: count * 4)
         let view = TensorView(descriptor: descriptor, bytes: values.withUnsafeBytes { TensorBytes(copying: $0) })
-        try SafetensorsWriter.write([OutputTensor(name: "weights", dtype: .f32, shape: Shape(dimensions), sourceName: "weights", sourceDType: .f32, load: { view })],
-                                    to: path, overwrite: false)
+        try SafetensorsWriter.write(
+            [OutputTensor(name: "weights", dtype: .f32, shape: Shape(dimensions), sourceName: "weights", sourceDType: .f32, load: { view })],
+            to: path, overwrite: false)
         let json = try run(["inspect", path, "--json"])
         #expect(json.status == 0, "\(json.stderr)")
         let root = try #require(try JSONParser.parse(json.stdout).objectValue)
@@ -242,8 +249,9 @@ struct PlainTensorInspectionCLITests {
         #expect(!(root["findings"]?.arrayValue ?? []).contains { $0.objectValue?["code"]?.stringValue == "bad-adapter" })
         // The same tensor under a <token> name is an embedding.
         let token = folder.appendingPathComponent("token.safetensors").path
-        try SafetensorsWriter.write([OutputTensor(name: "<thing>", dtype: .f32, shape: Shape(dimensions), sourceName: "<thing>", sourceDType: .f32, load: { view })],
-                                    to: token, overwrite: false)
+        try SafetensorsWriter.write(
+            [OutputTensor(name: "<thing>", dtype: .f32, shape: Shape(dimensions), sourceName: "<thing>", sourceDType: .f32, load: { view })],
+            to: token, overwrite: false)
         let tokenJSON = try run(["inspect", token, "--json"])
         let tokenRoot = try #require(try JSONParser.parse(tokenJSON.stdout).objectValue)
         if dimensions.count == 1 {

@@ -31,12 +31,14 @@ private func sameBytes(_ a: TensorView, _ b: TensorView) -> Bool {
 
 @Suite("model knowledge end to end (built binary)", .serialized)
 struct ModelKnowledgeCLITests {
-    @Test("inspect --json reports family, variant, prediction type, evidence and rejected candidates", arguments: [
-        ("tiny-sd1/tiny-sd1.safetensors", "sd1", "epsilon"),
-        ("tiny-sd2/tiny-sd2.safetensors", "sd2", "unknown"),
-        ("tiny-sd2/diffusers", "sd2", "v_prediction"),
-        ("tiny-sdxl/diffusers", "sdxl", "epsilon"),
-    ])
+    @Test(
+        "inspect --json reports family, variant, prediction type, evidence and rejected candidates",
+        arguments: [
+            ("tiny-sd1/tiny-sd1.safetensors", "sd1", "epsilon"),
+            ("tiny-sd2/tiny-sd2.safetensors", "sd2", "unknown"),
+            ("tiny-sd2/diffusers", "sd2", "v_prediction"),
+            ("tiny-sdxl/diffusers", "sdxl", "epsilon"),
+        ])
     func inspectArchitecture(path: String, family: String, prediction: String) throws {
         let result = try run(["inspect", fixturePath(path), "--json"])
         #expect(result.status == 0, "\(result.stderr)")
@@ -52,7 +54,8 @@ struct ModelKnowledgeCLITests {
         #expect(tensors.contains { $0.objectValue?["canonical"]?.stringValue == "unet.conv_in.weight" })
     }
 
-    @Test("LDM → wpk → diffusers folder equals the reference folder, and diffusers → wpk → LDM the reference file", arguments: ["sd1", "sd2", "sdxl"])
+    @Test(
+        "LDM → wpk → diffusers folder equals the reference folder, and diffusers → wpk → LDM the reference file", arguments: ["sd1", "sd2", "sdxl"])
     func crossLayoutRoundTrips(model: String) throws {
         let dir = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -79,7 +82,9 @@ struct ModelKnowledgeCLITests {
         #expect(ldm.tensors.count >= referenceLDM.tensors.count - (model == "sd2" ? 26 : 12))
     }
 
-    @Test("export --layout source gives back the source layout, names and bytes", arguments: ["tiny-sd1/tiny-sd1.safetensors", "tiny-sdxl/tiny-sdxl.safetensors"])
+    @Test(
+        "export --layout source gives back the source layout, names and bytes",
+        arguments: ["tiny-sd1/tiny-sd1.safetensors", "tiny-sdxl/tiny-sdxl.safetensors"])
     func sourceLayout(path: String) throws {
         let dir = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -88,7 +93,8 @@ struct ModelKnowledgeCLITests {
         #expect(try run(["export", wpk, back]).status == 0)
         let original = try SafetensorsFile(path: fixturePath(path)), restored = try SafetensorsFile(path: back)
         let firstOutOfOrder = zip(restored.tensors.map(\.name), original.tensors.map(\.name)).enumerated().first { $0.element.0 != $0.element.1 }
-        #expect(restored.tensors.count == original.tensors.count && firstOutOfOrder == nil, "first difference: \(String(describing: firstOutOfOrder))")
+        #expect(
+            restored.tensors.count == original.tensors.count && firstOutOfOrder == nil, "first difference: \(String(describing: firstOutOfOrder))")
         for d in original.tensors { #expect(sameBytes(try restored.tensor(named: d.name), try original.tensor(named: d.name)), "\(d.name)") }
         let header = try WPKFile(path: wpk).headerMetadata
         #expect(header["layout"]?.objectValue?["kind"]?.stringValue == "ldm")
@@ -114,21 +120,26 @@ struct ModelKnowledgeCLITests {
         var plan = OutputTensor.plan(from: source, dtype: .keep)
         for d in source.tensors where d.name.hasPrefix("model.diffusion_model.") {
             let name = "model_ema." + d.name.split(separator: ".").dropFirst().joined()
-            plan.append(OutputTensor(name: name, dtype: d.dtype, shape: d.shape, sourceName: d.name, sourceDType: d.dtype, load: {
-                let view = try source.tensor(named: d.name)
-                let flipped = view.bytes.withUnsafeBytes { Array($0).map { $0 ^ 1 } }
-                return TensorView(descriptor: view.descriptor, bytes: flipped.withUnsafeBytes { TensorBytes(copying: $0) })
-            }))
+            plan.append(
+                OutputTensor(
+                    name: name, dtype: d.dtype, shape: d.shape, sourceName: d.name, sourceDType: d.dtype,
+                    load: {
+                        let view = try source.tensor(named: d.name)
+                        let flipped = view.bytes.withUnsafeBytes { Array($0).map { $0 ^ 1 } }
+                        return TensorView(descriptor: view.descriptor, bytes: flipped.withUnsafeBytes { TensorBytes(copying: $0) })
+                    }))
         }
         if let i = plan.firstIndex(where: { $0.name.hasSuffix("position_ids") }) {
             let d = source.descriptor(named: plan[i].name)!
-            plan[i] = OutputTensor(name: d.name, dtype: .f32, shape: d.shape, sourceName: d.name, sourceDType: .f32, load: {
-                var values = (0..<77).map(Float.init)
-                values[76] = 75.9975
-                values[40] = 39.5
-                let bytes = values.withUnsafeBytes { TensorBytes(copying: $0) }
-                return TensorView(descriptor: TensorDescriptor(name: d.name, dtype: .f32, shape: d.shape, byteCount: 77 * 4), bytes: bytes)
-            })
+            plan[i] = OutputTensor(
+                name: d.name, dtype: .f32, shape: d.shape, sourceName: d.name, sourceDType: .f32,
+                load: {
+                    var values = (0..<77).map(Float.init)
+                    values[76] = 75.9975
+                    values[40] = 39.5
+                    let bytes = values.withUnsafeBytes { TensorBytes(copying: $0) }
+                    return TensorView(descriptor: TensorDescriptor(name: d.name, dtype: .f32, shape: d.shape, byteCount: 77 * 4), bytes: bytes)
+                })
         }
         let path = dir.appendingPathComponent("ema.safetensors").path
         try SafetensorsWriter.write(plan, to: path, overwrite: true)
@@ -194,9 +205,12 @@ struct ModelKnowledgeCLITests {
         return (process.terminationStatus, text)
     }
 
-    @Test("diffusers loads exported folders (runs when the fixture venv exists)",
-          .enabled(if: FileManager.default.isExecutableFile(atPath: venvPython), "the fixture Python environment ($HOME/.cache/weightpack/fixture-venv) is not installed"),
-          arguments: ["sd1", "sd2", "sdxl"])
+    @Test(
+        "diffusers loads exported folders (runs when the fixture venv exists)",
+        .enabled(
+            if: FileManager.default.isExecutableFile(atPath: venvPython),
+            "the fixture Python environment ($HOME/.cache/weightpack/fixture-venv) is not installed"),
+        arguments: ["sd1", "sd2", "sdxl"])
     func diffusersLoads(model: String) throws {
         let dir = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -217,13 +231,18 @@ struct ModelKnowledgeCLITests {
         let theirs = text.split(separator: "\n").first { $0.hasPrefix("ids ") }.map { $0.dropFirst(4).split(separator: " ").compactMap { Int($0) } }
         // Padding comes from the folder's tokenizer_config.json, as for any diffusers folder.
         let ours = try run(["tokenize", "a photo of a cat!", "--tokenizer", out + "/tokenizer"])
-        #expect(theirs == ours.stdout.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }, "\(text) vs \(ours.stdout)")
+        #expect(
+            theirs == ours.stdout.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) },
+            "\(text) vs \(ours.stdout)")
         #expect(status == 0 && text.contains("loaded"), "\(text)")
     }
 
-    @Test("diffusers loads folders exported from a diffusers source, and their tensors equal the source folder's (runs when the fixture venv exists)",
-          .enabled(if: FileManager.default.isExecutableFile(atPath: venvPython), "the fixture Python environment ($HOME/.cache/weightpack/fixture-venv) is not installed"),
-          arguments: ["sd1", "sd2", "sdxl"])
+    @Test(
+        "diffusers loads folders exported from a diffusers source, and their tensors equal the source folder's (runs when the fixture venv exists)",
+        .enabled(
+            if: FileManager.default.isExecutableFile(atPath: venvPython),
+            "the fixture Python environment ($HOME/.cache/weightpack/fixture-venv) is not installed"),
+        arguments: ["sd1", "sd2", "sdxl"])
     func diffusersLoadsFromDiffusersSource(model: String) throws {
         let dir = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: dir) }

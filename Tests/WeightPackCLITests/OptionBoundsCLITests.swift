@@ -1,40 +1,45 @@
 import ArgumentParser
 import Testing
+
 @testable import WeightPackCLI
 
 @Suite("options are checked against their documented bounds before anything is read")
 struct OptionBoundsCLITests {
-    @Test("out-of-bounds or non-finite options are usage errors", arguments: [
-        ["generate", "m", "-o", "x.png", "--size", "4611686018427387904"],
-        ["generate", "m", "-o", "x.png", "--size", "100000"],
-        ["generate", "m", "-o", "x.png", "--size", "0"],
-        ["generate", "m", "-o", "x.png", "--size", "65"],
-        ["generate", "m", "-o", "x.png", "--steps", "0"],
-        ["generate", "m", "-o", "x.png", "--steps", "1001"],
-        ["generate", "m", "-o", "x.png", "--guidance", "nan"],
-        ["generate", "m", "-o", "x.png", "--guidance", "inf"],
-        ["generate", "m", "-o", "x.png", "--guidance", "1e9"],
-        ["generate", "m", "-o", "x.png", "--seed", "18446744073709551616"],
-        ["generate", "m", "-o", "x.png", "--seed", "-9223372036854775809"],
-        ["generate", "m", "-o", "x.png", "--seed", "1.5"],
-        ["trace", "m", "--latents", "l", "-o", "t.safetensors", "--size", "100000"],
-        ["verify", "a", "b", "--min-stage-snr", "nan"],
-        ["verify", "a", "b", "--min-image-psnr", "-inf"],
-        ["verify", "a", "b", "--amplify", "0"],
-        ["convert", "a", "b.wpk", "--max-expansion", "0"],
-    ])
+    @Test(
+        "out-of-bounds or non-finite options are usage errors",
+        arguments: [
+            ["generate", "m", "-o", "x.png", "--size", "4611686018427387904"],
+            ["generate", "m", "-o", "x.png", "--size", "100000"],
+            ["generate", "m", "-o", "x.png", "--size", "0"],
+            ["generate", "m", "-o", "x.png", "--size", "65"],
+            ["generate", "m", "-o", "x.png", "--steps", "0"],
+            ["generate", "m", "-o", "x.png", "--steps", "1001"],
+            ["generate", "m", "-o", "x.png", "--guidance", "nan"],
+            ["generate", "m", "-o", "x.png", "--guidance", "inf"],
+            ["generate", "m", "-o", "x.png", "--guidance", "1e9"],
+            ["generate", "m", "-o", "x.png", "--seed", "18446744073709551616"],
+            ["generate", "m", "-o", "x.png", "--seed", "-9223372036854775809"],
+            ["generate", "m", "-o", "x.png", "--seed", "1.5"],
+            ["trace", "m", "--latents", "l", "-o", "t.safetensors", "--size", "100000"],
+            ["verify", "a", "b", "--min-stage-snr", "nan"],
+            ["verify", "a", "b", "--min-image-psnr", "-inf"],
+            ["verify", "a", "b", "--amplify", "0"],
+            ["convert", "a", "b.wpk", "--max-expansion", "0"],
+        ])
     func refused(_ arguments: [String]) {
         #expect(throws: (any Error).self, "\(arguments)") { _ = try WeightPackCommand.parseAsRoot(arguments) }
     }
 
     @Test("negative numbers are values, and a negative seed means what it means to torch")
     func negativeValues() throws {
-        let generate = try #require(try WeightPackCommand.parseAsRoot(["generate", "m", "-o", "x.png", "--seed", "-1", "--guidance", "-1"]) as? Generate)
+        let generate = try #require(
+            try WeightPackCommand.parseAsRoot(["generate", "m", "-o", "x.png", "--seed", "-1", "--guidance", "-1"]) as? Generate)
         #expect(generate.generation.generatorSeed == UInt64.max)
         #expect(generate.generation.guidance == -1)
         let big = try #require(try WeightPackCommand.parseAsRoot(["generate", "m", "-o", "x.png", "--seed", "18446744073709551615"]) as? Generate)
         #expect(big.generation.generatorSeed == UInt64.max)
-        let plain = try #require(try WeightPackCommand.parseAsRoot(["generate", "m", "-o", "x.png", "--size", "2048", "--steps", "1000"]) as? Generate)
+        let plain = try #require(
+            try WeightPackCommand.parseAsRoot(["generate", "m", "-o", "x.png", "--size", "2048", "--steps", "1000"]) as? Generate)
         #expect(plain.generation.generatorSeed == 0 && plain.generation.size == 2048)
     }
 

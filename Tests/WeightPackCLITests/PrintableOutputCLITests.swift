@@ -17,9 +17,11 @@ private func fileWithTensor(named jsonName: String, in dir: String) throws -> St
 
 @Suite("names from files reach the terminal escaped")
 struct PrintableOutputCLITests {
-    @Test("a terminal escape sequence or a newline in a tensor name is printed escaped", arguments: [
-        ["inspect", "FILE"], ["diff", "FILE", "OTHER"], ["inspect", "FILE", "--stats"],
-    ])
+    @Test(
+        "a terminal escape sequence or a newline in a tensor name is printed escaped",
+        arguments: [
+            ["inspect", "FILE"], ["diff", "FILE", "OTHER"], ["inspect", "FILE", "--stats"],
+        ])
     func escaped(_ template: [String]) throws {
         let dir = try temporaryFolder().path
         let file = try fileWithTensor(named: #"evil\u001b[2J\u001b]0;pwned\u0007\nfake line"#, in: dir)

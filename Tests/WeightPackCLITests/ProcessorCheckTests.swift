@@ -1,4 +1,5 @@
 import Testing
+
 @testable import WeightPackCLI
 
 /// The start-up check that the processor has the vector instructions the engine was built for

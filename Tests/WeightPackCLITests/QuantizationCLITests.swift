@@ -119,8 +119,9 @@ struct GGUFExportTests {
 
     @Test(
         "every tensor of an int8 model's GGUF reads back with the right name, shape, type and values",
-        .enabled(if: FileManager.default.isExecutableFile(atPath: fixturePython),
-                 "needs the fixture environment (Fixtures/generate/setup_venv.sh) for the gguf package"))
+        .enabled(
+            if: FileManager.default.isExecutableFile(atPath: fixturePython),
+            "needs the fixture environment (Fixtures/generate/setup_venv.sh) for the gguf package"))
     func int8ModelReadsBack() throws {
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -165,8 +166,9 @@ struct GGUFExportTests {
 
     @Test(
         "a q8_0 GGUF made from the f32 source stays within half a quantisation step",
-        .enabled(if: FileManager.default.isExecutableFile(atPath: fixturePython),
-                 "needs the fixture environment (Fixtures/generate/setup_venv.sh) for the gguf package"))
+        .enabled(
+            if: FileManager.default.isExecutableFile(atPath: fixturePython),
+            "needs the fixture environment (Fixtures/generate/setup_venv.sh) for the gguf package"))
     func sourceToQ8() throws {
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }

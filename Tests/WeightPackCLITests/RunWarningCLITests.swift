@@ -36,10 +36,13 @@ struct RunWarningCLITests {
         let latents = folder.appendingPathComponent("latents.safetensors").path
         let values = [Float](repeating: value, count: 4 * 8 * 8)
         let view = values.withUnsafeBytes {
-            TensorView(descriptor: TensorDescriptor(name: "latents", dtype: .f32, shape: [1, 4, 8, 8], byteCount: values.count * 4), bytes: TensorBytes(copying: $0))
+            TensorView(
+                descriptor: TensorDescriptor(name: "latents", dtype: .f32, shape: [1, 4, 8, 8], byteCount: values.count * 4),
+                bytes: TensorBytes(copying: $0))
         }
-        try SafetensorsWriter.write([OutputTensor(name: "latents", dtype: .f32, shape: [1, 4, 8, 8], sourceName: "latents", sourceDType: .f32, load: { view })],
-                                    to: latents, overwrite: false)
+        try SafetensorsWriter.write(
+            [OutputTensor(name: "latents", dtype: .f32, shape: [1, 4, 8, 8], sourceName: "latents", sourceDType: .f32, load: { view })],
+            to: latents, overwrite: false)
         let r = try run(["generate", tinyModel, "--steps", "1", "--latents", latents, "-o", folder.appendingPathComponent("x.png").path])
         #expect(r.stderr.contains("weightpack: warning: the --latents noise is \(words)"), "\(r.stderr)")
     }

@@ -3,6 +3,7 @@ import CheckpointFormats
 import Foundation
 import TensorCore
 import Testing
+
 @testable import WeightPackCLI
 
 private func adapterFixture(_ name: String) -> String {
@@ -15,14 +16,19 @@ private func adapterFixture(_ name: String) -> String {
 struct RuntimeAdapterCLITests {
     @Test("generate, trace and verify parse --lora, --embedding and --token; bad ones are usage errors")
     func parsing() throws {
-        let g = try #require(try WeightPackCommand.parseAsRoot(["generate", "m", "-o", "x.png", "--lora", "a.safetensors:0.8", "--lora", "b.safetensors",
-                                                                "--embedding", "e.pt", "--token", "<e>"]) as? Generate)
+        let g = try #require(
+            try WeightPackCommand.parseAsRoot([
+                "generate", "m", "-o", "x.png", "--lora", "a.safetensors:0.8", "--lora", "b.safetensors",
+                "--embedding", "e.pt", "--token", "<e>",
+            ]) as? Generate)
         #expect(g.adapters.loras == ["a.safetensors:0.8", "b.safetensors"] && g.adapters.embeddings == ["e.pt"] && g.adapters.tokens == ["<e>"])
         let v = try #require(try WeightPackCommand.parseAsRoot(["verify", "a", "b", "--lora", "x.safetensors:0.8"]) as? Verify)
         #expect(v.adapters.loras == ["x.safetensors:0.8"])
         #expect(try WeightPackCommand.parseAsRoot(["trace", "m", "-o", "t.safetensors", "--latents", "l", "--lora", "x"]) is Trace)
-        for arguments in [["generate", "m", "-o", "x.png", "--token", "<t>"], ["generate", "m", "-o", "x.png", "--lora", "a:nan"],
-                          ["trace", "m", "-o", "t", "--latents", "l", "--embedding", "e", "--token", ""]] {
+        for arguments in [
+            ["generate", "m", "-o", "x.png", "--token", "<t>"], ["generate", "m", "-o", "x.png", "--lora", "a:nan"],
+            ["trace", "m", "-o", "t", "--latents", "l", "--embedding", "e", "--token", ""],
+        ] {
             #expect(throws: (any Error).self, "\(arguments)") { _ = try WeightPackCommand.parseAsRoot(arguments) }
         }
         let usage = try run(["generate", tinyModel, "-o", "/nonexistent/x.png", "--token", "<t>"])
@@ -68,8 +74,12 @@ struct RuntimeAdapterCLITests {
         // Standard-normal initial noise (the LoRA pipeline golden's) as a --latents file.
         let latents = try SafetensorsFile(path: adapterFixture("sd1-lora-pipeline.safetensors")).tensor(named: "init_latents")
         let noise = folder.appendingPathComponent("latents.safetensors").path
-        try SafetensorsWriter.write([OutputTensor(name: "latents", dtype: .f32, shape: latents.descriptor.shape, sourceName: "latents", sourceDType: .f32, load: { latents })],
-                                    to: noise, overwrite: false)
+        try SafetensorsWriter.write(
+            [
+                OutputTensor(
+                    name: "latents", dtype: .f32, shape: latents.descriptor.shape, sourceName: "latents", sourceDType: .f32, load: { latents })
+            ],
+            to: noise, overwrite: false)
         func trace(_ model: String, _ extra: [String], _ name: String) throws -> SafetensorsFile {
             let out = folder.appendingPathComponent(name).path
             let r = try run(["trace", model, "--latents", noise, "--steps", "2", "--scheduler", "ddim", "-o", out] + extra)
@@ -80,7 +90,8 @@ struct RuntimeAdapterCLITests {
         let mergedTrace = try trace(merged, [], "trace-merged.safetensors")
         let base = try trace(tinyModel, [], "trace-base.safetensors")
         for name in ["text.cond", "noise_pred.0", "noise_pred.1"] {
-            let a = try runtime.tensor(named: name).floats(), b = try mergedTrace.tensor(named: name).floats(), c = try base.tensor(named: name).floats()
+            let a = try runtime.tensor(named: name).floats(), b = try mergedTrace.tensor(named: name).floats(),
+                c = try base.tensor(named: name).floats()
             // L2 error relative to the merged trace's norm. noise_pred is after guidance, u + 7.5 (c - u):
             // rounding in c and u is multiplied by 7.5 |c| / |c - u| (measured 3e-4 here; the raw
             // UNet passes agree to 2e-6 in RuntimeAdditionsTests).
@@ -101,15 +112,19 @@ struct RuntimeAdapterCLITests {
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let out = folder.appendingPathComponent("x.png").path
-        for extra in [["--lora", adapterFixture("sdxl-kohya-lora.safetensors")], ["--embedding", adapterFixture("ti-sdxl.safetensors")],
-                      ["--lora", adapterFixture("bad-alpha-nan.safetensors")], ["--lora", adapterFixture("ti-diffusers.safetensors")],
-                      ["--embedding", adapterFixture("sd1-kohya-lora.safetensors")]] {
+        for extra in [
+            ["--lora", adapterFixture("sdxl-kohya-lora.safetensors")], ["--embedding", adapterFixture("ti-sdxl.safetensors")],
+            ["--lora", adapterFixture("bad-alpha-nan.safetensors")], ["--lora", adapterFixture("ti-diffusers.safetensors")],
+            ["--embedding", adapterFixture("sd1-kohya-lora.safetensors")],
+        ] {
             let r = try run(["generate", tinyModel, "--steps", "1", "--size", "64", "-o", out] + extra)
             #expect(r.status == 65, "\(extra): \(r.stderr)")
             #expect(r.stderr.split(separator: "\n").count == 1, "\(extra): \(r.stderr)")
             #expect(!FileManager.default.fileExists(atPath: out))
         }
-        let missing = try run(["generate", tinyModel, "--steps", "1", "--size", "64", "-o", out, "--lora", folder.appendingPathComponent("none.safetensors").path])
+        let missing = try run([
+            "generate", tinyModel, "--steps", "1", "--size", "64", "-o", out, "--lora", folder.appendingPathComponent("none.safetensors").path,
+        ])
         #expect(missing.status == 66, "\(missing.stderr)")
     }
 
@@ -118,8 +133,10 @@ struct RuntimeAdapterCLITests {
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let out = folder.appendingPathComponent("cat.png").path
-        let r = try run(["generate", tinyModel, "--prompt", "a <tinycat>", "--steps", "2", "--size", "64", "-o", out,
-                         "--embedding", adapterFixture("ti-a1111.pt"), "--token", "<tinycat>", "--lora", adapterFixture("sd1-loha.safetensors") + ":0.5"])
+        let r = try run([
+            "generate", tinyModel, "--prompt", "a <tinycat>", "--steps", "2", "--size", "64", "-o", out,
+            "--embedding", adapterFixture("ti-a1111.pt"), "--token", "<tinycat>", "--lora", adapterFixture("sd1-loha.safetensors") + ":0.5",
+        ])
         #expect(r.status == 0, "\(r.stderr)")
         let text = String(decoding: try Data(contentsOf: URL(fileURLWithPath: out)), as: UTF8.self)
         #expect(text.contains("sd1-loha.safetensors:0.5") && text.contains("ti-a1111.pt"))

@@ -10,8 +10,9 @@ import Testing
 /// four stable-diffusion.cpp runs at 256 px); skipped elsewhere, CI included.
 @Suite("stable-diffusion.cpp loads and runs our GGUF files")
 struct SDCppInteropTests {
-    static let venvPython = (ProcessInfo.processInfo.environment["WEIGHTPACK_FIXTURE_VENV"]
-        ?? NSHomeDirectory() + "/.cache/weightpack/fixture-venv") + "/bin/python"
+    static let venvPython =
+        (ProcessInfo.processInfo.environment["WEIGHTPACK_FIXTURE_VENV"]
+            ?? NSHomeDirectory() + "/.cache/weightpack/fixture-venv") + "/bin/python"
     static let fullSize = (ProcessInfo.processInfo.environment["WEIGHTPACK_BENCH_DIR"] ?? "/tmp/wpbench") + "/sd15-random.safetensors"
     static var available: Bool {
         FileManager.default.isExecutableFile(atPath: venvPython) && FileManager.default.fileExists(atPath: fullSize)
@@ -30,7 +31,8 @@ struct SDCppInteropTests {
         }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.venvPython)
-        process.arguments = [repositoryURL.appendingPathComponent("Fixtures/generate/check_sdcpp_interop.py").path, Self.fullSize]
+        process.arguments =
+            [repositoryURL.appendingPathComponent("Fixtures/generate/check_sdcpp_interop.py").path, Self.fullSize]
             + files + ["--size", "256", "--steps", "2", "--out", folder.path]
         let pipe = Pipe()
         process.standardOutput = pipe

@@ -4,9 +4,10 @@ import SafePickle
 private let machine = PickleMachine()
 
 /// Small limits, so that every limit is reachable from short inputs.
-private let tightMachine = PickleMachine(limits: PickleLimits(
-    maximumOpcodes: 2_000, maximumStackDepth: 64, maximumMarkDepth: 8, maximumMemoEntries: 32,
-    maximumValues: 2_000, maximumNesting: 12, maximumLiteralBytes: 256, maximumIntegerDigits: 40))
+private let tightMachine = PickleMachine(
+    limits: PickleLimits(
+        maximumOpcodes: 2_000, maximumStackDepth: 64, maximumMarkDepth: 8, maximumMemoEntries: 32,
+        maximumValues: 2_000, maximumNesting: 12, maximumLiteralBytes: 256, maximumIntegerDigits: 40))
 
 /// libFuzzer entry point: one input is a stream of concatenated pickles. Each is run by the
 /// machine (default and tight limits) and walked by the global scanner (plain and torch

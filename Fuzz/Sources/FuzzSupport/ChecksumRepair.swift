@@ -39,7 +39,8 @@ public enum ChecksumRepair {
         for _ in 0..<count {
             guard q + 46 <= size, littleEndian(bytes, at: q, width: 4) == 0x0201_4B50 else { break }
             let stored = littleEndian(bytes, at: q + 20, width: 4)
-            let record = 46 + Int(littleEndian(bytes, at: q + 28, width: 2)) + Int(littleEndian(bytes, at: q + 30, width: 2))
+            let record =
+                46 + Int(littleEndian(bytes, at: q + 28, width: 2)) + Int(littleEndian(bytes, at: q + 30, width: 2))
                 + Int(littleEndian(bytes, at: q + 32, width: 2))
             let local = Int(littleEndian(bytes, at: q + 42, width: 4))
             if local + 30 <= size, littleEndian(bytes, at: local, width: 4) == 0x0403_4B50 {

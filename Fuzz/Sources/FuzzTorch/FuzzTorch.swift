@@ -15,7 +15,8 @@ public func fuzzTorch(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let bytes = UnsafeRawBufferPointer(start: data, count: size)
     check(bytes)
     if size >= 4, bytes[0] == 0x50, bytes[1] == 0x4B,
-       let repaired = ChecksumRepair.zip(bytes), !repaired.elementsEqual(bytes) {
+        let repaired = ChecksumRepair.zip(bytes), !repaired.elementsEqual(bytes)
+    {
         ChecksumRepair.saveIfAsked(repaired)
         repaired.withUnsafeBytes { check($0) }
     }

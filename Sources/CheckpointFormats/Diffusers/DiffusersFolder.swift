@@ -77,7 +77,9 @@ public final class DiffusersFolder: TensorStore, @unchecked Sendable {
             }
         }
         guard !opened.isEmpty else {
-            throw FormatError(.unrecognizedFormat, "no component of this diffusers folder has weights (looked for \(Self.weightFileStems.joined(separator: ", ")) files)", path: root)
+            throw FormatError(
+                .unrecognizedFormat,
+                "no component of this diffusers folder has weights (looked for \(Self.weightFileStems.joined(separator: ", ")) files)", path: root)
         }
         var all: [TensorDescriptor] = []
         var owner: [String: (Int, String)] = [:]
@@ -133,7 +135,9 @@ public final class DiffusersFolder: TensorStore, @unchecked Sendable {
         for name in files.sorted() {
             // Any other variant present (fp16, bf16, …) comes last.
             let parts = name.split(separator: ".")
-            if parts.count >= 3, weightFileStems.contains(String(parts[0])), !variants.contains(String(parts[1])) { variants.append(String(parts[1])) }
+            if parts.count >= 3, weightFileStems.contains(String(parts[0])), !variants.contains(String(parts[1])) {
+                variants.append(String(parts[1]))
+            }
         }
         for v in variants {
             let infix = v.map { ".\($0)" } ?? ""
@@ -175,12 +179,15 @@ public final class DiffusersFolder: TensorStore, @unchecked Sendable {
             throw FormatError(error)
         }
         guard size <= maximumAuxiliarySize else {
-            throw FormatError(.tooLarge, "\(size) bytes, more than the \(maximumAuxiliarySize >> 20) MiB a configuration or tokenizer file may have", path: path)
+            throw FormatError(
+                .tooLarge, "\(size) bytes, more than the \(maximumAuxiliarySize >> 20) MiB a configuration or tokenizer file may have", path: path)
         }
         let file: MappedFile
         do { file = try MappedFile(path: path) } catch { throw FormatError(error) }
         guard file.size <= maximumAuxiliarySize else {
-            throw FormatError(.tooLarge, "\(file.size) bytes, more than the \(maximumAuxiliarySize >> 20) MiB a configuration or tokenizer file may have", path: path)
+            throw FormatError(
+                .tooLarge, "\(file.size) bytes, more than the \(maximumAuxiliarySize >> 20) MiB a configuration or tokenizer file may have",
+                path: path)
         }
         return file.withUnsafeBytes { Array($0) }
     }

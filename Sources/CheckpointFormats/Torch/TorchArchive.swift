@@ -79,7 +79,8 @@ public final class TorchArchive: Sendable {
         let lowest = max(0, size - 22 - 65_535)
         while p >= lowest {
             if r.getInteger(at: p, as: UInt32.self) == 0x0605_4B50,
-               let commentLength = r.getInteger(at: p + 20, as: UInt16.self), p + 22 + Int(commentLength) == size {
+                let commentLength = r.getInteger(at: p + 20, as: UInt16.self), p + 22 + Int(commentLength) == size
+            {
                 eocd = p
                 break
             }
@@ -87,11 +88,12 @@ public final class TorchArchive: Sendable {
         }
         guard eocd >= 0 else { throw fail("zip archive has no end-of-central-directory record") }
         guard let disk = r.getInteger(at: eocd + 4, as: UInt16.self),
-              let cdDisk = r.getInteger(at: eocd + 6, as: UInt16.self),
-              let diskEntries = r.getInteger(at: eocd + 8, as: UInt16.self),
-              let totalEntries16 = r.getInteger(at: eocd + 10, as: UInt16.self),
-              let cdSize32 = r.getInteger(at: eocd + 12, as: UInt32.self),
-              let cdOffset32 = r.getInteger(at: eocd + 16, as: UInt32.self) else {
+            let cdDisk = r.getInteger(at: eocd + 6, as: UInt16.self),
+            let diskEntries = r.getInteger(at: eocd + 8, as: UInt16.self),
+            let totalEntries16 = r.getInteger(at: eocd + 10, as: UInt16.self),
+            let cdSize32 = r.getInteger(at: eocd + 12, as: UInt32.self),
+            let cdOffset32 = r.getInteger(at: eocd + 16, as: UInt32.self)
+        else {
             throw fail("zip end-of-central-directory record is truncated")
         }
         var entryCount = UInt64(totalEntries16)
@@ -101,15 +103,16 @@ public final class TorchArchive: Sendable {
         // ZIP64: a locator just before the classic record points at the ZIP64 record.
         if eocd >= 20, r.getInteger(at: eocd - 20, as: UInt32.self) == 0x0706_4B50 {
             guard let locatorDisk = r.getInteger(at: eocd - 16, as: UInt32.self),
-                  let z64Offset = r.getInteger(at: eocd - 12, as: UInt64.self),
-                  let diskCount = r.getInteger(at: eocd - 4, as: UInt32.self),
-                  z64Offset <= UInt64(eocd - 20), r.getInteger(at: Int(z64Offset), as: UInt32.self) == 0x0606_4B50,
-                  let z64Disk = r.getInteger(at: Int(z64Offset) + 16, as: UInt32.self),
-                  let z64CDDisk = r.getInteger(at: Int(z64Offset) + 20, as: UInt32.self),
-                  let z64DiskEntries = r.getInteger(at: Int(z64Offset) + 24, as: UInt64.self),
-                  let z64Entries = r.getInteger(at: Int(z64Offset) + 32, as: UInt64.self),
-                  let z64CDSize = r.getInteger(at: Int(z64Offset) + 40, as: UInt64.self),
-                  let z64CDOffset = r.getInteger(at: Int(z64Offset) + 48, as: UInt64.self) else {
+                let z64Offset = r.getInteger(at: eocd - 12, as: UInt64.self),
+                let diskCount = r.getInteger(at: eocd - 4, as: UInt32.self),
+                z64Offset <= UInt64(eocd - 20), r.getInteger(at: Int(z64Offset), as: UInt32.self) == 0x0606_4B50,
+                let z64Disk = r.getInteger(at: Int(z64Offset) + 16, as: UInt32.self),
+                let z64CDDisk = r.getInteger(at: Int(z64Offset) + 20, as: UInt32.self),
+                let z64DiskEntries = r.getInteger(at: Int(z64Offset) + 24, as: UInt64.self),
+                let z64Entries = r.getInteger(at: Int(z64Offset) + 32, as: UInt64.self),
+                let z64CDSize = r.getInteger(at: Int(z64Offset) + 40, as: UInt64.self),
+                let z64CDOffset = r.getInteger(at: Int(z64Offset) + 48, as: UInt64.self)
+            else {
                 throw fail("zip has a ZIP64 locator but no valid ZIP64 end-of-central-directory record")
             }
             multiDisk = multiDisk || locatorDisk != 0 || diskCount > 1 || z64Disk != 0 || z64CDDisk != 0 || z64DiskEntries != z64Entries
@@ -132,16 +135,17 @@ public final class TorchArchive: Sendable {
         var p2 = cdStart
         for n in 0..<Int(entryCount) {
             guard p2 + 46 <= cdEnd, r.getInteger(at: p2, as: UInt32.self) == 0x0201_4B50,
-                  let flags = r.getInteger(at: p2 + 8, as: UInt16.self),
-                  let method = r.getInteger(at: p2 + 10, as: UInt16.self),
-                  let crc = r.getInteger(at: p2 + 16, as: UInt32.self),
-                  let compressed32 = r.getInteger(at: p2 + 20, as: UInt32.self),
-                  let uncompressed32 = r.getInteger(at: p2 + 24, as: UInt32.self),
-                  let nameLength = r.getInteger(at: p2 + 28, as: UInt16.self),
-                  let extraLength = r.getInteger(at: p2 + 30, as: UInt16.self),
-                  let commentLength = r.getInteger(at: p2 + 32, as: UInt16.self),
-                  let diskStart = r.getInteger(at: p2 + 34, as: UInt16.self),
-                  let localOffset32 = r.getInteger(at: p2 + 42, as: UInt32.self) else {
+                let flags = r.getInteger(at: p2 + 8, as: UInt16.self),
+                let method = r.getInteger(at: p2 + 10, as: UInt16.self),
+                let crc = r.getInteger(at: p2 + 16, as: UInt32.self),
+                let compressed32 = r.getInteger(at: p2 + 20, as: UInt32.self),
+                let uncompressed32 = r.getInteger(at: p2 + 24, as: UInt32.self),
+                let nameLength = r.getInteger(at: p2 + 28, as: UInt16.self),
+                let extraLength = r.getInteger(at: p2 + 30, as: UInt16.self),
+                let commentLength = r.getInteger(at: p2 + 32, as: UInt16.self),
+                let diskStart = r.getInteger(at: p2 + 34, as: UInt16.self),
+                let localOffset32 = r.getInteger(at: p2 + 42, as: UInt32.self)
+            else {
                 throw fail("zip central directory entry \(n) is malformed or truncated")
             }
             let recordLength = 46 + Int(nameLength) + Int(extraLength) + Int(commentLength)
@@ -182,7 +186,9 @@ public final class TorchArchive: Sendable {
             if flags & 0x2000 != 0 { throw fail("zip entry '\(name)' uses a masked central directory") }
             guard diskStart == 0 else { throw fail("zip entry '\(name)' starts on another disk") }
             if method == 8 {
-                throw fail("zip entry '\(name)' is DEFLATE-compressed; torch writes only STORED entries, and compressed members are refused (re-save with torch.save)")
+                throw fail(
+                    "zip entry '\(name)' is DEFLATE-compressed; torch writes only STORED entries, and compressed members are refused (re-save with torch.save)"
+                )
             }
             guard method == 0 else { throw fail("zip entry '\(name)' uses compression method \(method); only STORED is accepted") }
             guard compressed == uncompressed else {
@@ -192,8 +198,10 @@ public final class TorchArchive: Sendable {
             try validate(name: name)
             let components = name.split(separator: "/", omittingEmptySubsequences: false)
             guard components.count >= 2 else {
-                throw fail(n == 0 ? "zip entry '\(name)' is not in a subdirectory (a torch archive keeps everything under one folder)"
-                                  : "zip entry '\(name)' is outside the archive folder")
+                throw fail(
+                    n == 0
+                        ? "zip entry '\(name)' is not in a subdirectory (a torch archive keeps everything under one folder)"
+                        : "zip entry '\(name)' is outside the archive folder")
             }
             if prefix == nil { prefix = String(components[0]) }
             guard components[0] == prefix! else {
@@ -203,11 +211,12 @@ public final class TorchArchive: Sendable {
 
             // Local header: same name; data follows the local name and extra field.
             guard localOffset <= UInt64(size - 30), r.getInteger(at: Int(localOffset), as: UInt32.self) == 0x0403_4B50,
-                  let localFlags = r.getInteger(at: Int(localOffset) + 6, as: UInt16.self),
-                  let localMethod = r.getInteger(at: Int(localOffset) + 8, as: UInt16.self),
-                  let localNameLength = r.getInteger(at: Int(localOffset) + 26, as: UInt16.self),
-                  let localExtraLength = r.getInteger(at: Int(localOffset) + 28, as: UInt16.self),
-                  let localName = r.getBytes(at: Int(localOffset) + 30, count: Int(localNameLength)) else {
+                let localFlags = r.getInteger(at: Int(localOffset) + 6, as: UInt16.self),
+                let localMethod = r.getInteger(at: Int(localOffset) + 8, as: UInt16.self),
+                let localNameLength = r.getInteger(at: Int(localOffset) + 26, as: UInt16.self),
+                let localExtraLength = r.getInteger(at: Int(localOffset) + 28, as: UInt16.self),
+                let localName = r.getBytes(at: Int(localOffset) + 30, count: Int(localNameLength))
+            else {
                 throw fail("zip entry '\(name)' has no valid local header")
             }
             guard localName.elementsEqual(nameBytes) else {
@@ -222,9 +231,10 @@ public final class TorchArchive: Sendable {
             guard dataOffset + Int(uncompressed) <= cdStart else {
                 throw fail("zip entry '\(name)' overlaps the central directory")
             }
-            entries.append(Entry(
-                name: name, relativeName: components.dropFirst().joined(separator: "/"),
-                size: Int(uncompressed), crc32: crc, dataOffset: dataOffset))
+            entries.append(
+                Entry(
+                    name: name, relativeName: components.dropFirst().joined(separator: "/"),
+                    size: Int(uncompressed), crc32: crc, dataOffset: dataOffset))
         }
         // No two entries may share bytes (overlapping entries are a zip-bomb and scanner-evasion trick).
         let ordered = entries.sorted { $0.dataOffset < $1.dataOffset }

@@ -46,7 +46,9 @@ extension TorchCheckpoint {
             }
             var keys: [String] = []
             for id in keyIDs {
-                guard let key = keyList.string(id) else { throw FormatError(.invalidArchive, "legacy storage key list holds a \(keyList[id].kindName)") }
+                guard let key = keyList.string(id) else {
+                    throw FormatError(.invalidArchive, "legacy storage key list holds a \(keyList[id].kindName)")
+                }
                 keys.append(key)
             }
 
@@ -67,7 +69,8 @@ extension TorchCheckpoint {
                 var view: (viewKey: String, offset: Int, size: Int)?
                 if case .tuple(let items) = object[pid], items.count == 6, let meta = object.sequence(items[5]) {
                     guard meta.count == 3, let viewKey = object.string(meta[0]), let offset = object.integer(meta[1]),
-                          let size = object.integer(meta[2]), offset >= 0, size >= 0 else {
+                        let size = object.integer(meta[2]), offset >= 0, size >= 0
+                    else {
                         throw FormatError(.invalidPickle, "storage '\(key)' has malformed view metadata")
                     }
                     view = (viewKey, Int(offset), Int(size))
@@ -93,7 +96,8 @@ extension TorchCheckpoint {
                 let (bytes, overflow) = root.numel.multipliedReportingOverflow(by: root.storageClass.elementSize)
                 let start = position + 8
                 guard !overflow, bytes <= raw.count - start else {
-                    throw FormatError(.storageOutOfRange, "storage '\(key)' needs \(root.numel) × \(root.storageClass.elementSize) bytes but the file ends first")
+                    throw FormatError(
+                        .storageOutOfRange, "storage '\(key)' needs \(root.numel) × \(root.storageClass.elementSize) bytes but the file ends first")
                 }
                 ranges[key] = start..<(start + bytes)
                 position = start + bytes
@@ -111,8 +115,9 @@ extension TorchCheckpoint {
                     guard !o1, !o2, start <= range.count, length <= range.count - start else {
                         throw FormatError(.storageOutOfRange, "storage view '\(view.viewKey)' reaches outside storage '\(key)'")
                     }
-                    storage = TorchStorage(key: view.viewKey, storageClass: root.storageClass,
-                                           byteRange: (range.lowerBound + start)..<(range.lowerBound + start + length))
+                    storage = TorchStorage(
+                        key: view.viewKey, storageClass: root.storageClass,
+                        byteRange: (range.lowerBound + start)..<(range.lowerBound + start + length))
                 }
                 storages[pidValue] = storage
             }

@@ -37,7 +37,8 @@ extension TorchCheckpoint {
             let archive = try TorchArchive(file: file)
             let candidates = dataPickleCandidates(archive)
             if candidates.count > 1 {
-                let reason = "\(candidates.count) members (\(candidates.map(\.name).joined(separator: ", "))) match data.pkl case-insensitively; which one torch reads depends on its zip reader"
+                let reason =
+                    "\(candidates.count) members (\(candidates.map(\.name).joined(separator: ", "))) match data.pkl case-insensitively; which one torch reads depends on its zip reader"
                 report.findings.append(.init(unresolved: reason, entry: candidates[0].name, opcode: "ZIP"))
                 report.problems.append(reason)
             }
@@ -54,9 +55,11 @@ extension TorchCheckpoint {
             return report
         case .tar:
             var report = PickleScanReport(format: "ckpt-tar")
-            report.findings.append(.init(
-                unresolved: "a tar-format (PyTorch 0.1.x) checkpoint: torch.load unpickles its members (storages, tensors, pickle), which this scan does not read",
-                entry: "tar", opcode: "TAR"))
+            report.findings.append(
+                .init(
+                    unresolved:
+                        "a tar-format (PyTorch 0.1.x) checkpoint: torch.load unpickles its members (storages, tensors, pickle), which this scan does not read",
+                    entry: "tar", opcode: "TAR"))
             report.problems.append("tar-format checkpoints are not analysed; treat the file as unsafe")
             return report
         case .legacy, .pickle:
@@ -110,9 +113,13 @@ extension TorchCheckpoint {
             let pickleContext: UnpicklerContext = entry == nil ? (n == 3 ? .torchLegacy : .pickle) : (n == 0 ? context : .pickle)
             let listing = PickleGlobalScanner.scan(raw, from: position, limits: limits, context: pickleContext)
             let name: String
-            if let entry { name = n == 0 ? entry : "\(entry)#\(n + 1)" }
-            else if maximumPickles == 5 { name = legacyPickleNames[n] }
-            else { name = "pickle \(n + 1)" }
+            if let entry {
+                name = n == 0 ? entry : "\(entry)#\(n + 1)"
+            } else if maximumPickles == 5 {
+                name = legacyPickleNames[n]
+            } else {
+                name = "pickle \(n + 1)"
+            }
             // Offsets are reported relative to the entry (zip) or the file (legacy).
             report.add(listing, entry: name)
             n += 1

@@ -23,7 +23,9 @@ extension TorchCheckpoint {
         // torch finds data.pkl case-insensitively; read the member it would, and refuse a choice.
         let candidates = dataPickleCandidates(archive)
         guard candidates.count <= 1 else {
-            throw FormatError(.invalidArchive, "zip archive has \(candidates.count) members named data.pkl in different cases; torch's choice among them is not defined")
+            throw FormatError(
+                .invalidArchive,
+                "zip archive has \(candidates.count) members named data.pkl in different cases; torch's choice among them is not defined")
         }
         guard let dataPickle = candidates.first else {
             throw FormatError(.invalidArchive, "zip archive has no \(archive.prefix)/data.pkl")
@@ -91,7 +93,8 @@ extension TorchCheckpoint {
             throw FormatError(.invalidPickle, "persistent id does not start with a string")
         }
         guard kind == "storage" else {
-            throw FormatError(.invalidPickle, "persistent id of kind '\(kind.prefix(40))' (only storages are supported; whole nn.Module pickles are not)")
+            throw FormatError(
+                .invalidPickle, "persistent id of kind '\(kind.prefix(40))' (only storages are supported; whole nn.Module pickles are not)")
         }
         guard items.count == expectedCount else {
             throw FormatError(.invalidPickle, "storage persistent id has \(items.count) fields, expected \(expectedCount)")
@@ -101,7 +104,8 @@ extension TorchCheckpoint {
         }
         let storageClass = try TorchDTypes.storageClass(type)
         guard let key = document.string(items[2]), !key.isEmpty, key.utf8.count <= 64,
-              key.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }) else {
+            key.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") })
+        else {
             throw FormatError(.invalidPickle, "storage key is not a short alphanumeric string")
         }
         guard let numel = document.integer(items[4]), numel >= 0 else {

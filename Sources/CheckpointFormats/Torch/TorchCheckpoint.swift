@@ -66,7 +66,8 @@ public final class TorchCheckpoint: TensorStore {
                 throw TorchCheckpoint.torchScriptError
             }
             if kind == .tar {
-                throw FormatError(.invalidArchive, "tar-format PyTorch checkpoints (PyTorch 0.1.x) are not supported; re-save with a current torch.save")
+                throw FormatError(
+                    .invalidArchive, "tar-format PyTorch checkpoints (PyTorch 0.1.x) are not supported; re-save with a current torch.save")
             }
             let report = try TorchCheckpoint.scan(file: file, kind: kind, limits: limits)
             // The allow-list is the gate: anything not on it is refused, dangerous or not.
@@ -134,7 +135,8 @@ public final class TorchCheckpoint: TensorStore {
             what = "an unresolvable \(finding.opcode) (\(finding.reason ?? "operands hidden from static analysis"))"
         } else {
             let written = finding.written != finding.qualifiedName ? ", written \(finding.written)" : ""
-            what = finding.safety == .dangerous
+            what =
+                finding.safety == .dangerous
                 ? "the dangerous global \(finding.qualifiedName)\(written)"
                 : "the global \(finding.qualifiedName)\(written), which is not on the allow-list"
         }
@@ -142,7 +144,8 @@ public final class TorchCheckpoint: TensorStore {
         let place = finding.isResolved || finding.offset > 0 ? "\(finding.opcode) at byte \(finding.offset) of \(finding.entry)" : finding.entry
         return FormatError(
             .unsafeGlobal,
-            "refusing a pickle that names \(what) (\(place))\(more); nothing was executed (--allow-unsafe-globals reads its tensors anyway, still executing nothing)")
+            "refusing a pickle that names \(what) (\(place))\(more); nothing was executed (--allow-unsafe-globals reads its tensors anyway, still executing nothing)"
+        )
     }
 
     /// Refuses tensors that would materialise more than `maximumExpansion` times the storage
@@ -170,7 +173,8 @@ public final class TorchCheckpoint: TensorStore {
         guard materialized <= allowed else {
             throw FormatError(
                 .unsupportedTensor,
-                "the tensors would take \(materialized) bytes but view only \(stored) stored bytes (stride-0 or overlapping views); at most \(ratio)× (or \(expansionAllowance >> 20) MiB) is allowed, and a larger bound must be asked for")
+                "the tensors would take \(materialized) bytes but view only \(stored) stored bytes (stride-0 or overlapping views); at most \(ratio)× (or \(expansionAllowance >> 20) MiB) is allowed, and a larger bound must be asked for"
+            )
         }
     }
 

@@ -68,7 +68,8 @@ struct TorchObjectReader {
         // Wrappers (`_rebuild_parameter`, `_rebuild_from_type_v2`) nest a handful of levels at most.
         for _ in 0..<8 {
             guard let call = document.call(current), call.kind == .reduce, let g = document.global(call.callable),
-                  let args = document.sequence(call.arguments) else { return nil }
+                let args = document.sequence(call.arguments)
+            else { return nil }
             switch (g.module, g.name) {
             case ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state"):
                 guard let first = args.first else { throw bad("\(g.name) without arguments", name) }
@@ -96,7 +97,8 @@ struct TorchObjectReader {
         var seq = document.sequence(id)
         // `torch.Size((…))` spelled as a call.
         if seq == nil, let call = document.call(id), let g = document.global(call.callable), g.module == "torch", g.name == "Size",
-           let args = document.sequence(call.arguments), let first = args.first {
+            let args = document.sequence(call.arguments), let first = args.first
+        {
             seq = document.sequence(first)
         }
         guard let items = seq else { throw bad("tensor \(what) is not a tuple of integers", name) }
@@ -198,7 +200,9 @@ struct TorchObjectReader {
             let (endElement, c) = last.addingReportingOverflow(1)
             let (endByte, d) = endElement.multipliedReportingOverflow(by: elementSize)
             guard !c, !d, endByte <= storageBytes else {
-                throw outOfRange("tensor view (offset \(offset), size \(sizes), stride \(strides)) reaches byte \(c || d ? "∞" : String(endByte)) of storage '\(storage.key)' which holds \(storageBytes) bytes")
+                throw outOfRange(
+                    "tensor view (offset \(offset), size \(sizes), stride \(strides)) reaches byte \(c || d ? "∞" : String(endByte)) of storage '\(storage.key)' which holds \(storageBytes) bytes"
+                )
             }
         }
         // Only a view whose strides overlap (an expanded tensor) holds more bytes than its storage,
@@ -306,7 +310,7 @@ struct TorchObjectReader {
     /// A short Python-like rendering of a value, at most `limit` characters.
     func describe(_ id: PickleValueID, limit: Int) -> String {
         var out = ""
-        var budget = 64 // values rendered
+        var budget = 64  // values rendered
         render(id, into: &out, depth: 0, top: true, budget: &budget, limit: limit)
         if out.count > limit { out = String(out.prefix(limit - 1)) + "…" }
         return out
@@ -362,16 +366,18 @@ struct TorchObjectReader {
     /// The value of a pickled numpy scalar (`numpy.core.multiarray.scalar(dtype, bytes)`).
     func numpyScalar(_ call: PickleCall) -> String? {
         guard let g = document.global(call.callable), g.name == "scalar",
-              g.module == "numpy.core.multiarray" || g.module == "numpy._core.multiarray",
-              let args = document.sequence(call.arguments), args.count == 2,
-              let dtypeCall = document.call(args[0]), let dtypeArgs = document.sequence(dtypeCall.arguments),
-              let typeCode = dtypeArgs.first.flatMap({ document.string($0) }) else { return nil }
+            g.module == "numpy.core.multiarray" || g.module == "numpy._core.multiarray",
+            let args = document.sequence(call.arguments), args.count == 2,
+            let dtypeCall = document.call(args[0]), let dtypeArgs = document.sequence(dtypeCall.arguments),
+            let typeCode = dtypeArgs.first.flatMap({ document.string($0) })
+        else { return nil }
         var raw: [UInt8]
         switch document[args[1]] {
         case .bytes(let b): raw = b
         case .call(let encode):
             guard let e = document.global(encode.callable), e.name == "encode", let ea = document.sequence(encode.arguments),
-                  let text = ea.first.flatMap({ document.string($0) }) else { return nil }
+                let text = ea.first.flatMap({ document.string($0) })
+            else { return nil }
             raw = []
             for scalar in text.unicodeScalars {
                 guard scalar.value <= 0xFF else { return nil }

@@ -52,7 +52,9 @@ public final class AutoencoderKL {
         let shape = try weights.shape("decoder.conv_in.weight")
         let expected = [configuration.blockOutChannels.last!, configuration.latentChannels, 3, 3]
         guard shape == expected else {
-            throw EngineError(.shapeMismatch, "weight has shape \(Shape(shape)), the configuration expects \(Shape(expected))", tensorName: prefix + "decoder.conv_in.weight")
+            throw EngineError(
+                .shapeMismatch, "weight has shape \(Shape(shape)), the configuration expects \(Shape(expected))",
+                tensorName: prefix + "decoder.conv_in.weight")
         }
     }
 
@@ -151,8 +153,9 @@ public final class AutoencoderKL {
             }
             if i < c.blockOutChannels.count - 1 {
                 // diffusers pads right and bottom by one, then convolves with stride 2.
-                let y = try ws.conv2d(x, "encoder.down_blocks.\(i).downsamplers.0.conv", stride: 2,
-                                      padding: .init(top: 0, left: 0, bottom: 1, right: 1))
+                let y = try ws.conv2d(
+                    x, "encoder.down_blocks.\(i).downsamplers.0.conv", stride: 2,
+                    padding: .init(top: 0, left: 0, bottom: 1, right: 1))
                 ws.pool.recycle(x)
                 x = y
             }
@@ -209,7 +212,8 @@ public final class AutoencoderKL {
     /// diffusers' single-head spatial self-attention with a residual; consumes `x`.
     private func attention(_ x: FloatTensor, _ name: String, _ ws: Workspace) throws -> FloatTensor {
         let (ch, h, w) = (x.shape[0], x.shape[1], x.shape[2])
-        let names = weights.contains(name + ".to_q.weight")
+        let names =
+            weights.contains(name + ".to_q.weight")
             ? (q: "to_q", k: "to_k", v: "to_v", out: "to_out.0")
             : (q: "query", k: "key", v: "value", out: "proj_attn")
         let n = try ws.groupNorm(x, name + ".group_norm", groups: configuration.normGroups, epsilon: configuration.normEpsilon)

@@ -25,11 +25,13 @@ public struct AutoencoderKLConfiguration: Sendable, Hashable {
     /// The image size the model was trained at; tiled decoding uses tiles of this size.
     public var sampleSize: Int
 
-    public init(inChannels: Int = 3, outChannels: Int = 3, latentChannels: Int = 4,
-                blockOutChannels: [Int] = [128, 256, 512, 512], layersPerBlock: Int = 2, normGroups: Int = 32,
-                normEpsilon: Float = 1e-6, scalingFactor: Float = 0.18215, shiftFactor: Float = 0,
-                useQuantConv: Bool = true, usePostQuantConv: Bool = true, midBlockAttention: Bool = true,
-                sampleSize: Int = 512) {
+    public init(
+        inChannels: Int = 3, outChannels: Int = 3, latentChannels: Int = 4,
+        blockOutChannels: [Int] = [128, 256, 512, 512], layersPerBlock: Int = 2, normGroups: Int = 32,
+        normEpsilon: Float = 1e-6, scalingFactor: Float = 0.18215, shiftFactor: Float = 0,
+        useQuantConv: Bool = true, usePostQuantConv: Bool = true, midBlockAttention: Bool = true,
+        sampleSize: Int = 512
+    ) {
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.latentChannels = latentChannels
@@ -87,14 +89,15 @@ public struct AutoencoderKLConfiguration: Sendable, Hashable {
                 throw EngineError(.invalidConfiguration, "unsupported VAE \(key) (only \(expected))")
             }
         }
-        self.init(inChannels: try int("in_channels", 3), outChannels: try int("out_channels", 3),
-                  latentChannels: try int("latent_channels", 4), blockOutChannels: blocks,
-                  layersPerBlock: try int("layers_per_block", 1), normGroups: try int("norm_num_groups", 32),
-                  scalingFactor: try float("scaling_factor", 0.18215), shiftFactor: try float("shift_factor", 0),
-                  useQuantConv: o["use_quant_conv"]?.boolValue ?? true,
-                  usePostQuantConv: o["use_post_quant_conv"]?.boolValue ?? true,
-                  midBlockAttention: o["mid_block_add_attention"]?.boolValue ?? true,
-                  sampleSize: try int("sample_size", 512))
+        self.init(
+            inChannels: try int("in_channels", 3), outChannels: try int("out_channels", 3),
+            latentChannels: try int("latent_channels", 4), blockOutChannels: blocks,
+            layersPerBlock: try int("layers_per_block", 1), normGroups: try int("norm_num_groups", 32),
+            scalingFactor: try float("scaling_factor", 0.18215), shiftFactor: try float("shift_factor", 0),
+            useQuantConv: o["use_quant_conv"]?.boolValue ?? true,
+            usePostQuantConv: o["use_post_quant_conv"]?.boolValue ?? true,
+            midBlockAttention: o["mid_block_add_attention"]?.boolValue ?? true,
+            sampleSize: try int("sample_size", 512))
         try validate()
     }
 

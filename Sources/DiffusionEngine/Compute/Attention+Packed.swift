@@ -53,8 +53,10 @@ extension Attention {
     /// `q + i * qStride`) and all padded keys; `scores` has rows of `paddedKeys(keys)` floats.
     /// Blocks of 4 rows x 64 keys: 16 accumulators, 4 vector loads and 4 broadcasts per 16
     /// fused multiply-adds.
-    static func packedScores(q: UnsafePointer<Float>, qStride: Int, rows: Int, kt: UnsafePointer<Float>,
-                             keys: Int, d: Int, scale: Float, into scores: UnsafeMutablePointer<Float>) {
+    static func packedScores(
+        q: UnsafePointer<Float>, qStride: Int, rows: Int, kt: UnsafePointer<Float>,
+        keys: Int, d: Int, scale: Float, into scores: UnsafeMutablePointer<Float>
+    ) {
         let kp = paddedKeys(keys)
         let rowBytes = kp &* 4
         let s = Lanes(repeating: scale)
@@ -89,7 +91,8 @@ extension Attention {
                 // Rows past the end were computed from row 0 and are not stored.
                 let offset = j &* 4
                 for r in 0..<min(4, rows - i) {
-                    let (x0, x1, x2, x3) = r == 0 ? (a00, a01, a02, a03) : r == 1 ? (a10, a11, a12, a13) : r == 2 ? (a20, a21, a22, a23) : (a30, a31, a32, a33)
+                    let (x0, x1, x2, x3) =
+                        r == 0 ? (a00, a01, a02, a03) : r == 1 ? (a10, a11, a12, a13) : r == 2 ? (a20, a21, a22, a23) : (a30, a31, a32, a33)
                     let t = t0 + r &* rowBytes
                     store(x0, t, offset); store(x1, t, offset + 64)
                     if wide { store(x2, t, offset + 128); store(x3, t, offset + 192) }
@@ -104,8 +107,10 @@ extension Attention {
     /// `paddedKeys(keys)` floats, of which the first `keys` count), written to the first `d`
     /// floats of `out + i * outStride`. Blocks of 8 rows x 32 columns (16 accumulators, 8
     /// broadcasts and 2 vector loads per 16 fused multiply-adds), then 8 rows x 16.
-    static func packedWeightedSum(p: UnsafePointer<Float>, rows: Int, vp: UnsafePointer<Float>, keys: Int, d: Int,
-                                  into out: UnsafeMutablePointer<Float>, outStride: Int) {
+    static func packedWeightedSum(
+        p: UnsafePointer<Float>, rows: Int, vp: UnsafePointer<Float>, keys: Int, d: Int,
+        into out: UnsafeMutablePointer<Float>, outStride: Int
+    ) {
         let kp = paddedKeys(keys), dp = paddedWidth(d)
         let vRowBytes = dp &* 4
         @inline(__always) func store(_ value: Lanes, row: Int, column: Int) {

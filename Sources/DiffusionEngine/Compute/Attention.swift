@@ -21,8 +21,10 @@ enum Attention {
 
     /// Floats of scratch ``forward`` needs (scores, and the packed keys and values of one head
     /// when it uses the packed kernels), for every worker.
-    static func scratchCount(queries: Int, keys: Int, heads: Int, headDimension d: Int, chunk: Int,
-                             packed: Bool = usesPackedKernels) -> Int {
+    static func scratchCount(
+        queries: Int, keys: Int, heads: Int, headDimension d: Int, chunk: Int,
+        packed: Bool = usesPackedKernels
+    ) -> Int {
         lanes(queries: queries, heads: heads, chunk: chunk) * laneScratchCount(keys: keys, headDimension: d, chunk: chunk, packed: packed)
     }
 
@@ -74,13 +76,15 @@ enum Attention {
                         packValues(vs.pointer + h * d, stride: vStride, keys: keys, d: d, into: vp)
                         packedHead = h
                     }
-                    packedScores(q: qs.pointer + q0 * qStride + h * d, qStride: qStride, rows: rows, kt: kt,
-                                 keys: keys, d: d, scale: scale, into: scores)
+                    packedScores(
+                        q: qs.pointer + q0 * qStride + h * d, qStride: qStride, rows: rows, kt: kt,
+                        keys: keys, d: d, scale: scale, into: scores)
                 } else {
-                    GEMM.multiply(m: rows, n: keys, k: d,
-                                  a: qs.pointer + q0 * qStride + h * d, lda: qStride,
-                                  b: ks.pointer + h * d, ldb: kStride, transposeB: true,
-                                  c: scores, ldc: keys, alpha: scale)
+                    GEMM.multiply(
+                        m: rows, n: keys, k: d,
+                        a: qs.pointer + q0 * qStride + h * d, lda: qStride,
+                        b: ks.pointer + h * d, ldb: kStride, transposeB: true,
+                        c: scores, ldc: keys, alpha: scale)
                 }
                 if causal {
                     for i in 0..<rows {
@@ -90,13 +94,15 @@ enum Attention {
                 }
                 for i in 0..<rows { Kernels.softmaxRow(scores + i * kp, count: keys) }
                 if packed {
-                    packedWeightedSum(p: scores, rows: rows, vp: vp, keys: keys, d: d,
-                                      into: outs.pointer + q0 * outStride + h * d, outStride: outStride)
+                    packedWeightedSum(
+                        p: scores, rows: rows, vp: vp, keys: keys, d: d,
+                        into: outs.pointer + q0 * outStride + h * d, outStride: outStride)
                 } else {
-                    GEMM.multiply(m: rows, n: d, k: keys,
-                                  a: scores, lda: keys,
-                                  b: vs.pointer + h * d, ldb: vStride,
-                                  c: outs.pointer + q0 * outStride + h * d, ldc: outStride)
+                    GEMM.multiply(
+                        m: rows, n: d, k: keys,
+                        a: scores, lda: keys,
+                        b: vs.pointer + h * d, ldb: vStride,
+                        c: outs.pointer + q0 * outStride + h * d, ldc: outStride)
                 }
                 piece += lanes
             }

@@ -84,10 +84,11 @@ extension Convolution {
             GEMM.withSingleThreadedCalls {
                 Parallel.forRanges(36, grain: 1) { r in
                     for xi in r {
-                        GEMM.multiply(m: outC, n: n, k: inC,
-                                      a: us.pointer + xi * uStride, lda: inC,
-                                      b: vs.pointer + xi * vStride, ldb: n,
-                                      c: ms.pointer + xi * mStride, ldc: n)
+                        GEMM.multiply(
+                            m: outC, n: n, k: inC,
+                            a: us.pointer + xi * uStride, lda: inC,
+                            b: vs.pointer + xi * vStride, ldb: n,
+                            c: ms.pointer + xi * mStride, ldc: n)
                     }
                 }
             }
@@ -101,8 +102,10 @@ extension Convolution {
     /// Sixteen input channels at a time, one per SIMD lane: their nine taps are gathered into
     /// nine vectors, both halves of the transform run on whole vectors, and each of the 36
     /// results is one contiguous 16-float store into its matrix.
-    static func transformWeights(_ weight: UnsafePointer<Float>, outChannels: Int, inChannels: Int,
-                                 into u: UnsafeMutablePointer<Float>, stride: Int) {
+    static func transformWeights(
+        _ weight: UnsafePointer<Float>, outChannels: Int, inChannels: Int,
+        into u: UnsafeMutablePointer<Float>, stride: Int
+    ) {
         typealias V = SIMD16<Float>
         // `G` times a column (or a row times `Gᵀ`): the six interpolated values of three taps.
         @inline(__always)
@@ -154,15 +157,18 @@ extension Convolution {
     /// padding, the vertical half of the transform runs along whole rows (contiguous, vectorised),
     /// then the horizontal half runs per tile. The loops are C (`wp_winograd_input`,
     /// Sources/CEngineKernels/winograd.c), compiled once per kernel family and picked at run time.
-    static func transformInput(_ input: UnsafePointer<Float>, geometry g: Geometry, tiles: Range<Int>,
-                               into v: UnsafeMutablePointer<Float>, stride plane: Int) {
+    static func transformInput(
+        _ input: UnsafePointer<Float>, geometry g: Geometry, tiles: Range<Int>,
+        into v: UnsafeMutablePointer<Float>, stride plane: Int
+    ) {
         let inC = g.inChannels, height = g.height, width = g.width
         let rowLength = 4 * ((width + 3) / 4) + 2
         let xs = SharedPointer(input), vs = SharedPointer(v)
         Parallel.forRanges(inC, grain: 1) { channels in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: 12 * rowLength) { buffer in
-                wp_winograd_input(xs.pointer, Int64(height), Int64(width), Int64(channels.lowerBound), Int64(channels.upperBound),
-                                  Int64(tiles.lowerBound), Int64(tiles.upperBound), vs.pointer, Int64(plane), buffer.baseAddress!)
+                wp_winograd_input(
+                    xs.pointer, Int64(height), Int64(width), Int64(channels.lowerBound), Int64(channels.upperBound),
+                    Int64(tiles.lowerBound), Int64(tiles.upperBound), vs.pointer, Int64(plane), buffer.baseAddress!)
             }
         }
     }
@@ -183,9 +189,10 @@ extension Convolution {
         let bs = bias.map { SharedPointer($0) }, rs = residual.map { SharedPointer($0) }
         Parallel.forRanges(outC, grain: 1) { channels in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: 24 * tilesWide + 4 * (4 * tilesWide)) { buffer in
-                wp_winograd_output(ms.pointer, Int64(plane), Int64(height), Int64(width), Int64(channels.lowerBound), Int64(channels.upperBound),
-                                   Int64(tiles.lowerBound), Int64(tiles.upperBound), bs.map { UnsafePointer($0.pointer) }, rs.map { UnsafePointer($0.pointer) },
-                                   ys.pointer, buffer.baseAddress!)
+                wp_winograd_output(
+                    ms.pointer, Int64(plane), Int64(height), Int64(width), Int64(channels.lowerBound), Int64(channels.upperBound),
+                    Int64(tiles.lowerBound), Int64(tiles.upperBound), bs.map { UnsafePointer($0.pointer) }, rs.map { UnsafePointer($0.pointer) },
+                    ys.pointer, buffer.baseAddress!)
             }
         }
     }

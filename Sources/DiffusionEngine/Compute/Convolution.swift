@@ -87,8 +87,9 @@ enum Convolution {
     ) {
         let pixels = g.outHeight * g.outWidth
         if g.isPointwise {
-            GEMM.multiply(m: g.outChannels, n: pixels, k: g.inChannels,
-                          a: weight, lda: g.inChannels, b: input, ldb: pixels, c: output, ldc: pixels)
+            GEMM.multiply(
+                m: g.outChannels, n: pixels, k: g.inChannels,
+                a: weight, lda: g.inChannels, b: input, ldb: pixels, c: output, ldc: pixels)
         } else {
             guard let columns else { preconditionFailure("convolution needs a column buffer") }
             let block = im2colBlockPixels(g)
@@ -96,9 +97,10 @@ enum Convolution {
             while start < pixels {
                 let n = min(block, pixels - start)
                 im2col(input, geometry: g, pixels: start..<(start + n), into: columns)
-                GEMM.multiply(m: g.outChannels, n: n, k: g.patchSize,
-                              a: weight, lda: g.patchSize, b: columns, ldb: n,
-                              c: output + start, ldc: pixels)
+                GEMM.multiply(
+                    m: g.outChannels, n: n, k: g.patchSize,
+                    a: weight, lda: g.patchSize, b: columns, ldb: n,
+                    c: output + start, ldc: pixels)
                 start += n
             }
         }

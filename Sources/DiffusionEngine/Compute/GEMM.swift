@@ -15,8 +15,9 @@ enum GEMM {
     ) {
         if m == 0 || n == 0 { return }
         let threads = Parallel.isSerialOnThisThread || wp_single_threaded() != 0 ? 1 : threadCount
-        let status = wp_sgemm(transposeA ? 1 : 0, transposeB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
-                              a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc), Int32(threads))
+        let status = wp_sgemm(
+            transposeA ? 1 : 0, transposeB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
+            a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc), Int32(threads))
         // Only invalid arguments fail, which the engine's own shapes rule out.
         precondition(status == 0, "dnnl_sgemm failed with status \(status) for \(m)x\(n)x\(k)")
     }

@@ -52,8 +52,10 @@ extension Kernels {
 
     /// Nearest-neighbour resize of `[channels, height, width]` to `[channels, outHeight, outWidth]`
     /// with PyTorch's `interpolate(mode="nearest")` index rule `floor(i * in / out)`.
-    static func resizeNearest(_ x: UnsafePointer<Float>, channels: Int, height: Int, width: Int,
-                              outHeight: Int, outWidth: Int, into y: UnsafeMutablePointer<Float>) {
+    static func resizeNearest(
+        _ x: UnsafePointer<Float>, channels: Int, height: Int, width: Int,
+        outHeight: Int, outWidth: Int, into y: UnsafeMutablePointer<Float>
+    ) {
         if outHeight == 2 * height && outWidth == 2 * width {
             upsampleNearest2x(x, channels: channels, height: height, width: width, into: y)
             return

@@ -1,4 +1,5 @@
 import CEngineKernels
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -247,8 +248,10 @@ enum Kernels {
 
     /// `y = f(x * scale + shift)` over `count` floats.
     @inline(__always)
-    private static func normalise(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int,
-                                  scale: Float, shift: Float, _ f: (Float) -> Float) {
+    private static func normalise(
+        _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int,
+        scale: Float, shift: Float, _ f: (Float) -> Float
+    ) {
         for i in 0..<count { y[i] = f(x[i] * scale + shift) }
     }
 

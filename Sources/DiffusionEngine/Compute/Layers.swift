@@ -44,8 +44,9 @@ final class Workspace {
         let weight = name + ".weight"
         let per = try weights.rowsPerBlock(weight, scratchFloats: weightBlockFloats)
         try weights.withRowBlocks(weight, rowsPerBlock: per) { outputs, w in
-            GEMM.multiply(m: rows, n: outputs.count, k: inFeatures, a: x.base, lda: inFeatures,
-                          b: w, ldb: inFeatures, transposeB: true, c: y.base + outputs.lowerBound, ldc: outFeatures)
+            GEMM.multiply(
+                m: rows, n: outputs.count, k: inFeatures, a: x.base, lda: inFeatures,
+                b: w, ldb: inFeatures, transposeB: true, c: y.base + outputs.lowerBound, ldc: outFeatures)
         }
         if useBias, weights.contains(name + ".bias") {
             try weights.withFloats(name + ".bias", shape: [outFeatures]) { b in
@@ -62,11 +63,13 @@ final class Workspace {
     func conv2d(_ x: FloatTensor, _ name: String, stride: Int = 1, padding: Convolution.Padding) throws -> FloatTensor {
         let shape = try weights.shape(name + ".weight")
         guard x.shape.count == 3, shape.count == 4, shape[1] == x.shape[0] else {
-            throw EngineError(.shapeMismatch, "convolution weight \(shape) does not fit input \(x.shape)", tensorName: weights.prefix + name + ".weight")
+            throw EngineError(
+                .shapeMismatch, "convolution weight \(shape) does not fit input \(x.shape)", tensorName: weights.prefix + name + ".weight")
         }
-        let g = Convolution.Geometry(inChannels: x.shape[0], height: x.shape[1], width: x.shape[2],
-                                     outChannels: shape[0], kernelHeight: shape[2], kernelWidth: shape[3],
-                                     stride: stride, padding: padding)
+        let g = Convolution.Geometry(
+            inChannels: x.shape[0], height: x.shape[1], width: x.shape[2],
+            outChannels: shape[0], kernelHeight: shape[2], kernelWidth: shape[3],
+            stride: stride, padding: padding)
         guard g.outHeight > 0, g.outWidth > 0 else {
             throw EngineError(.shapeMismatch, "input \(x.shape) too small for convolution \(shape)", tensorName: weights.prefix + name + ".weight")
         }
@@ -123,7 +126,9 @@ final class Workspace {
             pool.recycle(s)
         } else {
             guard x.shape == h2.shape else {
-                throw EngineError(.missingTensor, "residual block changes channels but has no shortcut", tensorName: weights.prefix + name + ".conv_shortcut.weight")
+                throw EngineError(
+                    .missingTensor, "residual block changes channels but has no shortcut", tensorName: weights.prefix + name + ".conv_shortcut.weight"
+                )
             }
             Kernels.add(x.base, into: h2.base, count: h2.count)
         }
@@ -134,13 +139,15 @@ final class Workspace {
     func groupNorm(_ x: FloatTensor, _ name: String, groups: Int, epsilon: Float, silu: Bool = false) throws -> FloatTensor {
         let channels = x.shape[0], plane = x.count / max(channels, 1)
         guard groups > 0, channels % groups == 0 else {
-            throw EngineError(.shapeMismatch, "\(channels) channels do not split into \(groups) groups", tensorName: weights.prefix + name + ".weight")
+            throw EngineError(
+                .shapeMismatch, "\(channels) channels do not split into \(groups) groups", tensorName: weights.prefix + name + ".weight")
         }
         let y = pool.take(x.shape)
         try weights.withFloats(name + ".weight", shape: [channels]) { w in
             try weights.withFloats(name + ".bias", shape: [channels]) { b in
-                Kernels.groupNorm(x.base, into: y.base, channels: channels, plane: plane, groups: groups,
-                                  epsilon: epsilon, weight: w, bias: b, silu: silu)
+                Kernels.groupNorm(
+                    x.base, into: y.base, channels: channels, plane: plane, groups: groups,
+                    epsilon: epsilon, weight: w, bias: b, silu: silu)
             }
         }
         return y
@@ -152,8 +159,9 @@ final class Workspace {
         let y = pool.take(x.shape)
         try weights.withFloats(name + ".weight", shape: [features]) { w in
             try weights.withFloats(name + ".bias", shape: [features]) { b in
-                Kernels.layerNorm(x.base, into: y.base, rows: x.count / max(features, 1), features: features,
-                                  epsilon: epsilon, weight: w, bias: b)
+                Kernels.layerNorm(
+                    x.base, into: y.base, rows: x.count / max(features, 1), features: features,
+                    epsilon: epsilon, weight: w, bias: b)
             }
         }
         return y
@@ -167,10 +175,11 @@ final class Workspace {
         let d = width / heads
         let out = pool.take(q.shape)
         let chunk = chunk ?? Attention.defaultChunk(queries: queries, keys: keys)
-        Attention.forward(q: q.base, qStride: width, k: k.base, kStride: width, v: v.base, vStride: width,
-                          out: out.base, outStride: width, queries: queries, keys: keys, heads: heads,
-                          headDimension: d, scale: 1 / Float(d).squareRoot(), causal: causal,
-                          chunk: chunk, scores: scoreBuffer(Attention.scratchCount(queries: queries, keys: keys, heads: heads, headDimension: d, chunk: chunk)))
+        Attention.forward(
+            q: q.base, qStride: width, k: k.base, kStride: width, v: v.base, vStride: width,
+            out: out.base, outStride: width, queries: queries, keys: keys, heads: heads,
+            headDimension: d, scale: 1 / Float(d).squareRoot(), causal: causal,
+            chunk: chunk, scores: scoreBuffer(Attention.scratchCount(queries: queries, keys: keys, heads: heads, headDimension: d, chunk: chunk)))
         return out
     }
 }

@@ -56,7 +56,8 @@ public final class RuntimeAdapterTable: Sendable {
         }
         if name.hasSuffix(".weight") {
             guard shape.count == 2 || shape.count == 4 else {
-                return "\(name) \(shape) is not the weight of a linear or convolution layer (a normalisation); merge this adapter instead (weightpack merge)"
+                return
+                    "\(name) \(shape) is not the weight of a linear or convolution layer (a normalisation); merge this adapter instead (weightpack merge)"
             }
             return nil
         }
@@ -93,8 +94,9 @@ public final class RuntimeAdapterTable: Sendable {
                     }
                 case .lowRank(let down, let ds, let up, let us):
                     guard name.hasSuffix(".weight"), us.count == 2, ds.count == 2 || ds.count == 4,
-                          ds.allSatisfy({ $0 > 0 }), us.allSatisfy({ $0 > 0 }),
-                          down.count == ds.reduce(1, *), up.count == us.reduce(1, *), us[1] == ds[0], us[0] == s[0], ds[1] == s[1] else {
+                        ds.allSatisfy({ $0 > 0 }), us.allSatisfy({ $0 > 0 }),
+                        down.count == ds.reduce(1, *), up.count == us.reduce(1, *), us[1] == ds[0], us[0] == s[0], ds[1] == s[1]
+                    else {
                         throw EngineError(.shapeMismatch, "low-rank factors down \(ds), up \(us) do not fit \(s)", tensorName: name)
                     }
                     let kernel = ds.count == 4 ? [ds[2], ds[3]] : [1, 1]
@@ -122,20 +124,23 @@ extension Workspace {
                     let rank = ds[0]
                     let t = pool.take([rows, rank])
                     down.withUnsafeBufferPointer { d in
-                        GEMM.multiply(m: rows, n: rank, k: inFeatures, a: x.base, lda: inFeatures,
-                                      b: d.baseAddress!, ldb: inFeatures, transposeB: true, c: t.base, ldc: rank)
+                        GEMM.multiply(
+                            m: rows, n: rank, k: inFeatures, a: x.base, lda: inFeatures,
+                            b: d.baseAddress!, ldb: inFeatures, transposeB: true, c: t.base, ldc: rank)
                     }
                     up.withUnsafeBufferPointer { u in
-                        GEMM.multiply(m: rows, n: outFeatures, k: rank, a: t.base, lda: rank,
-                                      b: u.baseAddress!, ldb: rank, transposeB: true, c: y.base, ldc: outFeatures,
-                                      alpha: e.scale, beta: 1)
+                        GEMM.multiply(
+                            m: rows, n: outFeatures, k: rank, a: t.base, lda: rank,
+                            b: u.baseAddress!, ldb: rank, transposeB: true, c: y.base, ldc: outFeatures,
+                            alpha: e.scale, beta: 1)
                     }
                     pool.recycle(t)
                 case .dense(let delta):
                     delta.withUnsafeBufferPointer { d in
-                        GEMM.multiply(m: rows, n: outFeatures, k: inFeatures, a: x.base, lda: inFeatures,
-                                      b: d.baseAddress!, ldb: inFeatures, transposeB: true, c: y.base, ldc: outFeatures,
-                                      alpha: e.scale, beta: 1)
+                        GEMM.multiply(
+                            m: rows, n: outFeatures, k: inFeatures, a: x.base, lda: inFeatures,
+                            b: d.baseAddress!, ldb: inFeatures, transposeB: true, c: y.base, ldc: outFeatures,
+                            alpha: e.scale, beta: 1)
                     }
                 }
             }
@@ -170,8 +175,9 @@ extension Workspace {
                         Convolution.forward(x.base, geometry: dg, weight: d.baseAddress!, bias: nil, output: t.base, columns: columns)
                     }
                     up.withUnsafeBufferPointer { u in
-                        GEMM.multiply(m: g.outChannels, n: plane, k: ds[0], a: u.baseAddress!, lda: ds[0],
-                                      b: t.base, ldb: plane, c: y.base, ldc: plane, alpha: e.scale, beta: 1)
+                        GEMM.multiply(
+                            m: g.outChannels, n: plane, k: ds[0], a: u.baseAddress!, lda: ds[0],
+                            b: t.base, ldb: plane, c: y.base, ldc: plane, alpha: e.scale, beta: 1)
                     }
                     pool.recycle(t)
                 case .dense(let delta):

@@ -31,7 +31,9 @@ extension StableDiffusionPipeline.Request {
     public func validate(downsamplingFactor: Int = 8) throws(EngineError) {
         for (name, value) in [("width", width), ("height", height)] {
             guard GenerationLimits.side.contains(value) else {
-                throw EngineError(.invalidInput, "image \(name) \(value) is outside \(GenerationLimits.side.lowerBound)...\(GenerationLimits.side.upperBound) pixels")
+                throw EngineError(
+                    .invalidInput,
+                    "image \(name) \(value) is outside \(GenerationLimits.side.lowerBound)...\(GenerationLimits.side.upperBound) pixels")
             }
             guard downsamplingFactor > 0, value % downsamplingFactor == 0 else {
                 throw EngineError(.invalidInput, "image \(name) \(value) is not a multiple of \(downsamplingFactor)")
@@ -41,7 +43,10 @@ extension StableDiffusionPipeline.Request {
             throw EngineError(.invalidInput, "\(steps) steps is outside \(GenerationLimits.steps.lowerBound)...\(GenerationLimits.steps.upperBound)")
         }
         guard guidanceScale.isFinite, GenerationLimits.guidance.contains(guidanceScale) else {
-            throw EngineError(.invalidInput, "guidance scale \(guidanceScale) is not a finite number in \(GenerationLimits.guidance.lowerBound)...\(GenerationLimits.guidance.upperBound)")
+            throw EngineError(
+                .invalidInput,
+                "guidance scale \(guidanceScale) is not a finite number in \(GenerationLimits.guidance.lowerBound)...\(GenerationLimits.guidance.upperBound)"
+            )
         }
     }
 }

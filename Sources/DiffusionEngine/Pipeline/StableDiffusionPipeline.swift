@@ -34,9 +34,11 @@ public final class StableDiffusionPipeline {
     /// SDXL base: an empty negative prompt gives zero embeddings (`force_zeros_for_empty_prompt`).
     public var forceZerosForEmptyPrompt: Bool
 
-    public init(tokenizer: CLIPTokenizer, textEncoder: CLIPTextModel, secondTextEncoder: SecondTextEncoder? = nil,
-                unet: UNet2DConditionModel, vae: AutoencoderKL, schedulerConfiguration: SchedulerConfiguration,
-                padTokenID: Int? = nil, forceZerosForEmptyPrompt: Bool = false) {
+    public init(
+        tokenizer: CLIPTokenizer, textEncoder: CLIPTextModel, secondTextEncoder: SecondTextEncoder? = nil,
+        unet: UNet2DConditionModel, vae: AutoencoderKL, schedulerConfiguration: SchedulerConfiguration,
+        padTokenID: Int? = nil, forceZerosForEmptyPrompt: Bool = false
+    ) {
         self.tokenizer = tokenizer
         self.textEncoder = textEncoder
         self.secondTextEncoder = secondTextEncoder
@@ -112,8 +114,9 @@ public final class StableDiffusionPipeline {
     public func scheduler(for request: Request) throws(EngineError) -> any Scheduler {
         var configuration = schedulerConfiguration
         if let karras = request.useKarrasSigmas { configuration.useKarrasSigmas = karras }
-        return try SchedulerFactory.make(schedulerKind(for: request), configuration: configuration, steps: request.steps,
-                                         predictionType: request.predictionType, timestepSpacing: request.timestepSpacing)
+        return try SchedulerFactory.make(
+            schedulerKind(for: request), configuration: configuration, steps: request.steps,
+            predictionType: request.predictionType, timestepSpacing: request.timestepSpacing)
     }
 
     /// Runs the whole cascade.
@@ -129,14 +132,17 @@ public final class StableDiffusionPipeline {
         }
         let shape = [unet.configuration.inChannels == 4 ? 4 : vae.configuration.latentChannels, request.height / factor, request.width / factor]
         guard unet.configuration.inChannels == vae.configuration.latentChannels else {
-            throw EngineError(.invalidConfiguration, "a UNet with \(unet.configuration.inChannels) input channels needs an image or mask input (inpainting), which generate does not take")
+            throw EngineError(
+                .invalidConfiguration,
+                "a UNet with \(unet.configuration.inChannels) input channels needs an image or mask input (inpainting), which generate does not take")
         }
         var generator = TorchGenerator(seed: request.seed)
         let noise: FloatTensor
         if let given = request.latents {
             let s = given.shape
             guard s == shape || s == [1] + shape else {
-                throw EngineError(.invalidInput, "latents have shape \(s), expected \(shape) or \([1] + shape) for \(request.width)x\(request.height)")
+                throw EngineError(
+                    .invalidInput, "latents have shape \(s), expected \(shape) or \([1] + shape) for \(request.width)x\(request.height)")
             }
             noise = FloatTensor(shape: shape, values: given.scalars)
         } else {
@@ -150,11 +156,14 @@ public final class StableDiffusionPipeline {
         let initial = FloatTensor(shape: shape, values: latents)
         observer?(.initialLatents(initial))
         for (index, t) in scheduler.timesteps.enumerated() {
-            let guided = try guidedNoise(latents: latents, shape: shape, scale: scheduler.inputScale(at: index), timestep: t,
-                                         conditioning: conditioning, guidanceScale: request.guidanceScale)
+            let guided = try guidedNoise(
+                latents: latents, shape: shape, scale: scheduler.inputScale(at: index), timestep: t,
+                conditioning: conditioning, guidanceScale: request.guidanceScale)
             latents = scheduler.step(guided, at: index, sample: latents, generator: &generator)
-            observer?(.step(index: index, timestep: t, noisePrediction: FloatTensor(shape: shape, values: guided),
-                            latents: FloatTensor(shape: shape, values: latents)))
+            observer?(
+                .step(
+                    index: index, timestep: t, noisePrediction: FloatTensor(shape: shape, values: guided),
+                    latents: FloatTensor(shape: shape, values: latents)))
         }
         let final = FloatTensor(shape: shape, values: latents)
         let image = try vae.decodeImage(latents: final)
@@ -164,8 +173,10 @@ public final class StableDiffusionPipeline {
 
     /// The guided noise prediction for one latent: `uncond + g (cond - uncond)` from a batch of two
     /// UNet passes on `latents * scale`.
-    public func guidedNoise(latents: [Float], shape: [Int], scale: Float, timestep: Float, conditioning: Conditioning,
-                            guidanceScale: Float) throws(EngineError) -> [Float] {
+    public func guidedNoise(
+        latents: [Float], shape: [Int], scale: Float, timestep: Float, conditioning: Conditioning,
+        guidanceScale: Float
+    ) throws(EngineError) -> [Float] {
         let n = latents.count
         let prediction = try noisePrediction(latents: latents, shape: shape, scale: scale, timestep: timestep, conditioning: conditioning)
         return (0..<n).map { i in
@@ -176,8 +187,10 @@ public final class StableDiffusionPipeline {
 
     /// The UNet's raw prediction `[2, channels, h, w]` (unconditional, conditional) for one latent
     /// scaled by `scale`: the single pass `verify` compares.
-    public func noisePrediction(latents: [Float], shape: [Int], scale: Float, timestep: Float,
-                                conditioning: Conditioning) throws(EngineError) -> FloatTensor {
+    public func noisePrediction(
+        latents: [Float], shape: [Int], scale: Float, timestep: Float,
+        conditioning: Conditioning
+    ) throws(EngineError) -> FloatTensor {
         let n = latents.count
         let batch = FloatTensor(shape: [2] + shape)
         for i in 0..<n {
@@ -203,8 +216,10 @@ public final class StableDiffusionPipeline {
         }
         // SDXL: both encoders' penultimate states side by side; the second one's pooled projection.
         let first = try penultimate(textEncoder, [unconditional, conditional])
-        let ids2 = [second.tokenizer.encode(negativePrompt, padTokenID: second.padTokenID),
-                    second.tokenizer.encode(prompt, padTokenID: second.padTokenID)]
+        let ids2 = [
+            second.tokenizer.encode(negativePrompt, padTokenID: second.padTokenID),
+            second.tokenizer.encode(prompt, padTokenID: second.padTokenID),
+        ]
         let other = try penultimate(second.model, ids2)
         let final = try second.model.hiddenState(ids2, layers: second.model.configuration.layerCount, finalLayerNorm: true)
         let pooled = second.model.pooledOutput(final, tokens: ids2)
@@ -225,8 +240,9 @@ public final class StableDiffusionPipeline {
         }
         let ids: [Float] = [Float(height), Float(width), 0, 0, Float(height), Float(width)]
         let timeIDs = FloatTensor(shape: [2, 6], values: ids + ids)
-        return Conditioning(tokens: (conditional, unconditional), embeddings: embeddings,
-                            added: .init(textEmbeddings: projected, timeIDs: timeIDs))
+        return Conditioning(
+            tokens: (conditional, unconditional), embeddings: embeddings,
+            added: .init(textEmbeddings: projected, timeIDs: timeIDs))
     }
 
     private func penultimate(_ model: CLIPTextModel, _ ids: [[Int]]) throws(EngineError) -> FloatTensor {
@@ -244,8 +260,9 @@ public final class StableDiffusionPipeline {
         let out = FloatTensor(shape: [pooled.shape[0], shape[0]])
         do {
             try provider.withFloats(second.projectionName) { w in
-                GEMM.multiply(m: pooled.shape[0], n: shape[0], k: hidden, a: pooled.base, lda: hidden,
-                              b: w, ldb: hidden, transposeB: true, c: out.base, ldc: shape[0])
+                GEMM.multiply(
+                    m: pooled.shape[0], n: shape[0], k: hidden, a: pooled.base, lda: hidden,
+                    b: w, ldb: hidden, transposeB: true, c: out.base, ldc: shape[0])
             }
         } catch let error as EngineError { throw error } catch {
             throw EngineError(.invalidInput, "text projection failed", underlying: error)

@@ -18,8 +18,12 @@ final class DPMSolverMultistepScheduler: Scheduler {
 
     init(_ c: SchedulerConfiguration, schedule: NoiseSchedule, steps: Int) throws(EngineError) {
         let train = schedule.trainTimesteps
-        if let a = c.algorithmType, a != "dpmsolver++" { throw EngineError(.invalidConfiguration, "DPM-Solver algorithm_type '\(a)' is not supported (only dpmsolver++)") }
-        if let s = c.solverType, s != "midpoint" { throw EngineError(.invalidConfiguration, "DPM-Solver solver_type '\(s)' is not supported (only midpoint)") }
+        if let a = c.algorithmType, a != "dpmsolver++" {
+            throw EngineError(.invalidConfiguration, "DPM-Solver algorithm_type '\(a)' is not supported (only dpmsolver++)")
+        }
+        if let s = c.solverType, s != "midpoint" {
+            throw EngineError(.invalidConfiguration, "DPM-Solver solver_type '\(s)' is not supported (only midpoint)")
+        }
         if let f = c.finalSigmasType, f != "zero" { throw EngineError(.invalidConfiguration, "final_sigmas_type '\(f)' is not supported") }
         order = c.solverOrder ?? 2
         guard order == 1 || order == 2 else { throw EngineError(.invalidConfiguration, "DPM-Solver order \(order) is not supported (1 or 2)") }

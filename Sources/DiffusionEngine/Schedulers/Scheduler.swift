@@ -25,8 +25,10 @@ public enum SchedulerFactory {
     ///   - predictionType, timestepSpacing: overrides (the command line's `--prediction-type` and
     ///     `--timestep-spacing`).
     /// - Throws: ``EngineError/Code/invalidConfiguration`` for settings the sampler cannot run.
-    public static func make(_ kind: SchedulerKind, configuration: SchedulerConfiguration, steps: Int,
-                            predictionType: PredictionType? = nil, timestepSpacing: TimestepSpacing? = nil) throws(EngineError) -> any Scheduler {
+    public static func make(
+        _ kind: SchedulerKind, configuration: SchedulerConfiguration, steps: Int,
+        predictionType: PredictionType? = nil, timestepSpacing: TimestepSpacing? = nil
+    ) throws(EngineError) -> any Scheduler {
         guard steps > 0 else { throw EngineError(.invalidConfiguration, "the number of steps must be positive") }
         var c = configuration
         if let predictionType { c.predictionType = predictionType }

@@ -131,10 +131,14 @@ public struct SchedulerConfiguration: Sendable, Hashable {
         betaSchedule = try string("beta_schedule")
         if let a = present("trained_betas")?.arrayValue {
             guard a.count <= Self.limits.trainTimesteps.upperBound else {
-                throw EngineError(.invalidConfiguration, "scheduler field 'trained_betas' has \(a.count) values, more than \(Self.limits.trainTimesteps.upperBound)")
+                throw EngineError(
+                    .invalidConfiguration, "scheduler field 'trained_betas' has \(a.count) values, more than \(Self.limits.trainTimesteps.upperBound)"
+                )
             }
             let values = a.compactMap(\.doubleValue)
-            guard values.count == a.count else { throw EngineError(.invalidConfiguration, "scheduler field 'trained_betas' is not a list of numbers") }
+            guard values.count == a.count else {
+                throw EngineError(.invalidConfiguration, "scheduler field 'trained_betas' is not a list of numbers")
+            }
             trainedBetas = values
         }
         if let p = try string("prediction_type") {
@@ -158,7 +162,9 @@ public struct SchedulerConfiguration: Sendable, Hashable {
         solverType = try string("solver_type")
         if try bool("thresholding") == true { throw EngineError(.invalidConfiguration, "dynamic thresholding is not supported") }
         if try bool("rescale_betas_zero_snr") == true { throw EngineError(.invalidConfiguration, "rescale_betas_zero_snr is not supported") }
-        if let t = try string("interpolation_type"), t != "linear" { throw EngineError(.invalidConfiguration, "interpolation_type '\(t)' is not supported") }
+        if let t = try string("interpolation_type"), t != "linear" {
+            throw EngineError(.invalidConfiguration, "interpolation_type '\(t)' is not supported")
+        }
         if let t = try string("timestep_type"), t != "discrete" { throw EngineError(.invalidConfiguration, "timestep_type '\(t)' is not supported") }
         try validate()
     }
@@ -191,7 +197,8 @@ public struct SchedulerConfiguration: Sendable, Hashable {
         try check(clipSampleRange, l.clipSampleRange, "clip_sample_range")
         if let trainedBetas {
             guard trainedBetas.count <= l.trainTimesteps.upperBound else {
-                throw EngineError(.invalidConfiguration, "scheduler trained_betas has \(trainedBetas.count) values, more than \(l.trainTimesteps.upperBound)")
+                throw EngineError(
+                    .invalidConfiguration, "scheduler trained_betas has \(trainedBetas.count) values, more than \(l.trainTimesteps.upperBound)")
             }
             for beta in trainedBetas where !(beta.isFinite && l.beta.contains(beta)) {
                 throw EngineError(.invalidConfiguration, "scheduler trained_betas holds \(beta), outside 0...1")
@@ -242,7 +249,9 @@ struct NoiseSchedule {
         // each running product to float32; a float32 running product drifts from it by a few ulp
         // after a few dozen steps (3e-6 relative in the sigmas, 2e-4 in Karras timesteps).
         var product: Double = 1
-        alphasCumprod = betas.map { beta in product *= Double(1 - beta); return Float(product) }
+        alphasCumprod = betas.map { beta in
+            product *= Double(1 - beta); return Float(product)
+        }
         trainTimesteps = n
     }
 

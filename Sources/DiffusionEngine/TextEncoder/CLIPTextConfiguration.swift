@@ -27,9 +27,11 @@ public struct CLIPTextConfiguration: Sendable, Hashable {
     /// The id that ends a prompt (for the pooled output).
     public var endTokenID: Int
 
-    public init(vocabularySize: Int = 49408, hiddenSize: Int, intermediateSize: Int, layerCount: Int, headCount: Int,
-                maximumPositions: Int = 77, activation: Activation, layerNormEpsilon: Float = 1e-5,
-                skippedLayers: Int = 0, endTokenID: Int = 49407) {
+    public init(
+        vocabularySize: Int = 49408, hiddenSize: Int, intermediateSize: Int, layerCount: Int, headCount: Int,
+        maximumPositions: Int = 77, activation: Activation, layerNormEpsilon: Float = 1e-5,
+        skippedLayers: Int = 0, endTokenID: Int = 49407
+    ) {
         self.vocabularySize = vocabularySize
         self.hiddenSize = hiddenSize
         self.intermediateSize = intermediateSize
@@ -71,15 +73,16 @@ public struct CLIPTextConfiguration: Sendable, Hashable {
         guard let activation = Activation(rawValue: activationName) else {
             throw EngineError(.invalidConfiguration, "unsupported text encoder activation '\(activationName)'")
         }
-        self.init(vocabularySize: try int("vocab_size", default: 49408),
-                  hiddenSize: try int("hidden_size"),
-                  intermediateSize: try int("intermediate_size"),
-                  layerCount: try int("num_hidden_layers"),
-                  headCount: try int("num_attention_heads"),
-                  maximumPositions: try int("max_position_embeddings", default: 77),
-                  activation: activation,
-                  layerNormEpsilon: try fields.float("layer_norm_eps", 1e-5),
-                  endTokenID: try int("eos_token_id", default: 49407))
+        self.init(
+            vocabularySize: try int("vocab_size", default: 49408),
+            hiddenSize: try int("hidden_size"),
+            intermediateSize: try int("intermediate_size"),
+            layerCount: try int("num_hidden_layers"),
+            headCount: try int("num_attention_heads"),
+            maximumPositions: try int("max_position_embeddings", default: 77),
+            activation: activation,
+            layerNormEpsilon: try fields.float("layer_norm_eps", 1e-5),
+            endTokenID: try int("eos_token_id", default: 49407))
         try validate()
     }
 

@@ -30,14 +30,18 @@ public final class CLIPTextModel {
     public func addTokenEmbeddings(_ rows: [Float], firstID: Int) throws(EngineError) {
         let d = configuration.hiddenSize
         guard !rows.isEmpty, rows.count % d == 0 else {
-            throw EngineError(.shapeMismatch, "an embedding of \(rows.count) values is not whole vectors of the text encoder's width \(d)", tensorName: weights.prefix + Self.anchorName)
+            throw EngineError(
+                .shapeMismatch, "an embedding of \(rows.count) values is not whole vectors of the text encoder's width \(d)",
+                tensorName: weights.prefix + Self.anchorName)
         }
         guard rows.allSatisfy(\.isFinite) else { throw EngineError(.invalidInput, "embedding vectors hold NaN or infinite values") }
         let n = rows.count / d
         let (last, overflow) = firstID.addingReportingOverflow(n)
         guard firstID >= 0, !overflow, last <= Int(Int32.max) else { throw EngineError(.invalidInput, "token id \(firstID) out of range") }
         for k in 0..<n {
-            guard addedTokenEmbeddings[firstID + k] == nil else { throw EngineError(.invalidInput, "token id \(firstID + k) already has an added embedding") }
+            guard addedTokenEmbeddings[firstID + k] == nil else {
+                throw EngineError(.invalidInput, "token id \(firstID + k) already has an added embedding")
+            }
         }
         for k in 0..<n { addedTokenEmbeddings[firstID + k] = Array(rows[(k * d)..<((k + 1) * d)]) }
     }
@@ -98,7 +102,8 @@ public final class CLIPTextModel {
         for (name, shape) in expected {
             let found = try weights.shape(name)
             guard found == shape else {
-                throw EngineError(.shapeMismatch, "weight has shape \(Shape(found)), the configuration expects \(Shape(shape))", tensorName: weights.prefix + name)
+                throw EngineError(
+                    .shapeMismatch, "weight has shape \(Shape(found)), the configuration expects \(Shape(shape))", tensorName: weights.prefix + name)
             }
         }
     }
@@ -194,11 +199,14 @@ public final class CLIPTextModel {
             pool.recycle(h)
             for b in 0..<batch {
                 let offset = b * length * d
-                Attention.forward(q: q.base + offset, qStride: d, k: k.base + offset, kStride: d, v: v.base + offset, vStride: d,
-                                  out: attended.base + offset, outStride: d, queries: length, keys: length,
-                                  heads: c.headCount, headDimension: d / c.headCount,
-                                  scale: 1 / Float(d / c.headCount).squareRoot(), causal: true,
-                                  chunk: length, scores: scoreScratch(Attention.scratchCount(queries: length, keys: length, heads: c.headCount, headDimension: d / c.headCount, chunk: length)))
+                Attention.forward(
+                    q: q.base + offset, qStride: d, k: k.base + offset, kStride: d, v: v.base + offset, vStride: d,
+                    out: attended.base + offset, outStride: d, queries: length, keys: length,
+                    heads: c.headCount, headDimension: d / c.headCount,
+                    scale: 1 / Float(d / c.headCount).squareRoot(), causal: true,
+                    chunk: length,
+                    scores: scoreScratch(
+                        Attention.scratchCount(queries: length, keys: length, heads: c.headCount, headDimension: d / c.headCount, chunk: length)))
             }
             pool.recycle(q); pool.recycle(k); pool.recycle(v)
             let o = try ws.linear(attended, p + "self_attn.out_proj")

@@ -12,7 +12,9 @@ extension CLIPTokenizer {
     public convenience init(directory: URL) throws(EngineError) {
         let config = try Self.readJSONIfPresent(directory.appendingPathComponent("tokenizer_config.json"))
         let specials = try Self.readJSONIfPresent(directory.appendingPathComponent("special_tokens_map.json"))
-        let padToken = Self.tokenString(config?.objectValue?["pad_token"]) ?? Self.tokenString(specials?.objectValue?["pad_token"]) ?? CLIPTextNormalization.endOfText
+        let padToken =
+            Self.tokenString(config?.objectValue?["pad_token"]) ?? Self.tokenString(specials?.objectValue?["pad_token"])
+            ?? CLIPTextNormalization.endOfText
         var maximumLength = 77
         if let m = config?.objectValue?["model_max_length"]?.doubleValue, m >= 2, m < 100_000 { maximumLength = Int(m) }
 
@@ -26,7 +28,8 @@ extension CLIPTokenizer {
         } else {
             let url = directory.appendingPathComponent("tokenizer.json")
             guard let model = try Self.readJSON(url).objectValue?["model"]?.objectValue,
-                  let vocab = model["vocab"], let list = model["merges"]?.arrayValue else {
+                let vocab = model["vocab"], let list = model["merges"]?.arrayValue
+            else {
                 throw EngineError(.invalidTokenizer, "tokenizer.json has no BPE model with vocab and merges", path: url.path)
             }
             vocabulary = try Self.parseVocabulary(vocab, path: url.path)
@@ -96,8 +99,10 @@ extension CLIPTokenizer {
 
     /// The bundled vocabulary's tokens in id order and its merges in rank order.
     private static func bundledVocabulary() throws(EngineError) -> (tokens: [String], merges: [(String, String)], path: String) {
-        guard let url = Bundle.module.url(forResource: "bpe_simple_vocab_16e6.txt", withExtension: "gz", subdirectory: "Resources")
-            ?? Bundle.module.url(forResource: "bpe_simple_vocab_16e6.txt", withExtension: "gz") else {
+        guard
+            let url = Bundle.module.url(forResource: "bpe_simple_vocab_16e6.txt", withExtension: "gz", subdirectory: "Resources")
+                ?? Bundle.module.url(forResource: "bpe_simple_vocab_16e6.txt", withExtension: "gz")
+        else {
             throw EngineError(.missingResource, "the bundled CLIP vocabulary bpe_simple_vocab_16e6.txt.gz is missing")
         }
         let compressed: Data
@@ -142,7 +147,9 @@ extension CLIPTokenizer {
             throw EngineError(.readFailed, "not a regular file", path: url.path)
         }
         guard Int(info.st_size) <= maximumFileSize else {
-            throw EngineError(.invalidTokenizer, "file is \(info.st_size) bytes, more than the \(maximumFileSize >> 20) MiB a tokenizer file may have", path: url.path)
+            throw EngineError(
+                .invalidTokenizer, "file is \(info.st_size) bytes, more than the \(maximumFileSize >> 20) MiB a tokenizer file may have",
+                path: url.path)
         }
         do {
             let data = try Data(contentsOf: url)

@@ -45,7 +45,9 @@ public final class CLIPTokenizer: @unchecked Sendable {
     ///   - padToken: the token padding uses (`<|endoftext|>` for SD 1.x, `!` for SD 2.x).
     ///   - maximumLength: padded length, start and end tokens included.
     /// - Throws: ``EngineError/Code/invalidTokenizer`` when the pieces do not fit together.
-    public init(vocabulary: [String: Int], merges: [(String, String)], padToken: String = "<|endoftext|>", maximumLength: Int = 77) throws(EngineError) {
+    public init(
+        vocabulary: [String: Int], merges: [(String, String)], padToken: String = "<|endoftext|>", maximumLength: Int = 77
+    ) throws(EngineError) {
         func id(_ token: String) throws(EngineError) -> Int {
             guard let id = vocabulary[token] else {
                 throw EngineError(.invalidTokenizer, "token '\(token)' is not in the vocabulary")
@@ -206,7 +208,8 @@ public final class CLIPTokenizer: @unchecked Sendable {
         lock.lock()
         let extra = added
         lock.unlock()
-        let patterns = specialTokens.map { (Array($0.text.unicodeScalars), Segment.special($0.id)) }
+        let patterns =
+            specialTokens.map { (Array($0.text.unicodeScalars), Segment.special($0.id)) }
             + extra.map { (Array($0.text.unicodeScalars), Segment.added($0.ids)) }
         var segments: [Segment] = []
         var start = 0, i = 0
@@ -272,7 +275,9 @@ public final class CLIPTokenizer: @unchecked Sendable {
                     let p = entry.position
                     if alive[Int(p)], rank(at: p) == r, positions.last != p { positions.append(p) }
                 }
-                guard let first = positions.first, let mergedID = merges[Self.pairKey(symbols[Int(first)], symbols[Int(next[Int(first)])])]?.id else { continue }
+                guard let first = positions.first, let mergedID = merges[Self.pairKey(symbols[Int(first)], symbols[Int(next[Int(first)])])]?.id else {
+                    continue
+                }
                 for p in positions where alive[Int(p)] {
                     let q = Int(next[Int(p)])
                     symbols[Int(p)] = mergedID

@@ -46,8 +46,11 @@ public final class UNet2DConditionModel {
             ("time_embedding.linear_1.weight", [c.timeEmbeddingDimension, c.blockOutChannels[0]]),
         ]
         if let level = c.downBlockCrossAttention.firstIndex(of: true) {
-            expected.append(("down_blocks.\(level).attentions.0.transformer_blocks.0.attn2.to_k.weight",
-                             [c.blockOutChannels[level], c.crossAttentionDimension]))
+            expected.append(
+                (
+                    "down_blocks.\(level).attentions.0.transformer_blocks.0.attn2.to_k.weight",
+                    [c.blockOutChannels[level], c.crossAttentionDimension]
+                ))
         }
         if let add = c.projectionClassEmbeddingsInputDimension {
             expected.append(("add_embedding.linear_1.weight", [c.timeEmbeddingDimension, add]))
@@ -55,7 +58,8 @@ public final class UNet2DConditionModel {
         for (name, shape) in expected {
             let found = try weights.shape(name)
             guard found == shape else {
-                throw EngineError(.shapeMismatch, "weight has shape \(Shape(found)), the configuration expects \(Shape(shape))", tensorName: prefix + name)
+                throw EngineError(
+                    .shapeMismatch, "weight has shape \(Shape(found)), the configuration expects \(Shape(shape))", tensorName: prefix + name)
             }
         }
     }
@@ -70,8 +74,10 @@ public final class UNet2DConditionModel {
     ///     additional embedding.
     /// - Returns: the noise (or v) prediction, shaped like `sample` with `outChannels` channels.
     /// - Complexity: O(batch · (h · w · Σ channels² + (h · w)² · channels)) per pass.
-    public func predict(_ sample: FloatTensor, timestep: Float, encoderHiddenStates: FloatTensor,
-                        added: AddedConditions? = nil) throws(EngineError) -> FloatTensor {
+    public func predict(
+        _ sample: FloatTensor, timestep: Float, encoderHiddenStates: FloatTensor,
+        added: AddedConditions? = nil
+    ) throws(EngineError) -> FloatTensor {
         let c = configuration
         let s = sample.shape
         let batched = s.count == 4
@@ -140,8 +146,9 @@ public final class UNet2DConditionModel {
     private func timeEmbedding(_ t: Float, batchIndex b: Int, added: AddedConditions?, _ ws: Workspace) throws -> FloatTensor {
         let c = configuration
         let sinusoid = ws.pool.take([1, c.blockOutChannels[0]])
-        Kernels.timestepEmbedding(t, dimension: c.blockOutChannels[0], flipSinToCos: c.flipSinToCos,
-                                  frequencyShift: c.frequencyShift, into: sinusoid.base)
+        Kernels.timestepEmbedding(
+            t, dimension: c.blockOutChannels[0], flipSinToCos: c.flipSinToCos,
+            frequencyShift: c.frequencyShift, into: sinusoid.base)
         let h = try ws.linear(sinusoid, "time_embedding.linear_1")
         ws.pool.recycle(sinusoid)
         Kernels.apply(.silu, h.base, count: h.count)
@@ -152,8 +159,9 @@ public final class UNet2DConditionModel {
             let input = ws.pool.take([1, pooled + ids * dimension])
             input.base.update(from: added.textEmbeddings.base + b * pooled, count: pooled)
             for i in 0..<ids {
-                Kernels.timestepEmbedding(added.timeIDs.base[b * ids + i], dimension: dimension, flipSinToCos: c.flipSinToCos,
-                                          frequencyShift: c.frequencyShift, into: input.base + pooled + i * dimension)
+                Kernels.timestepEmbedding(
+                    added.timeIDs.base[b * ids + i], dimension: dimension, flipSinToCos: c.flipSinToCos,
+                    frequencyShift: c.frequencyShift, into: input.base + pooled + i * dimension)
             }
             let a = try ws.linear(input, "add_embedding.linear_1")
             ws.pool.recycle(input)
@@ -180,8 +188,9 @@ public final class UNet2DConditionModel {
             for l in 0..<c.layersPerBlock {
                 x = try resnet(x, "down_blocks.\(level).resnets.\(l)", embedding: embedding, ws)
                 if c.downBlockCrossAttention[level] {
-                    x = try transformer(x, "down_blocks.\(level).attentions.\(l)", heads: c.attentionHeads[level],
-                                        depth: c.transformerLayersPerBlock[level], context: context, ws)
+                    x = try transformer(
+                        x, "down_blocks.\(level).attentions.\(l)", heads: c.attentionHeads[level],
+                        depth: c.transformerLayersPerBlock[level], context: context, ws)
                 }
                 skips.append(x.copy())
             }
@@ -194,8 +203,9 @@ public final class UNet2DConditionModel {
         }
         if c.hasMiddleBlock {
             x = try resnet(x, "mid_block.resnets.0", embedding: embedding, ws)
-            x = try transformer(x, "mid_block.attentions.0", heads: c.attentionHeads[levels - 1],
-                                depth: c.transformerLayersPerBlock[levels - 1], context: context, ws)
+            x = try transformer(
+                x, "mid_block.attentions.0", heads: c.attentionHeads[levels - 1],
+                depth: c.transformerLayersPerBlock[levels - 1], context: context, ws)
             x = try resnet(x, "mid_block.resnets.1", embedding: embedding, ws)
         }
         let upHeads = Array(c.attentionHeads.reversed())
@@ -212,16 +222,18 @@ public final class UNet2DConditionModel {
                 ws.pool.recycle(x)
                 x = try resnet(joined, "up_blocks.\(level).resnets.\(l)", embedding: embedding, ws)
                 if c.upBlockCrossAttention[level] {
-                    x = try transformer(x, "up_blocks.\(level).attentions.\(l)", heads: upHeads[level],
-                                        depth: upDepth[level], context: context, ws)
+                    x = try transformer(
+                        x, "up_blocks.\(level).attentions.\(l)", heads: upHeads[level],
+                        depth: upDepth[level], context: context, ws)
                 }
             }
             if level < levels - 1 {
                 // Upsample to the size of the next skip (2x unless a down step rounded up).
                 let target = skips.last!
                 let up = ws.pool.take([x.shape[0], target.shape[1], target.shape[2]])
-                Kernels.resizeNearest(x.base, channels: x.shape[0], height: x.shape[1], width: x.shape[2],
-                                      outHeight: target.shape[1], outWidth: target.shape[2], into: up.base)
+                Kernels.resizeNearest(
+                    x.base, channels: x.shape[0], height: x.shape[1], width: x.shape[2],
+                    outHeight: target.shape[1], outWidth: target.shape[2], into: up.base)
                 ws.pool.recycle(x)
                 x = try ws.conv2d(up, "up_blocks.\(level).upsamplers.0.conv", padding: .init(1))
                 ws.pool.recycle(up)
@@ -242,7 +254,9 @@ public final class UNet2DConditionModel {
         ws.pool.recycle(n1)
         let t = try ws.linear(embedding, name + ".time_emb_proj")
         guard t.count == h1.shape[0] else {
-            throw EngineError(.shapeMismatch, "time projection gives \(t.count) channels for \(h1.shape[0])", tensorName: weights.prefix + name + ".time_emb_proj.weight")
+            throw EngineError(
+                .shapeMismatch, "time projection gives \(t.count) channels for \(h1.shape[0])",
+                tensorName: weights.prefix + name + ".time_emb_proj.weight")
         }
         Kernels.addChannelBias(h1.base, channels: h1.shape[0], plane: h1.shape[1] * h1.shape[2], bias: t.base)
         ws.pool.recycle(t)
@@ -289,7 +303,8 @@ public final class UNet2DConditionModel {
             ws.pool.recycle(planes)
         }
         guard back.count == x.count else {
-            throw EngineError(.shapeMismatch, "proj_out gives \(back.shape), expected \(x.shape)", tensorName: weights.prefix + name + ".proj_out.weight")
+            throw EngineError(
+                .shapeMismatch, "proj_out gives \(back.shape), expected \(x.shape)", tensorName: weights.prefix + name + ".proj_out.weight")
         }
         Kernels.add(back.base, into: x.base, count: x.count)
         ws.pool.recycle(back)
@@ -331,7 +346,9 @@ public final class UNet2DConditionModel {
         let k = try ws.linear(context, name + ".to_k")
         let v = try ws.linear(context, name + ".to_v")
         guard q.shape[1] == k.shape[1], k.shape == v.shape, q.shape[1] % heads == 0 else {
-            throw EngineError(.shapeMismatch, "attention projections \(q.shape), \(k.shape), \(v.shape) do not fit \(heads) heads", tensorName: weights.prefix + name + ".to_k.weight")
+            throw EngineError(
+                .shapeMismatch, "attention projections \(q.shape), \(k.shape), \(v.shape) do not fit \(heads) heads",
+                tensorName: weights.prefix + name + ".to_k.weight")
         }
         let a = ws.attention(q: q, k: k, v: v, heads: heads, causal: false)
         ws.pool.recycle(q); ws.pool.recycle(k); ws.pool.recycle(v)

@@ -41,14 +41,16 @@ public struct UNetConfiguration: Sendable, Hashable {
     /// The latent size the model was trained at (64 for 512 px).
     public var sampleSize: Int
 
-    public init(inChannels: Int = 4, outChannels: Int = 4, blockOutChannels: [Int] = [320, 640, 1280, 1280],
-                downBlockCrossAttention: [Bool] = [true, true, true, false], upBlockCrossAttention: [Bool]? = nil,
-                layersPerBlock: Int = 2, attentionHeads: [Int] = [8, 8, 8, 8], transformerLayersPerBlock: [Int]? = nil,
-                reverseTransformerLayersPerBlock: [Int]? = nil, crossAttentionDimension: Int = 768,
-                useLinearProjection: Bool = false, normGroups: Int = 32, normEpsilon: Float = 1e-5,
-                flipSinToCos: Bool = true, frequencyShift: Float = 0, hasMiddleBlock: Bool = true,
-                additionTimeEmbeddingDimension: Int? = nil, projectionClassEmbeddingsInputDimension: Int? = nil,
-                sampleSize: Int = 64) {
+    public init(
+        inChannels: Int = 4, outChannels: Int = 4, blockOutChannels: [Int] = [320, 640, 1280, 1280],
+        downBlockCrossAttention: [Bool] = [true, true, true, false], upBlockCrossAttention: [Bool]? = nil,
+        layersPerBlock: Int = 2, attentionHeads: [Int] = [8, 8, 8, 8], transformerLayersPerBlock: [Int]? = nil,
+        reverseTransformerLayersPerBlock: [Int]? = nil, crossAttentionDimension: Int = 768,
+        useLinearProjection: Bool = false, normGroups: Int = 32, normEpsilon: Float = 1e-5,
+        flipSinToCos: Bool = true, frequencyShift: Float = 0, hasMiddleBlock: Bool = true,
+        additionTimeEmbeddingDimension: Int? = nil, projectionClassEmbeddingsInputDimension: Int? = nil,
+        sampleSize: Int = 64
+    ) {
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.blockOutChannels = blockOutChannels
@@ -73,15 +75,17 @@ public struct UNetConfiguration: Sendable, Hashable {
     /// SD 1.x: 320/640/1280/1280, 8 heads, cross-attention 768, 1x1-convolution projections.
     public static let sd15 = UNetConfiguration()
     /// SD 2.x: heads of 64 channels (5/10/20/20), cross-attention 1024, linear projections.
-    public static let sd21 = UNetConfiguration(attentionHeads: [5, 10, 20, 20], crossAttentionDimension: 1024,
-                                               useLinearProjection: true, sampleSize: 96)
+    public static let sd21 = UNetConfiguration(
+        attentionHeads: [5, 10, 20, 20], crossAttentionDimension: 1024,
+        useLinearProjection: true, sampleSize: 96)
     /// SDXL base: three levels 320/640/1280, transformer depths 0/2/10, cross-attention 2048,
     /// the text-and-time additional embedding.
-    public static let sdxl = UNetConfiguration(blockOutChannels: [320, 640, 1280], downBlockCrossAttention: [false, true, true],
-                                               attentionHeads: [5, 10, 20], transformerLayersPerBlock: [1, 2, 10],
-                                               crossAttentionDimension: 2048, useLinearProjection: true,
-                                               additionTimeEmbeddingDimension: 256, projectionClassEmbeddingsInputDimension: 2816,
-                                               sampleSize: 128)
+    public static let sdxl = UNetConfiguration(
+        blockOutChannels: [320, 640, 1280], downBlockCrossAttention: [false, true, true],
+        attentionHeads: [5, 10, 20], transformerLayersPerBlock: [1, 2, 10],
+        crossAttentionDimension: 2048, useLinearProjection: true,
+        additionTimeEmbeddingDimension: 256, projectionClassEmbeddingsInputDimension: 2816,
+        sampleSize: 128)
 
     /// Width of the timestep embedding (`4 * blockOutChannels[0]`).
     public var timeEmbeddingDimension: Int { 4 * blockOutChannels[0] }
@@ -105,12 +109,15 @@ public struct UNetConfiguration: Sendable, Hashable {
         func list<T>(_ key: String, _ item: (JSONValue) -> T?) throws(EngineError) -> [T]? {
             guard let v = present(key) else { return nil }
             guard let a = v.arrayValue, a.count <= UNetConfiguration.limits.levels.upperBound else {
-                throw EngineError(.invalidConfiguration, "UNet configuration field '\(key)' is not a list of at most \(UNetConfiguration.limits.levels.upperBound) entries")
+                throw EngineError(
+                    .invalidConfiguration,
+                    "UNet configuration field '\(key)' is not a list of at most \(UNetConfiguration.limits.levels.upperBound) entries")
             }
             var values: [T] = []
             for element in a {
                 guard let value = item(element) else {
-                    throw EngineError(.invalidConfiguration, "UNet configuration field '\(key)' holds \(element.typeName) \(element.serialized().prefix(40))")
+                    throw EngineError(
+                        .invalidConfiguration, "UNet configuration field '\(key)' holds \(element.typeName) \(element.serialized().prefix(40))")
                 }
                 values.append(value)
             }
@@ -131,9 +138,11 @@ public struct UNetConfiguration: Sendable, Hashable {
         }
         let blocks = try list("block_out_channels", \.nonNegativeInt) ?? [320, 640, 1280, 1280]
         let levels = blocks.count
-        let downTypes = try list("down_block_types", \.stringValue)
+        let downTypes =
+            try list("down_block_types", \.stringValue)
             ?? ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
-        let upTypes = try list("up_block_types", \.stringValue)
+        let upTypes =
+            try list("up_block_types", \.stringValue)
             ?? ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
         guard downTypes.count == levels, upTypes.count == levels else {
             throw EngineError(.invalidConfiguration, "UNet has \(levels) levels but \(downTypes.count) down and \(upTypes.count) up block types")
@@ -156,8 +165,10 @@ public struct UNetConfiguration: Sendable, Hashable {
         guard midType == "UNetMidBlock2DCrossAttn" else {
             throw EngineError(.invalidConfiguration, "unsupported UNet middle block type '\(midType)'")
         }
-        for (key, allowed) in [("act_fn", ["silu"]), ("time_embedding_type", ["positional"]),
-                               ("resnet_time_scale_shift", ["default"]), ("attention_type", ["default"])] {
+        for (key, allowed) in [
+            ("act_fn", ["silu"]), ("time_embedding_type", ["positional"]),
+            ("resnet_time_scale_shift", ["default"]), ("attention_type", ["default"]),
+        ] {
             if let v = present(key)?.stringValue, !allowed.contains(v) {
                 throw EngineError(.invalidConfiguration, "unsupported UNet \(key) '\(v)'")
             }
@@ -195,20 +206,21 @@ public struct UNetConfiguration: Sendable, Hashable {
             }
         }
         let projection: Int? = additionDimension == nil ? nil : try int("projection_class_embeddings_input_dim", 0)
-        self.init(inChannels: try int("in_channels", 4), outChannels: try int("out_channels", 4), blockOutChannels: blocks,
-                  downBlockCrossAttention: down, upBlockCrossAttention: up, layersPerBlock: try int("layers_per_block", 2),
-                  attentionHeads: heads,
-                  transformerLayersPerBlock: try perLevel("transformer_layers_per_block", levels: levels),
-                  reverseTransformerLayersPerBlock: reverse,
-                  crossAttentionDimension: try int("cross_attention_dim", 1280),
-                  useLinearProjection: present("use_linear_projection")?.boolValue ?? false,
-                  normGroups: try int("norm_num_groups", 32),
-                  normEpsilon: try float("norm_eps", 1e-5),
-                  flipSinToCos: present("flip_sin_to_cos")?.boolValue ?? true,
-                  frequencyShift: try float("freq_shift", 0),
-                  additionTimeEmbeddingDimension: additionDimension,
-                  projectionClassEmbeddingsInputDimension: projection,
-                  sampleSize: try int("sample_size", 64))
+        self.init(
+            inChannels: try int("in_channels", 4), outChannels: try int("out_channels", 4), blockOutChannels: blocks,
+            downBlockCrossAttention: down, upBlockCrossAttention: up, layersPerBlock: try int("layers_per_block", 2),
+            attentionHeads: heads,
+            transformerLayersPerBlock: try perLevel("transformer_layers_per_block", levels: levels),
+            reverseTransformerLayersPerBlock: reverse,
+            crossAttentionDimension: try int("cross_attention_dim", 1280),
+            useLinearProjection: present("use_linear_projection")?.boolValue ?? false,
+            normGroups: try int("norm_num_groups", 32),
+            normEpsilon: try float("norm_eps", 1e-5),
+            flipSinToCos: present("flip_sin_to_cos")?.boolValue ?? true,
+            frequencyShift: try float("freq_shift", 0),
+            additionTimeEmbeddingDimension: additionDimension,
+            projectionClassEmbeddingsInputDimension: projection,
+            sampleSize: try int("sample_size", 64))
         try validate()
     }
 
@@ -251,7 +263,9 @@ public struct UNetConfiguration: Sendable, Hashable {
         try check(outChannels, l.inputChannels, "out_channels")
         try check(layersPerBlock, l.layersPerBlock, "layers_per_block")
         for h in attentionHeads { try check(h, l.heads, "attention head count") }
-        for t in transformerLayersPerBlock + (reverseTransformerLayersPerBlock ?? []) { try check(t, l.transformerLayers, "transformer_layers_per_block entry") }
+        for t in transformerLayersPerBlock + (reverseTransformerLayersPerBlock ?? []) {
+            try check(t, l.transformerLayers, "transformer_layers_per_block entry")
+        }
         try check(crossAttentionDimension, l.crossAttentionDimension, "cross_attention_dim")
         try check(normGroups, l.normGroups, "norm_num_groups")
         try check(sampleSize, l.sampleSize, "sample_size")
@@ -264,8 +278,9 @@ public struct UNetConfiguration: Sendable, Hashable {
             throw EngineError(.invalidConfiguration, "UNet freq_shift \(frequencyShift) is outside -10000...10000")
         }
         guard downBlockCrossAttention.count == levels, upBlockCrossAttention.count == levels,
-              attentionHeads.count == levels, transformerLayersPerBlock.count == levels,
-              (reverseTransformerLayersPerBlock?.count ?? levels) == levels else {
+            attentionHeads.count == levels, transformerLayersPerBlock.count == levels,
+            (reverseTransformerLayersPerBlock?.count ?? levels) == levels
+        else {
             throw EngineError(.invalidConfiguration, "UNet per-level settings do not all have \(levels) entries")
         }
         guard blockOutChannels.allSatisfy({ $0 % normGroups == 0 }) else {

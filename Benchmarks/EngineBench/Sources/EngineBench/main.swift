@@ -10,10 +10,11 @@
 //   EngineBench unet-dtypes UNETDIR OUTDIR      (writes OUTDIR/unet-f16.wpk and unet-int8.wpk)
 //   EngineBench backend                         (prints ComputeBackend.current)
 import CheckpointFormats
-@testable import DiffusionEngine
 import Foundation
 import StrictJSON
 import TensorCore
+
+@testable import DiffusionEngine
 
 #if canImport(Glibc)
 import Glibc
@@ -39,8 +40,11 @@ func loadAverage() -> String {
 
 func report(_ task: String, load: Double, runs: [Double]) {
     let list = runs.map { String(format: "%.4f", $0) }.joined(separator: ", ")
-    print(String(format: "{\"side\": \"weightpack\", \"task\": \"%@\", \"best\": %.4f, \"runs\": [%@], \"load_seconds\": %.3f, \"peak_rss_mib\": %.1f, \"loadavg\": \"%@\"}",
-                 task, runs.min()!, list, load, peakRSSMiB(), loadAverage()))
+    print(
+        String(
+            format:
+                "{\"side\": \"weightpack\", \"task\": \"%@\", \"best\": %.4f, \"runs\": [%@], \"load_seconds\": %.3f, \"peak_rss_mib\": %.1f, \"loadavg\": \"%@\"}",
+            task, runs.min()!, list, load, peakRSSMiB(), loadAverage()))
 }
 
 func writeFloats(_ t: FloatTensor, to path: String) throws {
@@ -64,7 +68,7 @@ func textEncoder(_ dir: String, runs: Int, out: String) throws {
         model = try CLIPTextModel(store: store, configuration: config)
     }
     let tokens = benchmarkTokens()
-    var result = try model.encode(tokens)   // warm-up: maps the weights in
+    var result = try model.encode(tokens)  // warm-up: maps the weights in
     var times: [Double] = []
     for _ in 0..<runs { times.append(try seconds { result = try model.encode(tokens) }) }
     try writeFloats(result, to: out)
@@ -147,10 +151,13 @@ func kernels() {
         let w = filled(channels, 1), b = filled(channels, 0.1)
         var best = Double.infinity
         for _ in 0..<3 {
-            best = min(best, seconds {
-                Kernels.groupNorm(x.base, into: y.base, channels: channels, plane: plane, groups: 32, epsilon: 1e-6,
-                                  weight: w.base, bias: b.base, silu: true)
-            })
+            best = min(
+                best,
+                seconds {
+                    Kernels.groupNorm(
+                        x.base, into: y.base, channels: channels, plane: plane, groups: 32, epsilon: 1e-6,
+                        weight: w.base, bias: b.base, silu: true)
+                })
         }
         print(String(format: "group norm + SiLU 128x512x512: %.3f s (%.2f GB/s read+write)", best, 8.0 * Double(channels * plane) / best / 1e9))
         let rows = 1024, columns = 4096
@@ -174,8 +181,9 @@ func convolutions(_ shapes: [(Int, Int, Int)], serial: Bool = false) {
     if serial { GEMM.threadCount = 1 }
     defer { GEMM.threadCount = previous }
     for (inC, size, outC) in shapes {
-        let g = Convolution.Geometry(inChannels: inC, height: size, width: size, outChannels: outC,
-                                     kernelHeight: 3, kernelWidth: 3, stride: 1, padding: .init(1))
+        let g = Convolution.Geometry(
+            inChannels: inC, height: size, width: size, outChannels: outC,
+            kernelHeight: 3, kernelWidth: 3, stride: 1, padding: .init(1))
         let x = filled(inC * size * size, 1), w = filled(outC * inC * 9, 0.05), bias = filled(outC, 0.1)
         let y = FloatTensor(shape: [outC * size * size])
         let flops = 2.0 * 9 * Double(inC * outC * size * size)
@@ -183,17 +191,28 @@ func convolutions(_ shapes: [(Int, Int, Int)], serial: Bool = false) {
         let scratch = FloatTensor(shape: [Convolution.winogradScratchCount(g)])
         var im2col = Double.infinity, winograd = Double.infinity
         for _ in 0..<2 {
-            im2col = min(im2col, seconds {
-                let run = { Convolution.loweredForward(x.base, geometry: g, weight: w.base, bias: bias.base, output: y.base, columns: columns.base) }
-                if serial { Parallel.serially(run) } else { run() }
-            })
-            winograd = min(winograd, seconds {
-                let run = { Convolution.winogradForward(x.base, geometry: g, weight: w.base, bias: bias.base, residual: nil, output: y.base, scratch: scratch.base) }
-                if serial { Parallel.serially(run) } else { run() }
-            })
+            im2col = min(
+                im2col,
+                seconds {
+                    let run = {
+                        Convolution.loweredForward(x.base, geometry: g, weight: w.base, bias: bias.base, output: y.base, columns: columns.base)
+                    }
+                    if serial { Parallel.serially(run) } else { run() }
+                })
+            winograd = min(
+                winograd,
+                seconds {
+                    let run = {
+                        Convolution.winogradForward(
+                            x.base, geometry: g, weight: w.base, bias: bias.base, residual: nil, output: y.base, scratch: scratch.base)
+                    }
+                    if serial { Parallel.serially(run) } else { run() }
+                })
         }
-        print(String(format: "conv3x3 %3d->%3d at %3dx%-3d: im2col %.3f s (%.0f GFLOP/s), winograd %.3f s (%.0f GFLOP/s effective)",
-                     inC, outC, size, size, im2col, flops / im2col / 1e9, winograd, flops / winograd / 1e9))
+        print(
+            String(
+                format: "conv3x3 %3d->%3d at %3dx%-3d: im2col %.3f s (%.0f GFLOP/s), winograd %.3f s (%.0f GFLOP/s effective)",
+                inC, outC, size, size, im2col, flops / im2col / 1e9, winograd, flops / winograd / 1e9))
     }
 }
 
@@ -215,8 +234,10 @@ do {
         // alone, no prefix) for `unet` runs on quantised weights.
         let store = try SafetensorsFile(path: arguments[2] + "/diffusion_pytorch_model.safetensors")
         let metadata = JSONObject([("tool", .string("EngineBench"))])
-        for (name, plan) in [("unet-f16.wpk", OutputTensor.plan(from: store, dtype: .f16)),
-                             ("unet-int8.wpk", OutputTensor.plan(from: store, dtype: .int8))] {
+        for (name, plan) in [
+            ("unet-f16.wpk", OutputTensor.plan(from: store, dtype: .f16)),
+            ("unet-int8.wpk", OutputTensor.plan(from: store, dtype: .int8)),
+        ] {
             let path = arguments[3] + "/" + name
             if FileManager.default.fileExists(atPath: path) { continue }
             let t = try seconds { try WPKWriter.write(plan, metadata: metadata, to: path, overwrite: false) }
@@ -233,22 +254,31 @@ do {
         let q = filled(tokens * width, 1), k = filled(tokens * width, 0.7), v = filled(tokens * width, 1), out = FloatTensor(shape: [tokens * width])
         GEMM.threadCount = 1
         for chunk in [32, 64, 128, 256, 512, 1024] {
-            let scores = FloatTensor(shape: [Attention.scratchCount(queries: tokens, keys: tokens, heads: heads, headDimension: width / heads, chunk: chunk)])
+            let scores = FloatTensor(shape: [
+                Attention.scratchCount(queries: tokens, keys: tokens, heads: heads, headDimension: width / heads, chunk: chunk)
+            ])
             var best = Double.infinity
             for _ in 0..<2 {
-                best = min(best, seconds {
-                    Parallel.serially {
-                        Attention.forward(q: q.base, qStride: width, k: k.base, kStride: width, v: v.base, vStride: width,
-                                          out: out.base, outStride: width, queries: tokens, keys: tokens, heads: heads,
-                                          headDimension: width / heads, scale: 0.158, causal: false, chunk: chunk, scores: scores.base)
-                    }
-                })
+                best = min(
+                    best,
+                    seconds {
+                        Parallel.serially {
+                            Attention.forward(
+                                q: q.base, qStride: width, k: k.base, kStride: width, v: v.base, vStride: width,
+                                out: out.base, outStride: width, queries: tokens, keys: tokens, heads: heads,
+                                headDimension: width / heads, scale: 0.158, causal: false, chunk: chunk, scores: scores.base)
+                        }
+                    })
             }
-            print(String(format: "attention 4096x4096, 8 heads of 40, chunk %4d: %.3f s (%.1f GFLOP/s)", chunk, best, 4.0 * Double(tokens * tokens * width) / best / 1e9))
+            print(
+                String(
+                    format: "attention 4096x4096, 8 heads of 40, chunk %4d: %.3f s (%.1f GFLOP/s)", chunk, best,
+                    4.0 * Double(tokens * tokens * width) / best / 1e9))
         }
     case "unet-convolutions":
         // The 3x3 convolutions of an SD 1.5 UNet (in, size, out), as one batch element runs them.
-        convolutions([(320, 64, 320), (640, 32, 640), (1280, 16, 1280), (1280, 8, 1280), (2560, 8, 1280), (2560, 16, 1280), (1920, 32, 640)], serial: true)
+        convolutions(
+            [(320, 64, 320), (640, 32, 640), (1280, 16, 1280), (1280, 8, 1280), (2560, 8, 1280), (2560, 16, 1280), (1920, 32, 640)], serial: true)
     default:
         FileHandle.standardError.write("usage: EngineBench text-encoder DIR RUNS OUT | vae DIR LATENT RUNS OUT | kernels\n".data(using: .utf8)!)
         exit(2)
