@@ -121,35 +121,39 @@ let package = Package(
             swiftSettings: cliSettings),
         .executableTarget(name: "weightpack", dependencies: ["WeightPackCLI"], swiftSettings: strict),
 
+        // What the test targets share (fixture paths, scratch folders, an in-memory store, comparisons).
+        .target(name: "TestSupport", dependencies: ["StrictJSON", "TensorCore"], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"], swiftSettings: strict),
         .testTarget(name: "MappedIOTests", dependencies: ["MappedIO"], swiftSettings: strict),
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "TensorCore"], swiftSettings: strict),
         .testTarget(name: "StrictJSONTests", dependencies: ["StrictJSON"], swiftSettings: strict),
         .testTarget(
             name: "CheckpointFormatsTests",
-            dependencies: ["CheckpointFormats", "MappedIO", "Quantization", "TensorCore", "StrictJSON"],
+            dependencies: ["TestSupport", "CheckpointFormats", "MappedIO", "Quantization", "TensorCore", "StrictJSON"],
             swiftSettings: strict),
         .testTarget(
             name: "ModelCatalogTests",
-            dependencies: ["ModelCatalog", "CheckpointFormats", "TensorCore", "StrictJSON"],
+            dependencies: ["TestSupport", "ModelCatalog", "CheckpointFormats", "TensorCore", "StrictJSON"],
             swiftSettings: strict),
         .testTarget(
             name: "AdaptersTests",
-            dependencies: ["Adapters", "CheckpointFormats", "ModelCatalog", "StrictJSON", "TensorCore"],
+            dependencies: ["TestSupport", "Adapters", "CheckpointFormats", "ModelCatalog", "StrictJSON", "TensorCore"],
             swiftSettings: strict),
         .testTarget(name: "SafePickleTests", dependencies: ["SafePickle", "TensorCore"], swiftSettings: strict),
         .testTarget(
-            name: "DiffusionEngineTests", dependencies: ["DiffusionEngine", "CheckpointFormats", "Quantization", "StrictJSON", "TensorCore"],
+            name: "DiffusionEngineTests",
+            dependencies: ["TestSupport", "DiffusionEngine", "CheckpointFormats", "Quantization", "StrictJSON", "TensorCore"],
             swiftSettings: strict),
         .testTarget(
             name: "ModelLoadingTests",
             dependencies: [
-                "ModelLoading", "Adapters", "CheckpointFormats", "ModelCatalog", "DiffusionEngine", "Quantization", "StrictJSON", "TensorCore",
+                "TestSupport", "ModelLoading", "Adapters", "CheckpointFormats", "ModelCatalog", "DiffusionEngine", "Quantization", "StrictJSON",
+                "TensorCore",
             ],
             swiftSettings: strict),
         .testTarget(
             name: "WeightPackCLITests",
-            dependencies: ["WeightPackCLI", "weightpack", "CheckpointFormats", "StrictJSON", "TensorCore"],
+            dependencies: ["TestSupport", "WeightPackCLI", "weightpack", "CheckpointFormats", "StrictJSON", "TensorCore"],
             swiftSettings: strict),
     ]
 )

@@ -1,6 +1,7 @@
 import Adapters
 import CheckpointFormats
 import ModelCatalog
+import TestSupport
 import Testing
 
 @Suite("Bad adapters are refused with one line")

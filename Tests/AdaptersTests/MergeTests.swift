@@ -4,6 +4,7 @@ import Foundation
 import ModelCatalog
 import StrictJSON
 import TensorCore
+import TestSupport
 import Testing
 
 @Suite("Adapter merge against the goldens")

@@ -2,6 +2,7 @@ import Adapters
 import CheckpointFormats
 import ModelCatalog
 import StrictJSON
+import TestSupport
 import Testing
 
 @Suite("Adapter recognition")
@@ -166,7 +167,7 @@ struct RecognitionTests {
 
     @Test("a file that is neither a network nor an embedding is refused")
     func notAnAdapter() throws {
-        let base = try ModelInput.open(fixture("tiny-sd1/diffusers"))
+        let base = try ModelInput.open(fixturePath("tiny-sd1/diffusers"))
         #expect { try Adapter(store: base) } throws: { ($0 as? AdapterError)?.code == .notAnAdapter }
     }
 }

@@ -3,10 +3,7 @@ import CheckpointFormats
 import Foundation
 import ModelCatalog
 import TensorCore
-
-let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-func fixture(_ relative: String) -> String { repository.appendingPathComponent("Fixtures/" + relative).path }
-func adapterFixture(_ name: String) -> String { fixture("adapters/" + name) }
+import TestSupport
 
 /// A base model under canonical names with its detected family.
 struct Base {
@@ -14,7 +11,7 @@ struct Base {
     let family: ArchitectureCatalog.Family?
 
     init(_ relative: String) throws {
-        let source = try ModelInput.open(fixture(relative))
+        let source = try ModelInput.open(fixturePath(relative))
         let layout = ModelLayout.recognize(source.tensors.map(\.name))
         let mapping = try NameMap.canonical(source.tensors, layout: layout)
         store = RemappedStore(base: source, recipes: mapping.recipes)

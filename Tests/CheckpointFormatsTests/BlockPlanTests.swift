@@ -3,6 +3,7 @@ import Foundation
 import Quantization
 import StrictJSON
 import TensorCore
+import TestSupport
 import Testing
 
 /// `OutputTensor.plan(from:ggmlRules:)` and `keepingStoredBlocks`: what a conversion to ggml

@@ -2,6 +2,7 @@ import CheckpointFormats
 import Foundation
 import Quantization
 import TensorCore
+import TestSupport
 import Testing
 
 let ggufFixtures = fixturesURL.appendingPathComponent("gguf")

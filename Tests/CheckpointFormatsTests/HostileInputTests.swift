@@ -7,6 +7,7 @@ import Testing
 
 #if canImport(Glibc)
 import Glibc
+import TestSupport
 #endif
 
 /// Issue 16: inputs that are not regular files, symbolic-link loops, oversized side files,

@@ -3,6 +3,7 @@ import Foundation
 import MappedIO
 import StrictJSON
 import TensorCore
+import TestSupport
 import Testing
 
 @Suite("safetensors reader: the malformed corpus")

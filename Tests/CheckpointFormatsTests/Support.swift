@@ -2,36 +2,6 @@ import CheckpointFormats
 import Foundation
 import TensorCore
 
-/// The repository's `Fixtures/` folder.
-let fixturesURL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    .appendingPathComponent("Fixtures")
-
-/// A fresh temporary folder, removed by the caller's `defer`.
-func makeTemporaryFolder() throws -> URL {
-    let url = FileManager.default.temporaryDirectory.appendingPathComponent("weightpack-tests-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-    return url
-}
-
-/// An in-memory store for writing tests.
-final class MemoryStore: TensorStore, @unchecked Sendable {
-    let tensors: [TensorDescriptor]
-    let metadata: [String: String]
-    private let data: [String: [UInt8]]
-    var formatName: String { "memory" }
-
-    init(_ items: [(String, DType, [Int], [UInt8])], metadata: [String: String] = [:]) {
-        tensors = items.map { TensorDescriptor(name: $0.0, dtype: $0.1, shape: Shape($0.2), byteCount: $0.3.count) }
-        data = Dictionary(uniqueKeysWithValues: items.map { ($0.0, $0.3) })
-        self.metadata = metadata
-    }
-
-    func tensor(named name: String) throws -> TensorView {
-        let d = descriptor(named: name)!
-        return data[name]!.withUnsafeBytes { TensorView(descriptor: d, bytes: TensorBytes(copying: $0)) }
-    }
-}
-
 /// Bytes of `count` deterministic pseudo-random elements of `dtype` (floats are finite).
 func sampleBytes(_ dtype: DType, count: Int, seed: UInt64 = 1) -> [UInt8] {
     var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1

@@ -3,6 +3,7 @@ import Foundation
 import Quantization
 import StrictJSON
 import TensorCore
+import TestSupport
 import Testing
 
 /// A `.wpk` file taken apart: preamble version, header, data section. `bytes` puts it back

@@ -4,6 +4,7 @@ import MappedIO
 import Quantization
 import StrictJSON
 import TensorCore
+import TestSupport
 import Testing
 
 @Suite("wpk format")

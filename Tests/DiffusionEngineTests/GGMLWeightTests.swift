@@ -3,6 +3,7 @@ import Foundation
 import Quantization
 import StrictJSON
 import TensorCore
+import TestSupport
 import Testing
 
 @testable import DiffusionEngine

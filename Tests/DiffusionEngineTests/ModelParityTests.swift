@@ -1,6 +1,7 @@
 import CheckpointFormats
 import Foundation
 import TensorCore
+import TestSupport
 import Testing
 
 @testable import DiffusionEngine

@@ -31,34 +31,6 @@ extension TensorStore {
     }
 }
 
-/// A tensor store held in memory, for kernel and layer tests.
-final class MemoryStore: TensorStore, @unchecked Sendable {
-    var formatName: String { "memory" }
-    private(set) var tensors: [TensorDescriptor] = []
-    var metadata: [String: String] { [:] }
-    private var data: [String: TensorBytes] = [:]
-
-    /// Adds `values` as `name`, stored as `dtype` (F32, F16 or BF16).
-    func add(_ name: String, shape: [Int], values: [Float], dtype: DType = .f32) {
-        precondition(shape.reduce(1, *) == values.count)
-        let width = dtype.byteWidth!
-        let buffer = OwnedBuffer(byteCount: values.count * width)
-        values.withUnsafeBytes { src in
-            try! ElementConversion.convert(src, from: .f32, into: buffer.mutableBytes, to: dtype, count: values.count)
-        }
-        let descriptor = TensorDescriptor(name: name, dtype: dtype, shape: Shape(shape), byteCount: values.count * width)
-        tensors.append(descriptor)
-        data[name] = TensorBytes(owner: buffer, buffer: buffer.bytes)
-    }
-
-    func tensor(named name: String) throws -> TensorView {
-        guard let bytes = data[name], let d = tensors.first(where: { $0.name == name }) else {
-            throw EngineError(.missingTensor, "no tensor", tensorName: name)
-        }
-        return TensorView(descriptor: d, bytes: bytes)
-    }
-}
-
 /// The result of comparing two tensors: shape, max abs and relative error, first bad index.
 struct TensorComparison: CustomStringConvertible {
     var shape: [Int]

@@ -1,6 +1,7 @@
 import CheckpointFormats
 import ModelCatalog
 import TensorCore
+import TestSupport
 import Testing
 
 @Suite("detection from names and shapes")
@@ -17,8 +18,8 @@ struct DetectionTests {
             ("tiny-sdxl/diffusers", "sdxl", "base", "epsilon"),
         ])
     func fixtures(path: String, family: String, variant: String, prediction: String) throws {
-        let store = try ModelInput.open(fixture(path))
-        let (_, mapping, canonicalStore) = try canonical(fixture(path))
+        let store = try ModelInput.open(fixturePath(path))
+        let (_, mapping, canonicalStore) = try canonical(fixturePath(path))
         let scheduler = (store as? DiffusersFolder)?.schedulerConfig
         let d = Detection.detect(canonicalStore.tensors, layout: mapping.layout, sourceNames: store.tensors.map(\.name), schedulerConfig: scheduler)
         #expect(d.familyID == family)
@@ -92,7 +93,7 @@ struct DetectionTests {
 
     @Test("a VAE alone: component file, family undecided with candidates")
     func vaeOnly() throws {
-        let (_, mapping, canonicalStore) = try canonical(fixture("tiny-sd1/diffusers/vae/diffusion_pytorch_model.safetensors"))
+        let (_, mapping, canonicalStore) = try canonical(fixturePath("tiny-sd1/diffusers/vae/diffusion_pytorch_model.safetensors"))
         let d = Detection.detect(canonicalStore.tensors, layout: mapping.layout)
         #expect(d.kind == .component(.vae))
         #expect(d.family == nil)
@@ -120,9 +121,9 @@ struct DetectionTests {
 
     @Test("the bundled catalog equals Formats/architectures.json")
     func bundledCopy() throws {
-        let formats = try String(contentsOfFile: repository.appendingPathComponent("Formats/architectures.json").path, encoding: .utf8)
+        let formats = try String(contentsOfFile: repositoryURL.appendingPathComponent("Formats/architectures.json").path, encoding: .utf8)
         let bundled = try String(
-            contentsOfFile: repository.appendingPathComponent("Sources/ModelCatalog/Data/architectures.json").path, encoding: .utf8)
+            contentsOfFile: repositoryURL.appendingPathComponent("Sources/ModelCatalog/Data/architectures.json").path, encoding: .utf8)
         #expect(formats == bundled)
         #expect(ArchitectureCatalog.standard.families.map(\.id) == ["sd1", "sd2", "sdxl", "sdxl-refiner"])
     }

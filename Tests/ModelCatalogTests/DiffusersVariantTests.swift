@@ -1,6 +1,7 @@
 import CheckpointFormats
 import ModelCatalog
 import TensorCore
+import TestSupport
 import Testing
 
 /// The tiny SD 1.x folder in the other forms diffusers writes (`make_diffusers_variants.py`):
@@ -30,7 +31,7 @@ struct DiffusersVariantTests {
 
     @Test("components are read from the expected files, through the expected stores", arguments: folders)
     func files(path: String, expected: [String: String]) throws {
-        let folder = try DiffusersFolder(path: fixture(path))
+        let folder = try DiffusersFolder(path: fixturePath(path))
         #expect(Dictionary(uniqueKeysWithValues: folder.components.map { ($0.component, $0.file) }) == expected)
         for c in folder.components {
             switch c.file {
@@ -50,8 +51,8 @@ struct DiffusersVariantTests {
 
     @Test("every tensor is bit-identical to the safetensors folder's", arguments: folders.map(\.0))
     func sameTensors(path: String) throws {
-        let folder = try DiffusersFolder(path: fixture(path))
-        let reference = try DiffusersFolder(path: fixture("tiny-sd1/diffusers"))
+        let folder = try DiffusersFolder(path: fixturePath(path))
+        let reference = try DiffusersFolder(path: fixturePath("tiny-sd1/diffusers"))
         #expect(folder.tensors.count == reference.tensors.count)
         #expect(Set(folder.tensors.map(\.name)) == Set(reference.tensors.map(\.name)))
         var compared = 0
@@ -67,7 +68,7 @@ struct DiffusersVariantTests {
 
     @Test("detection: SD 1.x, complete, from the canonical names of each folder", arguments: folders.map(\.0))
     func detection(path: String) throws {
-        let (store, mapping, canonicalStore) = try canonical(fixture(path))
+        let (store, mapping, canonicalStore) = try canonical(fixturePath(path))
         let d = Detection.detect(
             canonicalStore.tensors, layout: mapping.layout, sourceNames: store.tensors.map(\.name),
             schedulerConfig: (store as? DiffusersFolder)?.schedulerConfig)

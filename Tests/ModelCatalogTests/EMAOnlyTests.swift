@@ -1,6 +1,7 @@
 import CheckpointFormats
 import ModelCatalog
 import TensorCore
+import TestSupport
 import Testing
 
 /// "EMA-only" LDM checkpoints: `model_ema.<UNet name without dots>` and no `model.diffusion_model.*`.
@@ -12,7 +13,7 @@ struct EMAOnlyTests {
 
     @Test("every UNet name of the LDM fixtures comes back from its flat EMA name", arguments: ldmFixtures)
     func unflattenFixtures(path: String) throws {
-        let names = try SafetensorsFile(path: fixture(path)).tensors.map(\.name).filter { $0.hasPrefix("model.diffusion_model.") }
+        let names = try SafetensorsFile(path: fixturePath(path)).tensors.map(\.name).filter { $0.hasPrefix("model.diffusion_model.") }
         #expect(names.count > 300)
         for name in names {
             #expect(NameMap.unflattenedEMAName(NameMap.emaName(of: name)) == name)
@@ -51,7 +52,7 @@ struct EMAOnlyTests {
 
     /// The tensors of tiny-sd1.safetensors with the UNet replaced by its flat EMA copies.
     static func emaOnlyDescriptors() throws -> (source: [TensorDescriptor], emaOnly: [TensorDescriptor]) {
-        let source = try SafetensorsFile(path: fixture("tiny-sd1/tiny-sd1.safetensors")).tensors
+        let source = try SafetensorsFile(path: fixturePath("tiny-sd1/tiny-sd1.safetensors")).tensors
         var emaOnly = source.map { d in
             var e = d
             if d.name.hasPrefix("model.diffusion_model.") { e.name = NameMap.emaName(of: d.name) }

@@ -1,6 +1,7 @@
 import CheckpointFormats
 import ModelCatalog
 import TensorCore
+import TestSupport
 import Testing
 
 @Suite("name maps: LDM ↔ canonical ↔ diffusers, bit for bit")
@@ -9,7 +10,7 @@ struct NameMapTests {
 
     @Test("LDM file → canonical → LDM gives every weight back byte for byte, in order", arguments: models)
     func ldmRoundTrip(model: String) throws {
-        let (source, mapping, canonicalStore) = try canonical(fixture("tiny-\(model)/tiny-\(model).safetensors"))
+        let (source, mapping, canonicalStore) = try canonical(fixturePath("tiny-\(model)/tiny-\(model).safetensors"))
         let layout = try #require(mapping.layout)
         #expect(layout.kind == .ldm)
         let (recipes, omitted) = try NameMap.export(canonicalStore.tensors, to: layout, family: nil)
@@ -26,7 +27,7 @@ struct NameMapTests {
 
     @Test("diffusers folder → canonical → diffusers names give every tensor back", arguments: models)
     func diffusersRoundTrip(model: String) throws {
-        let (source, mapping, canonicalStore) = try canonical(fixture("tiny-\(model)/diffusers"))
+        let (source, mapping, canonicalStore) = try canonical(fixturePath("tiny-\(model)/diffusers"))
         let layout = try #require(mapping.layout)
         #expect(layout.kind == .diffusers)
         #expect(mapping.leftovers.isEmpty)
@@ -41,8 +42,8 @@ struct NameMapTests {
 
     @Test("LDM → canonical equals diffusers → canonical (the reference folder), tensor for tensor", arguments: models)
     func layoutsAgree(model: String) throws {
-        let (_, _, fromLDM) = try canonical(fixture("tiny-\(model)/tiny-\(model).safetensors"))
-        let (_, _, fromDiffusers) = try canonical(fixture("tiny-\(model)/diffusers"))
+        let (_, _, fromLDM) = try canonical(fixturePath("tiny-\(model)/tiny-\(model).safetensors"))
+        let (_, _, fromDiffusers) = try canonical(fixturePath("tiny-\(model)/diffusers"))
         let ldmNames = Set(fromLDM.tensors.map(\.name)), diffusersNames = Set(fromDiffusers.tensors.map(\.name))
         // What only the LDM file has: CLIP position_ids (a buffer transformers does not save) and,
         // for SD 2.x, the OpenCLIP tower's last layer and projection, which diffusers drops.
@@ -58,10 +59,10 @@ struct NameMapTests {
 
     @Test("canonical → the other layout equals the reference file of that layout", arguments: models)
     func crossLayouts(model: String) throws {
-        let ldmFile = try ModelInput.open(fixture("tiny-\(model)/tiny-\(model).safetensors"))
-        let folder = try ModelInput.open(fixture("tiny-\(model)/diffusers"))
-        let (_, ldmMapping, fromLDM) = try canonical(fixture("tiny-\(model)/tiny-\(model).safetensors"))
-        let (_, diffusersMapping, fromDiffusers) = try canonical(fixture("tiny-\(model)/diffusers"))
+        let ldmFile = try ModelInput.open(fixturePath("tiny-\(model)/tiny-\(model).safetensors"))
+        let folder = try ModelInput.open(fixturePath("tiny-\(model)/diffusers"))
+        let (_, ldmMapping, fromLDM) = try canonical(fixturePath("tiny-\(model)/tiny-\(model).safetensors"))
+        let (_, diffusersMapping, fromDiffusers) = try canonical(fixturePath("tiny-\(model)/diffusers"))
         let family = ArchitectureCatalog.standard.family(model)
         // diffusers → LDM: every tensor made equals the reference LDM file's.
         let (toLDM, _) = try NameMap.export(fromDiffusers.tensors, to: try #require(ldmMapping.layout), family: family)
@@ -87,7 +88,7 @@ struct NameMapTests {
 
     @Test("OpenCLIP in_proj splits into q, k, v rows and merges back; text_projection transposes")
     func openCLIPReshapes() throws {
-        let (source, _, canonicalStore) = try canonical(fixture("tiny-sd2/tiny-sd2.safetensors"))
+        let (source, _, canonicalStore) = try canonical(fixturePath("tiny-sd2/tiny-sd2.safetensors"))
         let fused = try source.tensor(named: "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight")
         let q = try canonicalStore.tensor(named: "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.weight")
         let v = try canonicalStore.tensor(named: "text_encoder.text_model.encoder.layers.0.self_attn.v_proj.weight")
@@ -103,7 +104,7 @@ struct NameMapTests {
 
     @Test("VAE mid attention: 1×1 conv in LDM, linear in canonical")
     func vaeAttentionReshape() throws {
-        let (source, _, canonicalStore) = try canonical(fixture("tiny-sd1/tiny-sd1.safetensors"))
+        let (source, _, canonicalStore) = try canonical(fixturePath("tiny-sd1/tiny-sd1.safetensors"))
         let conv = try source.tensor(named: "first_stage_model.decoder.mid.attn_1.q.weight")
         let linear = try canonicalStore.tensor(named: "vae.decoder.mid_block.attentions.0.to_q.weight")
         #expect(conv.shape == [64, 64, 1, 1] && linear.shape == [64, 64])
@@ -127,18 +128,18 @@ struct NameMapTests {
             ("cond_stage_model.transformer.text_model.final_layer_norm.weight", "text_encoder.text_model.final_layer_norm.weight"),
         ])
     func singleNames(ldm: String, canonical expected: String) throws {
-        let (_, mapping, _) = try canonical(fixture("tiny-sd1/tiny-sd1.safetensors"))
+        let (_, mapping, _) = try canonical(fixturePath("tiny-sd1/tiny-sd1.safetensors"))
         let recipe = try #require(mapping.recipes.first { $0.sources == [ldm] })
         #expect(recipe.name == expected)
     }
 
     @Test("leftovers are classified and dropped unless kept")
     func leftovers() throws {
-        let (_, mapping, _) = try canonical(fixture("tiny-sd2/tiny-sd2.safetensors"))
+        let (_, mapping, _) = try canonical(fixturePath("tiny-sd2/tiny-sd2.safetensors"))
         let kinds = Dictionary(grouping: mapping.leftovers, by: \.kind).mapValues(\.count)
         #expect(kinds[.schedule] == 12)
         #expect(kinds[.unused] == 1)  // cond_stage_model.model.logit_scale
-        let (_, kept, _) = try canonical(fixture("tiny-sd2/tiny-sd2.safetensors"), keepExtra: true)
+        let (_, kept, _) = try canonical(fixturePath("tiny-sd2/tiny-sd2.safetensors"), keepExtra: true)
         #expect(kept.recipes.contains { $0.name == "extra.betas" })
         #expect(NameMap.classify("model_ema.decay") == .emaBookkeeping)
         #expect(NameMap.classify("model_ema.diffusion_modelout2weight") == .ema)

@@ -3,9 +3,6 @@ import Foundation
 import ModelCatalog
 import TensorCore
 
-let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-func fixture(_ relative: String) -> String { repository.appendingPathComponent("Fixtures/" + relative).path }
-
 /// The bytes of a tensor.
 func bytes(_ view: TensorView) -> [UInt8] { view.bytes.withUnsafeBytes { Array($0) } }
 

@@ -3,6 +3,7 @@ import Foundation
 import ModelCatalog
 import Quantization
 import TensorCore
+import TestSupport
 import Testing
 
 @testable import ModelLoading
@@ -12,7 +13,7 @@ import Testing
 struct BlockTypeConversionTests {
     @Test("Conversion with a ggml type records the target and the overrides; its summary counts what was stored")
     func conversion() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder().path
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let model = try CanonicalModel.open(tinySD1)
         var options = Conversion.Options()

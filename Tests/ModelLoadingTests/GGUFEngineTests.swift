@@ -4,6 +4,7 @@ import Foundation
 import ModelLoading
 import Quantization
 import TensorCore
+import TestSupport
 import Testing
 
 /// The engine running a downloaded-style GGUF through the canonical names (issue 13): the
@@ -53,7 +54,7 @@ import Testing
     /// convolutions stay F16 is judged as Q8_0, and the defaults pass what each type costs on the
     /// tiny fixture while a far stricter figure fails.
     @Test func verifyJudgesByTheLeastPreciseStorage() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder().path
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let gguf = folder + "/q8.gguf", wpk = folder + "/q4.wpk"
         _ = try ModelExport.writeGGUF(try CanonicalModel.open(tinySD1), dtype: .q8_0, to: gguf, overwrite: false, tool: "tests")
@@ -86,7 +87,7 @@ import Testing
 /// to derived values (issue 16).
 @Suite struct ShippedConfigurationTests {
     @Test func aMalformedShippedConfigurationIsRefused() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder().path
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let copy = folder + "/diffusers"
         try FileManager.default.copyItem(atPath: repositoryURL.appendingPathComponent("Fixtures/tiny-sd1/diffusers").path, toPath: copy)

@@ -4,6 +4,7 @@ import Foundation
 import ModelCatalog
 import ModelLoading
 import StrictJSON
+import TestSupport
 import Testing
 
 @Suite struct CanonicalModelTests {
@@ -27,7 +28,7 @@ import Testing
     }
 
     @Test func aConvertedModelAnswersThroughTheStoreProtocols() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder().path
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let output = folder + "/int8.wpk"
         var options = Conversion.Options(dtype: .int8)
@@ -45,7 +46,7 @@ import Testing
     }
 
     @Test func anInputWithoutTensorsIsRefused() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder().path
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let empty = folder + "/empty.safetensors"
         // A valid safetensors file with an empty header object.
@@ -92,7 +93,7 @@ import Testing
     /// (a folder with them and model_index.json only); every network configuration, SDXL's
     /// addition_time_embed_dim included, is derived from the single file's weights.
     @Test func aTinySDXLSingleFileGenerates() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder().path
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let fixture = repositoryURL.appendingPathComponent("Fixtures/tiny-sdxl/diffusers").path
         for item in ["tokenizer", "tokenizer_2", "model_index.json"] {

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 @Suite struct ReadmeExampleTests {
@@ -23,7 +24,7 @@ import Testing
     }
 
     @Test func exampleConvertsAndVerifiesTheTinyModel() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder().path
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let report = try convertAndVerify(tinySD1, to: folder + "/tiny-f16.wpk")
         #expect(report.passed)

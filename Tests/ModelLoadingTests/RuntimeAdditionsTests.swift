@@ -4,6 +4,7 @@ import DiffusionEngine
 import Foundation
 import ModelLoading
 import TensorCore
+import TestSupport
 import Testing
 
 private func adapter(_ name: String) -> String { repositoryURL.appendingPathComponent("Fixtures/adapters/" + name).path }

@@ -2,36 +2,13 @@ import CheckpointFormats
 import Foundation
 import StrictJSON
 import TensorCore
+import TestSupport
 import Testing
 
 @testable import WeightPackCLI
 
-private func adapterFixture(_ name: String) -> String {
-    repositoryURL.appendingPathComponent("Fixtures/adapters/" + name).path
-}
-
 private func bytes(_ store: any TensorStore, _ name: String) throws -> [UInt8] {
     try store.tensor(named: name).bytes.withUnsafeBytes { Array($0) }
-}
-
-/// The largest absolute difference over the largest absolute golden value.
-private func relativeDifference(_ a: [Float], _ golden: [Float]) -> Double {
-    var worst = 0.0, scale = 0.0
-    for (x, y) in zip(a, golden) {
-        worst = max(worst, abs(Double(x) - Double(y)))
-        scale = max(scale, abs(Double(y)))
-    }
-    return scale > 0 ? worst / scale : worst
-}
-
-/// Signal-to-noise ratio of `b` against the golden `a` in dB (`.infinity` when equal).
-private func snr(_ a: [Float], _ b: [Float]) -> Double {
-    var signal = 0.0, noise = 0.0
-    for (x, y) in zip(a, b) {
-        signal += Double(x) * Double(x)
-        noise += (Double(x) - Double(y)) * (Double(x) - Double(y))
-    }
-    return noise == 0 ? .infinity : 10 * log10(signal / noise)
 }
 
 /// `export ADAPTER --layout kohya|diffusers` and the refusals around it.
@@ -49,7 +26,7 @@ struct AdapterExportCLITests {
         "kohya → diffusers → kohya through the command gives back every tensor bit for bit; the PEFT file carries the alphas in lora_adapter_metadata"
     )
     func roundTrip() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let original = adapterFixture("sd1-kohya-lora.safetensors")
         let peft = folder.appendingPathComponent("peft.safetensors").path
@@ -80,7 +57,7 @@ struct AdapterExportCLITests {
 
     @Test("a .wpk output holds the converted adapter (names, bytes, alpha metadata), and exports back to kohya bit for bit")
     func wpkOutput() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let original = adapterFixture("sd1-kohya-lora.safetensors")
         let peft = folder.appendingPathComponent("peft.safetensors").path
@@ -105,7 +82,7 @@ struct AdapterExportCLITests {
 
     @Test("PEFT → kohya merges to diffusers' golden (fuse_lora of the PEFT file) within 1e-6 relative")
     func peftToKohyaGolden() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let kohya = folder.appendingPathComponent("kohya.safetensors").path
         let export = try run(["export", adapterFixture("sd1-peft-lora.safetensors"), kohya, "--layout", "kohya"])
@@ -136,7 +113,7 @@ struct AdapterExportCLITests {
             (["MODEL", "kohya"], 65, "--layout kohya"),
         ])
     func refused(_ arguments: [String], _ status: Int32, _ word: String) throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let input = arguments[0] == "MODEL" ? tinyModel : adapterFixture(arguments[0])
         for name in ["out.safetensors", "out.wpk"] {
@@ -167,7 +144,7 @@ struct AdapterExportCLITests {
     @Test("--layout kohya with --format gguf, and --config with an adapter, are usage errors (64)")
     func kohyaGGUF() throws {
         #expect(throws: (any Error).self) { _ = try WeightPackCommand.parseAsRoot(["export", "a.safetensors", "b.gguf", "--layout", "kohya"]) }
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let result = try run([
             "export", adapterFixture("sd1-kohya-lora.safetensors"), folder.appendingPathComponent("x.gguf").path, "--layout", "kohya",
@@ -194,7 +171,7 @@ struct MergeBlockTypeCLITests {
 
     @Test("merge into q4_k .wpk: merged tensors dequantised are within the stored type's error of the golden")
     func q4kWPK() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let (golden, scale) = try golden()
         let output = folder.appendingPathComponent("merged-q4k.wpk").path
@@ -216,7 +193,7 @@ struct MergeBlockTypeCLITests {
 
     @Test("merge into q8_0 GGUF: merged tensors dequantised are within Q8_0's error of the golden; --tensor-type overrides")
     func q80GGUF() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let (golden, scale) = try golden()
         let lora = adapterFixture("sd1-kohya-lora.safetensors") + ":" + scale
@@ -265,7 +242,7 @@ struct MergeBlockTypeCLITests {
 
     @Test("a quantised base: --dtype keep is refused (64, one line, nothing written); int8 and a block type quantise after the merge")
     func quantisedBase() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let (golden, scale) = try golden()
         let lora = adapterFixture("sd1-kohya-lora.safetensors") + ":" + scale

@@ -1,5 +1,6 @@
 import CheckpointFormats
 import Foundation
+import TestSupport
 import Testing
 
 /// `generate`, `trace` and `verify` run a Q4_K `.wpk` and a Q4_K `.gguf` directly (issue 13,
@@ -8,7 +9,7 @@ import Testing
 struct BlockEngineCLITests {
     @Test("generate, trace and verify on Q4_K", arguments: ["q4k.wpk", "q4k.gguf"])
     func commandsRunBlockFiles(name: String) throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let model = folder.appendingPathComponent(name).path
         let made =

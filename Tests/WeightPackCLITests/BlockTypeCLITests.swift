@@ -2,19 +2,10 @@ import CheckpointFormats
 import Foundation
 import StrictJSON
 import TensorCore
+import TestSupport
 import Testing
 
 @testable import WeightPackCLI
-
-/// Signal-to-noise ratio of `b` against `a` in dB (`.infinity` when equal).
-private func snr(_ a: [Float], _ b: [Float]) -> Double {
-    var signal = 0.0, noise = 0.0
-    for (x, y) in zip(a, b) {
-        signal += Double(x) * Double(x)
-        noise += (Double(x) - Double(y)) * (Double(x) - Double(y))
-    }
-    return noise == 0 ? .infinity : 10 * log10(signal / noise)
-}
 
 /// The SNR every tensor of a type must reach on the tiny fixture: the lowest measured over its
 /// 359 weight matrices (`convert --dtype T`, `inspect --json`, debug build, 2026-12-03; k-quants on
@@ -26,17 +17,13 @@ private let minimumSNR: [String: Double] = [
     "Q4_0": 19, "Q4_1": 20, "Q5_0": 25, "Q5_1": 26, "Q8_0": 42, "Q2_K": 10, "Q3_K": 16, "Q4_K": 23, "Q5_K": 29, "Q6_K": 35,
 ]
 
-private func parseJSON(_ text: String) throws -> JSONObject {
-    try #require(try Array(text.utf8).withUnsafeBytes { try JSONParser.parse($0) }.objectValue)
-}
-
 /// `convert --dtype q4_0…q6_k`, `export --format gguf --dtype …`, `--tensor-type` and `inspect` of
 /// block tensors, end to end on the tiny fixture with the built binary (issue 13, item 3).
 @Suite("ggml block types on the command line")
 struct BlockTypeCLITests {
     @Test("convert --dtype q4_k: types follow the rules, an override is honoured, fallbacks are said, values stay close")
     func convertQ4K() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let out = folder.appendingPathComponent("q4k.wpk").path
         let override = "*attn1.to_q.weight=q8_0"
@@ -99,7 +86,7 @@ struct BlockTypeCLITests {
         "every block type converts: the summary's bits per weight is the file's, the blocks read back as the values, the recorded error meets the type's floor",
         arguments: ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q5_k", "q6_k"])
     func everyType(dtype: String) throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let out = folder.appendingPathComponent("m.wpk").path
         let converted = try run(["convert", tinyModel, out, "--dtype", dtype, "--no-source-hash", "--json"])
@@ -123,7 +110,7 @@ struct BlockTypeCLITests {
 
     @Test("export --format gguf --dtype q4_0 and q4_k: stable-diffusion.cpp's rules, file type, values, and a byte-identical round trip")
     func exportGGUF() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let source = try SafetensorsFile(path: tinyModel)
         for dtype in ["q4_0", "q4_k"] {
@@ -180,7 +167,7 @@ struct BlockTypeCLITests {
         "stable-diffusion.cpp's GGUFs exported again with --dtype keep have byte-identical tensor data",
         arguments: ["tiny-sd1-q8_0.gguf", "sdcpp-q4_k-pair.gguf"])
     func sdcppRoundTrip(name: String) throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let input = repositoryURL.appendingPathComponent("Fixtures/gguf/\(name)").path, out = folder.appendingPathComponent("out.gguf").path
         let exported = try run(["export", input, out, "--dtype", "keep", "--json"])
@@ -203,7 +190,7 @@ struct BlockTypeCLITests {
     @Test(
         "a block .wpk exports to GGUF with its blocks passed through where the GGUF row holds them, and a GGUF converts to .wpk without requantising")
     func passThrough() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let wpk = folder.appendingPathComponent("m.wpk").path, gguf = folder.appendingPathComponent("m.gguf").path
         #expect(try run(["convert", tinyModel, wpk, "--dtype", "q8_0", "--no-source-hash"]).status == 0)
@@ -235,7 +222,7 @@ struct BlockTypeCLITests {
 
     @Test("inspect shows each block tensor's type, bits per weight, error and fallback, and the file's bits per weight")
     func inspect() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let out = folder.appendingPathComponent("q4k.wpk").path
         #expect(try run(["convert", tinyModel, out, "--dtype", "q4_k", "--no-source-hash"]).status == 0)
@@ -295,7 +282,7 @@ struct BlockTypeCLITests {
             ["export", "IN", "OUT.gguf", "--dtype", "bf16"],
         ])
     func usageErrors(arguments: [String]) throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let out = folder.appendingPathComponent(arguments[2]).path
         let result = try run(arguments.map { $0 == "IN" ? tinyModel : $0 == arguments[2] ? out : $0 })
@@ -329,7 +316,7 @@ struct BlockTypeCLITests {
         "gguf-py reads our q4_0 and q4_k GGUFs: names, shapes, types, and the same values as ours",
         .enabled(if: pythonHasGGUF, "needs gguf-py in the fixture environment (Fixtures/generate/setup_venv.sh)"))
     func ggufPy() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let source = try SafetensorsFile(path: tinyModel)
         for dtype in ["q4_0", "q4_k"] {

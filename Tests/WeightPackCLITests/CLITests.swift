@@ -2,11 +2,11 @@ import ArgumentParser
 import CheckpointFormats
 import Foundation
 import StrictJSON
+import TestSupport
 import Testing
 
 @testable import WeightPackCLI
 
-let repositoryURL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 let tinyModel = repositoryURL.appendingPathComponent("Fixtures/tiny-sd1/tiny-sd1.safetensors").path
 
 /// The `weightpack` binary built beside this test bundle.
@@ -41,10 +41,14 @@ func run(_ arguments: [String]) throws -> RunResult {
         status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
 }
 
-func temporaryFolder() throws -> URL {
-    let url = FileManager.default.temporaryDirectory.appendingPathComponent("weightpack-cli-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-    return url
+/// Writes a pipeline golden's `init_latents` as `latents.safetensors` in `folder` (a `--latents` file).
+func writeInitialLatents(of golden: String, in folder: URL) throws -> String {
+    let latents = try SafetensorsFile(path: golden).tensor(named: "init_latents")
+    let file = folder.appendingPathComponent("latents.safetensors").path
+    let output = OutputTensor(
+        name: "latents", dtype: .f32, shape: latents.descriptor.shape, sourceName: "latents", sourceDType: .f32, load: { latents })
+    try SafetensorsWriter.write([output], to: file, overwrite: false)
+    return file
 }
 
 @Suite("command-line parsing and help")
@@ -94,7 +98,7 @@ struct EndToEndTests {
 
     @Test("convert → inspect → check → export gives back the original file byte for byte")
     func roundTrip() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         for compress in [false, true] {
             let wpk = folder.appendingPathComponent("m\(compress).wpk").path
@@ -111,7 +115,7 @@ struct EndToEndTests {
 
     @Test("convert --dtype f16 casts floats, keeps integers, and inspect --json reports it")
     func halfConversion() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let wpk = folder.appendingPathComponent("m.wpk").path
         #expect(try run(["convert", tinyModel, wpk, "--dtype", "f16", "--keep-extra"]).status == 0)
@@ -146,7 +150,7 @@ struct EndToEndTests {
 
     @Test("check exits 1 naming the tensor whose byte was flipped")
     func corruption() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let wpk = folder.appendingPathComponent("m.wpk").path
         #expect(try run(["convert", tinyModel, wpk]).status == 0)
@@ -172,7 +176,7 @@ struct EndToEndTests {
 
     @Test("errors give one line and the documented exit code, and leave no output", arguments: errorCases)
     func errors(_ arguments: [String], _ status: Int32) throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let malformed = repositoryURL.appendingPathComponent("Fixtures/malformed/safetensors/offset_hole_between_tensors.safetensors").path
         let output = folder.appendingPathComponent("out.wpk").path
@@ -188,7 +192,7 @@ struct EndToEndTests {
 
     @Test("an existing output is refused without --force (73) and replaced with it")
     func existingOutput() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let output = folder.appendingPathComponent("out.wpk").path
         try Data("precious".utf8).write(to: URL(fileURLWithPath: output))
@@ -209,7 +213,7 @@ struct CheckpointCLITests {
     @Test("a clean checkpoint scans clean, converts, and shows its training metadata")
     func cleanCheckpoint() throws {
         #expect(try run(["scan", tinyCheckpoint]).status == 0)
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let wpk = folder.appendingPathComponent("m.wpk").path
         let convert = try run(["convert", tinyCheckpoint, wpk, "--keep-extra"])
@@ -236,7 +240,7 @@ struct CheckpointCLITests {
         let root = try #require(try JSONParser.parse(scan.stdout).objectValue)
         #expect(root["verdict"] == "dangerous")
         #expect(root["globals"]?.arrayValue?.contains { $0.objectValue?["name"] == "system" && $0.objectValue?["class"] == "dangerous" } == true)
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let convert = try run(["convert", malicious, folder.appendingPathComponent("x.wpk").path])
         #expect(convert.status == 65)
@@ -287,7 +291,7 @@ struct TokenizeCLITests {
 struct Float16WarningTests {
     @Test("convert --dtype f16 names the tensors whose values became infinite")
     func warns() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let source = folder.appendingPathComponent("hot.safetensors").path
         let values: [Float] = [1, 2, 70000, -1e6, 3]

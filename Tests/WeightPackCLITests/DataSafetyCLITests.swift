@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// Every regular file under `folder` with its bytes, to prove a command left them alone.
@@ -14,7 +15,7 @@ private func snapshot(_ folder: String) -> [String: Data] {
 struct DataSafetyCLITests {
     @Test("export --force into a folder of the user's files is refused and the folder is untouched")
     func exportRefusesForeignFolder() throws {
-        let dir = try temporaryFolder().path
+        let dir = try makeTemporaryFolder().path
         let home = dir + "/home"
         try FileManager.default.createDirectory(atPath: home + "/.ssh", withIntermediateDirectories: true)
         try Data("\\documentclass{article}".utf8).write(to: URL(fileURLWithPath: home + "/thesis.tex"))
@@ -29,7 +30,7 @@ struct DataSafetyCLITests {
 
     @Test("export --force into an earlier export replaces its files and keeps the user's")
     func exportReplacesOwnFiles() throws {
-        let dir = try temporaryFolder().path
+        let dir = try makeTemporaryFolder().path
         let folder = dir + "/sd"
         #expect(try run(["export", tinyModel, folder, "--layout", "diffusers"]).status == 0)
         try Data("my notes".utf8).write(to: URL(fileURLWithPath: folder + "/NOTES.md"))
@@ -51,7 +52,7 @@ struct DataSafetyCLITests {
             ["export", "IN", "DIR", "--layout", "diffusers", "--force"],
         ])
     func outputIsInput(_ template: [String]) throws {
-        let dir = try temporaryFolder().path
+        let dir = try makeTemporaryFolder().path
         let folder = dir + "/model"
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         let input = folder + "/model.safetensors"
@@ -78,7 +79,7 @@ struct DataSafetyCLITests {
 
     @Test("a .wpk exported onto itself is refused")
     func wpkOntoItself() throws {
-        let dir = try temporaryFolder().path
+        let dir = try makeTemporaryFolder().path
         let wpk = dir + "/m.wpk"
         #expect(try run(["convert", tinyModel, wpk]).status == 0)
         let before = try Data(contentsOf: URL(fileURLWithPath: wpk))
@@ -90,7 +91,7 @@ struct DataSafetyCLITests {
 
     @Test("an output name of 252 bytes is written, and no temporary is left")
     func longOutputName() throws {
-        let dir = try temporaryFolder().path
+        let dir = try makeTemporaryFolder().path
         let name = String(repeating: "n", count: 248) + ".wpk"
         let result = try run(["convert", tinyModel, dir + "/" + name])
         #expect(result.status == 0, "\(result.stderr)")
@@ -99,7 +100,7 @@ struct DataSafetyCLITests {
 
     @Test("an existing folder or a name ending in / as a file output is 73", arguments: ["sub", "x.wpk/"])
     func folderAsFileOutput(_ name: String) throws {
-        let dir = try temporaryFolder().path
+        let dir = try makeTemporaryFolder().path
         try FileManager.default.createDirectory(atPath: dir + "/sub", withIntermediateDirectories: true)
         for extra in [[], ["--force"]] {
             let result = try run(["convert", tinyModel, dir + "/" + name] + extra)
@@ -110,7 +111,7 @@ struct DataSafetyCLITests {
 
     @Test("verify --report naming a file or a folder of other files is 73, one line, nothing changed", arguments: ["file", "folder"])
     func verifyReportTarget(_ kind: String) throws {
-        let dir = try temporaryFolder().path
+        let dir = try makeTemporaryFolder().path
         let target = dir + "/target"
         if kind == "file" {
             try Data("keep me".utf8).write(to: URL(fileURLWithPath: target))
@@ -129,7 +130,7 @@ struct DataSafetyCLITests {
 
     @Test("verify --report writes a new folder, and writes again over its own report")
     func verifyReportRewrite() throws {
-        let dir = try temporaryFolder().path
+        let dir = try makeTemporaryFolder().path
         let target = dir + "/report"
         for _ in 0..<2 {
             let result = try run(["verify", tinyModel, tinyModel, "--steps", "2", "--size", "64", "--report", target])

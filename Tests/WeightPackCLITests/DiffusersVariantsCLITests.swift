@@ -2,13 +2,8 @@ import CheckpointFormats
 import Foundation
 import StrictJSON
 import TensorCore
+import TestSupport
 import Testing
-
-private func fixturePath(_ relative: String) -> String { repositoryURL.appendingPathComponent("Fixtures/" + relative).path }
-
-private func parseJSON(_ text: String) throws -> JSONObject {
-    try #require(try JSONParser.parse(text).objectValue)
-}
 
 /// The tiny SD 1.x folder with `.bin` and sharded components (`make_diffusers_variants.py`),
 /// end to end through the built binary.
@@ -33,7 +28,7 @@ struct DiffusersVariantsCLITests {
         "convert to .wpk, then diff against the safetensors folder: identical (exit 0)",
         arguments: ["tiny-sd1/diffusers-bin", "tiny-sd1/diffusers-sharded"])
     func convertAndDiff(path: String) throws {
-        let dir = try temporaryFolder()
+        let dir = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: dir) }
         let wpk = dir.appendingPathComponent("m.wpk").path
         let convert = try run(["convert", fixturePath(path), wpk])
@@ -57,7 +52,7 @@ struct DiffusersVariantsCLITests {
 
     @Test("a damaged shard index is a one-line error with exit 65, a missing shard exit 66, a tensor placed in the wrong shard exit 65")
     func damagedIndex() throws {
-        let dir = try temporaryFolder()
+        let dir = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: dir) }
         let folder = dir.appendingPathComponent("m")
         let source = URL(fileURLWithPath: fixturePath("tiny-sd1/diffusers-sharded"))

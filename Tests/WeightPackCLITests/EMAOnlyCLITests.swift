@@ -2,17 +2,8 @@ import CheckpointFormats
 import Foundation
 import StrictJSON
 import TensorCore
+import TestSupport
 import Testing
-
-private func fixturePath(_ relative: String) -> String { repositoryURL.appendingPathComponent("Fixtures/" + relative).path }
-
-private func parseJSON(_ text: String) throws -> JSONObject {
-    try #require(try JSONParser.parse(text).objectValue)
-}
-
-private func sameBytes(_ a: TensorView, _ b: TensorView) -> Bool {
-    a.dtype == b.dtype && a.shape == b.shape && a.bytes.withUnsafeBytes { x in b.bytes.withUnsafeBytes { y in x.elementsEqual(y) } }
-}
 
 @Suite("EMA-only checkpoints end to end (built binary)", .serialized)
 struct EMAOnlyCLITests {
@@ -48,7 +39,7 @@ struct EMAOnlyCLITests {
 
     @Test("inspect finds the UNet in the EMA copies and says only EMA weights are present")
     func inspect() throws {
-        let dir = try temporaryFolder()
+        let dir = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = try Self.emaOnlyModel(in: dir)
         #expect(try SafetensorsFile(path: path).tensors.allSatisfy { !$0.name.hasPrefix("model.diffusion_model.") })
@@ -80,7 +71,7 @@ struct EMAOnlyCLITests {
 
     @Test("convert uses the EMA weights with a note; the UNet equals the original's byte for byte", arguments: [[], ["--weights", "ema"]])
     func convert(extra: [String]) throws {
-        let dir = try temporaryFolder()
+        let dir = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = try Self.emaOnlyModel(in: dir)
         let emaWPK = dir.appendingPathComponent("ema.wpk").path, mainWPK = dir.appendingPathComponent("main.wpk").path

@@ -3,6 +3,7 @@ import CheckpointFormats
 import Foundation
 import StrictJSON
 import TensorCore
+import TestSupport
 import Testing
 
 @testable import WeightPackCLI
@@ -32,7 +33,7 @@ struct EngineCLITests {
     }
 
     @Test func generateWritesAPNGWithTextChunks() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         let out = folder.appendingPathComponent("cat.png").path
         let r = try run(["generate", tinyModel, "--prompt", "a cat", "--steps", "4", "--size", "64", "--seed", "3", "-o", out])
         #expect(r.status == 0, "\(r.stderr)")
@@ -45,17 +46,10 @@ struct EngineCLITests {
     }
 
     @Test func traceMatchesDiffusersDDIM() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         // The golden's initial latents as a --latents file.
+        let file = try writeInitialLatents(of: Self.golden, in: folder)
         let golden = try SafetensorsFile(path: Self.golden)
-        let latents = try golden.tensor(named: "init_latents")
-        let file = folder.appendingPathComponent("latents.safetensors").path
-        try SafetensorsWriter.write(
-            [
-                OutputTensor(
-                    name: "latents", dtype: .f32, shape: latents.descriptor.shape, sourceName: "latents", sourceDType: .f32, load: { latents })
-            ],
-            to: file, overwrite: false)
         let out = folder.appendingPathComponent("trace.safetensors").path
         let r = try run([
             "trace", tinyModel, "--prompt", "a photo of an astronaut riding a horse", "--latents", file,
@@ -76,7 +70,7 @@ struct EngineCLITests {
     }
 
     @Test func verifyPassesAnFP16Conversion() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         let f16 = folder.appendingPathComponent("f16.wpk").path
         #expect(try run(["convert", tinyModel, f16, "--dtype", "f16"]).status == 0)
         let report = folder.appendingPathComponent("report").path
@@ -91,7 +85,7 @@ struct EngineCLITests {
     }
 
     @Test func verifyFailsWhenTwoCrossAttentionTensorsAreSwapped() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         let source = try SafetensorsFile(path: tinyModel)
         let a = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
         let b = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_v.weight"

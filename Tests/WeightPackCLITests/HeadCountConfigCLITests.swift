@@ -1,6 +1,7 @@
 import CheckpointFormats
 import Foundation
 import TensorCore
+import TestSupport
 import Testing
 
 @testable import WeightPackCLI
@@ -44,7 +45,7 @@ struct HeadCountConfigCLITests {
     }
 
     @Test func configMakesTheTextEncoderMatchTransformers() throws {
-        let scratch = try temporaryFolder()
+        let scratch = try makeTemporaryFolder()
         let golden = try SafetensorsFile(path: Self.golden)
         #expect(golden.metadata["prompt"] == Self.prompt)
         let expected = try golden.tensor(named: "prompt_embeds").floats()

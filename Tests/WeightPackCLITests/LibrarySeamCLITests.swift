@@ -2,6 +2,7 @@ import ArgumentParser
 import CheckpointFormats
 import Foundation
 import TensorCore
+import TestSupport
 import Testing
 
 @testable import WeightPackCLI
@@ -14,18 +15,7 @@ struct LibrarySeamCLITests {
     static let ddimGolden = fixtures.appendingPathComponent("golden/pipelines/ddim.safetensors").path
 
     /// Writes the DDIM golden's initial latents as a --latents file.
-    func latentsFile(in folder: URL) throws -> String {
-        let golden = try SafetensorsFile(path: Self.ddimGolden)
-        let latents = try golden.tensor(named: "init_latents")
-        let file = folder.appendingPathComponent("latents.safetensors").path
-        try SafetensorsWriter.write(
-            [
-                OutputTensor(
-                    name: "latents", dtype: .f32, shape: latents.descriptor.shape, sourceName: "latents", sourceDType: .f32, load: { latents })
-            ],
-            to: file, overwrite: false)
-        return file
-    }
+    func latentsFile(in folder: URL) throws -> String { try writeInitialLatents(of: Self.ddimGolden, in: folder) }
 
     static func maxAbsoluteDifference(_ a: [Float], _ b: [Float]) -> Float {
         zip(a, b).reduce(0) { max($0, abs($1.0 - $1.1)) }
@@ -35,7 +25,7 @@ struct LibrarySeamCLITests {
     /// states: without --config the engine assumes 64-wide heads and its text embeddings are
     /// wrong; with the diffusers folder's configurations they match diffusers'.
     @Test func configFolderMakesTheSingleFileMatchDiffusers() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         let latents = try latentsFile(in: folder)
         let expected = try SafetensorsFile(path: Self.ddimGolden).tensor(named: "prompt_embeds").floats()
         func textEmbeddings(_ extra: [String]) throws -> [Float] {
@@ -60,7 +50,7 @@ struct LibrarySeamCLITests {
     }
 
     @Test func tinySDXLSingleFileGenerates() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         let png = folder.appendingPathComponent("xl.png").path
         // Its text encoders have a 514-token vocabulary: the folder gives the tokenizers (and configurations).
         let r = try run([
@@ -74,7 +64,7 @@ struct LibrarySeamCLITests {
     }
 
     @Test func inspectOfANonModelSaysItIsNotRecognised() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         let path = folder.appendingPathComponent("plain.safetensors").path
         let values: [Float] = [1, 2]
         let view = TensorView(
@@ -91,7 +81,7 @@ struct LibrarySeamCLITests {
     }
 
     @Test func convertRefusesAnInputWithoutTensors() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         let empty = folder.appendingPathComponent("empty.safetensors").path
         try Data([2, 0, 0, 0, 0, 0, 0, 0] + Array("{}".utf8)).write(to: URL(fileURLWithPath: empty))
         let output = folder.appendingPathComponent("empty.wpk").path
@@ -102,7 +92,7 @@ struct LibrarySeamCLITests {
     }
 
     @Test func aFilterInTheOtherNamingIsExplained() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         let wpk = folder.appendingPathComponent("m.wpk").path
         #expect(try run(["convert", tinyModel, wpk, "--no-source-hash"]).status == 0)
         let r = try run(["inspect", wpk, "--filter", "first_stage_model.decoder.conv_out.*"])

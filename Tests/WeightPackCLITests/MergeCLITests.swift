@@ -2,28 +2,10 @@ import CheckpointFormats
 import Foundation
 import StrictJSON
 import TensorCore
+import TestSupport
 import Testing
 
 @testable import WeightPackCLI
-
-private func adapterFixture(_ name: String) -> String {
-    repositoryURL.appendingPathComponent("Fixtures/adapters/" + name).path
-}
-
-/// The largest absolute difference over the largest absolute golden value.
-private func relativeDifference(_ a: [Float], _ golden: [Float]) -> Double {
-    var worst = 0.0, scale = 0.0
-    for (x, y) in zip(a, golden) {
-        worst = max(worst, abs(Double(x) - Double(y)))
-        scale = max(scale, abs(Double(y)))
-    }
-    return scale > 0 ? worst / scale : worst
-}
-
-/// Parses a JSON document printed by the binary.
-private func parseJSON(_ text: String) throws -> JSONObject {
-    try #require(try JSONParser.parse(text).objectValue)
-}
 
 @Suite("merge and adapter inspection, end to end")
 struct MergeCLITests {
@@ -53,7 +35,7 @@ struct MergeCLITests {
 
     @Test("a kohya LoRA at 0.8 merged into .safetensors equals diffusers' fuse_lora within 1e-6 relative")
     func mergeSafetensors() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let output = folder.appendingPathComponent("merged.safetensors").path
         let merge = try run(["merge", tinyModel, adapterFixture("sd1-kohya-lora.safetensors") + ":0.8", "-o", output])
@@ -87,7 +69,7 @@ struct MergeCLITests {
 
     @Test("merged into .wpk: check passes and inspect shows the adapters' provenance")
     func mergeWPK() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let output = folder.appendingPathComponent("merged.wpk").path
         let lora = adapterFixture("sd1-kohya-lora.safetensors")
@@ -155,7 +137,7 @@ struct MergeCLITests {
             ("sd1-kohya-lora.safetensors:nan", 64, "nan"),
         ])
     func refused(_ adapter: String, _ status: Int32, _ word: String) throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         for name in ["out.wpk", "out.safetensors"] {
             let output = folder.appendingPathComponent(name).path
@@ -232,7 +214,7 @@ struct BadAdapterInspectionCLITests {
 struct PlainTensorInspectionCLITests {
     @Test("a one-tensor file that is no <token> and of no published width is not called an embedding, nor a bad one", arguments: [[2], [300, 40]])
     func plain(_ dimensions: [Int]) throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let path = folder.appendingPathComponent("plain.safetensors").path
         let count = dimensions.reduce(1, *)

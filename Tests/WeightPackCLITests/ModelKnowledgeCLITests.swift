@@ -2,13 +2,8 @@ import CheckpointFormats
 import Foundation
 import StrictJSON
 import TensorCore
+import TestSupport
 import Testing
-
-private func fixturePath(_ relative: String) -> String { repositoryURL.appendingPathComponent("Fixtures/" + relative).path }
-
-private func parseJSON(_ text: String) throws -> JSONObject {
-    try #require(try JSONParser.parse(text).objectValue)
-}
 
 /// The tensors of a diffusers folder keyed `component.name`, text encoders in transformers-4 naming.
 private func folderTensors(_ path: String) throws -> [String: TensorView] {
@@ -23,10 +18,6 @@ private func folderTensors(_ path: String) throws -> [String: TensorView] {
         out[name] = try folder.tensor(named: d.name)
     }
     return out
-}
-
-private func sameBytes(_ a: TensorView, _ b: TensorView) -> Bool {
-    a.dtype == b.dtype && a.shape == b.shape && a.bytes.withUnsafeBytes { x in b.bytes.withUnsafeBytes { y in x.elementsEqual(y) } }
 }
 
 @Suite("model knowledge end to end (built binary)", .serialized)
@@ -57,7 +48,7 @@ struct ModelKnowledgeCLITests {
     @Test(
         "LDM → wpk → diffusers folder equals the reference folder, and diffusers → wpk → LDM the reference file", arguments: ["sd1", "sd2", "sdxl"])
     func crossLayoutRoundTrips(model: String) throws {
-        let dir = try temporaryFolder()
+        let dir = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: dir) }
         let ldmWPK = dir.appendingPathComponent("ldm.wpk").path, diffWPK = dir.appendingPathComponent("diff.wpk").path
         let folderOut = dir.appendingPathComponent("out-diffusers").path, ldmOut = dir.appendingPathComponent("out.safetensors").path
@@ -86,7 +77,7 @@ struct ModelKnowledgeCLITests {
         "export --layout source gives back the source layout, names and bytes",
         arguments: ["tiny-sd1/tiny-sd1.safetensors", "tiny-sdxl/tiny-sdxl.safetensors"])
     func sourceLayout(path: String) throws {
-        let dir = try temporaryFolder()
+        let dir = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: dir) }
         let wpk = dir.appendingPathComponent("m.wpk").path, back = dir.appendingPathComponent("back.safetensors").path
         #expect(try run(["convert", fixturePath(path), wpk, "--keep-extra"]).status == 0)
@@ -148,7 +139,7 @@ struct ModelKnowledgeCLITests {
 
     @Test("EMA presence, --weights ema, broken position_ids found and fixed")
     func emaAndPositionIDs() throws {
-        let dir = try temporaryFolder()
+        let dir = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = try Self.emaModel(in: dir)
         let inspect = try run(["inspect", path, "--json"])
@@ -179,7 +170,7 @@ struct ModelKnowledgeCLITests {
 
     @Test("a folder written by export is atomic: an existing output is refused without --force")
     func folderExists() throws {
-        let dir = try temporaryFolder()
+        let dir = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: dir) }
         let out = dir.appendingPathComponent("out").path
         #expect(try run(["export", fixturePath("tiny-sd1/tiny-sd1.safetensors"), out, "--layout", "diffusers"]).status == 0)
@@ -212,7 +203,7 @@ struct ModelKnowledgeCLITests {
             "the fixture Python environment ($HOME/.cache/weightpack/fixture-venv) is not installed"),
         arguments: ["sd1", "sd2", "sdxl"])
     func diffusersLoads(model: String) throws {
-        let dir = try temporaryFolder()
+        let dir = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: dir) }
         let out = dir.appendingPathComponent("out").path
         #expect(try run(["export", fixturePath("tiny-\(model)/tiny-\(model).safetensors"), out, "--layout", "diffusers"]).status == 0)
@@ -244,7 +235,7 @@ struct ModelKnowledgeCLITests {
             "the fixture Python environment ($HOME/.cache/weightpack/fixture-venv) is not installed"),
         arguments: ["sd1", "sd2", "sdxl"])
     func diffusersLoadsFromDiffusersSource(model: String) throws {
-        let dir = try temporaryFolder()
+        let dir = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: dir) }
         let source = fixturePath("tiny-\(model)/diffusers")
         let wpk = dir.appendingPathComponent("m.wpk").path, out = dir.appendingPathComponent("out").path

@@ -1,4 +1,5 @@
 import ArgumentParser
+import TestSupport
 import Testing
 
 @testable import WeightPackCLI
@@ -62,7 +63,7 @@ struct OptionBoundsCLITests {
 
     @Test("a negative seed runs from the command line (exit 0), and an out-of-range size is exit 64 with one line")
     func endToEnd() throws {
-        let dir = try temporaryFolder().path
+        let dir = try makeTemporaryFolder().path
         let ok = try run(["generate", tinyModel, "--steps", "1", "--size", "64", "--seed", "-1", "-o", dir + "/x.png"])
         #expect(ok.status == 0, "\(ok.stderr)")
         let verify = try run(["verify", tinyModel, tinyModel, "--steps", "1", "--size", "64", "--seed", "-1", "--json"])

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// A safetensors file with one F32 tensor of one value under `name` (given as JSON text, so
@@ -23,9 +24,9 @@ struct PrintableOutputCLITests {
             ["inspect", "FILE"], ["diff", "FILE", "OTHER"], ["inspect", "FILE", "--stats"],
         ])
     func escaped(_ template: [String]) throws {
-        let dir = try temporaryFolder().path
+        let dir = try makeTemporaryFolder().path
         let file = try fileWithTensor(named: #"evil\u001b[2J\u001b]0;pwned\u0007\nfake line"#, in: dir)
-        let other = try fileWithTensor(named: "plain", in: try temporaryFolder().path)
+        let other = try fileWithTensor(named: "plain", in: try makeTemporaryFolder().path)
         let result = try run(template.map { $0 == "FILE" ? file : $0 == "OTHER" ? other : $0 })
         #expect([0, 1].contains(result.status), "\(result.stderr)")
         for output in [result.stdout, result.stderr] {

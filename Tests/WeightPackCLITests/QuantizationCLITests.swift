@@ -1,6 +1,7 @@
 import CheckpointFormats
 import Foundation
 import StrictJSON
+import TestSupport
 import Testing
 
 /// `convert --dtype int8`, `inspect` of its errors, `check` of its checksums, and exports of an
@@ -9,7 +10,7 @@ import Testing
 struct QuantizationCLITests {
     @Test("the int8 file is at most 30% of the f32 file, checks clean and shows its errors")
     func convertInspectCheck() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let f32 = folder.appendingPathComponent("f32.wpk").path, int8 = folder.appendingPathComponent("int8.wpk").path
         #expect(try run(["convert", tinyModel, f32, "--dtype", "f32"]).status == 0)
@@ -50,7 +51,7 @@ struct QuantizationCLITests {
 
     @Test("--keep keeps matching tensors unquantised; --keep without int8 or with brackets is a usage error; an unmatched pattern is noted")
     func keep() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let out = folder.appendingPathComponent("k.wpk").path
         #expect(try run(["convert", tinyModel, out, "--dtype", "int8", "--keep", "vae.*", "--keep", "unet.mid_block.*"]).status == 0)
@@ -69,7 +70,7 @@ struct QuantizationCLITests {
 
     @Test("verify recognises an int8 model and passes it at the int8 default thresholds (stages 20 dB SNR, image 32 dB PSNR)")
     func verifyInt8() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let int8 = folder.appendingPathComponent("int8.wpk").path
         #expect(try run(["convert", tinyModel, int8, "--dtype", "int8"]).status == 0)
@@ -83,7 +84,7 @@ struct QuantizationCLITests {
 
     @Test("an int8 model exports to safetensors as dequantised F32")
     func export() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let int8 = folder.appendingPathComponent("int8.wpk").path, back = folder.appendingPathComponent("back.safetensors").path
         #expect(try run(["convert", tinyModel, int8, "--dtype", "int8"]).status == 0)
@@ -123,7 +124,7 @@ struct GGUFExportTests {
             if: FileManager.default.isExecutableFile(atPath: fixturePython),
             "needs the fixture environment (Fixtures/generate/setup_venv.sh) for the gguf package"))
     func int8ModelReadsBack() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let int8 = folder.appendingPathComponent("int8.wpk").path
         let reference = folder.appendingPathComponent("ref.safetensors").path
@@ -170,7 +171,7 @@ struct GGUFExportTests {
             if: FileManager.default.isExecutableFile(atPath: fixturePython),
             "needs the fixture environment (Fixtures/generate/setup_venv.sh) for the gguf package"))
     func sourceToQ8() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let gguf = folder.appendingPathComponent("m.gguf").path
         #expect(try run(["export", tinyModel, gguf, "--dtype", "q8_0"]).status == 0)

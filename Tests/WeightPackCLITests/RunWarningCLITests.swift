@@ -1,6 +1,7 @@
 import CheckpointFormats
 import Foundation
 import TensorCore
+import TestSupport
 import Testing
 
 /// `generate` says what a user would want to know before trusting its output (issue 16, item 7):
@@ -8,7 +9,7 @@ import Testing
 @Suite("warnings before a run")
 struct RunWarningCLITests {
     @Test func aDamagedWPKIsNamedBeforeItGenerates() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let wpk = folder.appendingPathComponent("tiny.wpk").path
         #expect(try run(["convert", tinyModel, wpk]).status == 0)
@@ -31,7 +32,7 @@ struct RunWarningCLITests {
 
     @Test("noise that cannot start a useful run is named", arguments: [(Float(0), "all zero"), (Float.nan, "all NaN")])
     func uselessLatentsAreNamed(value: Float, words: String) throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let latents = folder.appendingPathComponent("latents.safetensors").path
         let values = [Float](repeating: value, count: 4 * 8 * 8)

@@ -2,13 +2,10 @@ import ArgumentParser
 import CheckpointFormats
 import Foundation
 import TensorCore
+import TestSupport
 import Testing
 
 @testable import WeightPackCLI
-
-private func adapterFixture(_ name: String) -> String {
-    repositoryURL.appendingPathComponent("Fixtures/adapters/" + name).path
-}
 
 /// `--lora`, `--embedding` and `--token` of generate, trace and verify, and the merge proof
 /// (`verify BASE MERGED --lora X:SCALE`), by running the built binary on the tiny SD 1.x fixture.
@@ -47,7 +44,7 @@ struct RuntimeAdapterCLITests {
 
     @Test("merge proof: verify BASE MERGED --lora X:0.8 passes; a merge at 0.8 checked against 0.88 fails with exit 1")
     func verifyProof() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let merged = folder.appendingPathComponent("merged.safetensors").path
         let lora = adapterFixture("sd1-kohya-lora.safetensors")
@@ -66,7 +63,7 @@ struct RuntimeAdapterCLITests {
 
     @Test("trace with --lora records the UNet output of the merged model")
     func traceEqualsMerged() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let lora = adapterFixture("sd1-locon.safetensors") + ":0.8"
         let merged = folder.appendingPathComponent("merged.safetensors").path
@@ -109,7 +106,7 @@ struct RuntimeAdapterCLITests {
 
     @Test("an adapter or embedding for another family is refused with 65 and one line")
     func refused() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let out = folder.appendingPathComponent("x.png").path
         for extra in [
@@ -130,7 +127,7 @@ struct RuntimeAdapterCLITests {
 
     @Test("generate with an embedding uses its token and records the adapters in the PNG")
     func generateWithAdditions() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let out = folder.appendingPathComponent("cat.png").path
         let r = try run([

@@ -1,5 +1,6 @@
 import Foundation
 import StrictJSON
+import TestSupport
 import Testing
 
 /// GGUF files we write are loaded and run by stable-diffusion.cpp (issue 13, item 5), through
@@ -20,7 +21,7 @@ struct SDCppInteropTests {
 
     @Test(.enabled(if: SDCppInteropTests.available, "needs the fixture venv and the full-size model"))
     func ourGGUFsRunInStableDiffusionCpp() throws {
-        let folder = try temporaryFolder()
+        let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         var files: [String] = []
         for dtype in ["q8_0", "q4_0", "q4_k"] {
