@@ -9,7 +9,7 @@ MODEL := Fixtures/tiny-sd1/tiny-sd1.safetensors
 CKPT := Fixtures/tiny-sd1/tiny-sd1.ckpt
 OUT := out
 
-.PHONY: run test deps build release clean
+.PHONY: run test deps build release clean format lint
 
 deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do \
@@ -62,6 +62,14 @@ run: release
 test: deps
 	swift build -c release --build-tests -Xswiftc -enable-testing
 	swift test -c release --skip-build -Xswiftc -enable-testing
+
+# The committed .swift-format configuration (swift-format ships with the Swift toolchain).
+FORMATTED := Sources Tests Benchmarks Fuzz Package.swift
+format:
+	swift format --configuration .swift-format -i -r $(FORMATTED)
+
+lint:
+	swift format lint --configuration .swift-format --strict -r $(FORMATTED)
 
 clean:
 	rm -rf .build $(OUT)
