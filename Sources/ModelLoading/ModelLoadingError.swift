@@ -3,7 +3,7 @@
 public struct ModelLoadingError: Error, CustomStringConvertible, Sendable {
     /// What went wrong; new codes may be added.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private enum Value: String, Sendable { case notAModel, missingConfiguration, noTensors, invalidLatents, missingFile }
+        private enum Value: String, Sendable { case notAModel, missingConfiguration, noTensors, invalidLatents, missingFile, invalidCalibration }
         private let value: Value
 
         /// The input is not a Stable Diffusion model the engine can run.
@@ -16,6 +16,9 @@ public struct ModelLoadingError: Error, CustomStringConvertible, Sendable {
         public static let invalidLatents = Code(value: .invalidLatents)
         /// A file or folder named by the caller does not exist.
         public static let missingFile = Code(value: .missingFile)
+        /// Calibration settings that cannot run (no prompts or seeds, no steps, a size the
+        /// model cannot take), or activation statistics that do not fit the weights they name.
+        public static let invalidCalibration = Code(value: .invalidCalibration)
 
         public var description: String { value.rawValue }
     }

@@ -18,6 +18,10 @@ public final class AutoencoderKL {
     /// ``RuntimeAdapterTable/validate(shape:)``.
     public var runtimeAdapters: RuntimeAdapterTable?
 
+    /// Records the per-input-channel mean squares of every linear and convolution layer's
+    /// inputs while set (calibration, see ``ActivationRecorder``); `nil` records nothing.
+    public var activationRecorder: ActivationRecorder?
+
     /// The mean and log-variance of the encoder's diagonal Gaussian, each `[latentChannels, h, w]`.
     public struct LatentDistribution {
         public let mean: FloatTensor
@@ -79,7 +83,7 @@ public final class AutoencoderKL {
             if let tiling, let tile, h > tile || w > tile {
                 return try decodeTiled(latents, channels: c, height: h, width: w, tiling: tiling)
             }
-            let ws = Workspace(weights: weights, adapters: runtimeAdapters)
+            let ws = Workspace(weights: weights, adapters: runtimeAdapters, recorder: activationRecorder)
             let z = ws.pool.take([c, h, w])
             z.base.update(from: latents.base, count: z.count)
             return try decodeUntiled(z, ws).copy()
@@ -94,7 +98,7 @@ public final class AutoencoderKL {
     public func encode(_ image: FloatTensor) throws(EngineError) -> LatentDistribution {
         let (batched, c, h, w) = try Self.imageShape(image, channels: configuration.inChannels, what: "image")
         let (mean, logVariance) = try run {
-            let ws = Workspace(weights: weights, adapters: runtimeAdapters)
+            let ws = Workspace(weights: weights, adapters: runtimeAdapters, recorder: activationRecorder)
             let x = ws.pool.take([c, h, w])
             x.base.update(from: image.base, count: x.count)
             var y = try encoder(x, ws)
@@ -257,7 +261,7 @@ public final class AutoencoderKL {
         let widths = columnStarts.map { min(limit, min(tileLatent, w - $0) * factor) }
         let outH = heights.reduce(0, +), outW = widths.reduce(0, +)
         let output = FloatTensor(shape: [outChannels, outH, outW])
-        let ws = Workspace(weights: weights, adapters: runtimeAdapters)
+        let ws = Workspace(weights: weights, adapters: runtimeAdapters, recorder: activationRecorder)
         var above: [FloatTensor] = []
         var y0 = 0
         for (ri, i) in rowStarts.enumerated() {

@@ -8,13 +8,16 @@ final class Workspace {
     let weights: WeightProvider
     /// Adapters applied at run time to the layers they name (see ``RuntimeAdapterTable``).
     let adapters: RuntimeAdapterTable?
+    /// Records the inputs of every linear and convolution layer when set (calibration).
+    let recorder: ActivationRecorder?
     let pool = TensorPool()
     private var columns: FloatTensor?
     private var scores: FloatTensor?
 
-    init(weights: WeightProvider, adapters: RuntimeAdapterTable? = nil) {
+    init(weights: WeightProvider, adapters: RuntimeAdapterTable? = nil, recorder: ActivationRecorder? = nil) {
         self.weights = weights
         self.adapters = adapters.flatMap { $0.isEmpty ? nil : $0 }
+        self.recorder = recorder
     }
 
     /// The im2col scratch, for the adapters' own convolutions (used after the layer's).
@@ -40,6 +43,9 @@ final class Workspace {
             throw EngineError(.shapeMismatch, "linear weight \(shape) does not fit input \(x.shape)", tensorName: weights.prefix + name + ".weight")
         }
         let rows = x.count / inFeatures, outFeatures = shape[0]
+        if let recorder {
+            recorder.record(rows: x.base, rows: rows, channels: inFeatures, weight: weights.prefix + name + ".weight")
+        }
         let y = pool.take(Array(x.shape.dropLast()) + [outFeatures])
         let weight = name + ".weight"
         let per = try weights.rowsPerBlock(weight, scratchFloats: weightBlockFloats)
@@ -72,6 +78,9 @@ final class Workspace {
             stride: stride, padding: padding)
         guard g.outHeight > 0, g.outWidth > 0 else {
             throw EngineError(.shapeMismatch, "input \(x.shape) too small for convolution \(shape)", tensorName: weights.prefix + name + ".weight")
+        }
+        if let recorder {
+            recorder.record(planes: x.base, channels: g.inChannels, plane: g.height * g.width, weight: weights.prefix + name + ".weight")
         }
         let y = pool.take([g.outChannels, g.outHeight, g.outWidth])
         let weight = name + ".weight"

@@ -34,6 +34,18 @@ public final class StableDiffusionPipeline {
     /// SDXL base: an empty negative prompt gives zero embeddings (`force_zeros_for_empty_prompt`).
     public var forceZerosForEmptyPrompt: Bool
 
+    /// The recorder installed on every network (text encoders, UNet, VAE), or `nil`; setting it
+    /// installs it on all of them (see ``ActivationRecorder``).
+    public var activationRecorder: ActivationRecorder? {
+        get { unet.activationRecorder }
+        set {
+            textEncoder.activationRecorder = newValue
+            secondTextEncoder?.model.activationRecorder = newValue
+            unet.activationRecorder = newValue
+            vae.activationRecorder = newValue
+        }
+    }
+
     public init(
         tokenizer: CLIPTokenizer, textEncoder: CLIPTextModel, secondTextEncoder: SecondTextEncoder? = nil,
         unet: UNet2DConditionModel, vae: AutoencoderKL, schedulerConfiguration: SchedulerConfiguration,

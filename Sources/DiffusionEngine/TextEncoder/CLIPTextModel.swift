@@ -16,6 +16,10 @@ public final class CLIPTextModel {
     /// ``RuntimeAdapterTable/validate(shape:)``.
     public var runtimeAdapters: RuntimeAdapterTable?
 
+    /// Records the per-input-channel mean squares of every linear and convolution layer's
+    /// inputs while set (calibration, see ``ActivationRecorder``); `nil` records nothing.
+    public var activationRecorder: ActivationRecorder?
+
     /// Token-embedding rows added at run time (a textual-inversion embedding's vectors), by
     /// token id; the stored table is never rewritten. See ``addTokenEmbeddings(_:firstID:)``.
     public private(set) var addedTokenEmbeddings: [Int: [Float]] = [:]
@@ -168,7 +172,7 @@ public final class CLIPTextModel {
     private func forward(_ tokens: [[Int]], length: Int, layers: Int, finalLayerNorm: Bool) throws -> FloatTensor {
         let c = configuration
         let d = c.hiddenSize, batch = tokens.count
-        let ws = Workspace(weights: weights, adapters: runtimeAdapters)
+        let ws = Workspace(weights: weights, adapters: runtimeAdapters, recorder: activationRecorder)
         let pool = ws.pool
 
         // Embeddings: the token rows (converted row by row) plus the positions 0..<length.

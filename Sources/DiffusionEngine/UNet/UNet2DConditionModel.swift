@@ -17,6 +17,10 @@ public final class UNet2DConditionModel {
     /// ``RuntimeAdapterTable/validate(shape:)``.
     public var runtimeAdapters: RuntimeAdapterTable?
 
+    /// Records the per-input-channel mean squares of every linear and convolution layer's
+    /// inputs while set (calibration, see ``ActivationRecorder``); `nil` records nothing.
+    public var activationRecorder: ActivationRecorder?
+
     /// SDXL's extra conditioning: the second text encoder's pooled projection and the six
     /// micro-conditioning numbers (original height, width, crop top, left, target height, width).
     public struct AddedConditions {
@@ -100,7 +104,7 @@ public final class UNet2DConditionModel {
         let one = c.outChannels * h * w
         // One batch element through the whole network into its slice of `output`.
         func run(_ b: Int, weights: WeightProvider) throws {
-            let ws = Workspace(weights: weights, adapters: runtimeAdapters)
+            let ws = Workspace(weights: weights, adapters: runtimeAdapters, recorder: activationRecorder)
             let x = ws.pool.take([c.inChannels, h, w])
             x.base.update(from: sample.base + b * x.count, count: x.count)
             let context = ws.pool.take([tokens, c.crossAttentionDimension])

@@ -1,0 +1,256 @@
+import DiffusionEngine
+import Dispatch
+import Foundation
+import Quantization
+import TensorCore
+
+/// How one tensor may be stored, for the precision ladder of `--dtype auto`.
+public enum StorageChoice: Hashable, Sendable, CustomStringConvertible {
+    /// A ggml type: `.f16`, `.f32`, or one of the block types WeightPack writes.
+    case ggml(GGMLType)
+    /// WeightPack's int8 blocks (``Int8BlockLayout``, blocks of
+    /// ``Int8BlockLayout/defaultBlockSize`` along each row).
+    case int8
+
+    /// `F16`, `Q4_K`, `int8`.
+    public var label: String {
+        switch self {
+        case .ggml(let type): type.name
+        case .int8: "int8"
+        }
+    }
+
+    public var description: String { label }
+}
+
+/// The predicted effect of storing each weight in each type: per tensor and storage, the output
+/// noise of its layer relative to the output, weighted by the calibration's activation
+/// statistics as an importance matrix weights rounding errors.
+public enum Sensitivity {
+    /// One storage for one tensor.
+    public struct Candidate: Sendable, Hashable {
+        public var storage: StorageChoice
+        /// The exact stored size of the whole tensor in this storage (ggml block bytes, int8
+        /// values plus padding plus scales as ``Int8BlockLayout/byteCount``, 2 bytes a value for F16).
+        public var bytes: Int
+        /// Predicted output noise power over output signal power of the layer:
+        /// `Σ_i Σ_j (W_ij − Q(W)_ij)² s_j / Σ_i Σ_j W_ij² s_j` over the sampled rows, with `s_j`
+        /// the mean square of input channel `j` (each kernel position of a convolution's
+        /// channel gets its channel's), or 1 for every channel when unweighted. 0 when lossless.
+        public var relativeError: Double
+        /// Plain weight-space SNR in dB on the same rows, `10 log10(Σ W² / Σ (W − Q(W))²)`;
+        /// `.infinity` when the rows round exactly.
+        public var weightSNR: Double
+
+        public init(storage: StorageChoice, bytes: Int, relativeError: Double, weightSNR: Double) {
+            self.storage = storage
+            self.bytes = bytes
+            self.relativeError = relativeError
+            self.weightSNR = weightSNR
+        }
+
+        /// The predicted relative error in dB (`10 log10`), `-infinity` when lossless.
+        public var relativeErrorDB: Double { relativeError > 0 ? 10 * log10(relativeError) : -.infinity }
+    }
+
+    /// The storages one tensor can take, with their cost and predicted error.
+    public struct TensorOptions: Sendable {
+        public var name: String
+        public var shape: [Int]
+        /// In the ladder's order, F16 first when the ladder lacks it; only storages whose block
+        /// fits the rows (`GGMLTypeRules.rowLength(of:)`).
+        public var candidates: [Candidate]
+        /// False when the statistics had nothing for this tensor (every channel weighted 1).
+        public var weighted: Bool
+
+        public init(name: String, shape: [Int], candidates: [Candidate], weighted: Bool) {
+            self.name = name
+            self.shape = shape
+            self.candidates = candidates
+            self.weighted = weighted
+        }
+    }
+
+    /// Predicts every storage of `ladder` for each tensor of `names`, in parallel over tensors.
+    ///
+    /// Rows are output channels (a convolution's row is `in·kh·kw`); a deterministic sample of
+    /// them (every k-th, at least `sampleRows` or all) is quantised and dequantised with the
+    /// project's own quantisers (``GGMLBlocks``, ``Int8Quantizer``; F16 by rounding). Whether a
+    /// block type fits is decided on the row `rows` names: the last dimension for GGUF, `in·kh·kw`
+    /// for `.wpk` (the values quantised are the same row-major values either way).
+    ///
+    /// - Parameters:
+    ///   - names: weights of rank 2 or more (linear and convolution weights).
+    ///   - statistics: the calibration's; `nil` (or no entry for a tensor) weights every
+    ///     channel equally and marks the tensor unweighted.
+    ///   - progress: tensors done and the total, called from worker threads one call at a time.
+    /// - Throws: ``ModelLoadingError/Code/invalidCalibration`` for statistics whose length is not
+    ///   the weight's input channels; ``QuantizationError`` for a tensor of rank below 2 or with
+    ///   NaN or infinite values; the store's errors.
+    public static func measure(
+        _ store: any TensorStore, names: [String], ladder: [StorageChoice],
+        rows: GGMLTypeRules.Rows, statistics: ActivationStatistics?,
+        sampleRows: Int = 64,
+        progress: ((_ done: Int, _ total: Int) -> Void)? = nil
+    ) throws -> [TensorOptions] {
+        var choices: [StorageChoice] = ladder.contains(.ggml(.f16)) ? [] : [.ggml(.f16)]
+        for c in ladder where !choices.contains(c) { choices.append(c) }
+        let ordered = choices
+        let rules = GGMLTypeRules(target: .f16, rows: rows)
+        let results = Locked<[Result<TensorOptions, any Error>?]>(Array(repeating: nil, count: names.count))
+        let report = ProgressBox(progress)
+        let done = Locked(0)
+        let sample = max(1, sampleRows)
+        DispatchQueue.concurrentPerform(iterations: names.count) { i in
+            let result: Result<TensorOptions, any Error>
+            do {
+                result = .success(
+                    try options(
+                        store, name: names[i], choices: ordered, rules: rules, energy: statistics?.channels[names[i]],
+                        sampleRows: sample))
+            } catch {
+                result = .failure(error)
+            }
+            results.withLock { $0[i] = result }
+            done.withLock { n in
+                n += 1
+                report.call(n, names.count)
+            }
+        }
+        return try results.withLock { $0 }.map { try $0!.get() }
+    }
+
+    /// The sampled output rows of a tensor with `rows` rows: every k-th from 0, at least
+    /// `sampleRows` of them (all when there are fewer).
+    public static func sampledRows(of rows: Int, sampleRows: Int) -> [Int] {
+        guard rows > 0 else { return [] }
+        let step = max(1, rows / max(1, sampleRows))
+        return Array(stride(from: 0, to: rows, by: step))
+    }
+
+    private static func options(
+        _ store: any TensorStore, name: String, choices: [StorageChoice], rules: GGMLTypeRules,
+        energy: ChannelEnergy?, sampleRows: Int
+    ) throws -> TensorOptions {
+        guard let d = store.descriptor(named: name) else {
+            throw ModelLoadingError(.invalidCalibration, "no tensor '\(name)' to measure")
+        }
+        let shape = d.shape.dimensions
+        guard shape.count >= 2 else {
+            throw QuantizationError(.invalidLayout, "\(name) \(d.shape) is not the weight of a linear or convolution layer")
+        }
+        let count = d.elementCount
+        let outputs = shape[0], inputs = shape[1]
+        let rowLength = outputs == 0 ? 0 : count / outputs
+        let kernel = inputs == 0 ? 1 : max(1, rowLength / inputs)
+        if let energy, energy.meanSquares.count != inputs {
+            throw ModelLoadingError(
+                .invalidCalibration, "statistics of \(energy.meanSquares.count) channels do not fit \(name) \(d.shape) with \(inputs) input channels")
+        }
+        // Weight per position of a row: the channel's mean square at every kernel position.
+        var weight = [Double](repeating: 1, count: rowLength)
+        if let energy {
+            for j in 0..<rowLength { weight[j] = energy.meanSquares[j / kernel] }
+        }
+        let picked = sampledRows(of: outputs, sampleRows: sampleRows)
+        let values = try sampledValues(store, d, rows: picked, rowLength: rowLength)
+        let fit = rules.rowLength(of: d.shape)
+        var candidates: [Candidate] = []
+        var decoded = [Float](repeating: 0, count: values.count)
+        for choice in choices {
+            let bytes: Int
+            switch choice {
+            case .ggml(let type) where type == .f16 || type == .f32 || type == .bf16:
+                guard let b = type.byteCount(values: count) else { continue }
+                bytes = b
+                for k in 0..<values.count {
+                    switch type {
+                    case .f16: decoded[k] = Float(halfBits: values[k].halfBits)
+                    case .bf16: decoded[k] = Float(bfloat16Bits: values[k].bfloat16Bits)
+                    default: decoded[k] = values[k]
+                    }
+                }
+            case .ggml(let type):
+                guard GGMLType.quantizable.contains(type), fit > 0, fit % type.blockValues == 0,
+                    rowLength % type.blockValues == 0, let b = type.byteCount(values: count)
+                else { continue }
+                bytes = b
+                guard let rowBytes = type.byteCount(values: rowLength) else { continue }
+                var buffer = [UInt8](repeating: 0, count: rowBytes)
+                for r in 0..<picked.count {
+                    try values.withUnsafeBufferPointer { v in
+                        try buffer.withUnsafeMutableBytes { raw in
+                            try decoded.withUnsafeMutableBufferPointer { out in
+                                try GGMLBlocks.quantize(v.baseAddress! + r * rowLength, count: rowLength, type: type, into: raw.baseAddress!)
+                                try GGMLBlocks.dequantize(
+                                    UnsafeRawBufferPointer(raw), type: type, count: rowLength, into: out.baseAddress! + r * rowLength)
+                            }
+                        }
+                    }
+                }
+            case .int8:
+                bytes = try Int8BlockLayout(shape: d.shape).byteCount
+                let layout = try Int8BlockLayout(rows: picked.count, rowLength: rowLength, blockSize: Int8BlockLayout.defaultBlockSize)
+                let packed = try values.withUnsafeBufferPointer { try Int8Quantizer.quantize($0, layout: layout) }
+                try decoded.withUnsafeMutableBufferPointer { out in
+                    try Int8Quantizer.dequantize(packed.buffer.bytes, layout: layout, rows: 0..<layout.rows, into: out.baseAddress!)
+                }
+            }
+            let (relative, snr) = errors(values, decoded, weight: weight, rowLength: rowLength)
+            candidates.append(Candidate(storage: choice, bytes: bytes, relativeError: relative, weightSNR: snr))
+        }
+        return TensorOptions(name: name, shape: shape, candidates: candidates, weighted: energy != nil)
+    }
+
+    /// The weighted relative error and the plain SNR (dB) of `decoded` against `values`.
+    static func errors(_ values: [Float], _ decoded: [Float], weight: [Double], rowLength: Int) -> (relative: Double, snr: Double) {
+        guard rowLength > 0 else { return (0, .infinity) }
+        var noise = 0.0, signal = 0.0, plainNoise = 0.0, plainSignal = 0.0
+        for start in stride(from: 0, to: values.count, by: rowLength) {
+            for j in 0..<rowLength {
+                let w = Double(values[start + j]), e = w - Double(decoded[start + j])
+                noise += e * e * weight[j]
+                signal += w * w * weight[j]
+                plainNoise += e * e
+                plainSignal += w * w
+            }
+        }
+        let relative = noise == 0 ? 0 : (signal > 0 ? noise / signal : .infinity)
+        let snr = plainNoise == 0 ? Double.infinity : 10 * log10(plainSignal / plainNoise)
+        return (relative, snr)
+    }
+
+    /// The values of rows `rows` (each `rowLength` long) widened to `Float`, read row by row
+    /// where the dtype allows.
+    private static func sampledValues(_ store: any TensorStore, _ d: TensorDescriptor, rows: [Int], rowLength: Int) throws -> [Float] {
+        let view = try store.tensor(named: d.name)
+        let (total, overflow) = rows.count.multipliedReportingOverflow(by: rowLength)
+        guard !overflow else { throw QuantizationError(.invalidLayout, "\(d.name) \(d.shape) is too large to sample") }
+        var out = [Float](repeating: 0, count: total)
+        if let width = view.dtype.byteWidth, view.bytes.count >= d.elementCount * width {
+            try view.bytes.withUnsafeBytes { raw in
+                try out.withUnsafeMutableBufferPointer { dst in
+                    for (k, r) in rows.enumerated() {
+                        let source = UnsafeRawBufferPointer(rebasing: raw[(r * rowLength * width)..<((r + 1) * rowLength * width)])
+                        try ElementConversion.widen(
+                            source, dtype: view.dtype, into: UnsafeMutableBufferPointer(rebasing: dst[(k * rowLength)..<((k + 1) * rowLength)]),
+                            count: rowLength)
+                    }
+                }
+            }
+        } else {
+            let all = try view.floats()
+            for (k, r) in rows.enumerated() {
+                out.replaceSubrange((k * rowLength)..<((k + 1) * rowLength), with: all[(r * rowLength)..<((r + 1) * rowLength)])
+            }
+        }
+        return out
+    }
+}
+
+/// Carries the caller's progress closure to the workers; every call is made under a lock.
+private struct ProgressBox: @unchecked Sendable {
+    let body: ((Int, Int) -> Void)?
+    init(_ body: ((Int, Int) -> Void)?) { self.body = body }
+    func call(_ done: Int, _ total: Int) { body?(done, total) }
+}
