@@ -145,6 +145,7 @@ let package = Package(
             name: "ModelLoadingTests",
             dependencies: [
                 "ModelLoading", "Adapters", "CheckpointFormats", "ModelCatalog", "DiffusionEngine", "Quantization", "StrictJSON", "TensorCore",
+                "CPNG",
             ],
             swiftSettings: strict),
         .testTarget(
