@@ -175,6 +175,23 @@ struct BudgetChartTests {
         }
     }
 
+    @Test("labels of points at the plot's corners stay on the canvas: its outermost pixels stay white")
+    func labelsStayOnCanvas() throws {
+        let long = String(repeating: "W", count: 40)
+        let corners = [
+            BudgetChart.Point(bytes: 0, psnr: 10, label: long), .init(bytes: 0, psnr: 60, label: long),
+            .init(bytes: 4_000_000_000, psnr: 10, label: long), .init(bytes: 4_000_000_000, psnr: .infinity, label: long),
+        ]
+        for (w, h) in [(200, 200), (960, 600)] {
+            let chart = BudgetChart.SizeQuality(
+                title: long + long, uniform: corners, mixes: [], chosen: .init(bytes: 4_000_000_000, psnr: 60, label: long + long),
+                measured: .init(bytes: 0, psnr: 10, label: "m"), target: 60, sizeLimit: 4_000_000_000)
+            let png = try DecodedPNG(try BudgetChart.render(chart, width: w, height: h))
+            let border = (0..<w).flatMap { [($0, 0), ($0, h - 1)] } + (0..<h).flatMap { [(0, $0), (w - 1, $0)] }
+            #expect(border.allSatisfy { png.color($0.0, $0.1) == .white }, "\(w)x\(h)")
+        }
+    }
+
     @Test("a taller bar has more pixels of its type's colour in its column")
     func barHeights() throws {
         let chart = BudgetChart.Bits(
@@ -333,10 +350,15 @@ struct BudgetChartTests {
         limited.target = nil
         limited.sizeLimit = 650 * mb
         limited.measured = nil
+        var infinite = sampleSizeQuality(title: "lossless types reach +inf dB")
+        infinite.uniform.append(.init(bytes: 3_440 * mb, psnr: .infinity, label: "f32"))
+        infinite.chosen = .init(bytes: 3_440 * mb, psnr: .infinity, label: "f32 copy")
+        infinite.measured = nil
         let examples: [(String, [UInt8])] = [
             ("size-quality.png", try BudgetChart.render(sampleSizeQuality())),
             ("size-quality-limit.png", try BudgetChart.render(limited)),
             ("size-quality-small.png", try BudgetChart.render(sampleSizeQuality(), width: 200, height: 200)),
+            ("size-quality-inf.png", try BudgetChart.render(infinite)),
             ("bits.png", try BudgetChart.render(sampleBits())),
             ("bits-many.png", try BudgetChart.render(sampleBits(layerCount: 3_000, title: "3000 layers in 1200 pixels"))),
             ("bits-few.png", try BudgetChart.render(sampleBits(layerCount: 12, title: "12 layers"), width: 400, height: 260)),

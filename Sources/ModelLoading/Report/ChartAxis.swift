@@ -9,11 +9,12 @@ struct ChartAxis: Sendable, Equatable {
 
     /// Ticks covering `low...high` with about `count` intervals: the bounds are rounded outwards to
     /// multiples of a 1-2-5 step (a power of two when `binary`, as for bits: 0...16 in steps of 2, 4
-    /// or 8). A range of zero width is widened by `minimumSpan` first.
+    /// or 8). A range narrower than a hundredth of `minimumSpan` (a single value)
+    /// is widened to `minimumSpan` around its middle first.
     init(covering low: Double, _ high: Double, intervals count: Int, minimumSpan: Double, binary: Bool = false) {
         var low = low
         var high = high
-        if !(high - low > 0) {
+        if !(high - low >= minimumSpan / 100) {
             let middle = (low + high) / 2
             low = middle - minimumSpan / 2
             high = middle + minimumSpan / 2

@@ -277,7 +277,7 @@ struct SizeQualityLayout {
     }
 
     /// Chooses where a label goes next to a marker of radius `r` at `p`: for each text in `texts`
-    /// (longest form first), the first of twelve places around the marker that stays inside the plot
+    /// (longest form first), the first of sixteen places around the marker that stays inside the plot
     /// and overlaps nothing in `occupied`. When none is free, a `required` label takes the place of
     /// least overlap for its last (shortest) form, kept on the canvas; any other is left out (nil).
     /// The box taken is added to `occupied`.
@@ -293,6 +293,7 @@ struct SizeQualityLayout {
                 (p.x + r + 5, p.y - 3), (p.x - r - 5 - w, p.y - 3), (p.x - w / 2, p.y - r - 5 - h), (p.x - w / 2, p.y + r + 5),
                 (p.x + r + 3, p.y - r - 3 - h), (p.x + r + 3, p.y + r + 3), (p.x - r - 3 - w, p.y - r - 3 - h), (p.x - r - 3 - w, p.y + r + 3),
                 (p.x + r + 5, p.y - 3 - 14), (p.x + r + 5, p.y - 3 + 14), (p.x - r - 5 - w, p.y - 3 - 14), (p.x - r - 5 - w, p.y - 3 + 14),
+                (p.x - w / 2, p.y - r - 5 - h - 14), (p.x - w / 2, p.y + r + 5 + 14), (p.x + r + 5, p.y - 3 + 28), (p.x - r - 5 - w, p.y - 3 + 28),
             ]
             fallback = nil
             for (x, y) in origins {
