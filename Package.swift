@@ -148,7 +148,7 @@ let package = Package(
             name: "ModelLoadingTests",
             dependencies: [
                 "TestSupport", "ModelLoading", "Adapters", "CheckpointFormats", "ModelCatalog", "DiffusionEngine", "Quantization", "StrictJSON",
-                "TensorCore",
+                "TensorCore", "CPNG",
             ],
             swiftSettings: strict),
         .testTarget(
