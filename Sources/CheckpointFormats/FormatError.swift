@@ -152,7 +152,8 @@ public struct FormatError: Error, Sendable, CustomStringConvertible {
         switch error {
         case let io as IOError: FormatError(io)
         case let format as FormatError: format.inFile(path)
-        default: FormatError(.io, "\(error)", path: path)
+        // Another error (a caller's check before commit): kept as the cause, for the caller.
+        default: FormatError(.io, "\(error)", path: path, underlying: error)
         }
     }
 

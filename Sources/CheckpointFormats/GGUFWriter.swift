@@ -123,7 +123,9 @@ public enum GGUFWriter {
     @discardableResult
     public static func write(
         _ tensors: [Tensor], metadata: [(String, Value)], to path: String, overwrite: Bool,
-        progress: (any ProgressReporter)? = nil
+        progress: (any ProgressReporter)? = nil,
+        reservedString: (key: String, length: Int)? = nil,
+        beforeCommit: ((_ readablePath: String, _ metrics: [String: QuantizationMetrics]) throws -> String?)? = nil
     ) throws(FormatError) -> Summary {
         var header: [UInt8] = []
         func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { header.append(contentsOf: $0) } }
@@ -131,6 +133,14 @@ public enum GGUFWriter {
         func string(_ s: String) { u64(UInt64(s.utf8.count)); header.append(contentsOf: s.utf8) }
 
         var entries = metadata
+        // A string value of spaces that `beforeCommit` may fill in place (its length is fixed).
+        var reservedOffset: Int?
+        if let reservedString {
+            guard reservedString.length > 0, reservedString.length <= 1 << 20 else {
+                throw FormatError(.invalidArgument, "a reserved GGUF string holds 1 byte to 1 MiB", path: path)
+            }
+            entries.append((reservedString.key, .string(String(repeating: " ", count: reservedString.length))))
+        }
         for t in tensors {
             if let original = t.originalShape {
                 entries.append(("comfy.gguf.orig_shape." + t.name, .int32Array(original.dimensions.map { Int32(clamping: $0) })))
@@ -145,7 +155,10 @@ public enum GGUFWriter {
             string(key)
             switch value {
             case .uint32(let v): u32(4); u32(v)
-            case .string(let s): u32(8); string(s)
+            case .string(let s):
+                u32(8)
+                if key == reservedString?.key { reservedOffset = header.count + 8 }
+                string(s)
             case .bool(let b): u32(7); header.append(b ? 1 : 0)
             case .int32Array(let values):
                 u32(9); u32(5); u64(UInt64(values.count))
@@ -210,6 +223,20 @@ public enum GGUFWriter {
             }
             try writer.pad(toMultipleOf: alignment)
             precondition(writer.position - dataStart == total, "GGUF data size disagrees with the table")
+            // The file is whole but unnamed: `beforeCommit` may open and check it, and fill the
+            // reserved string (padded with spaces to its fixed length).
+            if let beforeCommit, let text = try beforeCommit(try writer.readablePath(), metrics) {
+                guard let reservedString, let reservedOffset else {
+                    throw FormatError(.invalidArgument, "no string was reserved for what is added before commit", path: path)
+                }
+                var bytes = Array(text.utf8)
+                guard bytes.count <= reservedString.length else {
+                    throw FormatError(
+                        .invalidArgument, "\(reservedString.key) needs \(bytes.count) bytes, \(reservedString.length) were reserved", path: path)
+                }
+                bytes.append(contentsOf: repeatElement(0x20, count: reservedString.length - bytes.count))
+                try bytes.withUnsafeBytes { try writer.overwrite($0, at: reservedOffset) }
+            }
             try writer.commit()
             progress?.finish()
         } catch {

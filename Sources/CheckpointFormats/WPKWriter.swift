@@ -16,6 +16,8 @@ public enum WPKWriter {
         /// Told, after each tensor written as f16, how many finite values became infinite
         /// (only when there were any).
         public var float16Overflow: (@Sendable (_ tensor: String, _ count: Int) -> Void)?
+        /// Header bytes kept free for what `beforeCommit` adds.
+        public var headerReserve = 0
         public init(compress: Bool = false, compressionLevel: Int32 = 3, float16Overflow: (@Sendable (String, Int) -> Void)? = nil) {
             self.compress = compress
             self.compressionLevel = compressionLevel
@@ -31,7 +33,8 @@ public enum WPKWriter {
     public static func write(
         _ tensors: [OutputTensor], metadata: JSONObject, to path: String, overwrite: Bool,
         options: Options = Options(), progress: (any ProgressReporter)? = nil,
-        finalizeMetadata: ((inout JSONObject) throws -> Void)? = nil
+        finalizeMetadata: ((inout JSONObject) throws -> Void)? = nil,
+        beforeCommit: ((_ readablePath: String, _ entries: [WPKTensorEntry]) throws -> JSONObject?)? = nil
     ) throws(FormatError) -> [WPKTensorEntry] {
         var metadata = metadata
         var names = Set<String>()
@@ -45,7 +48,7 @@ public enum WPKWriter {
         }
         // Reserve the header: the table with every number at its widest, and room for what
         // `finalizeMetadata` adds (a source record: name, format, size, SHA-256).
-        let finalizeReserve = finalizeMetadata == nil ? 0 : 512
+        let finalizeReserve = (finalizeMetadata == nil ? 0 : 512) + max(0, options.headerReserve)
         let placeholder = tensors.map { t in
             WPKTensorEntry(
                 descriptor: TensorDescriptor(name: t.name, dtype: t.dtype, shape: t.shape, byteCount: 0),
@@ -131,6 +134,20 @@ public enum WPKWriter {
             append(&preamble, UInt64(0))
             let block = preamble + header
             try block.withUnsafeBytes { try writer.overwrite($0, at: 0) }
+            // The file is whole but unnamed: `beforeCommit` may open and check it, and add
+            // metadata into the reserved room (the checksum changes, the layout does not).
+            if let beforeCommit, let additions = try beforeCommit(try writer.readablePath(), entries) {
+                for (key, value) in additions { metadata[key] = value }
+                var amended = headerText(metadata: metadata, entries: entries)
+                guard amended.count <= reserved else {
+                    throw FormatError(.invalidArgument, "the metadata added before commit outgrew the \(reserved)-byte header", path: path)
+                }
+                amended.append(contentsOf: repeatElement(0x20, count: reserved - amended.count))
+                var checksum: [UInt8] = []
+                append(&checksum, amended.withUnsafeBytes { XXHash64.hash($0) })
+                try amended.withUnsafeBytes { try writer.overwrite($0, at: WPKLayout.preambleSize) }
+                try checksum.withUnsafeBytes { try writer.overwrite($0, at: 48) }  // the header's XXH64 (Formats/wpk.md)
+            }
             try writer.commit()
             progress?.finish()
             return entries

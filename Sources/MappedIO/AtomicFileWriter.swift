@@ -179,6 +179,15 @@ public final class AtomicFileWriter {
         }
     }
 
+    /// A path that opens the bytes written so far (flushed first), for checking the file before
+    /// ``commit()``: the named temporary, or `/proc/self/fd/N` for an unnamed one. Valid until
+    /// the writer commits or goes away; what is opened through it must not be written.
+    public func readablePath() throws(IOError) -> String {
+        try flush()
+        guard let fd else { throw IOError(.writeFailed, path: path, call: "open") }
+        return temporaryPath ?? "/proc/self/fd/\(fd.rawValue)"
+    }
+
     /// Flushes, syncs and gives the temporary file the name `path`.
     public func commit() throws(IOError) {
         try flush()

@@ -37,6 +37,18 @@ public enum Conversion {
         public var tool = "weightpack"
         /// Adapters merged into the model (`MergedStore`'s `plan.provenance`), recorded as `adapters`.
         public var adapters: JSONValue?
+        /// A storage per canonical tensor name (`--dtype auto`: ``QualityBudget``), over the plan
+        /// a block conversion makes; the tensors it does not name are stored as such a conversion
+        /// keeps them (F16 matrices, F32 vectors, other types as they are). `dtype` is then not used.
+        public var storage: [String: StorageChoice] = [:]
+        /// Recorded as `quality_budget` (the recipe of a `--dtype auto` conversion).
+        public var recipe: JSONValue?
+        /// Header bytes kept free for what ``beforeCommit`` adds.
+        public var headerReserve = 0
+        /// Called when the file is whole but not yet named (``WPKWriter``): may open it through
+        /// the path it is given and return metadata to add; what it throws stops the conversion
+        /// (nothing is left under `output`).
+        public var beforeCommit: (@Sendable (_ readablePath: String, _ entries: [WPKTensorEntry]) throws -> JSONObject?)?
 
         public init(dtype: DTypeChoice = .keep) { self.dtype = dtype }
     }
@@ -85,6 +97,12 @@ public enum Conversion {
             plan = OutputTensor.plan(from: store, ggmlRules: rules, storedBlocks: { model.storedBlocks(of: $0) })
         } else if options.dtype == .int8 {
             plan = OutputTensor.plan(from: store, rules: QuantizationRules(keep: options.keepPatterns))
+        } else if !options.storage.isEmpty {
+            let rules = GGMLTypeRules(target: .f16, rows: .allButFirstDimension, keep: options.keepPatterns)
+            plan = try OutputTensor.plan(from: store, ggmlRules: rules).map { t in
+                guard let choice = options.storage[t.name] else { return t }
+                return try Self.stored(t, as: choice)
+            }
         } else {
             plan = OutputTensor.plan(from: store, dtype: options.dtype)
             if options.dtype == .keep { plan = try OutputTensor.keepingStoredBlocks(plan, storedBlocks: { model.storedBlocks(of: $0) }) }
@@ -121,8 +139,13 @@ public enum Conversion {
                 "keep": .array(options.keepPatterns.map { .string($0) }),
             ]
         }
+        if !options.storage.isEmpty {
+            conversion["dtype"] = "auto"
+            conversion["keep"] = .array(options.keepPatterns.map { .string($0) })
+        }
         metadata["conversion"] = .object(conversion)
         if let adapters = options.adapters { metadata["adapters"] = adapters }
+        if let recipe = options.recipe { metadata["quality_budget"] = recipe }
         if model.isCanonical, let layout = model.layout {
             metadata["architecture"] = model.detection.json
             metadata["layout"] = layout.json
@@ -141,12 +164,12 @@ public enum Conversion {
         let path = model.path
         // The source digest is computed on the other core while tensors convert; the header is
         // written last, so it can still be recorded.
+        var writerOptions = WPKWriter.Options(
+            compress: options.compress, compressionLevel: options.compressionLevel,
+            float16Overflow: { name, count in overflows.withLock { $0.append((name, count)) } })
+        writerOptions.headerReserve = options.headerReserve
         let entries = try WPKWriter.write(
-            plan, metadata: metadata, to: output, overwrite: options.overwrite,
-            options: WPKWriter.Options(
-                compress: options.compress, compressionLevel: options.compressionLevel,
-                float16Overflow: { name, count in overflows.withLock { $0.append((name, count)) } }),
-            progress: progress,
+            plan, metadata: metadata, to: output, overwrite: options.overwrite, options: writerOptions, progress: progress,
             finalizeMetadata: { meta in
                 var source = JSONObject()
                 if let path { source["name"] = .string(String(path.split(separator: "/").last ?? Substring(path))) }
@@ -158,9 +181,32 @@ public enum Conversion {
                     source["size"] = JSONValue(size)
                 }
                 meta["source"] = .object(source)
-            })
+            },
+            beforeCommit: options.beforeCommit)
         return Result(
             entries: entries, dropped: dropped, repairedPositionIDs: repaired,
             float16Overflows: overflows.withLock { $0 }, unmatchedKeepPatterns: unmatched)
+    }
+
+    /// `t` (planned as a block conversion keeps it) stored as `choice` instead.
+    static func stored(_ t: OutputTensor, as choice: StorageChoice) throws -> OutputTensor {
+        var t = t
+        t.ggml = nil
+        t.blocks = nil
+        t.quantization = nil
+        switch choice {
+        case .int8:
+            t.dtype = .i8
+            t.quantization = try Int8BlockLayout(shape: t.shape)
+        case .ggml(let type) where type.isBlockQuantized:
+            t.dtype = .u8
+            t.ggml = WPKBlockStorage(type: type, rowLength: GGMLTypeRules(target: type, rows: .allButFirstDimension).rowLength(of: t.shape))
+        case .ggml(let type):
+            guard let dtype = type.plainDType else {
+                throw QuantizationError(.unsupportedDType, "\(type.name) is not a storage WeightPack writes")
+            }
+            t.dtype = dtype
+        }
+        return t
     }
 }

@@ -194,7 +194,8 @@ public enum ModelExport {
     ///   - extraMetadata: strings added as GGUF string values (a merge's `weightpack.adapters`).
     public static func writeGGUF(
         _ model: CanonicalModel, dtype: GGUFDType, tensorTypes: [GGMLTypeRules.Override] = [], to output: String, overwrite: Bool, tool: String,
-        extraMetadata: [String: String] = [:], progress: (any ProgressReporter)? = nil
+        extraMetadata: [String: String] = [:], progress: (any ProgressReporter)? = nil,
+        budget: GGUFBudget? = nil
     ) throws -> Result {
         guard model.isCanonical, let sourceLayout = model.layout else {
             throw CatalogError(
@@ -220,9 +221,11 @@ public enum ModelExport {
             let unchanged = r.sources.count == 1 && (r.operation == .copy || r.operation == .reshape)
             let blocks = unchanged ? model.storedBlocks(of: r.sources[0]) : nil
             let storedType = try blocks?()?.type
+            let chosen = unchanged ? budget?.storage[r.sources[0]] : nil
             guard
-                let decision = ggufDecision(
-                    r, canonicalName: unchanged ? r.sources[0] : nil, isInt8: isInt8, storedType: storedType, dtype: dtype, rules: rules)
+                let decision = chosen.map({ chosenDecision(r, $0) })
+                    ?? ggufDecision(
+                        r, canonicalName: unchanged ? r.sources[0] : nil, isInt8: isInt8, storedType: storedType, dtype: dtype, rules: rules)
             else {
                 result.omitted.append((r.name, "GGUF has no type for \(r.dtype.name)"))
                 continue
@@ -264,7 +267,10 @@ public enum ModelExport {
         for (name, from) in fallbacks { metadata.append((fallbackKeyPrefix + name, .string(from.name))) }
         for (key, value) in try sourceRecord(model, name: inputName) { metadata.append(("weightpack.source.\(key)", .string(value))) }
         for (key, value) in extraMetadata.sorted(by: { $0.key < $1.key }) { metadata.append((key, .string(value))) }
-        let summary = try GGUFWriter.write(tensors, metadata: metadata, to: output, overwrite: overwrite, progress: progress)
+        if let recipe = budget?.recipe { metadata.append((GGUFBudget.recipeKey, .string(recipe))) }
+        let summary = try GGUFWriter.write(
+            tensors, metadata: metadata, to: output, overwrite: overwrite, progress: progress,
+            reservedString: budget.map { (GGUFBudget.measuredKey, $0.measuredReserve) }, beforeCommit: budget?.beforeCommit)
         result.tensorCount = summary.tensorCount
         result.byteCount = summary.byteCount
         result.repackedCount = summary.repackedCount
@@ -304,6 +310,57 @@ public enum ModelExport {
         case .f16?: return 1
         case .bf16?: return 32
         default: return nil
+        }
+    }
+
+    /// What `--dtype auto` adds to a GGUF export (``QualityBudget``).
+    public struct GGUFBudget {
+        /// The GGUF metadata key of the recipe (JSON text).
+        public static let recipeKey = "weightpack.quality_budget"
+        /// The key of what was measured before the file was named (JSON text padded with spaces).
+        public static let measuredKey = "weightpack.quality_budget.measured"
+        /// The type of each quantised tensor, by canonical name; the others are stored as
+        /// `--dtype f16` stores them.
+        public var storage: [String: GGMLType]
+        public var recipe: String
+        /// Bytes reserved for the measured record.
+        public var measuredReserve: Int
+        /// Called when the file is whole but not yet named, with a path that opens it and the
+        /// quantisers' per-tensor metrics; returns the measured record.
+        public var beforeCommit: (_ readablePath: String, _ metrics: [String: QuantizationMetrics]) throws -> String?
+
+        public init(
+            storage: [String: GGMLType], recipe: String, measuredReserve: Int,
+            beforeCommit: @escaping (_ readablePath: String, _ metrics: [String: QuantizationMetrics]) throws -> String?
+        ) {
+            self.storage = storage
+            self.recipe = recipe
+            self.measuredReserve = measuredReserve
+            self.beforeCommit = beforeCommit
+        }
+    }
+
+    /// The decision for a type chosen by a budget: that type where the GGUF row (last dimension)
+    /// is a whole number of its blocks, else its fallback chain, else F16.
+    static func chosenDecision(_ r: TensorRecipe, _ type: GGMLType) -> GGMLTypeRules.Decision {
+        GGMLTypeRules(target: type, rows: .lastDimension, includeDefaults: false).decision(
+            for: TensorDescriptor(name: r.name, dtype: .f32, shape: r.shape, byteCount: r.shape.count * 4))
+    }
+
+    /// The canonical names of the tensors a GGUF export quantises to a block type: what
+    /// stable-diffusion.cpp's name rules and WeightPack's keep patterns leave, with a GGUF row
+    /// (the LDM shape's last dimension) of a whole number of 32-value blocks.
+    public static func ggufQuantizedTensors(_ model: CanonicalModel) throws -> [String] {
+        guard model.isCanonical, let sourceLayout = model.layout else { return [] }
+        let target = try targetLayout(model, sourceLayout: sourceLayout, layout: .ldm)
+        let (recipes, _) = try NameMap.export(model.store.tensors, to: target, family: model.detection.family)
+        let rules = GGMLTypeRules(target: .q8_0, rows: .lastDimension, keep: stableDiffusionCppKeepPatterns)
+        return recipes.compactMap { r in
+            guard r.sources.count == 1, r.operation == .copy || r.operation == .reshape, r.dtype.isConvertibleFloat,
+                let d = ggufDecision(r, canonicalName: r.sources[0], isInt8: false, storedType: nil, dtype: .q8_0, rules: rules),
+                d.type.isBlockQuantized, d.fallbackFrom == nil
+            else { return nil }
+            return r.sources[0]
         }
     }
 

@@ -71,6 +71,8 @@ public struct Inspection {
     public let totalTensorCount: Int
     /// The structured header of a `.wpk`, `nil` for other formats.
     public let recordedHeader: JSONObject?
+    /// The recipe and proof of a `--dtype auto` file.
+    public let qualityBudget: QualityBudgetRecord?
     public let model: CanonicalModel
     /// When `filter` matched no stored name but matches names of the other naming (a `.wpk`'s
     /// source names, or a source file's canonical names): up to three examples, stored → other.
@@ -90,6 +92,7 @@ public struct Inspection {
         let selected = store.tensors.filter { d in filter.map { fnmatch($0, d.name, 0) == 0 } ?? true }
         let records = store.records
         recordedHeader = records.flatMap { $0.headerMetadata.count > 0 ? $0.headerMetadata : nil }
+        qualityBudget = QualityBudgetRecord(header: recordedHeader, metadata: store.metadata)
         let blockStore = store as? any GGMLTensorStore
         var rows = try selected.map { d in
             let record = records?.storageRecord(of: d.name)

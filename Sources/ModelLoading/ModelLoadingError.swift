@@ -3,7 +3,9 @@
 public struct ModelLoadingError: Error, CustomStringConvertible, Sendable {
     /// What went wrong; new codes may be added.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private enum Value: String, Sendable { case notAModel, missingConfiguration, noTensors, invalidLatents, missingFile, invalidCalibration }
+        private enum Value: String, Sendable {
+            case notAModel, missingConfiguration, noTensors, invalidLatents, missingFile, invalidCalibration, budgetUnreachable
+        }
         private let value: Value
 
         /// The input is not a Stable Diffusion model the engine can run.
@@ -19,6 +21,8 @@ public struct ModelLoadingError: Error, CustomStringConvertible, Sendable {
         /// Calibration settings that cannot run (no prompts or seeds, no steps, a size the
         /// model cannot take), or activation statistics that do not fit the weights they name.
         public static let invalidCalibration = Code(value: .invalidCalibration)
+        /// A quality budget (`--dtype auto`) that no storage mix meets, as predicted or as measured.
+        public static let budgetUnreachable = Code(value: .budgetUnreachable)
 
         public var description: String { value.rawValue }
     }

@@ -8,6 +8,8 @@ import StrictJSON
 enum ConvertDType: String, ExpressibleByArgument, CaseIterable, Sendable {
     case keep, f32, f16, bf16, int8
     case q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k
+    /// Each weight's type chosen against --target-psnr or --max-size (``QualityBudget``).
+    case auto
 
     init?(argument: String) { self.init(rawValue: argument.lowercased()) }
 

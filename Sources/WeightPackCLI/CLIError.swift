@@ -37,6 +37,7 @@ extension ExitStatus {
             return format.code == .io ? .ioError : .dataError
         case let loading as ModelLoadingError:
             if let io = loading.underlying as? IOError { return of(io) }
+            if loading.code == .budgetUnreachable { return .problemFound }
             return loading.code == .missingFile ? .noInput : .dataError
         // A bad adapter (for the base, or in itself), whatever its code.
         case let adapter as AdapterError:

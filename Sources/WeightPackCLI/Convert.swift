@@ -33,7 +33,21 @@ struct Convert: ParsableCommand {
             conversion a summary says how many tensors have each type, which fell back and why, \
             and the file's bits per weight (--json prints it as JSON on stdout).
 
-            Exit codes: 0 done, 64 invalid option (a bad --tensor-type, --tensor-type without a \
+            --dtype auto chooses each weight's type from f16, int8, q8_0, q6_k, q5_k, q5_1, q5_0, \
+            q4_k, q4_1, q4_0, q3_k and q2_k by its measured effect: a calibration run of the \
+            whole cascade (a few prompts, --calibration-size, --calibration-steps) records every \
+            layer's input statistics, each weight's output error in each type is predicted from \
+            them, and an allocation meets --target-psnr DB (the smallest file whose image PSNR \
+            against the source stays at or above DB) or --max-size SIZE (the best images that \
+            fit). Before the file is given its name it is run against the source (verify's \
+            staged report, 6 steps, a prompt not used for calibration); a missed target corrects \
+            the prediction and tries again (--attempts), and nothing is written if the last \
+            attempt misses. The header records the recipe (each tensor's type and predicted \
+            error, the calibration, the tool) and what was measured; inspect shows it; --report \
+            DIR draws the size-versus-PSNR curve and the bits per layer. Docs/quantization.md.
+
+            Exit codes: 0 done, 1 a --dtype auto budget no type mix meets (predicted or \
+            measured), 64 invalid option (a bad --tensor-type, --tensor-type without a \
             block --dtype), 65 malformed input or no tensors, 66 missing input, 73 output exists \
             (without --force), is the input, or cannot be created, 74 I/O error.
             """)
@@ -46,7 +60,7 @@ struct Convert: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "Element type of floating-point tensors: keep, f32, f16, bf16, int8 (weights in int8 blocks, the rest f16/f32), or a ggml block type: \(blockTypeList) (upper case too; Docs/quantization.md).",
+            "Element type of floating-point tensors: keep, f32, f16, bf16, int8 (weights in int8 blocks, the rest f16/f32), a ggml block type: \(blockTypeList) (upper case too; Docs/quantization.md), or auto (each weight's type chosen against --target-psnr or --max-size).",
             valueName: "dtype"))
     var dtype: ConvertDType = .keep
 
@@ -93,11 +107,23 @@ struct Convert: ParsableCommand {
     @Option(help: "For diffusers folders: prefer weight files of this variant (e.g. fp16).")
     var variant: String?
 
+    @Option(
+        name: .customLong("config"),
+        help: ArgumentHelp(
+            "With --dtype auto: a diffusers folder whose configurations the model needs to run (as generate --config).", valueName: "DIR"))
+    var configurationFolder: String?
+
+    @OptionGroup(title: "Quality budget (--dtype auto)") var budget: QualityBudgetOptions
+
     @OptionGroup var inputOptions: InputOptions
 
     func validate() throws {
         guard (1...19).contains(compressionLevel) else { throw ValidationError("--compression-level must be between 1 and 19") }
-        guard keepPatterns.isEmpty || dtype == .int8 || dtype.blockType != nil else {
+        try budget.validate(auto: dtype == .auto)
+        if configurationFolder != nil, dtype != .auto { throw ValidationError("--config applies to --dtype auto") }
+        if dtype == .auto, compress { throw ValidationError("--compress does not apply to --dtype auto (block tensors are stored as they are)") }
+        if dtype == .auto, !tensorTypes.isEmpty { throw ValidationError("--tensor-type does not apply to --dtype auto; use --keep to leave tensors out of the choice") }
+        guard keepPatterns.isEmpty || dtype == .int8 || dtype == .auto || dtype.blockType != nil else {
             throw ValidationError("--keep applies to --dtype int8 or a block type (\(blockTypeList)) only")
         }
         _ = try parseTensorTypes(tensorTypes, blockType: dtype.blockType)
@@ -108,6 +134,15 @@ struct Convert: ParsableCommand {
 
     func run() throws {
         try runReporting(verbose: inputOptions.verbose) {
+            if dtype == .auto {
+                guard weights == .main, !keepExtra, !fixPositionIds, variant == nil else {
+                    throw ValidationError("--dtype auto takes none of --weights ema, --keep-extra, --fix-position-ids, --variant")
+                }
+                try budget.run(
+                    input: input, output: output, format: .wpk, inputOptions: inputOptions, configurationFolder: configurationFolder,
+                    keep: keepPatterns, force: force, recordSourceDigest: !noSourceHash, json: json)
+                return
+            }
             var options = inputOptions.modelInputOptions
             options.variant = variant
             let model = try CanonicalModel.open(input, options: options, weights: weights, keepExtra: keepExtra)

@@ -44,7 +44,11 @@ struct Export: ParsableCommand {
             written. --layout kohya of a model and --layout ldm of an adapter are refused (65); \
             adapters take no --format gguf.
 
-            Exit codes: 0 done, 64 invalid option (a block --dtype without --format gguf, a bad \
+            --format gguf --dtype auto chooses each weight's type (f16, q8_0 down to q2_k, on \
+            stable-diffusion.cpp's rows) against --target-psnr or --max-size and proves the file \
+            against the source before naming it, as convert --dtype auto does (see convert --help).
+
+            Exit codes: 0 done, 1 a --dtype auto budget no type mix meets, 64 invalid option (a block --dtype without --format gguf, a bad \
             --tensor-type, --layout kohya with --format gguf, --config with an adapter), 65 malformed input, a layout the \
             model cannot take (kohya for a model, ldm for an adapter), or an adapter the dialect \
             cannot express, 66 missing \
@@ -71,7 +75,7 @@ struct Export: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "Element type of floating-point tensors: keep, f32, f16 or bf16; for --format gguf keep, f32, f16 or a ggml block type: \(blockTypeList) (upper case too).",
+            "Element type of floating-point tensors: keep, f32, f16 or bf16; for --format gguf keep, f32, f16, a ggml block type: \(blockTypeList) (upper case too), or auto (--target-psnr or --max-size).",
             valueName: "dtype"))
     var dtype: ExportDType = .keep
 
@@ -94,32 +98,43 @@ struct Export: ParsableCommand {
     @Option(
         name: .customLong("config"),
         help: ArgumentHelp(
-            "With --layout diffusers: a diffusers folder (or a copy of its JSON files) whose configurations replace the derived ones.",
+            "With --layout diffusers: a diffusers folder (or a copy of its JSON files) whose configurations replace the derived ones; with --dtype auto, the configurations the model needs to run.",
             valueName: "DIR"))
     var configurationFolder: String?
+
+    @OptionGroup(title: "Quality budget (--dtype auto)") var budget: QualityBudgetOptions
 
     @OptionGroup var inputOptions: InputOptions
 
     func validate() throws {
+        try budget.validate(auto: dtype == .auto)
         if resolvedFormat == .gguf {
-            guard dtype.gguf != nil else { throw ValidationError("--format gguf takes --dtype keep, f32, f16 or a block type (\(blockTypeList))") }
+            guard dtype.gguf != nil || dtype == .auto else { throw ValidationError("--format gguf takes --dtype keep, f32, f16 or a block type (\(blockTypeList))") }
             guard layout != .diffusers else { throw ValidationError("--format gguf writes the LDM layout; --layout diffusers does not apply") }
             guard layout != .kohya else {
                 throw ValidationError("--format gguf writes models in the LDM layout; --layout kohya (for adapters) does not apply")
             }
             _ = try parseTensorTypes(tensorTypes, blockType: dtype.blockType)
         } else {
-            if dtype.blockType != nil { throw ValidationError("--dtype \(dtype.rawValue) needs --format gguf (a .wpk takes it through convert)") }
+            if dtype.blockType != nil || dtype == .auto {
+                throw ValidationError("--dtype \(dtype.rawValue) needs --format gguf (a .wpk takes it through convert)")
+            }
             if !tensorTypes.isEmpty { throw ValidationError("--tensor-type applies to --format gguf with a block --dtype") }
             if json { throw ValidationError("--json applies to --format gguf") }
         }
-        if configurationFolder != nil, layout != .diffusers || resolvedFormat == .gguf {
+        if configurationFolder != nil, layout != .diffusers || resolvedFormat == .gguf, dtype != .auto {
             throw ValidationError("--config applies to --layout diffusers only")
         }
     }
 
     func run() throws {
         try runReporting(verbose: inputOptions.verbose) {
+            if dtype == .auto {
+                try budget.run(
+                    input: input, output: output, format: .gguf, inputOptions: inputOptions, configurationFolder: configurationFolder, keep: [],
+                    force: force, recordSourceDigest: true, json: json)
+                return
+            }
             let model = try CanonicalModel.open(input, options: inputOptions.modelInputOptions)
             if try exportAdapter(model) { return }
             if resolvedFormat == .gguf {

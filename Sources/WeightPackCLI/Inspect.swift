@@ -121,6 +121,9 @@ struct InspectionReport {
         root["architecture"] = .object(architecture)
         root["metadata"] = .object(JSONObject(metadata.sorted { $0.key < $1.key }.map { ($0.key, JSONValue.string($0.value)) }))
         if let recordedHeader { root["wpk"] = .object(recordedHeader) }
+        if let budget = inspection.qualityBudget {
+            root["quality_budget"] = ["recipe": .object(budget.recipe), "measured": budget.measured.map { .object($0) } ?? .null]
+        }
         if let adapter { root["adapter"] = adapter.json }
         var summary = JSONObject()
         summary["tensor_count"] = JSONValue(rows.count)
@@ -253,7 +256,11 @@ struct InspectionReport {
                         + (model.ema.only ? " (EMA only: the UNet is read from them)" : ""))
             }
         }
-        for (k, v) in metadata.filter({ !$0.key.hasPrefix(ModelExport.fallbackKeyPrefix) }).sorted(by: { $0.key < $1.key }).prefix(20) {
+        for line in inspection.qualityBudget?.lines ?? [] { lines.append("budget:     \(line)") }
+        let shownElsewhere = [ModelExport.GGUFBudget.recipeKey, ModelExport.GGUFBudget.measuredKey]
+        for (k, v) in metadata.filter({ !$0.key.hasPrefix(ModelExport.fallbackKeyPrefix) && !shownElsewhere.contains($0.key) })
+            .sorted(by: { $0.key < $1.key }).prefix(20)
+        {
             lines.append("metadata:   \(k) = \(v.count > 80 ? String(v.prefix(77)) + "..." : v)")
         }
         var header = ["NAME", "DTYPE", "SHAPE"]
@@ -262,6 +269,8 @@ struct InspectionReport {
         let showBlocks = rows.contains { $0.ggml != nil || $0.fallbackFrom != nil }
         if showBlocks { header += ["BPW"] }
         if showQuantization { header += ["SNR DB", "MAX ABS ERR", "COSINE"] }
+        let budget = inspection.qualityBudget
+        if budget != nil { header += ["PREDICTED DB"] }
         if showBlocks { header += ["NOTE"] }
         var table = [header]
         for row in rows {
@@ -280,6 +289,11 @@ struct InspectionReport {
                 } else {
                     cells += ["-", "-", "-"]
                 }
+            }
+            if let budget {
+                // The predicted output error of the layer (`--dtype auto`), by canonical name.
+                let predicted = ([row.descriptor.name] + row.canonical).lazy.compactMap { budget.predictedErrorDB(of: $0) }.first
+                cells.append(predicted.map(format1) ?? "-")
             }
             if showBlocks { cells.append(row.fallbackFrom.map { "fallback from \($0.name)" } ?? "") }
             table.append(cells)

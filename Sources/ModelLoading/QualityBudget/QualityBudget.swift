@@ -1,0 +1,481 @@
+import CheckpointFormats
+import DiffusionEngine
+import Dispatch
+import Foundation
+import ModelCatalog
+import Quantization
+import StrictJSON
+import TensorCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `convert --dtype auto` and `export --format gguf --dtype auto`: each weight's storage chosen
+/// from its measured effect, against a quality or a size budget, and the result proved.
+///
+/// 1. Calibration (``Calibration``) runs the whole cascade on a few prompts at a reduced size and
+///    records every linear and convolution layer's per-input-channel mean squares.
+/// 2. ``Sensitivity`` predicts each weight's relative output error in every storage of the
+///    ladder from those statistics (on a sample of rows, with the real quantisers).
+/// 3. ``BudgetAllocator`` picks the storages: the smallest file whose predicted image PSNR meets
+///    the target, or the lowest predicted error within the size.
+/// 4. The file is written; before it is given its name, ``Verification`` runs it against the
+///    source (the staged report of `weightpack verify`). A quality target missed sends the
+///    prediction, corrected by what was measured, round again (``Options/maxAttempts``); the file
+///    is named only when it passes, with the measured figures added to its header.
+///
+/// ```swift
+/// let source = try StableDiffusionModel(path: "model.safetensors")
+/// let result = try QualityBudget.run(source, to: "model.wpk", options: .init(goal: .psnr(35)))
+/// print(result.predictedPSNR, result.measuredPSNR)
+/// ```
+public enum QualityBudget {
+    /// What the budget bounds.
+    public enum Goal: Sendable, Hashable {
+        /// The image PSNR against the source, in dB, that the file must keep (`--target-psnr`).
+        case psnr(Double)
+        /// The file's size in bytes (`--max-size`).
+        case bytes(Int)
+    }
+
+    /// The file written.
+    public enum Format: String, Sendable {
+        /// `.wpk`: engine rows (a convolution's `in·kh·kw`), int8 available.
+        case wpk
+        /// GGUF for stable-diffusion.cpp: its rows (the last dimension) and name rules.
+        case gguf
+    }
+
+    public struct Options: Sendable {
+        public var goal: Goal
+        public var format: Format = .wpk
+        /// The storages to choose from, best first; `nil` takes ``defaultLadder(for:)``.
+        public var ladder: [StorageChoice]?
+        /// `nil` takes ``Calibration/Settings/defaults(for:)``.
+        public var calibration: Calibration.Settings?
+        /// The generation the proof runs; `nil`: a prompt not among the calibration's, seed 0,
+        /// 6 steps, at the calibration's size, the model's own scheduler.
+        public var verification: StableDiffusionPipeline.Request?
+        /// Rows per tensor the prediction quantises (``Sensitivity/measure(_:names:ladder:rows:statistics:sampleRows:progress:)``).
+        public var sampleRows = 64
+        /// Writes (and proofs) at most; each after the first corrects the prediction by what the
+        /// previous one measured.
+        public var maxAttempts = 3
+        /// The prediction's offset before anything is measured (``defaultOffset``).
+        public var offset: Double?
+        /// Tensors kept out of the ladder (F16/F32), as `--keep`.
+        public var keepPatterns: [String] = []
+        /// A diffusers folder whose configurations the source needed (`--config`), for the proof.
+        public var configurationFolder: String?
+        public var overwrite = false
+        public var tool = "weightpack"
+        public var recordSourceDigest = true
+
+        public init(goal: Goal) { self.goal = goal }
+    }
+
+    /// The prediction's offset before any measurement: image PSNR = offset − 10 log10(Σ noise).
+    /// Fitted on the random full-size SD 1.5 and the tiny fixtures (`Docs/quantization.md`),
+    /// rounded down so that a first attempt errs towards quality.
+    public static let defaultOffset = 30.0
+
+    /// f16 down to q2_K; int8 too for `.wpk` (GGUF has no int8).
+    public static func defaultLadder(for format: Format) -> [StorageChoice] {
+        var ladder: [StorageChoice] = [.ggml(.f16)]
+        if format == .wpk { ladder.append(.int8) }
+        ladder += [GGMLType.q8_0, .q6_K, .q5_K, .q5_1, .q5_0, .q4_K, .q4_1, .q4_0, .q3_K, .q2_K].map { .ggml($0) }
+        return ladder
+    }
+
+    /// What the command reports as it goes.
+    public enum Event: Sendable {
+        /// A phase begins: `calibrate`, `measure`, `write`, `verify`.
+        case phase(String, attempt: Int?)
+        /// Work done in the current phase.
+        case progress(done: Int, total: Int)
+        /// An attempt was measured.
+        case measured(Attempt)
+    }
+
+    /// One write and its proof.
+    public struct Attempt: Sendable {
+        public var number: Int
+        /// The offset its prediction used.
+        public var offset: Double
+        /// What it aimed at: the target plus a margin, or the byte budget.
+        public var aim: Goal
+        public var predictedPSNR: Double
+        /// Tensor bytes of the allocation.
+        public var predictedBytes: Int
+        public var fileBytes: Int
+        public var measuredPSNR: Double
+        /// Each stage of the proof: name, SNR or PSNR in dB.
+        public var stages: [(name: String, value: Double)]
+        public var passed: Bool
+        public var counts: [String: Int]
+
+        /// The attempt as recorded (`previous_attempts`, `quality_budget_measured`).
+        public var json: JSONValue {
+            [
+                "attempt": JSONValue(number), "offset_db": JSONValue(offset), "predicted_image_psnr": JSONValue(predictedPSNR),
+                "predicted_bytes": JSONValue(predictedBytes), "file_bytes": JSONValue(fileBytes),
+                "measured_image_psnr": JSONValue(measuredPSNR), "passed": .bool(passed),
+                "stages": .object(JSONObject(stages.map { ($0.name, JSONValue($0.value)) })),
+                "types": .object(JSONObject(counts.sorted { $0.key < $1.key }.map { ($0.key, JSONValue($0.value)) })),
+            ]
+        }
+    }
+
+    public struct Result: Sendable {
+        /// The attempts, the last one the file written.
+        public var attempts: [Attempt]
+        public var allocation: BudgetAllocation
+        public var tensors: [Sensitivity.TensorOptions]
+        /// The offset fitted to the last measurement.
+        public var offset: Double
+        public var calibration: Calibration.Settings
+        public var verification: StableDiffusionPipeline.Request
+        /// The recipe recorded in the file (`quality_budget`).
+        public var recipe: JSONValue
+        /// The measured record added before the file was named.
+        public var measured: JSONValue
+        /// Wall time of each phase, in seconds.
+        public var seconds: [(phase: String, seconds: Double)]
+        public var fixedBytes: Int
+
+        public var predictedPSNR: Double { attempts.last?.predictedPSNR ?? .nan }
+        public var measuredPSNR: Double { attempts.last?.measuredPSNR ?? .nan }
+        public var fileBytes: Int { attempts.last?.fileBytes ?? 0 }
+
+        /// The trade-off curve of the prediction with the fitted offset: (tensor bytes, PSNR).
+        public var frontier: [(bytes: Int, psnr: Double)] {
+            BudgetAllocator.frontier(tensors, fixedBytes: fixedBytes).map { ($0.bytes, BudgetAllocator.psnr(noise: $0.noise, offset: offset)) }
+        }
+
+        /// Every uniform storage of the ladder as the prediction sees it: (label, tensor bytes, PSNR).
+        public func uniform(_ ladder: [StorageChoice]) -> [(label: String, bytes: Int, psnr: Double)] {
+            ladder.map { storage in
+                let a = BudgetAllocator.uniform(tensors, storage: storage, fixedBytes: fixedBytes)
+                return (storage.label, a.bytes, a.predictedPSNR(offset: offset))
+            }
+        }
+    }
+
+    /// Thrown out of the writer's check to discard an attempt that missed its target.
+    struct Missed: Error {
+        var attempt: Attempt
+    }
+
+    /// Chooses, writes and proves (see ``QualityBudget``).
+    ///
+    /// - Throws: ``ModelLoadingError/Code/budgetUnreachable`` when no storage mix can meet the
+    ///   goal (a size below the smallest mix, a PSNR above the best), or when the last attempt
+    ///   still measured below the target (nothing is written then); the writers' and the engine's errors.
+    public static func run(
+        _ source: StableDiffusionModel, to output: String, options: Options, events: (@Sendable (Event) -> Void)? = nil
+    ) throws -> Result {
+        if case .psnr(let target) = options.goal, !(target.isFinite && target > 0) {
+            throw ModelLoadingError(.budgetUnreachable, "the target PSNR must be a finite number of dB above 0")
+        }
+        if case .bytes(let limit) = options.goal, limit <= 0 {
+            throw ModelLoadingError(.budgetUnreachable, "the size budget must be above 0 bytes")
+        }
+        let model = source.canonical
+        guard model.isCanonical else {
+            throw ModelLoadingError(.notAModel, "--dtype auto needs a recognised Stable Diffusion model", path: model.path)
+        }
+        var seconds: [(String, Double)] = []
+        func timed<T>(_ phase: String, _ body: () throws -> T) rethrows -> T {
+            let start = DispatchTime.now().uptimeNanoseconds
+            defer { seconds.append((phase, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)) }
+            return try body()
+        }
+        let ladder = options.ladder ?? defaultLadder(for: options.format)
+        if options.format == .gguf, ladder.contains(.int8) {
+            throw ModelLoadingError(.budgetUnreachable, "GGUF has no int8 type; leave int8 out of the ladder")
+        }
+        let settings = options.calibration ?? Calibration.Settings.defaults(for: source)
+        let verification = options.verification ?? defaultVerification(settings)
+
+        // 1–2: statistics and predictions.
+        events?(.phase("calibrate", attempt: nil))
+        let statistics = try timed("calibrate") {
+            try Calibration.run(source, settings: settings, progress: { done, total in events?(.progress(done: done, total: total)) })
+        }
+        let names = try candidates(model, format: options.format, keep: options.keepPatterns)
+        events?(.phase("measure", attempt: nil))
+        let tensors = try timed("measure") {
+            try Sensitivity.measure(
+                model.store, names: names, ladder: ladder, rows: options.format == .wpk ? .allButFirstDimension : .lastDimension,
+                statistics: statistics, sampleRows: options.sampleRows,
+                progress: { done, total in events?(.progress(done: done, total: total)) })
+        }
+        let fixedBytes = try fixedTensorBytes(model, excluding: Set(names), keep: options.keepPatterns)
+        // Header and alignment, so that a size budget bounds the file and not only its tensors.
+        let overhead = 64 * 1024 + model.store.tensors.count * 512
+
+        // 3–4: allocate, write, prove; again with a corrected offset while the target is missed.
+        var offset = options.offset ?? defaultOffset
+        var attempts: [Attempt] = []
+        var written: (allocation: BudgetAllocation, recipe: JSONValue, measured: JSONValue)?
+        var sizeRoom = 0
+        for number in 1...max(1, options.maxAttempts) {
+            let aim: Goal
+            switch options.goal {
+            case .psnr(let target): aim = .psnr(target + [0, 0.5, 1.5, 3][min(number - 1, 3)])
+            case .bytes(let limit): aim = .bytes(limit - overhead - sizeRoom)
+            }
+            let allocatorGoal: BudgetAllocator.Goal =
+                switch aim {
+                case .psnr(let p): .psnr(p)
+                case .bytes(let b): .bytes(b)
+                }
+            guard let allocation = BudgetAllocator.allocate(tensors, fixedBytes: fixedBytes, goal: allocatorGoal, offset: offset) else {
+                throw unreachable(options.goal, tensors: tensors, fixedBytes: fixedBytes, overhead: overhead, offset: offset)
+            }
+            let predicted = allocation.predictedPSNR(offset: offset)
+            let recipe = recipeJSON(
+                options: options, ladder: ladder, settings: settings, verification: verification, allocation: allocation, tensors: tensors,
+                offset: offset, predicted: predicted, previous: attempts)
+            events?(.phase("write", attempt: number))
+            let check = Locked<(Attempt, JSONValue)?>(nil)
+            let offsetUsed = offset
+            // The writer calls the proof on this thread, before it returns.
+            let reference = SameThread(source)
+            let prove: @Sendable (String, [String: QuantizationMetrics]) throws -> JSONValue = { path, metrics in
+                events?(.phase("verify", attempt: number))
+                let candidate = try StableDiffusionModel(path: path, configurationFolder: options.configurationFolder)
+                let report = try Verification.verify(reference: reference.value, candidate: candidate, request: verification)
+                let image = report.stages.first { $0.name == "image" }?.metrics.psnr ?? -.infinity
+                // stat(2) follows `/proc/self/fd/N` to the file (FileManager would describe the link).
+                var info = stat()
+                let size = stat(path, &info) == 0 ? Int(info.st_size) : 0
+                var passed = true
+                switch options.goal {
+                case .psnr(let target): passed = image >= target
+                case .bytes(let limit): passed = size <= limit
+                }
+                let attempt = Attempt(
+                    number: number, offset: offsetUsed, aim: aim, predictedPSNR: predicted, predictedBytes: allocation.bytes, fileBytes: size,
+                    measuredPSNR: image, stages: report.stages.map { ($0.name, $0.value) }, passed: passed, counts: allocation.counts)
+                let measured = measuredJSON(attempt, report: report, metrics: metrics)
+                check.withLock { $0 = (attempt, measured) }
+                events?(.measured(attempt))
+                guard passed else { throw Missed(attempt: attempt) }
+                return measured
+            }
+            do {
+                try timed("write+verify \(number)") {
+                    try write(
+                        model, allocation: allocation, to: output, format: options.format, options: options, recipe: recipe, prove: prove,
+                        events: events)
+                }
+                let (attempt, measured) = check.withLock { $0 }!
+                attempts.append(attempt)
+                written = (allocation, recipe, measured)
+                break
+            } catch {
+                guard let missed = Self.missed(in: error) else { throw error }
+                attempts.append(missed.attempt)
+                // Correct the prediction by what was measured; a size overrun leaves more room.
+                if case .psnr = options.goal, missed.attempt.measuredPSNR.isFinite, predicted.isFinite {
+                    offset += missed.attempt.measuredPSNR - predicted
+                }
+                if case .bytes(let limit) = options.goal { sizeRoom += max(0, missed.attempt.fileBytes - limit) + 4096 }
+                if number == options.maxAttempts {
+                    let goal =
+                        switch options.goal {
+                        case .psnr(let t): "image PSNR \(format(t)) dB"
+                        case .bytes(let b): "\(b) bytes"
+                        }
+                    let last = missed.attempt
+                    throw ModelLoadingError(
+                        .budgetUnreachable,
+                        "\(attempts.count) attempt(s) missed the \(goal): the last measured \(format(last.measuredPSNR)) dB in \(last.fileBytes) bytes (predicted \(format(last.predictedPSNR)) dB); nothing was written"
+                    )
+                }
+            }
+        }
+        guard let written, let last = attempts.last else { preconditionFailure("the loop writes or throws") }
+        if last.measuredPSNR.isFinite, last.predictedPSNR.isFinite { offset += last.measuredPSNR - last.predictedPSNR }
+        return Result(
+            attempts: attempts, allocation: written.allocation, tensors: tensors, offset: offset, calibration: settings,
+            verification: verification, recipe: written.recipe, measured: written.measured, seconds: seconds, fixedBytes: fixedBytes)
+    }
+
+    /// The proof's generation by default: a prompt unlike the calibration's, 6 steps.
+    public static func defaultVerification(_ settings: Calibration.Settings) -> StableDiffusionPipeline.Request {
+        var request = StableDiffusionPipeline.Request(prompt: "a red bicycle leaning against a stone wall, evening light")
+        request.steps = 6
+        request.seed = 0
+        request.width = settings.width
+        request.height = settings.height
+        return request
+    }
+
+    /// The tensors the ladder applies to: weights of rank 2 or more that a block conversion
+    /// would quantise (not kept by the rules or `keep`), whose rows hold 32-value blocks.
+    static func candidates(_ model: CanonicalModel, format: Format, keep: [String]) throws -> [String] {
+        switch format {
+        case .wpk:
+            let rules = GGMLTypeRules(target: .q8_0, rows: .allButFirstDimension, keep: keep)
+            return model.store.tensors.filter { d in
+                let decision = rules.decision(for: d)
+                return decision.type.isBlockQuantized && decision.fallbackFrom == nil
+            }.map(\.name)
+        case .gguf:
+            let kept = Set(model.store.tensors.filter { d in keep.contains { Glob.matches($0, d.name) } }.map(\.name))
+            return try ModelExport.ggufQuantizedTensors(model).filter { !kept.contains($0) }
+        }
+    }
+
+    /// Bytes of every other tensor as a block conversion stores it (F16 matrices, F32 vectors,
+    /// non-float tensors as they are).
+    static func fixedTensorBytes(_ model: CanonicalModel, excluding: Set<String>, keep: [String]) throws -> Int {
+        let rules = GGMLTypeRules(target: .f16, rows: .allButFirstDimension, keep: keep)
+        var total = 0
+        for d in model.store.tensors where !excluding.contains(d.name) {
+            if d.dtype.isConvertibleFloat {
+                total += rules.decision(for: d).type.byteCount(values: d.elementCount) ?? d.byteCount
+            } else {
+                total += d.byteCount
+            }
+        }
+        return total
+    }
+
+    private static func write(
+        _ model: CanonicalModel, allocation: BudgetAllocation, to output: String, format: Format, options: Options, recipe: JSONValue,
+        prove: @escaping @Sendable (String, [String: QuantizationMetrics]) throws -> JSONValue, events: (@Sendable (Event) -> Void)?
+    ) throws {
+        let progress = events.map { BudgetProgress($0) }
+        // Room for the measured record: its fixed part and a line per tensor.
+        let reserve = 8192 + allocation.picks.count * 160
+        switch format {
+        case .wpk:
+            var conversion = Conversion.Options(dtype: .keep)
+            conversion.storage = Dictionary(uniqueKeysWithValues: allocation.picks.map { ($0.name, $0.storage) })
+            conversion.keepPatterns = options.keepPatterns
+            conversion.recipe = recipe
+            conversion.headerReserve = reserve
+            conversion.overwrite = options.overwrite
+            conversion.tool = options.tool
+            conversion.recordSourceDigest = options.recordSourceDigest
+            conversion.beforeCommit = { path, entries in
+                var metrics: [String: QuantizationMetrics] = [:]
+                for e in entries {
+                    if let m = e.blocks?.metrics ?? e.quantization?.metrics { metrics[e.descriptor.name] = m }
+                }
+                return JSONObject([("quality_budget_measured", try prove(path, metrics))])
+            }
+            _ = try Conversion.write(model, to: output, options: conversion, progress: progress)
+        case .gguf:
+            var storage: [String: GGMLType] = [:]
+            for p in allocation.picks {
+                guard case .ggml(let type) = p.storage else { continue }
+                storage[p.name] = type
+            }
+            let budget = ModelExport.GGUFBudget(
+                storage: storage, recipe: recipe.serialized(pretty: false), measuredReserve: reserve,
+                beforeCommit: { path, metrics in try prove(path, metrics).serialized(pretty: false) })
+            _ = try ModelExport.writeGGUF(
+                model, dtype: .f16, to: output, overwrite: options.overwrite, tool: options.tool, progress: progress, budget: budget)
+        }
+    }
+
+    /// The attempt a writer's error carries when the proof discarded it.
+    private static func missed(in error: any Error) -> Missed? {
+        if let m = error as? Missed { return m }
+        if let f = error as? FormatError, let u = f.underlying { return missed(in: u) }
+        if let m = error as? ModelLoadingError, let u = m.underlying { return missed(in: u) }
+        return nil
+    }
+
+    private static func unreachable(_ goal: Goal, tensors: [Sensitivity.TensorOptions], fixedBytes: Int, overhead: Int, offset: Double)
+        -> ModelLoadingError
+    {
+        let smallest = BudgetAllocator.uniform(tensors, storage: .ggml(.q2_K), fixedBytes: fixedBytes)
+        let best = BudgetAllocator.allocate(tensors, fixedBytes: fixedBytes, goal: .bytes(.max), offset: offset)
+        switch goal {
+        case .psnr(let target):
+            return ModelLoadingError(
+                .budgetUnreachable,
+                "no mix of the ladder is predicted to reach \(format(target)) dB (the best is \(format(best?.predictedPSNR(offset: offset) ?? .nan)) dB); lower --target-psnr"
+            )
+        case .bytes(let limit):
+            return ModelLoadingError(
+                .budgetUnreachable,
+                "the smallest mix of the ladder needs about \(smallest.bytes + overhead) bytes, more than --max-size \(limit)")
+        }
+    }
+
+    /// `12.34`, `inf`, `-inf`, `nan`: dB for messages.
+    public static func format(_ x: Double) -> String {
+        x.isFinite ? String(format: "%.2f", x) : (x > 0 ? "inf" : x < 0 ? "-inf" : "nan")
+    }
+
+    private static func dB(_ x: Double) -> JSONValue { x.isFinite ? JSONValue((x * 100).rounded() / 100) : .string(format(x)) }
+
+    static func recipeJSON(
+        options: Options, ladder: [StorageChoice], settings: Calibration.Settings, verification: StableDiffusionPipeline.Request,
+        allocation: BudgetAllocation, tensors: [Sensitivity.TensorOptions], offset: Double, predicted: Double, previous: [Attempt]
+    ) -> JSONValue {
+        var goal = JSONObject()
+        switch options.goal {
+        case .psnr(let t): goal["target_psnr"] = JSONValue(t)
+        case .bytes(let b): goal["max_size"] = JSONValue(b)
+        }
+        let weighted = Dictionary(uniqueKeysWithValues: tensors.map { ($0.name, $0.weighted) })
+        var perTensor = JSONObject()
+        for p in allocation.picks {
+            perTensor[p.name] = [
+                "type": .string(p.storage.label), "predicted_error_db": dB(10 * log10(p.relativeError)),
+                "predicted_weight_snr_db": dB(p.weightSNR), "weighted": .bool(weighted[p.name] ?? false),
+            ]
+        }
+        return [
+            "version": 1, "tool": .string(options.tool), "format": .string(options.format.rawValue), "goal": .object(goal),
+            "ladder": .array(ladder.map { .string($0.label) }), "calibration": settings.json,
+            "verification": [
+                "prompt": .string(verification.prompt), "seed": .string(String(verification.seed)), "steps": JSONValue(verification.steps),
+                "width": JSONValue(verification.width), "height": JSONValue(verification.height),
+            ],
+            "sample_rows": JSONValue(options.sampleRows), "offset_db": JSONValue(offset), "predicted_image_psnr": dB(predicted),
+            "predicted_bytes": JSONValue(allocation.bytes), "attempt": JSONValue(previous.count + 1),
+            "previous_attempts": .array(previous.map(\.json)), "tensors": .object(perTensor),
+        ]
+    }
+
+    static func measuredJSON(_ attempt: Attempt, report: Verification.Report, metrics: [String: QuantizationMetrics]) -> JSONValue {
+        var perTensor = JSONObject()
+        for (name, m) in metrics.sorted(by: { $0.key < $1.key }) { perTensor[name] = dB(m.snrDecibels ?? .infinity) }
+        var root = attempt.json.objectValue ?? JSONObject()
+        root["weight_snr_db"] = .object(perTensor)
+        return .object(root)
+    }
+}
+
+/// A value used by a closure that runs on the thread that made it (the writer's check).
+private struct SameThread<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}
+
+/// Passes the writer's byte progress on as budget events.
+private final class BudgetProgress: ProgressReporter, @unchecked Sendable {
+    let events: @Sendable (QualityBudget.Event) -> Void
+    private var total = 0
+    private var done = 0
+    init(_ events: @escaping @Sendable (QualityBudget.Event) -> Void) { self.events = events }
+    func begin(total: Int) {
+        self.total = total
+        done = 0
+        events(.progress(done: 0, total: total))
+    }
+    func advance(by count: Int) {
+        done += count
+        events(.progress(done: done, total: total))
+    }
+    func finish() { events(.progress(done: total, total: total)) }
+}
