@@ -122,7 +122,9 @@ struct Convert: ParsableCommand {
         try budget.validate(auto: dtype == .auto)
         if configurationFolder != nil, dtype != .auto { throw ValidationError("--config applies to --dtype auto") }
         if dtype == .auto, compress { throw ValidationError("--compress does not apply to --dtype auto (block tensors are stored as they are)") }
-        if dtype == .auto, !tensorTypes.isEmpty { throw ValidationError("--tensor-type does not apply to --dtype auto; use --keep to leave tensors out of the choice") }
+        if dtype == .auto, !tensorTypes.isEmpty {
+            throw ValidationError("--tensor-type does not apply to --dtype auto; use --keep to leave tensors out of the choice")
+        }
         guard keepPatterns.isEmpty || dtype == .int8 || dtype == .auto || dtype.blockType != nil else {
             throw ValidationError("--keep applies to --dtype int8 or a block type (\(blockTypeList)) only")
         }

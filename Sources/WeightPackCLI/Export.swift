@@ -109,7 +109,9 @@ struct Export: ParsableCommand {
     func validate() throws {
         try budget.validate(auto: dtype == .auto)
         if resolvedFormat == .gguf {
-            guard dtype.gguf != nil || dtype == .auto else { throw ValidationError("--format gguf takes --dtype keep, f32, f16 or a block type (\(blockTypeList))") }
+            guard dtype.gguf != nil || dtype == .auto else {
+                throw ValidationError("--format gguf takes --dtype keep, f32, f16 or a block type (\(blockTypeList))")
+            }
             guard layout != .diffusers else { throw ValidationError("--format gguf writes the LDM layout; --layout diffusers does not apply") }
             guard layout != .kohya else {
                 throw ValidationError("--format gguf writes models in the LDM layout; --layout kohya (for adapters) does not apply")

@@ -28,18 +28,20 @@ struct QualityBudgetOptions: ParsableArguments {
         help: ArgumentHelp("With --dtype auto: a calibration prompt (repeatable; default: three built-in prompts).", valueName: "TEXT"))
     var calibrationPrompts: [String] = []
 
-    @Option(help: ArgumentHelp("With --dtype auto: calibration and proof image size in pixels (default 256, smaller models their own).", valueName: "PX"))
+    @Option(
+        help: ArgumentHelp("With --dtype auto: calibration and proof image size in pixels (default 256, smaller models their own).", valueName: "PX"))
     var calibrationSize: Int?
 
     @Option(help: ArgumentHelp("With --dtype auto: denoising steps of the calibration run (default 4).", valueName: "N"))
     var calibrationSteps: Int?
 
-    @Option(help: ArgumentHelp("With --dtype auto: writes and proofs at most (1-5; each corrects the prediction by the last measurement).", valueName: "N"))
+    @Option(
+        help: ArgumentHelp(
+            "With --dtype auto: writes and proofs at most (1-5; each corrects the prediction by the last measurement).", valueName: "N"))
     var attempts: Int = 3
 
     @Option(help: ArgumentHelp("With --dtype auto: rows of each weight the prediction quantises (16-4096).", valueName: "N"))
     var sampleRows: Int = 64
-
 
     var isUsed: Bool {
         targetPsnr != nil || maxSize != nil || report != nil || !calibrationPrompts.isEmpty || calibrationSize != nil || calibrationSteps != nil
@@ -103,7 +105,8 @@ struct QualityBudgetOptions: ParsableArguments {
         keep: [String], force: Bool, recordSourceDigest: Bool, json: Bool
     ) throws {
         if let report, !force {
-            for name in Self.reportFiles where FileManager.default.fileExists(atPath: URL(fileURLWithPath: report).appendingPathComponent(name).path) {
+            for name in Self.reportFiles where FileManager.default.fileExists(atPath: URL(fileURLWithPath: report).appendingPathComponent(name).path)
+            {
                 throw ValidationError("\(report)/\(name) exists; use --force to replace the report")
             }
         }

@@ -306,7 +306,7 @@ public enum QualityBudget {
 
     /// The proof's generation by default: a prompt unlike the calibration's, 6 steps.
     public static func defaultVerification(_ settings: Calibration.Settings) -> StableDiffusionPipeline.Request {
-        var request = StableDiffusionPipeline.Request(prompt: "a red bicycle leaning against a stone wall, evening light")
+        var request = StableDiffusionPipeline.Request(prompt: "a lighthouse on a rocky coast under a stormy sky")
         request.steps = 6
         request.seed = 0
         request.width = settings.width
@@ -392,7 +392,9 @@ public enum QualityBudget {
         return nil
     }
 
-    private static func unreachable(_ goal: Goal, tensors: [Sensitivity.TensorOptions], fixedBytes: Int, overhead: Int, offset: Double)
+    private static func unreachable(
+        _ goal: Goal, tensors: [Sensitivity.TensorOptions], fixedBytes: Int, overhead: Int, offset: Double
+    )
         -> ModelLoadingError
     {
         let smallest = BudgetAllocator.uniform(tensors, storage: .ggml(.q2_K), fixedBytes: fixedBytes)

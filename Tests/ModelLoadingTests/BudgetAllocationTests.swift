@@ -1,0 +1,123 @@
+import Foundation
+import ModelLoading
+import Quantization
+import TestSupport
+import Testing
+
+/// The allocation of `--dtype auto` on made-up predictions, where the best answer can be found
+/// by trying every combination, and the whole loop on the tiny fixture with a prediction that
+/// starts wrong.
+@Suite("quality budget allocation")
+struct BudgetAllocationTests {
+    /// Three to five storages per tensor with sizes and errors like the ladder's (bigger is quieter),
+    /// from a fixed generator.
+    static func tensors(count: Int, seed: UInt64) -> [Sensitivity.TensorOptions] {
+        var state = seed | 1
+        func next() -> Double {
+            state ^= state << 13
+            state ^= state >> 7
+            state ^= state << 17
+            return Double(state % 1_000_000) / 1_000_000
+        }
+        let ladder: [(StorageChoice, Double)] = [
+            (.ggml(.f16), 16), (.ggml(.q8_0), 8.5), (.ggml(.q5_K), 5.5), (.ggml(.q4_0), 4.5), (.ggml(.q2_K), 2.625),
+        ]
+        return (0..<count).map { i in
+            let values = 1000 + Int(next() * 100_000)
+            let sensitivity = pow(10, next() * 4 - 6)
+            let candidates = ladder.prefix(3 + i % 3).map { storage, bits in
+                Sensitivity.Candidate(
+                    storage: storage, bytes: Int(Double(values) * bits / 8), relativeError: sensitivity * pow(2, -2 * bits) * (0.8 + 0.4 * next()),
+                    weightSNR: 6 * bits)
+            }
+            return Sensitivity.TensorOptions(name: "t\(i)", shape: [values], candidates: Array(candidates), weighted: true)
+        }
+    }
+
+    /// Every combination's (bytes, noise).
+    static func everyCombination(_ tensors: [Sensitivity.TensorOptions]) -> [(bytes: Int, noise: Double)] {
+        var out: [(Int, Double)] = [(0, 0)]
+        for t in tensors {
+            out = out.flatMap { partial in t.candidates.map { (partial.0 + $0.bytes, partial.1 + $0.relativeError) } }
+        }
+        return out
+    }
+
+    @Test("a PSNR target: the noise budget holds and the size is within 3% of the best combination", arguments: [1, 2, 3, 4])
+    func psnrGoalAgainstExhaustive(seed: UInt64) throws {
+        let tensors = Self.tensors(count: 7, seed: seed)
+        let all = Self.everyCombination(tensors)
+        let offset = 30.0
+        for target in [40.0, 50.0, 60.0] {
+            let budget = BudgetAllocator.noise(forPSNR: target, offset: offset)
+            let feasible = all.filter { $0.noise <= budget }
+            let allocation = BudgetAllocator.allocate(tensors, fixedBytes: 100, goal: .psnr(target), offset: offset)
+            guard let best = feasible.map(\.bytes).min() else {
+                #expect(allocation == nil)
+                continue
+            }
+            let a = try #require(allocation)
+            #expect(a.noise <= budget * (1 + 1e-12))
+            #expect(a.predictedPSNR(offset: offset) >= target - 1e-9)
+            #expect(Double(a.bytes - 100) <= Double(best) * 1.03, "target \(target): \(a.bytes - 100) bytes vs best \(best)")
+        }
+    }
+
+    @Test("a size budget: the size holds and the noise is within 1 dB of the best combination", arguments: [5, 6, 7])
+    func sizeGoalAgainstExhaustive(seed: UInt64) throws {
+        let tensors = Self.tensors(count: 7, seed: seed)
+        let all = Self.everyCombination(tensors)
+        let sizes = all.map(\.bytes).sorted()
+        for quantile in [0.1, 0.5, 0.9] {
+            let limit = sizes[Int(Double(sizes.count - 1) * quantile)] + 100
+            let best = all.filter { $0.bytes <= limit - 100 }.map(\.noise).min()!
+            let a = try #require(BudgetAllocator.allocate(tensors, fixedBytes: 100, goal: .bytes(limit), offset: 0))
+            #expect(a.bytes <= limit)
+            #expect(10 * log10(a.noise / best) <= 1.0, "limit \(limit): noise \(a.noise) vs best \(best)")
+        }
+        #expect(BudgetAllocator.allocate(tensors, fixedBytes: 100, goal: .bytes(sizes[0] + 99), offset: 0) == nil)
+    }
+
+    @Test("the trade-off curve grows in size as its noise falls; uniform picks take the type or its fallback")
+    func frontierAndUniform() throws {
+        let tensors = Self.tensors(count: 40, seed: 9)
+        let curve = BudgetAllocator.frontier(tensors, fixedBytes: 0)
+        #expect(curve.count >= 10)
+        for (a, b) in zip(curve, curve.dropFirst()) {
+            #expect(a.bytes < b.bytes)
+            #expect(a.noise >= b.noise)
+        }
+        // Tensors with three candidates lack Q4_0 and Q2_K: uniform Q2_K falls back to F16 there
+        // (Q2_K's fallback Q4_0 is missing too), and takes Q2_K elsewhere.
+        let q2 = BudgetAllocator.uniform(tensors, storage: .ggml(.q2_K), fixedBytes: 0)
+        for (pick, t) in zip(q2.picks, tensors) {
+            let expected: StorageChoice = t.candidates.count == 5 ? .ggml(.q2_K) : t.candidates.count == 4 ? .ggml(.q4_0) : .ggml(.f16)
+            #expect(pick.storage == expected, "\(t.name)")
+        }
+    }
+
+    @Test("a prediction that starts too optimistic misses, is corrected by the measurement, and the next attempt meets the target")
+    func correctionLoop() throws {
+        let folder = try makeTemporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let source = try StableDiffusionModel(path: tinySD1)
+        var options = QualityBudget.Options(goal: .psnr(35))
+        // 25 dB above the fitted offset: the first allocation is far too coarse.
+        options.offset = QualityBudget.defaultOffset + 25
+        options.maxAttempts = 3
+        let output = folder.appendingPathComponent("auto.wpk").path
+        let result = try QualityBudget.run(source, to: output, options: options)
+        #expect(result.attempts.count >= 2)
+        let first = try #require(result.attempts.first)
+        #expect(!first.passed)
+        #expect(first.measuredPSNR < 35)
+        let last = try #require(result.attempts.last)
+        #expect(last.passed)
+        #expect(last.measuredPSNR >= 35)
+        // The second attempt's offset is the first's corrected by what it measured.
+        #expect(abs(result.attempts[1].offset - (first.offset + first.measuredPSNR - first.predictedPSNR)) < 1e-9)
+        #expect(FileManager.default.fileExists(atPath: output))
+        // Missed attempts left nothing behind.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path) == ["auto.wpk"])
+    }
+}
