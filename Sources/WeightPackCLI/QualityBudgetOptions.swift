@@ -156,8 +156,11 @@ struct QualityBudgetOptions: ParsableArguments {
     private func writeReport(_ result: QualityBudget.Result, ladder: [StorageChoice], folder: String, output: String, force: Bool) throws {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         let last = result.attempts.last!
-        let uniform = result.uniform(ladder)
-        let frontier = result.frontier
+        // Predicted points count tensor bytes; the header and alignment the written file measured
+        // are added to every point, so the axis is file size throughout.
+        let overhead = max(0, last.fileBytes - result.allocation.bytes)
+        let uniform = result.uniform(ladder).map { (label: $0.label, bytes: $0.bytes + overhead, psnr: $0.psnr) }
+        let frontier = result.frontier.map { (bytes: $0.bytes + overhead, psnr: $0.psnr) }
         let goalText: String =
             switch goal {
             case .psnr(let t): "target \(QualityBudget.format(t)) dB"
@@ -173,8 +176,8 @@ struct QualityBudgetOptions: ParsableArguments {
             title: "\(URL(fileURLWithPath: output).lastPathComponent): predicted image PSNR against size (\(goalText))",
             uniform: uniform.map { BudgetChart.Point(bytes: $0.bytes, psnr: $0.psnr, label: $0.label) },
             mixes: frontier.map { BudgetChart.Point(bytes: $0.bytes, psnr: $0.psnr, label: "") },
-            chosen: BudgetChart.Point(bytes: result.allocation.bytes, psnr: last.predictedPSNR, label: "chosen (predicted)"),
-            measured: BudgetChart.Point(bytes: result.allocation.bytes, psnr: last.measuredPSNR, label: "measured"),
+            chosen: BudgetChart.Point(bytes: last.fileBytes, psnr: last.predictedPSNR, label: "chosen (predicted)"),
+            measured: BudgetChart.Point(bytes: last.fileBytes, psnr: last.measuredPSNR, label: "measured"),
             target: target, sizeLimit: sizeLimit)
         let bits = BudgetChart.Bits(
             title: "bits per weight chosen, layer by layer",
@@ -184,7 +187,7 @@ struct QualityBudgetOptions: ParsableArguments {
             })
         let document: JSONValue = [
             "output": .string(output), "recipe": result.recipe, "measured": result.measured,
-            "offset_db": JSONValue(result.offset), "fixed_bytes": JSONValue(result.fixedBytes),
+            "offset_db": JSONValue(result.offset), "fixed_bytes": JSONValue(result.fixedBytes), "header_bytes": JSONValue(overhead),
             "uniform": .array(uniform.map { ["type": .string($0.label), "bytes": JSONValue($0.bytes), "predicted_psnr": Self.number($0.psnr)] }),
             "mixes": .array(frontier.map { ["bytes": JSONValue($0.bytes), "predicted_psnr": Self.number($0.psnr)] }),
             "attempts": .array(result.attempts.map(\.json)),
