@@ -337,7 +337,7 @@ func processCPUSeconds() -> Double {
 }
 
 /// The tiny model's own configuration files (its diffusers folder).
-let tinySD1Configuration = repositoryURL.appendingPathComponent("Fixtures/tiny-sd1/diffusers").path
+let tinySD1Configuration = URL(fileURLWithPath: tinySD1).deletingLastPathComponent().appendingPathComponent("diffusers").path
 
 /// A store of F32 tensors held in memory.
 final class ArrayStore: TensorStore, @unchecked Sendable {
