@@ -60,7 +60,8 @@ public enum Sensitivity {
         /// In the ladder's order, F16 first when the ladder lacks it; only storages whose block
         /// fits the rows (`GGMLTypeRules.rowLength(of:)`).
         public var candidates: [Candidate]
-        /// False when the statistics had nothing for this tensor (every channel weighted 1).
+        /// False when the statistics had nothing for this tensor, or only zeros (its layer saw
+        /// only zero inputs): every channel weighted 1.
         public var weighted: Bool
 
         public init(name: String, shape: [Int], candidates: [Candidate], weighted: Bool) {
@@ -147,6 +148,9 @@ public enum Sensitivity {
             throw ModelLoadingError(
                 .invalidCalibration, "statistics of \(energy.meanSquares.count) channels do not fit \(name) \(d.shape) with \(inputs) input channels")
         }
+        // A layer that saw only zeros (a 1×1 feature map normalised to zero at a small calibration
+        // size) says nothing about its weights: weighted like one without statistics.
+        let energy = energy.flatMap { e in e.meanSquares.contains { $0 > 0 } ? e : nil }
         // Weight per position of a row: the channel's mean square at every kernel position.
         var weight = [Double](repeating: 1, count: rowLength)
         if let energy {
