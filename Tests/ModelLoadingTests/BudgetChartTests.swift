@@ -172,6 +172,10 @@ struct BudgetChartTests {
             #expect(png.width == w && png.height == h)
             let p = try SizeQualityLayout(chart, width: w, height: h).pixel(chosen)
             #expect(png.color(p.x, p.y) == SizeQualityLayout.chosenColor)
+            if w == 960 {
+                // Measured at the same place: its ring shows around the chosen diamond.
+                #expect(png.color(p.x + SizeQualityLayout.measuredRadius - 1, p.y) == SizeQualityLayout.measuredColor)
+            }
         }
     }
 
