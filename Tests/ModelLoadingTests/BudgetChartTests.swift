@@ -33,8 +33,8 @@ private struct DecodedPNG {
         return ChartColor(rgb[i], rgb[i + 1], rgb[i + 2])
     }
 
-    /// How many pixels of column `x` have `color`.
-    func count(_ color: ChartColor, inColumn x: Int) -> Int { (0..<height).filter { self.color(x, $0) == color }.count }
+    /// How many pixels of column `x` within `rows` have `color`.
+    func count(_ color: ChartColor, inColumn x: Int, rows: Range<Int>) -> Int { rows.filter { self.color(x, $0) == color }.count }
 }
 
 private let mb = 1_000_000
@@ -172,6 +172,10 @@ struct BudgetChartTests {
             #expect(png.width == w && png.height == h)
             let p = try SizeQualityLayout(chart, width: w, height: h).pixel(chosen)
             #expect(png.color(p.x, p.y) == SizeQualityLayout.chosenColor)
+            if w == 960 {
+                // Measured at the same place: its ring shows around the chosen diamond.
+                #expect(png.color(p.x + SizeQualityLayout.measuredRadius - 1, p.y) == SizeQualityLayout.measuredColor)
+            }
         }
     }
 
@@ -200,7 +204,7 @@ struct BudgetChartTests {
         #expect(png.width == 1200 && png.height == 500)
         let layout = try BitsLayout(chart, width: 1200, height: 500)
         #expect(layout.bars.count == 3)
-        let counts = layout.bars.map { png.count(layout.types[$0.type].color, inColumn: $0.x + $0.width / 2) }
+        let counts = layout.bars.map { png.count(layout.types[$0.type].color, inColumn: $0.x + $0.width / 2, rows: layout.plot.y..<layout.plot.maxY) }
         #expect(counts[0] < counts[1] && counts[1] < counts[2], "\(counts)")
         // Each bar is as tall as the axis says: bits / top tick of the plot height.
         for (bar, count) in zip(layout.bars, counts) {
@@ -208,6 +212,15 @@ struct BudgetChartTests {
             #expect(abs(Double(count) - expected) <= 1, "\(bar.bits) bits: \(count) pixels, expected \(expected)")
         }
         #expect(layout.types.map(\.name) == ["f16", "q8_0", "q4_K"])
+    }
+
+    @Test("a layer of a few hundredths of a bit still shows one pixel; a layer of zero bits none")
+    func tinyBars() throws {
+        let chart = BudgetChart.Bits(title: "tiny", layers: [("unet.a", 0.01, "sparse"), ("unet.b", 0, "pruned"), ("unet.c", 4.5, "q4_K")])
+        let layout = try BitsLayout(chart, width: 600, height: 300)
+        let png = try DecodedPNG(try BudgetChart.render(chart, width: 600, height: 300))
+        let counts = layout.bars.map { png.count(layout.types[$0.type].color, inColumn: $0.x + $0.width / 2, rows: layout.plot.y..<layout.plot.maxY) }
+        #expect(counts[0] == 1 && counts[1] == 0 && counts[2] > 1, "\(counts)")
     }
 
     @Test("more layers than columns: one bar per column showing the mean bits of its layers")
@@ -222,7 +235,9 @@ struct BudgetChartTests {
         let png = try DecodedPNG(try BudgetChart.render(chart, width: 800, height: 400))
         let low = layout.bars.first!
         let high = layout.bars.last!
-        #expect(png.count(layout.types[low.type].color, inColumn: low.x) < png.count(layout.types[high.type].color, inColumn: high.x))
+        #expect(
+            png.count(layout.types[low.type].color, inColumn: low.x, rows: layout.plot.y..<layout.plot.maxY)
+                < png.count(layout.types[high.type].color, inColumn: high.x, rows: layout.plot.y..<layout.plot.maxY))
         // A column straddling the switch shows the mean of its layers.
         if let mixed = layout.bars.first(where: { $0.layers.contains(2_499) && $0.layers.contains(2_500) }) {
             let expected = layers[mixed.layers].map(\.bits).reduce(0, +) / Double(mixed.layers.count)
@@ -334,6 +349,7 @@ struct BudgetChartTests {
             ([("a", .nan, "q4_K")], 1200, 500, "bits per weight"),
             ([("a", -1, "q4_K")], 1200, 500, "bits per weight"),
             ([("a", .infinity, "q4_K")], 1200, 500, "bits per weight"),
+            ([("two\nlines", -2, "q4_K")], 1200, 500, "two lines"),
         ])
     func bitsRefusals(layers: [(name: String, bits: Double, type: String)], width: Int, height: Int, message: String) {
         let error = #expect(throws: BudgetChart.ChartError.self) {

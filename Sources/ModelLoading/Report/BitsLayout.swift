@@ -173,7 +173,7 @@ struct BitsLayout {
         let parts = name.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count > 1 else { return nil }
         switch parts[0] {
-        case "text_encoder", "cond_stage_model", "te": return "text encoder"
+        case "text_encoder", "cond_stage_model", "conditioner", "te": return "text encoder"
         case "text_encoder_2": return "text encoder 2"
         case "unet": return "UNet"
         case "model" where parts[1] == "diffusion_model": return "UNet"
@@ -198,10 +198,11 @@ struct BitsLayout {
     /// The first column of layer `i`.
     func column(ofLayer i: Int) -> Int { plot.x + i * plot.width / layerCount }
 
-    /// The pixel row of the top of a bar `bits` tall (`plot.maxY` for zero: nothing drawn).
+    /// The pixel row of the top of a bar `bits` tall: at least one pixel above `plot.maxY` for any
+    /// positive value, `plot.maxY` (nothing drawn) for zero.
     func top(bits: Double) -> Int {
         let h = Int((yAxis.fraction(bits) * Double(plot.height)).rounded())
-        return plot.maxY - min(max(0, h), plot.height)
+        return plot.maxY - min(max(bits > 0 ? 1 : 0, h), plot.height)
     }
 
     func draw(on canvas: inout ChartCanvas) {

@@ -65,7 +65,8 @@ public enum BudgetChart {
     public struct ChartError: Error, CustomStringConvertible, Sendable {
         public var description: String
 
-        init(_ description: String) { self.description = description }
+        /// Keeps the message on one line whatever the labels in it hold.
+        init(_ description: String) { self.description = String(description.map { $0.isNewline ? " " : $0 }) }
     }
 
     /// The accepted image widths and heights in pixels.

@@ -16,7 +16,8 @@ struct SizeQualityLayout {
 
     static let uniformRadius = 4
     static let chosenRadius = 7
-    static let measuredRadius = 6
+    /// Larger than the chosen diamond, so the ring shows around it when the two coincide.
+    static let measuredRadius = 10
 
     let chart: BudgetChart.SizeQuality
     let width: Int
