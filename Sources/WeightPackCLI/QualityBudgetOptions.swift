@@ -133,7 +133,7 @@ struct QualityBudgetOptions: ParsableArguments {
         counter.finish()
         let ladder = options.ladder ?? QualityBudget.defaultLadder(for: format)
         if let report { try writeReport(result, ladder: ladder, folder: report, output: output, force: force) }
-        let last = result.attempts.last!
+        let last = result.written
         let counts = last.counts.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
         printError("wrote \(output): \(formatBytes(last.fileBytes)); quantised tensors: \(counts)")
         printError(
@@ -155,7 +155,7 @@ struct QualityBudgetOptions: ParsableArguments {
     /// The report folder: the two charts and the JSON behind them.
     private func writeReport(_ result: QualityBudget.Result, ladder: [StorageChoice], folder: String, output: String, force: Bool) throws {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        let last = result.attempts.last!
+        let last = result.written
         // Predicted points count tensor bytes; the header and alignment the written file measured
         // are added to every point, so the axis is file size throughout.
         let overhead = max(0, last.fileBytes - result.allocation.bytes)
