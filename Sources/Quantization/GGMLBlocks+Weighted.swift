@@ -65,20 +65,28 @@ extension GGMLBlocks {
         var scale: Float = suml2 != 0 ? sumlx / suml2 : 0
         var best = scale * sumlx
         let fmax = Float(nmax)
-        for step in -9...9 where step != 0 {
-            iscale = -(fmax + 0.1 * Float(step)) / max
-            sumlx = 0
-            suml2 = 0
-            for i in 0..<n {
-                let fl = Float(Swift.max(lo, Swift.min(hi, nearestInt(iscale * x[i]))))
-                let w = qw[i]
-                sumlx += w * x[i] * fl
-                suml2 += w * fl * fl
-            }
-            if suml2 > 0, sumlx * sumlx > best * suml2 {
-                for i in 0..<n { L[i] = Int8(truncatingIfNeeded: offset + Swift.max(lo, Swift.min(hi, nearestInt(iscale * x[i])))) }
-                scale = sumlx / suml2
-                best = scale * sumlx
+        // Per-value products first (independent), then the sums in ggml's order.
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * n) { buffer in
+            let wxl = buffer.baseAddress!, wl2 = wxl + n
+            for step in -9...9 where step != 0 {
+                iscale = -(fmax + 0.1 * Float(step)) / max
+                for i in 0..<n {
+                    let fl = Float(Swift.max(lo, Swift.min(hi, nearestInt(iscale * x[i]))))
+                    let w = qw[i]
+                    wxl[i] = w * x[i] * fl
+                    wl2[i] = w * fl * fl
+                }
+                sumlx = 0
+                suml2 = 0
+                for i in 0..<n {
+                    sumlx += wxl[i]
+                    suml2 += wl2[i]
+                }
+                if suml2 > 0, sumlx * sumlx > best * suml2 {
+                    for i in 0..<n { L[i] = Int8(truncatingIfNeeded: offset + Swift.max(lo, Swift.min(hi, nearestInt(iscale * x[i])))) }
+                    scale = sumlx / suml2
+                    best = scale * sumlx
+                }
             }
         }
         return scale
@@ -116,35 +124,46 @@ extension GGMLBlocks {
             bestMAD += weights[i] * (diff * diff)
         }
         if nstep < 1 { return (scale, -min) }
-        for step in 0...nstep {
-            iscale = (rmin + rdelta * Float(step) + fmax) / (max - min)
-            var sumL: Float = 0, sumL2: Float = 0, sumXL: Float = 0
-            for i in 0..<n {
-                let l = Swift.max(0, Swift.min(top, nearestInt(iscale * (x[i] - min))))
-                Laux[i] = UInt8(truncatingIfNeeded: l)
-                let w = weights[i], fl = Float(l)
-                sumL += w * fl
-                sumL2 += w * fl * fl
-                sumXL += w * fl * x[i]
-            }
-            let D = sumW * sumL2 - sumL * sumL
-            if D > 0 {
-                var thisScale = (sumW * sumXL - sumX * sumL) / D
-                var thisMin = (sumL2 * sumX - sumL * sumXL) / D
-                if thisMin > 0 {
-                    thisMin = 0
-                    thisScale = sumXL / sumL2
-                }
-                var mad: Float = 0
+        // Per-value products first (independent, so the compiler may vectorise them), then the
+        // sums in ggml's order: the same f32 operations on the same operands.
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 3 * n) { buffer in
+            let wl = buffer.baseAddress!, wl2 = wl + n, wlx = wl2 + n
+            for step in 0...nstep {
+                iscale = (rmin + rdelta * Float(step) + fmax) / (max - min)
                 for i in 0..<n {
-                    let diff = thisScale * Float(Laux[i]) + thisMin - x[i]
-                    mad += weights[i] * (diff * diff)
+                    let l = Swift.max(0, Swift.min(top, nearestInt(iscale * (x[i] - min))))
+                    Laux[i] = UInt8(truncatingIfNeeded: l)
+                    let a = weights[i] * Float(l)
+                    wl[i] = a
+                    wl2[i] = a * Float(l)
+                    wlx[i] = a * x[i]
                 }
-                if mad < bestMAD {
-                    for i in 0..<n { L[i] = Laux[i] }
-                    bestMAD = mad
-                    scale = thisScale
-                    min = thisMin
+                var sumL: Float = 0, sumL2: Float = 0, sumXL: Float = 0
+                for i in 0..<n {
+                    sumL += wl[i]
+                    sumL2 += wl2[i]
+                    sumXL += wlx[i]
+                }
+                let D = sumW * sumL2 - sumL * sumL
+                if D > 0 {
+                    var thisScale = (sumW * sumXL - sumX * sumL) / D
+                    var thisMin = (sumL2 * sumX - sumL * sumXL) / D
+                    if thisMin > 0 {
+                        thisMin = 0
+                        thisScale = sumXL / sumL2
+                    }
+                    for i in 0..<n {
+                        let diff = thisScale * Float(Laux[i]) + thisMin - x[i]
+                        wl[i] = weights[i] * (diff * diff)
+                    }
+                    var mad: Float = 0
+                    for i in 0..<n { mad += wl[i] }
+                    if mad < bestMAD {
+                        for i in 0..<n { L[i] = Laux[i] }
+                        bestMAD = mad
+                        scale = thisScale
+                        min = thisMin
+                    }
                 }
             }
         }

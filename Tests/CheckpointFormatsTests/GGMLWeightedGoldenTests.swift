@@ -1,8 +1,15 @@
 import CheckpointFormats
 import Foundation
 import Quantization
+import StrictJSON
 import TensorCore
 import Testing
+
+/// The blocks stable-diffusion.cpp's `convert` makes of `values` (rows of `rowLength`, importance
+/// ones), which the writers must write.
+func unitImportanceBlocks(_ values: [Float], rowLength: Int, type: GGMLType) throws -> [UInt8] {
+    try GGMLWeightedGoldenTests.quantize(values, rowLength: rowLength, type: type, importance: [Float](repeating: 1, count: rowLength))
+}
 
 /// Goldens of `Fixtures/gguf/weighted.gguf` (`Fixtures/generate/make_weighted_goldens.py`): the
 /// blocks ggml's `ggml_quantize_chunk` makes with an importance vector (ones, as
@@ -100,6 +107,34 @@ struct GGMLWeightedGoldenTests {
         #expect(ours == theirs, "\(Self.differingBlocks(ours, theirs, blockBytes: 144).count) of 960 blocks differ")
         let reference = try Self.quantize(values, rowLength: 768, type: .q4_K, importance: nil)
         #expect(Self.differingBlocks(reference, theirs, blockBytes: 144).count > 900, "the reference quantiser is not what convert runs")
+    }
+
+    /// The same through the GGUF writer (what `export --format gguf --dtype q4_k` runs) and the
+    /// `.wpk` writer (`convert --dtype q4_k`): no importance set means stable-diffusion.cpp's ones.
+    @Test("the GGUF and .wpk writers write stable-diffusion.cpp's Q4_K blocks")
+    func writersMatchSDCpp() throws {
+        let pair = try GGUFFile(path: ggufFixtures.appendingPathComponent("sdcpp-q4_k-pair.gguf").path)
+        let prefix = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2."
+        let theirs = try #require(try pair.ggmlTensor(named: prefix + "to_k.weight")).bytes.withUnsafeBytes { Array($0) }
+        let folder = try makeTemporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent("q4_k.gguf").path
+        let tensor = GGUFWriter.Tensor(
+            name: prefix + "to_k.weight", shape: Shape([320, 768]), ggmlType: .q4_K, load: { try pair.tensor(named: prefix + "to_v.weight") })
+        _ = try GGUFWriter.write([tensor], metadata: [("general.architecture", .string("sd1"))], to: path, overwrite: false)
+        let written = try GGUFFile(path: path)
+        let ours = try #require(try written.ggmlTensor(named: prefix + "to_k.weight")).bytes.withUnsafeBytes { Array($0) }
+        #expect(ours == theirs, "GGUF: \(Self.differingBlocks(ours, theirs, blockBytes: 144).count) of 960 blocks differ")
+
+        let wpkPath = folder.appendingPathComponent("q4_k.wpk").path
+        var out = OutputTensor(
+            name: prefix + "to_k.weight", dtype: .u8, shape: Shape([320, 768]), sourceName: prefix + "to_v.weight", sourceDType: .f16,
+            load: { try pair.tensor(named: prefix + "to_v.weight") })
+        out.ggml = WPKBlockStorage(type: .q4_K, rowLength: 768)
+        _ = try WPKWriter.write([out], metadata: JSONObject(), to: wpkPath, overwrite: false)
+        let wpk = try WPKFile(path: wpkPath)
+        let stored = try #require(try wpk.ggmlTensor(named: prefix + "to_k.weight")).bytes.withUnsafeBytes { Array($0) }
+        #expect(stored == theirs, "wpk: \(Self.differingBlocks(stored, theirs, blockBytes: 144).count) of 960 blocks differ")
     }
 
     @Test("importance that is negative, NaN or of the wrong layout is one clear error")
