@@ -50,6 +50,10 @@ public enum GGUFWriter {
         /// When `shape` is a reshaped form, the tensor's real shape, written as ComfyUI-GGUF's
         /// `comfy.gguf.orig_shape.<name>`.
         public var originalShape: Shape?
+        /// Importance of each column of a row (`shape`'s last dimension, values finite and >= 0)
+        /// for ggml's weighted quantisers; nil quantises with ones, as stable-diffusion.cpp's
+        /// `convert` does.
+        public var importance: [Float]? = nil
 
         public init(
             name: String, shape: Shape, type: TensorType, load: @escaping @Sendable () throws -> TensorView,
@@ -276,7 +280,9 @@ public enum GGUFWriter {
             try floats.withUnsafeBufferPointer { p in
                 try writer.withUnsafeOutputBuffer(count: type.byteCount(values: count)!) { out in
                     do {
-                        accumulator = try GGMLBlocks.quantize(p.baseAddress!, count: count, type: type, into: out.baseAddress!)
+                        accumulator = try GGMLBlocks.quantizeAsConvert(
+                            p.baseAddress!, count: count, rowLength: t.shape.dimensions.last ?? count, type: type, importance: t.importance,
+                            into: out.baseAddress!)
                     } catch {
                         throw FormatError(.unsupportedConversion, "tensor '\(t.name)': \(error)", tensor: t.name)
                     }

@@ -19,8 +19,13 @@ public struct OutputTensor: Sendable {
     public var quantization: Int8BlockLayout? = nil
     /// Set to store the tensor as ggml blocks (`.wpk` only, format 1.2): `dtype` is then `U8`
     /// and the writer copies ``blocks`` when they are of this type or quantises the source
-    /// values with ggml's reference quantiser, recording the error.
+    /// values as stable-diffusion.cpp's `convert` does (ggml's importance-weighted searches, see
+    /// ``importance``), recording the error.
     public var ggml: WPKBlockStorage? = nil
+    /// For ``ggml`` tensors: the importance of each column of a stored row (`ggml.rowLength`
+    /// values, finite and >= 0, e.g. from calibration statistics). nil means ones, which is what
+    /// stable-diffusion.cpp's `convert` passes to ggml.
+    public var importance: [Float]? = nil
     /// Stored blocks to copy unchanged (from a GGUF or `.wpk` source).
     public var blocks: (@Sendable () throws -> GGMLTensorView?)? = nil
 

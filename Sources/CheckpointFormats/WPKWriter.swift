@@ -157,7 +157,8 @@ public enum WPKWriter {
     }
 
     /// Copies a tensor's stored blocks when they are of the wanted type, or widens it to f32
-    /// and quantises it with ggml's reference quantiser; returns the XXH64 of the bytes written
+    /// and quantises it as stable-diffusion.cpp's `convert` does (ggml's weighted searches, with
+    /// the tensor's importance or ones, rows of `storage.rowLength`); returns the XXH64 of the bytes written
     /// and the error (`nil` for copied blocks, whose error the source recorded or not).
     private static func writeBlocks(
         _ t: OutputTensor, storage: WPKBlockStorage, to writer: AtomicFileWriter
@@ -178,7 +179,9 @@ public enum WPKWriter {
             var accumulator = ErrorAccumulator()
             try floats.withUnsafeBufferPointer { p in
                 try writer.withUnsafeOutputBuffer(count: size) { out in
-                    accumulator = try GGMLBlocks.quantize(p.baseAddress!, count: count, type: storage.type, into: out.baseAddress!)
+                    accumulator = try GGMLBlocks.quantizeAsConvert(
+                        p.baseAddress!, count: count, rowLength: storage.rowLength, type: storage.type, importance: t.importance,
+                        into: out.baseAddress!)
                     checksum = XXHash64.hash(UnsafeRawBufferPointer(out))
                 }
             }

@@ -7,7 +7,8 @@ import TensorCore
 
 extension GGMLBlocks {
     /// Quantises `count` f32 values (a whole number of blocks) into `type`'s blocks at `output`
-    /// as ggml's reference quantiser does, and measures the error of the result.
+    /// as ggml's reference quantiser does, and measures the error of the result (the same as
+    /// ``quantize(_:rows:rowLength:type:importance:into:)`` with one row and no importance).
     ///
     /// - Throws: ``QuantizationError/Code/unsupportedDType`` for a type WeightPack does not write,
     ///   ``QuantizationError/Code/invalidLayout`` when `count` is not a whole number of blocks,
@@ -18,44 +19,7 @@ extension GGMLBlocks {
     public static func quantize(
         _ values: UnsafePointer<Float>, count: Int, type: GGMLType, into output: UnsafeMutableRawPointer
     ) throws(QuantizationError) -> ErrorAccumulator {
-        guard GGMLType.quantizable.contains(type) || type.plainDType?.isConvertibleFloat == true else {
-            throw QuantizationError(.unsupportedDType, "unsupported type \(type.name) for writing")
-        }
-        guard type.byteCount(values: count) != nil else {
-            throw QuantizationError(.invalidLayout, "\(count) values are not a whole number of \(type.name) blocks of \(type.blockValues)")
-        }
-        var total = ErrorAccumulator()
-        let n = type.blockValues, size = type.blockBytes
-        var decoded = [Float](repeating: 0, count: n)
-        for b in 0..<(count / n) {
-            let x = values + b * n
-            for i in 0..<n where !x[i].isFinite {
-                throw QuantizationError(.nonFinite, "value \(b * n + i) is \(x[i]); NaN and infinities cannot be quantised")
-            }
-            let y = output + b * size
-            switch type {
-            case .f32: y.storeBytes(of: x[0].bitPattern.littleEndian, as: UInt32.self)
-            case .f16: y.storeBytes(of: x[0].halfBits.littleEndian, as: UInt16.self)
-            case .bf16: y.storeBytes(of: x[0].bfloat16Bits.littleEndian, as: UInt16.self)
-            case .f64: y.storeBytes(of: Double(x[0]).bitPattern.littleEndian, as: UInt64.self)
-            case .q4_0: quantizeQ4_0(x, y)
-            case .q4_1: quantizeQ4_1(x, y)
-            case .q5_0: quantizeQ5_0(x, y)
-            case .q5_1: quantizeQ5_1(x, y)
-            case .q8_0: quantizeQ8_0(x, y)
-            case .q2_K: quantizeQ2_K(x, y)
-            case .q3_K: quantizeQ3_K(x, y)
-            case .q4_K: quantizeQ4_K(x, y)
-            case .q5_K: quantizeQ5_K(x, y)
-            case .q6_K: quantizeQ6_K(x, y)
-            default: preconditionFailure("writable type \(type) without a kernel")
-            }
-            try decoded.withUnsafeMutableBufferPointer { (out) throws(QuantizationError) in
-                try dequantize(UnsafeRawBufferPointer(start: y, count: size), type: type, count: n, into: out.baseAddress!)
-            }
-            for i in 0..<n { total.add(x[i], decoded[i]) }
-        }
-        return total
+        try quantize(values, rows: count == 0 ? 0 : 1, rowLength: count, type: type, importance: nil, into: output)
     }
 
     // MARK: C semantics

@@ -3,7 +3,7 @@ public struct QuantizationError: Error, Hashable, Sendable, CustomStringConverti
     /// What went wrong; a struct over a private enum so codes can be added.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Value: String, Hashable, Sendable {
-            case invalidLayout, lengthMismatch, unsupportedDType, nonFinite, scaleOverflow
+            case invalidLayout, lengthMismatch, unsupportedDType, nonFinite, scaleOverflow, invalidImportance
         }
         private let value: Value
         private init(_ value: Value) { self.value = value }
@@ -17,6 +17,8 @@ public struct QuantizationError: Error, Hashable, Sendable, CustomStringConverti
         public static let nonFinite = Code(.nonFinite)
         /// A block whose scale does not fit binary16 (|x| beyond 65504 · 127).
         public static let scaleOverflow = Code(.scaleOverflow)
+        /// An importance vector with a negative, NaN or infinite value.
+        public static let invalidImportance = Code(.invalidImportance)
         public var description: String { value.rawValue }
     }
 
