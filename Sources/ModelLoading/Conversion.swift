@@ -41,6 +41,9 @@ public enum Conversion {
         /// a block conversion makes; the tensors it does not name are stored as such a conversion
         /// keeps them (F16 matrices, F32 vectors, other types as they are). `dtype` is then not used.
         public var storage: [String: StorageChoice] = [:]
+        /// With ``storage``: the importance of each column of a block tensor's rows, by name
+        /// (ggml's weighted searches; unit importance for the others).
+        public var importance: [String: [Float]] = [:]
         /// Recorded as `quality_budget` (the recipe of a `--dtype auto` conversion).
         public var recipe: JSONValue?
         /// Header bytes kept free for what ``beforeCommit`` adds.
@@ -101,7 +104,11 @@ public enum Conversion {
             let rules = GGMLTypeRules(target: .f16, rows: .allButFirstDimension, keep: options.keepPatterns)
             plan = try OutputTensor.plan(from: store, ggmlRules: rules).map { t in
                 guard let choice = options.storage[t.name] else { return t }
-                return try Self.stored(t, as: choice)
+                var stored = try Self.stored(t, as: choice)
+                if stored.ggml != nil, let importance = options.importance[t.name], importance.count == stored.ggml?.rowLength {
+                    stored.importance = importance
+                }
+                return stored
             }
         } else {
             plan = OutputTensor.plan(from: store, dtype: options.dtype)

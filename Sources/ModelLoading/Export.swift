@@ -233,6 +233,11 @@ public enum ModelExport {
             let name = r.name
             var tensor = GGUFWriter.Tensor(
                 name: name, shape: r.shape, ggmlType: decision.type, load: { try mapped.tensor(named: name) }, blocks: blocks)
+            if let chosen, decision.type == chosen, let importance = budget?.importance[r.sources[0]],
+                importance.count == r.shape.dimensions.last
+            {
+                tensor.importance = importance
+            }
             if isInt8, unchanged, let quantizedStore {
                 let source = r.sources[0]
                 tensor.quantized = { try quantizedStore.quantizedTensor(named: source) }
@@ -322,6 +327,9 @@ public enum ModelExport {
         /// The type of each quantised tensor, by canonical name; the others are stored as
         /// `--dtype f16` stores them.
         public var storage: [String: GGMLType]
+        /// The importance of each column of a tensor's GGUF rows (its last dimension), by
+        /// canonical name (ggml's weighted searches; unit importance for the others).
+        public var importance: [String: [Float]] = [:]
         public var recipe: String
         /// Bytes reserved for the measured record.
         public var measuredReserve: Int

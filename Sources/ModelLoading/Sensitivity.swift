@@ -84,6 +84,9 @@ public enum Sensitivity {
     ///   - names: weights of rank 2 or more (linear and convolution weights).
     ///   - statistics: the calibration's; `nil` (or no entry for a tensor) weights every
     ///     channel equally and marks the tensor unweighted.
+    ///   - importanceWeighted: quantise as a conversion that passes each weighted tensor's
+    ///     statistics to ggml's searches as its importance (``importance(shape:energy:)``) does;
+    ///     otherwise as the default conversion (unit importance, stable-diffusion.cpp's `convert`).
     ///   - progress: tensors done and the total, called from worker threads one call at a time.
     /// - Throws: ``ModelLoadingError/Code/invalidCalibration`` for statistics whose length is not
     ///   the weight's input channels; ``QuantizationError`` for a tensor of rank below 2 or with
@@ -91,7 +94,7 @@ public enum Sensitivity {
     public static func measure(
         _ store: any TensorStore, names: [String], ladder: [StorageChoice],
         rows: GGMLTypeRules.Rows, statistics: ActivationStatistics?,
-        sampleRows: Int = 64,
+        sampleRows: Int = 64, importanceWeighted: Bool = false,
         progress: ((_ done: Int, _ total: Int) -> Void)? = nil
     ) throws -> [TensorOptions] {
         var choices: [StorageChoice] = ladder.contains(.ggml(.f16)) ? [] : [.ggml(.f16)]
@@ -108,7 +111,7 @@ public enum Sensitivity {
                 result = .success(
                     try options(
                         store, name: names[i], choices: ordered, rules: rules, energy: statistics?.channels[names[i]],
-                        sampleRows: sample))
+                        sampleRows: sample, importanceWeighted: importanceWeighted))
             } catch {
                 result = .failure(error)
             }
@@ -121,6 +124,17 @@ public enum Sensitivity {
         return try results.withLock { $0 }.map { try $0!.get() }
     }
 
+    /// The importance ggml's searches get for each column of a weight's engine row
+    /// (`in·kh·kw`): its input channel's mean square at every kernel position; `nil` when the
+    /// statistics do not fit or saw only zeros (unit importance then).
+    public static func importance(shape: [Int], energy: ChannelEnergy?) -> [Float]? {
+        guard let energy, shape.count >= 2, shape[0] > 0, energy.meanSquares.count == shape[1], energy.meanSquares.contains(where: { $0 > 0 })
+        else { return nil }
+        let rowLength = shape.dropFirst().reduce(1, *)
+        let kernel = max(1, rowLength / max(1, shape[1]))
+        return (0..<rowLength).map { Float(energy.meanSquares[$0 / kernel]) }
+    }
+
     /// The sampled output rows of a tensor with `rows` rows: every k-th from 0, at least
     /// `sampleRows` of them (all when there are fewer).
     public static func sampledRows(of rows: Int, sampleRows: Int) -> [Int] {
@@ -131,7 +145,7 @@ public enum Sensitivity {
 
     private static func options(
         _ store: any TensorStore, name: String, choices: [StorageChoice], rules: GGMLTypeRules,
-        energy: ChannelEnergy?, sampleRows: Int
+        energy: ChannelEnergy?, sampleRows: Int, importanceWeighted: Bool
     ) throws -> TensorOptions {
         guard let d = store.descriptor(named: name) else {
             throw ModelLoadingError(.invalidCalibration, "no tensor '\(name)' to measure")
@@ -156,6 +170,7 @@ public enum Sensitivity {
         if let energy {
             for j in 0..<rowLength { weight[j] = energy.meanSquares[j / kernel] }
         }
+        let importance: [Float]? = importanceWeighted && energy != nil ? weight.map { Float($0) } : nil
         let picked = sampledRows(of: outputs, sampleRows: sampleRows)
         let values = try sampledValues(store, d, rows: picked, rowLength: rowLength)
         let fit = rules.rowLength(of: d.shape)
@@ -185,7 +200,11 @@ public enum Sensitivity {
                     try values.withUnsafeBufferPointer { v in
                         try buffer.withUnsafeMutableBytes { raw in
                             try decoded.withUnsafeMutableBufferPointer { out in
-                                try GGMLBlocks.quantize(v.baseAddress! + r * rowLength, count: rowLength, type: type, into: raw.baseAddress!)
+                                // As the writers quantise: ggml's weighted searches with the importance
+                                // the conversion will pass (unit importance unless weighted).
+                                try GGMLBlocks.quantizeAsConvert(
+                                    v.baseAddress! + r * rowLength, count: rowLength, rowLength: rowLength, type: type,
+                                    importance: importance, into: raw.baseAddress!)
                                 try GGMLBlocks.dequantize(
                                     UnsafeRawBufferPointer(raw), type: type, count: rowLength, into: out.baseAddress! + r * rowLength)
                             }

@@ -43,6 +43,12 @@ struct QualityBudgetOptions: ParsableArguments {
     @Option(help: ArgumentHelp("With --dtype auto: rows of each weight the prediction quantises (16-4096).", valueName: "N"))
     var sampleRows: Int = 64
 
+    @Flag(
+        help: ArgumentHelp(
+            "With --dtype auto: quantise with unit importance (as --dtype q4_k does) instead of passing each weight's calibration statistics to ggml's searches."
+        ))
+    var noImportance = false
+
     var isUsed: Bool {
         targetPsnr != nil || maxSize != nil || report != nil || !calibrationPrompts.isEmpty || calibrationSize != nil || calibrationSteps != nil
     }
@@ -50,7 +56,9 @@ struct QualityBudgetOptions: ParsableArguments {
     /// Checks the options for `--dtype auto` (`auto` true) or their absence otherwise.
     func validate(auto: Bool) throws {
         guard auto else {
-            if isUsed { throw ValidationError("--target-psnr, --max-size, --report and the calibration options apply to --dtype auto") }
+            if isUsed || noImportance {
+                throw ValidationError("--target-psnr, --max-size, --report, --no-importance and the calibration options apply to --dtype auto")
+            }
             return
         }
         switch (targetPsnr, maxSize) {
@@ -123,6 +131,7 @@ struct QualityBudgetOptions: ParsableArguments {
         options.calibration = settings
         options.maxAttempts = attempts
         options.sampleRows = sampleRows
+        options.importanceWeighted = !noImportance
         options.keepPatterns = keep
         options.configurationFolder = configurationFolder
         options.overwrite = force

@@ -71,6 +71,10 @@ public enum QualityBudget {
         public var overwrite = false
         public var tool = "weightpack"
         public var recordSourceDigest = true
+        /// Pass each weight's calibration statistics to ggml's searches as its importance (an
+        /// importance matrix), and predict with them; `false` quantises as `--dtype q4_k` does
+        /// (unit importance).
+        public var importanceWeighted = true
 
         public init(goal: Goal) { self.goal = goal }
     }
@@ -214,7 +218,7 @@ public enum QualityBudget {
         let tensors = try timed("measure") {
             try Sensitivity.measure(
                 model.store, names: names, ladder: ladder, rows: options.format == .wpk ? .allButFirstDimension : .lastDimension,
-                statistics: statistics, sampleRows: options.sampleRows,
+                statistics: statistics, sampleRows: options.sampleRows, importanceWeighted: options.importanceWeighted,
                 progress: { done, total in events?(.progress(done: done, total: total)) })
         }
         let fixedBytes = try fixedTensorBytes(model, excluding: Set(names), keep: options.keepPatterns)
@@ -278,7 +282,8 @@ public enum QualityBudget {
             do {
                 try timed("write+verify \(number)") {
                     try write(
-                        model, allocation: allocation, to: output, format: options.format, options: options,
+                        model, allocation: allocation, statistics: options.importanceWeighted ? statistics : nil, to: output,
+                        format: options.format, options: options,
                         overwrite: options.overwrite || written != nil, recipe: recipe, prove: prove, events: events)
                 }
                 let (attempt, measured) = check.withLock { $0 }!
@@ -368,17 +373,29 @@ public enum QualityBudget {
     }
 
     private static func write(
-        _ model: CanonicalModel, allocation: BudgetAllocation, to output: String, format: Format, options: Options, overwrite: Bool,
+        _ model: CanonicalModel, allocation: BudgetAllocation, statistics: ActivationStatistics?, to output: String, format: Format,
+        options: Options, overwrite: Bool,
         recipe: JSONValue,
         prove: @escaping @Sendable (String, [String: QuantizationMetrics]) throws -> JSONValue, events: (@Sendable (Event) -> Void)?
     ) throws {
         let progress = events.map { BudgetProgress($0) }
         // Room for the measured record: its fixed part and a line per tensor.
         let reserve = 8192 + allocation.picks.count * 160
+        var importance: [String: [Float]] = [:]
+        if let statistics {
+            for p in allocation.picks {
+                guard case .ggml(let type) = p.storage, type.isBlockQuantized, let d = model.store.descriptor(named: p.name),
+                    let vector = Sensitivity.importance(shape: d.shape.dimensions, energy: statistics.channels[p.name])
+                else { continue }
+                // GGUF rows are the last dimension: a linear weight's columns, the input channels.
+                importance[p.name] = format == .wpk ? vector : (d.shape.rank == 2 ? vector : nil)
+            }
+        }
         switch format {
         case .wpk:
             var conversion = Conversion.Options(dtype: .keep)
             conversion.storage = Dictionary(uniqueKeysWithValues: allocation.picks.map { ($0.name, $0.storage) })
+            conversion.importance = importance
             conversion.keepPatterns = options.keepPatterns
             conversion.recipe = recipe
             conversion.headerReserve = reserve
@@ -399,9 +416,10 @@ public enum QualityBudget {
                 guard case .ggml(let type) = p.storage else { continue }
                 storage[p.name] = type
             }
-            let budget = ModelExport.GGUFBudget(
+            var budget = ModelExport.GGUFBudget(
                 storage: storage, recipe: recipe.serialized(pretty: false), measuredReserve: reserve,
                 beforeCommit: { path, metrics in try prove(path, metrics).serialized(pretty: false) })
+            budget.importance = importance
             _ = try ModelExport.writeGGUF(
                 model, dtype: .f16, to: output, overwrite: overwrite, tool: options.tool, progress: progress, budget: budget)
         }
@@ -466,7 +484,7 @@ public enum QualityBudget {
                 "prompt": .string(verification.prompt), "seed": .string(String(verification.seed)), "steps": JSONValue(verification.steps),
                 "width": JSONValue(verification.width), "height": JSONValue(verification.height),
             ],
-            "sample_rows": JSONValue(options.sampleRows), "offset_db": JSONValue(offset), "predicted_image_psnr": dB(predicted),
+            "sample_rows": JSONValue(options.sampleRows), "importance_weighted": .bool(options.importanceWeighted), "offset_db": JSONValue(offset), "predicted_image_psnr": dB(predicted),
             "predicted_bytes": JSONValue(allocation.bytes), "attempt": JSONValue(previous.count + 1),
             "previous_attempts": .array(previous.map(\.json)), "tensors": .object(perTensor),
         ]
