@@ -36,6 +36,10 @@ Writes to DIR (default /tmp/wpbench/tiny-trained/; refused inside the repository
   dataset.png               the first 16 training images
   vae-reconstructions.png   the trained VAE's reconstructions of those 16 images
 
+Known limit (Fixtures/README.md): the tiny VAE ends in GroupNorm(32 groups, 32 channels), a
+per-channel normalisation that removes the absolute level carrying flat colours, so it learns
+structure (shapes, stripes, gradients, positions) but not colour.
+
 With --measure-only WEIGHTPACK nothing is trained: the random fixture and DIR's model are
 converted with `WEIGHTPACK convert --dtype T` (T = q8_0, q4_k, q4_0, q2_k) and the per-tensor
 SNR each conversion records (`inspect --json`) is summarised in DIR/tensor-snr.json.
@@ -271,6 +275,8 @@ def main():
         v = getattr(args, name)
         if not 1 <= v <= 100_000:
             fail(f"--{name.replace('_', '-')} must be between 1 and 100000 (got {v})")
+    if max(args.vae_batch, args.unet_batch) > args.images:
+        fail(f"batch sizes must not exceed --images ({args.images})")
     out = os.path.abspath(args.out)
     repo = os.path.normpath(os.path.join(common.FIXTURES, ".."))
     if out == repo or out.startswith(repo + os.sep):
