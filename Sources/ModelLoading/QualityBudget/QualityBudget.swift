@@ -234,6 +234,8 @@ public enum QualityBudget {
         // After a pass with more than `refineSlack` dB to spare, one more attempt aims lower with
         // the corrected prediction: it replaces the file only if it passes too.
         var refining = false
+        // What each proof measured against how fine its allocation was: x = −10 log10(Σ noise).
+        var measuredPoints: [(x: Double, psnr: Double)] = []
         for number in 1...max(1, options.maxAttempts) {
             let aim: Goal
             switch options.goal {
@@ -293,7 +295,8 @@ public enum QualityBudget {
                     attempt.predictedPSNR.isFinite, attempt.measuredPSNR.isFinite
                 {
                     refining = true
-                    offset += attempt.measuredPSNR - attempt.predictedPSNR
+                    measuredPoints.append((attempt.predictedPSNR - attempt.offset, attempt.measuredPSNR))
+                    offset = Self.correctedOffset(measuredPoints, aim: target + 0.3)
                     continue
                 }
                 break
@@ -304,8 +307,9 @@ public enum QualityBudget {
                 if refining, written != nil { break }
                 misses += 1
                 // Correct the prediction by what was measured; a size overrun leaves more room.
-                if case .psnr = options.goal, missed.attempt.measuredPSNR.isFinite, predicted.isFinite {
-                    offset += missed.attempt.measuredPSNR - predicted
+                if case .psnr(let target) = options.goal, missed.attempt.measuredPSNR.isFinite, predicted.isFinite {
+                    measuredPoints.append((predicted - offset, missed.attempt.measuredPSNR))
+                    offset = Self.correctedOffset(measuredPoints, aim: target + [0, 0.5, 1.5, 3][min(misses, 3)])
                 }
                 if case .bytes(let limit) = options.goal { sizeRoom += max(0, missed.attempt.fileBytes - limit) + 4096 }
                 if number == options.maxAttempts {
@@ -329,6 +333,22 @@ public enum QualityBudget {
         return Result(
             attempts: attempts, written: last, allocation: written.allocation, tensors: tensors, offset: offset, calibration: settings,
             verification: verification, recipe: written.recipe, measured: written.measured, seconds: seconds, fixedBytes: fixedBytes)
+    }
+
+    /// The offset for the next allocation aiming at `aim` dB, from the measured points
+    /// (x = −10 log10 Σ noise of an allocation, the image PSNR it measured): one point moves the
+    /// offset by the miss; with two or more, the last two give the slope of PSNR against x
+    /// (bounded to 0.25…2, as the errors of many layers do not add up exactly), and the offset
+    /// is the one that makes the allocation reach the x that line asks for.
+    static func correctedOffset(_ points: [(x: Double, psnr: Double)], aim: Double) -> Double {
+        guard let last = points.last else { return defaultOffset }
+        var slope = 1.0
+        if points.count >= 2 {
+            let before = points[points.count - 2]
+            if abs(last.x - before.x) > 0.1 { slope = min(2, max(0.25, (last.psnr - before.psnr) / (last.x - before.x))) }
+        }
+        let needed = last.x + (aim - last.psnr) / slope
+        return aim - needed
     }
 
     /// The proof's generation by default: a prompt unlike the calibration's, 6 steps.
@@ -484,7 +504,8 @@ public enum QualityBudget {
                 "prompt": .string(verification.prompt), "seed": .string(String(verification.seed)), "steps": JSONValue(verification.steps),
                 "width": JSONValue(verification.width), "height": JSONValue(verification.height),
             ],
-            "sample_rows": JSONValue(options.sampleRows), "importance_weighted": .bool(options.importanceWeighted), "offset_db": JSONValue(offset), "predicted_image_psnr": dB(predicted),
+            "sample_rows": JSONValue(options.sampleRows), "importance_weighted": .bool(options.importanceWeighted), "offset_db": JSONValue(offset),
+            "predicted_image_psnr": dB(predicted),
             "predicted_bytes": JSONValue(allocation.bytes), "attempt": JSONValue(previous.count + 1),
             "previous_attempts": .array(previous.map(\.json)), "tensors": .object(perTensor),
         ]
