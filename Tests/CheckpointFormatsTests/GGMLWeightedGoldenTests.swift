@@ -3,6 +3,7 @@ import Foundation
 import Quantization
 import StrictJSON
 import TensorCore
+import TestSupport
 import Testing
 
 /// The blocks stable-diffusion.cpp's `convert` makes of `values` (rows of `rowLength`, importance
