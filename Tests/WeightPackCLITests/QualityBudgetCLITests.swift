@@ -29,7 +29,7 @@ struct QualityBudgetCLITests {
             ["--dtype", "auto", "--target-psnr", "30", "--max-size", "5MB"],
             ["--dtype", "q4_k", "--target-psnr", "30"],
             ["--dtype", "auto", "--max-size", "lots"],
-            ["--dtype", "auto", "--max-size", "-5MB"],
+            ["--dtype", "auto", "--max-size=-5MB"],
             ["--dtype", "auto", "--target-psnr", "nan"],
             ["--dtype", "auto", "--target-psnr", "30", "--attempts", "9"],
             ["--dtype", "auto", "--target-psnr", "30", "--calibration-size", "100"],
