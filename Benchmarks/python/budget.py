@@ -40,7 +40,8 @@ def auto(wp, model, out, fmt, goal, size):
     cmd = [wp, "convert", model, out, "--dtype", "auto"] if fmt == "wpk" else [wp, "export", model, out, "--format", "gguf", "--dtype", "auto"]
     p, seconds = run(cmd + goal + ["--json", "--calibration-size", str(size)])
     doc = json.loads(p.stdout)
-    last = doc["attempts"][-1]
+    # The file is the last attempt that passed (a smaller refinement that missed may follow it).
+    last = [a for a in doc["attempts"] if a["passed"]][-1]
     return {"bytes": os.path.getsize(out), "psnr": last["measured_image_psnr"], "predicted": last["predicted_image_psnr"],
             "attempts": len(doc["attempts"]), "seconds": round(seconds, 1), "types": last["types"]}
 

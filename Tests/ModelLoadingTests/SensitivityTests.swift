@@ -106,7 +106,10 @@ struct SensitivityTests {
             try w.withUnsafeBufferPointer { src in
                 try block.withUnsafeMutableBytes { raw in
                     try q.withUnsafeMutableBufferPointer { out in
-                        try GGMLBlocks.quantize(src.baseAddress! + r * rowLength, count: rowLength, type: type, into: raw.baseAddress!)
+                        // As the writers quantise (and the prediction): ggml's searches with unit importance.
+                        try GGMLBlocks.quantizeAsConvert(
+                            src.baseAddress! + r * rowLength, count: rowLength, rowLength: rowLength, type: type, importance: nil,
+                            into: raw.baseAddress!)
                         try GGMLBlocks.dequantize(UnsafeRawBufferPointer(raw), type: type, count: rowLength, into: out.baseAddress! + r * rowLength)
                     }
                 }
