@@ -541,34 +541,7 @@ extension GGMLBlocks {
                 y.initializeMemory(as: UInt8.self, repeating: 0, count: 210)
                 return
             }
-            let iscale = -128 / maxScale
-            storeHalf(1 / iscale, y, 208)
-            var sc = [Int8](repeating: 0, count: 16)
-            for ib in 0..<16 {
-                sc[ib] = Int8(truncatingIfNeeded: Swift.min(127, nearestInt(iscale * scales[ib])))
-                y.storeBytes(of: sc[ib], toByteOffset: 192 + ib, as: Int8.self)
-            }
-            let dAll = fp16Round(1 / iscale)
-            for j in 0..<16 {
-                let d = dAll * Float(sc[j])
-                if d == 0 { continue }
-                for i in 0..<16 {
-                    let l = nearestInt(x[16 * j + i] / d)
-                    L[16 * j + i] = Int8(truncatingIfNeeded: Swift.max(-32, Swift.min(31, l)) + 32)
-                }
-            }
-            for j in stride(from: 0, to: 256, by: 128) {
-                for l in 0..<32 {
-                    let q1 = UInt8(bitPattern: L[j + l]) & 0x0F, q2 = UInt8(bitPattern: L[j + l + 32]) & 0x0F
-                    let q3 = UInt8(bitPattern: L[j + l + 64]) & 0x0F, q4 = UInt8(bitPattern: L[j + l + 96]) & 0x0F
-                    y.storeBytes(of: q1 | q3 << 4, toByteOffset: j / 2 + l, as: UInt8.self)
-                    y.storeBytes(of: q2 | q4 << 4, toByteOffset: j / 2 + l + 32, as: UInt8.self)
-                    let h =
-                        UInt8(bitPattern: L[j + l]) >> 4 | (UInt8(bitPattern: L[j + l + 32]) >> 4) << 2
-                        | (UInt8(bitPattern: L[j + l + 64]) >> 4) << 4 | (UInt8(bitPattern: L[j + l + 96]) >> 4) << 6
-                    y.storeBytes(of: h, toByteOffset: 128 + j / 4 + l, as: UInt8.self)
-                }
-            }
+            scales.withUnsafeBufferPointer { finishQ6_K(x, y, L, $0.baseAddress!, maxScale: maxScale) }
         }
     }
 }
