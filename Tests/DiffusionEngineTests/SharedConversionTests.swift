@@ -86,7 +86,7 @@ struct SharedConversionTests {
         // Write the raw patterns through a store of that dtype and read them back converted.
         let view = try store.tensor(named: "t")
         view.bytes.withUnsafeBytes { dst in
-            UnsafeMutableRawBufferPointer(mutating: dst).copyMemory(from: UnsafeRawBufferPointer(start: raw, count: raw.count))
+            raw.withUnsafeBytes { UnsafeMutableRawBufferPointer(mutating: dst).copyMemory(from: $0) }
         }
         let converted = try WeightProvider(store: store).floats("t")
         var mismatches = 0
