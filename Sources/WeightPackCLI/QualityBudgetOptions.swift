@@ -188,10 +188,11 @@ struct QualityBudgetOptions: ParsableArguments {
             chosen: BudgetChart.Point(bytes: last.fileBytes, psnr: last.predictedPSNR, label: "chosen (predicted)"),
             measured: BudgetChart.Point(bytes: last.fileBytes, psnr: last.measuredPSNR, label: "measured"),
             target: target, sizeLimit: sizeLimit)
+        let valueCounts = Dictionary(uniqueKeysWithValues: result.tensors.map { ($0.name, $0.shape.reduce(1, *)) })
         let bits = BudgetChart.Bits(
             title: "bits per weight chosen, layer by layer",
             layers: result.allocation.picks.map { p in
-                let values = max(1, result.tensors.first { $0.name == p.name }.map { $0.shape.reduce(1, *) } ?? 1)
+                let values = max(1, valueCounts[p.name] ?? 1)
                 return (name: p.name, bits: Double(p.bytes) * 8 / Double(values), type: p.storage.label)
             })
         let document: JSONValue = [

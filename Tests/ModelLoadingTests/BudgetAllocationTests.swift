@@ -122,3 +122,52 @@ struct BudgetAllocationTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path) == ["auto.wpk"])
     }
 }
+
+/// A file's recorded budget is read back defensively: whatever a hostile or damaged file puts
+/// there, `inspect` shows no budget (not JSON, not an object) or shows what it can, never traps.
+@Suite("quality budget record read back from hostile files")
+struct QualityBudgetRecordTests {
+    @Test(
+        "recipes that are not a JSON object are no budget",
+        arguments: ["", "   ", "{not json", "[]", "42", "\"text\"", String(repeating: "[", count: 100_000), "{\"a\": 1e999}"])
+    func notAnObject(_ text: String) {
+        #expect(QualityBudgetRecord(header: nil, metadata: [ModelExport.GGUFBudget.recipeKey: text]) == nil)
+    }
+
+    @Test("an object with every field of the wrong type prints placeholders, and a broken measured record is left out")
+    func wrongTypes() throws {
+        let recipe =
+            #"{"goal": [], "predicted_image_psnr": {}, "attempt": "x", "calibration": 3, "verification": {"prompt": 5, "seed": []}, "ladder": [1, null], "tensors": {"w": {"type": 7, "predicted_error_db": "loud"}}}"#
+        let record = try #require(
+            QualityBudgetRecord(
+                header: nil,
+                metadata: [
+                    ModelExport.GGUFBudget.recipeKey: recipe, ModelExport.GGUFBudget.measuredKey: "{broken" + String(repeating: " ", count: 64),
+                ]))
+        #expect(record.measured == nil)
+        #expect(record.predictedErrorDB(of: "w") == nil)
+        let lines = record.lines
+        #expect(lines.first?.contains("unknown goal") == true, "\(lines)")
+        #expect(lines.first?.contains("not measured") == true, "\(lines)")
+        #expect(lines.allSatisfy { !$0.contains("\n") })
+    }
+
+    @Test("a GGUF whose recipe string is damaged inspects with no budget; a good one shows it")
+    func throughAFile() throws {
+        let folder = try makeTemporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let model = try CanonicalModel.open(tinySD1)
+        for (name, text, expected) in [
+            ("bad.gguf", "{\"goal\": ", false), ("good.gguf", #"{"goal": {"target_psnr": 33}, "predicted_image_psnr": 34.5}"#, true),
+        ] {
+            let path = folder.appendingPathComponent(name).path
+            _ = try ModelExport.writeGGUF(
+                model, dtype: .f16, to: path, overwrite: false, tool: "test", extraMetadata: [ModelExport.GGUFBudget.recipeKey: text])
+            let inspection = try Inspection(try CanonicalModel.open(path))
+            #expect((inspection.qualityBudget != nil) == expected, "\(name)")
+            if expected {
+                #expect(inspection.qualityBudget?.lines.first == "target image PSNR 33.00 dB; predicted 34.50 dB, not measured")
+            }
+        }
+    }
+}
