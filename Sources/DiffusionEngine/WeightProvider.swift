@@ -436,7 +436,9 @@ struct PackedWeight: Sendable {
 /// them too (so both cores share the work instead of one waiting), then waits for the rest; all
 /// read the same copy, which is freed once each of `consumers` providers has used it. Copies held
 /// at once stay within `budgetFloats`; a tensor that would exceed it is converted privately,
-/// block by block, as without sharing. Tensors smaller than `minimumFloats` are not shared
+/// block by block, as without sharing, and so is it by every provider that comes to it later
+/// (a copy made for the late ones would wait for a provider that has already passed, and stay
+/// held to the end of the run). Tensors smaller than `minimumFloats` are not shared
 /// (converting them is cheaper than coordinating).
 final class SharedConvertedWeights: @unchecked Sendable {
     let consumers: Int
@@ -464,13 +466,17 @@ final class SharedConvertedWeights: @unchecked Sendable {
 
     private let condition = NSCondition()
     private var entries: [String: Entry] = [:]
-    private var heldFloats = 0
+    /// Tensors some provider converted privately for want of budget, with how many did.
+    private var declined: [String: Int] = [:]
+    private var heldFloats = 0, peakHeldFloats = 0
 
     /// Tensors whose conversion a provider started, and tensors a provider used without
     /// starting it (for tests; read when no provider is using the cache).
     private(set) var conversions = 0, reuses = 0
     /// Floats held by converted copies now.
     var floatsHeld: Int { condition.lock(); defer { condition.unlock() }; return heldFloats }
+    /// The most floats held by converted copies at once.
+    var peakFloatsHeld: Int { condition.lock(); defer { condition.unlock() }; return peakHeldFloats }
 
     init(consumers: Int, budgetFloats: Int = 64 << 20, minimumFloats: Int = 1 << 16, chunkFloats: Int = 1 << 19) {
         self.consumers = consumers
@@ -495,13 +501,17 @@ final class SharedConvertedWeights: @unchecked Sendable {
             entry = existing
             reuses += 1
         } else {
-            guard entries[name] == nil, heldFloats + count <= budgetFloats else {
+            guard entries[name] == nil, declined[name] == nil, heldFloats + count <= budgetFloats else {
+                // Private for this provider, and for the others when they come to it.
+                let passed = (declined[name] ?? 0) + 1
+                declined[name] = passed < consumers ? passed : nil
                 condition.unlock()
                 return nil
             }
             entry = Entry(count: count, unit: unit, consumers: consumers, chunkFloats: chunkFloats)
             entries[name] = entry
             heldFloats += count
+            peakHeldFloats = max(peakHeldFloats, heldFloats)
             conversions += 1
         }
         // Convert chunks while any are left, then wait for the others' chunks.

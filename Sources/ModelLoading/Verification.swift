@@ -178,6 +178,38 @@ public enum Verification {
         }
     }
 
+    /// The reference's half of a verification: its text embeddings, its generation and its
+    /// noise prediction for the first latent. Computed once, it can be compared with any number
+    /// of candidates (``verify(_:candidate:thresholds:)``): the quality budget proves several
+    /// files against the same source.
+    public struct ReferenceRun {
+        public let request: StableDiffusionPipeline.Request
+        let text: StableDiffusionPipeline.Conditioning
+        let output: StableDiffusionPipeline.Output
+        let timestep: Float, inputScale: Float
+        let noise: [Float]
+        let scheduler: SchedulerKind
+
+        /// Runs `reference` through `request`.
+        /// - Parameter observer: the generation's events (its `.schedule` first), for progress.
+        public init(
+            _ reference: StableDiffusionModel, request: StableDiffusionPipeline.Request,
+            observer: ((StableDiffusionPipeline.Event) -> Void)? = nil
+        ) throws {
+            let ref = reference.pipeline
+            self.request = request
+            text = try ref.encode(prompt: request.prompt, negativePrompt: request.negativePrompt, width: request.width, height: request.height)
+            output = try ref.generate(request, observer: observer)
+            let scheduler = try ref.scheduler(for: request)
+            timestep = scheduler.timesteps[0]
+            inputScale = scheduler.inputScale(at: 0)
+            noise = try ref.noisePrediction(
+                latents: output.initialLatents.scalars, shape: output.latents.shape, scale: inputScale, timestep: timestep, conditioning: text
+            ).scalars
+            self.scheduler = ref.schedulerKind(for: request)
+        }
+    }
+
     /// Runs both models and compares them.
     ///
     /// - Parameters:
@@ -189,36 +221,38 @@ public enum Verification {
         thresholds: Thresholds? = nil,
         observer: ((StableDiffusionPipeline.Event) -> Void)? = nil
     ) throws -> Report {
+        try verify(ReferenceRun(reference, request: request, observer: observer), candidate: candidate, thresholds: thresholds)
+    }
+
+    /// Runs `candidate` as `reference` ran and compares them: the single passes on the
+    /// reference's inputs (its prompt, first latent and final latent), then end to end.
+    /// - Parameter thresholds: `nil` takes the defaults for the candidate's UNet dtype.
+    public static func verify(_ reference: ReferenceRun, candidate: StableDiffusionModel, thresholds: Thresholds? = nil) throws -> Report {
         let thresholds = thresholds ?? .defaults(for: candidate.weakestStorage())
-        let ref = reference.pipeline, cand = candidate.pipeline
+        let request = reference.request
+        let cand = candidate.pipeline
         var stages: [Stage] = []
 
         // Single passes on identical inputs.
-        let refText = try ref.encode(prompt: request.prompt, negativePrompt: request.negativePrompt, width: request.width, height: request.height)
         let candText = try cand.encode(prompt: request.prompt, negativePrompt: request.negativePrompt, width: request.width, height: request.height)
-        guard refText.embeddings.shape == candText.embeddings.shape else {
+        guard reference.text.embeddings.shape == candText.embeddings.shape else {
             throw ModelLoadingError(
-                .notAModel, "the models' text embeddings differ in shape: \(refText.embeddings.shape) vs \(candText.embeddings.shape)")
+                .notAModel, "the models' text embeddings differ in shape: \(reference.text.embeddings.shape) vs \(candText.embeddings.shape)")
         }
         stages.append(
             Stage(
-                name: "text", metrics: ParityMetrics(reference: refText.embeddings.scalars, candidate: candText.embeddings.scalars),
+                name: "text", metrics: ParityMetrics(reference: reference.text.embeddings.scalars, candidate: candText.embeddings.scalars),
                 threshold: thresholds.stage, judgedOnPSNR: false))
 
-        let refRun = try ref.generate(request, observer: observer)
-        let scheduler = try ref.scheduler(for: request)
-        let shape = refRun.latents.shape
-        let first = refRun.initialLatents.scalars
-        let refNoise = try ref.noisePrediction(
-            latents: first, shape: shape, scale: scheduler.inputScale(at: 0),
-            timestep: scheduler.timesteps[0], conditioning: refText
-        ).scalars
+        let refRun = reference.output
         let candNoise = try cand.noisePrediction(
-            latents: first, shape: shape, scale: scheduler.inputScale(at: 0),
-            timestep: scheduler.timesteps[0], conditioning: refText
+            latents: refRun.initialLatents.scalars, shape: refRun.latents.shape, scale: reference.inputScale,
+            timestep: reference.timestep, conditioning: reference.text
         ).scalars
         stages.append(
-            Stage(name: "unet", metrics: ParityMetrics(reference: refNoise, candidate: candNoise), threshold: thresholds.stage, judgedOnPSNR: false))
+            Stage(
+                name: "unet", metrics: ParityMetrics(reference: reference.noise, candidate: candNoise), threshold: thresholds.stage,
+                judgedOnPSNR: false))
         let candDecoded = try cand.vae.decodeImage(latents: refRun.latents)
         stages.append(
             Stage(
@@ -238,7 +272,7 @@ public enum Verification {
                 ssim: ParityMetrics.ssim(reference: refRun.image, candidate: candRun.image),
                 threshold: thresholds.image, judgedOnPSNR: true))
         return Report(
-            stages: stages, request: request, scheduler: ref.schedulerKind(for: request), thresholds: thresholds,
+            stages: stages, request: request, scheduler: reference.scheduler, thresholds: thresholds,
             referenceImage: refRun.image, candidateImage: candRun.image)
     }
 }

@@ -230,9 +230,15 @@ private final class PhaseCounter: @unchecked Sendable {
         case .phase(let name, let attempt):
             endCount()
             label = attempt.map { "attempt \($0): \(name)" } ?? name
-            writeStandardError(
-                "\(label)\(name == "calibrate" ? ": running the cascade on the calibration prompts" : name == "measure" ? ": predicting each weight's error in each type" : name == "write" ? ": quantising and writing" : ": running the file against the source")\n"
-            )
+            let what =
+                switch name {
+                case "calibrate": "running the cascade on the calibration prompts"
+                case "measure": "predicting each weight's error in each type"
+                case "reference": "running the source on the proof's prompt (once for every attempt)"
+                case "write": "quantising and writing"
+                default: "running the file against the source"
+                }
+            writeStandardError("\(label): \(what)\n")
         case .progress(let done, let total):
             guard terminal, total > 0 else { return }
             counting = true

@@ -71,6 +71,29 @@ struct SharedConversionTests {
         }
     }
 
+    /// The UNet's cores drift apart: the leading one finds the budget full and converts a tensor
+    /// privately; the lagging one must then convert it privately too, not start a copy that
+    /// would wait for a consumer that has already passed it and stay held to the end of the run.
+    @Test func aTensorOnePassedPrivatelyIsNotSharedLater() throws {
+        let store = Self.store(.f16)
+        // Room for "a" (2,560 floats) or "b" (1,500), not both.
+        let shared = SharedConvertedWeights(consumers: 2, budgetFloats: 3_000, minimumFloats: 1)
+        let leading = WeightProvider(store: store), lagging = WeightProvider(store: store)
+        leading.sharedConversions = shared
+        lagging.sharedConversions = shared
+        let expectedA = try WeightProvider(store: store).floats("a.weight")
+        let expectedB = try WeightProvider(store: store).floats("b.weight")
+        #expect(try leading.floats("a.weight") == expectedA)
+        #expect(shared.floatsHeld == 2_560)  // waits for the lagging provider
+        #expect(try leading.floats("b.weight") == expectedB)  // over budget: private
+        #expect(shared.floatsHeld == 2_560)
+        #expect(try lagging.floats("a.weight") == expectedA)
+        #expect(shared.floatsHeld == 0)
+        #expect(try lagging.floats("b.weight") == expectedB)  // private as well
+        #expect(shared.floatsHeld == 0, "an orphaned copy of b.weight is held")
+        #expect(shared.conversions == 1 && shared.reuses == 1 && shared.peakFloatsHeld == 2_560)
+    }
+
     /// The dispatched F16 and BF16 conversions against TensorCore's, over every 16-bit pattern
     /// (infinities, NaNs, subnormals, both zeros), in the family in use (`WEIGHTPACK_KERNELS`).
     @Test(arguments: [DType.f16, .bf16])

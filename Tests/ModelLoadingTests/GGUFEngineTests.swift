@@ -80,6 +80,18 @@ import Testing
                 thresholds: .defaults(for: .plain(.f16)))
             #expect(!strict.passed, "\(report.thresholds.label) judged as F16")
         }
+        // The reference's half run once and compared with both candidates (what the quality
+        // budget does across attempts) measures what a fresh run for each one does.
+        let once = try Verification.ReferenceRun(reference, request: request)
+        for candidate in [q8, q4, q8] {
+            let shared = try Verification.verify(once, candidate: candidate)
+            let fresh = try Verification.verify(reference: reference, candidate: candidate, request: request)
+            #expect(shared.stages.map(\.name) == ["text", "unet", "vae", "latents", "image"])
+            for (a, b) in zip(shared.stages, fresh.stages) {
+                // The same arithmetic on the same inputs; a BLAS's threading may reorder sums.
+                #expect(abs(a.value - b.value) <= 1e-3 * max(1, abs(b.value)) || a.value == b.value, "\(a.name): \(a.value) vs \(b.value)")
+            }
+        }
     }
 }
 

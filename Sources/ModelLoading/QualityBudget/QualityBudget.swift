@@ -21,7 +21,8 @@ import Glibc
 /// 3. ``BudgetAllocator`` picks the storages: the smallest file whose predicted image PSNR meets
 ///    the target, or the lowest predicted error within the size.
 /// 4. The file is written; before it is given its name, ``Verification`` runs it against the
-///    source (the staged report of `weightpack verify`). A quality target missed sends the
+///    source (the staged report of `weightpack verify`; the source's half is run once, before
+///    the first attempt, and compared with every file). A quality target missed sends the
 ///    prediction, corrected by what was measured, round again (``Options/maxAttempts``); the file
 ///    is named only when it passes, with the measured figures added to its header.
 ///
@@ -98,7 +99,7 @@ public enum QualityBudget {
 
     /// What the command reports as it goes.
     public enum Event: Sendable {
-        /// A phase begins: `calibrate`, `measure`, `write`, `verify`.
+        /// A phase begins: `calibrate`, `measure`, `reference` (the source's half of every proof), `write`, `verify`.
         case phase(String, attempt: Int?)
         /// Work done in the current phase.
         case progress(done: Int, total: Int)
@@ -225,6 +226,19 @@ public enum QualityBudget {
         // Header and alignment, so that a size budget bounds the file and not only its tensors.
         let overhead = 64 * 1024 + model.store.tensors.count * 512
 
+        // The source's half of every proof, run once for all attempts.
+        events?(.phase("reference", attempt: nil))
+        let referenceRun = try timed("reference") {
+            var total = verification.steps
+            return try Verification.ReferenceRun(source, request: verification) { event in
+                switch event {
+                case .schedule(let timesteps): total = max(1, timesteps.count)
+                case .step(let index, _, _, _): events?(.progress(done: index + 1, total: total))
+                default: break
+                }
+            }
+        }
+
         // 3–4: allocate, write, prove; again with a corrected offset while the target is missed.
         var offset = options.offset ?? defaultOffset
         var attempts: [Attempt] = []
@@ -258,11 +272,11 @@ public enum QualityBudget {
             let check = Locked<(Attempt, JSONValue)?>(nil)
             let offsetUsed = offset
             // The writer calls the proof on this thread, before it returns.
-            let reference = SameThread(source)
+            let reference = SameThread(referenceRun)
             let prove: @Sendable (String, [String: QuantizationMetrics]) throws -> JSONValue = { path, metrics in
                 events?(.phase("verify", attempt: number))
                 let candidate = try StableDiffusionModel(path: path, configurationFolder: options.configurationFolder)
-                let report = try Verification.verify(reference: reference.value, candidate: candidate, request: verification)
+                let report = try Verification.verify(reference.value, candidate: candidate)
                 let image = report.stages.first { $0.name == "image" }?.metrics.psnr ?? -.infinity
                 // stat(2) follows `/proc/self/fd/N` to the file (FileManager would describe the link).
                 var info = stat()
