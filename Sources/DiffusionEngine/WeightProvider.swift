@@ -177,8 +177,15 @@ public final class WeightProvider {
     /// half-precision model is never expanded a whole tensor at a time (a block tensor whose
     /// stored rows straddle the first dimension's is the one exception: it is decoded whole).
     /// The pointer must not escape.
+    ///
+    /// A weight read whole (F32 in place, or a copy converted once for several cores) comes in
+    /// blocks of `wholeRowsPerBlock` rows instead: the product's own limit (a Winograd
+    /// convolution's transformed weights), not the scratch's, so that an F16 or quantised
+    /// weight costs the layer no more products (and im2col lowerings) than an F32 one.
     /// - Throws: as ``withFloats(_:shape:_:)``.
-    func withRowBlocks(_ name: String, rowsPerBlock requested: Int, _ body: (Range<Int>, UnsafePointer<Float>) throws -> Void) throws {
+    func withRowBlocks(
+        _ name: String, rowsPerBlock requested: Int, wholeRowsPerBlock: Int = .max, _ body: (Range<Int>, UnsafePointer<Float>) throws -> Void
+    ) throws {
         let full = prefix + name
         let descriptor = try self.descriptor(name)
         let rows = descriptor.shape.dimensions.first ?? 1
@@ -189,11 +196,11 @@ public final class WeightProvider {
         guard [.f32, .f16, .bf16, .f64].contains(descriptor.dtype) else {
             return try withFloats(name) { try body(0..<rows, $0) }  // throws the dtype error
         }
-        let per = max(1, requested)
-        func blocks(_ each: (Range<Int>) throws -> Void) rethrows {
+        let per = max(1, requested), whole = max(1, min(rows, wholeRowsPerBlock))
+        func blocks(of size: Int = per, _ each: (Range<Int>) throws -> Void) rethrows {
             var start = 0
             while start < rows {
-                let block = start..<min(rows, start + per)
+                let block = start..<min(rows, start + size)
                 try each(block)
                 start = block.upperBound
             }
@@ -207,7 +214,7 @@ public final class WeightProvider {
                     full, count: rows * rowLength, unit: rowLength,
                     convert: { range, out throws(EngineError) in
                         try q.dequantize(rows: (range.lowerBound / rowLength)..<(range.upperBound / rowLength), into: out, name: full)
-                    }, { floats in try blocks { block in try body(block, floats + block.lowerBound * rowLength) } }) != nil
+                    }, { floats in try blocks(of: whole) { block in try body(block, floats + block.lowerBound * rowLength) } }) != nil
             {
                 release(q.bytes)
                 return
@@ -230,7 +237,7 @@ public final class WeightProvider {
             guard let base = raw.baseAddress, let width = descriptor.dtype.byteWidth else { return }
             if descriptor.dtype == .f32, Int(bitPattern: base) % MemoryLayout<Float>.alignment == 0 {
                 let floats = base.assumingMemoryBound(to: Float.self)
-                try blocks { block in try body(block, floats + block.lowerBound * rowLength) }
+                try blocks(of: whole) { block in try body(block, floats + block.lowerBound * rowLength) }
                 return
             }
             if let shared = sharedConversions,
@@ -239,7 +246,7 @@ public final class WeightProvider {
                     convert: { range, out throws(EngineError) in
                         let bytes = UnsafeRawBufferPointer(rebasing: raw[(range.lowerBound * width)..<(range.upperBound * width)])
                         try Self.widen(bytes, dtype: descriptor.dtype, count: range.count, into: out, name: full)
-                    }, { floats in try blocks { block in try body(block, floats + block.lowerBound * rowLength) } }) != nil
+                    }, { floats in try blocks(of: whole) { block in try body(block, floats + block.lowerBound * rowLength) } }) != nil
             {
                 return
             }
@@ -448,19 +455,20 @@ final class SharedConvertedWeights: @unchecked Sendable {
     let chunkFloats: Int
 
     private final class Entry {
-        let tensor: FloatTensor
+        /// Where the copy lives in the arena.
+        let offset: Int
         let count: Int, chunk: Int, chunks: Int
         var nextChunk = 0, finishedChunks = 0
         var failed = false
         var remaining: Int
         var ready: Bool { finishedChunks == chunks }
-        init(count: Int, unit: Int, consumers: Int, chunkFloats: Int) {
+        init(offset: Int, count: Int, unit: Int, consumers: Int, chunkFloats: Int) {
+            self.offset = offset
             self.count = count
             let unit = max(1, unit)
             chunk = max(unit, chunkFloats / unit * unit)
             chunks = (count + chunk - 1) / chunk
             remaining = consumers
-            tensor = FloatTensor(shape: [count])
         }
     }
 
@@ -469,6 +477,13 @@ final class SharedConvertedWeights: @unchecked Sendable {
     /// Tensors some provider converted privately for want of budget, with how many did.
     private var declined: [String: Int] = [:]
     private var heldFloats = 0, peakHeldFloats = 0
+    /// Every copy lives in one buffer of `budgetFloats`, placed first-fit between the copies
+    /// held (`placed`, by offset). A buffer per copy would have the kernel map and zero every
+    /// page again for each tensor (a UNet pass converts about 3.4 GB of SD 1.5 weights); the
+    /// arena's pages are touched once, and the UNet keeps its arena from step to step.
+    let arena: FloatTensor
+    private var placed: [(offset: Int, count: Int)] = []
+    private var arenaHighWater = 0
 
     /// Tensors whose conversion a provider started, and tensors a provider used without
     /// starting it (for tests; read when no provider is using the cache).
@@ -477,12 +492,42 @@ final class SharedConvertedWeights: @unchecked Sendable {
     var floatsHeld: Int { condition.lock(); defer { condition.unlock() }; return heldFloats }
     /// The most floats held by converted copies at once.
     var peakFloatsHeld: Int { condition.lock(); defer { condition.unlock() }; return peakHeldFloats }
+    /// Floats of the arena ever used (its highest end): the memory the copies cost.
+    var floatsAllocated: Int { condition.lock(); defer { condition.unlock() }; return arenaHighWater }
 
-    init(consumers: Int, budgetFloats: Int = 64 << 20, minimumFloats: Int = 1 << 16, chunkFloats: Int = 1 << 19) {
+    /// The first offset with `count` free floats in the arena, placed; nil when none has.
+    /// Called with the lock held.
+    private func place(_ count: Int) -> Int? {
+        var start = 0
+        for (i, range) in placed.enumerated() {
+            if range.offset - start >= count {
+                placed.insert((start, count), at: i)
+                arenaHighWater = max(arenaHighWater, start + count)
+                return start
+            }
+            start = range.offset + range.count
+        }
+        guard budgetFloats - start >= count else { return nil }
+        placed.append((start, count))
+        arenaHighWater = max(arenaHighWater, start + count)
+        return start
+    }
+
+    private func unplace(_ offset: Int) {
+        placed.removeAll { $0.offset == offset }
+    }
+
+    /// - Parameters:
+    ///   - arena: a buffer of at least `budgetFloats` to place the copies in (one the caller
+    ///     keeps from run to run); nil allocates one (its pages are touched only as used).
+    init(
+        consumers: Int, budgetFloats: Int = 64 << 20, minimumFloats: Int = 1 << 16, chunkFloats: Int = 1 << 19, arena: FloatTensor? = nil
+    ) {
         self.consumers = consumers
         self.chunkFloats = max(1, chunkFloats)
-        self.budgetFloats = budgetFloats
+        self.budgetFloats = max(0, min(budgetFloats, arena?.capacity ?? budgetFloats))
         self.minimumFloats = minimumFloats
+        self.arena = arena ?? FloatTensor(shape: [max(0, budgetFloats)])
     }
 
     /// Calls `body` with `name` converted to `count` floats, or returns nil without calling
@@ -501,14 +546,14 @@ final class SharedConvertedWeights: @unchecked Sendable {
             entry = existing
             reuses += 1
         } else {
-            guard entries[name] == nil, declined[name] == nil, heldFloats + count <= budgetFloats else {
+            guard entries[name] == nil, declined[name] == nil, let offset = place(count) else {
                 // Private for this provider, and for the others when they come to it.
                 let passed = (declined[name] ?? 0) + 1
                 declined[name] = passed < consumers ? passed : nil
                 condition.unlock()
                 return nil
             }
-            entry = Entry(count: count, unit: unit, consumers: consumers, chunkFloats: chunkFloats)
+            entry = Entry(offset: offset, count: count, unit: unit, consumers: consumers, chunkFloats: chunkFloats)
             entries[name] = entry
             heldFloats += count
             peakHeldFloats = max(peakHeldFloats, heldFloats)
@@ -521,7 +566,7 @@ final class SharedConvertedWeights: @unchecked Sendable {
             entry.nextChunk += 1
             condition.unlock()
             let range = (index * entry.chunk)..<min(count, (index + 1) * entry.chunk)
-            do { try convert(range, entry.tensor.base + range.lowerBound) } catch { thrown = error }
+            do { try convert(range, arena.base + entry.offset + range.lowerBound) } catch { thrown = error }
             condition.lock()
             if thrown != nil { entry.failed = true }
             entry.finishedChunks += 1
@@ -529,29 +574,30 @@ final class SharedConvertedWeights: @unchecked Sendable {
             if thrown != nil { break }
         }
         while !entry.failed && !entry.ready { condition.wait() }
-        let failed = entry.failed
-        // Failed or not, this consumer is done with the entry.
-        entry.remaining -= 1
-        let finish = { [self] in
-            if entry.remaining == 0 || entry.failed {
-                if entries[name] === entry {
-                    entries[name] = nil
-                    heldFloats -= count
-                }
+        if entry.failed {
+            entry.remaining -= 1
+            if entries[name] === entry {
+                // Its place stays taken: another provider may still be converting a chunk into it.
+                entries[name] = nil
+                heldFloats -= count
             }
-        }
-        if failed {
-            finish()
             condition.unlock()
             if let thrown { throw thrown }
             return nil
         }
         condition.unlock()
         defer {
+            // Done with the copy only once `body` has returned: its place is freed when the
+            // last consumer is done, not before another one has finished reading it.
             condition.lock()
-            finish()
+            entry.remaining -= 1
+            if entry.remaining == 0, entries[name] === entry {
+                entries[name] = nil
+                heldFloats -= count
+                unplace(entry.offset)
+            }
             condition.unlock()
         }
-        return try body(UnsafePointer(entry.tensor.base))
+        return try body(UnsafePointer(arena.base + entry.offset))
     }
 }

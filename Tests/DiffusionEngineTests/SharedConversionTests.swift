@@ -94,6 +94,52 @@ struct SharedConversionTests {
         #expect(shared.conversions == 1 && shared.reuses == 1 && shared.peakFloatsHeld == 2_560)
     }
 
+    /// A copy's buffer is reused for the next tensor only when every provider is done reading
+    /// it: here the second provider finishes with `a` and converts `b` while the first is still
+    /// reading `a`; the first must still see `a`'s values.
+    @Test func aBufferIsReusedOnlyAfterEveryReaderIsDone() throws {
+        let store = Self.store(.f16)
+        let shared = SharedConvertedWeights(consumers: 2, minimumFloats: 1)
+        let expectedA = try WeightProvider(store: store).floats("a.weight")
+        let expectedB = try WeightProvider(store: store).floats("b.weight")
+        let reading = DispatchSemaphore(value: 0), converted = DispatchSemaphore(value: 0)
+        let results = Locked<[Int: [Float]]>([:])
+        let box = UnsafeSendableBox((store, shared))
+        @Sendable func run(_ i: Int) {
+            let provider = WeightProvider(store: box.value.0)
+            provider.sharedConversions = box.value.1
+            if i == 0 {
+                let a = try? provider.withFloats("a.weight") { p -> [Float] in
+                    reading.signal()
+                    converted.wait()  // the other provider has read `a` and converted `b`
+                    return Array(UnsafeBufferPointer(start: p, count: 64 * 40))
+                }
+                results.withLock { $0[0] = a ?? [] }
+                results.withLock { $0[2] = (try? provider.floats("b.weight")) ?? [] }
+            } else {
+                reading.wait()
+                results.withLock { $0[1] = (try? provider.floats("a.weight")) ?? [] }
+                results.withLock { $0[3] = (try? provider.floats("b.weight")) ?? [] }
+                converted.signal()
+            }
+        }
+        // Two threads of their own: a worker pool busy with other tests could run the two
+        // one after the other, and the first waits for the second.
+        let done = DispatchSemaphore(value: 0)
+        for i in 0..<2 {
+            Thread {
+                run(i)
+                done.signal()
+            }.start()
+        }
+        done.wait()
+        done.wait()
+        let r = results.withLock { $0 }
+        #expect(r[0] == expectedA, "the first reader's copy of a.weight was overwritten")
+        #expect(r[1] == expectedA && r[2] == expectedB && r[3] == expectedB)
+        #expect(shared.floatsHeld == 0 && shared.floatsAllocated <= 2_560 + 1_500)
+    }
+
     /// The dispatched F16 and BF16 conversions against TensorCore's, over every 16-bit pattern
     /// (infinities, NaNs, subnormals, both zeros), in the family in use (`WEIGHTPACK_KERNELS`).
     @Test(arguments: [DType.f16, .bf16])

@@ -84,15 +84,14 @@ final class Workspace {
         }
         let y = pool.take([g.outChannels, g.outHeight, g.outWidth])
         let weight = name + ".weight"
-        // Output channels per block: bounded by the scratch an F16 or int8 weight is converted
-        // into, and for Winograd by the transformed weights (36 floats per filter).
-        var per = try weights.rowsPerBlock(weight, scratchFloats: weightBlockFloats)
-        if Convolution.usesWinograd(g) {
-            per = min(per, max(8, winogradWeightFloats / (36 * g.inChannels)))
-        }
+        // Output channels per block: for Winograd bounded by the transformed weights (36 floats
+        // per filter), and for an F16 or quantised weight converted privately also by the
+        // scratch it is converted into.
+        let product = Convolution.usesWinograd(g) ? max(8, winogradWeightFloats / (36 * g.inChannels)) : Int.max
+        let per = min(product, try weights.rowsPerBlock(weight, scratchFloats: weightBlockFloats))
         let plane = g.outHeight * g.outWidth
         let bias = weights.contains(name + ".bias") ? try weights.floats(name + ".bias", shape: [g.outChannels]) : nil
-        try weights.withRowBlocks(weight, rowsPerBlock: per) { outputs, w in
+        try weights.withRowBlocks(weight, rowsPerBlock: per, wholeRowsPerBlock: product) { outputs, w in
             var block = g
             block.outChannels = outputs.count
             let columns = block.isPointwise ? nil : columnBuffer(Convolution.scratchCount(block))

@@ -21,6 +21,18 @@ public final class UNet2DConditionModel {
     /// inputs while set (calibration, see ``ActivationRecorder``); `nil` records nothing.
     public var activationRecorder: ActivationRecorder?
 
+    /// Floats the converted copies of F16, BF16, int8 and ggml block weights that a batch run
+    /// on several cores shares may take at once (``SharedConvertedWeights``): 16 Mi floats,
+    /// 64 MiB, holds every SD 1.5 weight up to 1280 × 1280 × 3 × 3; the few larger ones (the
+    /// up blocks' first convolutions, up to 29.5 M values) are converted by each core
+    /// privately, block by block. Measured on SD 1.5 with Q4_K weights (Docs/performance.md):
+    /// 128 MiB saved no measurable time and cost 0.02× F32's peak memory.
+    var sharedConversionBudgetFloats = 16 << 20
+    /// The shared copies of the last batch run on several cores (for measurements).
+    private(set) var lastSharedConversions: SharedConvertedWeights?
+    /// Where those copies live, kept from step to step (its pages are mapped once).
+    private var conversionArena: FloatTensor?
+
     /// SDXL's extra conditioning: the second text encoder's pooled projection and the six
     /// micro-conditioning numbers (original height, width, crop top, left, target height, width).
     public struct AddedConditions {
@@ -121,7 +133,11 @@ public final class UNet2DConditionModel {
                 let failures = Locked<[(any Error)?]>(Array(repeating: nil, count: batch))
                 let store = weights.store, prefix = weights.prefix, releases = weights.releasesPagesAfterUse
                 // F16, BF16 and int8 weights are converted once for all elements, not per core.
-                let shared = SharedConvertedWeights(consumers: batch)
+                if conversionArena?.capacity != sharedConversionBudgetFloats {
+                    conversionArena = FloatTensor(shape: [sharedConversionBudgetFloats])
+                }
+                let shared = SharedConvertedWeights(consumers: batch, budgetFloats: sharedConversionBudgetFloats, arena: conversionArena)
+                lastSharedConversions = shared
                 GEMM.withSingleThreadedCalls {
                     Parallel.forEach(batch) { b in
                         Parallel.serially {

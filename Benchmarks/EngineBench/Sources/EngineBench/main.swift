@@ -9,6 +9,7 @@
 //   EngineBench attention | unet-convolutions   (one core, SD 1.5 shapes)
 //   EngineBench unet-dtypes UNETDIR OUTDIR      (writes OUTDIR/unet-f16.wpk and unet-int8.wpk)
 //   EngineBench backend                         (prints ComputeBackend.current)
+//   EngineBench dequant FILE.wpk RUNS           (decoding speed of its packed UNet weights, by type)
 import CheckpointFormats
 import Foundation
 import StrictJSON
@@ -114,6 +115,10 @@ func unet(_ dir: String, inputsPath: String, runs: Int, out: String) throws {
     // WEIGHTPACK_KEEP_RESIDENT=1: leave mapped weight pages resident (the engine drops them
     // after each layer by default).
     if ProcessInfo.processInfo.environment["WEIGHTPACK_KEEP_RESIDENT"] == "1" { model.weights.releasesPagesAfterUse = false }
+    // ENGINE_BENCH_SHARED_MIB: the budget of the guidance pair's shared weight conversions.
+    if let mib = ProcessInfo.processInfo.environment["ENGINE_BENCH_SHARED_MIB"].flatMap(Int.init) {
+        model.sharedConversionBudgetFloats = mib << 18
+    }
     let data = try Data(contentsOf: URL(fileURLWithPath: inputsPath))
     let values = data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
     let sampleCount = 2 * 4 * 64 * 64
@@ -123,6 +128,11 @@ func unet(_ dir: String, inputsPath: String, runs: Int, out: String) throws {
     var times: [Double] = []
     for _ in 0..<runs { times.append(try seconds { result = try model.predict(sample, timestep: 999, encoderHiddenStates: context) }) }
     try writeFloats(result, to: out)
+    if let shared = model.lastSharedConversions {
+        FileHandle.standardError.write(
+            "shared conversions: \(shared.conversions) tensors, \(shared.reuses) reuses, peak \(shared.peakFloatsHeld >> 18) MiB held, \(shared.floatsAllocated >> 18) MiB allocated\n"
+                .data(using: .utf8)!)
+    }
     report("unet_step " + (dir as NSString).lastPathComponent + ", " + ComputeBackend.current.description, load: load, runs: times)
 }
 
@@ -216,6 +226,26 @@ func convolutions(_ shapes: [(Int, Int, Int)], serial: Bool = false) {
     }
 }
 
+/// Decodes every packed (int8 or ggml block) UNet weight of a `.wpk` whole, as the engine does
+/// for a layer (tiles of rows over the cores), `runs` times; prints values per second by type.
+func dequantize(_ path: String, runs: Int) throws {
+    let file = try WPKFile(path: path)
+    let provider = WeightProvider(store: file, prefix: "unet.")
+    var byType: [String: (values: Int, seconds: Double)] = [:]
+    let names = file.tensors.map(\.name).filter { $0.hasPrefix("unet.") }.map { String($0.dropFirst(5)) }
+    for name in names where provider.isQuantized(name) {
+        let type = provider.blockType(name)?.name ?? "int8"
+        let count = try provider.descriptor(name).elementCount
+        var best = Double.infinity
+        for _ in 0..<runs { best = min(best, try seconds { try provider.withFloats(name) { _ in } }) }
+        byType[type, default: (0, 0)].values += count
+        byType[type, default: (0, 0)].seconds += best
+    }
+    for (type, t) in byType.sorted(by: { $0.key < $1.key }) {
+        print(String(format: "%@: %d values, %.3f s, %.0f M values/s (%@)", type, t.values, t.seconds, Double(t.values) / t.seconds / 1e6, "\(ComputeBackend.current.kernels)"))
+    }
+}
+
 let arguments = CommandLine.arguments
 do {
     switch arguments.count > 1 ? arguments[1] : "" {
@@ -227,6 +257,8 @@ do {
         try unet(arguments[2], inputsPath: arguments[3], runs: Int(arguments[4])!, out: arguments[5])
     case "kernels":
         kernels()
+    case "dequant" where arguments.count == 4:
+        try dequantize(arguments[2], runs: Int(arguments[3])!)
     case "backend":
         print(ComputeBackend.current)
     case "unet-dtypes" where arguments.count == 4:
