@@ -142,7 +142,7 @@ let package = Package(
         .testTarget(name: "SafePickleTests", dependencies: ["SafePickle", "TensorCore"], swiftSettings: strict),
         .testTarget(
             name: "DiffusionEngineTests",
-            dependencies: ["TestSupport", "DiffusionEngine", "CheckpointFormats", "Quantization", "StrictJSON", "TensorCore"],
+            dependencies: ["TestSupport", "DiffusionEngine", "CEngineKernels", "CheckpointFormats", "Quantization", "StrictJSON", "TensorCore"],
             swiftSettings: strict),
         .testTarget(
             name: "ModelLoadingTests",

@@ -422,6 +422,20 @@ struct PackedWeight: Sendable {
                         tile.lowerBound, tile.count, out.pointer + r.lowerBound * layout.rowLength)
                 }
             }
+        case .blocks(let view, let k) where wp_ggml_decodes(Int32(view.type.rawValue)) != 0:
+            // The selected kernel family's decoders (CEngineKernels/ggml.c): the same bits as
+            // `GGMLTensorView.dequantize`, vectorised.
+            let rowBytes = view.rowBytes, blocksPerRow = view.rowLength / view.type.blockValues, code = Int32(view.type.rawValue)
+            try view.bytes.withUnsafeBytes { (raw) throws(EngineError) in
+                guard let base = raw.baseAddress, raw.count >= view.rows * rowBytes, rows.upperBound * k <= view.rows else {
+                    throw EngineError(.unsupportedDType, "\(view.type.name) weight is shorter than its rows", tensorName: name)
+                }
+                let source = UnsafeSendableBox(base)
+                Parallel.forRanges(rows.count, grain: grain) { r in
+                    let first = (rows.lowerBound + r.lowerBound) * k, count = r.count * k
+                    _ = wp_dequantize_ggml(code, source.value + first * rowBytes, count * blocksPerRow, out.pointer + r.lowerBound * rowLength)
+                }
+            }
         case .blocks(let view, let k):
             let failure = Locked<QuantizationError?>(nil)
             Parallel.forRanges(rows.count, grain: grain) { r in

@@ -60,6 +60,13 @@ void wp_bf16_to_f32(const void *source, float *target, size_t count);
 void wp_dequantize_int8(const int8_t *payload, const void *scales, size_t rowLength, size_t blockSize,
                         size_t blocksPerRow, size_t firstRow, size_t rows, float *target);
 
+/// Whether `wp_dequantize_ggml` decodes ggml type `type` (its `ggml_type` number): Q4_0, Q4_1,
+/// Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K.
+int wp_ggml_decodes(int type);
+/// `blocks` whole blocks of ggml type `type` at `source` (any alignment) to floats at `target`,
+/// bit for bit what `GGMLBlocks.dequantize` computes. Returns 0, or -1 for a type not decoded here.
+int wp_dequantize_ggml(int type, const void *source, size_t blocks, float *target);
+
 /// Winograd F(4x4, 3x3) input transform (`V = Bᵀ d B`) for channels `channelLo ..< channelHi`
 /// and tiles `tileLo ..< tileHi` of a `[C, height, width]` image; `v` holds 36 matrices
 /// `[C][tileHi - tileLo]`, `plane` floats apart. `scratch`: `12 * (4 * tilesWide + 2)` floats.
