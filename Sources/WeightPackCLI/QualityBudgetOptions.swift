@@ -112,6 +112,7 @@ struct QualityBudgetOptions: ParsableArguments {
         input: String, output: String, format: QualityBudget.Format, inputOptions: InputOptions, configurationFolder: String?,
         keep: [String], force: Bool, recordSourceDigest: Bool, json: Bool
     ) throws {
+        if let report { try Self.checkReportFolder(report) }
         if let report, !force {
             for name in Self.reportFiles where FileManager.default.fileExists(atPath: URL(fileURLWithPath: report).appendingPathComponent(name).path)
             {
@@ -212,6 +213,22 @@ struct QualityBudgetOptions: ParsableArguments {
     }
 
     static let reportFiles = ["size-vs-psnr.png", "bits-per-layer.png", "report.json"]
+
+    /// Refuses, before anything runs, a report folder that could not be written at the end
+    /// (a file, or under one, or not writable), so a model is never written and then followed
+    /// by a failure. Nothing is created here: a run that fails leaves no empty folder.
+    static func checkReportFolder(_ path: String) throws {
+        var url = URL(fileURLWithPath: path).standardizedFileURL
+        var isFolder: ObjCBool = false
+        if FileManager.default.fileExists(atPath: url.path, isDirectory: &isFolder) {
+            guard isFolder.boolValue else { throw ValidationError("--report \(path) is a file, not a folder") }
+        } else {
+            // The nearest folder that exists must be one we can create folders in.
+            repeat { url.deleteLastPathComponent() } while !FileManager.default.fileExists(atPath: url.path, isDirectory: &isFolder) && url.path != "/"
+            guard isFolder.boolValue else { throw ValidationError("--report \(path): \(url.path) is a file, not a folder") }
+        }
+        guard access(url.path, W_OK) == 0 else { throw ValidationError("--report \(path): \(url.path) is not writable") }
+    }
 
     private static func number(_ x: Double) -> JSONValue { x.isFinite ? JSONValue(x) : .string(QualityBudget.format(x)) }
 }

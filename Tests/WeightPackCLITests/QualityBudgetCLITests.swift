@@ -35,6 +35,9 @@ struct QualityBudgetCLITests {
             ["--dtype", "auto", "--target-psnr", "30", "--calibration-size", "100"],
             ["--dtype", "auto", "--target-psnr", "30", "--compress"],
             ["--dtype", "auto", "--target-psnr", "30", "--tensor-type", "*=q8_0"],
+            // A report folder that could not be written at the end: refused before the model is.
+            ["--dtype", "auto", "--target-psnr", "30", "--report", "/dev/null"],
+            ["--dtype", "auto", "--target-psnr", "30", "--report", "/dev/null/report"],
         ])
     func usageErrors(_ options: [String]) throws {
         let folder = try makeTemporaryFolder()
