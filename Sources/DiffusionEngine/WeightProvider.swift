@@ -197,7 +197,7 @@ public final class WeightProvider {
             return try withFloats(name) { try body(0..<rows, $0) }  // throws the dtype error
         }
         let per = max(1, requested), whole = max(1, min(rows, wholeRowsPerBlock))
-        func blocks(of size: Int = per, _ each: (Range<Int>) throws -> Void) rethrows {
+        func blocks(of size: Int, _ each: (Range<Int>) throws -> Void) rethrows {
             var start = 0
             while start < rows {
                 let block = start..<min(rows, start + size)
@@ -209,21 +209,8 @@ public final class WeightProvider {
             guard q.rows == rows, q.rowLength == rowLength else {
                 return try withFloats(name) { try body(0..<rows, $0) }
             }
-            if let shared = sharedConversions,
-                try shared.withConverted(
-                    full, count: rows * rowLength, unit: rowLength,
-                    convert: { range, out throws(EngineError) in
-                        try q.dequantize(rows: (range.lowerBound / rowLength)..<(range.upperBound / rowLength), into: out, name: full)
-                    }, { floats in try blocks(of: whole) { block in try body(block, floats + block.lowerBound * rowLength) } }) != nil
-            {
-                release(q.bytes)
-                return
-            }
-            let buffer = takeScratch(per * rowLength)
-            defer { depth -= 1 }
-            try blocks { block in
-                try q.dequantize(rows: block, into: buffer.base, name: full)
-                try body(block, buffer.base)
+            try convertedRowBlocks(full, rows: rows, rowLength: rowLength, per: per, whole: whole, body) {
+                (block, out) throws(EngineError) in try q.dequantize(rows: block, into: out, name: full)
             }
             release(q.bytes)
             return
@@ -240,24 +227,68 @@ public final class WeightProvider {
                 try blocks(of: whole) { block in try body(block, floats + block.lowerBound * rowLength) }
                 return
             }
-            if let shared = sharedConversions,
-                try shared.withConverted(
-                    full, count: rows * rowLength, unit: 1,
-                    convert: { range, out throws(EngineError) in
-                        let bytes = UnsafeRawBufferPointer(rebasing: raw[(range.lowerBound * width)..<(range.upperBound * width)])
-                        try Self.widen(bytes, dtype: descriptor.dtype, count: range.count, into: out, name: full)
-                    }, { floats in try blocks(of: whole) { block in try body(block, floats + block.lowerBound * rowLength) } }) != nil
-            {
-                return
-            }
-            let buffer = takeScratch(per * rowLength)
-            defer { depth -= 1 }
-            try blocks { block in
+            try convertedRowBlocks(full, rows: rows, rowLength: rowLength, per: per, whole: whole, body) {
+                (block, out) throws(EngineError) in
                 let bytes = UnsafeRawBufferPointer(rebasing: raw[(block.lowerBound * rowLength * width)..<(block.upperBound * rowLength * width)])
-                try Self.widen(bytes, dtype: descriptor.dtype, count: block.count * rowLength, into: buffer.base, name: full)
-                try body(block, buffer.base)
+                try Self.widen(bytes, dtype: descriptor.dtype, count: block.count * rowLength, into: out, name: full)
             }
         }
+    }
+
+    /// ``withRowBlocks(_:rowsPerBlock:wholeRowsPerBlock:_:)`` for a weight that needs
+    /// converting: `convert(rows, out)` converts those rows into `out`.
+    ///
+    /// Shared with the other cores' providers when there are any: a tensor within the sharing
+    /// budget is converted once whole (or, when the copies held leave no room, privately by
+    /// each core); a larger one is shared block by block of `per` rows, each block converted
+    /// once for all cores. Which of the two is decided by the tensor's size alone, so every
+    /// core makes the same choice. Without sharing, each block is converted into one scratch.
+    private func convertedRowBlocks(
+        _ full: String, rows: Int, rowLength: Int, per: Int, whole: Int,
+        _ body: (Range<Int>, UnsafePointer<Float>) throws -> Void,
+        convert: (Range<Int>, UnsafeMutablePointer<Float>) throws(EngineError) -> Void
+    ) throws {
+        func blocks(of size: Int, _ each: (Range<Int>) throws -> Void) rethrows {
+            var start = 0
+            while start < rows {
+                let block = start..<min(rows, start + size)
+                try each(block)
+                start = block.upperBound
+            }
+        }
+        var scratch: FloatTensor?
+        defer { if scratch != nil { depth -= 1 } }
+        func privately(_ block: Range<Int>) throws {
+            if scratch == nil { scratch = takeScratch(per * rowLength) }
+            try convert(block, scratch!.base)
+            try body(block, scratch!.base)
+        }
+        if let shared = sharedConversions {
+            let count = rows * rowLength
+            if count <= shared.budgetFloats {
+                if try shared.withConverted(
+                    full, count: count, unit: rowLength,
+                    convert: { range, out throws(EngineError) in
+                        try convert((range.lowerBound / rowLength)..<(range.upperBound / rowLength), out)
+                    }, { floats in try blocks(of: whole) { block in try body(block, floats + block.lowerBound * rowLength) } }) != nil
+                {
+                    return
+                }
+            } else {
+                try blocks(of: per) { block in
+                    if try shared.withConverted(
+                        "\(full)#\(block.lowerBound)", count: block.count * rowLength, unit: rowLength,
+                        convert: { range, out throws(EngineError) in
+                            try convert((block.lowerBound + range.lowerBound / rowLength)..<(block.lowerBound + range.upperBound / rowLength), out)
+                        }, { floats in try body(block, floats) }) == nil
+                    {
+                        try privately(block)
+                    }
+                }
+                return
+            }
+        }
+        try blocks(of: per) { block in try privately(block) }
     }
 
     /// The tensor's values as a new array (for small tensors: biases, norms).

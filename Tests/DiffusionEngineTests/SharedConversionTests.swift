@@ -94,6 +94,33 @@ struct SharedConversionTests {
         #expect(shared.conversions == 1 && shared.reuses == 1 && shared.peakFloatsHeld == 2_560)
     }
 
+    /// A tensor larger than the whole budget is shared block by block: each block of rows is
+    /// converted once for both providers while there is room, privately by both when there is
+    /// not, and every block reaches both with the right values.
+    @Test(arguments: [DType.f16, .bf16])
+    func aTensorOverTheBudgetIsSharedBlockByBlock(_ dtype: DType) throws {
+        let store = Self.store(dtype)
+        // a.weight is 64 × 40 = 2,560 floats in blocks of 7 rows (280 floats) and a last row
+        // (40): the first three blocks fit in 1,000, the next six do not, the last row does.
+        let shared = SharedConvertedWeights(consumers: 2, budgetFloats: 1_000, minimumFloats: 1)
+        let expected = try WeightProvider(store: store).floats("a.weight")
+        let leading = WeightProvider(store: store), lagging = WeightProvider(store: store)
+        leading.sharedConversions = shared
+        lagging.sharedConversions = shared
+        for provider in [leading, lagging] {
+            var values = [Float]()
+            var starts = [Int]()
+            try provider.withRowBlocks("a.weight", rowsPerBlock: 7) { rows, p in
+                starts.append(rows.lowerBound)
+                values += Array(UnsafeBufferPointer(start: p, count: rows.count * 40))
+            }
+            #expect(values == expected)
+            #expect(starts == Array(stride(from: 0, to: 64, by: 7)))
+        }
+        #expect(shared.conversions == 4 && shared.reuses == 4, "converted \(shared.conversions), reused \(shared.reuses)")
+        #expect(shared.floatsHeld == 0 && shared.peakFloatsHeld == 880)
+    }
+
     /// A copy's buffer is reused for the next tensor only when every provider is done reading
     /// it: here the second provider finishes with `a` and converts `b` while the first is still
     /// reading `a`; the first must still see `a`'s values.
