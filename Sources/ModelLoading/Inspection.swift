@@ -227,7 +227,9 @@ public struct Inspection {
         return out
     }
 
-    /// Statistics of every tensor, two tensors at a time (one per core).
+    /// Statistics of every tensor, two tensors at a time (one per core). A mapped tensor's pages
+    /// are handed back once read (the page cache keeps them), so the resident set holds the
+    /// tensors in progress, not the whole file.
     private static func statistics(
         of tensors: [TensorDescriptor], in store: any TensorStore,
         progress: (any ProgressReporter)?
@@ -240,6 +242,7 @@ public struct Inspection {
             do {
                 let view = try store.tensor(named: d.name)
                 result = .success(try? view.statistics())  // nil for dtypes without numeric values
+                view.bytes.releasePages()
             } catch {
                 result = .failure(error)
             }
