@@ -108,7 +108,7 @@ let package = Package(
         .target(
             name: "ModelLoading",
             dependencies: [
-                "TensorCore", "MappedIO", "StrictJSON", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine", "Adapters", "CPNG",
+                "TensorCore", "MappedIO", "StrictJSON", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine", "Adapters", "CPNG", "CEngineKernels",
             ],
             swiftSettings: strict),
         .target(

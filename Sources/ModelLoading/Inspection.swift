@@ -1,3 +1,4 @@
+import CEngineKernels
 import CheckpointFormats
 import Dispatch
 import ModelCatalog
@@ -241,7 +242,7 @@ public struct Inspection {
             let result: Result<TensorStatistics?, any Error>
             do {
                 let view = try store.tensor(named: d.name)
-                result = .success(try? view.statistics())  // nil for dtypes without numeric values
+                result = .success(try? fastStatistics(view))  // nil for dtypes without numeric values
                 view.bytes.releasePages()
             } catch {
                 result = .failure(error)
@@ -251,6 +252,41 @@ public struct Inspection {
         progress?.advance(by: tensors.reduce(0) { $0 + $1.byteCount })
         progress?.finish()
         return try results.withLock { $0 }.map { try $0!.get() }
+    }
+
+    /// ``TensorView/statistics()``, through the selected kernel family's C code for F32, F16
+    /// and BF16 (`CEngineKernels/statistics.c`: the same counts and extremes, sums
+    /// reassociated within 4096-value chunks); other dtypes through TensorCore.
+    static func fastStatistics(_ view: TensorView) throws -> TensorStatistics {
+        let code: Int32
+        switch view.dtype {
+        case .f32: code = 0
+        case .f16: code = 1
+        case .bf16: code = 2
+        default: return try view.statistics()
+        }
+        let count = view.descriptor.elementCount
+        var c = wp_statistics()
+        try view.bytes.withUnsafeBytes { (raw) throws(TensorCoreError) in
+            guard let width = view.dtype.byteWidth, raw.count >= count * width else {
+                throw TensorCoreError(.unsupportedConversion, "\(view.name): \(raw.count) bytes hold fewer than \(count) values")
+            }
+            if count > 0 { _ = wp_tensor_statistics(code, raw.baseAddress!, count, &c) }
+        }
+        var s = TensorStatistics()
+        s.count = count
+        s.finiteCount = Int(c.finite)
+        s.nanCount = Int(c.nan)
+        s.infinityCount = count - Int(c.finite) - Int(c.nan)
+        s.zeroCount = Int(c.zero)
+        s.beyondFloat16Count = Int(c.beyond)
+        if c.finite > 0 {
+            s.min = Double(c.min)
+            s.max = Double(c.max)
+            s.mean = c.mean
+            s.std = (c.m2 / Double(c.finite)).squareRoot()
+        }
+        return s
     }
 
     private static func findings(rows: [Row]) -> [Finding] {

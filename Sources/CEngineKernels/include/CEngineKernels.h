@@ -67,6 +67,16 @@ int wp_ggml_decodes(int type);
 /// bit for bit what `GGMLBlocks.dequantize` computes. Returns 0, or -1 for a type not decoded here.
 int wp_dequantize_ggml(int type, const void *source, size_t blocks, float *target);
 
+/// Summary statistics of a tensor (`inspect --stats`); min/max/mean/m2 over finite values.
+typedef struct {
+    int64_t count, finite, nan, zero, beyond; ///< beyond: finite values with |x| > 65504
+    float min, max;                           ///< ±infinity swapped when nothing is finite
+    double mean, m2;                          ///< m2: the sum of squared deviations from the mean
+} wp_statistics;
+/// Statistics of `count` values at `source` (any alignment) of `dtype`: 0 F32, 1 F16, 2 BF16.
+/// Returns 0, or -1 for another dtype.
+int wp_tensor_statistics(int dtype, const void *source, size_t count, wp_statistics *out);
+
 /// Winograd F(4x4, 3x3) input transform (`V = Bᵀ d B`) for channels `channelLo ..< channelHi`
 /// and tiles `tileLo ..< tileHi` of a `[C, height, width]` image; `v` holds 36 matrices
 /// `[C][tileHi - tileLo]`, `plane` floats apart. `scratch`: `12 * (4 * tilesWide + 2)` floats.

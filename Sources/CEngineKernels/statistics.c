@@ -1,0 +1,126 @@
+// Summary statistics of a tensor's values (`inspect --stats`), compiled for each kernel family
+// and chosen by wp_selected_kernels(). The same figures as TensorCore's `TensorStatistics`
+// accumulator, chunk by chunk: counts, extremes and the sum over finite values, then the
+// squared deviations from the chunk's mean, chunks merged with Chan et al.'s update. Sums are
+// reassociated within a chunk (so they vectorise); the counts, minimum and maximum are exact.
+#include "CEngineKernels.h"
+
+#include <math.h>
+#include <string.h>
+
+#define INLINE static inline __attribute__((always_inline))
+#define CHUNK 4096
+
+INLINE float halfBits(uint16_t h) {
+    union { uint32_t u; float f; } o, magic = {.u = 113u << 23};
+    const uint32_t shiftedExponent = 0x7c00u << 13;
+    o.u = (uint32_t)(h & 0x7fff) << 13;
+    uint32_t exponent = shiftedExponent & o.u;
+    o.u += (127u - 15u) << 23;
+    if (exponent == shiftedExponent) {
+        o.u += (128u - 16u) << 23;
+    } else if (exponent == 0) {
+        o.u += 1u << 23;
+        o.f -= magic.f;
+    }
+    o.u |= (uint32_t)(h & 0x8000) << 16;
+    return o.f;
+}
+
+/// One chunk's values as floats (copied: any alignment).
+INLINE void load(int dtype, const unsigned char *s, size_t n, float *restrict v) {
+    if (dtype == 0) {
+        memcpy(v, s, n * 4);
+    } else if (dtype == 1) {
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            v[i] = halfBits(h);
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            uint32_t bits = (uint32_t)h << 16;
+            memcpy(v + i, &bits, 4);
+        }
+    }
+}
+
+INLINE void body(int dtype, const void *source, size_t count, wp_statistics *out) {
+    const size_t width = dtype == 0 ? 4 : 2;
+    float v[CHUNK] __attribute__((aligned(64)));
+    int64_t finiteTotal = 0, nanTotal = 0, zeroTotal = 0, beyondTotal = 0;
+    float lo = INFINITY, hi = -INFINITY;
+    double n = 0, mean = 0, m2 = 0;
+    for (size_t start = 0; start < count; start += CHUNK) {
+        const size_t len = count - start < CHUNK ? count - start : CHUNK;
+        load(dtype, (const unsigned char *)source + start * width, len, v);
+        int64_t finite = 0, nans = 0, zeros = 0, beyond = 0;
+        float chunkLo = INFINITY, chunkHi = -INFINITY;
+        double sum = 0;
+        for (size_t i = 0; i < len; i++) {
+#pragma clang fp reassociate(on)
+            const float x = v[i];
+            const int isFinite = (x - x) == 0.0f; // inf - inf and NaN - NaN are NaN
+            const float clean = isFinite ? x : 0.0f;
+            finite += isFinite;
+            nans += x != x;
+            zeros += x == 0.0f;
+            beyond += isFinite & (fabsf(x) > 65504.0f);
+            const float low = isFinite ? x : INFINITY, high = isFinite ? x : -INFINITY;
+            chunkLo = low < chunkLo ? low : chunkLo;
+            chunkHi = high > chunkHi ? high : chunkHi;
+            sum += (double)clean;
+        }
+        finiteTotal += finite;
+        nanTotal += nans;
+        zeroTotal += zeros;
+        beyondTotal += beyond;
+        if (finite == 0) continue;
+        lo = chunkLo < lo ? chunkLo : lo;
+        hi = chunkHi > hi ? chunkHi : hi;
+        const double chunkN = (double)finite, chunkMean = sum / chunkN;
+        double chunkM2 = 0;
+        for (size_t i = 0; i < len; i++) {
+#pragma clang fp reassociate(on)
+            const float x = v[i];
+            const int isFinite = (x - x) == 0.0f;
+            const double d = isFinite ? (double)x - chunkMean : 0.0;
+            chunkM2 += d * d;
+        }
+        const double combined = n + chunkN, delta = chunkMean - mean;
+        mean += delta * chunkN / combined;
+        m2 += chunkM2 + delta * delta * n * chunkN / combined;
+        n = combined;
+    }
+    out->count = (int64_t)count;
+    out->finite = finiteTotal;
+    out->nan = nanTotal;
+    out->zero = zeroTotal;
+    out->beyond = beyondTotal;
+    out->min = lo;
+    out->max = hi;
+    out->mean = mean;
+    out->m2 = m2;
+}
+
+static void statisticsBaseline(int d, const void *s, size_t n, wp_statistics *o) { body(d, s, n, o); }
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma,f16c"))) static void statisticsAVX2(int d, const void *s, size_t n, wp_statistics *o) { body(d, s, n, o); }
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+static void statisticsAVX512(int d, const void *s, size_t n, wp_statistics *o) { body(d, s, n, o); }
+#endif
+
+int wp_tensor_statistics(int dtype, const void *source, size_t count, wp_statistics *out) {
+    if (dtype < 0 || dtype > 2) return -1;
+#if defined(__x86_64__)
+    switch (wp_selected_kernels()) {
+    case WP_KERNELS_AVX512: statisticsAVX512(dtype, source, count, out); return 0;
+    case WP_KERNELS_AVX2: statisticsAVX2(dtype, source, count, out); return 0;
+    default: break;
+    }
+#endif
+    statisticsBaseline(dtype, source, count, out);
+    return 0;
+}
