@@ -99,15 +99,15 @@ public enum Int8Quantizer {
 
     @inline(__always)
     static func absoluteMaximum(_ p: UnsafePointer<Float>, _ count: Int) -> Float {
-        var m = SIMD16<Float>(repeating: 0)
-        var poison = SIMD16<Float>(repeating: 0)
+        var m = SIMD8<Float>(repeating: 0)
+        var poison = SIMD8<Float>(repeating: 0)
         var i = 0
         let raw = UnsafeRawPointer(p)
-        while i + 16 <= count {
-            let v = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<Float>.self)
+        while i + 8 <= count {
+            let v = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
             m = pointwiseMax(m, pointwiseMax(v, -v))
             poison += v * 0  // NaN if any value is NaN or infinite
-            i += 16
+            i += 8
         }
         var result = m.max()
         var tail: Float = 0
@@ -126,22 +126,22 @@ public enum Int8Quantizer {
     static func quantizeBlock(_ p: UnsafePointer<Float>, _ count: Int, scale: Float, into q: UnsafeMutablePointer<Int8>) -> ErrorAccumulator {
         var acc = ErrorAccumulator()
         let inverse: Float = scale == 0 ? 0 : 1 / scale
-        let magic = SIMD16<Float>(repeating: 12_582_912)  // 1.5 · 2^23: adding it rounds to an integer, half to even
-        let lo = SIMD16<Float>(repeating: -127), hi = SIMD16<Float>(repeating: 127)
-        var signal = SIMD16<Float>(repeating: 0), noise = signal, dot = signal, recon = signal, worst = signal
+        let magic = SIMD8<Float>(repeating: 12_582_912)  // 1.5 · 2^23: adding it rounds to an integer, half to even
+        let lo = SIMD8<Float>(repeating: -127), hi = SIMD8<Float>(repeating: 127)
+        var signal = SIMD8<Float>(repeating: 0), noise = signal, dot = signal, recon = signal, worst = signal
         var i = 0
         let raw = UnsafeRawPointer(p)
-        while i + 16 <= count {
-            let x = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<Float>.self)
+        while i + 8 <= count {
+            let x = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
             let clamped = pointwiseMin(pointwiseMax(x * inverse, lo), hi)
             let rounded = clamped + magic
-            let integers = SIMD16<Int32>(truncatingIfNeeded: unsafeBitCast(rounded, to: SIMD16<UInt32>.self) &- 0x4B40_0000)
-            UnsafeMutableRawPointer(q + i).storeBytes(of: SIMD16<Int8>(truncatingIfNeeded: integers), as: SIMD16<Int8>.self)
+            let integers = SIMD8<Int32>(truncatingIfNeeded: unsafeBitCast(rounded, to: SIMD8<UInt32>.self) &- 0x4B40_0000)
+            UnsafeMutableRawPointer(q + i).storeBytes(of: SIMD8<Int8>(truncatingIfNeeded: integers), as: SIMD8<Int8>.self)
             let y = (rounded - magic) * scale
             let e = x - y
             signal += x * x; noise += e * e; dot += x * y; recon += y * y
             worst = pointwiseMax(worst, pointwiseMax(e, -e))
-            i += 16
+            i += 8
         }
         acc.signal = Double(signal.sum()); acc.noise = Double(noise.sum()); acc.dot = Double(dot.sum()); acc.reconstructed = Double(recon.sum())
         acc.maxAbsoluteError = Double(worst.max())
