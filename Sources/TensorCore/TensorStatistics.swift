@@ -91,8 +91,8 @@ struct Accumulator {
             vZero &+= SIMD16<Int32>(repeating: 0).replacing(with: 1, where: v .== V(repeating: 0))
             vBeyond &+= SIMD16<Int32>(repeating: 0).replacing(with: 1, where: finite .& beyondHalf)
             let clean = V(repeating: 0).replacing(with: v, where: finite)
-            vMin = pointwiseMin(vMin, V(repeating: .infinity).replacing(with: v, where: finite))
-            vMax = pointwiseMax(vMax, V(repeating: -.infinity).replacing(with: v, where: finite))
+            vMin = vMin.replacing(with: v, where: finite .& (v .< vMin))
+            vMax = vMax.replacing(with: v, where: finite .& (v .> vMax))
             vSum += widen(clean)
             i += lanes
         }
