@@ -4,6 +4,7 @@
 // `__attribute__((target(...)))`: the body is an always-inline function, which the compiler
 // inlines into (and vectorises for) each copy's instruction set.
 #include "CEngineKernels.h"
+#include "half.h"
 
 #include <string.h>
 #if defined(__x86_64__)
@@ -13,33 +14,14 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-/// One half to a float, bit by bit (no F16C): the exponent is rebiased from 15 to 127; infinity
-/// and NaN keep an all-ones exponent; zero and subnormals are rescaled by a float subtraction.
-INLINE float halfToFloat(uint16_t h) {
-    union { uint32_t u; float f; } o, magic = {.u = 113u << 23};
-    const uint32_t shiftedExponent = 0x7c00u << 13;
-    o.u = (uint32_t)(h & 0x7fff) << 13;
-    uint32_t exponent = shiftedExponent & o.u;
-    o.u += (127u - 15u) << 23;
-    if (exponent == shiftedExponent) {
-        o.u += (128u - 16u) << 23;
-    } else if (exponent == 0) {
-        o.u += 1u << 23;
-        o.f -= magic.f;
-    }
-    o.u |= (uint32_t)(h & 0x8000) << 16;
-    return o.f;
-}
-
-INLINE uint16_t load16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 
 INLINE void f16Body(const unsigned char *s, float *t, size_t count) {
-    for (size_t i = 0; i < count; i++) t[i] = halfToFloat(load16(s + 2 * i));
+    for (size_t i = 0; i < count; i++) t[i] = wp_half_to_float(wp_load16(s + 2 * i));
 }
 
 INLINE void bf16Body(const unsigned char *s, float *t, size_t count) {
     for (size_t i = 0; i < count; i++) {
-        uint32_t bits = (uint32_t)load16(s + 2 * i) << 16;
+        uint32_t bits = (uint32_t)wp_load16(s + 2 * i) << 16;
         memcpy(t + i, &bits, 4);
     }
 }
@@ -51,7 +33,7 @@ INLINE void int8Body(const int8_t *payload, const unsigned char *scales, size_t 
         const int8_t *q = payload + row * rowLength;
         float *out = target + r * rowLength;
         for (size_t k = 0; k < blocksPerRow; k++) {
-            float scale = halfToFloat(load16(scales + 2 * (row * blocksPerRow + k)));
+            float scale = wp_half_to_float(wp_load16(scales + 2 * (row * blocksPerRow + k)));
             size_t start = k * blockSize, end = start + blockSize < rowLength ? start + blockSize : rowLength;
             for (size_t i = start; i < end; i++) out[i] = (float)q[i] * scale;
         }

@@ -4,6 +4,7 @@
 // the same operations in the same order and never fused), so every family gives the same bits
 // (`GGMLKernelTests`); the compiler vectorises the plain loops for each instruction set.
 #include "CEngineKernels.h"
+#include "half.h"
 
 #include <string.h>
 
@@ -11,24 +12,7 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-/// One IEEE half to a float, exactly (the same as convert.c's, bit by bit).
-INLINE float half(const unsigned char *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    union { uint32_t u; float f; } o, magic = {.u = 113u << 23};
-    const uint32_t shiftedExponent = 0x7c00u << 13;
-    o.u = (uint32_t)(h & 0x7fff) << 13;
-    uint32_t exponent = shiftedExponent & o.u;
-    o.u += (127u - 15u) << 23;
-    if (exponent == shiftedExponent) {
-        o.u += (128u - 16u) << 23;
-    } else if (exponent == 0) {
-        o.u += 1u << 23;
-        o.f -= magic.f;
-    }
-    o.u |= (uint32_t)(h & 0x8000) << 16;
-    return o.f;
-}
+INLINE float half(const unsigned char *p) { return wp_half_to_float(wp_load16(p)); }
 
 INLINE void q4_0(const unsigned char *restrict p, float *restrict y) {
     const float d = half(p);
@@ -91,13 +75,22 @@ INLINE void scaleMin(const unsigned char *s, int j, unsigned char *scale, unsign
     }
 }
 
+/// The scales and mins of sub-blocks 2·chunk and 2·chunk + 1 of a Q4_K / Q5_K block.
+INLINE void chunkScales(const unsigned char *p, float d, float dmin, int chunk, float *dl0, float *ml0, float *dl1, float *ml1) {
+    unsigned char sc0, m0, sc1, m1;
+    scaleMin(p + 4, 2 * chunk, &sc0, &m0);
+    scaleMin(p + 4, 2 * chunk + 1, &sc1, &m1);
+    *dl0 = d * (float)sc0;
+    *ml0 = dmin * (float)m0;
+    *dl1 = d * (float)sc1;
+    *ml1 = dmin * (float)m1;
+}
+
 INLINE void q4_K(const unsigned char *restrict p, float *restrict y) {
     const float d = half(p), dmin = half(p + 2);
     for (int chunk = 0; chunk < 4; chunk++) {
-        unsigned char sc0, m0, sc1, m1;
-        scaleMin(p + 4, 2 * chunk, &sc0, &m0);
-        scaleMin(p + 4, 2 * chunk + 1, &sc1, &m1);
-        const float dl0 = d * (float)sc0, ml0 = dmin * (float)m0, dl1 = d * (float)sc1, ml1 = dmin * (float)m1;
+        float dl0, ml0, dl1, ml1;
+        chunkScales(p, d, dmin, chunk, &dl0, &ml0, &dl1, &ml1);
         const unsigned char *restrict qs = p + 16 + chunk * 32;
         float *restrict out = y + chunk * 64;
         // Low nibbles are sub-block 2·chunk, high nibbles 2·chunk + 1.
@@ -110,10 +103,8 @@ INLINE void q5_K(const unsigned char *restrict p, float *restrict y) {
     const float d = half(p), dmin = half(p + 2);
     const unsigned char *restrict qh = p + 16;
     for (int chunk = 0; chunk < 4; chunk++) {
-        unsigned char sc0, m0, sc1, m1;
-        scaleMin(p + 4, 2 * chunk, &sc0, &m0);
-        scaleMin(p + 4, 2 * chunk + 1, &sc1, &m1);
-        const float dl0 = d * (float)sc0, ml0 = dmin * (float)m0, dl1 = d * (float)sc1, ml1 = dmin * (float)m1;
+        float dl0, ml0, dl1, ml1;
+        chunkScales(p, d, dmin, chunk, &dl0, &ml0, &dl1, &ml1);
         const unsigned char *restrict qs = p + 48 + chunk * 32;
         float *restrict out = y + chunk * 64;
         const int s0 = 2 * chunk, s1 = 2 * chunk + 1;

@@ -4,6 +4,7 @@
 // squared deviations from the chunk's mean, chunks merged with Chan et al.'s update. Sums are
 // reassociated within a chunk (so they vectorise); the counts, minimum and maximum are exact.
 #include "CEngineKernels.h"
+#include "half.h"
 
 #include <math.h>
 #include <string.h>
@@ -11,37 +12,17 @@
 #define INLINE static inline __attribute__((always_inline))
 #define CHUNK 4096
 
-INLINE float halfBits(uint16_t h) {
-    union { uint32_t u; float f; } o, magic = {.u = 113u << 23};
-    const uint32_t shiftedExponent = 0x7c00u << 13;
-    o.u = (uint32_t)(h & 0x7fff) << 13;
-    uint32_t exponent = shiftedExponent & o.u;
-    o.u += (127u - 15u) << 23;
-    if (exponent == shiftedExponent) {
-        o.u += (128u - 16u) << 23;
-    } else if (exponent == 0) {
-        o.u += 1u << 23;
-        o.f -= magic.f;
-    }
-    o.u |= (uint32_t)(h & 0x8000) << 16;
-    return o.f;
-}
-
 /// One chunk's values as floats (copied: any alignment).
 INLINE void load(int dtype, const unsigned char *s, size_t n, float *restrict v) {
     if (dtype == 0) {
         memcpy(v, s, n * 4);
     } else if (dtype == 1) {
         for (size_t i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, s + 2 * i, 2);
-            v[i] = halfBits(h);
+            v[i] = wp_half_to_float(wp_load16(s + 2 * i));
         }
     } else {
         for (size_t i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, s + 2 * i, 2);
-            uint32_t bits = (uint32_t)h << 16;
+            uint32_t bits = (uint32_t)wp_load16(s + 2 * i) << 16;
             memcpy(v + i, &bits, 4);
         }
     }

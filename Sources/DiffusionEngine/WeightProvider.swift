@@ -197,14 +197,7 @@ public final class WeightProvider {
             return try withFloats(name) { try body(0..<rows, $0) }  // throws the dtype error
         }
         let per = max(1, requested), whole = max(1, min(rows, wholeRowsPerBlock))
-        func blocks(of size: Int, _ each: (Range<Int>) throws -> Void) rethrows {
-            var start = 0
-            while start < rows {
-                let block = start..<min(rows, start + size)
-                try each(block)
-                start = block.upperBound
-            }
-        }
+        func blocks(of size: Int, _ each: (Range<Int>) throws -> Void) rethrows { try Self.forEachBlock(rows: rows, size: size, each) }
         if let q = try packed(full) {
             guard q.rows == rows, q.rowLength == rowLength else {
                 return try withFloats(name) { try body(0..<rows, $0) }
@@ -248,14 +241,7 @@ public final class WeightProvider {
         _ body: (Range<Int>, UnsafePointer<Float>) throws -> Void,
         convert: (Range<Int>, UnsafeMutablePointer<Float>) throws(EngineError) -> Void
     ) throws {
-        func blocks(of size: Int, _ each: (Range<Int>) throws -> Void) rethrows {
-            var start = 0
-            while start < rows {
-                let block = start..<min(rows, start + size)
-                try each(block)
-                start = block.upperBound
-            }
-        }
+        func blocks(of size: Int, _ each: (Range<Int>) throws -> Void) rethrows { try Self.forEachBlock(rows: rows, size: size, each) }
         var scratch: FloatTensor?
         defer { if scratch != nil { depth -= 1 } }
         func privately(_ block: Range<Int>) throws {
@@ -289,6 +275,16 @@ public final class WeightProvider {
             }
         }
         try blocks(of: per) { block in try privately(block) }
+    }
+
+    /// Calls `each` with `0..<rows` cut into consecutive blocks of `size` rows (the last shorter).
+    private static func forEachBlock(rows: Int, size: Int, _ each: (Range<Int>) throws -> Void) rethrows {
+        var start = 0
+        while start < rows {
+            let block = start..<min(rows, start + size)
+            try each(block)
+            start = block.upperBound
+        }
     }
 
     /// The tensor's values as a new array (for small tensors: biases, norms).
