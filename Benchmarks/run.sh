@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Side-by-side benchmarks of WeightPack against the Python tools people use, on the same machine
-# in the same run. Usage: Benchmarks/run.sh [convert|ckpt|open|compress|all]
+# in the same run. Usage: Benchmarks/run.sh [convert|int8|ckpt|open|compress|all]
+# WEIGHTPACK_BIN: a weightpack binary to use instead of building one.
 # Needs the fixture venv (Fixtures/generate/setup_venv.sh) for the Python side and ~20 GB of free
 # space in $WEIGHTPACK_BENCH_DIR (default /tmp/wpbench), where the full-size model is generated.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-WP="$ROOT/.build/release/weightpack"
+WP="${WEIGHTPACK_BIN:-$ROOT/.build/release/weightpack}"
 WHAT="${1:-all}"
 mkdir -p "$DIR"
 
-(cd "$ROOT" && swift build -c release --static-swift-stdlib >/dev/null)
+[ -n "${WEIGHTPACK_BIN:-}" ] || (cd "$ROOT" && swift build -c release --static-swift-stdlib >/dev/null)
 [ -x "$PY" ] || { echo "no fixture venv at $VENV: run Fixtures/generate/setup_venv.sh" >&2; exit 1; }
 MODEL="$DIR/sd15-random.safetensors"
 CKPT="$DIR/sd15-random.ckpt"
-if [ ! -f "$MODEL" ] || [ ! -f "$CKPT" ]; then
+NEEDS_CKPT=0
+[ "$WHAT" = ckpt ] || [ "$WHAT" = all ] && NEEDS_CKPT=1
+if [ ! -f "$MODEL" ] || { [ "$NEEDS_CKPT" = 1 ] && [ ! -f "$CKPT" ]; }; then
   "$PY" "$ROOT/Fixtures/generate/make_fullsize_sd15.py" --out "$DIR" --ckpt
 fi
 
@@ -40,7 +43,8 @@ ratio() {  # ratio LABEL_A LABEL_B: time and memory of A over B, from results.tx
 
 : > "$DIR/results.txt"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo); model: $MODEL ($(stat -c %s "$MODEL") bytes)"
-cat "$MODEL" "$CKPT" >/dev/null
+cat "$MODEL" >/dev/null
+[ "$NEEDS_CKPT" = 0 ] || cat "$CKPT" >/dev/null
 
 if [ "$WHAT" = convert ] || [ "$WHAT" = all ]; then
   measure "python safetensors f32->f16" "$PY" "$HERE/python/convert_safetensors.py" "$MODEL" "$DIR/out.st" f16
@@ -53,6 +57,15 @@ if [ "$WHAT" = convert ] || [ "$WHAT" = all ]; then
   ratio "weightpack convert --dtype keep" "python safetensors keep"
   measure "weightpack convert --dtype keep --no-source-hash" "$WP" convert "$MODEL" "$DIR/out.wpk" --no-source-hash
   ratio "weightpack convert --dtype keep --no-source-hash" "python safetensors keep"
+fi
+
+if [ "$WHAT" = int8 ] || [ "$WHAT" = all ]; then
+  # Issue 12, item 6: the default conversions (source SHA-256 recorded) against Python's f16.
+  measure "python safetensors f32->f16" "$PY" "$HERE/python/convert_safetensors.py" "$MODEL" "$DIR/out.st" f16
+  measure "weightpack convert --dtype f16" "$WP" convert "$MODEL" "$DIR/out.wpk" --dtype f16
+  measure "weightpack convert --dtype int8" "$WP" convert "$MODEL" "$DIR/out.wpk" --dtype int8
+  ratio "weightpack convert --dtype f16" "python safetensors f32->f16"
+  ratio "weightpack convert --dtype int8" "weightpack convert --dtype f16"
 fi
 
 if [ "$WHAT" = open ] || [ "$WHAT" = all ]; then
