@@ -108,7 +108,8 @@ let package = Package(
         .target(
             name: "ModelLoading",
             dependencies: [
-                "TensorCore", "MappedIO", "StrictJSON", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine", "Adapters", "CPNG", "CEngineKernels",
+                "TensorCore", "MappedIO", "StrictJSON", "CheckpointFormats", "ModelCatalog", "Quantization", "DiffusionEngine", "Adapters", "CPNG",
+                "CEngineKernels",
             ],
             swiftSettings: strict),
         .target(

@@ -224,7 +224,9 @@ struct QualityBudgetOptions: ParsableArguments {
             guard isFolder.boolValue else { throw ValidationError("--report \(path) is a file, not a folder") }
         } else {
             // The nearest folder that exists must be one we can create folders in.
-            repeat { url.deleteLastPathComponent() } while !FileManager.default.fileExists(atPath: url.path, isDirectory: &isFolder) && url.path != "/"
+            repeat {
+                url.deleteLastPathComponent()
+            } while !FileManager.default.fileExists(atPath: url.path, isDirectory: &isFolder) && url.path != "/"
             guard isFolder.boolValue else { throw ValidationError("--report \(path): \(url.path) is a file, not a folder") }
         }
         guard access(url.path, W_OK) == 0 else { throw ValidationError("--report \(path): \(url.path) is not writable") }

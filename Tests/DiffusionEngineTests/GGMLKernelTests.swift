@@ -43,7 +43,9 @@ struct GGMLKernelTests {
             #expect(wp_ggml_decodes(Int32(type.rawValue)) == 0)
             var out = [Float](repeating: 0, count: 256)
             let bytes = [UInt8](repeating: 0, count: 256)
-            let status = bytes.withUnsafeBytes { raw in out.withUnsafeMutableBufferPointer { wp_dequantize_ggml(Int32(type.rawValue), raw.baseAddress!, 1, $0.baseAddress!) } }
+            let status = bytes.withUnsafeBytes { raw in
+                out.withUnsafeMutableBufferPointer { wp_dequantize_ggml(Int32(type.rawValue), raw.baseAddress!, 1, $0.baseAddress!) }
+            }
             #expect(status == -1)
         }
     }

@@ -242,7 +242,10 @@ func dequantize(_ path: String, runs: Int) throws {
         byType[type, default: (0, 0)].seconds += best
     }
     for (type, t) in byType.sorted(by: { $0.key < $1.key }) {
-        print(String(format: "%@: %d values, %.3f s, %.0f M values/s (%@)", type, t.values, t.seconds, Double(t.values) / t.seconds / 1e6, "\(ComputeBackend.current.kernels)"))
+        print(
+            String(
+                format: "%@: %d values, %.3f s, %.0f M values/s (%@)", type, t.values, t.seconds, Double(t.values) / t.seconds / 1e6,
+                "\(ComputeBackend.current.kernels)"))
     }
 }
 
