@@ -16,7 +16,11 @@ WP="${WEIGHTPACK_BIN:-$ROOT/.build/release/weightpack}"
 cat "$MODEL" >/dev/null
 results="$(mktemp)"
 for round in $(seq 1 "$ROUNDS"); do
-  /usr/bin/time -f "weightpack %e %M" "$WP" inspect "$MODEL" --stats --json >/dev/null 2>>"$results.err" || true
+  # inspect exits 1 when it reports error findings (NaN, infinities): still a timed run;
+  # anything else is a failure, not a figure.
+  status=0
+  /usr/bin/time -f "weightpack %e %M" "$WP" inspect "$MODEL" --stats --json >/dev/null 2>>"$results.err" || status=$?
+  [ "$status" -le 1 ] || { echo "weightpack inspect failed ($status):" >&2; cat "$results.err" >&2; exit 1; }
   tail -n 1 "$results.err" >> "$results"
   /usr/bin/time -f "numpy %e %M" "$PY" "$HERE/python/stats.py" "$MODEL" >/dev/null 2>>"$results.err"
   tail -n 1 "$results.err" >> "$results"
