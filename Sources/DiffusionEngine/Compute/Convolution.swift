@@ -108,6 +108,29 @@ enum Convolution {
         if let residual { Kernels.add(residual, into: output, count: g.outChannels * pixels) }
     }
 
+    /// Whether a convolution of `geometry` goes through im2col and its whole lowered input
+    /// (`patchSize` × every output pixel) fits `budget` floats: the input can then be lowered
+    /// once (``im2col(_:geometry:pixels:into:)`` of all pixels) and multiplied by the weight in
+    /// as many blocks of output channels as wanted (``lowered(columns:geometry:weight:bias:output:)``),
+    /// which is what a weight converted block by block needs.
+    static func lowersInOneBlock(_ g: Geometry, budget: Int = columnBudget) -> Bool {
+        !g.isPointwise && !usesWinograd(g) && g.patchSize * g.outHeight * g.outWidth <= budget
+    }
+
+    /// The product half of ``loweredForward(_:geometry:weight:bias:output:columns:residual:)``
+    /// for a geometry that ``lowersInOneBlock(_:)``: `columns` already holds the whole input
+    /// lowered; `weight`, `bias` and `output` are those of `geometry.outChannels` channels.
+    static func lowered(
+        columns: UnsafePointer<Float>, geometry g: Geometry,
+        weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, output: UnsafeMutablePointer<Float>
+    ) {
+        let pixels = g.outHeight * g.outWidth
+        GEMM.multiply(
+            m: g.outChannels, n: pixels, k: g.patchSize,
+            a: weight, lda: g.patchSize, b: columns, ldb: pixels, c: output, ldc: pixels)
+        if let bias { Kernels.addChannelBias(output, channels: g.outChannels, plane: pixels, bias: bias) }
+    }
+
     /// Gathers the patches of output pixels `pixels` into `columns[patchSize, pixels.count]`.
     static func im2col(_ input: UnsafePointer<Float>, geometry g: Geometry, pixels: Range<Int>, into columns: UnsafeMutablePointer<Float>) {
         let n = pixels.count
@@ -121,10 +144,11 @@ enum Convolution {
                 let kx = row % g.kernelWidth
                 let channel = src.pointer + c * g.height * g.width
                 let target = dst.pointer + row * n
+                // Output row by output row: the first may start mid-row, the last end mid-row.
                 var p = pixels.lowerBound
+                var oy = p / outWidth
+                var ox0 = p - oy * outWidth
                 while p < pixels.upperBound {
-                    let oy = p / outWidth
-                    let ox0 = p % outWidth
                     let ox1 = min(outWidth, ox0 + (pixels.upperBound - p))
                     let t = target + (p - pixels.lowerBound)
                     let iy = oy * g.stride - g.padding.top + ky
@@ -148,6 +172,8 @@ enum Convolution {
                         }
                     }
                     p += ox1 - ox0
+                    oy += 1
+                    ox0 = 0
                 }
             }
         }
