@@ -17,8 +17,9 @@ ROUNDS="${1:-1}"
 STEPS="${2:-20}"
 engine_bench_setup
 SCRATCH="${GENERATE_BENCH_SCRATCH:-$ROOT/.build}"
-swift build -c release --package-path "$ROOT" --scratch-path "$SCRATCH" >/dev/null
-WP="$SCRATCH/release/weightpack"
+# WEIGHTPACK_BIN: a weightpack binary to use instead of building one.
+WP="${WEIGHTPACK_BIN:-$SCRATCH/release/weightpack}"
+[ -n "${WEIGHTPACK_BIN:-}" ] || swift build -c release --package-path "$ROOT" --scratch-path "$SCRATCH" >/dev/null
 [ -f "$DIR/sd15-random.safetensors" ] || "$PY" "$ROOT/Fixtures/generate/make_fullsize_sd15.py" --out "$DIR"
 MODEL="$DIR/sd15-full-diffusers"
 [ -f "$MODEL/model_index.json" ] || "$WP" export "$DIR/sd15-random.safetensors" "$MODEL" --layout diffusers
