@@ -114,7 +114,7 @@ enum Convolution {
     /// as many blocks of output channels as wanted (``lowered(columns:geometry:weight:bias:output:)``),
     /// which is what a weight converted block by block needs.
     static func lowersInOneBlock(_ g: Geometry, budget: Int = columnBudget) -> Bool {
-        !g.isPointwise && !usesWinograd(g) && g.patchSize * g.outHeight * g.outWidth <= budget
+        !g.isPointwise && !usesWinograd(g) && g.outHeight * g.outWidth <= budget / max(g.patchSize, 1)
     }
 
     /// The product half of ``loweredForward(_:geometry:weight:bias:output:columns:residual:)``
