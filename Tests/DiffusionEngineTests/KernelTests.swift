@@ -107,6 +107,43 @@ struct KernelTests {
         expectClose(blocked, expected, shape: [4, 40, 40], tolerance: 1e-4, "blocked conv")
     }
 
+    @Test func anInputLoweredOnceServesEveryBlockOfOutputChannels() {
+        // What `Workspace.conv2d` does for a weight converted block by block: one im2col of the
+        // whole input, then a product per block of output channels, each with its bias slice.
+        var random = TestRandom(seed: 15)
+        let g = Convolution.Geometry(
+            inChannels: 12, height: 11, width: 9, outChannels: 10, kernelHeight: 3, kernelWidth: 3,
+            stride: 2, padding: .init(1))
+        let plane = g.outHeight * g.outWidth
+        #expect(Convolution.lowersInOneBlock(g))
+        let x = random.values(12 * 99), weight = random.values(10 * g.patchSize, scale: 0.1), bias = random.values(10)
+        var whole = [Float](repeating: 0, count: 10 * plane)
+        var columns = [Float](repeating: 0, count: Convolution.scratchCount(g))
+        Convolution.forward(x, geometry: g, weight: weight, bias: bias, output: &whole, columns: &columns)
+        var lowered = [Float](repeating: 0, count: g.patchSize * plane)
+        Convolution.im2col(x, geometry: g, pixels: 0..<plane, into: &lowered)
+        var blocked = [Float](repeating: .nan, count: 10 * plane)
+        for block in [0..<3, 3..<7, 7..<10] {
+            var part = g
+            part.outChannels = block.count
+            weight.withUnsafeBufferPointer { w in
+                bias.withUnsafeBufferPointer { b in
+                    blocked.withUnsafeMutableBufferPointer { y in
+                        Convolution.lowered(
+                            columns: lowered, geometry: part, weight: w.baseAddress! + block.lowerBound * g.patchSize,
+                            bias: b.baseAddress! + block.lowerBound, output: y.baseAddress! + block.lowerBound * plane)
+                    }
+                }
+            }
+        }
+        expectClose(blocked, whole, shape: [10, g.outHeight, g.outWidth], tolerance: 1e-5, "lowered once, multiplied in blocks")
+        // The budget decides: a lowered input of budget + 1 floats is lowered once only under a
+        // larger budget.
+        let pixels = g.outHeight * g.outWidth
+        #expect(!Convolution.lowersInOneBlock(g, budget: g.patchSize * pixels - 1))
+        #expect(Convolution.lowersInOneBlock(g, budget: g.patchSize * pixels))
+    }
+
     // MARK: Normalisation and softmax
 
     @Test(arguments: [(32, 16, 32), (64, 49, 32), (6, 5, 3)])
