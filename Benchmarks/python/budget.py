@@ -3,6 +3,7 @@
 `--dtype auto` at that file's size (--max-size) and at its measured image PSNR (--target-psnr).
 
   budget.py WEIGHTPACK MODEL.safetensors OUTDIR [--types q4_k,q5_k,q8_0] [--format wpk|gguf]
+            [--auto-args "--keep *token_embedding*"]
 
 For each type T: the uniform file (`convert --dtype T`, or `export --format gguf --dtype T`) is
 measured with `weightpack verify` using the budget's own proof settings (prompt, seed, 6 steps,
@@ -36,9 +37,9 @@ def image_psnr(wp, reference, candidate, size):
     return next(s["psnr_db"] for s in stages if s["stage"] == "image")
 
 
-def auto(wp, model, out, fmt, goal, size):
+def auto(wp, model, out, fmt, goal, size, extra):
     cmd = [wp, "convert", model, out, "--dtype", "auto"] if fmt == "wpk" else [wp, "export", model, out, "--format", "gguf", "--dtype", "auto"]
-    p, seconds = run(cmd + goal + ["--json", "--calibration-size", str(size)])
+    p, seconds = run(cmd + goal + extra + ["--json", "--calibration-size", str(size)])
     doc = json.loads(p.stdout)
     # The file is the last attempt that passed (a smaller refinement that missed may follow it).
     last = [a for a in doc["attempts"] if a["passed"]][-1]
@@ -54,9 +55,11 @@ def main():
     ap.add_argument("--types", default="q4_k,q5_k,q8_0")
     ap.add_argument("--format", choices=["wpk", "gguf"], default="wpk")
     ap.add_argument("--size", type=int, default=256, help="calibration and proof size in pixels")
+    ap.add_argument("--auto-args", default="", help="more arguments for the auto runs, split on spaces")
     args = ap.parse_args()
     os.makedirs(args.outdir, exist_ok=True)
     ext = "wpk" if args.format == "wpk" else "gguf"
+    extra = args.auto_args.split()
     rows = []
     for t in args.types.split(","):
         uniform = os.path.join(args.outdir, f"uniform-{t}.{ext}")
@@ -67,13 +70,13 @@ def main():
         u_bytes = os.path.getsize(uniform)
         u_psnr = image_psnr(args.weightpack, args.model, uniform, args.size)
         same_size = auto(args.weightpack, args.model, os.path.join(args.outdir, f"auto-size-{t}.{ext}"), args.format,
-                         ["--max-size", str(u_bytes), "--force"], args.size)
+                         ["--max-size", str(u_bytes), "--force"], args.size, extra)
         same_psnr = auto(args.weightpack, args.model, os.path.join(args.outdir, f"auto-psnr-{t}.{ext}"), args.format,
-                         ["--target-psnr", f"{u_psnr:.4f}", "--force"], args.size)
+                         ["--target-psnr", f"{u_psnr:.4f}", "--force"], args.size, extra)
         rows.append({"type": t, "uniform_bytes": u_bytes, "uniform_psnr": u_psnr, "same_size": same_size, "same_psnr": same_psnr})
         print(json.dumps(rows[-1]), flush=True)
     with open(os.path.join(args.outdir, "budget.json"), "w") as f:
-        json.dump({"model": args.model, "format": args.format, "size": args.size, "rows": rows}, f, indent=1)
+        json.dump({"model": args.model, "format": args.format, "size": args.size, "auto_args": extra, "rows": rows}, f, indent=1)
     print(f"\n| uniform type | its size | its image PSNR | auto at that size: PSNR (gain) | auto at that PSNR: size (saved) |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:

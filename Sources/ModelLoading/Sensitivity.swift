@@ -63,13 +63,20 @@ public enum Sensitivity {
         /// False when the statistics had nothing for this tensor, or only zeros (its layer saw
         /// only zero inputs): every channel weighted 1.
         public var weighted: Bool
+        /// What one unit of this layer's relative error adds to the image's noise, relative to
+        /// the other layers (``LayerGains``); 1 when not measured.
+        public var gain: Double
 
-        public init(name: String, shape: [Int], candidates: [Candidate], weighted: Bool) {
+        public init(name: String, shape: [Int], candidates: [Candidate], weighted: Bool, gain: Double = 1) {
             self.name = name
             self.shape = shape
             self.candidates = candidates
             self.weighted = weighted
+            self.gain = gain
         }
+
+        /// A candidate's predicted share of the image's noise: its relative error times ``gain``.
+        public func noise(_ c: Candidate) -> Double { c.relativeError * gain }
     }
 
     /// Predicts every storage of `ladder` for each tensor of `names`, in parallel over tensors.
@@ -81,7 +88,9 @@ public enum Sensitivity {
     /// for `.wpk` (the values quantised are the same row-major values either way).
     ///
     /// - Parameters:
-    ///   - names: weights of rank 2 or more (linear and convolution weights).
+    ///   - names: weights of rank 2 or more (linear and convolution weights, and embedding
+    ///     tables, whose rows are the vectors looked up: unweighted, as no layer's input
+    ///     statistics describe them).
     ///   - statistics: the calibration's; `nil` (or no entry for a tensor) weights every
     ///     channel equally and marks the tensor unweighted.
     ///   - importanceWeighted: quantise as a conversion that passes each weighted tensor's
@@ -175,54 +184,74 @@ public enum Sensitivity {
         let values = try sampledValues(store, d, rows: picked, rowLength: rowLength)
         let fit = rules.rowLength(of: d.shape)
         var candidates: [Candidate] = []
-        var decoded = [Float](repeating: 0, count: values.count)
         for choice in choices {
             let bytes: Int
             switch choice {
             case .ggml(let type) where type == .f16 || type == .f32 || type == .bf16:
                 guard let b = type.byteCount(values: count) else { continue }
                 bytes = b
-                for k in 0..<values.count {
-                    switch type {
-                    case .f16: decoded[k] = Float(halfBits: values[k].halfBits)
-                    case .bf16: decoded[k] = Float(bfloat16Bits: values[k].bfloat16Bits)
-                    default: decoded[k] = values[k]
-                    }
-                }
             case .ggml(let type):
                 guard GGMLType.quantizable.contains(type), fit > 0, fit % type.blockValues == 0,
                     rowLength % type.blockValues == 0, let b = type.byteCount(values: count)
                 else { continue }
                 bytes = b
-                guard let rowBytes = type.byteCount(values: rowLength) else { continue }
-                var buffer = [UInt8](repeating: 0, count: rowBytes)
-                for r in 0..<picked.count {
-                    try values.withUnsafeBufferPointer { v in
-                        try buffer.withUnsafeMutableBytes { raw in
-                            try decoded.withUnsafeMutableBufferPointer { out in
-                                // As the writers quantise: ggml's weighted searches with the importance
-                                // the conversion will pass (unit importance unless weighted).
-                                try GGMLBlocks.quantizeAsConvert(
-                                    v.baseAddress! + r * rowLength, count: rowLength, rowLength: rowLength, type: type,
-                                    importance: importance, into: raw.baseAddress!)
-                                try GGMLBlocks.dequantize(
-                                    UnsafeRawBufferPointer(raw), type: type, count: rowLength, into: out.baseAddress! + r * rowLength)
-                            }
-                        }
-                    }
-                }
             case .int8:
                 bytes = try Int8BlockLayout(shape: d.shape).byteCount
-                let layout = try Int8BlockLayout(rows: picked.count, rowLength: rowLength, blockSize: Int8BlockLayout.defaultBlockSize)
-                let packed = try values.withUnsafeBufferPointer { try Int8Quantizer.quantize($0, layout: layout) }
-                try decoded.withUnsafeMutableBufferPointer { out in
-                    try Int8Quantizer.dequantize(packed.buffer.bytes, layout: layout, rows: 0..<layout.rows, into: out.baseAddress!)
-                }
             }
+            let decoded = try roundTrip(values, rowLength: rowLength, storage: choice, importance: importance)
             let (relative, snr) = errors(values, decoded, weight: weight, rowLength: rowLength)
             candidates.append(Candidate(storage: choice, bytes: bytes, relativeError: relative, weightSNR: snr))
         }
         return TensorOptions(name: name, shape: shape, candidates: candidates, weighted: energy != nil)
+    }
+
+    /// `values` (whole rows of `rowLength`) stored in `storage` and read back as the writers
+    /// store them: ggml's searches with `importance` (unit importance when `nil`), WeightPack's
+    /// int8 blocks, F16/BF16 rounding.
+    ///
+    /// - Throws: ``QuantizationError`` for a row length the storage's blocks do not divide, or
+    ///   NaN or infinite values.
+    public static func roundTrip(_ values: [Float], rowLength: Int, storage: StorageChoice, importance: [Float]?) throws -> [Float] {
+        guard rowLength > 0, values.count % rowLength == 0 else {
+            throw QuantizationError(.invalidLayout, "\(values.count) values are not whole rows of \(rowLength)")
+        }
+        let rows = values.count / rowLength
+        var decoded = [Float](repeating: 0, count: values.count)
+        switch storage {
+        case .ggml(let type) where type == .f16 || type == .f32 || type == .bf16:
+            for k in 0..<values.count {
+                switch type {
+                case .f16: decoded[k] = Float(halfBits: values[k].halfBits)
+                case .bf16: decoded[k] = Float(bfloat16Bits: values[k].bfloat16Bits)
+                default: decoded[k] = values[k]
+                }
+            }
+        case .ggml(let type):
+            guard let rowBytes = type.byteCount(values: rowLength) else {
+                throw QuantizationError(.invalidLayout, "rows of \(rowLength) do not divide into \(type.name) blocks")
+            }
+            var buffer = [UInt8](repeating: 0, count: rowBytes)
+            try values.withUnsafeBufferPointer { v in
+                try buffer.withUnsafeMutableBytes { raw in
+                    try decoded.withUnsafeMutableBufferPointer { out in
+                        for r in 0..<rows {
+                            try GGMLBlocks.quantizeAsConvert(
+                                v.baseAddress! + r * rowLength, count: rowLength, rowLength: rowLength, type: type,
+                                importance: importance, into: raw.baseAddress!)
+                            try GGMLBlocks.dequantize(
+                                UnsafeRawBufferPointer(raw), type: type, count: rowLength, into: out.baseAddress! + r * rowLength)
+                        }
+                    }
+                }
+            }
+        case .int8:
+            let layout = try Int8BlockLayout(rows: rows, rowLength: rowLength, blockSize: Int8BlockLayout.defaultBlockSize)
+            let packed = try values.withUnsafeBufferPointer { try Int8Quantizer.quantize($0, layout: layout) }
+            try decoded.withUnsafeMutableBufferPointer { out in
+                try Int8Quantizer.dequantize(packed.buffer.bytes, layout: layout, rows: 0..<layout.rows, into: out.baseAddress!)
+            }
+        }
+        return decoded
     }
 
     /// The weighted relative error and the plain SNR (dB) of `decoded` against `values`.

@@ -49,6 +49,12 @@ struct QualityBudgetOptions: ParsableArguments {
         ))
     var noImportance = false
 
+    @Flag(
+        help: ArgumentHelp(
+            "With --dtype auto: count every layer's predicted error alike instead of first measuring each block of layers' effect on the image (one proof generation per block)."
+        ))
+    var uniformGains = false
+
     var isUsed: Bool {
         targetPsnr != nil || maxSize != nil || report != nil || !calibrationPrompts.isEmpty || calibrationSize != nil || calibrationSteps != nil
     }
@@ -56,8 +62,9 @@ struct QualityBudgetOptions: ParsableArguments {
     /// Checks the options for `--dtype auto` (`auto` true) or their absence otherwise.
     func validate(auto: Bool) throws {
         guard auto else {
-            if isUsed || noImportance {
-                throw ValidationError("--target-psnr, --max-size, --report, --no-importance and the calibration options apply to --dtype auto")
+            if isUsed || noImportance || uniformGains {
+                throw ValidationError(
+                    "--target-psnr, --max-size, --report, --no-importance, --uniform-gains and the calibration options apply to --dtype auto")
             }
             return
         }
@@ -133,6 +140,7 @@ struct QualityBudgetOptions: ParsableArguments {
         options.maxAttempts = attempts
         options.sampleRows = sampleRows
         options.importanceWeighted = !noImportance
+        options.measuredGains = !uniformGains
         options.keepPatterns = keep
         options.configurationFolder = configurationFolder
         options.overwrite = force
@@ -201,7 +209,7 @@ struct QualityBudgetOptions: ParsableArguments {
             "offset_db": JSONValue(result.offset), "fixed_bytes": JSONValue(result.fixedBytes), "header_bytes": JSONValue(overhead),
             "uniform": .array(uniform.map { ["type": .string($0.label), "bytes": JSONValue($0.bytes), "predicted_psnr": Self.number($0.psnr)] }),
             "mixes": .array(frontier.map { ["bytes": JSONValue($0.bytes), "predicted_psnr": Self.number($0.psnr)] }),
-            "attempts": .array(result.attempts.map(\.json)),
+            "attempts": .array(result.attempts.map(\.json)), "gains": result.gains?.json ?? .null,
         ]
         let files: [(String, [UInt8])] = [
             ("size-vs-psnr.png", try BudgetChart.render(chart)), ("bits-per-layer.png", try BudgetChart.render(bits)),
@@ -254,6 +262,7 @@ private final class PhaseCounter: @unchecked Sendable {
                 case "calibrate": "running the cascade on the calibration prompts"
                 case "measure": "predicting each weight's error in each type"
                 case "reference": "running the source on the proof's prompt (once for every attempt)"
+                case "gains": "running the proof with each block of layers quantised alone"
                 case "write": "quantising and writing"
                 default: "running the file against the source"
                 }

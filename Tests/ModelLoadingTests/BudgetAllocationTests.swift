@@ -105,6 +105,8 @@ struct BudgetAllocationTests {
         // 25 dB above the fitted offset: the first allocation is far too coarse.
         options.offset = QualityBudget.defaultOffset + 25
         options.maxAttempts = 3
+        // The correction alone, without the measured gains' own offset.
+        options.measuredGains = false
         let output = folder.appendingPathComponent("auto.wpk").path
         let result = try QualityBudget.run(source, to: output, options: options)
         #expect(result.attempts.count >= 2)
@@ -137,7 +139,7 @@ struct QualityBudgetRecordTests {
     @Test("an object with every field of the wrong type prints placeholders, and a broken measured record is left out")
     func wrongTypes() throws {
         let recipe =
-            #"{"goal": [], "predicted_image_psnr": {}, "attempt": "x", "calibration": 3, "verification": {"prompt": 5, "seed": []}, "ladder": [1, null], "tensors": {"w": {"type": 7, "predicted_error_db": "loud"}}}"#
+            #"{"goal": [], "predicted_image_psnr": {}, "attempt": "x", "calibration": 3, "verification": {"prompt": 5, "seed": []}, "ladder": [1, null], "gains": [1, null, {"group": 7, "gain_db": "loud"}], "tensors": {"w": {"type": 7, "predicted_error_db": "loud"}}}"#
         let record = try #require(
             QualityBudgetRecord(
                 header: nil,
@@ -150,6 +152,15 @@ struct QualityBudgetRecordTests {
         #expect(lines.first?.contains("unknown goal") == true, "\(lines)")
         #expect(lines.first?.contains("not measured") == true, "\(lines)")
         #expect(lines.allSatisfy { !$0.contains("\n") })
+        #expect(!lines.contains { $0.hasPrefix("gains") }, "\(lines)")
+        let good = try #require(
+            QualityBudgetRecord(
+                header: nil,
+                metadata: [
+                    ModelExport.GGUFBudget.recipeKey:
+                        #"{"goal": {"max_size": 5}, "gains": [{"group": "unet mid_block", "gain_db": -3}, {"group": "vae encoder"}, {"group": 2, "gain_db": 4.5}]}"#
+                ]))
+        #expect(good.lines.contains("gains measured for 2 of 3 blocks: -3.00 dB (unet mid_block) to 4.50 dB (?)"), "\(good.lines)")
     }
 
     @Test("a GGUF whose recipe string is damaged inspects with no budget; a good one shows it")

@@ -15,7 +15,7 @@ struct QualityBudgetCLITests {
     @Test("--help explains --dtype auto and its options")
     func help() throws {
         let r = try run(["convert", "--help"])
-        for text in ["--dtype auto", "--target-psnr", "--max-size", "--report", "--calibration-size", "--attempts"] {
+        for text in ["--dtype auto", "--target-psnr", "--max-size", "--report", "--calibration-size", "--attempts", "--uniform-gains"] {
             #expect(r.stdout.contains(text), "\(text)")
         }
         let e = try run(["export", "--help"])
@@ -28,6 +28,7 @@ struct QualityBudgetCLITests {
             ["--dtype", "auto"],
             ["--dtype", "auto", "--target-psnr", "30", "--max-size", "5MB"],
             ["--dtype", "q4_k", "--target-psnr", "30"],
+            ["--dtype", "q4_k", "--uniform-gains"],
             ["--dtype", "auto", "--max-size", "lots"],
             ["--dtype", "auto", "--max-size=-5MB"],
             ["--dtype", "auto", "--target-psnr", "nan"],
@@ -91,6 +92,11 @@ struct QualityBudgetCLITests {
         #expect(recipe["tool"]?.stringValue?.hasPrefix("weightpack") == true)
         let tensors = try #require(recipe["tensors"]?.objectValue)
         #expect(tensors.count > 300)
+        // .wpk puts the token embedding on the ladder; every block the proof runs has a measured gain.
+        #expect(tensors.keys.contains { $0.hasSuffix("token_embedding.weight") })
+        let gains = try #require(recipe["gains"]?.arrayValue).compactMap(\.objectValue)
+        #expect(gains.count >= 15)
+        #expect(gains.filter { $0["image_psnr"]?.doubleValue != nil && $0["gain_db"]?.doubleValue != nil }.count >= 14)
         let stored = Dictionary(
             uniqueKeysWithValues: (root["tensors"]?.arrayValue ?? []).compactMap(\.objectValue).compactMap { t -> (String, String)? in
                 guard let name = t["name"]?.stringValue else { return nil }
@@ -110,6 +116,7 @@ struct QualityBudgetCLITests {
         let text = try run(["inspect", out])
         #expect(text.stdout.contains("budget:     target image PSNR 35.00 dB"), "\(text.stdout)")
         #expect(text.stdout.contains("PREDICTED DB"))
+        #expect(text.stdout.contains("gains measured for "), "\(text.stdout)")
 
         // The report: two PNGs and the JSON behind them.
         for name in ["size-vs-psnr.png", "bits-per-layer.png"] {
@@ -141,6 +148,11 @@ struct QualityBudgetCLITests {
         let inspected = try run(["inspect", out])
         #expect(inspected.stdout.contains("budget:     at most 9000000 bytes"), "\(inspected.stdout)")
         #expect(inspected.stdout.contains("measured"))
+        // GGUF keeps the embeddings out of the ladder (stable-diffusion.cpp does not quantise them).
+        let root = try parseJSON(try run(["inspect", out, "--json"]).stdout)
+        let tensors = try #require(root["quality_budget"]?.objectValue?["recipe"]?.objectValue?["tensors"]?.objectValue)
+        #expect(tensors.count > 100)
+        #expect(!tensors.keys.contains { $0.contains("embedding") })
     }
 
     @Test("a budget no mix meets exits 1 with one line and writes nothing", arguments: [["--target-psnr", "150"], ["--max-size", "1MB"]])

@@ -4,9 +4,10 @@ import Quantization
 /// Which storage each tensor gets under a budget, from the predicted cost and error of every
 /// storage (``Sensitivity``).
 ///
-/// The prediction model: the relative output noise of every quantised layer adds up, and the
-/// image PSNR against the source is `offset − 10 log10(Σ noise)`, with `offset` fitted to a
-/// measurement (a verify of a written file). A choice minimises bytes for a noise budget or
+/// The prediction model: the relative output noise of every quantised layer, times the layer's
+/// measured gain (``LayerGains``, 1 when not measured), adds up, and the image PSNR against the
+/// source is `offset − 10 log10(Σ gain · noise)`, with `offset` fitted to a measurement (the
+/// gains' own, then a verify of a written file). A choice minimises bytes for a noise budget or
 /// noise for a byte budget: the Lagrangian `noise + λ·bytes` picks each tensor's storage for a
 /// given `λ`, a bisection on `λ` meets the budget, and a greedy pass then spends what the
 /// bisection left (the best bytes per noise first).
@@ -16,8 +17,10 @@ public struct BudgetAllocation: Sendable {
         public var name: String
         public var storage: StorageChoice
         public var bytes: Int
-        /// Predicted relative output noise (``Sensitivity/Candidate/relativeError``).
+        /// Predicted relative output noise of the layer (``Sensitivity/Candidate/relativeError``).
         public var relativeError: Double
+        /// Its share of the image's noise: `relativeError` times the layer's gain.
+        public var noise: Double
         /// The sampled weight SNR of this storage, in dB.
         public var weightSNR: Double
     }
@@ -29,8 +32,8 @@ public struct BudgetAllocation: Sendable {
 
     /// The file's tensor bytes.
     public var bytes: Int { fixedBytes + picks.reduce(0) { $0 + $1.bytes } }
-    /// Predicted total relative noise.
-    public var noise: Double { picks.reduce(0) { $0 + $1.relativeError } }
+    /// Predicted total noise (each layer's relative noise times its gain).
+    public var noise: Double { picks.reduce(0) { $0 + $1.noise } }
 
     /// The predicted image PSNR for a fitted `offset` (`.infinity` when nothing is lossy).
     public func predictedPSNR(offset: Double) -> Double { BudgetAllocator.psnr(noise: noise, offset: offset) }
@@ -60,10 +63,14 @@ public enum BudgetAllocator {
     }
 
     /// Each tensor's candidates without the dominated ones (another is no larger and no
-    /// noisier), by increasing size.
+    /// noisier), by increasing size; `relativeError` here is the gain-weighted noise
+    /// (``Sensitivity/TensorOptions/noise(_:)``).
     static func frontiers(_ tensors: [Sensitivity.TensorOptions]) -> [[Sensitivity.Candidate]] {
         tensors.map { t in
-            let sorted = t.candidates.sorted { ($0.bytes, $0.relativeError) < ($1.bytes, $1.relativeError) }
+            let scaled = t.candidates.map { c in
+                Sensitivity.Candidate(storage: c.storage, bytes: c.bytes, relativeError: t.noise(c), weightSNR: c.weightSNR)
+            }
+            let sorted = scaled.sorted { ($0.bytes, $0.relativeError) < ($1.bytes, $1.relativeError) }
             var kept: [Sensitivity.Candidate] = []
             // Walking up in size, a candidate stays only if it is quieter than every smaller one.
             for c in sorted where kept.last.map({ c.relativeError < $0.relativeError && c.bytes > $0.bytes }) ?? true {
@@ -105,9 +112,13 @@ public enum BudgetAllocator {
         BudgetAllocation(
             picks: zip(tensors, zip(frontier, pick)).map { t, choice in
                 let c = choice.0[choice.1]
-                return BudgetAllocation.Pick(
-                    name: t.name, storage: c.storage, bytes: c.bytes, relativeError: c.relativeError, weightSNR: c.weightSNR)
+                return Self.pick(t, t.candidates.first { $0.storage == c.storage } ?? c)
             }, fixedBytes: fixedBytes)
+    }
+
+    static func pick(_ t: Sensitivity.TensorOptions, _ c: Sensitivity.Candidate) -> BudgetAllocation.Pick {
+        BudgetAllocation.Pick(
+            name: t.name, storage: c.storage, bytes: c.bytes, relativeError: c.relativeError, noise: t.noise(c), weightSNR: c.weightSNR)
     }
 
     /// The choice for `goal`, or `nil` when no choice meets it (a byte budget below the
@@ -237,14 +248,10 @@ public enum BudgetAllocator {
             picks: tensors.map { t in
                 var wanted: StorageChoice? = storage
                 while let w = wanted {
-                    if let c = t.candidates.first(where: { $0.storage == w }) {
-                        return BudgetAllocation.Pick(
-                            name: t.name, storage: c.storage, bytes: c.bytes, relativeError: c.relativeError, weightSNR: c.weightSNR)
-                    }
+                    if let c = t.candidates.first(where: { $0.storage == w }) { return pick(t, c) }
                     if case .ggml(let type) = w, let f = GGMLTypeRules.fallback(for: type) { wanted = .ggml(f) } else { wanted = nil }
                 }
-                let c = t.candidates.first { $0.storage == .ggml(.f16) } ?? t.candidates[0]
-                return BudgetAllocation.Pick(name: t.name, storage: c.storage, bytes: c.bytes, relativeError: c.relativeError, weightSNR: c.weightSNR)
+                return pick(t, t.candidates.first { $0.storage == .ggml(.f16) } ?? t.candidates[0])
             }, fixedBytes: fixedBytes)
     }
 }

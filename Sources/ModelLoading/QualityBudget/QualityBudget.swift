@@ -18,9 +18,12 @@ import Glibc
 ///    records every linear and convolution layer's per-input-channel mean squares.
 /// 2. ``Sensitivity`` predicts each weight's relative output error in every storage of the
 ///    ladder from those statistics (on a sample of rows, with the real quantisers).
-/// 3. ``BudgetAllocator`` picks the storages: the smallest file whose predicted image PSNR meets
-///    the target, or the lowest predicted error within the size.
-/// 4. The file is written; before it is given its name, ``Verification`` runs it against the
+/// 3. ``LayerGains`` measures how much each block of layers' error reaches the image: the
+///    proof's generation run once per block with only that block quantised.
+/// 4. ``BudgetAllocator`` picks the storages: the smallest file whose predicted image PSNR meets
+///    the target, or the lowest predicted error within the size, each layer's error weighted by
+///    its block's gain.
+/// 5. The file is written; before it is given its name, ``Verification`` runs it against the
 ///    source (the staged report of `weightpack verify`; the source's half is run once, before
 ///    the first attempt, and compared with every file). A quality target missed sends the
 ///    prediction, corrected by what was measured, round again (``Options/maxAttempts``); the file
@@ -76,6 +79,10 @@ public enum QualityBudget {
         /// importance matrix), and predict with them; `false` quantises as `--dtype q4_k` does
         /// (unit importance).
         public var importanceWeighted = true
+        /// Measure each block of layers' effect on the image before the first attempt
+        /// (``LayerGains``) and weight the prediction by it; `false` counts every layer's
+        /// relative error alike.
+        public var measuredGains = true
 
         public init(goal: Goal) { self.goal = goal }
     }
@@ -99,7 +106,8 @@ public enum QualityBudget {
 
     /// What the command reports as it goes.
     public enum Event: Sendable {
-        /// A phase begins: `calibrate`, `measure`, `reference` (the source's half of every proof), `write`, `verify`.
+        /// A phase begins: `calibrate`, `measure`, `reference` (the source's half of every proof),
+        /// `gains` (each block of layers run quantised, ``LayerGains``), `write`, `verify`.
         case phase(String, attempt: Int?)
         /// Work done in the current phase.
         case progress(done: Int, total: Int)
@@ -154,6 +162,8 @@ public enum QualityBudget {
         /// Wall time of each phase, in seconds.
         public var seconds: [(phase: String, seconds: Double)]
         public var fixedBytes: Int
+        /// The measured gains of the blocks of layers; `nil` when not measured.
+        public var gains: LayerGains.Measurement?
 
         public var predictedPSNR: Double { written.predictedPSNR }
         public var measuredPSNR: Double { written.measuredPSNR }
@@ -216,7 +226,7 @@ public enum QualityBudget {
         }
         let names = try candidates(model, format: options.format, keep: options.keepPatterns)
         events?(.phase("measure", attempt: nil))
-        let tensors = try timed("measure") {
+        var tensors = try timed("measure") {
             try Sensitivity.measure(
                 model.store, names: names, ladder: ladder, rows: options.format == .wpk ? .allButFirstDimension : .lastDimension,
                 statistics: statistics, sampleRows: options.sampleRows, importanceWeighted: options.importanceWeighted,
@@ -239,8 +249,25 @@ public enum QualityBudget {
             }
         }
 
+        let importance = options.importanceWeighted ? importanceVectors(model, names: names, statistics: statistics, format: options.format) : [:]
+
+        // Each block of layers' effect on the image, measured against the same source run.
+        var gains: LayerGains.Measurement?
+        if options.measuredGains {
+            events?(.phase("gains", attempt: nil))
+            let measurement = try timed("gains") {
+                try LayerGains.measure(
+                    source, reference: referenceRun, tensors: tensors, importance: importance, configurationFolder: options.configurationFolder,
+                    progress: { done, total in events?(.progress(done: done, total: total)) })
+            }
+            if !measurement.gains.isEmpty {
+                for i in tensors.indices { tensors[i].gain = measurement.gains[tensors[i].name] ?? 1 }
+                gains = measurement
+            }
+        }
+
         // 3–4: allocate, write, prove; again with a corrected offset while the target is missed.
-        var offset = options.offset ?? defaultOffset
+        var offset = options.offset ?? gains?.offset ?? defaultOffset
         var attempts: [Attempt] = []
         var written: (allocation: BudgetAllocation, recipe: JSONValue, measured: JSONValue)?
         var sizeRoom = 0
@@ -267,7 +294,7 @@ public enum QualityBudget {
             let predicted = allocation.predictedPSNR(offset: offset)
             let recipe = recipeJSON(
                 options: options, ladder: ladder, settings: settings, verification: verification, allocation: allocation, tensors: tensors,
-                offset: offset, predicted: predicted, previous: attempts)
+                gains: gains, offset: offset, predicted: predicted, previous: attempts)
             events?(.phase("write", attempt: number))
             let check = Locked<(Attempt, JSONValue)?>(nil)
             let offsetUsed = offset
@@ -298,7 +325,7 @@ public enum QualityBudget {
             do {
                 try timed("write+verify \(number)") {
                     try write(
-                        model, allocation: allocation, statistics: options.importanceWeighted ? statistics : nil, to: output,
+                        model, allocation: allocation, importance: importance, to: output,
                         format: options.format, options: options,
                         overwrite: options.overwrite || written != nil, recipe: recipe, prove: prove, events: events)
                 }
@@ -346,7 +373,8 @@ public enum QualityBudget {
         if last.measuredPSNR.isFinite, last.predictedPSNR.isFinite { offset += last.measuredPSNR - last.predictedPSNR }
         return Result(
             attempts: attempts, written: last, allocation: written.allocation, tensors: tensors, offset: offset, calibration: settings,
-            verification: verification, recipe: written.recipe, measured: written.measured, seconds: seconds, fixedBytes: fixedBytes)
+            verification: verification, recipe: written.recipe, measured: written.measured, seconds: seconds, fixedBytes: fixedBytes,
+            gains: gains)
     }
 
     /// The offset for the next allocation aiming at `aim` dB, from the measured points
@@ -376,12 +404,14 @@ public enum QualityBudget {
     }
 
     /// The tensors the ladder applies to: weights of rank 2 or more that a block conversion
-    /// would quantise (not kept by the rules or `keep`), whose rows hold 32-value blocks.
+    /// would quantise (not kept by the rules or `keep`), whose rows hold 32-value blocks; for
+    /// `.wpk`, also the text encoders' token embedding tables (``ladderEmbeddings``).
     static func candidates(_ model: CanonicalModel, format: Format, keep: [String]) throws -> [String] {
         switch format {
         case .wpk:
             let rules = GGMLTypeRules(target: .q8_0, rows: .allButFirstDimension, keep: keep)
             return model.store.tensors.filter { d in
+                if isLadderEmbedding(d, keep: keep) { return true }
                 let decision = rules.decision(for: d)
                 return decision.type.isBlockQuantized && decision.fallbackFrom == nil
             }.map(\.name)
@@ -389,6 +419,18 @@ public enum QualityBudget {
             let kept = Set(model.store.tensors.filter { d in keep.contains { Glob.matches($0, d.name) } }.map(\.name))
             return try ModelExport.ggufQuantizedTensors(model).filter { !kept.contains($0) }
         }
+    }
+
+    /// Name endings of the embedding tables `--dtype auto` measures like any weight when it
+    /// writes `.wpk`: the CLIP token embeddings (49408 rows, 11 % of a uniform Q4_K SD 1.5).
+    /// The uniform block types keep them F16, as every peer's rules do; the engine reads a
+    /// quantised table row by row (only the prompt's rows are decoded). GGUF keeps them:
+    /// stable-diffusion.cpp does not quantise embeddings.
+    static let ladderEmbeddings = ["token_embedding.weight"]
+
+    static func isLadderEmbedding(_ d: TensorDescriptor, keep: [String]) -> Bool {
+        d.shape.rank == 2 && d.dtype.isConvertibleFloat && ladderEmbeddings.contains { d.name.hasSuffix("." + $0) }
+            && !keep.contains { Glob.matches($0, d.name) }
     }
 
     /// Bytes of every other tensor as a block conversion stores it (F16 matrices, F32 vectors,
@@ -406,8 +448,22 @@ public enum QualityBudget {
         return total
     }
 
+    /// The importance each tensor's block quantisation gets from the calibration statistics
+    /// (``Sensitivity/importance(shape:energy:)``), as the writers pass it.
+    static func importanceVectors(_ model: CanonicalModel, names: [String], statistics: ActivationStatistics, format: Format) -> [String: [Float]] {
+        var importance: [String: [Float]] = [:]
+        for name in names {
+            guard let d = model.store.descriptor(named: name),
+                let vector = Sensitivity.importance(shape: d.shape.dimensions, energy: statistics.channels[name])
+            else { continue }
+            // GGUF rows are the last dimension: a linear weight's columns, the input channels.
+            if format == .wpk || d.shape.rank == 2 { importance[name] = vector }
+        }
+        return importance
+    }
+
     private static func write(
-        _ model: CanonicalModel, allocation: BudgetAllocation, statistics: ActivationStatistics?, to output: String, format: Format,
+        _ model: CanonicalModel, allocation: BudgetAllocation, importance all: [String: [Float]], to output: String, format: Format,
         options: Options, overwrite: Bool,
         recipe: JSONValue,
         prove: @escaping @Sendable (String, [String: QuantizationMetrics]) throws -> JSONValue, events: (@Sendable (Event) -> Void)?
@@ -416,14 +472,9 @@ public enum QualityBudget {
         // Room for the measured record: its fixed part and a line per tensor.
         let reserve = 8192 + allocation.picks.count * 160
         var importance: [String: [Float]] = [:]
-        if let statistics {
-            for p in allocation.picks {
-                guard case .ggml(let type) = p.storage, type.isBlockQuantized, let d = model.store.descriptor(named: p.name),
-                    let vector = Sensitivity.importance(shape: d.shape.dimensions, energy: statistics.channels[p.name])
-                else { continue }
-                // GGUF rows are the last dimension: a linear weight's columns, the input channels.
-                importance[p.name] = format == .wpk ? vector : (d.shape.rank == 2 ? vector : nil)
-            }
+        for p in allocation.picks {
+            guard case .ggml(let type) = p.storage, type.isBlockQuantized, let vector = all[p.name] else { continue }
+            importance[p.name] = vector
         }
         switch format {
         case .wpk:
@@ -496,7 +547,8 @@ public enum QualityBudget {
 
     static func recipeJSON(
         options: Options, ladder: [StorageChoice], settings: Calibration.Settings, verification: StableDiffusionPipeline.Request,
-        allocation: BudgetAllocation, tensors: [Sensitivity.TensorOptions], offset: Double, predicted: Double, previous: [Attempt]
+        allocation: BudgetAllocation, tensors: [Sensitivity.TensorOptions], gains: LayerGains.Measurement?, offset: Double, predicted: Double,
+        previous: [Attempt]
     ) -> JSONValue {
         var goal = JSONObject()
         switch options.goal {
@@ -506,10 +558,12 @@ public enum QualityBudget {
         let weighted = Dictionary(uniqueKeysWithValues: tensors.map { ($0.name, $0.weighted) })
         var perTensor = JSONObject()
         for p in allocation.picks {
-            perTensor[p.name] = [
-                "type": .string(p.storage.label), "predicted_error_db": dB(10 * log10(p.relativeError)),
-                "predicted_weight_snr_db": dB(p.weightSNR), "weighted": .bool(weighted[p.name] ?? false),
-            ]
+            var entry = JSONObject([
+                ("type", .string(p.storage.label)), ("predicted_error_db", dB(10 * log10(p.relativeError))),
+                ("predicted_weight_snr_db", dB(p.weightSNR)), ("weighted", .bool(weighted[p.name] ?? false)),
+            ])
+            if let gain = gains?.gains[p.name] { entry["gain_db"] = dB(10 * log10(gain)) }
+            perTensor[p.name] = .object(entry)
         }
         return [
             "version": 1, "tool": .string(options.tool), "format": .string(options.format.rawValue), "goal": .object(goal),
@@ -521,7 +575,7 @@ public enum QualityBudget {
             "sample_rows": JSONValue(options.sampleRows), "importance_weighted": .bool(options.importanceWeighted), "offset_db": JSONValue(offset),
             "predicted_image_psnr": dB(predicted),
             "predicted_bytes": JSONValue(allocation.bytes), "attempt": JSONValue(previous.count + 1),
-            "previous_attempts": .array(previous.map(\.json)), "tensors": .object(perTensor),
+            "previous_attempts": .array(previous.map(\.json)), "gains": gains?.json ?? .null, "tensors": .object(perTensor),
         ]
     }
 

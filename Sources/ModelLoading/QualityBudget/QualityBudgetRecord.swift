@@ -63,6 +63,17 @@ public struct QualityBudgetRecord: Sendable {
                 "proved on \"\(v["prompt"]?.stringValue ?? "")\", seed \(v["seed"]?.stringValue ?? "?"), \(v["steps"]?.intValue ?? 0) steps at \(v["width"]?.intValue ?? 0)x\(v["height"]?.intValue ?? 0)"
             )
         }
+        if let groups = recipe["gains"]?.arrayValue?.compactMap(\.objectValue) {
+            let measured = groups.compactMap { g -> (String, Double)? in
+                guard let gain = g["gain_db"]?.doubleValue, gain.isFinite else { return nil }
+                return (g["group"]?.stringValue ?? "?", gain)
+            }.sorted { $0.1 < $1.1 }
+            if let low = measured.first, let high = measured.last {
+                out.append(
+                    "gains measured for \(measured.count) of \(groups.count) blocks: \(QualityBudget.format(low.1)) dB (\(low.0)) to \(QualityBudget.format(high.1)) dB (\(high.0))"
+                )
+            }
+        }
         if let ladder = recipe["ladder"]?.arrayValue?.compactMap(\.stringValue) {
             out.append("ladder \(ladder.joined(separator: " ")); \(recipe["tool"]?.stringValue ?? "")")
         }
