@@ -130,8 +130,13 @@ struct LayerGainsTests {
             for g in gains.groups {
                 #expect((g.imagePSNR != nil) == (g.name != "vae encoder"), "\(g.name)")
             }
-            // The token embedding is measured like a weight in .wpk.
-            #expect(result.tensors.contains { $0.name.hasSuffix("token_embedding.weight") })
+            // The token embedding is measured like a weight in .wpk, and stays F16 in the uniform
+            // points of the report, as `--dtype q8_0` keeps it.
+            let embedding = try #require(result.tensors.first { $0.name.hasSuffix("token_embedding.weight") })
+            let f16 = try #require(embedding.candidates.first { $0.storage == .ggml(.f16) }).bytes
+            let q8 = try #require(embedding.candidates.first { $0.storage == .ggml(.q8_0) }).bytes
+            let everything = BudgetAllocator.uniform(result.tensors, storage: .ggml(.q8_0), fixedBytes: result.fixedBytes).bytes
+            #expect(result.uniform([.ggml(.q8_0)]).first?.bytes == everything + f16 - q8)
             let first = try #require(result.attempts.first)
             #expect(abs(first.predictedPSNR - first.measuredPSNR) < 3, "predicted \(first.predictedPSNR), measured \(first.measuredPSNR)")
             try FileManager.default.removeItem(at: folder.appendingPathComponent("auto.wpk"))

@@ -174,10 +174,18 @@ public enum QualityBudget {
             BudgetAllocator.frontier(tensors, fixedBytes: fixedBytes).map { ($0.bytes, BudgetAllocator.psnr(noise: $0.noise, offset: offset)) }
         }
 
-        /// Every uniform storage of the ladder as the prediction sees it: (label, tensor bytes, PSNR).
+        /// Every uniform storage of the ladder as the prediction sees it: (label, tensor bytes,
+        /// PSNR). The token embeddings stay F16, as `--dtype TYPE` keeps them.
         public func uniform(_ ladder: [StorageChoice]) -> [(label: String, bytes: Int, psnr: Double)] {
-            ladder.map { storage in
-                let a = BudgetAllocator.uniform(tensors, storage: storage, fixedBytes: fixedBytes)
+            let asConverted = tensors.map { t in
+                var t = t
+                if QualityBudget.ladderEmbeddings.contains(where: { t.name.hasSuffix("." + $0) }) {
+                    t.candidates = t.candidates.filter { $0.storage == .ggml(.f16) }
+                }
+                return t
+            }
+            return ladder.map { storage in
+                let a = BudgetAllocator.uniform(asConverted, storage: storage, fixedBytes: fixedBytes)
                 return (storage.label, a.bytes, a.predictedPSNR(offset: offset))
             }
         }
