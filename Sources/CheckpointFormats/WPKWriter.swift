@@ -195,8 +195,9 @@ public enum WPKWriter {
         }
     }
 
-    /// Widens a tensor to f32, quantises it to int8 (rows spread over the processors), writes
-    /// the layout's bytes and returns their XXH64 and the error measured.
+    /// Quantises a tensor to int8 (rows spread over the processors) straight into the writer's
+    /// output, and returns the XXH64 of the layout's bytes and the error measured. An F32 source
+    /// aligned to 4 bytes is read in place; other sources are widened to f32 first.
     private static func writeQuantized(
         _ t: OutputTensor, layout: Int8BlockLayout, to writer: AtomicFileWriter
     ) throws(FormatError) -> (UInt64, QuantizationMetrics) {
@@ -204,44 +205,69 @@ public enum WPKWriter {
             throw FormatError(.unsupportedConversion, "cannot quantise \(t.sourceDType.name) \(t.shape) as \(layout)", tensor: t.name)
         }
         let view = try TensorEmitter.load(t)
-        let floats = OwnedBuffer(byteCount: layout.elementCount * 4)
-        try view.bytes.withUnsafeBytes { (source) throws(FormatError) in
-            do throws(TensorCoreError) {
-                try ElementConversion.widen(
-                    source, dtype: t.sourceDType, into: floats.mutableBytes.bindMemory(to: Float.self), count: layout.elementCount)
-            } catch {
-                throw FormatError(.unsupportedConversion, error.message, tensor: t.name)
-            }
-            (view.bytes.owner as? MappedFile)?.adviseDone(with: source)
-        }
-        let output = OwnedBuffer(byteCount: layout.byteCount)
-        output.mutableBytes.initializeMemory(as: UInt8.self, repeating: 0)
-        let parts = max(1, min(8, layout.rows / 16))
-        let results = Locked<[Result<ErrorAccumulator, QuantizationError>?]>(Array(repeating: nil, count: parts))
-        if let out = output.mutableBytes.baseAddress, let input = floats.mutableBytes.baseAddress {
-            let source = UnsafeSendablePointer(UnsafeRawPointer(input)), target = UnsafeSendablePointer(UnsafeRawPointer(out))
-            DispatchQueue.concurrentPerform(iterations: parts) { p in
-                let rows = (layout.rows * p / parts)..<(layout.rows * (p + 1) / parts)
-                let payload = UnsafeMutableRawPointer(mutating: target.pointer)
-                let result = Result { () throws(QuantizationError) -> ErrorAccumulator in
-                    try Int8Quantizer.quantize(
-                        source.pointer.assumingMemoryBound(to: Float.self), layout: layout, rows: rows,
-                        payload: payload.assumingMemoryBound(to: Int8.self),
-                        scales: (payload + layout.scaleOffset).assumingMemoryBound(to: UInt16.self))
+        let mapped = view.bytes.owner as? MappedFile
+        return try view.bytes.withUnsafeBytes { (source) throws(FormatError) -> (UInt64, QuantizationMetrics) in
+            defer { mapped?.adviseDone(with: source) }
+            var widened: OwnedBuffer?
+            let floats: UnsafePointer<Float>
+            if t.sourceDType == .f32, source.count >= layout.elementCount * 4, let base = source.baseAddress,
+                Int(bitPattern: base) % MemoryLayout<Float>.alignment == 0
+            {
+                floats = base.assumingMemoryBound(to: Float.self)
+            } else {
+                let buffer = OwnedBuffer(byteCount: layout.elementCount * 4)
+                let target = buffer.mutableBytes.bindMemory(to: Float.self)
+                do throws(TensorCoreError) {
+                    try ElementConversion.widen(source, dtype: t.sourceDType, into: target, count: layout.elementCount)
+                } catch {
+                    throw FormatError(.unsupportedConversion, error.message, tensor: t.name)
                 }
-                results.withLock { $0[p] = result }
+                widened = buffer
+                floats = UnsafePointer(target.baseAddress!)
             }
-        }
-        var total = ErrorAccumulator()
-        for r in results.withLock({ $0 }) {
-            switch r {
-            case .success(let a): total.merge(a)
-            case .failure(let error): throw FormatError(.unsupportedConversion, "cannot quantise: \(error.message)", tensor: t.name)
-            case nil: break
+            defer { withExtendedLifetime(widened) {} }
+            var checksum: UInt64 = 0
+            var total = ErrorAccumulator()
+            var failure: QuantizationError?
+            do {
+                try writer.withUnsafeOutputBuffer(count: layout.byteCount) { out in
+                    // The payload and the scales are written whole; only the gap between them is not.
+                    (out.baseAddress! + layout.elementCount).initializeMemory(
+                        as: UInt8.self, repeating: 0, count: layout.scaleOffset - layout.elementCount)
+                    let parts = max(1, min(8, layout.rows / 16))
+                    let results = Locked<[Result<ErrorAccumulator, QuantizationError>?]>(Array(repeating: nil, count: parts))
+                    let input = UnsafeSendablePointer(UnsafeRawPointer(floats)), target = UnsafeSendablePointer(UnsafeRawPointer(out.baseAddress!))
+                    DispatchQueue.concurrentPerform(iterations: parts) { p in
+                        let rows = (layout.rows * p / parts)..<(layout.rows * (p + 1) / parts)
+                        let payload = UnsafeMutableRawPointer(mutating: target.pointer)
+                        let result = Result { () throws(QuantizationError) -> ErrorAccumulator in
+                            try Int8Quantizer.quantize(
+                                input.pointer.assumingMemoryBound(to: Float.self), layout: layout, rows: rows,
+                                payload: payload.assumingMemoryBound(to: Int8.self),
+                                scales: (payload + layout.scaleOffset).assumingMemoryBound(to: UInt16.self))
+                        }
+                        results.withLock { $0[p] = result }
+                    }
+                    for r in results.withLock({ $0 }) {
+                        switch r {
+                        case .success(let a): total.merge(a)
+                        case .failure(let error): failure = error
+                        case nil: break
+                        }
+                    }
+                    // Nothing of a failed tensor reaches the file: the write that follows is skipped.
+                    if let failure { throw failure }
+                    checksum = XXHash64.hash(UnsafeRawBufferPointer(out))
+                }
+            } catch let error as QuantizationError {
+                throw FormatError(.unsupportedConversion, "cannot quantise: \(error.message)", tensor: t.name)
+            } catch let error as IOError {
+                throw FormatError(error)
+            } catch {
+                throw FormatError(.io, "\(error)", tensor: t.name)
             }
+            return (checksum, total.metrics)
         }
-        do { try writer.write(output.bytes) } catch { throw FormatError(error) }
-        return (XXHash64.hash(output.bytes), total.metrics)
     }
 
     /// Converts a tensor into memory, compresses its byte planes and writes them (or the raw

@@ -287,6 +287,50 @@ struct WPKInt8Tests {
         #expect(try file.tensor(named: "ids").byteArray == store.tensor(named: "ids").byteArray)
     }
 
+    /// The writer quantises an aligned F32 source in place and widens everything else first
+    /// (F16, BF16, and F32 at an address that is not a multiple of 4, as a safetensors file
+    /// whose header length is not a multiple of 4 gives); every path must store exactly the
+    /// quantiser's bytes, the zero gap between payload and scales included (63·8·3·3 = 4536
+    /// values, scales from 4544).
+    @Test("int8 from aligned and unaligned F32, F16 and BF16 sources: the quantiser's bytes, gap zeroed")
+    func everySourcePathStoresTheQuantizersBytes() throws {
+        let folder = try makeTemporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let shape = [63, 8, 3, 3]
+        let count = shape.reduce(1, *)
+        let f32 = sampleBytes(.f32, count: count, seed: 5)
+        // A safetensors file whose data starts 2 bytes past a multiple of 4.
+        var header = Array(#"{"w":{"dtype":"F32","shape":[63,8,3,3],"data_offsets":[0,\#(count * 4)]}}"#.utf8)
+        while (8 + header.count) % 4 != 2 { header.append(0x20) }
+        var file: [UInt8] = []
+        withUnsafeBytes(of: UInt64(header.count).littleEndian) { file += $0 }
+        file += header + f32
+        let unalignedPath = folder.appendingPathComponent("unaligned.safetensors").path
+        try Data(file).write(to: URL(fileURLWithPath: unalignedPath))
+        let unaligned = try SafetensorsFile(path: unalignedPath)
+        let address = try unaligned.tensor(named: "w").bytes.withUnsafeBytes { Int(bitPattern: $0.baseAddress!) }
+        #expect(address % 4 == 2)
+        let sources: [(String, any TensorStore)] = [
+            ("aligned f32", MemoryStore([("w", .f32, shape, f32)])),
+            ("unaligned f32", unaligned),
+            ("f16", MemoryStore([("w", .f16, shape, sampleBytes(.f16, count: count, seed: 6))])),
+            ("bf16", MemoryStore([("w", .bf16, shape, sampleBytes(.bf16, count: count, seed: 7))])),
+        ]
+        for (label, store) in sources {
+            let plan = OutputTensor.plan(from: store, rules: QuantizationRules())
+            #expect(plan.map(\.dtype) == [.i8], "\(label)")
+            let path = folder.appendingPathComponent("\(label).wpk").path
+            try WPKWriter.write(plan, metadata: JSONObject([("tool", .string("tests"))]), to: path, overwrite: false)
+            let written = try WPKFile(path: path)
+            #expect(written.verifyChecksums().isEmpty, "\(label)")
+            let q = try #require(try written.quantizedTensor(named: "w"))
+            #expect(q.layout.scaleOffset - q.layout.elementCount == 8)
+            let values = try store.tensor(named: "w").floats()
+            let (expected, _) = try values.withUnsafeBufferPointer { try Int8Quantizer.quantize($0, layout: q.layout) }
+            #expect(q.bytes.withUnsafeBytes { Array($0) } == Array(expected.bytes), "\(label)")
+        }
+    }
+
     @Test("a file without int8 tensors stays version 1.0")
     func plainStaysOldVersion() throws {
         let folder = try makeTemporaryFolder()
