@@ -60,9 +60,27 @@ static void f16AVX2(const void *source, float *t, size_t n) {
 }
 __attribute__((target("avx2,fma,f16c")))
 static void bf16AVX2(const void *s, float *t, size_t n) { bf16Body(s, t, n); }
+// The int8 kernels below widen 8 or 16 values per instruction explicitly; each value is still
+// `(float)q * scale`, one rounding, so every family gives the same bits as `int8Body`.
 __attribute__((target("avx2,fma,f16c")))
 static void int8AVX2(const int8_t *p, const void *sc, size_t rl, size_t bs, size_t bpr, size_t fr, size_t rows, float *t) {
-    int8Body(p, sc, rl, bs, bpr, fr, rows, t);
+    const unsigned char *scales = sc;
+    for (size_t r = 0; r < rows; r++) {
+        const size_t row = fr + r;
+        const int8_t *q = p + row * rl;
+        float *out = t + r * rl;
+        for (size_t k = 0; k < bpr; k++) {
+            const float scale = wp_half_to_float(wp_load16(scales + 2 * (row * bpr + k)));
+            const __m256 s = _mm256_set1_ps(scale);
+            const size_t start = k * bs, end = start + bs < rl ? start + bs : rl;
+            size_t i = start;
+            for (; i + 8 <= end; i += 8) {
+                const __m256i w = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + i)));
+                _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_cvtepi32_ps(w), s));
+            }
+            for (; i < end; i++) out[i] = (float)q[i] * scale;
+        }
+    }
 }
 
 // --- AVX-512 (F, BW, VL, DQ) ---
@@ -78,7 +96,23 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 static void bf16AVX512(const void *s, float *t, size_t n) { bf16Body(s, t, n); }
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 static void int8AVX512(const int8_t *p, const void *sc, size_t rl, size_t bs, size_t bpr, size_t fr, size_t rows, float *t) {
-    int8Body(p, sc, rl, bs, bpr, fr, rows, t);
+    const unsigned char *scales = sc;
+    for (size_t r = 0; r < rows; r++) {
+        const size_t row = fr + r;
+        const int8_t *q = p + row * rl;
+        float *out = t + r * rl;
+        for (size_t k = 0; k < bpr; k++) {
+            const float scale = wp_half_to_float(wp_load16(scales + 2 * (row * bpr + k)));
+            const __m512 s = _mm512_set1_ps(scale);
+            const size_t start = k * bs, end = start + bs < rl ? start + bs : rl;
+            size_t i = start;
+            for (; i + 16 <= end; i += 16) {
+                const __m512i w = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + i)));
+                _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_cvtepi32_ps(w), s));
+            }
+            for (; i < end; i++) out[i] = (float)q[i] * scale;
+        }
+    }
 }
 #define PICK(name) (wp_selected_kernels() == WP_KERNELS_AVX512 ? name##AVX512 : wp_selected_kernels() == WP_KERNELS_AVX2 ? name##AVX2 : name##Baseline)
 #else

@@ -11,6 +11,7 @@
 
 #define INLINE static inline __attribute__((always_inline))
 #define CHUNK 4096
+#define LANES 16
 
 /// One chunk's values as floats (copied: any alignment).
 INLINE void load(int dtype, const unsigned char *s, size_t n, float *restrict v) {
@@ -37,22 +38,55 @@ INLINE void body(int dtype, const void *source, size_t count, wp_statistics *out
     for (size_t start = 0; start < count; start += CHUNK) {
         const size_t len = count - start < CHUNK ? count - start : CHUNK;
         load(dtype, (const unsigned char *)source + start * width, len, v);
+        // 16 lanes of counts, extremes and sums, combined in lane order after the chunk, so
+        // the loop vectorises (a min/max written as a select is not a reduction the compiler
+        // recognises); each lane's sum runs in order.
+        int32_t finiteLanes[LANES] = {0}, nanLanes[LANES] = {0}, zeroLanes[LANES] = {0}, beyondLanes[LANES] = {0};
+        float lowLanes[LANES], highLanes[LANES];
+        double sumLanes[LANES] = {0};
+        for (int l = 0; l < LANES; l++) {
+            lowLanes[l] = INFINITY;
+            highLanes[l] = -INFINITY;
+        }
+        size_t i = 0;
+        for (; i + LANES <= len; i += LANES) {
+            for (int l = 0; l < LANES; l++) {
+                const float x = v[i + l];
+                const int isFinite = (x - x) == 0.0f; // inf - inf and NaN - NaN are NaN
+                finiteLanes[l] += isFinite;
+                nanLanes[l] += x != x;
+                zeroLanes[l] += x == 0.0f;
+                beyondLanes[l] += isFinite & (fabsf(x) > 65504.0f);
+                const float low = isFinite ? x : INFINITY, high = isFinite ? x : -INFINITY;
+                lowLanes[l] = low < lowLanes[l] ? low : lowLanes[l];
+                highLanes[l] = high > highLanes[l] ? high : highLanes[l];
+                sumLanes[l] += (double)(isFinite ? x : 0.0f);
+            }
+        }
+        for (; i < len; i++) { // the tail goes to lane 0
+            const float x = v[i];
+            const int isFinite = (x - x) == 0.0f;
+            finiteLanes[0] += isFinite;
+            nanLanes[0] += x != x;
+            zeroLanes[0] += x == 0.0f;
+            beyondLanes[0] += isFinite & (fabsf(x) > 65504.0f);
+            if (isFinite) {
+                lowLanes[0] = x < lowLanes[0] ? x : lowLanes[0];
+                highLanes[0] = x > highLanes[0] ? x : highLanes[0];
+            }
+            sumLanes[0] += (double)(isFinite ? x : 0.0f);
+        }
         int64_t finite = 0, nans = 0, zeros = 0, beyond = 0;
         float chunkLo = INFINITY, chunkHi = -INFINITY;
         double sum = 0;
-        for (size_t i = 0; i < len; i++) {
-#pragma clang fp reassociate(on)
-            const float x = v[i];
-            const int isFinite = (x - x) == 0.0f; // inf - inf and NaN - NaN are NaN
-            const float clean = isFinite ? x : 0.0f;
-            finite += isFinite;
-            nans += x != x;
-            zeros += x == 0.0f;
-            beyond += isFinite & (fabsf(x) > 65504.0f);
-            const float low = isFinite ? x : INFINITY, high = isFinite ? x : -INFINITY;
-            chunkLo = low < chunkLo ? low : chunkLo;
-            chunkHi = high > chunkHi ? high : chunkHi;
-            sum += (double)clean;
+        for (int l = 0; l < LANES; l++) {
+            finite += finiteLanes[l];
+            nans += nanLanes[l];
+            zeros += zeroLanes[l];
+            beyond += beyondLanes[l];
+            chunkLo = lowLanes[l] < chunkLo ? lowLanes[l] : chunkLo;
+            chunkHi = highLanes[l] > chunkHi ? highLanes[l] : chunkHi;
+            sum += sumLanes[l];
         }
         finiteTotal += finite;
         nanTotal += nans;

@@ -38,6 +38,41 @@ struct GGMLKernelTests {
         #expect(differing == 0, "\(type.name): \(differing) of \(count) values differ under \(ComputeBackend.current.kernels)")
     }
 
+    /// `wp_dequantize_int8` (explicit 8- and 16-lane widening in the AVX2 and AVX-512 copies)
+    /// against `Int8Quantizer.dequantize`: the same bits for every int8 code and scale pattern
+    /// (subnormal, zero and infinite halves; NaN scales give NaN either way), with row lengths
+    /// that leave partial vectors and a partial last block (72 = 2·32 + 8, 50, 7), and rows
+    /// taken from the middle of the tensor.
+    @Test(arguments: [(72, 32), (50, 32), (7, 32), (256, 64)])
+    func theInt8DecoderGivesTheQuantizersBits(_ rowLength: Int, _ blockSize: Int) throws {
+        let rows = 9
+        let layout = try Int8BlockLayout(rows: rows, rowLength: rowLength, blockSize: blockSize)
+        var random = TestRandom(seed: 31 + UInt64(rowLength))
+        var bytes = (0..<layout.byteCount).map { _ in UInt8(truncatingIfNeeded: Int((random.next() + 1) * 128)) }
+        // Ordinary scales in most blocks (0x2C00 = 0.0625), random halves in the rest.
+        for k in stride(from: 0, to: layout.scaleCount, by: 2) {
+            bytes[layout.scaleOffset + 2 * k] = 0
+            bytes[layout.scaleOffset + 2 * k + 1] = 0x2C
+        }
+        let first = 2, count = 6
+        var expected = [Float](repeating: 0, count: count * rowLength), actual = [Float](repeating: .nan, count: count * rowLength)
+        try bytes.withUnsafeBytes { raw in
+            try expected.withUnsafeMutableBufferPointer {
+                try Int8Quantizer.dequantize(raw, layout: layout, rows: first..<(first + count), into: $0.baseAddress!)
+            }
+            actual.withUnsafeMutableBufferPointer {
+                wp_dequantize_int8(
+                    raw.baseAddress!.assumingMemoryBound(to: Int8.self), raw.baseAddress! + layout.scaleOffset, rowLength, blockSize,
+                    layout.blocksPerRow, first, count, $0.baseAddress!)
+            }
+        }
+        var differing = 0
+        for i in expected.indices where actual[i].bitPattern != expected[i].bitPattern && !(actual[i].isNaN && expected[i].isNaN) {
+            differing += 1
+        }
+        #expect(differing == 0, "rows of \(rowLength): \(differing) of \(expected.count) values differ under \(ComputeBackend.current.kernels)")
+    }
+
     @Test func typesDecodedElsewhereAreRefused() {
         for type in [GGMLType.f32, .f16, .q2_K, .q3_K, .iq4_NL] {
             #expect(wp_ggml_decodes(Int32(type.rawValue)) == 0)

@@ -288,31 +288,27 @@ do {
         }
         let q = filled(tokens * width, 1), k = filled(tokens * width, 0.7), v = filled(tokens * width, 1), out = FloatTensor(shape: [tokens * width])
         GEMM.threadCount = 1
-        for packed in [false, true] {
-            for chunk in [32, 64, 128, 256, 512, 1024] {
-                let scores = FloatTensor(shape: [
-                    Attention.scratchCount(
-                        queries: tokens, keys: tokens, heads: heads, headDimension: width / heads, chunk: chunk, packed: packed)
-                ])
-                var best = Double.infinity
-                for _ in 0..<2 {
-                    best = min(
-                        best,
-                        seconds {
-                            Parallel.serially {
-                                Attention.forward(
-                                    q: q.base, qStride: width, k: k.base, kStride: width, v: v.base, vStride: width,
-                                    out: out.base, outStride: width, queries: tokens, keys: tokens, heads: heads,
-                                    headDimension: width / heads, scale: 0.158, causal: false, chunk: chunk, scores: scores.base,
-                                    packed: packed)
-                            }
-                        })
-                }
-                print(
-                    String(
-                        format: "attention 4096x4096, 8 heads of 40, %@, chunk %4d: %.3f s (%.1f GFLOP/s)",
-                        packed ? "packed kernels" : "oneDNN products", chunk, best, 4.0 * Double(tokens * tokens * width) / best / 1e9))
+        for chunk in [32, 64, 128, 256, 512, 1024] {
+            let scores = FloatTensor(shape: [
+                Attention.scratchCount(queries: tokens, keys: tokens, heads: heads, headDimension: width / heads, chunk: chunk)
+            ])
+            var best = Double.infinity
+            for _ in 0..<2 {
+                best = min(
+                    best,
+                    seconds {
+                        Parallel.serially {
+                            Attention.forward(
+                                q: q.base, qStride: width, k: k.base, kStride: width, v: v.base, vStride: width,
+                                out: out.base, outStride: width, queries: tokens, keys: tokens, heads: heads,
+                                headDimension: width / heads, scale: 0.158, causal: false, chunk: chunk, scores: scores.base)
+                        }
+                    })
             }
+            print(
+                String(
+                    format: "attention 4096x4096, 8 heads of 40, chunk %4d: %.3f s (%.1f GFLOP/s)", chunk, best,
+                    4.0 * Double(tokens * tokens * width) / best / 1e9))
         }
     case "unet-convolutions":
         // The 3x3 convolutions of an SD 1.5 UNet (in, size, out), as one batch element runs them.
