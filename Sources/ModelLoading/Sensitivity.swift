@@ -235,7 +235,7 @@ public enum Sensitivity {
                 try buffer.withUnsafeMutableBytes { raw in
                     try decoded.withUnsafeMutableBufferPointer { out in
                         for r in 0..<rows {
-                            try GGMLBlocks.quantizeAsConvert(
+                            _ = try GGMLBlocks.quantizeAsConvert(
                                 v.baseAddress! + r * rowLength, count: rowLength, rowLength: rowLength, type: type,
                                 importance: importance, into: raw.baseAddress!)
                             try GGMLBlocks.dequantize(
