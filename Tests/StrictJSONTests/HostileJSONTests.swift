@@ -87,7 +87,8 @@ struct HostileJSONTests {
         let v = try JSONParser.parse("[-0, 0, -9223372036854775808, 18446744073709551615, 5e-324, 1.7976931348623157e308, 1E2, 1e-2]")
         #expect(
             v.arrayValue == [
-                .int(0), .int(0), .int(.min), .uint(.max), .double(.leastNonzeroMagnitude), .double(.greatestFiniteMagnitude), .double(100), .double(0.01),
+                .int(0), .int(0), .int(.min), .uint(.max), .double(.leastNonzeroMagnitude), .double(.greatestFiniteMagnitude), .double(100),
+                .double(0.01),
             ])
     }
 
