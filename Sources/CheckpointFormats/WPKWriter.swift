@@ -215,7 +215,7 @@ public enum WPKWriter {
             {
                 floats = base.assumingMemoryBound(to: Float.self)
             } else {
-                let buffer = OwnedBuffer(byteCount: layout.elementCount * 4)
+                let buffer = OwnedBuffer(byteCount: max(1, layout.elementCount) * 4)  // never a nil base
                 let target = buffer.mutableBytes.bindMemory(to: Float.self)
                 do throws(TensorCoreError) {
                     try ElementConversion.widen(source, dtype: t.sourceDType, into: target, count: layout.elementCount)
