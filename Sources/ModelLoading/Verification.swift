@@ -22,12 +22,24 @@ public enum Verification {
         public var image: Double
         /// The candidate dtype the defaults were chosen for (`F32`, `F16`, `BF16`, `int8`).
         public var label: String
+        /// How far below `stage` the final latent may be: sampling amplifies small differences.
+        public var latentSlack: Double
 
-        public init(stage: Double, image: Double, label: String) {
+        public init(stage: Double, image: Double, label: String, latentSlack: Double = 5) {
             self.stage = stage
             self.image = image
             self.label = label
+            self.latentSlack = latentSlack
         }
+
+        /// The final latent's slack when the reference applies adapters at run time (`verify
+        /// --lora`, a merge proof). The adapter's product is then added after the layer's own
+        /// (`RuntimeAdapterTable`), not folded into the weight as the merged file holds it, so the
+        /// two sides differ by float reassociation, which sampling amplifies by an amount that
+        /// depends on the kernels: the tiny fixture's F32 merge measured 83.9 dB with AVX2
+        /// kernels and 72.1 dB with AVX-512 ones (single-pass stages 111 to 113 dB); a merge at
+        /// the wrong scale (10 % off) measures 32 dB there and fails every single-pass stage.
+        public static let runtimeAdapterLatentSlack: Double = 25
 
         /// The defaults for a candidate whose UNet is stored as `dtype` (`I8` meaning int8 blocks).
         public static func defaults(for dtype: DType) -> Thresholds {
@@ -261,11 +273,11 @@ public enum Verification {
 
         // End to end.
         let candRun = try cand.generate(request)
-        // Sampling amplifies small differences: the final latent gets 5 dB of slack.
+        // Sampling amplifies small differences: the final latent gets some slack.
         stages.append(
             Stage(
                 name: "latents", metrics: ParityMetrics(reference: refRun.latents.scalars, candidate: candRun.latents.scalars),
-                threshold: thresholds.stage - 5, judgedOnPSNR: false))
+                threshold: thresholds.stage - thresholds.latentSlack, judgedOnPSNR: false))
         stages.append(
             Stage(
                 name: "image", metrics: ParityMetrics(reference: refRun.image.scalars, candidate: candRun.image.scalars, peak: 1),

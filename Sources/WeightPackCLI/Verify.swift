@@ -39,7 +39,10 @@ struct Verify: ParsableCommand {
 
     @OptionGroup var adapters: RuntimeAdapterOptions
 
-    @Option(help: "Minimum SNR in dB of every single-pass stage (text, unet, vae); the final latent may be 5 dB lower.")
+    @Option(
+        help:
+            "Minimum SNR in dB of every single-pass stage (text, unet, vae); the final latent may be 5 dB lower (25 dB with --lora, whose run-time products round differently from a merged weight)."
+    )
     var minStageSnr: Double?
 
     @Option(help: "Minimum PSNR in dB of the final image.")
@@ -70,7 +73,8 @@ struct Verify: ParsableCommand {
             let cand = try generation.open(candidate, inputOptions: inputOptions, additions: try adapters.additions(inputOptions, loras: false))
             let defaults = Verification.Thresholds.defaults(for: cand.weakestStorage())
             let thresholds = Verification.Thresholds(
-                stage: minStageSnr ?? defaults.stage, image: minImagePsnr ?? defaults.image, label: defaults.label)
+                stage: minStageSnr ?? defaults.stage, image: minImagePsnr ?? defaults.image, label: defaults.label,
+                latentSlack: adapters.loras.isEmpty ? defaults.latentSlack : Verification.Thresholds.runtimeAdapterLatentSlack)
             let request = try generation.request(for: ref)
             let result = try Verification.verify(reference: ref, candidate: cand, request: request, thresholds: thresholds)
             var document = result.json(reference: reference, candidate: candidate)
