@@ -37,8 +37,9 @@ struct QualityBudgetOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
-            "With --dtype auto: writes and proofs at most (1-5; each corrects the prediction by the last measurement).", valueName: "N"))
-    var attempts: Int = 3
+            "With --dtype auto: writes and proofs at most (1-5; each corrects the prediction by the last measurement, and a pass with more than 1 dB to spare may be refined).",
+            valueName: "N"))
+    var attempts: Int = QualityBudget.Options.defaultMaxAttempts
 
     @Option(help: ArgumentHelp("With --dtype auto: rows of each weight the prediction quantises (16-4096).", valueName: "N"))
     var sampleRows: Int = 64
