@@ -41,8 +41,16 @@ public final class WeightProvider {
     var sharedConversions: SharedConvertedWeights?
 
     /// Scratch buffers, one per nesting level of ``withFloats(_:shape:_:)``.
-    private var scratch: [FloatTensor] = []
+    private var scratch = WeightScratch()
     private var depth = 0
+
+    /// Takes its conversion scratch from `buffers` (a ``WorkspaceMemory``'s, kept by its owner
+    /// from pass to pass: the UNet's per-core providers are made per step) instead of its own;
+    /// only between uses.
+    func useScratch(_ buffers: WeightScratch) {
+        precondition(depth == 0, "scratch replaced while in use")
+        scratch = buffers
+    }
 
     /// - Parameters:
     ///   - store: any tensor store (safetensors, checkpoint, `.wpk`, an in-memory store).
@@ -347,10 +355,10 @@ public final class WeightProvider {
     }
 
     private func takeScratch(_ count: Int) -> FloatTensor {
-        if depth == scratch.count { scratch.append(FloatTensor(shape: [count])) }
-        if scratch[depth].capacity < count { scratch[depth] = FloatTensor(shape: [count]) }
+        if depth == scratch.tensors.count { scratch.tensors.append(FloatTensor(shape: [count])) }
+        if scratch.tensors[depth].capacity < count { scratch.tensors[depth] = FloatTensor(shape: [count]) }
         depth += 1
-        return scratch[depth - 1]
+        return scratch.tensors[depth - 1]
     }
 
     /// Converts in tiles spread over the processors.
@@ -641,4 +649,10 @@ final class SharedConvertedWeights: @unchecked Sendable {
         }
         return try body(UnsafePointer(arena.base + entry.offset))
     }
+}
+
+/// A stack of conversion buffers, one per nesting level of a ``WeightProvider``'s reads, that a
+/// ``WorkspaceMemory`` can keep for a provider made per pass.
+final class WeightScratch {
+    var tensors: [FloatTensor] = []
 }

@@ -107,7 +107,7 @@ struct SensitivityTests {
                 try block.withUnsafeMutableBytes { raw in
                     try q.withUnsafeMutableBufferPointer { out in
                         // As the writers quantise (and the prediction): ggml's searches with unit importance.
-                        try GGMLBlocks.quantizeAsConvert(
+                        _ = try GGMLBlocks.quantizeAsConvert(
                             src.baseAddress! + r * rowLength, count: rowLength, rowLength: rowLength, type: type, importance: nil,
                             into: raw.baseAddress!)
                         try GGMLBlocks.dequantize(UnsafeRawBufferPointer(raw), type: type, count: rowLength, into: out.baseAddress! + r * rowLength)

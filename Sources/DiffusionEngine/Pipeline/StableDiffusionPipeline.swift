@@ -178,6 +178,7 @@ public final class StableDiffusionPipeline {
                     latents: FloatTensor(shape: shape, values: latents)))
         }
         let final = FloatTensor(shape: shape, values: latents)
+        unet.releaseScratch()  // the UNet's step-to-step buffers are not needed by the decode
         let image = try vae.decodeImage(latents: final)
         observer?(.image(image))
         return Output(conditioning: conditioning, initialLatents: initial, timesteps: scheduler.timesteps, latents: final, image: image)

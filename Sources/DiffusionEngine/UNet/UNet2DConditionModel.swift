@@ -32,6 +32,25 @@ public final class UNet2DConditionModel {
     private(set) var lastSharedConversions: SharedConvertedWeights?
     /// Where those copies live, kept from step to step (its pages are mapped once).
     private var conversionArena: FloatTensor?
+    /// Each batch element's activation and scratch buffers (and, on several cores, its weight
+    /// conversion scratch), kept from step to step so their pages are mapped and zeroed once,
+    /// not every step; ``releaseScratch()`` frees them.
+    private var elementMemory: [WorkspaceMemory] = []
+
+    /// Frees the buffers kept from step to step (activations, convolution and attention scratch,
+    /// converted-weight copies): call it when the denoising loop is done and the memory is
+    /// wanted elsewhere (the pipeline does, before the VAE decode). The next prediction
+    /// allocates them again.
+    public func releaseScratch() {
+        elementMemory = []
+        conversionArena = nil
+        lastSharedConversions = nil
+    }
+
+    /// Floats held from step to step by ``releaseScratch()``'s buffers (for measurements).
+    var scratchFloatsHeld: Int {
+        elementMemory.reduce(0) { $0 + $1.floatsHeld } + (conversionArena?.capacity ?? 0)
+    }
 
     /// SDXL's extra conditioning: the second text encoder's pooled projection and the six
     /// micro-conditioning numbers (original height, width, crop top, left, target height, width).
@@ -114,9 +133,14 @@ public final class UNet2DConditionModel {
         }
         let output = FloatTensor(shape: batched ? [batch, c.outChannels, h, w] : [c.outChannels, h, w])
         let one = c.outChannels * h * w
+        let onCores = batch >= Parallel.workerCount && Parallel.workerCount > 1 && !Parallel.isSerialOnThisThread
+        // One set of buffers per element running at once: every element on several cores, one
+        // for elements run in turn.
+        while elementMemory.count < (onCores ? batch : 1) { elementMemory.append(WorkspaceMemory()) }
+        let memories = elementMemory
         // One batch element through the whole network into its slice of `output`.
-        func run(_ b: Int, weights: WeightProvider) throws {
-            let ws = Workspace(weights: weights, adapters: runtimeAdapters, recorder: activationRecorder)
+        func run(_ b: Int, weights: WeightProvider, memory: WorkspaceMemory) throws {
+            let ws = Workspace(weights: weights, adapters: runtimeAdapters, recorder: activationRecorder, memory: memory)
             let x = ws.pool.take([c.inChannels, h, w])
             x.base.update(from: sample.base + b * x.count, count: x.count)
             let context = ws.pool.take([tokens, c.crossAttentionDimension])
@@ -124,9 +148,10 @@ public final class UNet2DConditionModel {
             let embedding = try timeEmbedding(timestep, batchIndex: b, added: added, ws)
             let y = try forward(x, embedding: embedding, context: context, ws)
             (output.base + b * one).update(from: y.base, count: one)
+            for t in [y, context, embedding] { ws.pool.recycle(t) }
         }
         do {
-            if batch >= Parallel.workerCount && Parallel.workerCount > 1 && !Parallel.isSerialOnThisThread {
+            if onCores {
                 // As many elements as cores (classifier-free guidance's pair on two cores): each
                 // element runs on its own core, start to end, with single-threaded matrix products
                 // and its own weight scratch, so the cores never wait for each other.
@@ -144,13 +169,14 @@ public final class UNet2DConditionModel {
                             let provider = WeightProvider(store: store, prefix: prefix)
                             provider.releasesPagesAfterUse = releases
                             provider.sharedConversions = shared
-                            do { try run(b, weights: provider) } catch { failures.withLock { $0[b] = error } }
+                            provider.useScratch(memories[b].weightScratch)
+                            do { try run(b, weights: provider, memory: memories[b]) } catch { failures.withLock { $0[b] = error } }
                         }
                     }
                 }
                 if let error = failures.withLock({ $0.compactMap { $0 }.first }) { throw error }
             } else {
-                for b in 0..<batch { try run(b, weights: weights) }
+                for b in 0..<batch { try run(b, weights: weights, memory: memories[0]) }
             }
         } catch let error as EngineError {
             throw error
