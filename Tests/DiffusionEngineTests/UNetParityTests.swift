@@ -1,8 +1,8 @@
 import CheckpointFormats
 import Foundation
 import TensorCore
-import Testing
 import TestSupport
+import Testing
 
 @testable import DiffusionEngine
 
@@ -42,7 +42,9 @@ struct UNetParityTests {
         func pass(_ key: String) throws -> [Float] {
             let t = try golden.int64s("\(key).timestep")[0]
             let out = try model.predict(sample, timestep: Float(t), encoderHiddenStates: context).scalars
-            if dtype == .f32 { expectClose(out, try golden.floats("\(key).out"), shape: [2, config.outChannels, 8, 8], tolerance: 1e-3, "\(key) kept buffers") }
+            if dtype == .f32 {
+                expectClose(out, try golden.floats("\(key).out"), shape: [2, config.outChannels, 8, 8], tolerance: 1e-3, "\(key) kept buffers")
+            }
             return out
         }
         let first = try pass("t999")

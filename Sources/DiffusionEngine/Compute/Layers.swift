@@ -34,7 +34,10 @@ final class Workspace {
     var pool: TensorPool { memory.pool }
 
     /// - Parameter memory: buffers to reuse; by default fresh ones, freed with the workspace.
-    init(weights: WeightProvider, adapters: RuntimeAdapterTable? = nil, recorder: ActivationRecorder? = nil, memory: WorkspaceMemory = WorkspaceMemory()) {
+    init(
+        weights: WeightProvider, adapters: RuntimeAdapterTable? = nil, recorder: ActivationRecorder? = nil,
+        memory: WorkspaceMemory = WorkspaceMemory()
+    ) {
         self.weights = weights
         self.adapters = adapters.flatMap { $0.isEmpty ? nil : $0 }
         self.recorder = recorder
