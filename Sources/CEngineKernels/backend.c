@@ -3,6 +3,7 @@
 #include "CEngineKernels.h"
 
 #include <dlfcn.h>
+#include <immintrin.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@ static wp_kernels processor = WP_KERNELS_BASELINE;
 static wp_kernels selected = WP_KERNELS_BASELINE;
 static wp_request_status request = WP_REQUEST_NONE;
 static char requestText[32];
+static int bf16Products = 0;
 static void (*setThreads)(int);
 static int (*maxThreads)(void);
 
@@ -31,6 +33,16 @@ static wp_kernels detect(void) {
     }
 #endif
     return WP_KERNELS_BASELINE;
+}
+
+// AVX512_BF16's dot products, which oneDNN's bf16 product uses (without them it emulates them).
+static int detectBF16(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
 }
 
 static void initialise(void) {
@@ -55,6 +67,7 @@ done:
     case WP_KERNELS_AVX2: dnnl_set_max_cpu_isa(dnnl_cpu_isa_avx2); break;
     case WP_KERNELS_BASELINE: dnnl_set_max_cpu_isa(dnnl_cpu_isa_sse41); break;
     }
+    bf16Products = selected == WP_KERNELS_AVX512 && detectBF16();
     // oneDNN in Debian threads with OpenMP (libgomp, loaded with it); the thread count is a
     // per-thread setting, reached here without linking the OpenMP library directly.
     setThreads = (void (*)(int))dlsym(RTLD_DEFAULT, "omp_set_num_threads");
@@ -96,6 +109,76 @@ int wp_sgemm(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, fl
     if (setThreads && maxThreads && threads > 0 && maxThreads() != threads) setThreads(threads);
     dnnl_status_t status = dnnl_sgemm(transposeA ? 'T' : 'N', transposeB ? 'T' : 'N', m, n, k, alpha,
                                       a, lda, b, ldb, beta, c, ldc);
+    return status == dnnl_success ? 0 : (int)status;
+}
+
+// Declared by oneDNN 2.6's library (exported, `DNNL_API`) but not by its public header: the
+// same row-major product as dnnl_sgemm with bfloat16 operands and float accumulation and result.
+typedef uint16_t wp_bf16;
+dnnl_status_t dnnl_gemm_bf16bf16f32(char transa, char transb, dnnl_dim_t M, dnnl_dim_t N, dnnl_dim_t K, float alpha,
+                                    const wp_bf16 *A, dnnl_dim_t lda, const wp_bf16 *B, dnnl_dim_t ldb, float beta,
+                                    float *C, dnnl_dim_t ldc);
+
+int wp_bf16_products(void) { wp_backend_init(); return bf16Products; }
+
+// Rows of floats to bfloat16, rounded to nearest even by VCVTNEPS2BF16 (which, whatever MXCSR
+// says, reads subnormal inputs as zero and keeps NaNs quiet); the tail of each row through the
+// same instruction under a mask.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+static void rowsToBF16(const float *source, int64_t rows, int64_t columns, int64_t ld, wp_bf16 *target) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *s = source + r * ld;
+        wp_bf16 *t = target + r * columns;
+        int64_t c = 0;
+        for (; c + 32 <= columns; c += 32) {
+            __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + c + 16), _mm512_loadu_ps(s + c));
+            _mm512_storeu_si512((void *)(t + c), (__m512i)v);
+        }
+        for (; c < columns; c += 16) {
+            int64_t left = columns - c;
+            __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, s + c));
+            _mm256_mask_storeu_epi16((void *)(t + c), mask, (__m256i)h);
+        }
+    }
+}
+
+// Per-thread buffers for the converted operands, grown as needed and kept for the thread's life.
+static _Thread_local wp_bf16 *bufferA, *bufferB;
+static _Thread_local size_t capacityA, capacityB;
+
+static wp_bf16 *grow(wp_bf16 **buffer, size_t *capacity, int64_t rows, int64_t columns) {
+    size_t count;
+    if (rows < 0 || columns < 0 || __builtin_mul_overflow((size_t)rows, (size_t)columns, &count)) return NULL;
+    if (count == 0) count = 1;
+    if (count > *capacity) {
+        size_t bytes;
+        if (__builtin_mul_overflow(count, sizeof(wp_bf16), &bytes) || bytes > SIZE_MAX - 63) return NULL;
+        free(*buffer);
+        *buffer = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        *capacity = *buffer ? count : 0;
+        if (!*buffer) return NULL;
+    }
+    return *buffer;
+}
+
+int wp_gemm_bf16(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, float alpha,
+                 const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                 float *c, int64_t ldc, int threads) {
+    wp_backend_init();
+    if (!bf16Products) return -1;
+    if (setThreads && maxThreads && threads > 0 && maxThreads() != threads) setThreads(threads);
+    // op(A) is m x k: stored m rows of k, or (transposed) k rows of m; likewise op(B), k x n.
+    int64_t rowsA = transposeA ? k : m, columnsA = transposeA ? m : k;
+    int64_t rowsB = transposeB ? n : k, columnsB = transposeB ? k : n;
+    wp_bf16 *a16 = grow(&bufferA, &capacityA, rowsA, columnsA);
+    wp_bf16 *b16 = grow(&bufferB, &capacityB, rowsB, columnsB);
+    if (!a16 || !b16) return -2;
+    rowsToBF16(a, rowsA, columnsA, lda, a16);
+    rowsToBF16(b, rowsB, columnsB, ldb, b16);
+    dnnl_status_t status = dnnl_gemm_bf16bf16f32(transposeA ? 'T' : 'N', transposeB ? 'T' : 'N', m, n, k, alpha,
+                                                 a16, columnsA > 0 ? columnsA : 1, b16, columnsB > 0 ? columnsB : 1,
+                                                 beta, c, ldc);
     return status == dnnl_success ? 0 : (int)status;
 }
 

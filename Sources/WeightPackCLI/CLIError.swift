@@ -21,7 +21,8 @@ enum ExitStatus: Int32 {
     case usage = 64
     case dataError = 65
     case noInput = 66
-    /// The processor lacks the vector instructions this build of the engine was compiled for.
+    /// The processor lacks vector instructions that were asked for: `generate --compute bf16`
+    /// without AVX512_BF16, or an opt-in `WEIGHTPACK_TARGET_CPU` build on an older processor.
     case unavailable = 69
     case cannotCreate = 73
     case ioError = 74

@@ -45,6 +45,25 @@ struct EngineCLITests {
         #expect(again.status == 73)
     }
 
+    /// `--compute bf16` runs where the processor has AVX512_BF16 (and records the choice in the
+    /// PNG), and is refused with exit 69 and no output elsewhere (or under
+    /// `WEIGHTPACK_KERNELS=avx2`, as CI also runs the suite).
+    @Test func generateComputesInBF16OrSaysWhyNot() throws {
+        let available = try run(["version", "--verbose"]).stdout.contains("bf16 compute available")
+        let folder = try makeTemporaryFolder()
+        let out = folder.appendingPathComponent("bf16.png").path
+        let r = try run(["generate", tinyModel, "--prompt", "a cat", "--steps", "4", "--size", "64", "--seed", "3", "--compute", "bf16", "-o", out])
+        if available {
+            #expect(r.status == 0, "\(r.stderr)")
+            let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: out)))
+            #expect(String(decoding: bytes, as: UTF8.self).contains("\"compute\":\"bf16\""))
+        } else {
+            #expect(r.status == 69 && r.stderr.contains("AVX512_BF16"), "\(r.status): \(r.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: out))
+        }
+        #expect(try run(["generate", tinyModel, "-o", out, "--compute", "f16"]).status == 64)
+    }
+
     @Test func traceMatchesDiffusersDDIM() throws {
         let folder = try makeTemporaryFolder()
         // The golden's initial latents as a --latents file.

@@ -49,6 +49,18 @@ int wp_sgemm(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, fl
              const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
              float *c, int64_t ldc, int threads);
 
+/// Whether `wp_gemm_bf16` can run: the AVX-512 family is selected and the processor has
+/// AVX512_BF16.
+int wp_bf16_products(void);
+
+/// `wp_sgemm` computed with both operands rounded to bfloat16 (nearest even) and products
+/// summed in float, through oneDNN's `dnnl_gemm_bf16bf16f32`; the operands are converted into
+/// buffers of the calling thread. Returns 0, -1 when `wp_bf16_products()` is 0, -2 when the
+/// buffers cannot be allocated, or oneDNN's status.
+int wp_gemm_bf16(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, float alpha,
+                 const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                 float *c, int64_t ldc, int threads);
+
 /// Conversions of weights to `float`, in the selected family's instructions.
 /// `count` 16-bit IEEE halves at `source` (any alignment) to floats.
 void wp_f16_to_f32(const void *source, float *target, size_t count);

@@ -50,6 +50,10 @@ public struct ComputeBackend: Sendable, CustomStringConvertible {
     /// The instruction set the library dispatches to, e.g. `AVX2`.
     public let libraryInstructionSet: String
 
+    /// Whether ``ComputePrecision/bf16`` products can run: the AVX-512 family is in use and the
+    /// processor has AVX512_BF16 (oneDNN's `dnnl_gemm_bf16bf16f32` on its bf16 kernels).
+    public let bf16Products: Bool
+
     /// The back end of this process (read once).
     public static let current = ComputeBackend()
 
@@ -71,13 +75,14 @@ public struct ComputeBackend: Sendable, CustomStringConvertible {
         wp_dnnl_version(&major, &minor, &patch)
         library = "oneDNN \(major).\(minor).\(patch)"
         libraryInstructionSet = String(cString: wp_dnnl_isa_name())
+        bf16Products = wp_bf16_products() != 0
     }
 
     /// One line, e.g. `kernels avx2 (AVX2+FMA; processor avx2), products oneDNN 2.6.3 (AVX2)`.
     public var description: String {
         var s = "kernels \(kernels.rawValue) (\(kernels.displayName); processor \(processorKernels.rawValue)"
         if let requested, requestProblem == nil { s += "; forced by WEIGHTPACK_KERNELS=\(requested)" }
-        s += "), products \(library) (\(libraryInstructionSet))"
+        s += "), products \(library) (\(libraryInstructionSet)\(bf16Products ? "; bf16 compute available" : ""))"
         return s
     }
 }

@@ -15,11 +15,27 @@ enum GEMM {
     ) {
         if m == 0 || n == 0 { return }
         let threads = Parallel.isSerialOnThisThread || wp_single_threaded() != 0 ? 1 : threadCount
+        if Parallel.productsInBF16OnThisThread {
+            let status = wp_gemm_bf16(
+                transposeA ? 1 : 0, transposeB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
+                a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc), Int32(threads))
+            // Availability is checked before a section is entered; allocation is what can fail.
+            precondition(status == 0, "dnnl_gemm_bf16bf16f32 failed with status \(status) for \(m)x\(n)x\(k)")
+            return
+        }
         let status = wp_sgemm(
             transposeA ? 1 : 0, transposeB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
             a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc), Int32(threads))
         // Only invalid arguments fail, which the engine's own shapes rule out.
         precondition(status == 0, "dnnl_sgemm failed with status \(status) for \(m)x\(n)x\(k)")
+    }
+
+    /// Runs `body` with every matrix product this thread (and the ``Parallel`` workers it
+    /// starts) computes in `precision`. For ``ComputePrecision/bf16`` the processor must have
+    /// it (``ComputeBackend/bf16Products``); the caller checks.
+    static func withPrecision<R>(_ precision: ComputePrecision, _ body: () throws -> R) rethrows -> R {
+        precondition(precision == .f32 || ComputeBackend.current.bf16Products, "bf16 products on a processor without AVX512_BF16")
+        return try Parallel.withProductsInBF16(precision == .bf16, body)
     }
 
     /// Runs `body` with every product on one thread, for code that spreads independent
@@ -39,6 +55,17 @@ enum GEMM {
         get { Int(wp_gemm_threads(Int32(Parallel.workerCount))) }
         set { wp_set_gemm_threads(Int32(max(1, min(newValue, 256)))) }
     }
+}
+
+/// The arithmetic of the engine's matrix products (convolutions, linear layers, attention).
+public enum ComputePrecision: String, Sendable, CaseIterable {
+    /// Float operands, float sums: the reference.
+    case f32
+    /// Both operands rounded to bfloat16 (8 significant bits, nearest even), products summed
+    /// in float: AVX512_BF16's dot products, twice the multiply-adds per instruction. Needs
+    /// ``ComputeBackend/bf16Products``. Everything else (normalisation, softmax, the Winograd
+    /// transforms, activations between layers) stays float.
+    case bf16
 }
 
 /// The number of threads the engine's matrix products use.

@@ -22,6 +22,14 @@ private let serialThreadKey: pthread_key_t = {
     return key
 }()
 
+/// Marks threads whose matrix products round their operands to bfloat16 (see
+/// ``GEMM/withPrecision(_:_:)``); ``Parallel`` carries the mark to its workers.
+private let bf16ThreadKey: pthread_key_t = {
+    var key = pthread_key_t()
+    precondition(pthread_key_create(&key, nil) == 0, "cannot create a thread-specific key")
+    return key
+}()
+
 enum Parallel {
     /// Worker count for elementwise work (the machine's active processors, at most 8).
     static let workerCount: Int = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
@@ -39,6 +47,23 @@ enum Parallel {
         return try body()
     }
 
+    /// Whether this thread's matrix products run in bfloat16 (set by ``GEMM/withPrecision(_:_:)``).
+    static var productsInBF16OnThisThread: Bool { pthread_getspecific(bf16ThreadKey) != nil }
+
+    /// Runs `body` with this thread's products in bfloat16 or not, restoring the previous choice.
+    static func withProductsInBF16<R>(_ on: Bool, _ body: () throws -> R) rethrows -> R {
+        let outer = pthread_getspecific(bf16ThreadKey)
+        pthread_setspecific(bf16ThreadKey, on ? UnsafeRawPointer(bitPattern: 1) : nil)
+        defer { pthread_setspecific(bf16ThreadKey, outer) }
+        return try body()
+    }
+
+    /// Runs `body` on a worker with the calling thread's product precision.
+    @inline(__always)
+    private static func inheriting(_ bf16: Bool, _ body: () -> Void) {
+        if bf16 == productsInBF16OnThisThread { body() } else { withProductsInBF16(bf16, body) }
+    }
+
     /// Runs `body` over `0..<count` split into contiguous ranges, one per worker, when the work
     /// is large enough to be worth it (`grain` items at least per range).
     @inline(__always)
@@ -49,12 +74,13 @@ enum Parallel {
             body(0..<count)
             return
         }
+        let bf16 = productsInBF16OnThisThread
         withoutActuallyEscaping(body) { body in
             let shared = UnsafeSendableBox(body)
             DispatchQueue.concurrentPerform(iterations: parts) { p in
                 let lo = count * p / parts
                 let hi = count * (p + 1) / parts
-                shared.value(lo..<hi)
+                inheriting(bf16) { shared.value(lo..<hi) }
             }
         }
     }
@@ -66,9 +92,10 @@ enum Parallel {
             for i in 0..<count { body(i) }
             return
         }
+        let bf16 = productsInBF16OnThisThread
         withoutActuallyEscaping(body) { body in
             let shared = UnsafeSendableBox(body)
-            DispatchQueue.concurrentPerform(iterations: count) { i in shared.value(i) }
+            DispatchQueue.concurrentPerform(iterations: count) { i in inheriting(bf16) { shared.value(i) } }
         }
     }
 }

@@ -80,6 +80,10 @@ public final class StableDiffusionPipeline {
         /// Unscaled standard-normal initial noise `[4, h, w]` (diffusers' `latents=`); `nil` draws
         /// it from the seed.
         public var latents: FloatTensor? = nil
+        /// The arithmetic of the UNet's matrix products during the denoising loop (the text
+        /// encoder and the VAE compute in float either way). ``ComputePrecision/bf16`` needs
+        /// ``ComputeBackend/bf16Products``.
+        public var computePrecision: ComputePrecision = .f32
 
         public init(prompt: String) { self.prompt = prompt }
     }
@@ -148,6 +152,10 @@ public final class StableDiffusionPipeline {
                 .invalidConfiguration,
                 "a UNet with \(unet.configuration.inChannels) input channels needs an image or mask input (inpainting), which generate does not take")
         }
+        try UNet2DConditionModel.checkAvailable(request.computePrecision)
+        let precision = unet.computePrecision
+        unet.computePrecision = request.computePrecision
+        defer { unet.computePrecision = precision }
         var generator = TorchGenerator(seed: request.seed)
         let noise: FloatTensor
         if let given = request.latents {

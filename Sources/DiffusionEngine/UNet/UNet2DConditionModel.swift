@@ -21,6 +21,20 @@ public final class UNet2DConditionModel {
     /// inputs while set (calibration, see ``ActivationRecorder``); `nil` records nothing.
     public var activationRecorder: ActivationRecorder?
 
+    /// The arithmetic of this network's matrix products: ``ComputePrecision/f32`` (the
+    /// default), or ``ComputePrecision/bf16`` where ``ComputeBackend/bf16Products`` (a
+    /// prediction throws otherwise).
+    public var computePrecision: ComputePrecision = .f32
+
+    /// Throws unless `precision` can run on this processor with the kernels in use.
+    public static func checkAvailable(_ precision: ComputePrecision) throws(EngineError) {
+        guard precision == .f32 || ComputeBackend.current.bf16Products else {
+            throw EngineError(
+                .invalidInput,
+                "bf16 compute needs a processor with AVX512_BF16 and the AVX-512 kernels (\(ComputeBackend.current.description))")
+        }
+    }
+
     /// Floats the converted copies of F16, BF16, int8 and ggml block weights that a batch run
     /// on several cores shares may take at once (``SharedConvertedWeights``): 16 Mi floats,
     /// 64 MiB, holds every SD 1.5 weight up to 1280 × 1280 × 3 × 3; the few larger ones (the
@@ -121,6 +135,7 @@ public final class UNet2DConditionModel {
         }
         let batch = batched ? s[0] : 1
         let (h, w) = (s[s.count - 2], s[s.count - 1])
+        try Self.checkAvailable(computePrecision)
         let e = encoderHiddenStates.shape
         guard e.count == 3 || e.count == 2, e.last == c.crossAttentionDimension, (e.count == 2 ? 1 : e[0]) == batch else {
             throw EngineError(.invalidInput, "encoder hidden states have shape \(e), expected [\(batch), tokens, \(c.crossAttentionDimension)]")
@@ -151,32 +166,34 @@ public final class UNet2DConditionModel {
             for t in [y, context, embedding] { ws.pool.recycle(t) }
         }
         do {
-            if onCores {
-                // As many elements as cores (classifier-free guidance's pair on two cores): each
-                // element runs on its own core, start to end, with single-threaded matrix products
-                // and its own weight scratch, so the cores never wait for each other.
-                let failures = Locked<[(any Error)?]>(Array(repeating: nil, count: batch))
-                let store = weights.store, prefix = weights.prefix, releases = weights.releasesPagesAfterUse
-                // F16, BF16 and int8 weights are converted once for all elements, not per core.
-                if conversionArena?.capacity != sharedConversionBudgetFloats {
-                    conversionArena = FloatTensor(shape: [sharedConversionBudgetFloats])
-                }
-                let shared = SharedConvertedWeights(consumers: batch, budgetFloats: sharedConversionBudgetFloats, arena: conversionArena)
-                lastSharedConversions = shared
-                GEMM.withSingleThreadedCalls {
-                    Parallel.forEach(batch) { b in
-                        Parallel.serially {
-                            let provider = WeightProvider(store: store, prefix: prefix)
-                            provider.releasesPagesAfterUse = releases
-                            provider.sharedConversions = shared
-                            provider.useScratch(memories[b].weightScratch)
-                            do { try run(b, weights: provider, memory: memories[b]) } catch { failures.withLock { $0[b] = error } }
+            try GEMM.withPrecision(computePrecision) {
+                if onCores {
+                    // As many elements as cores (classifier-free guidance's pair on two cores): each
+                    // element runs on its own core, start to end, with single-threaded matrix products
+                    // and its own weight scratch, so the cores never wait for each other.
+                    let failures = Locked<[(any Error)?]>(Array(repeating: nil, count: batch))
+                    let store = weights.store, prefix = weights.prefix, releases = weights.releasesPagesAfterUse
+                    // F16, BF16 and int8 weights are converted once for all elements, not per core.
+                    if conversionArena?.capacity != sharedConversionBudgetFloats {
+                        conversionArena = FloatTensor(shape: [sharedConversionBudgetFloats])
+                    }
+                    let shared = SharedConvertedWeights(consumers: batch, budgetFloats: sharedConversionBudgetFloats, arena: conversionArena)
+                    lastSharedConversions = shared
+                    GEMM.withSingleThreadedCalls {
+                        Parallel.forEach(batch) { b in
+                            Parallel.serially {
+                                let provider = WeightProvider(store: store, prefix: prefix)
+                                provider.releasesPagesAfterUse = releases
+                                provider.sharedConversions = shared
+                                provider.useScratch(memories[b].weightScratch)
+                                do { try run(b, weights: provider, memory: memories[b]) } catch { failures.withLock { $0[b] = error } }
+                            }
                         }
                     }
+                    if let error = failures.withLock({ $0.compactMap { $0 }.first }) { throw error }
+                } else {
+                    for b in 0..<batch { try run(b, weights: weights, memory: memories[0]) }
                 }
-                if let error = failures.withLock({ $0.compactMap { $0 }.first }) { throw error }
-            } else {
-                for b in 0..<batch { try run(b, weights: weights, memory: memories[0]) }
             }
         } catch let error as EngineError {
             throw error

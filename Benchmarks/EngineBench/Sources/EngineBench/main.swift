@@ -119,6 +119,10 @@ func unet(_ dir: String, inputsPath: String, runs: Int, out: String) throws {
     if let mib = ProcessInfo.processInfo.environment["ENGINE_BENCH_SHARED_MIB"].flatMap(Int.init) {
         model.sharedConversionBudgetFloats = mib << 18
     }
+    // ENGINE_BENCH_COMPUTE=bf16: the products in bfloat16 (`generate --compute bf16`).
+    if let compute = ProcessInfo.processInfo.environment["ENGINE_BENCH_COMPUTE"].flatMap(ComputePrecision.init(rawValue:)) {
+        model.computePrecision = compute
+    }
     let data = try Data(contentsOf: URL(fileURLWithPath: inputsPath))
     let values = data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
     let sampleCount = 2 * 4 * 64 * 64
@@ -133,7 +137,8 @@ func unet(_ dir: String, inputsPath: String, runs: Int, out: String) throws {
             "shared conversions: \(shared.conversions) tensors, \(shared.reuses) reuses, peak \(shared.peakFloatsHeld >> 18) MiB held, \(shared.floatsAllocated >> 18) MiB allocated\n"
                 .data(using: .utf8)!)
     }
-    report("unet_step " + (dir as NSString).lastPathComponent + ", " + ComputeBackend.current.description, load: load, runs: times)
+    let compute = model.computePrecision == .f32 ? "" : ", compute \(model.computePrecision.rawValue)"
+    report("unet_step " + (dir as NSString).lastPathComponent + compute + ", " + ComputeBackend.current.description, load: load, runs: times)
 }
 
 func kernels() {

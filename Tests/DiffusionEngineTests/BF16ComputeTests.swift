@@ -1,0 +1,112 @@
+import CheckpointFormats
+import Foundation
+import TensorCore
+import TestSupport
+import Testing
+
+@testable import DiffusionEngine
+
+/// `generate --compute bf16`: the UNet's products with both operands rounded to bfloat16
+/// (nearest even) and summed in float (`wp_gemm_bf16`, oneDNN's `dnnl_gemm_bf16bf16f32`). Where
+/// the processor lacks AVX512_BF16 (or the kernels are narrowed by `WEIGHTPACK_KERNELS`) the mode
+/// is refused, and these tests check the refusal instead.
+@Suite("bf16 products")
+struct BF16ComputeTests {
+    /// `x` rounded to bfloat16, nearest even (what VCVTNEPS2BF16 does for normal numbers).
+    static func bf16(_ x: Float) -> Float {
+        let u = x.bitPattern
+        return Float(bitPattern: (u &+ 0x7FFF &+ ((u >> 16) & 1)) & 0xFFFF_0000)
+    }
+
+    /// `C = 1.5 · op(A) · op(B) + 0.5 · C` with padded leading dimensions and sizes that leave
+    /// vector tails: within float's reassociation bound of the exact product of the *rounded*
+    /// operands, and (the rounding is real) beyond it of the product of the unrounded ones.
+    @Test(arguments: [(false, false), (true, false), (false, true), (true, true)])
+    func productsAreTheRoundedOperandsProduct(_ transposeA: Bool, _ transposeB: Bool) throws {
+        guard ComputeBackend.current.bf16Products else {
+            #expect(throws: EngineError.self) { try UNet2DConditionModel.checkAvailable(.bf16) }
+            return
+        }
+        let m = 37, n = 29, k = 301
+        let (rowsA, columnsA) = transposeA ? (k, m) : (m, k)
+        let (rowsB, columnsB) = transposeB ? (n, k) : (k, n)
+        let lda = columnsA + 3, ldb = columnsB + 5, ldc = n + 2
+        var random = TestRandom(seed: 7)
+        let a = random.values(rowsA * lda), b = random.values(rowsB * ldb, scale: 3)
+        let c0 = random.values(m * ldc)
+        var c = c0
+        GEMM.withPrecision(.bf16) {
+            GEMM.multiply(
+                m: m, n: n, k: k, a: a, lda: lda, transposeA: transposeA, b: b, ldb: ldb, transposeB: transposeB,
+                c: &c, ldc: ldc, alpha: 1.5, beta: 0.5)
+        }
+        func aAt(_ i: Int, _ p: Int) -> Float { transposeA ? a[p * lda + i] : a[i * lda + p] }
+        func bAt(_ p: Int, _ j: Int) -> Float { transposeB ? b[j * ldb + p] : b[p * ldb + j] }
+        var actual: [Float] = [], rounded: [Double] = [], unrounded: [Double] = [], magnitude: [Double] = []
+        for i in 0..<m {
+            for j in 0..<n {
+                var exact = 0.0, plain = 0.0, size = 0.0
+                for p in 0..<k {
+                    let term = Double(Self.bf16(aAt(i, p))) * Double(Self.bf16(bAt(p, j)))
+                    exact += term
+                    size += abs(term)
+                    plain += Double(aAt(i, p)) * Double(bAt(p, j))
+                }
+                let old = 0.5 * Double(c0[i * ldc + j])
+                actual.append(c[i * ldc + j])
+                rounded.append(1.5 * exact + old)
+                unrounded.append(1.5 * plain + old)
+                magnitude.append(1.5 * size + abs(old))
+            }
+        }
+        let r = expectWithinReassociationBound(actual, reference: rounded, magnitude: magnitude, terms: k + 2, "bf16 \(transposeA)/\(transposeB)")
+        var beyond = 0
+        for i in actual.indices {
+            let bound = Reassociation.gamma(k + 2) * magnitude[i] + Reassociation.unitRoundoff * abs(unrounded[i])
+            if abs(Double(actual[i]) - unrounded[i]) > bound { beyond += 1 }
+        }
+        #expect(beyond > actual.count / 2, "only \(beyond) of \(actual.count) values show the operands' rounding")
+        // The padding between rows is left alone.
+        for i in 0..<m { for j in n..<ldc { #expect(c[i * ldc + j] == c0[i * ldc + j]) } }
+        print(
+            "bf16 product \(transposeA)/\(transposeB): worst error/bound \(r.worstRatio), \(beyond) of \(actual.count) beyond float's bound of the unrounded product"
+        )
+    }
+
+    /// The tiny UNet in bf16 against diffusers' fp32 output, on two cores (the guidance pair,
+    /// each element on its own thread) and on one element at a time (products spread over
+    /// ``Parallel`` workers, which must inherit the precision): both are far from f32's
+    /// agreement with diffusers (99 dB), agree with each other, and keep an SNR of at least
+    /// 25 dB against diffusers (measured 28.4 dB; the full-size random SD 1.5 step: 28.5 dB).
+    @Test func unetPredictsInBF16() throws {
+        let model = try UNetParityTests.unet()
+        let golden = try Fixture.safetensors("unet.safetensors")
+        let c = model.configuration
+        let sample = FloatTensor(shape: [2, c.inChannels, 8, 8], values: try golden.floats("sample"))
+        let context = FloatTensor(shape: [2, 77, c.crossAttentionDimension], values: try golden.floats("encoder_hidden_states"))
+        let t = Float(try golden.int64s("t999.timestep")[0])
+        model.computePrecision = .bf16
+        guard ComputeBackend.current.bf16Products else {
+            #expect(throws: EngineError.self) { try model.predict(sample, timestep: t, encoderHiddenStates: context) }
+            return
+        }
+        let pair = try model.predict(sample, timestep: t, encoderHiddenStates: context).scalars
+        let one = c.outChannels * 64
+        var single: [Float] = []
+        for b in 0..<2 {
+            let s = FloatTensor(shape: [c.inChannels, 8, 8], values: Array(sample.scalars[(b * c.inChannels * 64)..<((b + 1) * c.inChannels * 64)]))
+            let e = FloatTensor(
+                shape: [1, 77, c.crossAttentionDimension], values: Array(context.scalars[(b * context.count / 2)..<((b + 1) * context.count / 2)]))
+            single += try model.predict(s, timestep: t, encoderHiddenStates: e).scalars
+        }
+        model.computePrecision = .f32
+        let f32 = try model.predict(sample, timestep: t, encoderHiddenStates: context).scalars
+        let reference = try golden.floats("t999.out")
+        #expect(one * 2 == reference.count)
+        let pairSNR = snr(reference, pair), singleSNR = snr(reference, single), f32SNR = snr(reference, f32)
+        print("tiny UNet t999 against diffusers: bf16 pair \(pairSNR) dB, bf16 one at a time \(singleSNR) dB, f32 \(f32SNR) dB")
+        #expect(pairSNR >= 25 && singleSNR >= 25)
+        #expect(snr(pair, single) >= 60, "the pair and the single elements differ: \(snr(pair, single)) dB")
+        #expect(pairSNR < f32SNR - 10 && singleSNR < f32SNR - 10, "the bf16 predictions are as close as f32's: products not in bf16?")
+    }
+}
