@@ -8,6 +8,20 @@ import Testing
 /// The compute kernels against naive reference loops.
 @Suite("Compute kernels")
 struct KernelTests {
+    /// Small buffers are 64-byte aligned; from 8 MiB on, 2 MiB aligned (huge pages), and every
+    /// byte is usable either way.
+    @Test func tensorStorageIsAlignedForItsSize() {
+        for (count, alignment) in [(1, 64), (1000, 64), ((8 << 20) / 4 - 1, 64), ((8 << 20) / 4, 2 << 20), (3 << 20, 2 << 20)] {
+            let t = FloatTensor(shape: [count])
+            #expect(Int(bitPattern: t.base) % alignment == 0, "\(count) floats at \(t.base)")
+            t.withUnsafeMutableBufferPointer { p in
+                p[count - 1] = 2
+                p[0] = 1
+            }
+            #expect(t.base[0] == 1 && t.base[count - 1] == (count == 1 ? 1 : 2))
+        }
+    }
+
     // MARK: GEMM
 
     struct GEMMCase: Sendable, CustomTestStringConvertible {
