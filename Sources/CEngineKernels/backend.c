@@ -143,23 +143,48 @@ static void rowsToBF16(const float *source, int64_t rows, int64_t columns, int64
     }
 }
 
-// Per-thread buffers for the converted operands, grown as needed and kept for the thread's life.
-static _Thread_local wp_bf16 *bufferA, *bufferB;
-static _Thread_local size_t capacityA, capacityB;
+// Per-thread buffers for the converted operands, grown as needed and freed when the thread ends
+// (the dispatch pool retires idle workers).
+typedef struct {
+    wp_bf16 *buffer[2];
+    size_t capacity[2];
+} operand_buffers;
 
-static wp_bf16 *grow(wp_bf16 **buffer, size_t *capacity, int64_t rows, int64_t columns) {
+static pthread_key_t buffersKey;
+static pthread_once_t buffersOnce = PTHREAD_ONCE_INIT;
+
+static void freeBuffers(void *value) {
+    operand_buffers *b = value;
+    free(b->buffer[0]);
+    free(b->buffer[1]);
+    free(b);
+}
+
+static void createBuffersKey(void) { (void)pthread_key_create(&buffersKey, freeBuffers); }
+
+static operand_buffers *threadBuffers(void) {
+    pthread_once(&buffersOnce, createBuffersKey);
+    operand_buffers *b = pthread_getspecific(buffersKey);
+    if (!b) {
+        b = calloc(1, sizeof *b);
+        if (b && pthread_setspecific(buffersKey, b) != 0) { free(b); b = NULL; }
+    }
+    return b;
+}
+
+static wp_bf16 *grow(operand_buffers *b, int which, int64_t rows, int64_t columns) {
     size_t count;
     if (rows < 0 || columns < 0 || __builtin_mul_overflow((size_t)rows, (size_t)columns, &count)) return NULL;
     if (count == 0) count = 1;
-    if (count > *capacity) {
+    if (count > b->capacity[which]) {
         size_t bytes;
         if (__builtin_mul_overflow(count, sizeof(wp_bf16), &bytes) || bytes > SIZE_MAX - 63) return NULL;
-        free(*buffer);
-        *buffer = aligned_alloc(64, (bytes + 63) / 64 * 64);
-        *capacity = *buffer ? count : 0;
-        if (!*buffer) return NULL;
+        free(b->buffer[which]);
+        b->buffer[which] = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        b->capacity[which] = b->buffer[which] ? count : 0;
+        if (!b->buffer[which]) return NULL;
     }
-    return *buffer;
+    return b->buffer[which];
 }
 
 int wp_gemm_bf16(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, float alpha,
@@ -171,8 +196,10 @@ int wp_gemm_bf16(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k
     // op(A) is m x k: stored m rows of k, or (transposed) k rows of m; likewise op(B), k x n.
     int64_t rowsA = transposeA ? k : m, columnsA = transposeA ? m : k;
     int64_t rowsB = transposeB ? n : k, columnsB = transposeB ? k : n;
-    wp_bf16 *a16 = grow(&bufferA, &capacityA, rowsA, columnsA);
-    wp_bf16 *b16 = grow(&bufferB, &capacityB, rowsB, columnsB);
+    operand_buffers *buffers = threadBuffers();
+    if (!buffers) return -2;
+    wp_bf16 *a16 = grow(buffers, 0, rowsA, columnsA);
+    wp_bf16 *b16 = grow(buffers, 1, rowsB, columnsB);
     if (!a16 || !b16) return -2;
     rowsToBF16(a, rowsA, columnsA, lda, a16);
     rowsToBF16(b, rowsB, columnsB, ldb, b16);
