@@ -1,4 +1,5 @@
-# Where the benchmark scripts find things; sourced by run.sh, engine.sh, unet.sh and generate.sh.
+# Where the benchmark scripts find things; sourced by run.sh, engine.sh, unet.sh, generate.sh,
+# compute.sh and the others.
 #   WEIGHTPACK_BENCH_DIR     the full-size model and outputs (default /tmp/wpbench)
 #   WEIGHTPACK_FIXTURE_VENV  the fixture Python environment (default ~/.cache/weightpack/fixture-venv)
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,4 +25,17 @@ build_engine_bench() {
   local scratch="${ENGINE_BENCH_SCRATCH:-$ROOT/.build-perf-bench}"
   swift build -c release -Xswiftc -enable-testing --package-path "$HERE/EngineBench" --scratch-path "$scratch" >/dev/null
   BENCH="$scratch/release/EngineBench"
+}
+
+# The full-size random SD 1.5 as a complete diffusers folder (generate.sh, compute.sh): sets WP
+# (WEIGHTPACK_BIN, else a release build in SCRATCH, default $ROOT/.build) and MODEL, making the
+# model and exporting the folder with that binary when missing, then reads it into the page cache.
+fullsize_diffusers_setup() {
+  local scratch="${1:-$ROOT/.build}"
+  WP="${WEIGHTPACK_BIN:-$scratch/release/weightpack}"
+  [ -n "${WEIGHTPACK_BIN:-}" ] || swift build -c release --package-path "$ROOT" --scratch-path "$scratch" >/dev/null
+  [ -f "$DIR/sd15-random.safetensors" ] || "$PY" "$ROOT/Fixtures/generate/make_fullsize_sd15.py" --out "$DIR"
+  MODEL="$DIR/sd15-full-diffusers"
+  [ -f "$MODEL/model_index.json" ] || "$WP" export "$DIR/sd15-random.safetensors" "$MODEL" --layout diffusers
+  cat "$MODEL"/*/*.safetensors >/dev/null
 }

@@ -13,13 +13,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ROUNDS="${1:-1}"
 STEPS="${2:-20}"
 engine_bench_setup
-WP="${WEIGHTPACK_BIN:-$ROOT/.build/release/weightpack}"
-[ -n "${WEIGHTPACK_BIN:-}" ] || (cd "$ROOT" && swift build -c release --static-swift-stdlib >/dev/null)
+# WEIGHTPACK_BIN: a weightpack binary to use instead of building one.
+fullsize_diffusers_setup
 "$WP" version --verbose
-[ -f "$DIR/sd15-random.safetensors" ] || "$PY" "$ROOT/Fixtures/generate/make_fullsize_sd15.py" --out "$DIR"
-MODEL="$DIR/sd15-full-diffusers"
-[ -f "$MODEL/model_index.json" ] || "$WP" export "$DIR/sd15-random.safetensors" "$MODEL" --layout diffusers
-cat "$MODEL"/*/*.safetensors >/dev/null
 for round in $(seq 1 "$ROUNDS"); do
   if [ $((round % 2)) -eq 1 ]; then order="f32 bf16"; else order="bf16 f32"; fi
   for compute in $order; do

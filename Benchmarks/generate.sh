@@ -16,14 +16,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ROUNDS="${1:-1}"
 STEPS="${2:-20}"
 engine_bench_setup
-SCRATCH="${GENERATE_BENCH_SCRATCH:-$ROOT/.build}"
-# WEIGHTPACK_BIN: a weightpack binary to use instead of building one.
-WP="${WEIGHTPACK_BIN:-$SCRATCH/release/weightpack}"
-[ -n "${WEIGHTPACK_BIN:-}" ] || swift build -c release --package-path "$ROOT" --scratch-path "$SCRATCH" >/dev/null
-[ -f "$DIR/sd15-random.safetensors" ] || "$PY" "$ROOT/Fixtures/generate/make_fullsize_sd15.py" --out "$DIR"
-MODEL="$DIR/sd15-full-diffusers"
-[ -f "$MODEL/model_index.json" ] || "$WP" export "$DIR/sd15-random.safetensors" "$MODEL" --layout diffusers
-cat "$MODEL"/*/*.safetensors >/dev/null
+# WEIGHTPACK_BIN: a weightpack binary to use instead of building one (in GENERATE_BENCH_SCRATCH).
+fullsize_diffusers_setup "${GENERATE_BENCH_SCRATCH:-$ROOT/.build}"
 : > "$OUT/generate-results.txt"
 for round in $(seq 1 "$ROUNDS"); do
   if [ $((round % 2)) -eq 1 ]; then order="engine diffusers"; else order="diffusers engine"; fi
