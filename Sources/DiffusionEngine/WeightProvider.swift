@@ -285,6 +285,113 @@ public final class WeightProvider {
         try blocks(of: per) { block in try privately(block) }
     }
 
+    /// Calls `body` with the Winograd-transformed weights (``Convolution/transformWeights(_:outChannels:inChannels:into:stride:)``)
+    /// of the 3x3 convolution weight `name` (`[outC, inC, 3, 3]`), in consecutive blocks of at
+    /// most `rowsPerBlock` output channels: `body(channels, u, stride)` gets the 36 matrices of
+    /// those channels `stride` floats apart.
+    ///
+    /// With ``sharedConversions``, each block is transformed once for all the cores, straight
+    /// from the stored weight (F32 in place; F16, BF16, int8 and ggml blocks decoded a few rows
+    /// at a time into scratch first), so an F16 or quantised weight is never expanded whole and
+    /// no core repeats the transform, which writes four times the weight's floats (40 % of a
+    /// 640 -> 640 convolution at 32x32 on one core). A block the shared budget cannot hold is
+    /// transformed by each core into its own scratch.
+    /// - Throws: as ``withFloats(_:shape:_:)``.
+    /// - Parameter rowsPerChunk: output channels decoded and transformed at a time (a chunk
+    ///   is what one core does while the other may do the next); by default 1 MiB of floats.
+    func withWinogradWeights(
+        _ name: String, outChannels: Int, inChannels: Int, rowsPerBlock: Int, rowsPerChunk: Int? = nil,
+        _ body: (Range<Int>, UnsafePointer<Float>, Int) throws -> Void
+    ) throws {
+        let full = prefix + name
+        let descriptor = try self.descriptor(name)
+        let rowLength = inChannels * 9
+        guard descriptor.shape.dimensions == [outChannels, inChannels, 3, 3] else {
+            throw EngineError(
+                .shapeMismatch, "weight has shape \(descriptor.shape), expected \(Shape([outChannels, inChannels, 3, 3]))", tensorName: full)
+        }
+        guard outChannels > 0, inChannels > 0 else { return }
+        let decodeRows = max(1, rowsPerChunk ?? (1 << 18) / rowLength)
+        try withRowSource(name) { (inPlace, decode) throws in
+            try Self.forEachBlock(rows: outChannels, size: max(1, rowsPerBlock)) { block in
+                let stride = Convolution.matrixStride(block.count * inChannels)
+                let count = 36 * stride
+                // Transforms rows `rows` (of the whole weight) into the block's matrices at `u`.
+                func transform(_ rows: Range<Int>, into u: UnsafeMutablePointer<Float>) throws(EngineError) {
+                    let target = u + (rows.lowerBound - block.lowerBound) * inChannels
+                    if let inPlace {
+                        Convolution.transformWeights(
+                            inPlace + rows.lowerBound * rowLength, outChannels: rows.count, inChannels: inChannels, into: target, stride: stride)
+                        return
+                    }
+                    let decoded = takeScratch(rows.count * rowLength)
+                    defer { depth -= 1 }
+                    try decode(rows, decoded.base)
+                    Convolution.transformWeights(decoded.base, outChannels: rows.count, inChannels: inChannels, into: target, stride: stride)
+                }
+                if let shared = sharedConversions,
+                    try shared.withShared(
+                        "\(full)#winograd#\(block.lowerBound)", count: count, units: block.count, unitsPerChunk: decodeRows,
+                        produce: { units, base throws(EngineError) in
+                            try transform((block.lowerBound + units.lowerBound)..<(block.lowerBound + units.upperBound), into: base)
+                        }, { u in try body(block, u, stride) }) != nil
+                {
+                    return
+                }
+                let u = takeScratch(count)
+                defer { depth -= 1 }
+                try Self.forEachBlock(rows: block.count, size: decodeRows) { rows in
+                    try transform((block.lowerBound + rows.lowerBound)..<(block.lowerBound + rows.upperBound), into: u.base)
+                }
+                try body(block, u.base, stride)
+            }
+        }
+    }
+
+    /// Calls `body` with the weight `name` as rows of its first dimension: `inPlace` when it is
+    /// F32 at an aligned address in its store, else `decode(rows, out)`, which writes those
+    /// rows as `Float` (F16, BF16 and F64 widened, int8 and ggml blocks dequantised, on this
+    /// thread's workers). Mapped pages are released afterwards as ``withFloats(_:shape:_:)`` does.
+    private func withRowSource(
+        _ name: String,
+        _ body: (UnsafePointer<Float>?, (Range<Int>, UnsafeMutablePointer<Float>) throws(EngineError) -> Void) throws -> Void
+    ) throws {
+        let full = prefix + name
+        let descriptor = try self.descriptor(name)
+        guard [.f32, .f16, .bf16, .f64].contains(descriptor.dtype) else {
+            throw EngineError(
+                .unsupportedDType, "weight is \(descriptor.dtype.name); the engine computes with F32, F16, BF16 or F64 weights", tensorName: full)
+        }
+        let rows = descriptor.shape.dimensions.first ?? 1
+        let rowLength = rows == 0 ? 0 : descriptor.elementCount / rows
+        if let q = try packed(full) {
+            if q.rows == rows, q.rowLength == rowLength {
+                try body(nil) { (range, out) throws(EngineError) in try q.dequantize(rows: range, into: out, name: full) }
+            } else {
+                // Stored rows that are not the weight's: decode it whole once.
+                try withFloats(name) { whole in try body(whole, { _, _ throws(EngineError) in }) }
+            }
+            release(q.bytes)
+            return
+        }
+        let view: TensorView
+        do { view = try store.tensor(named: full) } catch {
+            throw EngineError(.missingTensor, "cannot read weight", tensorName: full, underlying: error)
+        }
+        defer { release(view.bytes) }
+        try view.bytes.withUnsafeBytes { raw throws in
+            guard let base = raw.baseAddress, let width = descriptor.dtype.byteWidth else { return }
+            if descriptor.dtype == .f32, Int(bitPattern: base) % MemoryLayout<Float>.alignment == 0 {
+                try body(base.assumingMemoryBound(to: Float.self), { _, _ throws(EngineError) in })
+                return
+            }
+            try body(nil) { (range, out) throws(EngineError) in
+                let bytes = UnsafeRawBufferPointer(rebasing: raw[(range.lowerBound * rowLength * width)..<(range.upperBound * rowLength * width)])
+                try Self.widen(bytes, dtype: descriptor.dtype, count: range.count * rowLength, into: out, name: full)
+            }
+        }
+    }
+
     /// Calls `each` with `0..<rows` cut into consecutive blocks of `size` rows (the last shorter).
     private static func forEachBlock(rows: Int, size: Int, _ each: (Range<Int>) throws -> Void) rethrows {
         var start = 0
@@ -506,17 +613,17 @@ final class SharedConvertedWeights: @unchecked Sendable {
     private final class Entry {
         /// Where the copy lives in the arena.
         let offset: Int
-        let count: Int, chunk: Int, chunks: Int
+        let count: Int, units: Int, unitsPerChunk: Int, chunks: Int
         var nextChunk = 0, finishedChunks = 0
         var failed = false
         var remaining: Int
         var ready: Bool { finishedChunks == chunks }
-        init(offset: Int, count: Int, unit: Int, consumers: Int, chunkFloats: Int) {
+        init(offset: Int, count: Int, units: Int, unitsPerChunk: Int, consumers: Int) {
             self.offset = offset
             self.count = count
-            let unit = max(1, unit)
-            chunk = max(unit, chunkFloats / unit * unit)
-            chunks = (count + chunk - 1) / chunk
+            self.units = units
+            self.unitsPerChunk = max(1, unitsPerChunk)
+            chunks = (units + self.unitsPerChunk - 1) / self.unitsPerChunk
             remaining = consumers
         }
     }
@@ -588,7 +695,26 @@ final class SharedConvertedWeights: @unchecked Sendable {
         convert: (Range<Int>, UnsafeMutablePointer<Float>) throws(EngineError) -> Void,
         _ body: (UnsafePointer<Float>) throws -> R
     ) throws -> R? {
-        guard consumers > 1, count >= minimumFloats else { return nil }
+        let unit = max(1, unit)
+        return try withShared(
+            name, count: count, units: (count + unit - 1) / unit, unitsPerChunk: chunkFloats / unit,
+            produce: { units, base throws(EngineError) in
+                let range = (units.lowerBound * unit)..<min(count, units.upperBound * unit)
+                try convert(range, base + range.lowerBound)
+            }, body)
+    }
+
+    /// Calls `body` with `count` floats made once for all the consumers, or returns nil without
+    /// calling anything when they are not shared (as ``withConverted(_:count:unit:convert:_:)``).
+    /// The work is `units` independent pieces, made `unitsPerChunk` at a time by whichever
+    /// providers are there: `produce(units, base)` makes those units somewhere in the `count`
+    /// floats at `base` (the start of the copy), never touching another chunk's floats.
+    func withShared<R>(
+        _ name: String, count: Int, units: Int, unitsPerChunk: Int,
+        produce: (Range<Int>, UnsafeMutablePointer<Float>) throws(EngineError) -> Void,
+        _ body: (UnsafePointer<Float>) throws -> R
+    ) throws -> R? {
+        guard consumers > 1, count >= minimumFloats, units > 0 else { return nil }
         condition.lock()
         let entry: Entry
         if let existing = entries[name], existing.count == count {
@@ -602,20 +728,20 @@ final class SharedConvertedWeights: @unchecked Sendable {
                 condition.unlock()
                 return nil
             }
-            entry = Entry(offset: offset, count: count, unit: unit, consumers: consumers, chunkFloats: chunkFloats)
+            entry = Entry(offset: offset, count: count, units: units, unitsPerChunk: unitsPerChunk, consumers: consumers)
             entries[name] = entry
             heldFloats += count
             peakHeldFloats = max(peakHeldFloats, heldFloats)
             conversions += 1
         }
-        // Convert chunks while any are left, then wait for the others' chunks.
+        // Make chunks while any are left, then wait for the others' chunks.
         var thrown: EngineError?
         while !entry.failed && entry.nextChunk < entry.chunks {
             let index = entry.nextChunk
             entry.nextChunk += 1
             condition.unlock()
-            let range = (index * entry.chunk)..<min(count, (index + 1) * entry.chunk)
-            do { try convert(range, arena.base + entry.offset + range.lowerBound) } catch { thrown = error }
+            let range = (index * entry.unitsPerChunk)..<min(entry.units, (index + 1) * entry.unitsPerChunk)
+            do { try produce(range, arena.base + entry.offset) } catch { thrown = error }
             condition.lock()
             if thrown != nil { entry.failed = true }
             entry.finishedChunks += 1

@@ -167,6 +167,135 @@ struct SharedConversionTests {
         #expect(shared.floatsHeld == 0 && shared.floatsAllocated <= 2_560 + 1_500)
     }
 
+    /// The Winograd-transformed weights of a 3x3 convolution, made once for two providers (the
+    /// UNet's two cores) straight from the stored weight, in chunks of 5 output channels that
+    /// both make between them: every block reaches both providers with the transform of the
+    /// weight's float values, each block is made once, and nothing stays held. The transforms
+    /// of a chunk and of a whole block are separate float products whose kernels may sum the
+    /// nine taps in another order, hence a tolerance of a few units in the last place.
+    @Test(arguments: ["f32", "f16", "int8"])
+    func winogradWeightsAreTransformedOnceForBothProviders(_ kind: String) throws {
+        let outC = 24, inC = 32
+        var random = TestRandom(seed: 52)
+        let f32 = MemoryStore()
+        f32.add("conv.weight", shape: [outC, inC, 3, 3], values: random.values(outC * inC * 9), dtype: .f32)
+        let folder = try Int8ParityTests.folder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let store: any TensorStore
+        switch kind {
+        case "int8": store = try Int8ParityTests.int8(f32, in: folder, name: "winograd.wpk")
+        case "f16":
+            let half = MemoryStore()
+            half.add("conv.weight", shape: [outC, inC, 3, 3], values: try WeightProvider(store: f32).floats("conv.weight"), dtype: .f16)
+            store = half
+        default: store = f32
+        }
+        if kind == "int8" { #expect(WeightProvider(store: store).isQuantized("conv.weight")) }
+        // What each block must hold: the private transform of the weight's values.
+        let weight = try WeightProvider(store: store).floats("conv.weight")
+        func expected(_ rows: Range<Int>) -> [Float] {
+            let stride = Convolution.matrixStride(rows.count * inC)
+            var u = [Float](repeating: 0, count: 36 * stride)
+            weight.withUnsafeBufferPointer { w in
+                Convolution.transformWeights(
+                    w.baseAddress! + rows.lowerBound * inC * 9, outChannels: rows.count, inChannels: inC, into: &u, stride: stride)
+            }
+            return (0..<36).flatMap { xi in u[(xi * stride)..<(xi * stride + rows.count * inC)] }
+        }
+        let shared = SharedConvertedWeights(consumers: 2, minimumFloats: 1)
+        let results = Locked<[Int: [(Range<Int>, [Float])]]>([:])
+        let box = UnsafeSendableBox((store, shared))
+        DispatchQueue.concurrentPerform(iterations: 2) { i in
+            let provider = WeightProvider(store: box.value.0)
+            provider.sharedConversions = box.value.1
+            var blocks: [(Range<Int>, [Float])] = []
+            try? provider.withWinogradWeights("conv.weight", outChannels: outC, inChannels: inC, rowsPerBlock: 16, rowsPerChunk: 5) {
+                rows, u, stride in
+                blocks.append((rows, (0..<36).flatMap { xi in Array(UnsafeBufferPointer(start: u + xi * stride, count: rows.count * inC)) }))
+            }
+            results.withLock { $0[i] = blocks }
+        }
+        for i in 0..<2 {
+            let blocks = results.withLock { $0[i] } ?? []
+            #expect(blocks.map(\.0) == [0..<16, 16..<24], "provider \(i) got blocks \(blocks.map(\.0))")
+            for (rows, values) in blocks {
+                let reference = expected(rows)
+                let worst = zip(values, reference).map { abs($0 - $1) / max(abs($1), 1e-3) }.max() ?? .infinity
+                #expect(values.count == reference.count && worst < 1e-5, "provider \(i), rows \(rows): relative error \(worst)")
+            }
+        }
+        #expect(shared.conversions == 2 && shared.reuses == 2, "made \(shared.conversions), reused \(shared.reuses)")
+        #expect(shared.floatsHeld == 0)
+    }
+
+    /// `conv` (3x3, padding 1) of `input` through a workspace reading `provider`.
+    static func convolve(_ input: [Float], shape: [Int], with provider: WeightProvider) throws -> [Float] {
+        let ws = Workspace(weights: provider)
+        let x = ws.pool.take(shape)
+        x.base.update(from: input, count: input.count)
+        let y = try ws.conv2d(x, "conv", padding: .init(1))
+        return Array(UnsafeBufferPointer(start: y.base, count: y.count))
+    }
+
+    /// A Winograd convolution (32x32, 64 tiles) run by two workspaces at once whose providers
+    /// share: both outputs match one workspace's without sharing (the per-core path: convert,
+    /// then transform into its own scratch), and the transformed weights were made once.
+    @Test(arguments: ["f32", "f16"])
+    func aWinogradConvolutionOnTwoCoresMatchesOneCore(_ kind: String) throws {
+        let inC = 16, outC = 24, size = 32
+        var random = TestRandom(seed: 54)
+        let store = MemoryStore()
+        let dtype: DType = kind == "f16" ? .f16 : .f32
+        store.add("conv.weight", shape: [outC, inC, 3, 3], values: random.values(outC * inC * 9, scale: 0.1), dtype: dtype)
+        store.add("conv.bias", shape: [outC], values: random.values(outC), dtype: dtype)
+        let g = Convolution.Geometry(
+            inChannels: inC, height: size, width: size, outChannels: outC, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: .init(1))
+        #expect(Convolution.usesWinograd(g))
+        let input = random.values(inC * size * size)
+        let expected = try Self.convolve(input, shape: [inC, size, size], with: WeightProvider(store: store))
+        let shared = SharedConvertedWeights(consumers: 2, minimumFloats: 1)
+        let results = Locked<[Int: [Float]]>([:])
+        let box = UnsafeSendableBox((store, shared))
+        DispatchQueue.concurrentPerform(iterations: 2) { i in
+            let provider = WeightProvider(store: box.value.0)
+            provider.sharedConversions = box.value.1
+            let y = (try? Parallel.serially { try Self.convolve(input, shape: [inC, size, size], with: provider) }) ?? []
+            results.withLock { $0[i] = y }
+        }
+        for i in 0..<2 {
+            expectClose(results.withLock { $0[i] } ?? [], expected, shape: [outC, size, size], tolerance: 1e-5, "core \(i)")
+        }
+        // The transformed weights, and for F16 the bias converted too.
+        let made = kind == "f16" ? 2 : 1
+        #expect(shared.conversions == made && shared.reuses == made && shared.floatsHeld == 0, "made \(shared.conversions), reused \(shared.reuses)")
+    }
+
+    /// Without room in the shared budget each provider transforms the weight into its own
+    /// scratch, with the same values, and nothing is shared or held.
+    @Test func winogradWeightsOverTheBudgetAreTransformedPrivately() throws {
+        var random = TestRandom(seed: 53)
+        let store = MemoryStore()
+        store.add("conv.weight", shape: [8, 8, 3, 3], values: random.values(8 * 8 * 9), dtype: .f16)
+        let shared = SharedConvertedWeights(consumers: 2, budgetFloats: 100, minimumFloats: 1)
+        let provider = WeightProvider(store: store)
+        provider.sharedConversions = shared
+        let weight = try WeightProvider(store: store).floats("conv.weight")
+        let stride = Convolution.matrixStride(64)
+        var expected = [Float](repeating: 0, count: 36 * stride)
+        weight.withUnsafeBufferPointer {
+            Convolution.transformWeights($0.baseAddress!, outChannels: 8, inChannels: 8, into: &expected, stride: stride)
+        }
+        var calls = 0
+        try provider.withWinogradWeights("conv.weight", outChannels: 8, inChannels: 8, rowsPerBlock: 8) { rows, u, s in
+            calls += 1
+            #expect(rows == 0..<8 && s == stride)
+            for xi in 0..<36 {
+                #expect(Array(UnsafeBufferPointer(start: u + xi * s, count: 64)) == Array(expected[(xi * stride)..<(xi * stride + 64)]))
+            }
+        }
+        #expect(calls == 1 && shared.conversions == 0 && shared.floatsHeld == 0)
+    }
+
     /// The dispatched F16 and BF16 conversions against TensorCore's, over every 16-bit pattern
     /// (infinities, NaNs, subnormals, both zeros), in the family in use (`WEIGHTPACK_KERNELS`).
     @Test(arguments: [DType.f16, .bf16])

@@ -64,15 +64,37 @@ extension Convolution {
         output: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
         budget: Int = winogradBlockBudget
     ) {
+        let uStride = matrixStride(g.outChannels * g.inChannels)
+        transformWeights(weight, outChannels: g.outChannels, inChannels: g.inChannels, into: scratch, stride: uStride)
+        winogradProducts(
+            input, geometry: g, transformed: scratch, stride: uStride, bias: bias, residual: residual, output: output,
+            scratch: scratch + 36 * uStride, budget: budget)
+    }
+
+    /// Floats of scratch ``winogradProducts(_:geometry:transformed:stride:bias:residual:output:scratch:budget:)``
+    /// needs: one tile block's transformed input and products.
+    static func winogradProductScratchCount(_ g: Geometry, budget: Int = winogradBlockBudget) -> Int {
+        let block = winogradBlockTiles(g, budget: budget)
+        return 36 * (matrixStride(g.inChannels * block) + matrixStride(g.outChannels * block))
+    }
+
+    /// ``winogradForward(_:geometry:weight:bias:residual:output:scratch:budget:)`` with the
+    /// weights already transformed: `u` holds the 36 matrices `U[ξ]` (`outC × inC`) `stride`
+    /// floats apart (``transformWeights(_:outChannels:inChannels:into:stride:)``), which may be
+    /// shared with other cores (read only); `scratch` holds
+    /// ``winogradProductScratchCount(_:budget:)`` floats.
+    static func winogradProducts(
+        _ input: UnsafePointer<Float>, geometry g: Geometry,
+        transformed u: UnsafePointer<Float>, stride uStride: Int, bias: UnsafePointer<Float>?, residual: UnsafePointer<Float>?,
+        output: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
+        budget: Int = winogradBlockBudget
+    ) {
         let inC = g.inChannels, outC = g.outChannels
         let tilesHigh = (g.height + 3) / 4, tilesWide = (g.width + 3) / 4
         let tiles = tilesHigh * tilesWide
         let block = winogradBlockTiles(g, budget: budget)
-        let uStride = matrixStride(outC * inC)
-        let u = scratch
-        let v = u + 36 * uStride
+        let v = scratch
         let m = v + 36 * matrixStride(inC * block)
-        transformWeights(weight, outChannels: outC, inChannels: inC, into: u, stride: uStride)
         var start = 0
         while start < tiles {
             let n = min(block, tiles - start)
@@ -97,56 +119,52 @@ extension Convolution {
         }
     }
 
+    /// `G`: the six values each output of a 3-tap filter is interpolated at (rows: the points
+    /// 0, 1, -1, 1/2, -1/2, ∞ of Lavin & Gray's F(4, 3), scaled as their `G`).
+    static let interpolation: [[Float]] = [
+        [1.0 / 4, 0, 0],
+        [-1.0 / 6, -1.0 / 6, -1.0 / 6],
+        [-1.0 / 6, 1.0 / 6, -1.0 / 6],
+        [1.0 / 24, 1.0 / 12, 1.0 / 6],
+        [1.0 / 24, -1.0 / 12, 1.0 / 6],
+        [0, 0, 1],
+    ]
+
+    /// The weight transform as one matrix: `(G g Gᵀ)[i][j] = Σ_{r,s} G[i][r] G[j][s] g[r][s]`,
+    /// so row `ξ = 6i + j` holds `G[i][r] · G[j][s]` at column `3r + s` (36 × 9, row-major).
+    static let weightTransform: [Float] = {
+        let g = interpolation
+        var m = [Float](repeating: 0, count: 36 * 9)
+        for i in 0..<6 {
+            for j in 0..<6 {
+                for r in 0..<3 {
+                    for s in 0..<3 { m[(i * 6 + j) * 9 + r * 3 + s] = g[i][r] * g[j][s] }
+                }
+            }
+        }
+        return m
+    }()
+
     /// `U[ξ][o][c] = (G g Gᵀ)[ξ]` for every filter `g = weight[o, c]` (`[outC, inC, 3, 3]`).
     ///
-    /// Sixteen input channels at a time, one per SIMD lane: their nine taps are gathered into
-    /// nine vectors, both halves of the transform run on whole vectors, and each of the 36
-    /// results is one contiguous 16-float store into its matrix.
+    /// The filters are the rows of a `[outC · inC, 9]` matrix and the transform is linear, so
+    /// all of it is one float product, `U = T · weightᵀ` with ``weightTransform`` as `T` (36 × 9)
+    /// and `stride` as `U`'s row stride: the 36 matrices come out laid out as the products read
+    /// them. The work is writing `U` (four times the weights, 59 MB for 640 -> 640), which runs
+    /// at memory speed either way: replacing the SIMD loops this was before changed
+    /// `EngineBench unet-convolutions` by no more than its noise at 64x64 and 32x32 and took
+    /// 2560 -> 1280 at 8x8 from 0.094 to 0.077 s on one core. Sharing `U` between the cores
+    /// (``WeightProvider/withWinogradWeights(_:outChannels:inChannels:rowsPerBlock:rowsPerChunk:_:)``)
+    /// is what saves time. Always float, also under `--compute bf16`.
     static func transformWeights(
         _ weight: UnsafePointer<Float>, outChannels: Int, inChannels: Int,
         into u: UnsafeMutablePointer<Float>, stride: Int
     ) {
-        typealias V = SIMD16<Float>
-        // `G` times a column (or a row times `Gᵀ`): the six interpolated values of three taps.
-        @inline(__always)
-        func lift(_ a: V, _ b: V, _ e: V, into out: UnsafeMutablePointer<V>, step: Int) {
-            out[0] = a * 0.25
-            out[step] = (a + b + e) * (-1.0 / 6)
-            out[2 * step] = (a - b + e) * (-1.0 / 6)
-            out[3 * step] = a * (1.0 / 24) + b * (1.0 / 12) + e * (1.0 / 6)
-            out[4 * step] = a * (1.0 / 24) - b * (1.0 / 12) + e * (1.0 / 6)
-            out[5 * step] = e
-        }
-        let ws = SharedPointer(weight), us = SharedPointer(u)
-        Parallel.forRanges(outChannels, grain: max(1, 4096 / max(inChannels, 1))) { r in
-            let w = ws.pointer, u = us.pointer
-            withUnsafeTemporaryAllocation(of: V.self, capacity: 9 + 18 + 36) { scratch in
-                let taps = scratch.baseAddress!, columns = taps + 9, results = columns + 18
-                for o in r {
-                    var c0 = 0
-                    while c0 < inChannels {
-                        let lanes = min(16, inChannels - c0)
-                        let f = w + (o * inChannels + c0) * 9
-                        for k in 0..<9 {
-                            var tap = V()
-                            for l in 0..<lanes { tap[l] = f[l * 9 + k] }
-                            taps[k] = tap
-                        }
-                        // columns[i * 3 + k] = (G g)[i][k]; results[i * 6 + j] = (G g Gᵀ)[i][j].
-                        for k in 0..<3 { lift(taps[k], taps[3 + k], taps[6 + k], into: columns + k, step: 3) }
-                        for i in 0..<6 { lift(columns[i * 3], columns[i * 3 + 1], columns[i * 3 + 2], into: results + i * 6, step: 1) }
-                        let target = u + o * inChannels + c0
-                        for xi in 0..<36 {
-                            if lanes == 16 {
-                                UnsafeMutableRawPointer(target + xi * stride).storeBytes(of: results[xi], as: V.self)
-                            } else {
-                                for l in 0..<lanes { target[xi * stride + l] = results[xi][l] }
-                            }
-                        }
-                        c0 += lanes
-                    }
-                }
-            }
+        let filters = outChannels * inChannels
+        guard filters > 0 else { return }
+        weightTransform.withUnsafeBufferPointer { t in
+            GEMM.multiplyInFloat(
+                m: 36, n: filters, k: 9, a: t.baseAddress!, lda: 9, b: weight, ldb: 9, transposeB: true, c: u, ldc: stride)
         }
     }
 

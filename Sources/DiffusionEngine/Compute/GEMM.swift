@@ -16,18 +16,47 @@ enum GEMM {
         if m == 0 || n == 0 { return }
         let threads = Parallel.isSerialOnThisThread || wp_single_threaded() != 0 ? 1 : threadCount
         if Parallel.productsInBF16OnThisThread {
-            let status = wp_gemm_bf16(
-                transposeA ? 1 : 0, transposeB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
-                a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc), Int32(threads))
-            // Availability is checked before a section is entered; allocation is what can fail.
-            precondition(status == 0, "dnnl_gemm_bf16bf16f32 failed with status \(status) for \(m)x\(n)x\(k)")
+            multiplyInBF16(
+                m: m, n: n, k: k, a: a, lda: lda, transposeA: transposeA, b: b, ldb: ldb, transposeB: transposeB, c: c, ldc: ldc, alpha: alpha,
+                beta: beta, threads: threads)
             return
         }
+        multiplyInFloat(
+            m: m, n: n, k: k, a: a, lda: lda, transposeA: transposeA, b: b, ldb: ldb, transposeB: transposeB, c: c, ldc: ldc, alpha: alpha,
+            beta: beta, threads: threads)
+    }
+
+    /// ``multiply(m:n:k:a:lda:transposeA:b:ldb:transposeB:c:ldc:alpha:beta:)`` in float whatever
+    /// the thread's ``ComputePrecision``: for products that are part of a transform rather than
+    /// of a layer (Winograd's weight transform).
+    static func multiplyInFloat(
+        m: Int, n: Int, k: Int,
+        a: UnsafePointer<Float>, lda: Int, transposeA: Bool = false,
+        b: UnsafePointer<Float>, ldb: Int, transposeB: Bool = false,
+        c: UnsafeMutablePointer<Float>, ldc: Int,
+        alpha: Float = 1, beta: Float = 0, threads: Int? = nil
+    ) {
+        if m == 0 || n == 0 { return }
+        let threads = threads ?? (Parallel.isSerialOnThisThread || wp_single_threaded() != 0 ? 1 : threadCount)
         let status = wp_sgemm(
             transposeA ? 1 : 0, transposeB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
             a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc), Int32(threads))
         // Only invalid arguments fail, which the engine's own shapes rule out.
         precondition(status == 0, "dnnl_sgemm failed with status \(status) for \(m)x\(n)x\(k)")
+    }
+
+    private static func multiplyInBF16(
+        m: Int, n: Int, k: Int,
+        a: UnsafePointer<Float>, lda: Int, transposeA: Bool,
+        b: UnsafePointer<Float>, ldb: Int, transposeB: Bool,
+        c: UnsafeMutablePointer<Float>, ldc: Int,
+        alpha: Float, beta: Float, threads: Int
+    ) {
+        let status = wp_gemm_bf16(
+            transposeA ? 1 : 0, transposeB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
+            a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc), Int32(threads))
+        // Availability is checked before a section is entered; allocation is what can fail.
+        precondition(status == 0, "dnnl_gemm_bf16bf16f32 failed with status \(status) for \(m)x\(n)x\(k)")
     }
 
     /// Runs `body` with every matrix product this thread (and the ``Parallel`` workers it

@@ -112,9 +112,26 @@ final class Workspace {
         // per filter), and for an F16 or quantised weight converted privately also by the
         // scratch it is converted into.
         let product = Convolution.usesWinograd(g) ? max(8, winogradWeightFloats / (36 * g.inChannels)) : Int.max
-        let per = min(product, try weights.rowsPerBlock(weight, scratchFloats: weightBlockFloats))
         let plane = g.outHeight * g.outWidth
         let bias = weights.contains(name + ".bias") ? try weights.floats(name + ".bias", shape: [g.outChannels]) : nil
+        if Convolution.usesWinograd(g), weights.sharedConversions != nil {
+            // Several cores run this layer at once: each block's transformed weights are made
+            // once for all of them, straight from the stored weight.
+            try weights.withWinogradWeights(weight, outChannels: g.outChannels, inChannels: g.inChannels, rowsPerBlock: product) {
+                outputs, u, stride in
+                var block = g
+                block.outChannels = outputs.count
+                let columns = columnBuffer(Convolution.winogradProductScratchCount(block))
+                bias.withOptionalBase { b in
+                    Convolution.winogradProducts(
+                        x.base, geometry: block, transformed: u, stride: stride, bias: b.map { $0 + outputs.lowerBound }, residual: nil,
+                        output: y.base + outputs.lowerBound * plane, scratch: columns)
+                }
+            }
+            try applyAdapters(convolution: name, x: x, y: y, geometry: g)
+            return y
+        }
+        let per = min(product, try weights.rowsPerBlock(weight, scratchFloats: weightBlockFloats))
         // An im2col convolution whose lowered input fits one column block is lowered once,
         // however many blocks of output channels its weight comes in; when the weight may come
         // in several blocks, up to twice that budget (SD 1.5's 2560 -> 1280 at 16x16, 23.6 MB),

@@ -35,13 +35,16 @@ public final class UNet2DConditionModel {
         }
     }
 
-    /// Floats the converted copies of F16, BF16, int8 and ggml block weights that a batch run
-    /// on several cores shares may take at once (``SharedConvertedWeights``): 16 Mi floats,
-    /// 64 MiB, holds every SD 1.5 weight up to 1280 × 1280 × 3 × 3; the few larger ones (the
-    /// up blocks' first convolutions, up to 29.5 M values) are converted by each core
-    /// privately, block by block. Measured on SD 1.5 with Q4_K weights (Docs/performance.md):
-    /// 128 MiB saved no measurable time and cost 0.02× F32's peak memory.
-    var sharedConversionBudgetFloats = 16 << 20
+    /// Floats the copies that a batch run on several cores shares may take at once
+    /// (``SharedConvertedWeights``): converted F16, BF16, int8 and ggml block weights, and the
+    /// Winograd-transformed weights of every precision. 32 Mi floats, 128 MiB: two blocks of
+    /// transformed weights (``Workspace/winogradWeightFloats`` each), so one core can start the
+    /// next layer's while the other still reads the last. Every SD 1.5 weight (up to 29.5 M
+    /// values, the up blocks' first convolutions) fits whole; a copy that finds no room is made
+    /// by each core privately. The cores' own scratch no longer holds transformed weights (up
+    /// to 64 MiB each); measured, an SD 1.5 step's peak RSS moved by −8 to +125 MB against the
+    /// 16 Mi floats this was before, for 2–4 % less time (Docs/performance.md).
+    var sharedConversionBudgetFloats = 32 << 20
     /// The shared copies of the last batch run on several cores (for measurements).
     private(set) var lastSharedConversions: SharedConvertedWeights?
     /// Where those copies live, kept from step to step (its pages are mapped once).
