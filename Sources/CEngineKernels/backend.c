@@ -125,10 +125,10 @@ int wp_bf16_products(void) { wp_backend_init(); return bf16Products; }
 // says, reads subnormal inputs as zero and keeps NaNs quiet); the tail of each row through the
 // same instruction under a mask.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-static void rowsToBF16(const float *source, int64_t rows, int64_t columns, int64_t ld, wp_bf16 *target) {
+static void rowsToBF16(const float *source, int64_t rows, int64_t columns, int64_t ld, wp_bf16 *target, int64_t targetLd) {
     for (int64_t r = 0; r < rows; r++) {
         const float *s = source + r * ld;
-        wp_bf16 *t = target + r * columns;
+        wp_bf16 *t = target + r * targetLd;
         int64_t c = 0;
         for (; c + 32 <= columns; c += 32) {
             __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + c + 16), _mm512_loadu_ps(s + c));
@@ -187,25 +187,50 @@ static wp_bf16 *grow(operand_buffers *b, int which, int64_t rows, int64_t column
     return b->buffer[which];
 }
 
+int wp_round_bf16(const float *source, int64_t rows, int64_t columns, int64_t ld, uint16_t *target, int64_t targetLd) {
+    wp_backend_init();
+    if (!bf16Products) return -1;
+    rowsToBF16(source, rows, columns, ld, target, targetLd);
+    return 0;
+}
+
 int wp_gemm_bf16(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, float alpha,
                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
                  float *c, int64_t ldc, int threads) {
+    return wp_gemm_bf16_rounded(transposeA, transposeB, m, n, k, alpha, a, NULL, lda, b, NULL, ldb, beta, c, ldc, threads);
+}
+
+int wp_gemm_bf16_rounded(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, float alpha,
+                         const float *a, const uint16_t *a16, int64_t lda, const float *b, const uint16_t *b16, int64_t ldb,
+                         float beta, float *c, int64_t ldc, int threads) {
     wp_backend_init();
     if (!bf16Products) return -1;
     if (setThreads && maxThreads && threads > 0 && maxThreads() != threads) setThreads(threads);
     // op(A) is m x k: stored m rows of k, or (transposed) k rows of m; likewise op(B), k x n.
     int64_t rowsA = transposeA ? k : m, columnsA = transposeA ? m : k;
     int64_t rowsB = transposeB ? n : k, columnsB = transposeB ? k : n;
-    operand_buffers *buffers = threadBuffers();
-    if (!buffers) return -2;
-    wp_bf16 *a16 = grow(buffers, 0, rowsA, columnsA);
-    wp_bf16 *b16 = grow(buffers, 1, rowsB, columnsB);
-    if (!a16 || !b16) return -2;
-    rowsToBF16(a, rowsA, columnsA, lda, a16);
-    rowsToBF16(b, rowsB, columnsB, ldb, b16);
+    const wp_bf16 *ra = a16, *rb = b16;
+    int64_t ldRA = lda, ldRB = ldb;
+    if (!ra || !rb) {
+        operand_buffers *buffers = threadBuffers();
+        if (!buffers) return -2;
+        if (!ra) {
+            wp_bf16 *buffer = grow(buffers, 0, rowsA, columnsA);
+            if (!buffer) return -2;
+            rowsToBF16(a, rowsA, columnsA, lda, buffer, columnsA);
+            ra = buffer;
+            ldRA = columnsA > 0 ? columnsA : 1;
+        }
+        if (!rb) {
+            wp_bf16 *buffer = grow(buffers, 1, rowsB, columnsB);
+            if (!buffer) return -2;
+            rowsToBF16(b, rowsB, columnsB, ldb, buffer, columnsB);
+            rb = buffer;
+            ldRB = columnsB > 0 ? columnsB : 1;
+        }
+    }
     dnnl_status_t status = dnnl_gemm_bf16bf16f32(transposeA ? 'T' : 'N', transposeB ? 'T' : 'N', m, n, k, alpha,
-                                                 a16, columnsA > 0 ? columnsA : 1, b16, columnsB > 0 ? columnsB : 1,
-                                                 beta, c, ldc);
+                                                 ra, ldRA, rb, ldRB, beta, c, ldc);
     return status == dnnl_success ? 0 : (int)status;
 }
 

@@ -297,11 +297,15 @@ public final class WeightProvider {
     /// 640 -> 640 convolution at 32x32 on one core). A block the shared budget cannot hold is
     /// transformed by each core into its own scratch.
     /// - Throws: as ``withFloats(_:shape:_:)``.
+    /// With `roundedToBF16` (for a thread computing in bf16) a shared block is also rounded to
+    /// bfloat16 once, as the products would round it on each core, and `body` gets it as a
+    /// ``GEMM/Operand/bf16(_:)`` operand (`stride` still counted in elements); a private block
+    /// stays floats.
     /// - Parameter rowsPerChunk: output channels decoded and transformed at a time (a chunk
     ///   is what one core does while the other may do the next); by default 1 MiB of floats.
     func withWinogradWeights(
-        _ name: String, outChannels: Int, inChannels: Int, rowsPerBlock: Int, rowsPerChunk: Int? = nil,
-        _ body: (Range<Int>, UnsafePointer<Float>, Int) throws -> Void
+        _ name: String, outChannels: Int, inChannels: Int, rowsPerBlock: Int, rowsPerChunk: Int? = nil, roundedToBF16: Bool = false,
+        _ body: (Range<Int>, GEMM.Operand, Int) throws -> Void
     ) throws {
         let full = prefix + name
         let descriptor = try self.descriptor(name)
@@ -316,9 +320,9 @@ public final class WeightProvider {
             try Self.forEachBlock(rows: outChannels, size: max(1, rowsPerBlock)) { block in
                 let stride = Convolution.matrixStride(block.count * inChannels)
                 let count = 36 * stride
-                // Transforms rows `rows` (of the whole weight) into the block's matrices at `u`.
-                func transform(_ rows: Range<Int>, into u: UnsafeMutablePointer<Float>) throws(EngineError) {
-                    let target = u + (rows.lowerBound - block.lowerBound) * inChannels
+                // Transforms rows `rows` (of the whole weight) into 36 matrices `stride` apart whose
+                // first row is at `target`.
+                func transform(_ rows: Range<Int>, into target: UnsafeMutablePointer<Float>, stride: Int) throws(EngineError) {
                     if let inPlace {
                         Convolution.transformWeights(
                             inPlace + rows.lowerBound * rowLength, outChannels: rows.count, inChannels: inChannels, into: target, stride: stride)
@@ -329,23 +333,86 @@ public final class WeightProvider {
                     try decode(rows, decoded.base)
                     Convolution.transformWeights(decoded.base, outChannels: rows.count, inChannels: inChannels, into: target, stride: stride)
                 }
-                if let shared = sharedConversions,
+                if let shared = sharedConversions, roundedToBF16 {
+                    // The block's 36 matrices as bfloat16, in half as many floats.
+                    if try shared.withShared(
+                        "\(full)#winograd-bf16#\(block.lowerBound)", count: (count + 1) / 2, units: block.count, unitsPerChunk: decodeRows,
+                        produce: { units, base throws(EngineError) in
+                            let rows = (block.lowerBound + units.lowerBound)..<(block.lowerBound + units.upperBound)
+                            let chunkStride = Convolution.matrixStride(rows.count * inChannels)
+                            let floats = takeScratch(36 * chunkStride)
+                            defer { depth -= 1 }
+                            // Transformed as floats into scratch, then rounded into these rows'
+                            // columns of the 36 shared matrices.
+                            try transform(rows, into: floats.base, stride: chunkStride)
+                            let target = UnsafeMutableRawPointer(base).assumingMemoryBound(to: UInt16.self) + units.lowerBound * inChannels
+                            GEMM.roundToBF16(
+                                floats.base, rows: 36, columns: rows.count * inChannels, ld: chunkStride, into: target, targetLd: stride)
+                        }, { u in try body(block, .bf16(UnsafeRawPointer(u).assumingMemoryBound(to: UInt16.self)), stride) }) != nil
+                    {
+                        return
+                    }
+                } else if let shared = sharedConversions,
                     try shared.withShared(
                         "\(full)#winograd#\(block.lowerBound)", count: count, units: block.count, unitsPerChunk: decodeRows,
                         produce: { units, base throws(EngineError) in
-                            try transform((block.lowerBound + units.lowerBound)..<(block.lowerBound + units.upperBound), into: base)
-                        }, { u in try body(block, u, stride) }) != nil
+                            try transform(
+                                (block.lowerBound + units.lowerBound)..<(block.lowerBound + units.upperBound),
+                                into: base + units.lowerBound * inChannels,
+                                stride: stride)
+                        }, { u in try body(block, .floats(u), stride) }) != nil
                 {
                     return
                 }
                 let u = takeScratch(count)
                 defer { depth -= 1 }
                 try Self.forEachBlock(rows: block.count, size: decodeRows) { rows in
-                    try transform((block.lowerBound + rows.lowerBound)..<(block.lowerBound + rows.upperBound), into: u.base)
+                    try transform(
+                        (block.lowerBound + rows.lowerBound)..<(block.lowerBound + rows.upperBound), into: u.base + rows.lowerBound * inChannels,
+                        stride: stride)
                 }
-                try body(block, u.base, stride)
+                try body(block, .floats(u.base), stride)
             }
         }
+    }
+
+    /// With ``sharedConversions``: calls `body` with the whole weight `name` rounded to
+    /// bfloat16 (nearest even, as the bf16 products round their operands), made once for all
+    /// the cores straight from the stored weight (F32 in place; F16, BF16, int8 and ggml rows
+    /// decoded a few at a time into scratch first), and returns true. Returns false without
+    /// calling anything when it is not shared (no sharing, too small, no room): the caller then
+    /// hands the products float weights, which they round themselves on each core. For a
+    /// thread computing in bf16 (``GEMM/withPrecision(_:_:)``).
+    /// - Throws: as ``withFloats(_:shape:_:)``.
+    func withSharedBF16Weight(_ name: String, _ body: (UnsafePointer<UInt16>) throws -> Void) throws -> Bool {
+        guard let shared = sharedConversions else { return false }
+        let full = prefix + name
+        let descriptor = try self.descriptor(name)
+        let rows = descriptor.shape.dimensions.first ?? 1
+        let count = descriptor.elementCount
+        guard rows > 0, count > 0, count % rows == 0, (count + 1) / 2 >= shared.minimumFloats else { return false }
+        let rowLength = count / rows
+        let chunkRows = max(1, (1 << 18) / rowLength)
+        var made = false
+        try withRowSource(name) { (inPlace, decode) throws in
+            made =
+                try shared.withShared(
+                    "\(full)#bf16", count: (count + 1) / 2, units: rows, unitsPerChunk: chunkRows,
+                    produce: { units, base throws(EngineError) in
+                        let target = UnsafeMutableRawPointer(base).assumingMemoryBound(to: UInt16.self) + units.lowerBound * rowLength
+                        if let inPlace {
+                            GEMM.roundToBF16(
+                                inPlace + units.lowerBound * rowLength, rows: units.count, columns: rowLength, ld: rowLength, into: target,
+                                targetLd: rowLength)
+                            return
+                        }
+                        let decoded = takeScratch(units.count * rowLength)
+                        defer { depth -= 1 }
+                        try decode(units, decoded.base)
+                        GEMM.roundToBF16(decoded.base, rows: units.count, columns: rowLength, ld: rowLength, into: target, targetLd: rowLength)
+                    }, { p in try body(UnsafeRawPointer(p).assumingMemoryBound(to: UInt16.self)) }) != nil
+        }
+        return made
     }
 
     /// Calls `body` with the weight `name` as rows of its first dimension: `inPlace` when it is

@@ -109,4 +109,121 @@ struct BF16ComputeTests {
         #expect(snr(pair, single) >= 60, "the pair and the single elements differ: \(snr(pair, single)) dB")
         #expect(pairSNR < f32SNR - 10 && singleSNR < f32SNR - 10, "the bf16 predictions are as close as f32's: products not in bf16?")
     }
+
+    /// A weight rounded to bfloat16 once for two providers (the UNet's cores computing in bf16)
+    /// straight from the stored weight, in chunks both make: every value is the weight's value
+    /// rounded to nearest even, bit for bit, it is made once, and nothing stays held.
+    @Test(arguments: ["f32", "f16", "int8"])
+    func aWeightRoundedOnceForBothCoresIsTheRoundedWeight(_ kind: String) throws {
+        guard ComputeBackend.current.bf16Products else {
+            #expect(throws: EngineError.self) { try UNet2DConditionModel.checkAvailable(.bf16) }
+            return
+        }
+        let rows = 300, columns = 1_000  // 300,000 values: chunks of 262 rows, made by both
+        var random = TestRandom(seed: 61)
+        let f32 = MemoryStore()
+        f32.add("w.weight", shape: [rows, columns], values: random.values(rows * columns, scale: 3), dtype: .f32)
+        let folder = try Int8ParityTests.folder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let store: any TensorStore
+        switch kind {
+        case "int8": store = try Int8ParityTests.int8(f32, in: folder, name: "bf16.wpk")
+        case "f16":
+            let half = MemoryStore()
+            half.add("w.weight", shape: [rows, columns], values: try WeightProvider(store: f32).floats("w.weight"), dtype: .f16)
+            store = half
+        default: store = f32
+        }
+        if kind == "int8" { #expect(WeightProvider(store: store).isQuantized("w.weight")) }
+        let expected = try WeightProvider(store: store).floats("w.weight").map { UInt16(Self.bf16($0).bitPattern >> 16) }
+        let shared = SharedConvertedWeights(consumers: 2)
+        let results = Locked<[Int: [UInt16]]>([:])
+        let box = UnsafeSendableBox((store, shared))
+        DispatchQueue.concurrentPerform(iterations: 2) { i in
+            let provider = WeightProvider(store: box.value.0)
+            provider.sharedConversions = box.value.1
+            var values: [UInt16] = []
+            let made = try? provider.withSharedBF16Weight("w.weight") { p in values = Array(UnsafeBufferPointer(start: p, count: rows * columns)) }
+            results.withLock { $0[i] = made == true ? values : [] }
+        }
+        for i in 0..<2 {
+            let values = results.withLock { $0[i] } ?? []
+            let mismatches = zip(values, expected).filter { $0 != $1 }.count
+            #expect(values.count == expected.count && mismatches == 0, "provider \(i): \(values.count) values, \(mismatches) differ")
+        }
+        #expect(shared.conversions == 1 && shared.reuses == 1 && shared.floatsHeld == 0)
+        // Too small to share: not made, and the caller keeps its own path.
+        let small = MemoryStore()
+        small.add("b.weight", shape: [4, 4], values: random.values(16), dtype: .f32)
+        let provider = WeightProvider(store: small)
+        provider.sharedConversions = shared
+        #expect(try provider.withSharedBF16Weight("b.weight") { _ in Issue.record("a 16-value weight was shared") } == false)
+    }
+
+    /// Each kind of layer computed in bf16 by two workspaces at once whose providers share (the
+    /// weights, and Winograd's transformed weights, rounded once for both) against one
+    /// workspace alone, which rounds them in its products: a linear layer, a 3x3 convolution
+    /// at 32x32 (Winograd), one at 12x12 (im2col, lowered once) and a 1x1 one, from F32 and F16
+    /// weights. The same bfloat16 operands go to the same products (the Winograd block is
+    /// transformed in one chunk here, as the single workspace does), so the outputs agree to
+    /// float rounding; measured, they are identical.
+    @Test(arguments: [DType.f32, .f16])
+    func layersOnTwoCoresRoundTheirWeightsOnceAndMatchOneCore(_ dtype: DType) throws {
+        guard ComputeBackend.current.bf16Products else {
+            #expect(throws: EngineError.self) { try UNet2DConditionModel.checkAvailable(.bf16) }
+            return
+        }
+        var random = TestRandom(seed: 62)
+        let store = MemoryStore()
+        store.add("lin.weight", shape: [300, 256], values: random.values(300 * 256, scale: 0.1), dtype: dtype)
+        store.add("lin.bias", shape: [300], values: random.values(300), dtype: dtype)
+        store.add("wino.weight", shape: [24, 16, 3, 3], values: random.values(24 * 16 * 9, scale: 0.1), dtype: dtype)
+        store.add("im2col.weight", shape: [64, 128, 3, 3], values: random.values(64 * 128 * 9, scale: 0.05), dtype: dtype)
+        store.add("point.weight", shape: [256, 320, 1, 1], values: random.values(256 * 320, scale: 0.1), dtype: dtype)
+        let linearInput = random.values(70 * 256), winoInput = random.values(16 * 32 * 32)
+        let im2colInput = random.values(128 * 12 * 12), pointInput = random.values(320 * 8 * 8)
+        let inputs = UnsafeSendableBox((linearInput, winoInput, im2colInput, pointInput))
+        @Sendable func run(_ provider: WeightProvider) throws -> [[Float]] {
+            try GEMM.withPrecision(.bf16) {
+                try Parallel.serially {
+                    let ws = Workspace(weights: provider)
+                    func tensor(_ values: [Float], _ shape: [Int]) -> FloatTensor {
+                        let t = ws.pool.take(shape)
+                        t.base.update(from: values, count: values.count)
+                        return t
+                    }
+                    let (l, w, i, p) = inputs.value
+                    let outputs = [
+                        try ws.linear(tensor(l, [70, 256]), "lin"),
+                        try ws.conv2d(tensor(w, [16, 32, 32]), "wino", padding: .init(1)),
+                        try ws.conv2d(tensor(i, [128, 12, 12]), "im2col", padding: .init(1)),
+                        try ws.conv2d(tensor(p, [320, 8, 8]), "point", padding: .init(0)),
+                    ]
+                    return outputs.map { Array(UnsafeBufferPointer(start: $0.base, count: $0.count)) }
+                }
+            }
+        }
+        let alone = try run(WeightProvider(store: store))
+        let shared = SharedConvertedWeights(consumers: 2, minimumFloats: 1)
+        let results = Locked<[Int: [[Float]]]>([:])
+        let box = UnsafeSendableBox((store, shared))
+        DispatchQueue.concurrentPerform(iterations: 2) { i in
+            let provider = WeightProvider(store: box.value.0)
+            provider.sharedConversions = box.value.1
+            let outputs = (try? run(provider)) ?? []
+            results.withLock { $0[i] = outputs }
+        }
+        for i in 0..<2 {
+            let outputs = results.withLock { $0[i] } ?? []
+            #expect(outputs.count == 4)
+            for (layer, (actual, expected)) in zip(["linear", "winograd", "im2col", "pointwise"], zip(outputs, alone)) {
+                let c = expectClose(actual, expected, shape: [expected.count], tolerance: 1e-5, "core \(i), \(layer), \(dtype.name)")
+                print("bf16 \(layer) from \(dtype.name) weights, core \(i) against one core: max abs difference \(c.maxAbsoluteError)")
+            }
+        }
+        // Made once, by one provider, and reused by the other: the three weights rounded and
+        // Winograd's one block transformed and rounded (and for F16, the linear bias's float copy).
+        let made = dtype == .f16 ? 5 : 4
+        #expect(shared.conversions == made && shared.reuses == made && shared.floatsHeld == 0, "made \(shared.conversions)")
+    }
 }

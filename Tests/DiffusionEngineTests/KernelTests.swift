@@ -144,7 +144,7 @@ struct KernelTests {
                 bias.withUnsafeBufferPointer { b in
                     blocked.withUnsafeMutableBufferPointer { y in
                         Convolution.lowered(
-                            columns: lowered, geometry: part, weight: w.baseAddress! + block.lowerBound * g.patchSize,
+                            columns: lowered, geometry: part, weight: .floats(w.baseAddress! + block.lowerBound * g.patchSize),
                             bias: b.baseAddress! + block.lowerBound, output: y.baseAddress! + block.lowerBound * plane)
                     }
                 }

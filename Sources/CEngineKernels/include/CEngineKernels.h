@@ -61,6 +61,18 @@ int wp_gemm_bf16(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k
                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
                  float *c, int64_t ldc, int threads);
 
+/// `wp_gemm_bf16` where either operand may come already rounded: when `a16` (or `b16`) is not
+/// NULL it is that operand in bfloat16, stored as `a` would be with leading dimension `lda`
+/// (`ldb`), and is used as it is; `a` (`b`) is then ignored. Same returns.
+int wp_gemm_bf16_rounded(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, float alpha,
+                         const float *a, const uint16_t *a16, int64_t lda, const float *b, const uint16_t *b16, int64_t ldb,
+                         float beta, float *c, int64_t ldc, int threads);
+
+/// `rows` rows of `columns` floats, `ld` apart, rounded to bfloat16 (nearest even; subnormal
+/// inputs read as zero) into `target`, `targetLd` apart: what `wp_gemm_bf16` does to its
+/// operands. Returns 0, or -1 when `wp_bf16_products()` is 0 (nothing written).
+int wp_round_bf16(const float *source, int64_t rows, int64_t columns, int64_t ld, uint16_t *target, int64_t targetLd);
+
 /// Conversions of weights to `float`, in the selected family's instructions.
 /// `count` 16-bit IEEE halves at `source` (any alignment) to floats.
 void wp_f16_to_f32(const void *source, float *target, size_t count);

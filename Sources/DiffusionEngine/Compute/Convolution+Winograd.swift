@@ -67,7 +67,7 @@ extension Convolution {
         let uStride = matrixStride(g.outChannels * g.inChannels)
         transformWeights(weight, outChannels: g.outChannels, inChannels: g.inChannels, into: scratch, stride: uStride)
         winogradProducts(
-            input, geometry: g, transformed: scratch, stride: uStride, bias: bias, residual: residual, output: output,
+            input, geometry: g, transformed: .floats(scratch), stride: uStride, bias: bias, residual: residual, output: output,
             scratch: scratch + 36 * uStride, budget: budget)
     }
 
@@ -80,12 +80,12 @@ extension Convolution {
 
     /// ``winogradForward(_:geometry:weight:bias:residual:output:scratch:budget:)`` with the
     /// weights already transformed: `u` holds the 36 matrices `U[ξ]` (`outC × inC`) `stride`
-    /// floats apart (``transformWeights(_:outChannels:inChannels:into:stride:)``), which may be
-    /// shared with other cores (read only); `scratch` holds
-    /// ``winogradProductScratchCount(_:budget:)`` floats.
+    /// floats apart (``transformWeights(_:outChannels:inChannels:into:stride:)``; for a thread
+    /// computing in bf16 they may be rounded to bfloat16 already), which may be shared with
+    /// other cores (read only); `scratch` holds ``winogradProductScratchCount(_:budget:)`` floats.
     static func winogradProducts(
         _ input: UnsafePointer<Float>, geometry g: Geometry,
-        transformed u: UnsafePointer<Float>, stride uStride: Int, bias: UnsafePointer<Float>?, residual: UnsafePointer<Float>?,
+        transformed u: GEMM.Operand, stride uStride: Int, bias: UnsafePointer<Float>?, residual: UnsafePointer<Float>?,
         output: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
         budget: Int = winogradBlockBudget
     ) {
@@ -102,14 +102,14 @@ extension Convolution {
             transformInput(input, geometry: g, tiles: start..<(start + n), into: v, stride: vStride)
             // The 36 products are independent: with two or more workers each runs its share on
             // one BLAS thread, which keeps both cores busy without BLAS's own synchronisation.
-            let us = SharedPointer(u), vs = SharedPointer(v), ms = SharedPointer(m)
+            let us = UnsafeSendableBox(u), vs = SharedPointer(v), ms = SharedPointer(m)
             GEMM.withSingleThreadedCalls {
                 Parallel.forRanges(36, grain: 1) { r in
                     for xi in r {
                         GEMM.multiply(
                             m: outC, n: n, k: inC,
-                            a: us.pointer + xi * uStride, lda: inC,
-                            b: vs.pointer + xi * vStride, ldb: n,
+                            a: us.value.advanced(by: xi * uStride), lda: inC,
+                            b: .floats(vs.pointer + xi * vStride), ldb: n,
                             c: ms.pointer + xi * mStride, ldc: n)
                     }
                 }

@@ -85,11 +85,22 @@ enum Convolution {
         output: UnsafeMutablePointer<Float>, columns: UnsafeMutablePointer<Float>?,
         residual: UnsafePointer<Float>? = nil
     ) {
+        loweredForward(input, geometry: g, weight: .floats(weight), bias: bias, output: output, columns: columns, residual: residual)
+    }
+
+    /// ``loweredForward(_:geometry:weight:bias:output:columns:residual:)`` with the weight as a
+    /// product operand (possibly rounded to bfloat16 already).
+    static func loweredForward(
+        _ input: UnsafePointer<Float>, geometry g: Geometry,
+        weight: GEMM.Operand, bias: UnsafePointer<Float>?,
+        output: UnsafeMutablePointer<Float>, columns: UnsafeMutablePointer<Float>?,
+        residual: UnsafePointer<Float>? = nil
+    ) {
         let pixels = g.outHeight * g.outWidth
         if g.isPointwise {
             GEMM.multiply(
                 m: g.outChannels, n: pixels, k: g.inChannels,
-                a: weight, lda: g.inChannels, b: input, ldb: pixels, c: output, ldc: pixels)
+                a: weight, lda: g.inChannels, b: .floats(input), ldb: pixels, c: output, ldc: pixels)
         } else {
             guard let columns else { preconditionFailure("convolution needs a column buffer") }
             let block = im2colBlockPixels(g)
@@ -99,7 +110,7 @@ enum Convolution {
                 im2col(input, geometry: g, pixels: start..<(start + n), into: columns)
                 GEMM.multiply(
                     m: g.outChannels, n: n, k: g.patchSize,
-                    a: weight, lda: g.patchSize, b: columns, ldb: n,
+                    a: weight, lda: g.patchSize, b: .floats(columns), ldb: n,
                     c: output + start, ldc: pixels)
                 start += n
             }
@@ -122,12 +133,12 @@ enum Convolution {
     /// lowered; `weight`, `bias` and `output` are those of `geometry.outChannels` channels.
     static func lowered(
         columns: UnsafePointer<Float>, geometry g: Geometry,
-        weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, output: UnsafeMutablePointer<Float>
+        weight: GEMM.Operand, bias: UnsafePointer<Float>?, output: UnsafeMutablePointer<Float>
     ) {
         let pixels = g.outHeight * g.outWidth
         GEMM.multiply(
             m: g.outChannels, n: pixels, k: g.patchSize,
-            a: weight, lda: g.patchSize, b: columns, ldb: pixels, c: output, ldc: pixels)
+            a: weight, lda: g.patchSize, b: .floats(columns), ldb: pixels, c: output, ldc: pixels)
         if let bias { Kernels.addChannelBias(output, channels: g.outChannels, plane: pixels, bias: bias) }
     }
 

@@ -59,6 +59,69 @@ enum GEMM {
         precondition(status == 0, "dnnl_gemm_bf16bf16f32 failed with status \(status) for \(m)x\(n)x\(k)")
     }
 
+    /// An operand of a product: floats, or values already rounded to bfloat16 (``roundToBF16(_:rows:columns:ld:into:targetLd:)``)
+    /// for a thread computing in ``ComputePrecision/bf16``, stored as the floats would be.
+    enum Operand {
+        case floats(UnsafePointer<Float>)
+        case bf16(UnsafePointer<UInt16>)
+
+        /// The floats, when the operand is floats.
+        var floats: UnsafePointer<Float>? {
+            if case .floats(let p) = self { p } else { nil }
+        }
+
+        /// The operand `offset` elements further on.
+        @inline(__always)
+        func advanced(by offset: Int) -> Operand {
+            switch self {
+            case .floats(let p): .floats(p + offset)
+            case .bf16(let p): .bf16(p + offset)
+            }
+        }
+    }
+
+    /// ``multiply(m:n:k:a:lda:transposeA:b:ldb:transposeB:c:ldc:alpha:beta:)`` with operands
+    /// that may be rounded to bfloat16 already (a weight rounded once for several cores), which
+    /// the product then reads as they are. A `.bf16` operand needs this thread to compute in
+    /// bf16.
+    static func multiply(
+        m: Int, n: Int, k: Int,
+        a: Operand, lda: Int, transposeA: Bool = false,
+        b: Operand, ldb: Int, transposeB: Bool = false,
+        c: UnsafeMutablePointer<Float>, ldc: Int,
+        alpha: Float = 1, beta: Float = 0
+    ) {
+        if case .floats(let a) = a, case .floats(let b) = b {
+            multiply(
+                m: m, n: n, k: k, a: a, lda: lda, transposeA: transposeA, b: b, ldb: ldb, transposeB: transposeB, c: c, ldc: ldc,
+                alpha: alpha, beta: beta)
+            return
+        }
+        precondition(Parallel.productsInBF16OnThisThread, "a bfloat16 operand outside bf16 compute")
+        if m == 0 || n == 0 { return }
+        let threads = Parallel.isSerialOnThisThread || wp_single_threaded() != 0 ? 1 : threadCount
+        func split(_ o: Operand) -> (UnsafePointer<Float>?, UnsafePointer<UInt16>?) {
+            switch o {
+            case .floats(let p): (p, nil)
+            case .bf16(let p): (nil, p)
+            }
+        }
+        let (af, a16) = split(a), (bf, b16) = split(b)
+        let status = wp_gemm_bf16_rounded(
+            transposeA ? 1 : 0, transposeB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
+            af, a16, Int64(lda), bf, b16, Int64(ldb), beta, c, Int64(ldc), Int32(threads))
+        precondition(status == 0, "dnnl_gemm_bf16bf16f32 failed with status \(status) for \(m)x\(n)x\(k)")
+    }
+
+    /// Rounds `rows` rows of `columns` floats (`ld` apart) to bfloat16 as the bf16 products do,
+    /// into rows `targetLd` apart. The processor must have ``ComputeBackend/bf16Products``.
+    static func roundToBF16(
+        _ source: UnsafePointer<Float>, rows: Int, columns: Int, ld: Int, into target: UnsafeMutablePointer<UInt16>, targetLd: Int
+    ) {
+        let status = wp_round_bf16(source, Int64(rows), Int64(columns), Int64(ld), target, Int64(targetLd))
+        precondition(status == 0, "bfloat16 rounding on a processor without AVX512_BF16")
+    }
+
     /// Runs `body` with every matrix product this thread (and the ``Parallel`` workers it
     /// starts) computes in `precision`. For ``ComputePrecision/bf16`` the processor must have
     /// it (``ComputeBackend/bf16Products``); the caller checks.

@@ -72,11 +72,21 @@ final class Workspace {
         }
         let y = pool.take(Array(x.shape.dropLast()) + [outFeatures])
         let weight = name + ".weight"
-        let per = try weights.rowsPerBlock(weight, scratchFloats: weightBlockFloats)
-        try weights.withRowBlocks(weight, rowsPerBlock: per) { outputs, w in
-            GEMM.multiply(
-                m: rows, n: outputs.count, k: inFeatures, a: x.base, lda: inFeatures,
-                b: w, ldb: inFeatures, transposeB: true, c: y.base + outputs.lowerBound, ldc: outFeatures)
+        // In bf16 on several cores: the weight rounded once for all of them when it can be.
+        let sharedBF16 =
+            try sharesBF16Weights
+            && weights.withSharedBF16Weight(weight) { w in
+                GEMM.multiply(
+                    m: rows, n: outFeatures, k: inFeatures, a: .floats(x.base), lda: inFeatures,
+                    b: .bf16(w), ldb: inFeatures, transposeB: true, c: y.base, ldc: outFeatures)
+            }
+        if !sharedBF16 {
+            let per = try weights.rowsPerBlock(weight, scratchFloats: weightBlockFloats)
+            try weights.withRowBlocks(weight, rowsPerBlock: per) { outputs, w in
+                GEMM.multiply(
+                    m: rows, n: outputs.count, k: inFeatures, a: x.base, lda: inFeatures,
+                    b: w, ldb: inFeatures, transposeB: true, c: y.base + outputs.lowerBound, ldc: outFeatures)
+            }
         }
         if useBias, weights.contains(name + ".bias") {
             try weights.withFloats(name + ".bias", shape: [outFeatures]) { b in
@@ -116,8 +126,10 @@ final class Workspace {
         let bias = weights.contains(name + ".bias") ? try weights.floats(name + ".bias", shape: [g.outChannels]) : nil
         if Convolution.usesWinograd(g), weights.sharedConversions != nil {
             // Several cores run this layer at once: each block's transformed weights are made
-            // once for all of them, straight from the stored weight.
-            try weights.withWinogradWeights(weight, outChannels: g.outChannels, inChannels: g.inChannels, rowsPerBlock: product) {
+            // once for all of them, straight from the stored weight (in bf16, rounded once too).
+            try weights.withWinogradWeights(
+                weight, outChannels: g.outChannels, inChannels: g.inChannels, rowsPerBlock: product, roundedToBF16: sharesBF16Weights
+            ) {
                 outputs, u, stride in
                 var block = g
                 block.outChannels = outputs.count
@@ -139,6 +151,21 @@ final class Workspace {
         let budget = per < g.outChannels ? 2 * Convolution.columnBudget : Convolution.columnBudget
         let lowered = Convolution.lowersInOneBlock(g, budget: budget) ? columnBuffer(g.patchSize * plane) : nil
         if let lowered { Convolution.im2col(x.base, geometry: g, pixels: 0..<plane, into: lowered) }
+        // In bf16 on several cores: the weight rounded once for all of them when it can be.
+        func fromRoundedWeight(_ w: UnsafePointer<UInt16>) {
+            bias.withOptionalBase { b in
+                if let lowered {
+                    Convolution.lowered(columns: lowered, geometry: g, weight: .bf16(w), bias: b, output: y.base)
+                } else {
+                    let columns = g.isPointwise ? nil : columnBuffer(Convolution.scratchCount(g))
+                    Convolution.loweredForward(x.base, geometry: g, weight: .bf16(w), bias: b, output: y.base, columns: columns)
+                }
+            }
+        }
+        if sharesBF16Weights, try weights.withSharedBF16Weight(weight, fromRoundedWeight) {
+            try applyAdapters(convolution: name, x: x, y: y, geometry: g)
+            return y
+        }
         try weights.withRowBlocks(weight, rowsPerBlock: per, wholeRowsPerBlock: product) { outputs, w in
             var block = g
             block.outChannels = outputs.count
@@ -146,7 +173,7 @@ final class Workspace {
             bias.withOptionalBase { b in
                 let b = b.map { $0 + outputs.lowerBound }
                 if let lowered {
-                    Convolution.lowered(columns: lowered, geometry: block, weight: w, bias: b, output: out)
+                    Convolution.lowered(columns: lowered, geometry: block, weight: .floats(w), bias: b, output: out)
                 } else {
                     let columns = block.isPointwise ? nil : columnBuffer(Convolution.scratchCount(block))
                     Convolution.forward(x.base, geometry: block, weight: w, bias: b, output: out, columns: columns)
@@ -156,6 +183,11 @@ final class Workspace {
         try applyAdapters(convolution: name, x: x, y: y, geometry: g)
         return y
     }
+
+    /// Whether this pass's products are bf16 and its weights shared with other cores: then
+    /// each weight is rounded to bfloat16 once for all of them
+    /// (``WeightProvider/withSharedBF16Weight(_:_:)``) instead of by each core's products.
+    private var sharesBF16Weights: Bool { Parallel.productsInBF16OnThisThread && weights.sharedConversions != nil }
 
     /// Floats of one block of an F16, BF16 or int8 weight converted for a product (default
     /// 16 MiB); F32 weights are read in place whatever their size.
