@@ -27,7 +27,7 @@ struct Generate: ParsableCommand {
             encoder; SDXL pairs go to each encoder.
 
             --compute bf16 rounds both operands of the UNet's matrix products to bfloat16 and \
-            sums in float (AVX512_BF16 dot products: about 0.75x the time of an fp32 step \
+            sums in float (AVX512_BF16 dot products: about 0.7x the time of fp32 products \
             on SD 1.5); the text encoder and VAE stay fp32. The image differs from fp32's (see \
             Docs/engine.md for the measured PSNR); the PNG records the choice.
 
