@@ -288,7 +288,7 @@ public final class WeightProvider {
     /// Calls `body` with the Winograd-transformed weights (``Convolution/transformWeights(_:outChannels:inChannels:into:stride:)``)
     /// of the 3x3 convolution weight `name` (`[outC, inC, 3, 3]`), in consecutive blocks of at
     /// most `rowsPerBlock` output channels: `body(channels, u, stride)` gets the 36 matrices of
-    /// those channels `stride` floats apart.
+    /// those channels `stride` elements apart.
     ///
     /// With ``sharedConversions``, each block is transformed once for all the cores, straight
     /// from the stored weight (F32 in place; F16, BF16, int8 and ggml blocks decoded a few rows
@@ -296,11 +296,11 @@ public final class WeightProvider {
     /// no core repeats the transform, which writes four times the weight's floats (40 % of a
     /// 640 -> 640 convolution at 32x32 on one core). A block the shared budget cannot hold is
     /// transformed by each core into its own scratch.
-    /// - Throws: as ``withFloats(_:shape:_:)``.
+    ///
     /// With `roundedToBF16` (for a thread computing in bf16) a shared block is also rounded to
     /// bfloat16 once, as the products would round it on each core, and `body` gets it as a
-    /// ``GEMM/Operand/bf16(_:)`` operand (`stride` still counted in elements); a private block
-    /// stays floats.
+    /// ``GEMM/Operand/bf16(_:)`` operand; a private block stays floats.
+    /// - Throws: as ``withFloats(_:shape:_:)``.
     /// - Parameter rowsPerChunk: output channels decoded and transformed at a time (a chunk
     ///   is what one core does while the other may do the next); by default 1 MiB of floats.
     func withWinogradWeights(
@@ -670,6 +670,12 @@ struct PackedWeight: Sendable {
 /// (a copy made for the late ones would wait for a provider that has already passed, and stay
 /// held to the end of the run). Tensors smaller than `minimumFloats` are not shared
 /// (converting them is cheaper than coordinating).
+///
+/// The same machinery (``withShared(_:count:units:unitsPerChunk:produce:_:)``) holds the other
+/// copies the cores make once for all of them: Winograd-transformed weights
+/// (``WeightProvider/withWinogradWeights(_:outChannels:inChannels:rowsPerBlock:rowsPerChunk:roundedToBF16:_:)``)
+/// and, under `--compute bf16`, weights rounded to bfloat16
+/// (``WeightProvider/withSharedBF16Weight(_:_:)``), each under a name of its own.
 final class SharedConvertedWeights: @unchecked Sendable {
     let consumers: Int
     let budgetFloats: Int
