@@ -200,6 +200,19 @@ int wp_gemm_bf16(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k
     return wp_gemm_bf16_rounded(transposeA, transposeB, m, n, k, alpha, a, NULL, lda, b, NULL, ldb, beta, c, ldc, threads);
 }
 
+// An operand of wp_gemm_bf16_rounded as bfloat16: `rounded` as it is, or `source` (rows of
+// `columns`, `*ld` apart) rounded into the calling thread's buffer `which`, whose leading
+// dimension replaces `*ld`. NULL when the buffer cannot be had.
+static const wp_bf16 *operand(const float *source, const wp_bf16 *rounded, int64_t rows, int64_t columns, int64_t *ld, int which) {
+    if (rounded) return rounded;
+    operand_buffers *buffers = threadBuffers();
+    wp_bf16 *buffer = buffers ? grow(buffers, which, rows, columns) : NULL;
+    if (!buffer) return NULL;
+    rowsToBF16(source, rows, columns, *ld, buffer, columns);
+    *ld = columns > 0 ? columns : 1;
+    return buffer;
+}
+
 int wp_gemm_bf16_rounded(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, float alpha,
                          const float *a, const uint16_t *a16, int64_t lda, const float *b, const uint16_t *b16, int64_t ldb,
                          float beta, float *c, int64_t ldc, int threads) {
@@ -209,26 +222,10 @@ int wp_gemm_bf16_rounded(int transposeA, int transposeB, int64_t m, int64_t n, i
     // op(A) is m x k: stored m rows of k, or (transposed) k rows of m; likewise op(B), k x n.
     int64_t rowsA = transposeA ? k : m, columnsA = transposeA ? m : k;
     int64_t rowsB = transposeB ? n : k, columnsB = transposeB ? k : n;
-    const wp_bf16 *ra = a16, *rb = b16;
     int64_t ldRA = lda, ldRB = ldb;
-    if (!ra || !rb) {
-        operand_buffers *buffers = threadBuffers();
-        if (!buffers) return -2;
-        if (!ra) {
-            wp_bf16 *buffer = grow(buffers, 0, rowsA, columnsA);
-            if (!buffer) return -2;
-            rowsToBF16(a, rowsA, columnsA, lda, buffer, columnsA);
-            ra = buffer;
-            ldRA = columnsA > 0 ? columnsA : 1;
-        }
-        if (!rb) {
-            wp_bf16 *buffer = grow(buffers, 1, rowsB, columnsB);
-            if (!buffer) return -2;
-            rowsToBF16(b, rowsB, columnsB, ldb, buffer, columnsB);
-            rb = buffer;
-            ldRB = columnsB > 0 ? columnsB : 1;
-        }
-    }
+    const wp_bf16 *ra = operand(a, a16, rowsA, columnsA, &ldRA, 0);
+    const wp_bf16 *rb = operand(b, b16, rowsB, columnsB, &ldRB, 1);
+    if (!ra || !rb) return -2;
     dnnl_status_t status = dnnl_gemm_bf16bf16f32(transposeA ? 'T' : 'N', transposeB ? 'T' : 'N', m, n, k, alpha,
                                                  ra, ldRA, rb, ldRB, beta, c, ldc);
     return status == dnnl_success ? 0 : (int)status;

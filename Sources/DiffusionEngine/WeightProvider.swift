@@ -201,38 +201,13 @@ public final class WeightProvider {
         guard descriptor.shape.rank >= 1, rows > 0, rowLength > 0, requested < rows else {
             return try withFloats(name) { try body(0..<rows, $0) }
         }
-        guard [.f32, .f16, .bf16, .f64].contains(descriptor.dtype) else {
-            return try withFloats(name) { try body(0..<rows, $0) }  // throws the dtype error
-        }
         let per = max(1, requested), whole = max(1, min(rows, wholeRowsPerBlock))
-        func blocks(of size: Int, _ each: (Range<Int>) throws -> Void) rethrows { try Self.forEachBlock(rows: rows, size: size, each) }
-        if let q = try packed(full) {
-            guard q.rows == rows, q.rowLength == rowLength else {
-                return try withFloats(name) { try body(0..<rows, $0) }
-            }
-            try convertedRowBlocks(full, rows: rows, rowLength: rowLength, per: per, whole: whole, body) {
-                (block, out) throws(EngineError) in try q.dequantize(rows: block, into: out, name: full)
-            }
-            release(q.bytes)
-            return
-        }
-        let view: TensorView
-        do { view = try store.tensor(named: full) } catch {
-            throw EngineError(.missingTensor, "cannot read weight", tensorName: full, underlying: error)
-        }
-        defer { release(view.bytes) }
-        try view.bytes.withUnsafeBytes { raw throws in
-            guard let base = raw.baseAddress, let width = descriptor.dtype.byteWidth else { return }
-            if descriptor.dtype == .f32, Int(bitPattern: base) % MemoryLayout<Float>.alignment == 0 {
-                let floats = base.assumingMemoryBound(to: Float.self)
-                try blocks(of: whole) { block in try body(block, floats + block.lowerBound * rowLength) }
+        try withRowSource(name) { (inPlace, decode) throws in
+            if let inPlace {
+                try Self.forEachBlock(rows: rows, size: whole) { block in try body(block, inPlace + block.lowerBound * rowLength) }
                 return
             }
-            try convertedRowBlocks(full, rows: rows, rowLength: rowLength, per: per, whole: whole, body) {
-                (block, out) throws(EngineError) in
-                let bytes = UnsafeRawBufferPointer(rebasing: raw[(block.lowerBound * rowLength * width)..<(block.upperBound * rowLength * width)])
-                try Self.widen(bytes, dtype: descriptor.dtype, count: block.count * rowLength, into: out, name: full)
-            }
+            try convertedRowBlocks(full, rows: rows, rowLength: rowLength, per: per, whole: whole, body, convert: decode)
         }
     }
 

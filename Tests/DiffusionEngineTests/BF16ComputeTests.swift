@@ -121,19 +121,10 @@ struct BF16ComputeTests {
         }
         let rows = 300, columns = 1_000  // 300,000 values: chunks of 262 rows, made by both
         var random = TestRandom(seed: 61)
-        let f32 = MemoryStore()
-        f32.add("w.weight", shape: [rows, columns], values: random.values(rows * columns, scale: 3), dtype: .f32)
         let folder = try Int8ParityTests.folder()
         defer { try? FileManager.default.removeItem(at: folder) }
-        let store: any TensorStore
-        switch kind {
-        case "int8": store = try Int8ParityTests.int8(f32, in: folder, name: "bf16.wpk")
-        case "f16":
-            let half = MemoryStore()
-            half.add("w.weight", shape: [rows, columns], values: try WeightProvider(store: f32).floats("w.weight"), dtype: .f16)
-            store = half
-        default: store = f32
-        }
+        let store = try SharedConversionTests.store(
+            "w.weight", shape: [rows, columns], values: random.values(rows * columns, scale: 3), as: kind, in: folder)
         if kind == "int8" { #expect(WeightProvider(store: store).isQuantized("w.weight")) }
         let expected = try WeightProvider(store: store).floats("w.weight").map { UInt16(Self.bf16($0).bitPattern >> 16) }
         let shared = SharedConvertedWeights(consumers: 2)

@@ -177,19 +177,10 @@ struct SharedConversionTests {
     func winogradWeightsAreTransformedOnceForBothProviders(_ kind: String) throws {
         let outC = 24, inC = 32
         var random = TestRandom(seed: 52)
-        let f32 = MemoryStore()
-        f32.add("conv.weight", shape: [outC, inC, 3, 3], values: random.values(outC * inC * 9), dtype: .f32)
         let folder = try Int8ParityTests.folder()
         defer { try? FileManager.default.removeItem(at: folder) }
-        let store: any TensorStore
-        switch kind {
-        case "int8": store = try Int8ParityTests.int8(f32, in: folder, name: "winograd.wpk")
-        case "f16":
-            let half = MemoryStore()
-            half.add("conv.weight", shape: [outC, inC, 3, 3], values: try WeightProvider(store: f32).floats("conv.weight"), dtype: .f16)
-            store = half
-        default: store = f32
-        }
+        let store = try Self.store(
+            "conv.weight", shape: [outC, inC, 3, 3], values: random.values(outC * inC * 9), as: kind, in: folder)
         if kind == "int8" { #expect(WeightProvider(store: store).isQuantized("conv.weight")) }
         // What each block must hold: the private transform of the weight's values.
         let weight = try WeightProvider(store: store).floats("conv.weight")
@@ -227,6 +218,21 @@ struct SharedConversionTests {
         }
         #expect(shared.conversions == 2 && shared.reuses == 2, "made \(shared.conversions), reused \(shared.reuses)")
         #expect(shared.floatsHeld == 0)
+    }
+
+    /// A store holding one weight `name` as `kind`: "f32", "f16" (the values rounded to halves)
+    /// or "int8" (a `.wpk` quantised by the default rules, written into `folder`).
+    static func store(_ name: String, shape: [Int], values: [Float], as kind: String, in folder: URL) throws -> any TensorStore {
+        let f32 = MemoryStore()
+        f32.add(name, shape: shape, values: values, dtype: .f32)
+        switch kind {
+        case "int8": return try Int8ParityTests.int8(f32, in: folder, name: "\(kind)-\(UUID().uuidString).wpk")
+        case "f16":
+            let half = MemoryStore()
+            half.add(name, shape: shape, values: values, dtype: .f16)
+            return half
+        default: return f32
+        }
     }
 
     /// `conv` (3x3, padding 1) of `input` through a workspace reading `provider`.
