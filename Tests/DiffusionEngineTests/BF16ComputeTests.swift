@@ -217,4 +217,62 @@ struct BF16ComputeTests {
         let made = dtype == .f16 ? 5 : 4
         #expect(shared.conversions == made && shared.reuses == made && shared.floatsHeld == 0, "made \(shared.conversions)")
     }
+
+    /// Attention under bf16 compute, which rounds the keys and values once per call and has the
+    /// softmax write its probabilities already rounded, against the plain sequence per head (the
+    /// products rounding their float operands, the softmax in float): 3 heads of 24, 45 queries
+    /// in chunks of 7 (a short last chunk), 45 keys with 7 padded floats per row, causal and
+    /// not. The same bfloat16 values reach the same products; measured, the outputs agree to
+    /// float rounding. Also without the rounding scratch (the probabilities only).
+    @Test(arguments: [false, true])
+    func attentionRoundsKeysValuesAndProbabilitiesOnce(_ causal: Bool) throws {
+        guard ComputeBackend.current.bf16Products else {
+            #expect(throws: EngineError.self) { try UNet2DConditionModel.checkAvailable(.bf16) }
+            return
+        }
+        let heads = 3, d = 24, n = 45, stride = heads * d + 7, chunk = 7
+        var random = TestRandom(seed: 63)
+        let q = random.values(n * stride), k = random.values(n * stride), v = random.values(n * stride)
+        let scale = 1 / Float(d).squareRoot()
+        // The reference, head by head: products in bf16 on float operands, softmax in float.
+        var expected = [Float](repeating: 0, count: n * stride)
+        GEMM.withPrecision(.bf16) {
+            for h in 0..<heads {
+                var scores = [Float](repeating: 0, count: n * n)
+                GEMM.multiply(
+                    m: n, n: n, k: d, a: q.withUnsafeBufferPointer { $0.baseAddress! + h * d }, lda: stride,
+                    b: k.withUnsafeBufferPointer { $0.baseAddress! + h * d }, ldb: stride, transposeB: true, c: &scores, ldc: n, alpha: scale)
+                for i in 0..<n {
+                    if causal { for j in (i + 1)..<max(i + 1, n) { scores[i * n + j] = -.infinity } }
+                    scores.withUnsafeMutableBufferPointer { Kernels.softmaxRow($0.baseAddress! + i * n, count: n) }
+                }
+                expected.withUnsafeMutableBufferPointer { out in
+                    GEMM.multiply(
+                        m: n, n: d, k: n, a: scores, lda: n, b: v.withUnsafeBufferPointer { $0.baseAddress! + h * d }, ldb: stride,
+                        c: out.baseAddress! + h * d, ldc: stride)
+                }
+            }
+        }
+        for withScratch in [true, false] {
+            var out = [Float](repeating: 0, count: n * stride)
+            let scoreCount = Attention.scratchCount(queries: n, keys: n, heads: heads, headDimension: d, chunk: chunk, packed: false)
+            var scratch = [Float](repeating: .nan, count: scoreCount + Attention.roundedScratchCount(keys: n, kStride: stride, vStride: stride))
+            GEMM.withPrecision(.bf16) {
+                Parallel.serially {
+                    scratch.withUnsafeMutableBufferPointer { s in
+                        Attention.forward(
+                            q: q, qStride: stride, k: k, kStride: stride, v: v, vStride: stride, out: &out, outStride: stride,
+                            queries: n, keys: n, heads: heads, headDimension: d, scale: scale, causal: causal, chunk: chunk,
+                            scores: s.baseAddress!, packed: false, rounded: withScratch ? s.baseAddress! + scoreCount : nil)
+                    }
+                }
+            }
+            var worst: Float = 0
+            for t in 0..<n {
+                for c in 0..<(heads * d) { worst = max(worst, abs(out[t * stride + c] - expected[t * stride + c])) }
+            }
+            print("bf16 attention (causal \(causal), rounding scratch \(withScratch)): max abs difference \(worst)")
+            #expect(worst <= 1e-5, "causal \(causal), scratch \(withScratch): \(worst)")
+        }
+    }
 }

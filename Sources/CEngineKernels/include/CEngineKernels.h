@@ -117,6 +117,10 @@ void wp_winograd_output(const float *m, int64_t plane, int64_t height, int64_t w
 /// scaling; -infinity (masked) entries give exactly 0, a row of only those gives zeros. `exp` is
 /// `Kernels.exp`'s branch-free Cephes polynomial (Kernels.swift), vectorised per family.
 void wp_softmax_row(float *row, size_t count);
+/// `wp_softmax_row`, then the values rounded to bfloat16 (nearest even) and written as
+/// `count` bfloat16 over the row's first half: row `i` of a score matrix stays where it was, as
+/// bfloat16 with twice the float stride. Returns 0, or -1 when `wp_bf16_products()` is 0.
+int wp_softmax_row_bf16(float *row, size_t count);
 
 /// Threads a product uses outside single-threaded sections (default: `WEIGHTPACK_GEMM_THREADS`,
 /// else `OMP_NUM_THREADS`, else `OPENBLAS_NUM_THREADS`, else `fallback`).

@@ -32,6 +32,12 @@ enum Attention {
         packed ? packedScratchCount(keys: keys, headDimension: d, chunk: chunk) : chunk * keys
     }
 
+    /// Floats of the optional scratch ``forward`` rounds the keys and values into under
+    /// `--compute bf16`: `keys` rows of each, `kStride` and `vStride` bfloat16 apart.
+    static func roundedScratchCount(keys: Int, kStride: Int, vStride: Int) -> Int {
+        (keys * (kStride + vStride) + 1) / 2
+    }
+
     /// `out[t, h*D..<(h+1)*D] = softmax(scale * q_h k_h^T + mask) v_h` for every head.
     ///
     /// Inputs are row-major with one row per token and heads side by side in a row (the layout
@@ -44,6 +50,11 @@ enum Attention {
     ///   - scores: scratch of at least ``scratchCount(queries:keys:heads:headDimension:chunk:packed:)``
     ///     floats for the same `packed`.
     ///   - packed: the packed SIMD kernels (``usesPackedKernels``) or BLAS for the products.
+    ///   - rounded: on a thread computing in bf16 with the BLAS products, optional scratch of
+    ///     ``roundedScratchCount(keys:kStride:vStride:)`` floats: the keys and values are then
+    ///     rounded to bfloat16 once for every head and chunk instead of in each product. In bf16
+    ///     the softmax writes its probabilities already rounded (``Kernels/softmaxRowBF16(_:count:)``)
+    ///     either way. The results are those of rounding in the products.
     static func forward(
         q: UnsafePointer<Float>, qStride: Int,
         k: UnsafePointer<Float>, kStride: Int,
@@ -51,9 +62,20 @@ enum Attention {
         out: UnsafeMutablePointer<Float>, outStride: Int,
         queries: Int, keys: Int, heads: Int, headDimension d: Int,
         scale: Float, causal: Bool, chunk: Int, scores: UnsafeMutablePointer<Float>,
-        packed: Bool = usesPackedKernels
+        packed: Bool = usesPackedKernels, rounded: UnsafeMutablePointer<Float>? = nil
     ) {
         precondition(chunk >= 1)
+        let bf16 = !packed && Parallel.productsInBF16OnThisThread
+        // Keys and values as product operands: floats, or rounded once here.
+        var kOperand = GEMM.Operand.floats(k), vOperand = GEMM.Operand.floats(v)
+        if bf16, let rounded {
+            let k16 = UnsafeMutableRawPointer(rounded).assumingMemoryBound(to: UInt16.self), v16 = k16 + keys * kStride
+            GEMM.roundToBF16(k, rows: keys, columns: heads * d, ld: kStride, into: k16, targetLd: kStride)
+            GEMM.roundToBF16(v, rows: keys, columns: heads * d, ld: vStride, into: v16, targetLd: vStride)
+            kOperand = .bf16(k16)
+            vOperand = .bf16(v16)
+        }
+        let operands = UnsafeSendableBox((kOperand, vOperand))
         let chunks = (queries + chunk - 1) / chunk
         let pieces = heads * chunks
         let lanes = lanes(queries: queries, heads: heads, chunk: chunk)
@@ -82,8 +104,8 @@ enum Attention {
                 } else {
                     GEMM.multiply(
                         m: rows, n: keys, k: d,
-                        a: qs.pointer + q0 * qStride + h * d, lda: qStride,
-                        b: ks.pointer + h * d, ldb: kStride, transposeB: true,
+                        a: .floats(qs.pointer + q0 * qStride + h * d), lda: qStride,
+                        b: operands.value.0.advanced(by: h * d), ldb: kStride, transposeB: true,
                         c: scores, ldc: keys, alpha: scale)
                 }
                 if causal {
@@ -91,6 +113,17 @@ enum Attention {
                         let first = q0 + i + 1
                         if first < keys { (scores + i * kp + first).update(repeating: -.infinity, count: keys - first) }
                     }
+                }
+                if bf16 {
+                    // Row i's probabilities as bfloat16 where its scores began: 2·keys apart.
+                    for i in 0..<rows { Kernels.softmaxRowBF16(scores + i * kp, count: keys) }
+                    GEMM.multiply(
+                        m: rows, n: d, k: keys,
+                        a: .bf16(UnsafeRawPointer(scores).assumingMemoryBound(to: UInt16.self)), lda: 2 * keys,
+                        b: operands.value.1.advanced(by: h * d), ldb: vStride,
+                        c: outs.pointer + q0 * outStride + h * d, ldc: outStride)
+                    piece += lanes
+                    continue
                 }
                 for i in 0..<rows { Kernels.softmaxRow(scores + i * kp, count: keys) }
                 if packed {

@@ -298,6 +298,15 @@ enum Kernels {
         if count > 0 { wp_softmax_row(row, count) }
     }
 
+    /// ``softmaxRow(_:count:)`` with the results rounded to bfloat16 (nearest even, as the bf16
+    /// products round their operands) and written as `count` bfloat16 over the row's first half
+    /// (`wp_softmax_row_bf16`). The processor must have ``ComputeBackend/bf16Products``.
+    static func softmaxRowBF16(_ row: UnsafeMutablePointer<Float>, count: Int) {
+        guard count > 0 else { return }
+        let status = wp_softmax_row_bf16(row, count)
+        precondition(status == 0, "bfloat16 softmax on a processor without AVX512_BF16")
+    }
+
     // MARK: Resampling
 
     /// Nearest-neighbour 2x upsampling of a `[channels, height, width]` tensor into

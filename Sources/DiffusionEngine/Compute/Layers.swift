@@ -264,11 +264,15 @@ final class Workspace {
         let d = width / heads
         let out = pool.take(q.shape)
         let chunk = chunk ?? Attention.defaultChunk(queries: queries, keys: keys)
+        let scoreCount = Attention.scratchCount(queries: queries, keys: keys, heads: heads, headDimension: d, chunk: chunk)
+        // Under bf16 compute, room to round the keys and values once for every head and chunk.
+        let rounding = Parallel.productsInBF16OnThisThread ? Attention.roundedScratchCount(keys: keys, kStride: width, vStride: width) : 0
+        let scratch = scoreBuffer(scoreCount + rounding)
         Attention.forward(
             q: q.base, qStride: width, k: k.base, kStride: width, v: v.base, vStride: width,
             out: out.base, outStride: width, queries: queries, keys: keys, heads: heads,
             headDimension: d, scale: 1 / Float(d).squareRoot(), causal: causal,
-            chunk: chunk, scores: scoreBuffer(Attention.scratchCount(queries: queries, keys: keys, heads: heads, headDimension: d, chunk: chunk)))
+            chunk: chunk, scores: scratch, rounded: rounding > 0 ? scratch + scoreCount : nil)
         return out
     }
 }
