@@ -359,10 +359,28 @@ public final class WeightProvider {
     /// hands the products float weights, which they round themselves on each core. For a
     /// thread computing in bf16 (``GEMM/withPrecision(_:_:)``).
     /// - Throws: as ``withFloats(_:shape:_:)``.
+    ///
+    /// A weight stored as BF16 (and not packed) needs no copy: `body` reads it where it is
+    /// mapped, on every core.
     func withSharedBF16Weight(_ name: String, _ body: (UnsafePointer<UInt16>) throws -> Void) throws -> Bool {
         guard let shared = sharedConversions else { return false }
         let full = prefix + name
         let descriptor = try self.descriptor(name)
+        if descriptor.dtype == .bf16, try packed(full) == nil {
+            let view: TensorView
+            do { view = try store.tensor(named: full) } catch {
+                throw EngineError(.missingTensor, "cannot read weight", tensorName: full, underlying: error)
+            }
+            defer { release(view.bytes) }
+            let used = try view.bytes.withUnsafeBytes { raw throws -> Bool in
+                guard let base = raw.baseAddress, raw.count >= descriptor.elementCount * 2,
+                    Int(bitPattern: base) % MemoryLayout<UInt16>.alignment == 0
+                else { return false }
+                try body(base.assumingMemoryBound(to: UInt16.self))
+                return true
+            }
+            if used { return true }
+        }
         let rows = descriptor.shape.dimensions.first ?? 1
         let count = descriptor.elementCount
         guard rows > 0, count > 0, count % rows == 0, (count + 1) / 2 >= shared.minimumFloats else { return false }

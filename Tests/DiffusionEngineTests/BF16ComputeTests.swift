@@ -151,14 +151,34 @@ struct BF16ComputeTests {
         #expect(try provider.withSharedBF16Weight("b.weight") { _ in Issue.record("a 16-value weight was shared") } == false)
     }
 
+    /// A weight stored as BF16 is handed to the bf16 products where it is, with no copy: the
+    /// provider gives back the stored bits and makes nothing.
+    @Test func aBF16StoredWeightIsReadInPlace() throws {
+        guard ComputeBackend.current.bf16Products else {
+            #expect(throws: EngineError.self) { try UNet2DConditionModel.checkAvailable(.bf16) }
+            return
+        }
+        var random = TestRandom(seed: 64)
+        let store = MemoryStore()
+        store.add("w.weight", shape: [300, 1_000], values: random.values(300_000), dtype: .bf16)
+        let stored = try store.tensor(named: "w.weight").bytes.withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }
+        let shared = SharedConvertedWeights(consumers: 2)
+        let provider = WeightProvider(store: store)
+        provider.sharedConversions = shared
+        var values: [UInt16] = []
+        #expect(try provider.withSharedBF16Weight("w.weight") { values = Array(UnsafeBufferPointer(start: $0, count: 300_000)) })
+        #expect(values == stored && values.count == 300_000)
+        #expect(shared.conversions == 0 && shared.floatsHeld == 0)
+    }
+
     /// Each kind of layer computed in bf16 by two workspaces at once whose providers share (the
     /// weights, and Winograd's transformed weights, rounded once for both) against one
     /// workspace alone, which rounds them in its products: a linear layer, a 3x3 convolution
-    /// at 32x32 (Winograd), one at 12x12 (im2col, lowered once) and a 1x1 one, from F32 and F16
-    /// weights. The same bfloat16 operands go to the same products (the Winograd block is
+    /// at 32x32 (Winograd), one at 12x12 (im2col, lowered once) and a 1x1 one, from F32, F16
+    /// and BF16 weights. The same bfloat16 operands go to the same products (the Winograd block is
     /// transformed in one chunk here, as the single workspace does), so the outputs agree to
     /// float rounding; measured, they are identical.
-    @Test(arguments: [DType.f32, .f16])
+    @Test(arguments: [DType.f32, .f16, .bf16])
     func layersOnTwoCoresRoundTheirWeightsOnceAndMatchOneCore(_ dtype: DType) throws {
         guard ComputeBackend.current.bf16Products else {
             #expect(throws: EngineError.self) { try UNet2DConditionModel.checkAvailable(.bf16) }
@@ -213,8 +233,9 @@ struct BF16ComputeTests {
             }
         }
         // Made once, by one provider, and reused by the other: the three weights rounded and
-        // Winograd's one block transformed and rounded (and for F16, the linear bias's float copy).
-        let made = dtype == .f16 ? 5 : 4
+        // Winograd's one block transformed and rounded (and for F16, the linear bias's float
+        // copy); BF16 weights are read where they are, so only the block and the bias.
+        let made = dtype == .f16 ? 5 : dtype == .bf16 ? 2 : 4
         #expect(shared.conversions == made && shared.reuses == made && shared.floatsHeld == 0, "made \(shared.conversions)")
     }
 
