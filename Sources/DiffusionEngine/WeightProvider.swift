@@ -408,6 +408,55 @@ public final class WeightProvider {
         return made
     }
 
+    /// Calls `body` with the weight `name` as int8 blocks the int8 products read where they are
+    /// mapped (``Int8Weight``), and returns true; returns false without calling anything when
+    /// it is not stored so: not int8, blocks other than 32, rows not a multiple of 32 long, or
+    /// stored rows that are not the engine's. The per-block figures the product needs
+    /// (float scales, sums) are made once for all the cores with ``sharedConversions``, else
+    /// into scratch. For a thread computing in ``ComputePrecision/int8``.
+    func withInt8Weight(_ name: String, _ body: (Int8Weight) throws -> Void) throws -> Bool {
+        let full = prefix + name
+        guard let packed = try packed(full), case .int8(let q) = packed.storage else { return false }
+        defer { release(q.bytes) }
+        let layout = q.layout, rows = layout.rows, k = layout.rowLength
+        let rowsExpected = try descriptor(name).shape.dimensions.first ?? 1
+        guard layout.blockSize == 32, k % 32 == 0, k > 0, rows == rowsExpected, rows > 0 else { return false }
+        let blocks = k / 32
+        let (count, overflow) = rows.multipliedReportingOverflow(by: 2 * blocks)
+        guard !overflow else { return false }
+        try q.bytes.withUnsafeBytes { raw throws in
+            guard raw.count >= layout.byteCount, let base = raw.baseAddress else {
+                throw EngineError(.unsupportedDType, "int8 weight is shorter than its layout", tensorName: full)
+            }
+            let values = base.assumingMemoryBound(to: Int8.self), scales = base + layout.scaleOffset
+            func aux(_ units: Range<Int>, _ target: UnsafeMutablePointer<Float>) throws(EngineError) {
+                let corrections = UnsafeMutableRawPointer(target + rows * blocks).assumingMemoryBound(to: Int32.self)
+                let status = wp_q8_weight_aux(
+                    values + units.lowerBound * k, scales + units.lowerBound * layout.blocksPerRow * 2, Int64(units.count), Int64(k),
+                    Int64(layout.blocksPerRow), target + units.lowerBound * blocks, corrections + units.lowerBound * blocks)
+                guard status == 0 else { throw EngineError(.invalidInput, "int8 products are not available here", tensorName: full) }
+            }
+            func run(_ made: UnsafePointer<Float>) throws {
+                try body(
+                    Int8Weight(
+                        values: values, rows: rows, k: k, scales: made,
+                        corrections: UnsafeRawPointer(made + rows * blocks).assumingMemoryBound(to: Int32.self)))
+            }
+            if let shared = sharedConversions,
+                try shared.withShared(
+                    "\(full)#q8", count: count, units: rows, unitsPerChunk: max(1, (1 << 16) / blocks),
+                    produce: { units, base throws(EngineError) in try aux(units, base) }, run) != nil
+            {
+                return
+            }
+            let scratch = takeScratch(count)
+            defer { depth -= 1 }
+            try aux(0..<rows, scratch.base)
+            try run(scratch.base)
+        }
+        return true
+    }
+
     /// Calls `body` with the weight `name` as rows of its first dimension: `inPlace` when it is
     /// F32 at an aligned address in its store, else `decode(rows, out)`, which writes those
     /// rows as `Float` (F16, BF16 and F64 widened, int8 and ggml blocks dequantised, on this
@@ -554,6 +603,16 @@ public final class WeightProvider {
             throw EngineError(.unsupportedDType, "cannot convert \(dtype.name) weights to F32", tensorName: name)
         }
     }
+}
+
+/// An int8 block weight as the int8 products read it: `rows` rows of `k` values (`k` a multiple
+/// of 32) where they are mapped, and per block of 32 its scale as float and 128 × the sum of its
+/// values (`rows · k / 32` each, see `wp_q8_weight_aux`).
+struct Int8Weight {
+    let values: UnsafePointer<Int8>
+    let rows: Int, k: Int
+    let scales: UnsafePointer<Float>
+    let corrections: UnsafePointer<Int32>
 }
 
 /// A weight stored packed, as int8 blocks (``QuantizedTensorView``) or ggml blocks

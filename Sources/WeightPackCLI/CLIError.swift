@@ -22,7 +22,7 @@ enum ExitStatus: Int32 {
     case dataError = 65
     case noInput = 66
     /// The processor lacks vector instructions that were asked for: `generate --compute bf16`
-    /// without AVX512_BF16, or an opt-in `WEIGHTPACK_TARGET_CPU` build on an older processor.
+    /// without AVX512_BF16, `--compute int8` without AVX512_VNNI, or an opt-in `WEIGHTPACK_TARGET_CPU` build on an older processor.
     case unavailable = 69
     case cannotCreate = 73
     case ioError = 74

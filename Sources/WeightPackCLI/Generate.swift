@@ -29,11 +29,15 @@ struct Generate: ParsableCommand {
             --compute bf16 rounds both operands of the UNet's matrix products to bfloat16 and \
             sums in float (AVX512_BF16 dot products: about 0.7x the time of fp32 products \
             on SD 1.5); the text encoder and VAE stay fp32. The image differs from fp32's (see \
-            Docs/engine.md for the measured PSNR); the PNG records the choice.
+            Docs/engine.md for the measured PSNR); the PNG records the choice. --compute int8, \
+            for a model converted with --dtype int8, runs the UNet's products with int8 weights \
+            in integers as stable-diffusion.cpp runs q8_0 (each layer's input quantised 32 \
+            values per scale, exact byte dot products with AVX512_VNNI); other weights, \
+            attention and the text encoder and VAE stay fp32.
 
             Exit codes: 0 done; 64 usage error; 65 unsupported or malformed model, or an adapter \
             or embedding refused for this model; 66 missing input; 69 --compute bf16 on a \
-            processor without AVX512_BF16; 73 output exists (without --force) or cannot be \
+            processor without AVX512_BF16, or int8 without AVX512_VNNI; 73 output exists (without --force) or cannot be \
             created.
             """)
 
@@ -52,21 +56,28 @@ struct Generate: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "The UNet's matrix-product arithmetic: f32 (the reference) or bf16 (operands rounded to bfloat16, float sums; needs AVX512_BF16, exit 69 without).",
-            valueName: "f32|bf16"))
+            "The UNet's matrix-product arithmetic: f32 (the reference), bf16 (operands rounded to bfloat16, float sums; needs AVX512_BF16) or int8 (int8 weights times inputs quantised 32 values per scale; needs AVX512_VNNI); exit 69 without.",
+            valueName: "f32|bf16|int8"))
     var compute: ComputeChoice = .f32
 
     enum ComputeChoice: String, ExpressibleByArgument, CaseIterable {
-        case f32, bf16
-        var precision: ComputePrecision { self == .bf16 ? .bf16 : .f32 }
+        case f32, bf16, int8
+        var precision: ComputePrecision {
+            switch self {
+            case .f32: .f32
+            case .bf16: .bf16
+            case .int8: .int8
+            }
+        }
     }
 
     @OptionGroup var inputOptions: InputOptions
 
     func run() throws {
-        if compute == .bf16 && !ComputeBackend.current.bf16Products {
+        if !ComputeBackend.current.supports(compute.precision) {
+            let needs = compute == .bf16 ? "AVX512_BF16" : "AVX512_VNNI"
             printError(
-                "weightpack: error: --compute bf16 needs a processor with AVX512_BF16 and the AVX-512 kernels; this one: \(ComputeBackend.current.description)"
+                "weightpack: error: --compute \(compute.rawValue) needs a processor with \(needs) and the AVX-512 kernels; this one: \(ComputeBackend.current.description)"
             )
             throw ExitCode(ExitStatus.unavailable.rawValue)
         }

@@ -8,7 +8,8 @@ struct Version: ParsableCommand {
             --verbose names the kernel family chosen from the processor's CPUID feature bits \
             (avx512, avx2 or baseline; WEIGHTPACK_KERNELS can force a narrower one) and the \
             library doing the matrix products, so a slow machine can be told from a slow model, \
-            and says "bf16 compute available" where generate --compute bf16 can run.
+            and says "bf16 compute available" and "int8 compute available" where generate \
+            --compute bf16 and --compute int8 can run.
             """)
 
     @Flag(help: "Also print the compute back end (kernel family, matrix-product library).")

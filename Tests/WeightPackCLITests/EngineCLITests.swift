@@ -64,6 +64,26 @@ struct EngineCLITests {
         #expect(try run(["generate", tinyModel, "-o", out, "--compute", "f16"]).status == 64)
     }
 
+    /// `--compute int8` on a model converted with `--dtype int8` runs where the processor has
+    /// AVX512_VNNI (and records the choice in the PNG), and is refused with exit 69 and no output
+    /// elsewhere (or under `WEIGHTPACK_KERNELS=avx2`).
+    @Test func generateComputesInInt8OrSaysWhyNot() throws {
+        let available = try run(["version", "--verbose"]).stdout.contains("int8 compute available")
+        let folder = try makeTemporaryFolder()
+        let model = folder.appendingPathComponent("int8.wpk").path
+        #expect(try run(["convert", tinyModel, model, "--dtype", "int8"]).status == 0)
+        let out = folder.appendingPathComponent("int8.png").path
+        let r = try run(["generate", model, "--prompt", "a cat", "--steps", "4", "--size", "64", "--seed", "3", "--compute", "int8", "-o", out])
+        if available {
+            #expect(r.status == 0, "\(r.stderr)")
+            let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: out)))
+            #expect(String(decoding: bytes, as: UTF8.self).contains("\"compute\":\"int8\""))
+        } else {
+            #expect(r.status == 69 && r.stderr.contains("AVX512_VNNI"), "\(r.status): \(r.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: out))
+        }
+    }
+
     @Test func traceMatchesDiffusersDDIM() throws {
         let folder = try makeTemporaryFolder()
         // The golden's initial latents as a --latents file.

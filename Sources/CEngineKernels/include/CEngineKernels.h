@@ -53,6 +53,28 @@ int wp_sgemm(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, fl
 /// AVX512_BF16.
 int wp_bf16_products(void);
 
+/// Whether the int8 products (`wp_q8_*`, `--compute int8`) can run: the AVX-512 family is
+/// selected and the processor has AVX512_VNNI.
+int wp_q8_products(void);
+/// Bytes `wp_q8_quantize` writes for `rows` rows of `k` values (`k` a multiple of 32; 0 if not).
+size_t wp_q8_activation_bytes(int64_t rows, int64_t k);
+/// Quantises `rows` rows of `k` values (row r's value j at `a[r * strideRow + j * strideValue]`)
+/// in blocks of 32 per row, one scale each (amax / 127, nearest even), into the packed form
+/// `wp_q8_gemm` reads. One of the strides must be 1. Returns 0, -1 when `wp_q8_products()` is 0, -2 for bad sizes.
+int wp_q8_quantize(const float *a, int64_t rows, int64_t k, int64_t strideRow, int64_t strideValue, void *packed);
+/// For `rows` rows of an int8 block weight (`k` values per row, blocks of 32 with f16 scales,
+/// `blocksPerRow` scales per row): each block's scale as float and 128 x the sum of its values,
+/// `k / 32` per row. Returns 0, -1 when `wp_q8_products()` is 0, -2 for bad sizes.
+int wp_q8_weight_aux(const int8_t *values, const void *scales, int64_t rows, int64_t k, int64_t blocksPerRow, float *scaleOut,
+                     int32_t *correction);
+/// `C(r, j) (+)= sum over blocks of scaleA(r) * scaleW(j) * (A's block of row r . W's block of
+/// row j)` for `rows` packed activation rows and `n` weight rows (`ldw` bytes apart, with their
+/// `wp_q8_weight_aux` figures); `C(r, j)` is at `c[r * ldcRow + j * ldcColumn]`, one of the two
+/// 1; `accumulate` (only with `ldcRow` 1) adds to C instead of overwriting it. Returns 0, -1 when
+/// `wp_q8_products()` is 0, -2 for bad sizes.
+int wp_q8_gemm(int64_t rows, int64_t n, int64_t k, const void *packed, const int8_t *w, int64_t ldw, const float *wScale,
+               const int32_t *wCorr, float *c, int64_t ldcRow, int64_t ldcColumn, int accumulate);
+
 /// `wp_sgemm` computed with both operands rounded to bfloat16 (nearest even) and products
 /// summed in float, through oneDNN's `dnnl_gemm_bf16bf16f32`; the operands are converted into
 /// buffers of the calling thread. Returns 0, -1 when `wp_bf16_products()` is 0, -2 when the

@@ -54,6 +54,20 @@ public struct ComputeBackend: Sendable, CustomStringConvertible {
     /// processor has AVX512_BF16 (oneDNN's `dnnl_gemm_bf16bf16f32` on its bf16 kernels).
     public let bf16Products: Bool
 
+    /// Whether ``ComputePrecision/int8`` products can run: the AVX-512 family is in use and the
+    /// processor has AVX512_VNNI (the engine's own kernels, `CEngineKernels/q8.c`). Without VNNI
+    /// the byte products would saturate in 16 bits (`VPMADDUBSW`), so there is no fallback.
+    public let int8Products: Bool
+
+    /// Whether `precision` can run here.
+    public func supports(_ precision: ComputePrecision) -> Bool {
+        switch precision {
+        case .f32: true
+        case .bf16: bf16Products
+        case .int8: int8Products
+        }
+    }
+
     /// The back end of this process (read once).
     public static let current = ComputeBackend()
 
@@ -76,13 +90,17 @@ public struct ComputeBackend: Sendable, CustomStringConvertible {
         library = "oneDNN \(major).\(minor).\(patch)"
         libraryInstructionSet = String(cString: wp_dnnl_isa_name())
         bf16Products = wp_bf16_products() != 0
+        int8Products = wp_q8_products() != 0
     }
 
     /// One line, e.g. `kernels avx2 (AVX2+FMA; processor avx2), products oneDNN 2.6.3 (AVX2)`.
     public var description: String {
         var s = "kernels \(kernels.rawValue) (\(kernels.displayName); processor \(processorKernels.rawValue)"
         if let requested, requestProblem == nil { s += "; forced by WEIGHTPACK_KERNELS=\(requested)" }
-        s += "), products \(library) (\(libraryInstructionSet)\(bf16Products ? "; bf16 compute available" : ""))"
+        s += "), products \(library) (\(libraryInstructionSet)"
+        if bf16Products { s += "; bf16 compute available" }
+        if int8Products { s += "; int8 compute available" }
+        s += ")"
         return s
     }
 }

@@ -123,11 +123,11 @@ enum GEMM {
     }
 
     /// Runs `body` with every matrix product this thread (and the ``Parallel`` workers it
-    /// starts) computes in `precision`. For ``ComputePrecision/bf16`` the processor must have
-    /// it (``ComputeBackend/bf16Products``); the caller checks.
+    /// starts) computes in `precision`. The processor must have it
+    /// (``ComputeBackend/supports(_:)``); the caller checks.
     static func withPrecision<R>(_ precision: ComputePrecision, _ body: () throws -> R) rethrows -> R {
-        precondition(precision == .f32 || ComputeBackend.current.bf16Products, "bf16 products on a processor without AVX512_BF16")
-        return try Parallel.withProductsInBF16(precision == .bf16, body)
+        precondition(ComputeBackend.current.supports(precision), "\(precision.rawValue) products on a processor without them")
+        return try Parallel.withProductPrecision(precision, body)
     }
 
     /// Runs `body` with every product on one thread, for code that spreads independent
@@ -158,6 +158,14 @@ public enum ComputePrecision: String, Sendable, CaseIterable {
     /// ``ComputeBackend/bf16Products``. Everything else (normalisation, softmax, the Winograd
     /// transforms, activations between layers) stays float.
     case bf16
+    /// Products whose weight is stored as int8 blocks (`convert --dtype int8`: 32 values per
+    /// scale along the input dimension) take their input quantised the same way, 32 values per
+    /// scale, as it arrives, and sum each block's byte products exactly in integers
+    /// (AVX512_VNNI), scaled and added in float: ggml's Q8_0 × Q8_0 arithmetic, what
+    /// stable-diffusion.cpp runs for q8_0 weights. Such convolutions take im2col rather than
+    /// Winograd. Products with other weights, and attention's, stay float. Needs
+    /// ``ComputeBackend/int8Products``.
+    case int8
 }
 
 /// The number of threads the engine's matrix products use.

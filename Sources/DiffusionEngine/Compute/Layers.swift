@@ -9,11 +9,14 @@ final class WorkspaceMemory {
     let pool = TensorPool()
     var columns: FloatTensor?
     var scores: FloatTensor?
+    /// Activations quantised for the int8 products (bytes, held as floats).
+    var quantized: FloatTensor?
     let weightScratch = WeightScratch()
 
     /// Floats held by all the buffers.
     var floatsHeld: Int {
-        pool.cachedBytes / 4 + (columns?.capacity ?? 0) + (scores?.capacity ?? 0) + weightScratch.tensors.reduce(0) { $0 + $1.capacity }
+        pool.cachedBytes / 4 + (columns?.capacity ?? 0) + (scores?.capacity ?? 0) + (quantized?.capacity ?? 0)
+            + weightScratch.tensors.reduce(0) { $0 + $1.capacity }
     }
 }
 
@@ -53,6 +56,13 @@ final class Workspace {
         return memory.columns!.base
     }
 
+    /// Scratch of at least `bytes` bytes for quantised activations.
+    private func quantizedBuffer(_ bytes: Int) -> UnsafeMutableRawPointer {
+        let count = (bytes + 3) / 4
+        if memory.quantized == nil || memory.quantized!.capacity < count { memory.quantized = FloatTensor(shape: [count]) }
+        return UnsafeMutableRawPointer(memory.quantized!.base)
+    }
+
     private func scoreBuffer(_ count: Int) -> UnsafeMutablePointer<Float> {
         if memory.scores == nil || memory.scores!.capacity < count { memory.scores = FloatTensor(shape: [count]) }
         return memory.scores!.base
@@ -72,15 +82,23 @@ final class Workspace {
         }
         let y = pool.take(Array(x.shape.dropLast()) + [outFeatures])
         let weight = name + ".weight"
+        // In int8 with an int8 block weight: the input quantised, the weight read as stored.
+        let inInt8 =
+            try Parallel.productsInInt8OnThisThread && inFeatures % 32 == 0
+            && weights.withInt8Weight(weight) { w in
+                let packed = quantizedBuffer(Int8Products.packedBytes(rows: rows, k: inFeatures))
+                Int8Products.quantize(x.base, rows: rows, k: inFeatures, strideRow: inFeatures, strideValue: 1, into: packed)
+                Int8Products.multiply(rows: rows, packed: packed, weight: w, c: y.base, ldcRow: outFeatures, ldcColumn: 1)
+            }
         // In bf16 on several cores: the weight rounded once for all of them when it can be.
         let sharedBF16 =
-            try sharesBF16Weights
+            try !inInt8 && sharesBF16Weights
             && weights.withSharedBF16Weight(weight) { w in
                 GEMM.multiply(
                     m: rows, n: outFeatures, k: inFeatures, a: .floats(x.base), lda: inFeatures,
                     b: .bf16(w), ldb: inFeatures, transposeB: true, c: y.base, ldc: outFeatures)
             }
-        if !sharedBF16 {
+        if !inInt8 && !sharedBF16 {
             let per = try weights.rowsPerBlock(weight, scratchFloats: weightBlockFloats)
             try weights.withRowBlocks(weight, rowsPerBlock: per) { outputs, w in
                 GEMM.multiply(
@@ -124,6 +142,10 @@ final class Workspace {
         let product = Convolution.usesWinograd(g) ? max(8, winogradWeightFloats / (36 * g.inChannels)) : Int.max
         let plane = g.outHeight * g.outWidth
         let bias = weights.contains(name + ".bias") ? try weights.floats(name + ".bias", shape: [g.outChannels]) : nil
+        if Parallel.productsInInt8OnThisThread, g.patchSize % 32 == 0, try int8Convolution(x, weight, geometry: g, bias: bias, output: y) {
+            try applyAdapters(convolution: name, x: x, y: y, geometry: g)
+            return y
+        }
         if Convolution.usesWinograd(g), weights.sharedConversions != nil {
             // Several cores run this layer at once: each block's transformed weights are made
             // once for all of them, straight from the stored weight (in bf16, rounded once too).
@@ -182,6 +204,37 @@ final class Workspace {
         }
         try applyAdapters(convolution: name, x: x, y: y, geometry: g)
         return y
+    }
+
+    /// The convolution in ``ComputePrecision/int8`` when `weight` is stored as int8 blocks (any
+    /// geometry, Winograd's included, through im2col): the input lowered and quantised a block of
+    /// output pixels at a time, the weight read as stored. Returns false, with nothing written,
+    /// for any other weight.
+    private func int8Convolution(
+        _ x: FloatTensor, _ weight: String, geometry g: Convolution.Geometry, bias: [Float]?, output y: FloatTensor
+    ) throws -> Bool {
+        let plane = g.outHeight * g.outWidth
+        return try weights.withInt8Weight(weight) { w in
+            let block = Convolution.im2colBlockPixels(g)
+            let packed = quantizedBuffer(Int8Products.packedBytes(rows: min(block, plane), k: g.patchSize))
+            var start = 0
+            while start < plane {
+                let n = min(block, plane - start)
+                if g.isPointwise {
+                    // The input is already the columns: channel c of pixel p at c * plane + p.
+                    Int8Products.quantize(x.base + start, rows: n, k: g.patchSize, strideRow: 1, strideValue: plane, into: packed)
+                } else {
+                    let columns = columnBuffer(g.patchSize * n)
+                    Convolution.im2col(x.base, geometry: g, pixels: start..<(start + n), into: columns)
+                    Int8Products.quantize(columns, rows: n, k: g.patchSize, strideRow: 1, strideValue: n, into: packed)
+                }
+                Int8Products.multiply(rows: n, packed: packed, weight: w, c: y.base + start, ldcRow: 1, ldcColumn: plane)
+                start += n
+            }
+            bias.withOptionalBase { b in
+                if let b { Kernels.addChannelBias(y.base, channels: g.outChannels, plane: plane, bias: b) }
+            }
+        }
     }
 
     /// Whether this pass's products are bf16 and its weights shared with other cores: then

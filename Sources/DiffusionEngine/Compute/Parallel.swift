@@ -22,9 +22,9 @@ private let serialThreadKey: pthread_key_t = {
     return key
 }()
 
-/// Marks threads whose matrix products round their operands to bfloat16 (see
-/// ``GEMM/withPrecision(_:_:)``); ``Parallel`` carries the mark to its workers.
-private let bf16ThreadKey: pthread_key_t = {
+/// Marks threads whose matrix products are not float (see ``GEMM/withPrecision(_:_:)``): the
+/// value is 1 + the index of the ``ComputePrecision``; ``Parallel`` carries the mark to its workers.
+private let precisionThreadKey: pthread_key_t = {
     var key = pthread_key_t()
     precondition(pthread_key_create(&key, nil) == 0, "cannot create a thread-specific key")
     return key
@@ -47,21 +47,31 @@ enum Parallel {
         return try body()
     }
 
-    /// Whether this thread's matrix products run in bfloat16 (set by ``GEMM/withPrecision(_:_:)``).
-    static var productsInBF16OnThisThread: Bool { pthread_getspecific(bf16ThreadKey) != nil }
+    /// The arithmetic of this thread's matrix products (set by ``GEMM/withPrecision(_:_:)``).
+    static var productPrecisionOnThisThread: ComputePrecision {
+        guard let mark = pthread_getspecific(precisionThreadKey) else { return .f32 }
+        return ComputePrecision.allCases[Int(bitPattern: mark) - 1]
+    }
 
-    /// Runs `body` with this thread's products in bfloat16 or not, restoring the previous choice.
-    static func withProductsInBF16<R>(_ on: Bool, _ body: () throws -> R) rethrows -> R {
-        let outer = pthread_getspecific(bf16ThreadKey)
-        pthread_setspecific(bf16ThreadKey, on ? UnsafeRawPointer(bitPattern: 1) : nil)
-        defer { pthread_setspecific(bf16ThreadKey, outer) }
+    /// Whether this thread's matrix products run in bfloat16.
+    static var productsInBF16OnThisThread: Bool { productPrecisionOnThisThread == .bf16 }
+
+    /// Whether this thread's products with int8 block weights run in int8 (``ComputePrecision/int8``).
+    static var productsInInt8OnThisThread: Bool { productPrecisionOnThisThread == .int8 }
+
+    /// Runs `body` with this thread's products in `precision`, restoring the previous choice.
+    static func withProductPrecision<R>(_ precision: ComputePrecision, _ body: () throws -> R) rethrows -> R {
+        let outer = pthread_getspecific(precisionThreadKey)
+        let index = ComputePrecision.allCases.firstIndex(of: precision)!
+        pthread_setspecific(precisionThreadKey, precision == .f32 ? nil : UnsafeRawPointer(bitPattern: index + 1))
+        defer { pthread_setspecific(precisionThreadKey, outer) }
         return try body()
     }
 
     /// Runs `body` on a worker with the calling thread's product precision.
     @inline(__always)
-    private static func inheriting(_ bf16: Bool, _ body: () -> Void) {
-        if bf16 == productsInBF16OnThisThread { body() } else { withProductsInBF16(bf16, body) }
+    private static func inheriting(_ precision: ComputePrecision, _ body: () -> Void) {
+        if precision == productPrecisionOnThisThread { body() } else { withProductPrecision(precision, body) }
     }
 
     /// Runs `body` over `0..<count` split into contiguous ranges, one per worker, when the work
@@ -74,13 +84,13 @@ enum Parallel {
             body(0..<count)
             return
         }
-        let bf16 = productsInBF16OnThisThread
+        let precision = productPrecisionOnThisThread
         withoutActuallyEscaping(body) { body in
             let shared = UnsafeSendableBox(body)
             DispatchQueue.concurrentPerform(iterations: parts) { p in
                 let lo = count * p / parts
                 let hi = count * (p + 1) / parts
-                inheriting(bf16) { shared.value(lo..<hi) }
+                inheriting(precision) { shared.value(lo..<hi) }
             }
         }
     }
@@ -92,10 +102,10 @@ enum Parallel {
             for i in 0..<count { body(i) }
             return
         }
-        let bf16 = productsInBF16OnThisThread
+        let precision = productPrecisionOnThisThread
         withoutActuallyEscaping(body) { body in
             let shared = UnsafeSendableBox(body)
-            DispatchQueue.concurrentPerform(iterations: count) { i in inheriting(bf16) { shared.value(i) } }
+            DispatchQueue.concurrentPerform(iterations: count) { i in inheriting(precision) { shared.value(i) } }
         }
     }
 }

@@ -82,7 +82,7 @@ public final class StableDiffusionPipeline {
         public var latents: FloatTensor? = nil
         /// The arithmetic of the UNet's matrix products during the denoising loop (the text
         /// encoder and the VAE compute in float either way). ``ComputePrecision/bf16`` needs
-        /// ``ComputeBackend/bf16Products``.
+        /// ``ComputeBackend/bf16Products``, ``ComputePrecision/int8`` ``ComputeBackend/int8Products``.
         public var computePrecision: ComputePrecision = .f32
 
         public init(prompt: String) { self.prompt = prompt }

@@ -22,16 +22,18 @@ public final class UNet2DConditionModel {
     public var activationRecorder: ActivationRecorder?
 
     /// The arithmetic of this network's matrix products: ``ComputePrecision/f32`` (the
-    /// default), or ``ComputePrecision/bf16`` where ``ComputeBackend/bf16Products`` (a
-    /// prediction throws otherwise).
+    /// default), ``ComputePrecision/bf16`` where ``ComputeBackend/bf16Products``, or
+    /// ``ComputePrecision/int8`` where ``ComputeBackend/int8Products`` (a prediction throws
+    /// otherwise).
     public var computePrecision: ComputePrecision = .f32
 
     /// Throws unless `precision` can run on this processor with the kernels in use.
     public static func checkAvailable(_ precision: ComputePrecision) throws(EngineError) {
-        guard precision == .f32 || ComputeBackend.current.bf16Products else {
+        guard ComputeBackend.current.supports(precision) else {
+            let needs = precision == .bf16 ? "AVX512_BF16" : "AVX512_VNNI"
             throw EngineError(
                 .invalidInput,
-                "bf16 compute needs a processor with AVX512_BF16 and the AVX-512 kernels (\(ComputeBackend.current.description))")
+                "\(precision.rawValue) compute needs a processor with \(needs) and the AVX-512 kernels (\(ComputeBackend.current.description))")
         }
     }
 

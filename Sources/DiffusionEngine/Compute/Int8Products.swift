@@ -1,0 +1,53 @@
+import CEngineKernels
+
+/// The products of ``ComputePrecision/int8``: an int8 block weight (``Int8Weight``) times
+/// activations quantised as they arrive, 32 values per scale (`CEngineKernels/q8.c`, AVX512_VNNI).
+/// Both halves split their work over the ``Parallel`` workers unless the thread runs serially.
+enum Int8Products {
+    /// Activation rows per packed tile (`TILE_ROWS` in `q8.c`), and bytes per tile and block of 32.
+    static let tileRows = 32
+    private static let bytesPerTileBlock = 32 * 32 + 32 * 4
+
+    /// Bytes ``quantize(_:rows:k:strideRow:strideValue:into:)`` writes.
+    static func packedBytes(rows: Int, k: Int) -> Int { Int(wp_q8_activation_bytes(Int64(rows), Int64(k))) }
+
+    /// Quantises `rows` rows of `k` values (`k` a multiple of 32; row r's value j at
+    /// `a[r * strideRow + j * strideValue]`, one of the strides 1) into `packed`
+    /// (``packedBytes(rows:k:)`` bytes).
+    static func quantize(
+        _ a: UnsafePointer<Float>, rows: Int, k: Int, strideRow: Int, strideValue: Int, into packed: UnsafeMutableRawPointer
+    ) {
+        let tiles = (rows + tileRows - 1) / tileRows
+        let tileBytes = (k / 32) * bytesPerTileBlock
+        let source = SharedPointer(a), target = UnsafeSendableBox(packed)
+        // Each tile is packed on its own, at its own offset: tiles split over the workers.
+        Parallel.forRanges(tiles, grain: max(1, 4096 / max(k / 32, 1))) { range in
+            let first = range.lowerBound * tileRows, count = min(rows, range.upperBound * tileRows) - first
+            let status = wp_q8_quantize(
+                source.pointer + first * strideRow, Int64(count), Int64(k), Int64(strideRow), Int64(strideValue),
+                target.value + range.lowerBound * tileBytes)
+            precondition(status == 0, "int8 quantisation failed (\(status)) for \(rows) x \(k)")
+        }
+    }
+
+    /// `c(r, j) (+)= A(r) · W(j)` for the `rows` quantised rows in `packed` and every row `j` of
+    /// `weight`, with `c(r, j)` at `c[r * ldcRow + j * ldcColumn]` (one of the two 1).
+    static func multiply(
+        rows: Int, packed: UnsafeRawPointer, weight w: Int8Weight,
+        c: UnsafeMutablePointer<Float>, ldcRow: Int, ldcColumn: Int, accumulate: Bool = false
+    ) {
+        let blocks = w.k / 32
+        let output = SharedPointer(c), activations = UnsafeSendableBox(packed), weight = UnsafeSendableBox(w)
+        // Weight rows split over the workers, in multiples of the kernel's four.
+        let groups = (w.rows + 3) / 4
+        Parallel.forRanges(groups, grain: max(1, (1 << 22) / max(rows * w.k * 4, 1))) { range in
+            let w = weight.value
+            let first = range.lowerBound * 4, count = min(w.rows, range.upperBound * 4) - first
+            let status = wp_q8_gemm(
+                Int64(rows), Int64(count), Int64(w.k), activations.value, w.values + first * w.k, Int64(w.k),
+                w.scales + first * blocks, w.corrections + first * blocks, output.pointer + first * ldcColumn,
+                Int64(ldcRow), Int64(ldcColumn), accumulate ? 1 : 0)
+            precondition(status == 0, "int8 product failed (\(status)) for \(rows) x \(w.rows) x \(w.k)")
+        }
+    }
+}

@@ -1,0 +1,175 @@
+import CheckpointFormats
+import Foundation
+import TensorCore
+import TestSupport
+import Testing
+
+@testable import DiffusionEngine
+
+/// `generate --compute int8`: products whose weight is stored as int8 blocks take their input
+/// quantised 32 values per scale and sum each block's byte products in integers (AVX512_VNNI,
+/// `CEngineKernels/q8.c`). Where the processor lacks AVX512_VNNI (or the kernels are narrowed by
+/// `WEIGHTPACK_KERNELS`) the mode is refused, and these tests check the refusal instead.
+@Suite("int8 products")
+struct Int8ComputeTests {
+    /// The quantisation the kernel applies to each block of 32 input values, in the kernel's
+    /// float arithmetic: scale amax / 127, values x · (127 / amax) rounded to nearest even.
+    static func quantized(_ block: ArraySlice<Float>) -> (scale: Float, values: [Int]) {
+        let amax = block.reduce(Float(0)) { max($0, abs($1)) }
+        let inverse: Float = amax > 0 ? 127 / amax : 0
+        return (amax / 127, block.map { max(-127, min(127, Int(($0 * inverse).rounded(.toNearestOrEven)))) })
+    }
+
+    /// `wp_q8_quantize` + `wp_q8_gemm` on an int8 weight read where it is stored, against the
+    /// block-wise product computed here exactly (integers per block, doubles across blocks):
+    /// rows that leave a short last tile (45 of 32 + 13, 70), weight rows that leave a short
+    /// last group of four (11, 9), inputs with rows adjacent (im2col columns) or values adjacent
+    /// (a linear layer's rows), and 2240 values per row (two passes of the kernel's 2048). Only
+    /// the float sums across blocks may differ (relative 1e-5 of the sum of the blocks' sizes).
+    @Test(arguments: [(45, 11, 96, false), (45, 11, 96, true), (70, 9, 2240, true), (70, 9, 2240, false)])
+    func productIsTheBlockwiseProductOfTheQuantisedOperands(_ rows: Int, _ n: Int, _ k: Int, _ rowsAdjacent: Bool) throws {
+        guard ComputeBackend.current.int8Products else {
+            #expect(throws: EngineError.self) { try UNet2DConditionModel.checkAvailable(.int8) }
+            return
+        }
+        var random = TestRandom(seed: 71)
+        let folder = try Int8ParityTests.folder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let store = try SharedConversionTests.store("w.weight", shape: [n, k], values: random.values(n * k, scale: 0.2), as: "int8", in: folder)
+        let a = random.values(rows * k, scale: 2)
+        // The stored weight's values and scales, as the provider dequantises them per block.
+        let dequantized = try WeightProvider(store: store).floats("w.weight")
+        var output = [Float](repeating: .nan, count: rows * n)
+        let provider = WeightProvider(store: store)
+        let used = try provider.withInt8Weight("w.weight") { w in
+            #expect(w.rows == n && w.k == k)
+            var expected = [Double](repeating: 0, count: rows * n), bound = [Double](repeating: 0, count: rows * n)
+            for r in 0..<rows {
+                for b in 0..<(k / 32) {
+                    let (da, qa) = Self.quantized(a[(r * k + b * 32)..<(r * k + b * 32 + 32)])
+                    for j in 0..<n {
+                        let dw = Double(w.scales[j * (k / 32) + b])
+                        var sum = 0
+                        for i in 0..<32 { sum += qa[i] * Int(w.values[j * k + b * 32 + i]) }
+                        // The weight's values times its scale are the dequantised weight.
+                        #expect(Float(w.values[j * k + b * 32]) * Float(dw) == dequantized[j * k + b * 32])
+                        // 128 x the block's sum, which the kernel subtracts.
+                        #expect(Int(w.corrections[j * (k / 32) + b]) == 128 * (0..<32).reduce(0) { $0 + Int(w.values[j * k + b * 32 + $1]) })
+                        expected[r * n + j] += Double(da) * dw * Double(sum)
+                        bound[r * n + j] += abs(Double(da) * dw * Double(sum))
+                    }
+                }
+            }
+            // The input laid out as asked: values adjacent (rows k apart), or rows adjacent.
+            let input = rowsAdjacent ? (0..<(rows * k)).map { a[($0 % rows) * k + $0 / rows] } : a
+            let packed = UnsafeMutableRawPointer.allocate(byteCount: Int8Products.packedBytes(rows: rows, k: k), alignment: 64)
+            defer { packed.deallocate() }
+            input.withUnsafeBufferPointer { p in
+                Int8Products.quantize(
+                    p.baseAddress!, rows: rows, k: k, strideRow: rowsAdjacent ? 1 : k, strideValue: rowsAdjacent ? rows : 1, into: packed)
+            }
+            output.withUnsafeMutableBufferPointer { c in
+                // Rows adjacent in the output too when the input's were (a convolution's layout).
+                if rowsAdjacent {
+                    var transposed = [Float](repeating: .nan, count: rows * n)
+                    transposed.withUnsafeMutableBufferPointer { t in
+                        Int8Products.multiply(rows: rows, packed: packed, weight: w, c: t.baseAddress!, ldcRow: 1, ldcColumn: rows)
+                    }
+                    for r in 0..<rows { for j in 0..<n { c[r * n + j] = transposed[j * rows + r] } }
+                } else {
+                    Int8Products.multiply(rows: rows, packed: packed, weight: w, c: c.baseAddress!, ldcRow: n, ldcColumn: 1)
+                }
+            }
+            var worst = 0.0
+            for i in 0..<(rows * n) {
+                let excess = abs(Double(output[i]) - expected[i]) - 1e-5 * bound[i] - 1e-30
+                worst = max(worst, excess)
+            }
+            #expect(worst <= 0, "\(rows) x \(n) x \(k), rows adjacent \(rowsAdjacent): off the exact block-wise product by \(worst) beyond rounding")
+        }
+        #expect(used)
+        #expect(!output.contains { $0.isNaN })
+    }
+
+    /// Layers under int8 compute with int8 weights: a linear layer, a 3x3 convolution at 32x32
+    /// (Winograd in float; im2col here), one at 12x12 and a 1x1 one, on two workspaces at once
+    /// whose providers share (each weight's block figures made once for both) and on one alone.
+    /// The cores agree exactly (the same integers, the same float order); against float compute
+    /// with the same weights the outputs carry the inputs' quantisation: within 30 dB, and not
+    /// identical (the integer path ran). A weight left unquantised (F16, under the quantiser's
+    /// 1024 values) takes the float path: identical to float compute.
+    @Test func layersComputeInInt8AndTheCoresAgree() throws {
+        guard ComputeBackend.current.int8Products else {
+            #expect(throws: EngineError.self) { try UNet2DConditionModel.checkAvailable(.int8) }
+            return
+        }
+        var random = TestRandom(seed: 72)
+        let folder = try Int8ParityTests.folder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let f32 = MemoryStore()
+        f32.add("lin.weight", shape: [300, 256], values: random.values(300 * 256, scale: 0.1), dtype: .f32)
+        f32.add("lin.bias", shape: [300], values: random.values(300), dtype: .f32)
+        f32.add("wino.weight", shape: [64, 32, 3, 3], values: random.values(64 * 32 * 9, scale: 0.1), dtype: .f32)
+        f32.add("im2col.weight", shape: [64, 128, 3, 3], values: random.values(64 * 128 * 9, scale: 0.05), dtype: .f32)
+        f32.add("point.weight", shape: [256, 320, 1, 1], values: random.values(256 * 320, scale: 0.1), dtype: .f32)
+        f32.add("small.weight", shape: [16, 32], values: random.values(16 * 32, scale: 0.1), dtype: .f32)
+        let store = try Int8ParityTests.int8(f32, in: folder, name: "layers.wpk")
+        for name in ["lin", "wino", "im2col", "point"] { #expect(WeightProvider(store: store).isQuantized(name + ".weight")) }
+        #expect(!WeightProvider(store: store).isQuantized("small.weight"))
+        let linearInput = random.values(70 * 256), winoInput = random.values(32 * 32 * 32)
+        let im2colInput = random.values(128 * 12 * 12), pointInput = random.values(320 * 8 * 8)
+        let smallInput = random.values(70 * 32)
+        let inputs = UnsafeSendableBox((linearInput, winoInput, im2colInput, pointInput, smallInput))
+        @Sendable func run(_ provider: WeightProvider, _ precision: ComputePrecision) throws -> [[Float]] {
+            try GEMM.withPrecision(precision) {
+                try Parallel.serially {
+                    let ws = Workspace(weights: provider)
+                    func tensor(_ values: [Float], _ shape: [Int]) -> FloatTensor {
+                        let t = ws.pool.take(shape)
+                        t.base.update(from: values, count: values.count)
+                        return t
+                    }
+                    let (l, w, i, p, s) = inputs.value
+                    let outputs = [
+                        try ws.linear(tensor(l, [70, 256]), "lin"),
+                        try ws.conv2d(tensor(w, [32, 32, 32]), "wino", padding: .init(1)),
+                        try ws.conv2d(tensor(i, [128, 12, 12]), "im2col", padding: .init(1)),
+                        try ws.conv2d(tensor(p, [320, 8, 8]), "point", padding: .init(0)),
+                        try ws.linear(tensor(s, [70, 32]), "small"),
+                    ]
+                    return outputs.map { Array(UnsafeBufferPointer(start: $0.base, count: $0.count)) }
+                }
+            }
+        }
+        let alone = try run(WeightProvider(store: store), .int8)
+        let float = try run(WeightProvider(store: store), .f32)
+        let names = ["linear", "winograd", "im2col", "pointwise", "unquantised linear"]
+        #expect(alone.count == 5 && float.count == 5)
+        for (layer, (int8, reference)) in zip(names, zip(alone, float)) {
+            let quality = snr(reference, int8), same = int8 == reference
+            print("int8 \(layer) against float compute on the same weights: \(quality) dB")
+            if layer == "unquantised linear" {
+                #expect(same, "an unquantised weight left the float path: \(quality) dB")
+            } else {
+                #expect(quality >= 30 && !same, "\(layer): \(quality) dB, identical \(same)")
+            }
+        }
+        let shared = SharedConvertedWeights(consumers: 2, minimumFloats: 1)
+        let results = Locked<[Int: [[Float]]]>([:])
+        let box = UnsafeSendableBox((store, shared))
+        DispatchQueue.concurrentPerform(iterations: 2) { i in
+            let provider = WeightProvider(store: box.value.0)
+            provider.sharedConversions = box.value.1
+            let outputs = (try? run(provider, .int8)) ?? []
+            results.withLock { $0[i] = outputs }
+        }
+        for i in 0..<2 {
+            let outputs = results.withLock { $0[i] } ?? []
+            let same = outputs == alone
+            #expect(same, "core \(i) differs from one core alone")
+        }
+        // The four int8 weights' block figures made once each, by one provider and used by the
+        // other (an F16-stored bias's float copy may be shared too).
+        #expect(shared.reuses == shared.conversions && shared.conversions >= 4 && shared.floatsHeld == 0, "made \(shared.conversions)")
+    }
+}
