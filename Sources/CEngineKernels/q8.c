@@ -131,6 +131,92 @@ TARGET static void quantizeRowsAVX512(const float *a, int64_t rows, int64_t k, i
     }
 }
 
+// A convolution's patches quantised straight from its input (im2col and quantisation in one
+// pass, no float columns): row r is output pixel `firstPixel + r`, its values the patch in the
+// weight's flattened (channel, kernel row, kernel column) order, zero outside the image.
+TARGET static void quantizePatchesAVX512(const float *input, const wp_q8_geometry *g, int64_t firstPixel, int64_t rows, void *packed) {
+    const int64_t area = g->kernelHeight * g->kernelWidth, k = g->channels * area;
+    const size_t blocks = (size_t)k / BLOCK, tiles = (size_t)(rows + TILE_ROWS - 1) / TILE_ROWS;
+    const int64_t plane = g->height * g->width;
+    // Blocks outermost: one block's few channels and kernel taps are swept over every pixel in
+    // order, so the input is read in streams the prefetcher follows and each line is reused by
+    // the neighbouring taps (pixel-major order read from ~30 channel planes at once and stalled
+    // on their misses).
+    for (size_t kb = 0; kb < blocks; kb++) {
+        int64_t cs[BLOCK], kys[BLOCK], kxs[BLOCK];
+        {
+            const int64_t start = (int64_t)kb * BLOCK;
+            int64_t c = start / area, ky = (start % area) / g->kernelWidth, kx = start % g->kernelWidth;
+            for (int j = 0; j < BLOCK; j++) {
+                cs[j] = c, kys[j] = ky, kxs[j] = kx;
+                if (++kx == g->kernelWidth) {
+                    kx = 0;
+                    if (++ky == g->kernelHeight) ky = 0, c++;
+                }
+            }
+        }
+        for (size_t t = 0; t < tiles; t++) {
+            for (int half = 0; half < 2; half++) {
+                const int64_t first = (int64_t)t * TILE_ROWS + half * 16;
+                const int64_t live = rows - first < 0 ? 0 : (rows - first > 16 ? 16 : rows - first);
+                const __mmask16 mask = live == 16 ? 0xFFFF : (__mmask16)((1u << live) - 1);
+                const int64_t p0 = firstPixel + first, oy0 = p0 / g->outWidth, ox0 = p0 % g->outWidth;
+                // One output row and stride 1: each value is 16 adjacent input floats.
+                const int oneRow = g->stride == 1 && ox0 + 16 <= g->outWidth;
+                __m512 x[BLOCK];
+                if (!live) {
+                    for (int j = 0; j < BLOCK; j++) x[j] = _mm512_setzero_ps();
+                } else if (oneRow) {
+                    for (int j = 0; j < BLOCK; j++) {
+                        const int64_t iy = oy0 - g->padTop + kys[j], ix0 = ox0 - g->padLeft + kxs[j];
+                        if (iy < 0 || iy >= g->height) {
+                            x[j] = _mm512_setzero_ps();
+                            continue;
+                        }
+                        // Lanes whose column lies inside the row: ix0 + lane in [0, width).
+                        const int64_t lo = ix0 < 0 ? -ix0 : 0, hi = g->width - ix0 < 16 ? g->width - ix0 : 16;
+                        const __mmask16 inside = hi > lo ? (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1)) : 0;
+                        x[j] = _mm512_maskz_loadu_ps(inside & mask, input + cs[j] * plane + iy * g->width + ix0);
+                    }
+                } else {
+                    // Pixel coordinates per lane, for gathers.
+                    int32_t ys[16], xs[16];
+                    for (int lane = 0; lane < 16; lane++) {
+                        ys[lane] = (int32_t)((p0 + lane) / g->outWidth);
+                        xs[lane] = (int32_t)((p0 + lane) % g->outWidth);
+                    }
+                    const __m512i oy = _mm512_mullo_epi32(_mm512_loadu_si512(ys), _mm512_set1_epi32((int)g->stride));
+                    const __m512i ox = _mm512_mullo_epi32(_mm512_loadu_si512(xs), _mm512_set1_epi32((int)g->stride));
+                    for (int j = 0; j < BLOCK; j++) {
+                        const __m512i iy = _mm512_add_epi32(oy, _mm512_set1_epi32((int)(kys[j] - g->padTop)));
+                        const __m512i ix = _mm512_add_epi32(ox, _mm512_set1_epi32((int)(kxs[j] - g->padLeft)));
+                        const __mmask16 inside = mask & _mm512_cmpge_epi32_mask(iy, _mm512_setzero_si512())
+                                                 & _mm512_cmplt_epi32_mask(iy, _mm512_set1_epi32((int)g->height))
+                                                 & _mm512_cmpge_epi32_mask(ix, _mm512_setzero_si512())
+                                                 & _mm512_cmplt_epi32_mask(ix, _mm512_set1_epi32((int)g->width));
+                        const __m512i index = _mm512_add_epi32(_mm512_mullo_epi32(iy, _mm512_set1_epi32((int)g->width)), ix);
+                        x[j] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), inside, index, input + cs[j] * plane, 4);
+                    }
+                }
+                quantizeColumnBlock(x, mask, tileScales(packed, t, blocks) + kb * TILE_ROWS + half * 16,
+                                    tileBytes(packed, t, blocks) + kb * TILE_ROWS * BLOCK + half * 64);
+            }
+        }
+    }
+}
+
+int wp_q8_quantize_patches(const float *input, const wp_q8_geometry *g, int64_t firstPixel, int64_t rows, void *packed) {
+    if (!wp_q8_products()) return -1;
+    if (rows <= 0 || firstPixel < 0 || g->channels <= 0 || g->kernelHeight <= 0 || g->kernelWidth <= 0 || g->stride <= 0
+        || g->height <= 0 || g->width <= 0 || g->outWidth <= 0)
+        return -2;
+    if ((g->channels * g->kernelHeight * g->kernelWidth) % BLOCK) return -2;
+    // Per-lane arithmetic is 32-bit: the input plane and pixel numbers must fit.
+    if (g->height * g->width > INT32_MAX / 2 || firstPixel + rows > INT32_MAX / 2) return -2;
+    quantizePatchesAVX512(input, g, firstPixel, rows, packed);
+    return 0;
+}
+
 int wp_q8_quantize(const float *a, int64_t rows, int64_t k, int64_t strideRow, int64_t strideValue, void *packed) {
     if (!wp_q8_products()) return -1;
     if (rows <= 0 || k <= 0 || k % BLOCK) return -2;

@@ -91,6 +91,47 @@ struct Int8ComputeTests {
         #expect(!output.contains { $0.isNaN })
     }
 
+    /// A convolution's patches quantised straight from its input (`wp_q8_quantize_patches`, what
+    /// the int8 convolutions use) are byte for byte im2col's columns quantised: at 32x32 (16
+    /// pixels of one output row at a time, plain loads), at 12x12 (16 pixels span two rows:
+    /// gathers), with stride 2 and asymmetric padding, from a pixel range that starts mid-row
+    /// and ends in a short tile.
+    @Test(arguments: [(32, 32, 1, 1, 1, 0..<1024), (12, 12, 1, 1, 1, 0..<144), (15, 17, 2, 0, 1, 5..<61), (32, 32, 1, 1, 1, 37..<300)])
+    func patchesQuantisedFromTheInputAreIm2colQuantised(
+        _ height: Int, _ width: Int, _ stride: Int, _ top: Int, _ left: Int, _ pixels: Range<Int>
+    ) throws {
+        guard ComputeBackend.current.int8Products else {
+            #expect(throws: EngineError.self) { try UNet2DConditionModel.checkAvailable(.int8) }
+            return
+        }
+        var random = TestRandom(seed: 73)
+        let channels = 32
+        let g = Convolution.Geometry(
+            inChannels: channels, height: height, width: width, outChannels: 8, kernelHeight: 3, kernelWidth: 3, stride: stride,
+            padding: .init(top: top, left: left, bottom: 1, right: 1))
+        #expect(pixels.upperBound <= g.outHeight * g.outWidth)
+        let input = random.values(channels * height * width, scale: 3)
+        let k = g.patchSize, n = pixels.count, bytes = Int8Products.packedBytes(rows: n, k: k)
+        let direct = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        let lowered = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        defer {
+            direct.deallocate()
+            lowered.deallocate()
+        }
+        direct.initializeMemory(as: UInt8.self, repeating: 0xAA, count: bytes)
+        lowered.initializeMemory(as: UInt8.self, repeating: 0x55, count: bytes)
+        var columns = [Float](repeating: .nan, count: k * n)
+        input.withUnsafeBufferPointer { x in
+            Int8Products.quantizePatches(x.baseAddress!, geometry: g, pixels: pixels, into: direct)
+            columns.withUnsafeMutableBufferPointer { c in
+                Convolution.im2col(x.baseAddress!, geometry: g, pixels: pixels, into: c.baseAddress!)
+                Int8Products.quantize(c.baseAddress!, rows: n, k: k, strideRow: 1, strideValue: n, into: lowered)
+            }
+        }
+        let differing = (0..<bytes).filter { direct.load(fromByteOffset: $0, as: UInt8.self) != lowered.load(fromByteOffset: $0, as: UInt8.self) }
+        #expect(differing.isEmpty, "\(differing.count) of \(bytes) bytes differ, first at \(differing.first ?? -1)")
+    }
+
     /// Layers under int8 compute with int8 weights: a linear layer, a 3x3 convolution at 32x32
     /// (Winograd in float; im2col here), one at 12x12 and a 1x1 one, on two workspaces at once
     /// whose providers share (each weight's block figures made once for both) and on one alone.

@@ -62,6 +62,18 @@ size_t wp_q8_activation_bytes(int64_t rows, int64_t k);
 /// in blocks of 32 per row, one scale each (amax / 127, nearest even), into the packed form
 /// `wp_q8_gemm` reads. One of the strides must be 1. Returns 0, -1 when `wp_q8_products()` is 0, -2 for bad sizes.
 int wp_q8_quantize(const float *a, int64_t rows, int64_t k, int64_t strideRow, int64_t strideValue, void *packed);
+/// A convolution's geometry for `wp_q8_quantize_patches`.
+typedef struct {
+    int64_t channels, height, width;
+    int64_t kernelHeight, kernelWidth, stride, padTop, padLeft;
+    int64_t outWidth;
+} wp_q8_geometry;
+/// `wp_q8_quantize` of the im2col rows of output pixels `firstPixel ..< firstPixel + rows` of a
+/// convolution of `input` (`channels` planes of `height` x `width`), read straight from the
+/// input: each row is the pixel's patch in (channel, kernel row, kernel column) order, zero
+/// outside the image; `channels * kernelHeight * kernelWidth` must be a multiple of 32.
+/// Returns 0, -1 when `wp_q8_products()` is 0, -2 for bad sizes.
+int wp_q8_quantize_patches(const float *input, const wp_q8_geometry *geometry, int64_t firstPixel, int64_t rows, void *packed);
 /// For `rows` rows of an int8 block weight (`k` values per row, blocks of 32 with f16 scales,
 /// `blocksPerRow` scales per row): each block's scale as float and 128 x the sum of its values,
 /// `k / 32` per row. Returns 0, -1 when `wp_q8_products()` is 0, -2 for bad sizes.

@@ -30,6 +30,31 @@ enum Int8Products {
         }
     }
 
+    /// ``quantize(_:rows:k:strideRow:strideValue:into:)`` of the im2col rows of output pixels
+    /// `pixels` of the convolution `g` of `input`, read straight from the input (no float
+    /// columns): `g.patchSize` must be a multiple of 32.
+    static func quantizePatches(
+        _ input: UnsafePointer<Float>, geometry g: Convolution.Geometry, pixels: Range<Int>, into packed: UnsafeMutableRawPointer
+    ) {
+        let rows = pixels.count, k = g.patchSize
+        let tiles = (rows + tileRows - 1) / tileRows
+        let tileBytes = (k / 32) * bytesPerTileBlock
+        var geometry = wp_q8_geometry(
+            channels: Int64(g.inChannels), height: Int64(g.height), width: Int64(g.width), kernelHeight: Int64(g.kernelHeight),
+            kernelWidth: Int64(g.kernelWidth), stride: Int64(g.stride), padTop: Int64(g.padding.top), padLeft: Int64(g.padding.left),
+            outWidth: Int64(g.outWidth))
+        let source = SharedPointer(input), target = UnsafeSendableBox(packed)
+        withUnsafePointer(to: &geometry) { shape in
+            let shape = UnsafeSendableBox(shape)
+            Parallel.forRanges(tiles, grain: max(1, 4096 / max(k / 32, 1))) { range in
+                let first = range.lowerBound * tileRows, count = min(rows, range.upperBound * tileRows) - first
+                let status = wp_q8_quantize_patches(
+                    source.pointer, shape.value, Int64(pixels.lowerBound + first), Int64(count), target.value + range.lowerBound * tileBytes)
+                precondition(status == 0, "int8 quantisation of patches failed (\(status)) for \(rows) x \(k)")
+            }
+        }
+    }
+
     /// `c(r, j) (+)= A(r) · W(j)` for the `rows` quantised rows in `packed` and every row `j` of
     /// `weight`, with `c(r, j)` at `c[r * ldcRow + j * ldcColumn]` (one of the two 1).
     static func multiply(

@@ -207,15 +207,18 @@ final class Workspace {
     }
 
     /// The convolution in ``ComputePrecision/int8`` when `weight` is stored as int8 blocks (any
-    /// geometry, Winograd's included, through im2col): the input lowered and quantised a block of
-    /// output pixels at a time, the weight read as stored. Returns false, with nothing written,
+    /// geometry, Winograd's included, through im2col): the input lowered and quantised in one
+    /// pass a block of output pixels at a time (no float columns), the weight read as stored. Returns false, with nothing written,
     /// for any other weight.
     private func int8Convolution(
         _ x: FloatTensor, _ weight: String, geometry g: Convolution.Geometry, bias: [Float]?, output y: FloatTensor
     ) throws -> Bool {
         let plane = g.outHeight * g.outWidth
         return try weights.withInt8Weight(weight) { w in
-            let block = Convolution.im2colBlockPixels(g)
+            // Pixels per block: whole tiles of 32 (so a tile's 16-pixel halves stay within one
+            // output row where the width is a multiple of 16), the quantised rows within 16 MiB.
+            let tile = Int8Products.tileRows
+            let block = min(plane, max(tile, (4 * Convolution.columnBudget / max(g.patchSize, 1)) / tile * tile))
             let packed = quantizedBuffer(Int8Products.packedBytes(rows: min(block, plane), k: g.patchSize))
             var start = 0
             while start < plane {
@@ -224,9 +227,8 @@ final class Workspace {
                     // The input is already the columns: channel c of pixel p at c * plane + p.
                     Int8Products.quantize(x.base + start, rows: n, k: g.patchSize, strideRow: 1, strideValue: plane, into: packed)
                 } else {
-                    let columns = columnBuffer(g.patchSize * n)
-                    Convolution.im2col(x.base, geometry: g, pixels: start..<(start + n), into: columns)
-                    Int8Products.quantize(columns, rows: n, k: g.patchSize, strideRow: 1, strideValue: n, into: packed)
+                    // Lowered and quantised in one pass, straight from the input.
+                    Int8Products.quantizePatches(x.base, geometry: g, pixels: start..<(start + n), into: packed)
                 }
                 Int8Products.multiply(rows: n, packed: packed, weight: w, c: y.base + start, ldcRow: 1, ldcColumn: plane)
                 start += n
