@@ -208,8 +208,8 @@ final class Workspace {
 
     /// The convolution in ``ComputePrecision/int8`` when `weight` is stored as int8 blocks (any
     /// geometry, Winograd's included, through im2col): the input lowered and quantised in one
-    /// pass a block of output pixels at a time (no float columns), the weight read as stored. Returns false, with nothing written,
-    /// for any other weight.
+    /// pass a block of output pixels at a time (no float columns), the weight read as stored.
+    /// Returns false, with nothing written, for any other weight.
     private func int8Convolution(
         _ x: FloatTensor, _ weight: String, geometry g: Convolution.Geometry, bias: [Float]?, output y: FloatTensor
     ) throws -> Bool {
