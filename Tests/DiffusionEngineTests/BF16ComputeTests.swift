@@ -191,41 +191,17 @@ struct BF16ComputeTests {
         store.add("wino.weight", shape: [24, 16, 3, 3], values: random.values(24 * 16 * 9, scale: 0.1), dtype: dtype)
         store.add("im2col.weight", shape: [64, 128, 3, 3], values: random.values(64 * 128 * 9, scale: 0.05), dtype: dtype)
         store.add("point.weight", shape: [256, 320, 1, 1], values: random.values(256 * 320, scale: 0.1), dtype: dtype)
-        let linearInput = random.values(70 * 256), winoInput = random.values(16 * 32 * 32)
-        let im2colInput = random.values(128 * 12 * 12), pointInput = random.values(320 * 8 * 8)
-        let inputs = UnsafeSendableBox((linearInput, winoInput, im2colInput, pointInput))
-        @Sendable func run(_ provider: WeightProvider) throws -> [[Float]] {
-            try GEMM.withPrecision(.bf16) {
-                try Parallel.serially {
-                    let ws = Workspace(weights: provider)
-                    func tensor(_ values: [Float], _ shape: [Int]) -> FloatTensor {
-                        let t = ws.pool.take(shape)
-                        t.base.update(from: values, count: values.count)
-                        return t
-                    }
-                    let (l, w, i, p) = inputs.value
-                    let outputs = [
-                        try ws.linear(tensor(l, [70, 256]), "lin"),
-                        try ws.conv2d(tensor(w, [16, 32, 32]), "wino", padding: .init(1)),
-                        try ws.conv2d(tensor(i, [128, 12, 12]), "im2col", padding: .init(1)),
-                        try ws.conv2d(tensor(p, [320, 8, 8]), "point", padding: .init(0)),
-                    ]
-                    return outputs.map { Array(UnsafeBufferPointer(start: $0.base, count: $0.count)) }
-                }
-            }
-        }
-        let alone = try run(WeightProvider(store: store))
+        let layers = [
+            LayerInput(name: "lin", values: random.values(70 * 256), shape: [70, 256]),
+            LayerInput(name: "wino", values: random.values(16 * 32 * 32), shape: [16, 32, 32]),
+            LayerInput(name: "im2col", values: random.values(128 * 12 * 12), shape: [128, 12, 12]),
+            LayerInput(name: "point", values: random.values(320 * 8 * 8), shape: [320, 8, 8]),
+        ]
+        let alone = try runLayers(WeightProvider(store: store), .bf16, layers)
         let shared = SharedConvertedWeights(consumers: 2, minimumFloats: 1)
-        let results = Locked<[Int: [[Float]]]>([:])
-        let box = UnsafeSendableBox((store, shared))
-        DispatchQueue.concurrentPerform(iterations: 2) { i in
-            let provider = WeightProvider(store: box.value.0)
-            provider.sharedConversions = box.value.1
-            let outputs = (try? run(provider)) ?? []
-            results.withLock { $0[i] = outputs }
-        }
+        let cores = runLayersOnTwoSharingCores(store, shared, .bf16, layers)
         for i in 0..<2 {
-            let outputs = results.withLock { $0[i] } ?? []
+            let outputs = cores[i]
             #expect(outputs.count == 4)
             for (layer, (actual, expected)) in zip(["linear", "winograd", "im2col", "pointwise"], zip(outputs, alone)) {
                 let c = expectClose(actual, expected, shape: [expected.count], tolerance: 1e-5, "core \(i), \(layer), \(dtype.name)")

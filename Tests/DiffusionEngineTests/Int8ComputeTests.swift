@@ -157,33 +157,15 @@ struct Int8ComputeTests {
         let store = try Int8ParityTests.int8(f32, in: folder, name: "layers.wpk")
         for name in ["lin", "wino", "im2col", "point"] { #expect(WeightProvider(store: store).isQuantized(name + ".weight")) }
         #expect(!WeightProvider(store: store).isQuantized("small.weight"))
-        let linearInput = random.values(70 * 256), winoInput = random.values(32 * 32 * 32)
-        let im2colInput = random.values(128 * 12 * 12), pointInput = random.values(320 * 8 * 8)
-        let smallInput = random.values(70 * 32)
-        let inputs = UnsafeSendableBox((linearInput, winoInput, im2colInput, pointInput, smallInput))
-        @Sendable func run(_ provider: WeightProvider, _ precision: ComputePrecision) throws -> [[Float]] {
-            try GEMM.withPrecision(precision) {
-                try Parallel.serially {
-                    let ws = Workspace(weights: provider)
-                    func tensor(_ values: [Float], _ shape: [Int]) -> FloatTensor {
-                        let t = ws.pool.take(shape)
-                        t.base.update(from: values, count: values.count)
-                        return t
-                    }
-                    let (l, w, i, p, s) = inputs.value
-                    let outputs = [
-                        try ws.linear(tensor(l, [70, 256]), "lin"),
-                        try ws.conv2d(tensor(w, [32, 32, 32]), "wino", padding: .init(1)),
-                        try ws.conv2d(tensor(i, [128, 12, 12]), "im2col", padding: .init(1)),
-                        try ws.conv2d(tensor(p, [320, 8, 8]), "point", padding: .init(0)),
-                        try ws.linear(tensor(s, [70, 32]), "small"),
-                    ]
-                    return outputs.map { Array(UnsafeBufferPointer(start: $0.base, count: $0.count)) }
-                }
-            }
-        }
-        let alone = try run(WeightProvider(store: store), .int8)
-        let float = try run(WeightProvider(store: store), .f32)
+        let layers = [
+            LayerInput(name: "lin", values: random.values(70 * 256), shape: [70, 256]),
+            LayerInput(name: "wino", values: random.values(32 * 32 * 32), shape: [32, 32, 32]),
+            LayerInput(name: "im2col", values: random.values(128 * 12 * 12), shape: [128, 12, 12]),
+            LayerInput(name: "point", values: random.values(320 * 8 * 8), shape: [320, 8, 8]),
+            LayerInput(name: "small", values: random.values(70 * 32), shape: [70, 32]),
+        ]
+        let alone = try runLayers(WeightProvider(store: store), .int8, layers)
+        let float = try runLayers(WeightProvider(store: store), .f32, layers)
         let names = ["linear", "winograd", "im2col", "pointwise", "unquantised linear"]
         #expect(alone.count == 5 && float.count == 5)
         for (layer, (int8, reference)) in zip(names, zip(alone, float)) {
@@ -196,17 +178,9 @@ struct Int8ComputeTests {
             }
         }
         let shared = SharedConvertedWeights(consumers: 2, minimumFloats: 1)
-        let results = Locked<[Int: [[Float]]]>([:])
-        let box = UnsafeSendableBox((store, shared))
-        DispatchQueue.concurrentPerform(iterations: 2) { i in
-            let provider = WeightProvider(store: box.value.0)
-            provider.sharedConversions = box.value.1
-            let outputs = (try? run(provider, .int8)) ?? []
-            results.withLock { $0[i] = outputs }
-        }
+        let cores = runLayersOnTwoSharingCores(store, shared, .int8, layers)
         for i in 0..<2 {
-            let outputs = results.withLock { $0[i] } ?? []
-            let same = outputs == alone
+            let same = cores[i] == alone
             #expect(same, "core \(i) differs from one core alone")
         }
         // The four int8 weights' block figures made once each, by one provider and used by the

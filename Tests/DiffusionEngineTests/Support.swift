@@ -157,3 +157,47 @@ func expectWithinReassociationBound(
         sourceLocation: sourceLocation)
     return (worst, firstBad)
 }
+
+/// One input for ``runLayers(_:_:_:)``: the layer's name, the input's values and shape. A
+/// 2-D input runs the linear layer `name`; a 3-D one the convolution, padded by half its kernel.
+struct LayerInput: Sendable {
+    let name: String, values: [Float], shape: [Int]
+}
+
+/// Runs each layer on one workspace over `provider`, serially (as one core of the UNet's pair
+/// does), with its products in `precision`; returns each output's values.
+func runLayers(_ provider: WeightProvider, _ precision: ComputePrecision, _ layers: [LayerInput]) throws -> [[Float]] {
+    try GEMM.withPrecision(precision) {
+        try Parallel.serially {
+            let ws = Workspace(weights: provider)
+            return try layers.map { layer in
+                let x = ws.pool.take(layer.shape)
+                x.base.update(from: layer.values, count: layer.values.count)
+                let y: FloatTensor
+                if layer.shape.count == 2 {
+                    y = try ws.linear(x, layer.name)
+                } else {
+                    let kernel = try provider.shape(layer.name + ".weight")[2]
+                    y = try ws.conv2d(x, layer.name, padding: .init(kernel / 2))
+                }
+                return Array(UnsafeBufferPointer(start: y.base, count: y.count))
+            }
+        }
+    }
+}
+
+/// ``runLayers(_:_:_:)`` on two workspaces at once (as the UNet's two cores), each over its own
+/// provider of `store` sharing `shared`; returns each one's outputs (empty where it threw).
+func runLayersOnTwoSharingCores(
+    _ store: any TensorStore, _ shared: SharedConvertedWeights, _ precision: ComputePrecision, _ layers: [LayerInput]
+) -> [[[Float]]] {
+    let results = Locked<[Int: [[Float]]]>([:])
+    let box = UnsafeSendableBox((store, shared))
+    DispatchQueue.concurrentPerform(iterations: 2) { i in
+        let provider = WeightProvider(store: box.value.0)
+        provider.sharedConversions = box.value.1
+        let outputs = (try? runLayers(provider, precision, layers)) ?? []
+        results.withLock { $0[i] = outputs }
+    }
+    return (0..<2).map { results.withLock { $0 }[$0] ?? [] }
+}
