@@ -78,6 +78,13 @@ public final class WeightProvider {
     /// Whether `prefix + name` is stored packed: as int8 or in a ggml block type.
     public func isQuantized(_ name: String) -> Bool { ((try? packed(prefix + name)) ?? nil) != nil }
 
+    /// Whether any tensor under this provider's prefix is stored as int8 blocks: what
+    /// ``ComputePrecision/int8`` multiplies in integers (a network without any computes in float).
+    public var hasInt8Weights: Bool {
+        guard let quantizedStore else { return false }
+        return store.tensors.contains { $0.name.hasPrefix(prefix) && ((try? quantizedStore.quantizedTensor(named: $0.name)) ?? nil) != nil }
+    }
+
     /// The ggml block type `prefix + name` is stored in, if any.
     public func blockType(_ name: String) -> GGMLType? {
         guard case .blocks(let view, _)? = ((try? packed(prefix + name)) ?? nil)?.storage else { return nil }

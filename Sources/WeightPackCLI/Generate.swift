@@ -85,6 +85,10 @@ struct Generate: ParsableCommand {
             let engine = try generation.open(model, inputOptions: inputOptions, additions: try adapters.additions(inputOptions))
             var request = try generation.request(for: engine)
             request.computePrecision = compute.precision
+            if compute == .int8 && !engine.pipeline.unet.weights.hasInt8Weights {
+                printError(
+                    "weightpack: note: --compute int8: this model's UNet has no int8 weights (convert it with --dtype int8); computing in float")
+            }
             let progress = StepProgress()
             let result = try engine.pipeline.generate(request, observer: progress.observe)
             progress.finish()
