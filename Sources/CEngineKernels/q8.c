@@ -274,11 +274,38 @@ TARGET static void storeRows(float *c, int64_t ldcRow, const __m512 f[4], int co
     }
 }
 
+// The same figures for ggml Q8_0 rows (`rowBytes` apart): blocks of an f16 scale then 32 int8.
+TARGET static void auxQ80AVX512(const uint8_t *blocks, int64_t rows, int64_t k, int64_t rowBytes, float *scaleOut, int32_t *correction) {
+    const int64_t count = k / BLOCK;
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t kb = 0; kb < count; kb++) {
+            const uint8_t *block = blocks + r * rowBytes + kb * (BLOCK + 2);
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(block + 2));
+            const __m256i s = _mm256_sad_epu8(_mm256_xor_si256(v, flip), _mm256_setzero_si256());
+            const int64_t sum = _mm256_extract_epi64(s, 0) + _mm256_extract_epi64(s, 1) + _mm256_extract_epi64(s, 2)
+                                + _mm256_extract_epi64(s, 3) - BLOCK * 128;
+            uint16_t half;
+            memcpy(&half, block, 2);
+            correction[r * count + kb] = (int32_t)(128 * sum);
+            scaleOut[r * count + kb] = _cvtsh_ss(half);
+        }
+    }
+}
+
+int wp_q8_weight_aux_q8_0(const void *blocks, int64_t rows, int64_t k, int64_t rowBytes, float *scaleOut, int32_t *correction) {
+    if (!wp_q8_products()) return -1;
+    if (rows < 0 || k <= 0 || k % BLOCK || rowBytes < k / BLOCK * (BLOCK + 2)) return -2;
+    auxQ80AVX512((const uint8_t *)blocks, rows, k, rowBytes, scaleOut, correction);
+    return 0;
+}
+
 // One tile: 32 rows x COLS weight rows over blocks [kb0, kb1), its sums kept in registers and
 // added to (`add`) or written over C(r, j) at `c[r * ldcRow + j * ldcColumn]`; `live` rows of
 // the 32 are real. With ldcRow != 1 the caller passes every block at once (add is 0).
 #define TILE(COLS)                                                                                                                     \
     TARGET static void tile##COLS(const uint8_t *restrict bytes, const float *restrict rowScales, const int8_t *restrict w, int64_t ldw, \
+                                  int64_t blockBytes,                                                                                  \
                                   const float *restrict wScale, const int32_t *restrict wCorr, int64_t blocks, int64_t kb0, int64_t kb1, \
                                   float *restrict c, int64_t ldcRow, int64_t ldcColumn, int live, int add) {                           \
         const __mmask16 m0 = live >= 16 ? 0xFFFF : (__mmask16)((1u << live) - 1);                                                     \
@@ -293,7 +320,7 @@ TARGET static void storeRows(float *c, int64_t ldcRow, const __m512 f[4], int co
             __m512i s0[COLS], s1[COLS];                                                                                                \
             for (int j = 0; j < COLS; j++) s0[j] = s1[j] = _mm512_set1_epi32(-wCorr[j * blocks + kb]);                                 \
             const uint8_t *pa = bytes + kb * TILE_ROWS * BLOCK;                                                                        \
-            const int8_t *pw = w + kb * BLOCK;                                                                                         \
+            const int8_t *pw = w + kb * blockBytes;                                                                                    \
             _Pragma("GCC unroll 8") for (int g = 0; g < BLOCK / 4; g++) {                                                              \
                 const __m512i a0 = _mm512_loadu_si512((const void *)(pa + g * 128));                                                   \
                 const __m512i a1 = _mm512_loadu_si512((const void *)(pa + g * 128 + 64));                                              \
@@ -332,10 +359,11 @@ TILE(2)
 TILE(3)
 TILE(4)
 
-typedef void (*tileFunction)(const uint8_t *, const float *, const int8_t *, int64_t, const float *, const int32_t *, int64_t, int64_t,
-                             int64_t, float *, int64_t, int64_t, int, int);
+typedef void (*tileFunction)(const uint8_t *, const float *, const int8_t *, int64_t, int64_t, const float *, const int32_t *, int64_t,
+                             int64_t, int64_t, float *, int64_t, int64_t, int, int);
 
-TARGET static void gemmAVX512(int64_t rows, int64_t n, int64_t k, const void *packed, const int8_t *w, int64_t ldw, const float *wScale,
+TARGET static void gemmAVX512(int64_t rows, int64_t n, int64_t k, const void *packed, const int8_t *w, int64_t ldw, int64_t blockBytes,
+                              const float *wScale,
                               const int32_t *wCorr, float *c, int64_t ldcRow, int64_t ldcColumn, int accumulate) {
     static const tileFunction tiles[5] = {0, tile1, tile2, tile3, tile4};
     const int64_t blocks = k / BLOCK, tileCount = (rows + TILE_ROWS - 1) / TILE_ROWS;
@@ -354,7 +382,7 @@ TARGET static void gemmAVX512(int64_t rows, int64_t n, int64_t k, const void *pa
                     const int64_t first = t * TILE_ROWS;
                     const int live = rows - first >= TILE_ROWS ? TILE_ROWS : (int)(rows - first);
                     tiles[cols](tileBytes((void *)packed, (size_t)t, (size_t)blocks), tileScales((void *)packed, (size_t)t, (size_t)blocks),
-                                w + n0 * ldw, ldw, wScale + n0 * blocks, wCorr + n0 * blocks, blocks, kb0, kb1,
+                                w + n0 * ldw, ldw, blockBytes, wScale + n0 * blocks, wCorr + n0 * blocks, blocks, kb0, kb1,
                                 c + first * ldcRow + n0 * ldcColumn, ldcRow, ldcColumn, live, add);
                 }
             }
@@ -362,13 +390,13 @@ TARGET static void gemmAVX512(int64_t rows, int64_t n, int64_t k, const void *pa
     }
 }
 
-int wp_q8_gemm(int64_t rows, int64_t n, int64_t k, const void *packed, const int8_t *w, int64_t ldw, const float *wScale,
-               const int32_t *wCorr, float *c, int64_t ldcRow, int64_t ldcColumn, int accumulate) {
+int wp_q8_gemm(int64_t rows, int64_t n, int64_t k, const void *packed, const int8_t *w, int64_t ldw, int64_t blockBytes,
+               const float *wScale, const int32_t *wCorr, float *c, int64_t ldcRow, int64_t ldcColumn, int accumulate) {
     if (!wp_q8_products()) return -1;
-    if (rows <= 0 || n <= 0 || k <= 0 || k % BLOCK || ldw < k) return -2;
+    if (rows <= 0 || n <= 0 || k <= 0 || k % BLOCK || blockBytes < BLOCK || ldw < (k / BLOCK - 1) * blockBytes + BLOCK) return -2;
     if (ldcRow != 1 && ldcColumn != 1) return -2;
     // Accumulating into rows of C apart is not supported (one pass writes them).
     if (ldcRow != 1 && accumulate) return -2;
-    gemmAVX512(rows, n, k, packed, w, ldw, wScale, wCorr, c, ldcRow, ldcColumn, accumulate);
+    gemmAVX512(rows, n, k, packed, w, ldw, blockBytes, wScale, wCorr, c, ldcRow, ldcColumn, accumulate);
     return 0;
 }

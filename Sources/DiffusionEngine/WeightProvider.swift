@@ -78,11 +78,17 @@ public final class WeightProvider {
     /// Whether `prefix + name` is stored packed: as int8 or in a ggml block type.
     public func isQuantized(_ name: String) -> Bool { ((try? packed(prefix + name)) ?? nil) != nil }
 
-    /// Whether any tensor under this provider's prefix is stored as int8 blocks: what
-    /// ``ComputePrecision/int8`` multiplies in integers (a network without any computes in float).
+    /// Whether any tensor under this provider's prefix is stored as int8 blocks (ours or ggml's
+    /// Q8_0): what ``ComputePrecision/int8`` multiplies in integers (a network without any
+    /// computes in float).
     public var hasInt8Weights: Bool {
-        guard let quantizedStore else { return false }
-        return store.tensors.contains { $0.name.hasPrefix(prefix) && ((try? quantizedStore.quantizedTensor(named: $0.name)) ?? nil) != nil }
+        store.tensors.contains { d in
+            guard d.name.hasPrefix(prefix), let weight = (try? packed(d.name)) ?? nil else { return false }
+            switch weight.storage {
+            case .int8: return true
+            case .blocks(let view, _): return view.type == .q8_0
+            }
+        }
     }
 
     /// The ggml block type `prefix + name` is stored in, if any.
@@ -417,36 +423,56 @@ public final class WeightProvider {
 
     /// Calls `body` with the weight `name` as int8 blocks the int8 products read where they are
     /// mapped (``Int8Weight``), and returns true; returns false without calling anything when
-    /// it is not stored so: not int8, blocks other than 32, rows not a multiple of 32 long, or
-    /// stored rows that are not the engine's. The per-block figures the product needs
+    /// it is not stored so: not int8 blocks of 32 (our int8, or ggml's Q8_0 with its rows the
+    /// engine's), or rows not a multiple of 32 long. The per-block figures the product needs
     /// (float scales, sums) are made once for all the cores with ``sharedConversions``, else
     /// into scratch. For a thread computing in ``ComputePrecision/int8``.
     func withInt8Weight(_ name: String, _ body: (Int8Weight) throws -> Void) throws -> Bool {
         let full = prefix + name
-        guard let packed = try packed(full), case .int8(let q) = packed.storage else { return false }
-        defer { release(q.bytes) }
-        let layout = q.layout, rows = layout.rows, k = layout.rowLength
+        guard let packed = try packed(full) else { return false }
+        defer { release(packed.bytes) }
+        let rows = packed.rows, k = packed.rowLength
         let rowsExpected = try descriptor(name).shape.dimensions.first ?? 1
-        guard layout.blockSize == 32, k % 32 == 0, k > 0, rows == rowsExpected, rows > 0 else { return false }
+        guard k % 32 == 0, k > 0, rows == rowsExpected, rows > 0 else { return false }
         let blocks = k / 32
+        // Where the values start, bytes per row and per block, and how to make the figures.
+        let valueOffset: Int, rowBytes: Int, blockBytes: Int, byteCount: Int
+        let figures: (UnsafeRawPointer, Range<Int>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Int32>) -> Int32
+        switch packed.storage {
+        case .int8(let q):
+            let layout = q.layout
+            guard layout.blockSize == 32 else { return false }
+            (valueOffset, rowBytes, blockBytes, byteCount) = (0, k, 32, layout.byteCount)
+            figures = { base, units, scales, corrections in
+                wp_q8_weight_aux(
+                    base.assumingMemoryBound(to: Int8.self) + units.lowerBound * k,
+                    base + layout.scaleOffset + units.lowerBound * layout.blocksPerRow * 2,
+                    Int64(units.count), Int64(k), Int64(layout.blocksPerRow), scales, corrections)
+            }
+        case .blocks(let view, let storedRowsPerRow):
+            guard view.type == .q8_0, storedRowsPerRow == 1 else { return false }
+            let stride = view.rowBytes
+            (valueOffset, rowBytes, blockBytes, byteCount) = (2, stride, 34, rows * stride)
+            figures = { base, units, scales, corrections in
+                wp_q8_weight_aux_q8_0(base + units.lowerBound * stride, Int64(units.count), Int64(k), Int64(stride), scales, corrections)
+            }
+        }
         let (count, overflow) = rows.multipliedReportingOverflow(by: 2 * blocks)
         guard !overflow else { return false }
-        try q.bytes.withUnsafeBytes { raw throws in
-            guard raw.count >= layout.byteCount, let base = raw.baseAddress else {
+        try packed.bytes.withUnsafeBytes { raw throws in
+            guard raw.count >= byteCount, let base = raw.baseAddress else {
                 throw EngineError(.unsupportedDType, "int8 weight is shorter than its layout", tensorName: full)
             }
-            let values = base.assumingMemoryBound(to: Int8.self), scales = base + layout.scaleOffset
             func aux(_ units: Range<Int>, _ target: UnsafeMutablePointer<Float>) throws(EngineError) {
                 let corrections = UnsafeMutableRawPointer(target + rows * blocks).assumingMemoryBound(to: Int32.self)
-                let status = wp_q8_weight_aux(
-                    values + units.lowerBound * k, scales + units.lowerBound * layout.blocksPerRow * 2, Int64(units.count), Int64(k),
-                    Int64(layout.blocksPerRow), target + units.lowerBound * blocks, corrections + units.lowerBound * blocks)
+                let status = figures(base, units, target + units.lowerBound * blocks, corrections + units.lowerBound * blocks)
                 guard status == 0 else { throw EngineError(.invalidInput, "int8 products are not available here", tensorName: full) }
             }
             func run(_ made: UnsafePointer<Float>) throws {
                 try body(
                     Int8Weight(
-                        values: values, rows: rows, k: k, scales: made,
+                        values: (base + valueOffset).assumingMemoryBound(to: Int8.self), rows: rows, k: k, rowBytes: rowBytes,
+                        blockBytes: blockBytes, scales: made,
                         corrections: UnsafeRawPointer(made + rows * blocks).assumingMemoryBound(to: Int32.self)))
             }
             if let shared = sharedConversions,
@@ -613,11 +639,14 @@ public final class WeightProvider {
 }
 
 /// An int8 block weight as the int8 products read it: `rows` rows of `k` values (`k` a multiple
-/// of 32) where they are mapped, and per block of 32 its scale as float and 128 × the sum of its
-/// values (`rows · k / 32` each, see `wp_q8_weight_aux`).
+/// of 32) where they are mapped, `rowBytes` apart, block b's 32 values at `b · blockBytes` in a
+/// row (32 for our int8 blocks, 34 for ggml's Q8_0, whose scales sit between them), and per
+/// block its scale as float and 128 × the sum of its values (`rows · k / 32` each, see
+/// `wp_q8_weight_aux`).
 struct Int8Weight {
     let values: UnsafePointer<Int8>
     let rows: Int, k: Int
+    let rowBytes: Int, blockBytes: Int
     let scales: UnsafePointer<Float>
     let corrections: UnsafePointer<Int32>
 }

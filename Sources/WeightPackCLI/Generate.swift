@@ -30,9 +30,10 @@ struct Generate: ParsableCommand {
             sums in float (AVX512_BF16 dot products: about 0.7x the time of fp32 products \
             on SD 1.5); the text encoder and VAE stay fp32. The image differs from fp32's (see \
             Docs/engine.md for the measured PSNR); the PNG records the choice. --compute int8, \
-            for a model converted with --dtype int8, runs the UNet's products with int8 weights \
-            in integers as stable-diffusion.cpp runs q8_0 (each layer's input quantised 32 \
-            values per scale, exact byte dot products with AVX512_VNNI); other weights, \
+            for a model converted with --dtype int8 or q8_0 (or a q8_0 GGUF), runs the UNet's \
+            products with those weights in integers as stable-diffusion.cpp runs q8_0 (each \
+            layer's input quantised 32 values per scale, exact byte dot products with \
+            AVX512_VNNI); other weights, \
             attention and the text encoder and VAE stay fp32.
 
             Exit codes: 0 done; 64 usage error; 65 unsupported or malformed model, or an adapter \
@@ -87,7 +88,8 @@ struct Generate: ParsableCommand {
             request.computePrecision = compute.precision
             if compute == .int8 && !engine.pipeline.unet.weights.hasInt8Weights {
                 printError(
-                    "weightpack: note: --compute int8: this model's UNet has no int8 weights (convert it with --dtype int8); computing in float")
+                    "weightpack: note: --compute int8: this model's UNet has no int8 or Q8_0 weights (convert it with --dtype int8); computing in float"
+                )
             }
             let progress = StepProgress()
             let result = try engine.pipeline.generate(request, observer: progress.observe)

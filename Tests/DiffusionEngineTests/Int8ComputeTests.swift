@@ -1,5 +1,7 @@
 import CheckpointFormats
 import Foundation
+import Quantization
+import StrictJSON
 import TensorCore
 import TestSupport
 import Testing
@@ -20,14 +22,31 @@ struct Int8ComputeTests {
         return (amax / 127, block.map { max(-127, min(127, Int(($0 * inverse).rounded(.toNearestOrEven)))) })
     }
 
+    /// A `.wpk` holding `name` as ggml Q8_0 blocks along its rows, opened.
+    static func q8_0(_ name: String, shape: [Int], values: [Float], in folder: URL) throws -> WPKFile {
+        let source = MemoryStore()
+        source.add(name, shape: shape, values: values, dtype: .f32)
+        var t = OutputTensor(name: name, dtype: .u8, shape: Shape(shape), sourceName: name, sourceDType: .f32) {
+            try source.tensor(named: name)
+        }
+        t.ggml = WPKBlockStorage(type: .q8_0, rowLength: values.count / shape[0])
+        let path = folder.appendingPathComponent("q8_0-\(UUID().uuidString).wpk").path
+        try WPKWriter.write([t], metadata: JSONObject([("tool", .string("tests"))]), to: path, overwrite: false)
+        return try WPKFile(path: path)
+    }
+
     /// `wp_q8_quantize` + `wp_q8_gemm` on an int8 weight read where it is stored, against the
     /// block-wise product computed here exactly (integers per block, doubles across blocks):
     /// rows that leave a short last tile (45 of 32 + 13, 70), weight rows that leave a short
     /// last group of four (11, 9), inputs with rows adjacent (im2col columns) or values adjacent
     /// (a linear layer's rows), and 2240 values per row (two passes of the kernel's 2048). Only
     /// the float sums across blocks may differ (relative 1e-5 of the sum of the blocks' sizes).
-    @Test(arguments: [(45, 11, 96, false), (45, 11, 96, true), (70, 9, 2240, true), (70, 9, 2240, false)])
-    func productIsTheBlockwiseProductOfTheQuantisedOperands(_ rows: Int, _ n: Int, _ k: Int, _ rowsAdjacent: Bool) throws {
+    /// Also with the weight stored as ggml Q8_0 blocks (scales between the blocks' values).
+    @Test(arguments: [
+        (45, 11, 96, false, "int8"), (45, 11, 96, true, "int8"), (70, 9, 2240, true, "int8"), (70, 9, 2240, false, "int8"),
+        (45, 11, 96, false, "q8_0"), (70, 9, 2240, true, "q8_0"),
+    ])
+    func productIsTheBlockwiseProductOfTheQuantisedOperands(_ rows: Int, _ n: Int, _ k: Int, _ rowsAdjacent: Bool, _ format: String) throws {
         guard ComputeBackend.current.int8Products else {
             #expect(throws: EngineError.self) { try UNet2DConditionModel.checkAvailable(.int8) }
             return
@@ -35,14 +54,19 @@ struct Int8ComputeTests {
         var random = TestRandom(seed: 71)
         let folder = try Int8ParityTests.folder()
         defer { try? FileManager.default.removeItem(at: folder) }
-        let store = try SharedConversionTests.store("w.weight", shape: [n, k], values: random.values(n * k, scale: 0.2), as: "int8", in: folder)
+        let values = random.values(n * k, scale: 0.2)
+        let store: any TensorStore =
+            format == "q8_0"
+            ? try Self.q8_0("w.weight", shape: [n, k], values: values, in: folder)
+            : try SharedConversionTests.store("w.weight", shape: [n, k], values: values, as: "int8", in: folder)
         let a = random.values(rows * k, scale: 2)
         // The stored weight's values and scales, as the provider dequantises them per block.
         let dequantized = try WeightProvider(store: store).floats("w.weight")
         var output = [Float](repeating: .nan, count: rows * n)
         let provider = WeightProvider(store: store)
         let used = try provider.withInt8Weight("w.weight") { w in
-            #expect(w.rows == n && w.k == k)
+            #expect(w.rows == n && w.k == k && w.blockBytes == (format == "q8_0" ? 34 : 32))
+            func value(_ j: Int, _ b: Int, _ i: Int) -> Int { Int(w.values[j * w.rowBytes + b * w.blockBytes + i]) }
             var expected = [Double](repeating: 0, count: rows * n), bound = [Double](repeating: 0, count: rows * n)
             for r in 0..<rows {
                 for b in 0..<(k / 32) {
@@ -50,11 +74,11 @@ struct Int8ComputeTests {
                     for j in 0..<n {
                         let dw = Double(w.scales[j * (k / 32) + b])
                         var sum = 0
-                        for i in 0..<32 { sum += qa[i] * Int(w.values[j * k + b * 32 + i]) }
+                        for i in 0..<32 { sum += qa[i] * value(j, b, i) }
                         // The weight's values times its scale are the dequantised weight.
-                        #expect(Float(w.values[j * k + b * 32]) * Float(dw) == dequantized[j * k + b * 32])
+                        #expect(Float(value(j, b, 0)) * Float(dw) == dequantized[j * k + b * 32])
                         // 128 x the block's sum, which the kernel subtracts.
-                        #expect(Int(w.corrections[j * (k / 32) + b]) == 128 * (0..<32).reduce(0) { $0 + Int(w.values[j * k + b * 32 + $1]) })
+                        #expect(Int(w.corrections[j * (k / 32) + b]) == 128 * (0..<32).reduce(0) { $0 + value(j, b, $1) })
                         expected[r * n + j] += Double(da) * dw * Double(sum)
                         bound[r * n + j] += abs(Double(da) * dw * Double(sum))
                     }
@@ -85,7 +109,7 @@ struct Int8ComputeTests {
                 let excess = abs(Double(output[i]) - expected[i]) - 1e-5 * bound[i] - 1e-30
                 worst = max(worst, excess)
             }
-            #expect(worst <= 0, "\(rows) x \(n) x \(k), rows adjacent \(rowsAdjacent): off the exact block-wise product by \(worst) beyond rounding")
+            #expect(worst <= 0, "\(format) \(rows) x \(n) x \(k), rows adjacent \(rowsAdjacent): off the exact product by \(worst) beyond rounding")
         }
         #expect(used)
         #expect(!output.contains { $0.isNaN })
@@ -186,5 +210,33 @@ struct Int8ComputeTests {
         // The four int8 weights' block figures made once each, by one provider and used by the
         // other (an F16-stored bias's float copy may be shared too).
         #expect(shared.reuses == shared.conversions && shared.conversions >= 4 && shared.floatsHeld == 0, "made \(shared.conversions)")
+    }
+
+    /// Layers whose weights are ggml Q8_0 blocks (a q8_0 `.wpk`; GGUF files hold the same blocks)
+    /// take the integer path too: a linear layer, a 3x3 and a 1x1 convolution against float
+    /// compute on the same weights (30 dB at least, not identical).
+    @Test func q8_0LayersComputeInInt8() throws {
+        guard ComputeBackend.current.int8Products else {
+            #expect(throws: EngineError.self) { try UNet2DConditionModel.checkAvailable(.int8) }
+            return
+        }
+        let folder = try Int8ParityTests.folder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let store = try GGMLWeightTests.blocks(.q8_0, in: folder)
+        #expect(WeightProvider(store: store).hasInt8Weights)
+        var random = TestRandom(seed: 74)
+        let layers = [
+            LayerInput(name: "fc", values: random.values(45 * 512), shape: [45, 512]),
+            LayerInput(name: "conv", values: random.values(256 * 12 * 12), shape: [256, 12, 12]),
+            LayerInput(name: "point", values: random.values(256 * 8 * 8), shape: [256, 8, 8]),
+        ]
+        let int8 = try runLayers(WeightProvider(store: store), .int8, layers)
+        let float = try runLayers(WeightProvider(store: store), .f32, layers)
+        #expect(int8.count == 3 && float.count == 3)
+        for (layer, (a, b)) in zip(["linear", "3x3", "1x1"], zip(int8, float)) {
+            let quality = snr(b, a), same = a == b
+            print("q8_0 \(layer) in int8 against float compute: \(quality) dB")
+            #expect(quality >= 30 && !same, "\(layer): \(quality) dB, identical \(same)")
+        }
     }
 }

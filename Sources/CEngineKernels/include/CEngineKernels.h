@@ -79,13 +79,16 @@ int wp_q8_quantize_patches(const float *input, const wp_q8_geometry *geometry, i
 /// `k / 32` per row. Returns 0, -1 when `wp_q8_products()` is 0, -2 for bad sizes.
 int wp_q8_weight_aux(const int8_t *values, const void *scales, int64_t rows, int64_t k, int64_t blocksPerRow, float *scaleOut,
                      int32_t *correction);
+/// `wp_q8_weight_aux` for ggml Q8_0 rows (`rowBytes` apart; blocks of an f16 scale and 32 int8).
+int wp_q8_weight_aux_q8_0(const void *blocks, int64_t rows, int64_t k, int64_t rowBytes, float *scaleOut, int32_t *correction);
 /// `C(r, j) (+)= sum over blocks of scaleA(r) * scaleW(j) * (A's block of row r . W's block of
-/// row j)` for `rows` packed activation rows and `n` weight rows (`ldw` bytes apart, with their
-/// `wp_q8_weight_aux` figures); `C(r, j)` is at `c[r * ldcRow + j * ldcColumn]`, one of the two
+/// row j)` for `rows` packed activation rows and `n` weight rows (`ldw` bytes apart, block b's 32
+/// values at `w + b * blockBytes` within a row: 32 for our int8 blocks, 34 for Q8_0 with `w` past
+/// the first scale; with their `wp_q8_weight_aux` figures); `C(r, j)` is at `c[r * ldcRow + j * ldcColumn]`, one of the two
 /// 1; `accumulate` (only with `ldcRow` 1) adds to C instead of overwriting it. Returns 0, -1 when
 /// `wp_q8_products()` is 0, -2 for bad sizes.
-int wp_q8_gemm(int64_t rows, int64_t n, int64_t k, const void *packed, const int8_t *w, int64_t ldw, const float *wScale,
-               const int32_t *wCorr, float *c, int64_t ldcRow, int64_t ldcColumn, int accumulate);
+int wp_q8_gemm(int64_t rows, int64_t n, int64_t k, const void *packed, const int8_t *w, int64_t ldw, int64_t blockBytes,
+               const float *wScale, const int32_t *wCorr, float *c, int64_t ldcRow, int64_t ldcColumn, int accumulate);
 
 /// `wp_sgemm` computed with both operands rounded to bfloat16 (nearest even) and products
 /// summed in float, through oneDNN's `dnnl_gemm_bf16bf16f32`; the operands are converted into

@@ -69,8 +69,8 @@ enum Int8Products {
             let w = weight.value
             let first = range.lowerBound * 4, count = min(w.rows, range.upperBound * 4) - first
             let status = wp_q8_gemm(
-                Int64(rows), Int64(count), Int64(w.k), activations.value, w.values + first * w.k, Int64(w.k),
-                w.scales + first * blocks, w.corrections + first * blocks, output.pointer + first * ldcColumn,
+                Int64(rows), Int64(count), Int64(w.k), activations.value, w.values + first * w.rowBytes, Int64(w.rowBytes),
+                Int64(w.blockBytes), w.scales + first * blocks, w.corrections + first * blocks, output.pointer + first * ldcColumn,
                 Int64(ldcRow), Int64(ldcColumn), accumulate ? 1 : 0)
             precondition(status == 0, "int8 product failed (\(status)) for \(rows) x \(w.rows) x \(w.k)")
         }
