@@ -10,7 +10,9 @@
 # (mapped weight pages stay resident, so peak RSS counts every weight the step touched, as an
 # application keeping a model loaded would see it). Reported per file: the best step time, the
 # largest peak RSS, the file size; then each block type's ratios to F32 and the SNR of its
-# prediction against F32's.
+# prediction against F32's. Each file computes as `generate` would by default
+# (ENGINE_BENCH_COMPUTE=auto: int8 products for int8 and Q8_0 weights where the processor has
+# AVX512_VNNI, float otherwise); COMPUTE=f32 (or bf16, int8) sets one arithmetic for all.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ROUNDS="${1:-2}"
@@ -35,7 +37,7 @@ for round in $(seq 1 "$ROUNDS"); do
   [ $((round % 2)) -eq 0 ] && files="$(echo "$files" | tr ' ' '\n' | tac | tr '\n' ' ')"
   for f in $files; do
     cat "$DIR/sd15-$f.wpk" >/dev/null
-    WEIGHTPACK_KEEP_RESIDENT=1 "$BENCH" unet "$DIR/sd15-$f.wpk" "$INPUTS" "$STEPS" "$OUT/blocks-$f.f32" >> "$OUT/blocks-results.jsonl"
+    ENGINE_BENCH_COMPUTE="${COMPUTE:-auto}" WEIGHTPACK_KEEP_RESIDENT=1 "$BENCH" unet "$DIR/sd15-$f.wpk" "$INPUTS" "$STEPS" "$OUT/blocks-$f.f32" >> "$OUT/blocks-results.jsonl"
     tail -n 1 "$OUT/blocks-results.jsonl"
   done
 done

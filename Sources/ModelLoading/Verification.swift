@@ -62,6 +62,22 @@ public enum Verification {
             }
         }
 
+        /// The defaults for a candidate whose weights are stored as `storage` and whose UNet
+        /// computes in `compute`: those of the less precise of the two. Rounding products to
+        /// bfloat16 is judged as BF16 weights are; int8 compute only ever multiplies int8 or
+        /// Q8_0 weights, whose own thresholds already hold it (Docs/verify.md, "Compute").
+        public static func defaults(for storage: WeightStorage, compute: ComputePrecision) -> Thresholds {
+            let stored = defaults(for: storage)
+            let arithmetic: Thresholds
+            switch compute {
+            case .f32: return stored
+            case .bf16: arithmetic = defaults(for: .plain(.bf16))
+            case .int8: arithmetic = defaults(for: .int8)
+            }
+            guard (arithmetic.stage, arithmetic.image) < (stored.stage, stored.image) else { return stored }
+            return Thresholds(stage: arithmetic.stage, image: arithmetic.image, label: "\(stored.label) in \(compute.rawValue) compute")
+        }
+
         /// Stage SNR and image PSNR floors per ggml block type, by bits per weight, a few dB
         /// under the lowest each measured on the tiny fixture and on the full-size random SD 1.5
         /// model (Docs/verify.md, "ggml block types"). 8-bit types share int8's.
@@ -95,6 +111,8 @@ public enum Verification {
         public var request: StableDiffusionPipeline.Request
         public var scheduler: SchedulerKind
         public var thresholds: Thresholds
+        /// The arithmetic of the candidate's UNet products (the reference computes in f32).
+        public var compute: ComputePrecision = .f32
         /// The two final images, `[H, W, 3]` in [0, 1].
         public var referenceImage: FloatTensor
         public var candidateImage: FloatTensor
@@ -125,6 +143,7 @@ public enum Verification {
             return .object(
                 JSONObject([
                     ("reference", JSONValue(reference)), ("candidate", JSONValue(candidate)), ("candidate_dtype", JSONValue(thresholds.label)),
+                    ("candidate_compute", JSONValue(compute.rawValue)),
                     ("passed", .bool(passed)), ("failed_stages", .array(failedStages.map { JSONValue($0.name) })),
                     ("settings", .object(settings)),
                     ("stages", .array(list)),
@@ -226,22 +245,35 @@ public enum Verification {
     ///
     /// - Parameters:
     ///   - request: the generation both run (its size, seed, sampler and every sampler setting).
-    ///   - thresholds: `nil` takes the defaults for the candidate's UNet dtype.
+    ///   - thresholds: `nil` takes the defaults for the candidate's storage and `compute`.
+    ///   - compute: the arithmetic of the candidate's UNet products in its noise prediction and
+    ///     its generation (the reference's are f32 whatever `request` says); it must be
+    ///     available (``UNet2DConditionModel/checkAvailable(_:)``).
     ///   - observer: the reference's generation events (its `.schedule` first), for progress.
     public static func verify(
         reference: StableDiffusionModel, candidate: StableDiffusionModel, request: StableDiffusionPipeline.Request,
-        thresholds: Thresholds? = nil,
+        thresholds: Thresholds? = nil, compute: ComputePrecision = .f32,
         observer: ((StableDiffusionPipeline.Event) -> Void)? = nil
     ) throws -> Report {
-        try verify(ReferenceRun(reference, request: request, observer: observer), candidate: candidate, thresholds: thresholds)
+        try UNet2DConditionModel.checkAvailable(compute)
+        var request = request
+        request.computePrecision = .f32
+        return try verify(
+            ReferenceRun(reference, request: request, observer: observer), candidate: candidate, thresholds: thresholds, compute: compute)
     }
 
     /// Runs `candidate` as `reference` ran and compares them: the single passes on the
     /// reference's inputs (its prompt, first latent and final latent), then end to end.
-    /// - Parameter thresholds: `nil` takes the defaults for the candidate's UNet dtype.
-    public static func verify(_ reference: ReferenceRun, candidate: StableDiffusionModel, thresholds: Thresholds? = nil) throws -> Report {
-        let thresholds = thresholds ?? .defaults(for: candidate.weakestStorage())
-        let request = reference.request
+    /// - Parameters:
+    ///   - thresholds: `nil` takes the defaults for the candidate's storage and `compute`.
+    ///   - compute: the arithmetic of the candidate's UNet products (see above).
+    public static func verify(
+        _ reference: ReferenceRun, candidate: StableDiffusionModel, thresholds: Thresholds? = nil, compute: ComputePrecision = .f32
+    ) throws -> Report {
+        try UNet2DConditionModel.checkAvailable(compute)
+        let thresholds = thresholds ?? .defaults(for: candidate.weakestStorage(), compute: compute)
+        var request = reference.request
+        request.computePrecision = compute
         let cand = candidate.pipeline
         var stages: [Stage] = []
 
@@ -257,6 +289,9 @@ public enum Verification {
                 threshold: thresholds.stage, judgedOnPSNR: false))
 
         let refRun = reference.output
+        let precision = cand.unet.computePrecision
+        cand.unet.computePrecision = compute
+        defer { cand.unet.computePrecision = precision }
         let candNoise = try cand.noisePrediction(
             latents: refRun.initialLatents.scalars, shape: refRun.latents.shape, scale: reference.inputScale,
             timestep: reference.timestep, conditioning: reference.text
@@ -284,7 +319,7 @@ public enum Verification {
                 ssim: ParityMetrics.ssim(reference: refRun.image, candidate: candRun.image),
                 threshold: thresholds.image, judgedOnPSNR: true))
         return Report(
-            stages: stages, request: request, scheduler: reference.scheduler, thresholds: thresholds,
+            stages: stages, request: reference.request, scheduler: reference.scheduler, thresholds: thresholds, compute: compute,
             referenceImage: refRun.image, candidateImage: candRun.image)
     }
 }

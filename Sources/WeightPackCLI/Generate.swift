@@ -11,7 +11,7 @@ import Glibc
 
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Generate an image with WeightPack's reference engine (CPU, fp32; bf16 products optional).",
+        abstract: "Generate an image with WeightPack's reference engine (CPU; fp32, int8 for int8 weights, bf16 optional).",
         discussion: """
             Runs the text encoder, the denoising loop with classifier-free guidance and the VAE \
             decoder, as diffusers' StableDiffusionPipeline does, and writes an 8-bit RGB PNG with \
@@ -26,15 +26,15 @@ struct Generate: ParsableCommand {
             load_textual_inversion does; --token NAME renames it) and its vectors to the text \
             encoder; SDXL pairs go to each encoder.
 
-            --compute bf16 rounds both operands of the UNet's matrix products to bfloat16 and \
-            sums in float (AVX512_BF16 dot products: about 0.7x the time of fp32 products \
-            on SD 1.5); the text encoder and VAE stay fp32. The image differs from fp32's (see \
-            Docs/engine.md for the measured PSNR); the PNG records the choice. --compute int8, \
-            for a model converted with --dtype int8 or q8_0 (or a q8_0 GGUF), runs the UNet's \
-            products with those weights in integers as stable-diffusion.cpp runs q8_0 (each \
-            layer's input quantised 32 values per scale, exact byte dot products with \
-            AVX512_VNNI); other weights, \
-            attention and the text encoder and VAE stay fp32.
+            A model converted with --dtype int8 or q8_0 (or a q8_0 GGUF) runs its UNet's \
+            products with those weights in integers by default where the processor has \
+            AVX512_VNNI, as stable-diffusion.cpp runs q8_0: each layer's input quantised 32 \
+            values per scale, exact byte dot products (about 0.7x the fp32 step's time on SD \
+            1.5); other weights, attention, the text encoder and the VAE stay fp32. --compute \
+            f32 keeps every product in float; --compute bf16 rounds both operands of the UNet's \
+            products to bfloat16 and sums in float (AVX512_BF16: about 0.7x the fp32 time). \
+            Both change the image a little (Docs/engine.md gives the measured PSNR); the PNG \
+            records any compute other than f32.
 
             Exit codes: 0 done; 64 usage error; 65 unsupported or malformed model, or an adapter \
             or embedding refused for this model; 66 missing input; 69 --compute bf16 on a \
@@ -55,42 +55,16 @@ struct Generate: ParsableCommand {
     @Flag(help: "Replace the output if it exists.")
     var force = false
 
-    @Option(
-        help: ArgumentHelp(
-            "The UNet's matrix-product arithmetic: f32 (the reference), bf16 (operands rounded to bfloat16, float sums; needs AVX512_BF16) or int8 (int8 weights times inputs quantised 32 values per scale; needs AVX512_VNNI); exit 69 without.",
-            valueName: "f32|bf16|int8"))
-    var compute: ComputeChoice = .f32
-
-    enum ComputeChoice: String, ExpressibleByArgument, CaseIterable {
-        case f32, bf16, int8
-        var precision: ComputePrecision {
-            switch self {
-            case .f32: .f32
-            case .bf16: .bf16
-            case .int8: .int8
-            }
-        }
-    }
+    @OptionGroup var computeOptions: ComputeOptions
 
     @OptionGroup var inputOptions: InputOptions
 
     func run() throws {
-        if !ComputeBackend.current.supports(compute.precision) {
-            let needs = compute == .bf16 ? "AVX512_BF16" : "AVX512_VNNI"
-            printError(
-                "weightpack: error: --compute \(compute.rawValue) needs a processor with \(needs) and the AVX-512 kernels; this one: \(ComputeBackend.current.description)"
-            )
-            throw ExitCode(ExitStatus.unavailable.rawValue)
-        }
+        try computeOptions.checkAvailable()
         try runReporting(verbose: inputOptions.verbose) {
             let engine = try generation.open(model, inputOptions: inputOptions, additions: try adapters.additions(inputOptions))
             var request = try generation.request(for: engine)
-            request.computePrecision = compute.precision
-            if compute == .int8 && !engine.pipeline.unet.weights.hasInt8Weights {
-                printError(
-                    "weightpack: note: --compute int8: this model's UNet has no int8 or Q8_0 weights (convert it with --dtype int8); computing in float"
-                )
-            }
+            request.computePrecision = computeOptions.precision(for: engine, verbose: inputOptions.verbose)
             let progress = StepProgress()
             let result = try engine.pipeline.generate(request, observer: progress.observe)
             progress.finish()

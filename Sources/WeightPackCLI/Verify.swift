@@ -19,6 +19,11 @@ struct Verify: ParsableCommand {
             or a ggml block type: Q8_0 … Q2_K) and \
             are documented in Docs/verify.md; --min-stage-snr and --min-image-psnr override them.
 
+            The candidate computes as generate would (--compute, default auto: a model with \
+            int8 or Q8_0 weights runs those products in integers where the processor has \
+            AVX512_VNNI), so the proof covers the arithmetic you will generate with; the \
+            reference always computes in f32. --compute bf16 is judged at BF16's thresholds.
+
             Merge proof: --lora FILE[:SCALE] (repeatable) is applied at run time to the reference \
             only, so `verify BASE MERGED --lora X:0.8` checks that MERGED (made by `weightpack \
             merge BASE X:0.8`) generates what BASE with the adapter applied on the fly does; a \
@@ -26,7 +31,8 @@ struct Verify: ParsableCommand {
             both sides (an embedding is never merged into weights).
 
             Exit codes: 0 within thresholds; 1 a stage fell short (named on stderr); 64 usage \
-            error; 65 unsupported or malformed model; 66 missing input.
+            error; 65 unsupported or malformed model; 66 missing input; 69 --compute bf16 or int8 \
+            on a processor without AVX512_BF16 or AVX512_VNNI.
             """)
 
     @Argument(help: "The original model.")
@@ -57,6 +63,8 @@ struct Verify: ParsableCommand {
     @Flag(help: "Print one JSON document on stdout.")
     var json = false
 
+    @OptionGroup var computeOptions: ComputeOptions
+
     @OptionGroup var inputOptions: InputOptions
 
     func validate() throws {
@@ -67,16 +75,18 @@ struct Verify: ParsableCommand {
     }
 
     func run() throws {
+        try computeOptions.checkAvailable()
         try runReporting(verbose: inputOptions.verbose) {
             // --lora on the reference side only (the candidate is the merge); embeddings on both.
             let ref = try generation.open(reference, inputOptions: inputOptions, additions: try adapters.additions(inputOptions))
             let cand = try generation.open(candidate, inputOptions: inputOptions, additions: try adapters.additions(inputOptions, loras: false))
-            let defaults = Verification.Thresholds.defaults(for: cand.weakestStorage())
+            let compute = computeOptions.precision(for: cand, verbose: inputOptions.verbose)
+            let defaults = Verification.Thresholds.defaults(for: cand.weakestStorage(), compute: compute)
             let thresholds = Verification.Thresholds(
                 stage: minStageSnr ?? defaults.stage, image: minImagePsnr ?? defaults.image, label: defaults.label,
                 latentSlack: adapters.loras.isEmpty ? defaults.latentSlack : Verification.Thresholds.runtimeAdapterLatentSlack)
             let request = try generation.request(for: ref)
-            let result = try Verification.verify(reference: ref, candidate: cand, request: request, thresholds: thresholds)
+            let result = try Verification.verify(reference: ref, candidate: cand, request: request, thresholds: thresholds, compute: compute)
             var document = result.json(reference: reference, candidate: candidate)
             if !adapters.loras.isEmpty, case .object(var root) = document {
                 root["reference_loras"] = .array(adapters.loras.map { JSONValue($0) })
@@ -110,7 +120,7 @@ struct Verify: ParsableCommand {
     private func printTable(_ result: Verification.Report) {
         let request = result.request
         print(
-            "verify: candidate weights \(result.thresholds.label); \(result.scheduler.rawValue), \(request.steps) steps, seed \(request.seed), \(request.width)x\(request.height)"
+            "verify: candidate weights \(result.thresholds.label)\(result.compute == .f32 || result.thresholds.label.hasSuffix(" compute") ? "" : ", \(result.compute.rawValue) compute"); \(result.scheduler.rawValue), \(request.steps) steps, seed \(request.seed), \(request.width)x\(request.height)"
         )
         print("stage     measure  value (dB)  threshold  max abs       SSIM    result")
         for s in result.stages {

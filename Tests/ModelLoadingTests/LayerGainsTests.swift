@@ -115,7 +115,9 @@ struct LayerGainsTests {
         }
     }
 
-    @Test("with measured gains the first attempt's predicted image PSNR is within 3 dB of what verify measures (tiny fixture, two sizes)")
+    @Test(
+        "with measured gains the first attempt's predicted image PSNR is within 3 dB of what verify measures in float compute (tiny fixture, two sizes)"
+    )
     func predictionHolds() throws {
         let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -123,6 +125,8 @@ struct LayerGainsTests {
         for goal in [QualityBudget.Goal.bytes(5_600_000), .bytes(3_600_000)] {
             var options = QualityBudget.Options(goal: goal)
             options.maxAttempts = 1
+            // The prediction models float compute (int8 products add noise it does not know).
+            options.compute = .f32
             let result = try QualityBudget.run(source, to: folder.appendingPathComponent("auto.wpk").path, options: options)
             let gains = try #require(result.gains)
             // Every block the proof runs was measured, and the encoder's were not.

@@ -90,6 +90,43 @@ struct EngineCLITests {
         }
     }
 
+    /// Without --compute, generate and verify compute as `auto` says: int8 for int8 weights where
+    /// the processor has AVX512_VNNI (the image then equals --compute int8's, byte for byte),
+    /// float otherwise and for float weights; --compute f32 keeps an int8 model in float.
+    @Test func int8WeightsComputeInInt8ByDefaultWhereTheProcessorCan() throws {
+        let available = try run(["version", "--verbose"]).stdout.contains("int8 compute available")
+        let folder = try makeTemporaryFolder()
+        let model = folder.appendingPathComponent("int8.wpk").path
+        #expect(try run(["convert", tinyModel, model, "--dtype", "int8"]).status == 0)
+        // --verbose says what auto chose.
+        func generate(_ model: String, _ name: String, _ extra: [String] = [], chosen: String? = nil) throws -> String {
+            let out = folder.appendingPathComponent(name).path
+            let r = try run(["generate", model, "--prompt", "a cat", "--steps", "3", "--size", "64", "--seed", "5", "-o", out, "--verbose"] + extra)
+            #expect(r.status == 0, "\(r.stderr)")
+            if let chosen { #expect(r.stderr.contains("weightpack: compute: \(chosen)"), "\(r.stderr)") }
+            return String(decoding: try Data(contentsOf: URL(fileURLWithPath: out)), as: UTF8.self)
+        }
+        let automatic = try generate(model, "auto.png", chosen: available ? "int8" : "f32")
+        let float = try generate(model, "f32.png", ["--compute", "f32"])
+        #expect(!float.contains("\"compute\""))
+        #expect(!(try generate(tinyModel, "model.png", chosen: "f32")).contains("\"compute\""))
+        if available {
+            #expect(automatic.contains("\"compute\":\"int8\""))
+            #expect(automatic == (try generate(model, "int8.png", ["--compute", "int8"])))
+            #expect(automatic != float)
+        } else {
+            #expect(automatic == float)
+        }
+        // verify judges the arithmetic generate uses, at the storage's thresholds.
+        let verified = try run(["verify", tinyModel, model, "--steps", "3", "--size", "64", "--json"])
+        #expect(verified.status == 0, "\(verified.stderr)")
+        let json = try JSONParser.parse(verified.stdout).objectValue
+        #expect(json?["candidate_compute"]?.stringValue == (available ? "int8" : "f32"))
+        #expect(json?["candidate_dtype"]?.stringValue == "int8")
+        let table = try run(["verify", tinyModel, model, "--steps", "3", "--size", "64", "--compute", "f32"])
+        #expect(table.status == 0 && table.stdout.contains("candidate weights int8;"), "\(table.stdout)")
+    }
+
     @Test func traceMatchesDiffusersDDIM() throws {
         let folder = try makeTemporaryFolder()
         // The golden's initial latents as a --latents file.

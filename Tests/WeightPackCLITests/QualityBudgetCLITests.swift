@@ -73,6 +73,9 @@ struct QualityBudgetCLITests {
         let psnr = try #require(image["psnr_db"]?.doubleValue)
         #expect(abs(psnr - measured) < 1e-6, "verify \(psnr) vs recorded \(measured)")
         #expect(psnr >= target)
+        // In the same arithmetic: the proof computes as verify and generate do by default.
+        let compute = try parseJSON(v.stdout)["candidate_compute"]?.stringValue
+        #expect(compute != nil && printed["measured"]?.objectValue?["compute"]?.stringValue == compute)
 
         // Smaller than the same model in F16.
         let f16 = folder.appendingPathComponent("f16.wpk").path

@@ -168,6 +168,20 @@ public enum ComputePrecision: String, Sendable, CaseIterable {
     case int8
 }
 
+extension ComputePrecision {
+    /// The arithmetic `weightpack generate` and `verify` choose unless told otherwise:
+    /// ``int8`` where `unet` holds int8 block weights (``WeightProvider/hasInt8Weights``:
+    /// `convert --dtype int8` or `q8_0`, a q8_0 GGUF) and the processor can run int8 products
+    /// (`int8Products`, by default ``ComputeBackend/int8Products`` of this process), as
+    /// stable-diffusion.cpp runs q8_0 weights; ``f32`` otherwise. Never ``bf16``, which rounds
+    /// float weights and is asked for by name.
+    public static func automatic(
+        for unet: UNet2DConditionModel, int8Products: Bool = ComputeBackend.current.int8Products
+    ) -> ComputePrecision {
+        int8Products && unet.weights.hasInt8Weights ? .int8 : .f32
+    }
+}
+
 /// The number of threads the engine's matrix products use.
 public enum ComputeSettings {
     /// Threads used by matrix products; elementwise kernels use every active processor.

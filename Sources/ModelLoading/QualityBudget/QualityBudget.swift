@@ -87,6 +87,13 @@ public enum QualityBudget {
         /// (``LayerGains``) and weight the prediction by it; `false` counts every layer's
         /// relative error alike.
         public var measuredGains = true
+        /// The arithmetic the proof runs the candidate's UNet in; `nil` takes what `generate`
+        /// and `verify` choose for the file by default (``ComputePrecision/automatic(for:int8Products:)``:
+        /// int8 products for its Q8_0 weights where the processor has them), so the target holds
+        /// as the file will be run. The prediction knows float compute only: int8 products add
+        /// the inputs' quantisation noise to each Q8_0 layer, which the later attempts' offset
+        /// absorbs (Docs/quantization.md).
+        public var compute: ComputePrecision?
 
         public init(goal: Goal) { self.goal = goal }
     }
@@ -315,7 +322,8 @@ public enum QualityBudget {
             let prove: @Sendable (String, [String: QuantizationMetrics]) throws -> JSONValue = { path, metrics in
                 events?(.phase("verify", attempt: number))
                 let candidate = try StableDiffusionModel(path: path, configurationFolder: options.configurationFolder)
-                let report = try Verification.verify(reference.value, candidate: candidate)
+                let report = try Verification.verify(
+                    reference.value, candidate: candidate, compute: options.compute ?? .automatic(for: candidate.pipeline.unet))
                 let image = report.stages.first { $0.name == "image" }?.metrics.psnr ?? -.infinity
                 // stat(2) follows `/proc/self/fd/N` to the file (FileManager would describe the link).
                 var info = stat()
@@ -596,6 +604,7 @@ public enum QualityBudget {
         for (name, m) in metrics.sorted(by: { $0.key < $1.key }) { perTensor[name] = dB(m.snrDecibels ?? .infinity) }
         var root = attempt.json.objectValue ?? JSONObject()
         root["weight_snr_db"] = .object(perTensor)
+        root["compute"] = JSONValue(report.compute.rawValue)
         return .object(root)
     }
 }

@@ -119,8 +119,13 @@ func unet(_ dir: String, inputsPath: String, runs: Int, out: String) throws {
     if let mib = ProcessInfo.processInfo.environment["ENGINE_BENCH_SHARED_MIB"].flatMap(Int.init) {
         model.sharedConversionBudgetFloats = mib << 18
     }
-    // ENGINE_BENCH_COMPUTE=bf16: the products in bfloat16 (`generate --compute bf16`).
-    if let compute = ProcessInfo.processInfo.environment["ENGINE_BENCH_COMPUTE"].flatMap(ComputePrecision.init(rawValue:)) {
+    // ENGINE_BENCH_COMPUTE=f32|bf16|int8: the products' arithmetic (`generate --compute`);
+    // auto: what `generate` chooses by default (int8 for int8/Q8_0 weights with VNNI, else f32).
+    // Unset: f32.
+    let requested = ProcessInfo.processInfo.environment["ENGINE_BENCH_COMPUTE"]
+    if requested == "auto" {
+        model.computePrecision = .automatic(for: model)
+    } else if let compute = requested.flatMap(ComputePrecision.init(rawValue:)) {
         model.computePrecision = compute
     }
     let data = try Data(contentsOf: URL(fileURLWithPath: inputsPath))
