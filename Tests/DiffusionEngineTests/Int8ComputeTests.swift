@@ -157,7 +157,8 @@ struct Int8ComputeTests {
     }
 
     /// Layers under int8 compute with int8 weights: a linear layer, a 3x3 convolution at 32x32
-    /// (Winograd in float; im2col here), one at 12x12 and a 1x1 one, on two workspaces at once
+    /// (which Winograd takes: it stays float Winograd in int8 compute, identical to float), one
+    /// at 12x12 (im2col) and a 1x1 one, on two workspaces at once
     /// whose providers share (each weight's block figures made once for both) and on one alone.
     /// The cores agree exactly (the same integers, the same float order); against float compute
     /// with the same weights the outputs carry the inputs' quantisation: within 30 dB, and not
@@ -197,6 +198,14 @@ struct Int8ComputeTests {
             print("int8 \(layer) against float compute on the same weights: \(quality) dB")
             if layer == "unquantised linear" {
                 #expect(same, "an unquantised weight left the float path: \(quality) dB")
+            } else if layer == "winograd" {
+                // A convolution Winograd takes stays on it, in float, in int8 compute too.
+                #expect(
+                    Convolution.usesWinograd(
+                        Convolution.Geometry(
+                            inChannels: 32, height: 32, width: 32, outChannels: 64, kernelHeight: 3, kernelWidth: 3, stride: 1,
+                            padding: Convolution.Padding(1))))
+                #expect(same, "a Winograd-sized convolution left float Winograd: \(quality) dB")
             } else {
                 #expect(quality >= 30 && !same, "\(layer): \(quality) dB, identical \(same)")
             }

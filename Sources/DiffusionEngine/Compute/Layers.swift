@@ -142,7 +142,11 @@ final class Workspace {
         let product = Convolution.usesWinograd(g) ? max(8, winogradWeightFloats / (36 * g.inChannels)) : Int.max
         let plane = g.outHeight * g.outWidth
         let bias = weights.contains(name + ".bias") ? try weights.floats(name + ".bias", shape: [g.outChannels]) : nil
-        if Parallel.productsInInt8OnThisThread, g.patchSize % 32 == 0, try int8Convolution(x, weight, geometry: g, bias: bias, output: y) {
+        // In int8 compute, convolutions that take Winograd stay on it, in float: its 4x fewer
+        // multiplications beat the integer products at those sizes, and float is the more
+        // accurate arithmetic (Docs/engine.md, "int8 compute").
+        if Parallel.productsInInt8OnThisThread, g.patchSize % 32 == 0, !Convolution.usesWinograd(g),
+            try int8Convolution(x, weight, geometry: g, bias: bias, output: y) {
             try applyAdapters(convolution: name, x: x, y: y, geometry: g)
             return y
         }
@@ -207,7 +211,7 @@ final class Workspace {
     }
 
     /// The convolution in ``ComputePrecision/int8`` when `weight` is stored as int8 blocks (any
-    /// geometry, Winograd's included, through im2col): the input lowered and quantised in one
+    /// geometry Winograd does not take, through im2col): the input lowered and quantised in one
     /// pass a block of output pixels at a time (no float columns), the weight read as stored.
     /// Returns false, with nothing written, for any other weight.
     private func int8Convolution(
