@@ -146,7 +146,8 @@ final class Workspace {
         // multiplications beat the integer products at those sizes, and float is the more
         // accurate arithmetic (Docs/engine.md, "int8 compute").
         if Parallel.productsInInt8OnThisThread, g.patchSize % 32 == 0, !Convolution.usesWinograd(g),
-            try int8Convolution(x, weight, geometry: g, bias: bias, output: y) {
+            try int8Convolution(x, weight, geometry: g, bias: bias, output: y)
+        {
             try applyAdapters(convolution: name, x: x, y: y, geometry: g)
             return y
         }
