@@ -91,6 +91,19 @@ public final class WeightProvider {
         }
     }
 
+    /// Whether every matrix weight (two or more dimensions, float) under this provider's prefix
+    /// is stored as plain BF16 (`convert --dtype bf16`, a bf16 checkpoint): what
+    /// ``ComputePrecision/bf16`` multiplies where it is mapped, rounding only the inputs. False
+    /// when there are none, or any is stored otherwise (F32, F16, packed).
+    public var hasOnlyBF16MatrixWeights: Bool {
+        var any = false
+        for d in store.tensors where d.name.hasPrefix(prefix) && d.shape.dimensions.count >= 2 && d.dtype.isConvertibleFloat {
+            guard d.dtype == .bf16, ((try? packed(d.name)) ?? nil) == nil else { return false }
+            any = true
+        }
+        return any
+    }
+
     /// The ggml block type `prefix + name` is stored in, if any.
     public func blockType(_ name: String) -> GGMLType? {
         guard case .blocks(let view, _)? = ((try? packed(prefix + name)) ?? nil)?.storage else { return nil }

@@ -3,9 +3,9 @@ import DiffusionEngine
 import ModelLoading
 
 /// `--compute auto|f32|bf16|int8` (generate, verify): the arithmetic of the UNet's matrix
-/// products. `auto`, the default, is what ``ComputePrecision/automatic(for:int8Products:)``
+/// products. `auto`, the default, is what ``ComputePrecision/automatic(for:int8Products:bf16Products:)``
 /// chooses for the model: int8 for int8 or Q8_0 weights where the processor has AVX512_VNNI,
-/// f32 otherwise.
+/// bf16 for BF16 weights where it has AVX512_BF16, f32 otherwise.
 struct ComputeOptions: ParsableArguments {
     enum Choice: String, ExpressibleByArgument, CaseIterable {
         case auto, f32, bf16, int8
@@ -22,7 +22,7 @@ struct ComputeOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
-            "The UNet's matrix-product arithmetic: auto (int8 for a model with int8 or Q8_0 weights where the processor has AVX512_VNNI, else f32), f32 (the reference), bf16 (operands rounded to bfloat16, float sums; needs AVX512_BF16) or int8 (int8 weights times inputs quantised 32 values per scale; needs AVX512_VNNI).",
+            "The UNet's matrix-product arithmetic: auto (int8 for a model with int8 or Q8_0 weights where the processor has AVX512_VNNI, bf16 for BF16 weights where it has AVX512_BF16, else f32), f32 (the reference), bf16 (operands rounded to bfloat16, float sums; needs AVX512_BF16) or int8 (int8 weights times inputs quantised 32 values per scale; needs AVX512_VNNI).",
             valueName: "auto|f32|bf16|int8"))
     var compute: Choice = .auto
 
@@ -45,10 +45,11 @@ struct ComputeOptions: ParsableArguments {
         guard let precision = compute.precision else {
             let chosen = ComputePrecision.automatic(for: unet)
             if verbose {
-                printError(
-                    chosen == .int8
-                        ? "weightpack: compute: int8 (the UNet's int8 weights, AVX512_VNNI; --compute f32 for float products)"
-                        : "weightpack: compute: f32")
+                switch chosen {
+                case .int8: printError("weightpack: compute: int8 (the UNet's int8 weights, AVX512_VNNI; --compute f32 for float products)")
+                case .bf16: printError("weightpack: compute: bf16 (the UNet's BF16 weights, AVX512_BF16; --compute f32 for float products)")
+                case .f32: printError("weightpack: compute: f32")
+                }
             }
             return chosen
         }

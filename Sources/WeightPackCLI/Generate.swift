@@ -11,7 +11,7 @@ import Glibc
 
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Generate an image with WeightPack's reference engine (CPU; fp32, int8 for int8 weights, bf16 optional).",
+        abstract: "Generate an image with WeightPack's reference engine (CPU; fp32, or the precision the weights are stored in).",
         discussion: """
             Runs the text encoder, the denoising loop with classifier-free guidance and the VAE \
             decoder, as diffusers' StableDiffusionPipeline does, and writes an 8-bit RGB PNG with \
@@ -30,9 +30,11 @@ struct Generate: ParsableCommand {
             products with those weights in integers by default where the processor has \
             AVX512_VNNI, as stable-diffusion.cpp runs q8_0: each layer's input quantised 32 \
             values per scale, exact byte dot products (about 0.7x the fp32 step's time on SD \
-            1.5); other weights, attention, the text encoder and the VAE stay fp32. --compute \
-            f32 keeps every product in float; --compute bf16 rounds both operands of the UNet's \
-            products to bfloat16 and sums in float (AVX512_BF16: about 0.7x the fp32 time). \
+            1.5); other weights, attention, the text encoder and the VAE stay fp32. A model \
+            whose UNet weights are all BF16 runs its products on bfloat16 operands by default \
+            where the processor has AVX512_BF16. --compute f32 keeps every product in float; \
+            --compute bf16 rounds both operands of the UNet's products to bfloat16 and sums in \
+            float whatever the storage (about 0.7x the fp32 time). \
             Both change the image a little (Docs/engine.md gives the measured PSNR); the PNG \
             records any compute other than f32.
 

@@ -21,8 +21,9 @@ struct Verify: ParsableCommand {
 
             The candidate computes as generate would (--compute, default auto: a model with \
             int8 or Q8_0 weights runs those products in integers where the processor has \
-            AVX512_VNNI), so the proof covers the arithmetic you will generate with; the \
-            reference always computes in f32. --compute bf16 is judged at BF16's thresholds.
+            AVX512_VNNI, one with BF16 weights on bfloat16 operands where it has AVX512_BF16), \
+            so the proof covers the arithmetic you will generate with; the reference always \
+            computes in f32. --compute bf16 is judged at BF16's thresholds.
 
             Merge proof: --lora FILE[:SCALE] (repeatable) is applied at run time to the reference \
             only, so `verify BASE MERGED --lora X:0.8` checks that MERGED (made by `weightpack \

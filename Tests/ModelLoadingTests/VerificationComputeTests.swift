@@ -27,15 +27,28 @@ import Testing
         #expect(T.defaults(for: .blocks(.q4_K), compute: .bf16) == T.defaults(for: .blocks(.q4_K)))
     }
 
-    @Test func automaticComputeIsInt8OnlyForInt8WeightsWithInt8Products() throws {
+    /// int8 for int8 weights with int8 products, bf16 for all-BF16 matrix weights with bf16
+    /// products, f32 for everything else (float weights are never rounded unasked).
+    @Test func automaticComputeFollowsTheStoredPrecisionWhereTheProcessorCan() throws {
         let folder = try makeTemporaryFolder().path
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let int8 = try StableDiffusionModel(path: try Self.int8Model(in: folder))
+        let bf16 = try StableDiffusionModel(path: try Self.converted(.bf16, in: folder))
+        let f16 = try StableDiffusionModel(path: try Self.converted(.f16, in: folder))
         let f32 = try StableDiffusionModel(path: tinySD1)
-        #expect(ComputePrecision.automatic(for: int8.pipeline.unet, int8Products: true) == .int8)
-        #expect(ComputePrecision.automatic(for: int8.pipeline.unet, int8Products: false) == .f32)
-        #expect(ComputePrecision.automatic(for: f32.pipeline.unet, int8Products: true) == .f32)
-        #expect(ComputePrecision.automatic(for: f32.pipeline.unet, int8Products: false) == .f32)
+        #expect(bf16.pipeline.unet.weights.hasOnlyBF16MatrixWeights && !bf16.pipeline.unet.weights.hasInt8Weights)
+        #expect(!f16.pipeline.unet.weights.hasOnlyBF16MatrixWeights && !int8.pipeline.unet.weights.hasOnlyBF16MatrixWeights)
+        for (model, name, int8Choice, bf16Choice) in [
+            (int8, "int8", ComputePrecision.int8, ComputePrecision.f32), (bf16, "bf16", .f32, .bf16), (f16, "f16", .f32, .f32),
+            (f32, "f32", .f32, .f32),
+        ] {
+            let unet = model.pipeline.unet
+            #expect(ComputePrecision.automatic(for: unet, int8Products: true, bf16Products: false) == int8Choice, "\(name)")
+            #expect(ComputePrecision.automatic(for: unet, int8Products: false, bf16Products: true) == bf16Choice, "\(name)")
+            #expect(ComputePrecision.automatic(for: unet, int8Products: false, bf16Products: false) == .f32, "\(name)")
+            let both = ComputePrecision.automatic(for: unet, int8Products: true, bf16Products: true)
+            #expect(both == (int8Choice != .f32 ? int8Choice : bf16Choice), "\(name)")
+        }
     }
 
     /// The candidate's noise prediction and generation run in the precision asked for (int8
@@ -82,9 +95,12 @@ import Testing
     }
 
     /// The tiny SD 1.x fixture converted with `--dtype int8`, in `folder`.
-    static func int8Model(in folder: String) throws -> String {
-        let path = folder + "/int8.wpk"
-        var options = Conversion.Options(dtype: .int8)
+    static func int8Model(in folder: String) throws -> String { try converted(.int8, in: folder) }
+
+    /// The tiny SD 1.x fixture converted with `--dtype DTYPE`, in `folder`.
+    static func converted(_ dtype: DTypeChoice, in folder: String) throws -> String {
+        let path = folder + "/\(dtype).wpk"
+        var options = Conversion.Options(dtype: dtype)
         options.recordSourceDigest = false
         _ = try Conversion.write(try CanonicalModel.open(tinySD1), to: path, options: options)
         return path

@@ -127,6 +127,36 @@ struct EngineCLITests {
         #expect(table.status == 0 && table.stdout.contains("candidate weights int8;"), "\(table.stdout)")
     }
 
+    /// A model whose UNet weights are all BF16 computes on bfloat16 operands by default where the
+    /// processor has AVX512_BF16 (the image then equals --compute bf16's), in float otherwise;
+    /// verify judges it so, at BF16's thresholds either way.
+    @Test func bf16WeightsComputeInBF16ByDefaultWhereTheProcessorCan() throws {
+        let available = try run(["version", "--verbose"]).stdout.contains("bf16 compute available")
+        let folder = try makeTemporaryFolder()
+        let model = folder.appendingPathComponent("bf16.wpk").path
+        #expect(try run(["convert", tinyModel, model, "--dtype", "bf16"]).status == 0)
+        func generate(_ name: String, _ extra: [String] = []) throws -> (png: String, stderr: String) {
+            let out = folder.appendingPathComponent(name).path
+            let r = try run(["generate", model, "--prompt", "a cat", "--steps", "3", "--size", "64", "--seed", "5", "-o", out, "--verbose"] + extra)
+            #expect(r.status == 0, "\(r.stderr)")
+            return (String(decoding: try Data(contentsOf: URL(fileURLWithPath: out)), as: UTF8.self), r.stderr)
+        }
+        let automatic = try generate("auto.png"), float = try generate("f32.png", ["--compute", "f32"])
+        #expect(automatic.stderr.contains("weightpack: compute: \(available ? "bf16" : "f32")"), "\(automatic.stderr)")
+        #expect(!float.png.contains("\"compute\""))
+        if available {
+            #expect(automatic.png.contains("\"compute\":\"bf16\"") && automatic.png != float.png)
+            #expect(automatic.png == (try generate("bf16.png", ["--compute", "bf16"])).png)
+        } else {
+            #expect(automatic.png == float.png)
+        }
+        let verified = try run(["verify", tinyModel, model, "--steps", "3", "--size", "64", "--json"])
+        #expect(verified.status == 0, "\(verified.stdout) \(verified.stderr)")
+        let json = try JSONParser.parse(verified.stdout).objectValue
+        #expect(json?["candidate_compute"]?.stringValue == (available ? "bf16" : "f32"))
+        #expect(json?["candidate_dtype"]?.stringValue == "BF16")
+    }
+
     @Test func traceMatchesDiffusersDDIM() throws {
         let folder = try makeTemporaryFolder()
         // The golden's initial latents as a --latents file.

@@ -169,16 +169,23 @@ public enum ComputePrecision: String, Sendable, CaseIterable {
 }
 
 extension ComputePrecision {
-    /// The arithmetic `weightpack generate` and `verify` choose unless told otherwise:
-    /// ``int8`` where `unet` holds int8 block weights (``WeightProvider/hasInt8Weights``:
-    /// `convert --dtype int8` or `q8_0`, a q8_0 GGUF) and the processor can run int8 products
-    /// (`int8Products`, by default ``ComputeBackend/int8Products`` of this process), as
-    /// stable-diffusion.cpp runs q8_0 weights; ``f32`` otherwise. Never ``bf16``, which rounds
-    /// float weights and is asked for by name.
+    /// The arithmetic `weightpack generate` and `verify` choose unless told otherwise: the
+    /// precision the UNet's weights are stored in, where the processor computes in it.
+    ///
+    /// - ``int8`` where `unet` holds int8 block weights (``WeightProvider/hasInt8Weights``:
+    ///   `convert --dtype int8` or `q8_0`, a q8_0 GGUF) and `int8Products` (by default
+    ///   ``ComputeBackend/int8Products`` of this process), as stable-diffusion.cpp runs q8_0;
+    /// - ``bf16`` where every matrix weight is stored as BF16
+    ///   (``WeightProvider/hasOnlyBF16MatrixWeights``) and `bf16Products`: the weights are used
+    ///   as stored, only the products' inputs are rounded;
+    /// - ``f32`` otherwise. Float weights are never rounded to bfloat16 unless asked for by name.
     public static func automatic(
-        for unet: UNet2DConditionModel, int8Products: Bool = ComputeBackend.current.int8Products
+        for unet: UNet2DConditionModel, int8Products: Bool = ComputeBackend.current.int8Products,
+        bf16Products: Bool = ComputeBackend.current.bf16Products
     ) -> ComputePrecision {
-        int8Products && unet.weights.hasInt8Weights ? .int8 : .f32
+        if int8Products && unet.weights.hasInt8Weights { return .int8 }
+        if bf16Products && unet.weights.hasOnlyBF16MatrixWeights { return .bf16 }
+        return .f32
     }
 }
 
