@@ -38,9 +38,11 @@ public final class GenerationTrace {
         }
     }
 
-    /// Writes the tensors recorded so far as a safetensors file.
-    public func write(to path: String, overwrite: Bool) throws {
-        try SafetensorsWriter.write(tensors, metadata: ["format": "pt", "producer": "weightpack trace"], to: path, overwrite: overwrite)
+    /// Writes the tensors recorded so far as a safetensors file; its metadata names the UNet's
+    /// arithmetic (`compute`).
+    public func write(to path: String, overwrite: Bool, compute: ComputePrecision = .f32) throws {
+        try SafetensorsWriter.write(
+            tensors, metadata: ["format": "pt", "producer": "weightpack trace", "compute": compute.rawValue], to: path, overwrite: overwrite)
     }
 }
 

@@ -9,7 +9,9 @@ struct Trace: ParsableCommand {
             latents.initial, then for each loop iteration i (from 0) noise_pred.i (after guidance) \
             and latents.i, and image (F32 [H, W, 3] in [0, 1], before 8-bit rounding). \
             SDXL adds text.pooled.cond and text.pooled.uncond. --lora and --embedding apply \
-            adapters and embeddings at run time as for generate. Exit codes as for generate.
+            adapters and embeddings at run time as for generate, and --compute chooses the \
+            UNet's arithmetic as for generate (default auto), so the trace holds what generate \
+            computes. Exit codes as for generate.
             """)
 
     @Argument(help: "The model (ckpt, safetensors, diffusers folder, .wpk).")
@@ -25,6 +27,8 @@ struct Trace: ParsableCommand {
     @Flag(help: "Replace the output if it exists.")
     var force = false
 
+    @OptionGroup var computeOptions: ComputeOptions
+
     @OptionGroup var inputOptions: InputOptions
 
     func validate() throws {
@@ -32,12 +36,14 @@ struct Trace: ParsableCommand {
     }
 
     func run() throws {
+        try computeOptions.checkAvailable()
         try runReporting(verbose: inputOptions.verbose) {
             let engine = try generation.open(model, inputOptions: inputOptions, additions: try adapters.additions(inputOptions))
-            let request = try generation.request(for: engine)
+            var request = try generation.request(for: engine)
+            request.computePrecision = computeOptions.precision(for: engine, verbose: inputOptions.verbose)
             let trace = GenerationTrace()
             _ = try engine.pipeline.generate(request, observer: trace.observe)
-            try trace.write(to: output, overwrite: force)
+            try trace.write(to: output, overwrite: force, compute: request.computePrecision)
             print(output)
         }
     }

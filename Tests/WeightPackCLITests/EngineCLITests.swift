@@ -117,6 +117,12 @@ struct EngineCLITests {
         } else {
             #expect(automatic == float)
         }
+        // trace records what generate computes, and says in which arithmetic.
+        let latents = try writeInitialLatents(of: Self.golden, in: folder)
+        let traced = folder.appendingPathComponent("trace.safetensors").path
+        let t = try run(["trace", model, "--prompt", "a cat", "--latents", latents, "--steps", "2", "--scheduler", "ddim", "-o", traced])
+        #expect(t.status == 0, "\(t.stderr)")
+        #expect(try SafetensorsFile(path: traced).metadata["compute"] == (available ? "int8" : "f32"))
         // verify judges the arithmetic generate uses, at the storage's thresholds.
         let verified = try run(["verify", tinyModel, model, "--steps", "3", "--size", "64", "--json"])
         #expect(verified.status == 0, "\(verified.stderr)")
