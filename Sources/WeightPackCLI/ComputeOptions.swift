@@ -2,7 +2,7 @@ import ArgumentParser
 import DiffusionEngine
 import ModelLoading
 
-/// `--compute auto|f32|bf16|int8` (generate, verify): the arithmetic of the UNet's matrix
+/// `--compute auto|f32|bf16|int8` (generate, trace, verify): the arithmetic of the UNet's matrix
 /// products. `auto`, the default, is what ``ComputePrecision/automatic(for:int8Products:bf16Products:)``
 /// chooses for the model: int8 for int8 or Q8_0 weights where the processor has AVX512_VNNI,
 /// bf16 for BF16 weights where it has AVX512_BF16, f32 otherwise.

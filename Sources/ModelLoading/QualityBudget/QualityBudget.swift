@@ -88,7 +88,7 @@ public enum QualityBudget {
         /// relative error alike.
         public var measuredGains = true
         /// The arithmetic the proof runs the candidate's UNet in; `nil` takes what `generate`
-        /// and `verify` choose for the file by default (``ComputePrecision/automatic(for:int8Products:)``:
+        /// and `verify` choose for the file by default (``ComputePrecision/automatic(for:int8Products:bf16Products:)``:
         /// int8 products for its Q8_0 weights where the processor has them), so the target holds
         /// as the file will be run. The prediction knows float compute only: int8 products add
         /// the inputs' quantisation noise to each Q8_0 layer, which the later attempts' offset
