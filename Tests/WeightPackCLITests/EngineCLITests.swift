@@ -90,14 +90,17 @@ struct EngineCLITests {
         }
     }
 
-    /// Without --compute, generate and verify compute as `auto` says: int8 for int8 weights where
-    /// the processor has AVX512_VNNI (the image then equals --compute int8's, byte for byte),
-    /// float otherwise and for float weights; --compute f32 keeps an int8 model in float.
-    @Test func int8WeightsComputeInInt8ByDefaultWhereTheProcessorCan() throws {
-        let available = try run(["version", "--verbose"]).stdout.contains("int8 compute available")
+    /// Without --compute, generate, trace and verify compute as `auto` says: in the precision the
+    /// UNet's weights are stored in (int8 blocks, or all BF16) where the processor has its
+    /// products (the image then equals --compute int8's or bf16's, byte for byte), float
+    /// otherwise and for float weights; --compute f32 keeps such a model in float.
+    @Test(arguments: [("int8", "int8", "int8 compute available"), ("bf16", "BF16", "bf16 compute available")])
+    func storedPrecisionIsTheDefaultArithmeticWhereTheProcessorHasIt(dtype: String, label: String, capability: String) throws {
+        let available = try run(["version", "--verbose"]).stdout.contains(capability)
+        let expected = available ? dtype : "f32"
         let folder = try makeTemporaryFolder()
-        let model = folder.appendingPathComponent("int8.wpk").path
-        #expect(try run(["convert", tinyModel, model, "--dtype", "int8"]).status == 0)
+        let model = folder.appendingPathComponent("\(dtype).wpk").path
+        #expect(try run(["convert", tinyModel, model, "--dtype", dtype]).status == 0)
         // --verbose says what auto chose.
         func generate(_ model: String, _ name: String, _ extra: [String] = [], chosen: String? = nil) throws -> String {
             let out = folder.appendingPathComponent(name).path
@@ -106,13 +109,13 @@ struct EngineCLITests {
             if let chosen { #expect(r.stderr.contains("weightpack: compute: \(chosen)"), "\(r.stderr)") }
             return String(decoding: try Data(contentsOf: URL(fileURLWithPath: out)), as: UTF8.self)
         }
-        let automatic = try generate(model, "auto.png", chosen: available ? "int8" : "f32")
+        let automatic = try generate(model, "auto.png", chosen: expected)
         let float = try generate(model, "f32.png", ["--compute", "f32"])
         #expect(!float.contains("\"compute\""))
         #expect(!(try generate(tinyModel, "model.png", chosen: "f32")).contains("\"compute\""))
         if available {
-            #expect(automatic.contains("\"compute\":\"int8\""))
-            #expect(automatic == (try generate(model, "int8.png", ["--compute", "int8"])))
+            #expect(automatic.contains("\"compute\":\"\(dtype)\""))
+            #expect(automatic == (try generate(model, "\(dtype).png", ["--compute", dtype])))
             #expect(automatic != float)
         } else {
             #expect(automatic == float)
@@ -122,45 +125,15 @@ struct EngineCLITests {
         let traced = folder.appendingPathComponent("trace.safetensors").path
         let t = try run(["trace", model, "--prompt", "a cat", "--latents", latents, "--steps", "2", "--scheduler", "ddim", "-o", traced])
         #expect(t.status == 0, "\(t.stderr)")
-        #expect(try SafetensorsFile(path: traced).metadata["compute"] == (available ? "int8" : "f32"))
+        #expect(try SafetensorsFile(path: traced).metadata["compute"] == expected)
         // verify judges the arithmetic generate uses, at the storage's thresholds.
-        let verified = try run(["verify", tinyModel, model, "--steps", "3", "--size", "64", "--json"])
-        #expect(verified.status == 0, "\(verified.stderr)")
-        let json = try JSONParser.parse(verified.stdout).objectValue
-        #expect(json?["candidate_compute"]?.stringValue == (available ? "int8" : "f32"))
-        #expect(json?["candidate_dtype"]?.stringValue == "int8")
-        let table = try run(["verify", tinyModel, model, "--steps", "3", "--size", "64", "--compute", "f32"])
-        #expect(table.status == 0 && table.stdout.contains("candidate weights int8;"), "\(table.stdout)")
-    }
-
-    /// A model whose UNet weights are all BF16 computes on bfloat16 operands by default where the
-    /// processor has AVX512_BF16 (the image then equals --compute bf16's), in float otherwise;
-    /// verify judges it so, at BF16's thresholds either way.
-    @Test func bf16WeightsComputeInBF16ByDefaultWhereTheProcessorCan() throws {
-        let available = try run(["version", "--verbose"]).stdout.contains("bf16 compute available")
-        let folder = try makeTemporaryFolder()
-        let model = folder.appendingPathComponent("bf16.wpk").path
-        #expect(try run(["convert", tinyModel, model, "--dtype", "bf16"]).status == 0)
-        func generate(_ name: String, _ extra: [String] = []) throws -> (png: String, stderr: String) {
-            let out = folder.appendingPathComponent(name).path
-            let r = try run(["generate", model, "--prompt", "a cat", "--steps", "3", "--size", "64", "--seed", "5", "-o", out, "--verbose"] + extra)
-            #expect(r.status == 0, "\(r.stderr)")
-            return (String(decoding: try Data(contentsOf: URL(fileURLWithPath: out)), as: UTF8.self), r.stderr)
-        }
-        let automatic = try generate("auto.png"), float = try generate("f32.png", ["--compute", "f32"])
-        #expect(automatic.stderr.contains("weightpack: compute: \(available ? "bf16" : "f32")"), "\(automatic.stderr)")
-        #expect(!float.png.contains("\"compute\""))
-        if available {
-            #expect(automatic.png.contains("\"compute\":\"bf16\"") && automatic.png != float.png)
-            #expect(automatic.png == (try generate("bf16.png", ["--compute", "bf16"])).png)
-        } else {
-            #expect(automatic.png == float.png)
-        }
         let verified = try run(["verify", tinyModel, model, "--steps", "3", "--size", "64", "--json"])
         #expect(verified.status == 0, "\(verified.stdout) \(verified.stderr)")
         let json = try JSONParser.parse(verified.stdout).objectValue
-        #expect(json?["candidate_compute"]?.stringValue == (available ? "bf16" : "f32"))
-        #expect(json?["candidate_dtype"]?.stringValue == "BF16")
+        #expect(json?["candidate_compute"]?.stringValue == expected)
+        #expect(json?["candidate_dtype"]?.stringValue == label)
+        let table = try run(["verify", tinyModel, model, "--steps", "3", "--size", "64", "--compute", "f32"])
+        #expect(table.status == 0 && table.stdout.contains("candidate weights \(label);"), "\(table.stdout)")
     }
 
     @Test func traceMatchesDiffusersDDIM() throws {
