@@ -119,6 +119,11 @@ struct EngineCLITests {
             #expect(automatic != float)
         } else {
             #expect(automatic == float)
+            // Asked for by name where it cannot run: verify and trace refuse with exit 69 and
+            // write nothing, as generate does.
+            let report = folder.appendingPathComponent("refused-report").path
+            let v = try run(["verify", tinyModel, model, "--steps", "2", "--size", "64", "--compute", dtype, "--report", report])
+            #expect(v.status == 69 && !FileManager.default.fileExists(atPath: report), "\(v.status): \(v.stderr)")
         }
         // trace records what generate computes, and says in which arithmetic.
         let latents = try writeInitialLatents(of: Self.golden, in: folder)
