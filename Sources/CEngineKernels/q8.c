@@ -17,6 +17,7 @@
 
 #include <immintrin.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define TILE_ROWS 32
@@ -398,5 +399,73 @@ int wp_q8_gemm(int64_t rows, int64_t n, int64_t k, const void *packed, const int
     // Accumulating into rows of C apart is not supported (one pass writes them).
     if (ldcRow != 1 && accumulate) return -2;
     gemmAVX512(rows, n, k, packed, w, ldw, blockBytes, wScale, wCorr, c, ldcRow, ldcColumn, accumulate);
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The error of that quantisation, for the quality budget's prediction (`ActivationRecorder`):
+// portable code, the same float arithmetic as the kernels above (scale amax / 127, values times
+// 127 / amax rounded to nearest even and clamped to ±127), so it runs on any processor.
+
+// Adds each value's squared error (value − scale × q) to `sums`, for one row of `k` values.
+static void addRowNoise(const float *row, int64_t k, double *sums) {
+    for (int64_t b = 0; b < k; b += BLOCK) {
+        float amax = 0.0f;
+        for (int j = 0; j < BLOCK; j++) {
+            const float a = row[b + j] < 0 ? -row[b + j] : row[b + j];
+            amax = a > amax ? a : amax;
+        }
+        if (!(amax > 0.0f)) continue;  // zeros quantise exactly
+        const float inverse = 127.0f / amax, scale = amax / 127.0f;
+        for (int j = 0; j < BLOCK; j++) {
+            // Nearest even for |v| < 2^22 in float arithmetic: what VCVTPS2DQ does by default.
+            const float v = row[b + j] * inverse;
+            float q = (v + 0x1.8p23f) - 0x1.8p23f;
+            q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+            const double e = (double)row[b + j] - (double)scale * (double)q;
+            sums[b + j] += e * e;
+        }
+    }
+}
+
+int wp_q8_noise(const float *a, int64_t rows, int64_t k, int64_t strideRow, int64_t strideValue, double *sums) {
+    if (rows <= 0 || k <= 0 || k % BLOCK || strideRow <= 0 || strideValue <= 0) return -2;
+    if (strideValue == 1) {
+        for (int64_t r = 0; r < rows; r++) addRowNoise(a + r * strideRow, k, sums);
+        return 0;
+    }
+    float *row = malloc((size_t)k * sizeof(float));
+    if (!row) return -3;
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t j = 0; j < k; j++) row[j] = a[r * strideRow + j * strideValue];
+        addRowNoise(row, k, sums);
+    }
+    free(row);
+    return 0;
+}
+
+int wp_q8_noise_patches(const float *input, const wp_q8_geometry *g, int64_t firstPixel, int64_t rows, double *sums) {
+    if (rows <= 0 || firstPixel < 0 || g->channels <= 0 || g->kernelHeight <= 0 || g->kernelWidth <= 0 || g->stride <= 0
+        || g->height <= 0 || g->width <= 0 || g->outWidth <= 0)
+        return -2;
+    const int64_t area = g->kernelHeight * g->kernelWidth, k = g->channels * area, plane = g->height * g->width;
+    if (k % BLOCK) return -2;
+    float *row = malloc((size_t)k * sizeof(float));
+    if (!row) return -3;
+    for (int64_t p = firstPixel; p < firstPixel + rows; p++) {
+        const int64_t oy = p / g->outWidth, ox = p % g->outWidth;
+        int64_t j = 0;
+        for (int64_t c = 0; c < g->channels; c++) {
+            for (int64_t ky = 0; ky < g->kernelHeight; ky++) {
+                const int64_t iy = oy * g->stride - g->padTop + ky;
+                for (int64_t kx = 0; kx < g->kernelWidth; kx++, j++) {
+                    const int64_t ix = ox * g->stride - g->padLeft + kx;
+                    row[j] = iy >= 0 && iy < g->height && ix >= 0 && ix < g->width ? input[c * plane + iy * g->width + ix] : 0.0f;
+                }
+            }
+        }
+        addRowNoise(row, k, sums);
+    }
+    free(row);
     return 0;
 }

@@ -73,12 +73,16 @@ public enum Calibration {
     /// projection, a text encoder's last layer where the family conditions on the penultimate
     /// one) have no statistics.
     ///
-    /// - Parameter progress: called after each stage (text encoding, each step, decoding,
-    ///   encoding) with the stages done and the total, on the calling thread.
+    /// - Parameters:
+    ///   - int8InputNoise: also record, for the UNet's layers that take the int8 products, the
+    ///     error quantising their inputs adds (``ChannelEnergy/int8InputNoise``), for a
+    ///     prediction of ``ComputePrecision/int8``.
+    ///   - progress: called after each stage (text encoding, each step, decoding,
+    ///     encoding) with the stages done and the total, on the calling thread.
     /// - Throws: ``ModelLoadingError/Code/invalidCalibration`` for no prompts or seeds or too
     ///   many generations; the engine's errors for sizes or steps it does not take.
     public static func run(
-        _ model: StableDiffusionModel, settings: Settings,
+        _ model: StableDiffusionModel, settings: Settings, int8InputNoise: Bool = false,
         progress: ((_ done: Int, _ total: Int) -> Void)? = nil
     ) throws -> ActivationStatistics {
         guard !settings.prompts.isEmpty, !settings.seeds.isEmpty else {
@@ -102,7 +106,8 @@ public enum Calibration {
             progress?(done, total)
         }
 
-        let recorder = ActivationRecorder()
+        // The UNet is the network ``ComputePrecision/int8`` applies to.
+        let recorder = ActivationRecorder(int8NoisePrefix: int8InputNoise ? "unet." : nil)
         let previous = pipeline.activationRecorder
         pipeline.activationRecorder = recorder
         defer { pipeline.activationRecorder = previous }

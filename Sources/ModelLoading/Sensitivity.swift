@@ -41,12 +41,19 @@ public enum Sensitivity {
         /// Plain weight-space SNR in dB on the same rows, `10 log10(Σ W² / Σ (W − Q(W))²)`;
         /// `.infinity` when the rows round exactly.
         public var weightSNR: Double
+        /// Predicted output noise power over output signal power of the layer from quantising
+        /// its inputs, where this storage makes the layer take the int8 products
+        /// (``ComputePrecision/int8``, int8 and Q8_0 weights) and the prediction is for that
+        /// arithmetic: `Σ_i Σ_j W_ij² v_j / Σ_i Σ_j W_ij² s_j` with `v_j` the channel's
+        /// ``ChannelEnergy/int8InputNoise``. 0 otherwise.
+        public var inputError: Double
 
-        public init(storage: StorageChoice, bytes: Int, relativeError: Double, weightSNR: Double) {
+        public init(storage: StorageChoice, bytes: Int, relativeError: Double, weightSNR: Double, inputError: Double = 0) {
             self.storage = storage
             self.bytes = bytes
             self.relativeError = relativeError
             self.weightSNR = weightSNR
+            self.inputError = inputError
         }
 
         /// The predicted relative error in dB (`10 log10`), `-infinity` when lossless.
@@ -75,8 +82,9 @@ public enum Sensitivity {
             self.gain = gain
         }
 
-        /// A candidate's predicted share of the image's noise: its relative error times ``gain``.
-        public func noise(_ c: Candidate) -> Double { c.relativeError * gain }
+        /// A candidate's predicted share of the image's noise: its relative error (the weights'
+        /// and, in int8 compute, its inputs') times ``gain``.
+        public func noise(_ c: Candidate) -> Double { (c.relativeError + c.inputError) * gain }
     }
 
     /// Predicts every storage of `ladder` for each tensor of `names`, in parallel over tensors.
@@ -96,6 +104,9 @@ public enum Sensitivity {
     ///   - importanceWeighted: quantise as a conversion that passes each weighted tensor's
     ///     statistics to ggml's searches as its importance (``importance(shape:energy:)``) does;
     ///     otherwise as the default conversion (unit importance, stable-diffusion.cpp's `convert`).
+    ///   - int8Inputs: predict for ``ComputePrecision/int8``: int8 and Q8_0 candidates of a
+    ///     tensor whose statistics have ``ChannelEnergy/int8InputNoise`` also carry the noise of
+    ///     quantising the layer's inputs (``Candidate/inputError``).
     ///   - progress: tensors done and the total, called from worker threads one call at a time.
     /// - Throws: ``ModelLoadingError/Code/invalidCalibration`` for statistics whose length is not
     ///   the weight's input channels; ``QuantizationError`` for a tensor of rank below 2 or with
@@ -103,7 +114,7 @@ public enum Sensitivity {
     public static func measure(
         _ store: any TensorStore, names: [String], ladder: [StorageChoice],
         rows: GGMLTypeRules.Rows, statistics: ActivationStatistics?,
-        sampleRows: Int = 64, importanceWeighted: Bool = false,
+        sampleRows: Int = 64, importanceWeighted: Bool = false, int8Inputs: Bool = false,
         progress: ((_ done: Int, _ total: Int) -> Void)? = nil
     ) throws -> [TensorOptions] {
         var choices: [StorageChoice] = ladder.contains(.ggml(.f16)) ? [] : [.ggml(.f16)]
@@ -120,7 +131,7 @@ public enum Sensitivity {
                 result = .success(
                     try options(
                         store, name: names[i], choices: ordered, rules: rules, energy: statistics?.channels[names[i]],
-                        sampleRows: sample, importanceWeighted: importanceWeighted))
+                        sampleRows: sample, importanceWeighted: importanceWeighted, int8Inputs: int8Inputs))
             } catch {
                 result = .failure(error)
             }
@@ -154,7 +165,7 @@ public enum Sensitivity {
 
     private static func options(
         _ store: any TensorStore, name: String, choices: [StorageChoice], rules: GGMLTypeRules,
-        energy: ChannelEnergy?, sampleRows: Int, importanceWeighted: Bool
+        energy: ChannelEnergy?, sampleRows: Int, importanceWeighted: Bool, int8Inputs: Bool
     ) throws -> TensorOptions {
         guard let d = store.descriptor(named: name) else {
             throw ModelLoadingError(.invalidCalibration, "no tensor '\(name)' to measure")
@@ -183,6 +194,8 @@ public enum Sensitivity {
         let picked = sampledRows(of: outputs, sampleRows: sampleRows)
         let values = try sampledValues(store, d, rows: picked, rowLength: rowLength)
         let fit = rules.rowLength(of: d.shape)
+        // What quantising the layer's inputs adds in int8 compute, for the storages that take it.
+        let inputError = int8Inputs ? Self.inputError(values, rowLength: rowLength, kernel: kernel, energy: energy) : 0
         var candidates: [Candidate] = []
         for choice in choices {
             let bytes: Int
@@ -200,7 +213,9 @@ public enum Sensitivity {
             }
             let decoded = try roundTrip(values, rowLength: rowLength, storage: choice, importance: importance)
             let (relative, snr) = errors(values, decoded, weight: weight, rowLength: rowLength)
-            candidates.append(Candidate(storage: choice, bytes: bytes, relativeError: relative, weightSNR: snr))
+            let takesInt8 = choice == .int8 || choice == .ggml(.q8_0)
+            candidates.append(
+                Candidate(storage: choice, bytes: bytes, relativeError: relative, weightSNR: snr, inputError: takesInt8 ? inputError : 0))
         }
         return TensorOptions(name: name, shape: shape, candidates: candidates, weighted: energy != nil)
     }
@@ -252,6 +267,25 @@ public enum Sensitivity {
             }
         }
         return decoded
+    }
+
+    /// `Σ W_j² v_j / Σ W_j² s_j` over the sampled rows `values`, with `v` the input channels'
+    /// ``ChannelEnergy/int8InputNoise`` and `s` their mean squares (each kernel position of a
+    /// channel gets its channel's): the layer's output noise from its quantised inputs relative
+    /// to its output, the inputs' errors taken as independent. 0 without both statistics.
+    static func inputError(_ values: [Float], rowLength: Int, kernel: Int, energy: ChannelEnergy?) -> Double {
+        guard let energy, let noise = energy.int8InputNoise, noise.count == energy.meanSquares.count, rowLength > 0,
+            rowLength == noise.count * kernel
+        else { return 0 }
+        var added = 0.0, signal = 0.0
+        for start in stride(from: 0, to: values.count, by: rowLength) {
+            for j in 0..<rowLength {
+                let w = Double(values[start + j]), w2 = w * w
+                added += w2 * noise[j / kernel]
+                signal += w2 * energy.meanSquares[j / kernel]
+            }
+        }
+        return signal > 0 ? added / signal : 0
     }
 
     /// The weighted relative error and the plain SNR (dB) of `decoded` against `values`.

@@ -264,6 +264,7 @@ private final class PhaseCounter: @unchecked Sendable {
                 case "measure": "predicting each weight's error in each type"
                 case "reference": "running the source on the proof's prompt (once for every attempt)"
                 case "gains": "running the proof with each block of layers quantised alone"
+                case "int8 inputs": "running the proof with the int8 layers in float, then in int8 compute"
                 case "write": "quantising and writing"
                 default: "running the file against the source"
                 }

@@ -74,6 +74,15 @@ typedef struct {
 /// outside the image; `channels * kernelHeight * kernelWidth` must be a multiple of 32.
 /// Returns 0, -1 when `wp_q8_products()` is 0, -2 for bad sizes.
 int wp_q8_quantize_patches(const float *input, const wp_q8_geometry *geometry, int64_t firstPixel, int64_t rows, void *packed);
+/// Adds to `sums[j]` (`k` doubles) the squared error that `wp_q8_quantize`'s quantisation gives
+/// value j of each of `rows` rows (row r's value j at `a[r * strideRow + j * strideValue]`):
+/// `(x - scale * q)^2` with the kernels' scale and rounding. Portable (any processor), for
+/// predictions rather than products. Returns 0, -2 for bad sizes, -3 when out of memory.
+int wp_q8_noise(const float *a, int64_t rows, int64_t k, int64_t strideRow, int64_t strideValue, double *sums);
+/// `wp_q8_noise` of the patches `wp_q8_quantize_patches` quantises for output pixels
+/// `firstPixel ..< firstPixel + rows` (`sums` has `channels * kernelHeight * kernelWidth` entries,
+/// in the patch's order; padding counts as exact zeros). Returns 0, -2 for bad sizes, -3 when out of memory.
+int wp_q8_noise_patches(const float *input, const wp_q8_geometry *geometry, int64_t firstPixel, int64_t rows, double *sums);
 /// For `rows` rows of an int8 block weight (`k` values per row, blocks of 32 with f16 scales,
 /// `blocksPerRow` scales per row): each block's scale as float and 128 x the sum of its values,
 /// `k / 32` per row. Returns 0, -1 when `wp_q8_products()` is 0, -2 for bad sizes.

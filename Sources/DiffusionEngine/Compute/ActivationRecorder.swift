@@ -7,10 +7,17 @@ public struct ChannelEnergy: Sendable, Hashable {
     public var meanSquares: [Double]
     /// Rows (linear) or input pixels (convolution) summed.
     public var samples: Int
+    /// One per input channel, when the recorder was asked for it and the layer takes the int8
+    /// products (``ComputePrecision/int8``): the mean square of the error that quantising its
+    /// inputs in blocks of 32 adds to each input value, as those products quantise them (a
+    /// convolution's patches, padding included, averaged over its kernel positions and output
+    /// pixels). `nil` otherwise.
+    public var int8InputNoise: [Double]?
 
-    public init(meanSquares: [Double], samples: Int) {
+    public init(meanSquares: [Double], samples: Int, int8InputNoise: [Double]? = nil) {
         self.meanSquares = meanSquares
         self.samples = samples
+        self.int8InputNoise = int8InputNoise
     }
 }
 
@@ -22,20 +29,31 @@ public struct ChannelEnergy: Sendable, Hashable {
 /// record at once (each call sums locally, then merges under the lock).
 public final class ActivationRecorder: Sendable {
     private struct Sums {
-        var squares: [Double]
-        var samples: Int
+        var squares: [Double] = []
+        var samples = 0
+        var noise: [Double] = []
+        var noiseSamples = 0
     }
 
     private let sums = Mutex<[String: Sums]>([:])
+    /// Weights (full names) whose layers also record ``ChannelEnergy/int8InputNoise``.
+    private let int8NoisePrefix: String?
 
-    public init() {}
+    /// - Parameter int8NoisePrefix: also record ``ChannelEnergy/int8InputNoise`` for the layers
+    ///   whose weight name starts with it (`"unet."`: the network ``ComputePrecision/int8``
+    ///   applies to); `nil` records none.
+    public init(int8NoisePrefix: String? = nil) {
+        self.int8NoisePrefix = int8NoisePrefix
+    }
 
     /// Keyed by the weight's full name as the engine resolves it (`weights.prefix + name + ".weight"`).
     public func statistics() -> [String: ChannelEnergy] {
         sums.withLock { table in
-            table.mapValues { s in
-                let n = Double(max(s.samples, 1))
-                return ChannelEnergy(meanSquares: s.squares.map { $0 / n }, samples: s.samples)
+            table.compactMapValues { s in
+                guard !s.squares.isEmpty else { return nil }
+                let n = Double(max(s.samples, 1)), m = Double(max(s.noiseSamples, 1))
+                let noise = s.noise.count == s.squares.count ? s.noise.map { $0 / m } : nil
+                return ChannelEnergy(meanSquares: s.squares.map { $0 / n }, samples: s.samples, int8InputNoise: noise)
             }
         }
     }
@@ -87,19 +105,58 @@ public final class ActivationRecorder: Sendable {
         merge(local, samples: plane, weight: weight)
     }
 
-    private static func add(_ local: [Double], samples: Int, to sums: inout Sums) {
-        for i in 0..<local.count { sums.squares[i] += local[i] }
-        sums.samples += samples
+    /// Adds the error the int8 products' quantisation gives `rows` rows of `channels` values
+    /// (a linear layer's input, ``Int8Products/takes(linearInputs:)``), when `weight` is one
+    /// the recorder was asked for.
+    func recordInt8Noise(rows x: UnsafePointer<Float>, rows: Int, channels: Int, weight: String) {
+        guard rows > 0, channels > 0, wantsInt8Noise(weight) else { return }
+        var local = [Double](repeating: 0, count: channels)
+        local.withUnsafeMutableBufferPointer {
+            Int8Products.addNoise(x, rows: rows, k: channels, strideRow: channels, strideValue: 1, into: $0.baseAddress!)
+        }
+        merge(noise: local, samples: rows, weight: weight)
     }
+
+    /// Adds the error the int8 products' quantisation gives the patches of the convolution `g`
+    /// of `x` (``Int8Products/takes(_:)``), per input channel, when `weight` is one the recorder
+    /// was asked for.
+    func recordInt8Noise(patches x: UnsafePointer<Float>, geometry g: Convolution.Geometry, weight: String) {
+        let area = g.kernelHeight * g.kernelWidth, pixels = g.outHeight * g.outWidth
+        guard g.inChannels > 0, area > 0, pixels > 0, wantsInt8Noise(weight) else { return }
+        var positions = [Double](repeating: 0, count: g.patchSize)
+        positions.withUnsafeMutableBufferPointer { Int8Products.addPatchNoise(x, geometry: g, into: $0.baseAddress!) }
+        // Per channel: its kernel positions summed, each pixel counting `area` samples.
+        let local = (0..<g.inChannels).map { c in positions[(c * area)..<((c + 1) * area)].reduce(0, +) }
+        merge(noise: local, samples: pixels * area, weight: weight)
+    }
+
+    private func wantsInt8Noise(_ weight: String) -> Bool { int8NoisePrefix.map { weight.hasPrefix($0) } ?? false }
 
     private func merge(_ local: [Double], samples: Int, weight: String) {
         sums.withLock { table in
-            guard table[weight]?.squares.count == local.count else {
-                // A first call (a layer never changes width within a network).
-                table[weight] = Sums(squares: local, samples: samples)
-                return
-            }
-            Self.add(local, samples: samples, to: &table[weight]!)
+            // Moved out and back, so the arrays are not copied.
+            var entry = table.removeValue(forKey: weight) ?? Sums()
+            Self.add(local, samples: samples, to: &entry.squares, samples: &entry.samples)
+            table[weight] = entry
         }
+    }
+
+    private func merge(noise local: [Double], samples: Int, weight: String) {
+        sums.withLock { table in
+            var entry = table.removeValue(forKey: weight) ?? Sums()
+            Self.add(local, samples: samples, to: &entry.noise, samples: &entry.noiseSamples)
+            table[weight] = entry
+        }
+    }
+
+    private static func add(_ local: [Double], samples: Int, to sums: inout [Double], samples count: inout Int) {
+        guard sums.count == local.count else {
+            // A first call (a layer never changes width within a network).
+            sums = local
+            count = samples
+            return
+        }
+        for i in 0..<local.count { sums[i] += local[i] }
+        count += samples
     }
 }

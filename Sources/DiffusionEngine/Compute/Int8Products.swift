@@ -8,6 +8,13 @@ enum Int8Products {
     static let tileRows = 32
     private static let bytesPerTileBlock = 32 * 32 + 32 * 4
 
+    /// Whether a linear layer with `k` inputs takes the int8 products (with an int8 block weight).
+    static func takes(linearInputs k: Int) -> Bool { k % 32 == 0 }
+
+    /// Whether a convolution of geometry `g` takes the int8 products (with an int8 block
+    /// weight): patches of whole blocks, and not a convolution Winograd takes (those stay float).
+    static func takes(_ g: Convolution.Geometry) -> Bool { g.patchSize % 32 == 0 && !Convolution.usesWinograd(g) }
+
     /// Bytes ``quantize(_:rows:k:strideRow:strideValue:into:)`` writes.
     static func packedBytes(rows: Int, k: Int) -> Int { Int(wp_q8_activation_bytes(Int64(rows), Int64(k))) }
 
@@ -74,5 +81,23 @@ enum Int8Products {
                 Int64(ldcRow), Int64(ldcColumn), accumulate ? 1 : 0)
             precondition(status == 0, "int8 product failed (\(status)) for \(rows) x \(w.rows) x \(w.k)")
         }
+    }
+
+    /// Adds to `sums` (`k` entries) each value's squared quantisation error, as
+    /// ``quantize(_:rows:k:strideRow:strideValue:into:)`` would quantise the rows (any processor).
+    static func addNoise(_ a: UnsafePointer<Float>, rows: Int, k: Int, strideRow: Int, strideValue: Int, into sums: UnsafeMutablePointer<Double>) {
+        let status = wp_q8_noise(a, Int64(rows), Int64(k), Int64(strideRow), Int64(strideValue), sums)
+        precondition(status == 0, "int8 noise failed (\(status)) for \(rows) x \(k)")
+    }
+
+    /// ``addNoise(_:rows:k:strideRow:strideValue:into:)`` of every output pixel's patch of the
+    /// convolution `g` of `input` (`sums` has `g.patchSize` entries).
+    static func addPatchNoise(_ input: UnsafePointer<Float>, geometry g: Convolution.Geometry, into sums: UnsafeMutablePointer<Double>) {
+        var geometry = wp_q8_geometry(
+            channels: Int64(g.inChannels), height: Int64(g.height), width: Int64(g.width), kernelHeight: Int64(g.kernelHeight),
+            kernelWidth: Int64(g.kernelWidth), stride: Int64(g.stride), padTop: Int64(g.padding.top), padLeft: Int64(g.padding.left),
+            outWidth: Int64(g.outWidth))
+        let status = wp_q8_noise_patches(input, &geometry, 0, Int64(g.outHeight * g.outWidth), sums)
+        precondition(status == 0, "int8 patch noise failed (\(status)) for \(g)")
     }
 }

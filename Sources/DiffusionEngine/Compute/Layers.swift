@@ -79,12 +79,15 @@ final class Workspace {
         let rows = x.count / inFeatures, outFeatures = shape[0]
         if let recorder {
             recorder.record(rows: x.base, rows: rows, channels: inFeatures, weight: weights.prefix + name + ".weight")
+            if Int8Products.takes(linearInputs: inFeatures) {
+                recorder.recordInt8Noise(rows: x.base, rows: rows, channels: inFeatures, weight: weights.prefix + name + ".weight")
+            }
         }
         let y = pool.take(Array(x.shape.dropLast()) + [outFeatures])
         let weight = name + ".weight"
         // In int8 with an int8 block weight: the input quantised, the weight read as stored.
         let inInt8 =
-            try Parallel.productsInInt8OnThisThread && inFeatures % 32 == 0
+            try Parallel.productsInInt8OnThisThread && Int8Products.takes(linearInputs: inFeatures)
             && weights.withInt8Weight(weight) { w in
                 let packed = quantizedBuffer(Int8Products.packedBytes(rows: rows, k: inFeatures))
                 Int8Products.quantize(x.base, rows: rows, k: inFeatures, strideRow: inFeatures, strideValue: 1, into: packed)
@@ -133,6 +136,7 @@ final class Workspace {
         }
         if let recorder {
             recorder.record(planes: x.base, channels: g.inChannels, plane: g.height * g.width, weight: weights.prefix + name + ".weight")
+            if Int8Products.takes(g) { recorder.recordInt8Noise(patches: x.base, geometry: g, weight: weights.prefix + name + ".weight") }
         }
         let y = pool.take([g.outChannels, g.outHeight, g.outWidth])
         let weight = name + ".weight"
@@ -145,7 +149,7 @@ final class Workspace {
         // In int8 compute, convolutions that take Winograd stay on it, in float: its 4x fewer
         // multiplications beat the integer products at those sizes, and float is the more
         // accurate arithmetic (Docs/engine.md, "int8 compute").
-        if Parallel.productsInInt8OnThisThread, g.patchSize % 32 == 0, !Convolution.usesWinograd(g),
+        if Parallel.productsInInt8OnThisThread, Int8Products.takes(g),
             try int8Convolution(x, weight, geometry: g, bias: bias, output: y)
         {
             try applyAdapters(convolution: name, x: x, y: y, geometry: g)

@@ -19,7 +19,10 @@ public struct BudgetAllocation: Sendable {
         public var bytes: Int
         /// Predicted relative output noise of the layer (``Sensitivity/Candidate/relativeError``).
         public var relativeError: Double
-        /// Its share of the image's noise: `relativeError` times the layer's gain.
+        /// Predicted relative output noise from quantising the layer's inputs, in int8 compute
+        /// (``Sensitivity/Candidate/inputError``); 0 otherwise.
+        public var inputError: Double
+        /// Its share of the image's noise: `relativeError` plus `inputError`, times the layer's gain.
         public var noise: Double
         /// The sampled weight SNR of this storage, in dB.
         public var weightSNR: Double
@@ -118,7 +121,8 @@ public enum BudgetAllocator {
 
     static func pick(_ t: Sensitivity.TensorOptions, _ c: Sensitivity.Candidate) -> BudgetAllocation.Pick {
         BudgetAllocation.Pick(
-            name: t.name, storage: c.storage, bytes: c.bytes, relativeError: c.relativeError, noise: t.noise(c), weightSNR: c.weightSNR)
+            name: t.name, storage: c.storage, bytes: c.bytes, relativeError: c.relativeError, inputError: c.inputError, noise: t.noise(c),
+            weightSNR: c.weightSNR)
     }
 
     /// The choice for `goal`, or `nil` when no choice meets it (a byte budget below the

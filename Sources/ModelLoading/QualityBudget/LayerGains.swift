@@ -221,25 +221,30 @@ public enum LayerGains {
     private static func dB(_ x: Double) -> JSONValue { x.isFinite ? JSONValue((x * 100).rounded() / 100) : .string(QualityBudget.format(x)) }
 }
 
-/// A store whose named tensors read as the given F32 values (the same shapes), every other
-/// tensor as the base's own: a model with one block of layers quantised, for ``LayerGains``.
-final class SubstitutedStore: TensorStore, @unchecked Sendable {
+/// A store whose named tensors read as the given F32 values (the same shapes), or as int8
+/// blocks (``QuantizedTensorStore``, read by the engine as stored and by everything else
+/// dequantised), every other tensor as the base's own: a model with one block of layers
+/// quantised, for ``LayerGains`` and ``Int8InputGain``.
+final class SubstitutedStore: QuantizedTensorStore, @unchecked Sendable {
     let base: any TensorStore
     let tensors: [TensorDescriptor]
     private let replacements: [String: OwnedBuffer]
+    private let quantized: [String: (layout: Int8BlockLayout, buffer: OwnedBuffer)]
     private let byName: [String: Int]
     var formatName: String { base.formatName }
     var metadata: [String: String] { base.metadata }
 
-    init(base: any TensorStore, replacements: [String: [Float]]) {
+    init(base: any TensorStore, replacements: [String: [Float]], quantized: [String: (layout: Int8BlockLayout, buffer: OwnedBuffer)] = [:]) {
         self.base = base
         self.replacements = replacements.mapValues { values in
             let buffer = OwnedBuffer(byteCount: values.count * 4)
             values.withUnsafeBytes { buffer.mutableBytes.copyMemory(from: $0) }
             return buffer
         }
+        self.quantized = quantized
         var list = base.tensors
-        for i in list.indices where replacements[list[i].name] != nil {
+        // Int8 tensors present their dequantised dtype, as a `.wpk` file's do.
+        for i in list.indices where replacements[list[i].name] != nil || quantized[list[i].name] != nil {
             list[i].dtype = .f32
             list[i].byteCount = list[i].elementCount * 4
         }
@@ -253,10 +258,19 @@ final class SubstitutedStore: TensorStore, @unchecked Sendable {
 
     func sourceName(of name: String) -> String? { base.sourceName(of: name) }
 
-    func storedDType(of name: String) -> DType? { replacements[name] != nil ? .f32 : base.storedDType(of: name) }
+    func storedDType(of name: String) -> DType? {
+        replacements[name] != nil || quantized[name] != nil ? .f32 : base.storedDType(of: name)
+    }
 
     func tensor(named name: String) throws -> TensorView {
+        if let q = try quantizedTensor(named: name) { return try q.dequantized() }
         guard let buffer = replacements[name], let i = byName[name] else { return try base.tensor(named: name) }
         return TensorView(descriptor: tensors[i], bytes: TensorBytes(owner: buffer, buffer: buffer.bytes))
+    }
+
+    func quantizedTensor(named name: String) throws -> QuantizedTensorView? {
+        guard let q = quantized[name], let i = byName[name] else { return nil }
+        return try QuantizedTensorView(
+            descriptor: tensors[i], layout: q.layout, bytes: TensorBytes(owner: q.buffer, buffer: q.buffer.bytes), metrics: nil)
     }
 }

@@ -15,11 +15,14 @@ import Glibc
 /// from its measured effect, against a quality or a size budget, and the result proved.
 ///
 /// 1. Calibration (``Calibration``) runs the whole cascade on a few prompts at a reduced size and
-///    records every linear and convolution layer's per-input-channel mean squares.
+///    records every linear and convolution layer's per-input-channel mean squares (and, for a
+///    proof in int8 compute, what quantising the UNet layers' inputs adds to them).
 /// 2. ``Sensitivity`` predicts each weight's relative output error in every storage of the
 ///    ladder from those statistics (on a sample of rows, with the real quantisers).
 /// 3. ``LayerGains`` measures how much each block of layers' error reaches the image: the
-///    proof's generation run once per block with only that block quantised.
+///    proof's generation run once per block with only that block quantised. Where the proof
+///    computes in int8 (``Options/predictsInt8Inputs``), ``Int8InputGain`` then measures what
+///    the int8 products' quantised inputs are worth against those gains (two more runs).
 /// 4. ``BudgetAllocator`` picks the storages: the smallest file whose predicted image PSNR meets
 ///    the target, or the lowest predicted error within the size, each layer's error weighted by
 ///    its block's gain.
@@ -90,10 +93,17 @@ public enum QualityBudget {
         /// The arithmetic the proof runs the candidate's UNet in; `nil` takes what `generate`
         /// and `verify` choose for the file by default (``ComputePrecision/automatic(for:int8Products:bf16Products:)``:
         /// int8 products for its Q8_0 weights where the processor has them), so the target holds
-        /// as the file will be run. The prediction knows float compute only: int8 products add
-        /// the inputs' quantisation noise to each Q8_0 layer, which the later attempts' offset
-        /// absorbs (Docs/quantization.md).
+        /// as the file will be run. Where that is int8 (``predictsInt8Inputs``) the prediction
+        /// adds each int8 or Q8_0 layer's input quantisation noise, from the calibration
+        /// (``Sensitivity/Candidate/inputError``).
         public var compute: ComputePrecision?
+
+        /// Whether the proof's arithmetic quantises the inputs of layers stored as int8 or Q8_0:
+        /// ``compute`` is ``ComputePrecision/int8``, or `nil` on a processor with the int8
+        /// products (where any such weight makes ``ComputePrecision/automatic(for:int8Products:bf16Products:)`` pick them).
+        public var predictsInt8Inputs: Bool {
+            compute.map { $0 == .int8 } ?? ComputeBackend.current.int8Products
+        }
 
         public init(goal: Goal) { self.goal = goal }
     }
@@ -118,7 +128,8 @@ public enum QualityBudget {
     /// What the command reports as it goes.
     public enum Event: Sendable {
         /// A phase begins: `calibrate`, `measure`, `reference` (the source's half of every proof),
-        /// `gains` (each block of layers run quantised, ``LayerGains``), `write`, `verify`.
+        /// `gains` (each block of layers run quantised, ``LayerGains``), `int8 inputs`
+        /// (``Int8InputGain``), `write`, `verify`.
         case phase(String, attempt: Int?)
         /// Work done in the current phase.
         case progress(done: Int, total: Int)
@@ -175,6 +186,8 @@ public enum QualityBudget {
         public var fixedBytes: Int
         /// The measured gains of the blocks of layers; `nil` when not measured.
         public var gains: LayerGains.Measurement?
+        /// The measured scale of the int8 inputs' predicted noise; `nil` when not measured.
+        public var int8Inputs: Int8InputGain.Measurement?
 
         public var predictedPSNR: Double { written.predictedPSNR }
         public var measuredPSNR: Double { written.measuredPSNR }
@@ -241,7 +254,9 @@ public enum QualityBudget {
         // 1–2: statistics and predictions.
         events?(.phase("calibrate", attempt: nil))
         let statistics = try timed("calibrate") {
-            try Calibration.run(source, settings: settings, progress: { done, total in events?(.progress(done: done, total: total)) })
+            try Calibration.run(
+                source, settings: settings, int8InputNoise: options.predictsInt8Inputs,
+                progress: { done, total in events?(.progress(done: done, total: total)) })
         }
         let names = try candidates(model, format: options.format, keep: options.keepPatterns)
         events?(.phase("measure", attempt: nil))
@@ -249,7 +264,7 @@ public enum QualityBudget {
             try Sensitivity.measure(
                 model.store, names: names, ladder: ladder, rows: options.format == .wpk ? .allButFirstDimension : .lastDimension,
                 statistics: statistics, sampleRows: options.sampleRows, importanceWeighted: options.importanceWeighted,
-                progress: { done, total in events?(.progress(done: done, total: total)) })
+                int8Inputs: options.predictsInt8Inputs, progress: { done, total in events?(.progress(done: done, total: total)) })
         }
         let fixedBytes = try fixedTensorBytes(model, excluding: Set(names), keep: options.keepPatterns)
         // Header and alignment, so that a size budget bounds the file and not only its tensors.
@@ -284,6 +299,21 @@ public enum QualityBudget {
                 gains = measurement
             }
         }
+        // What the int8 products' quantised inputs are worth in the image, against those gains.
+        var int8Inputs: Int8InputGain.Measurement?
+        if options.measuredGains, options.predictsInt8Inputs, !Int8InputGain.measured(tensors).isEmpty {
+            events?(.phase("int8 inputs", attempt: nil))
+            int8Inputs = try timed("int8 inputs") {
+                try Int8InputGain.measure(
+                    source, reference: referenceRun, tensors: tensors, configurationFolder: options.configurationFolder,
+                    progress: { done, total in events?(.progress(done: done, total: total)) })
+            }
+            if let scale = int8Inputs?.scale {
+                for i in tensors.indices {
+                    for c in tensors[i].candidates.indices { tensors[i].candidates[c].inputError *= scale }
+                }
+            }
+        }
 
         // 3–4: allocate, write, prove; again with a corrected offset while the target is missed.
         var offset = options.offset ?? gains?.offset ?? defaultOffset
@@ -313,7 +343,7 @@ public enum QualityBudget {
             let predicted = allocation.predictedPSNR(offset: offset)
             let recipe = recipeJSON(
                 options: options, ladder: ladder, settings: settings, verification: verification, allocation: allocation, tensors: tensors,
-                gains: gains, offset: offset, predicted: predicted, previous: attempts)
+                gains: gains, int8Inputs: int8Inputs, offset: offset, predicted: predicted, previous: attempts)
             events?(.phase("write", attempt: number))
             let check = Locked<(Attempt, JSONValue)?>(nil)
             let offsetUsed = offset
@@ -394,7 +424,7 @@ public enum QualityBudget {
         return Result(
             attempts: attempts, written: last, allocation: written.allocation, tensors: tensors, offset: offset, calibration: settings,
             verification: verification, recipe: written.recipe, measured: written.measured, seconds: seconds, fixedBytes: fixedBytes,
-            gains: gains)
+            gains: gains, int8Inputs: int8Inputs)
     }
 
     /// The offset for the next allocation aiming at `aim` dB, from the measured points
@@ -567,8 +597,8 @@ public enum QualityBudget {
 
     static func recipeJSON(
         options: Options, ladder: [StorageChoice], settings: Calibration.Settings, verification: StableDiffusionPipeline.Request,
-        allocation: BudgetAllocation, tensors: [Sensitivity.TensorOptions], gains: LayerGains.Measurement?, offset: Double, predicted: Double,
-        previous: [Attempt]
+        allocation: BudgetAllocation, tensors: [Sensitivity.TensorOptions], gains: LayerGains.Measurement?,
+        int8Inputs: Int8InputGain.Measurement?, offset: Double, predicted: Double, previous: [Attempt]
     ) -> JSONValue {
         var goal = JSONObject()
         switch options.goal {
@@ -582,6 +612,7 @@ public enum QualityBudget {
                 ("type", .string(p.storage.label)), ("predicted_error_db", dB(10 * log10(p.relativeError))),
                 ("predicted_weight_snr_db", dB(p.weightSNR)), ("weighted", .bool(weighted[p.name] ?? false)),
             ])
+            if p.inputError > 0 { entry["predicted_input_error_db"] = dB(10 * log10(p.inputError)) }
             if let gain = gains?.gains[p.name] { entry["gain_db"] = dB(10 * log10(gain)) }
             perTensor[p.name] = .object(entry)
         }
@@ -592,10 +623,12 @@ public enum QualityBudget {
                 "prompt": .string(verification.prompt), "seed": .string(String(verification.seed)), "steps": JSONValue(verification.steps),
                 "width": JSONValue(verification.width), "height": JSONValue(verification.height),
             ],
-            "sample_rows": JSONValue(options.sampleRows), "importance_weighted": .bool(options.importanceWeighted), "offset_db": JSONValue(offset),
+            "sample_rows": JSONValue(options.sampleRows), "importance_weighted": .bool(options.importanceWeighted),
+            "predicts_int8_inputs": .bool(options.predictsInt8Inputs), "offset_db": JSONValue(offset),
             "predicted_image_psnr": dB(predicted),
             "predicted_bytes": JSONValue(allocation.bytes), "attempt": JSONValue(previous.count + 1),
-            "previous_attempts": .array(previous.map(\.json)), "gains": gains?.json ?? .null, "tensors": .object(perTensor),
+            "previous_attempts": .array(previous.map(\.json)), "gains": gains?.json ?? .null, "int8_inputs": int8Inputs?.json ?? .null,
+            "tensors": .object(perTensor),
         ]
     }
 
