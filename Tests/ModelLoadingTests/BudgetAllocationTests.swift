@@ -1,6 +1,7 @@
 import Foundation
 import ModelLoading
 import Quantization
+import StrictJSON
 import TestSupport
 import Testing
 
@@ -161,6 +162,16 @@ struct QualityBudgetRecordTests {
                         #"{"goal": {"max_size": 5}, "gains": [{"group": "unet mid_block", "gain_db": -3}, {"group": "vae encoder"}, {"group": 2, "gain_db": 4.5}]}"#
                 ]))
         #expect(good.lines.contains("gains measured for 2 of 3 blocks: -3.00 dB (unet mid_block) to 4.50 dB (?)"), "\(good.lines)")
+        #expect(!good.lines.contains { $0.hasPrefix("int8 inputs") }, "\(good.lines)")
+        let header = try JSONParser.parse(
+            #"{"quality_budget": {"goal": {"max_size": 5}, "predicted_image_psnr": 40, "int8_inputs": {"tensors": 12, "scale_db": 10.5, "image_psnr_f32": 50, "image_psnr_int8": "inf"}}, "quality_budget_measured": {"measured_image_psnr": 41, "passed": true, "compute": "int8"}}"#
+        ).objectValue
+        let int8 = try #require(QualityBudgetRecord(header: header, metadata: [:]))
+        #expect(int8.lines.first == "at most 5 bytes; predicted 40.00 dB, measured 41.00 dB in int8 compute (met)", "\(int8.lines)")
+        #expect(
+            int8.lines.contains(
+                "int8 inputs of 12 layers measured at 10.50 dB over the layer gains (image 50.00 dB in float, inf dB in int8 compute)"),
+            "\(int8.lines)")
     }
 
     @Test("a GGUF whose recipe string is damaged inspects with no budget; a good one shows it")

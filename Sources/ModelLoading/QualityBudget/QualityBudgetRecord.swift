@@ -45,7 +45,9 @@ public struct QualityBudgetRecord: Sendable {
         }
         text += "; predicted \(Self.dB(recipe["predicted_image_psnr"]))"
         if let m = measured {
-            text += ", measured \(Self.dB(m["measured_image_psnr"])) (\(m["passed"]?.boolValue == true ? "met" : "not met"))"
+            text += ", measured \(Self.dB(m["measured_image_psnr"]))"
+            if let compute = m["compute"]?.stringValue, compute != "f32", compute.count <= 8 { text += " in \(compute) compute" }
+            text += " (\(m["passed"]?.boolValue == true ? "met" : "not met"))"
         } else {
             text += ", not measured"
         }
@@ -73,6 +75,11 @@ public struct QualityBudgetRecord: Sendable {
                     "gains measured for \(measured.count) of \(groups.count) blocks: \(QualityBudget.format(low.1)) dB (\(low.0)) to \(QualityBudget.format(high.1)) dB (\(high.0))"
                 )
             }
+        }
+        if let i = recipe["int8_inputs"]?.objectValue, let scale = i["scale_db"]?.doubleValue, let tensors = i["tensors"]?.intValue {
+            out.append(
+                "int8 inputs of \(tensors) layers measured at \(QualityBudget.format(scale)) dB over the layer gains (image \(Self.dB(i["image_psnr_f32"])) in float, \(Self.dB(i["image_psnr_int8"])) in int8 compute)"
+            )
         }
         if let ladder = recipe["ladder"]?.arrayValue?.compactMap(\.stringValue) {
             out.append("ladder \(ladder.joined(separator: " ")); \(recipe["tool"]?.stringValue ?? "")")
