@@ -167,5 +167,10 @@ struct QualityBudgetCLITests {
         #expect(r.status == 1, "\(r.stderr)")
         #expect(r.stderr.contains("weightpack: error:"), "\(r.stderr)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).isEmpty)
+        if goal[0] == "--max-size" {
+            // Refused once the sizes are known, before the source's run and the gains.
+            #expect(r.stderr.contains("the smallest mix of the ladder needs about"), "\(r.stderr)")
+            #expect(!r.stderr.contains("reference:") && !r.stderr.contains("gains:"), "\(r.stderr)")
+        }
     }
 }

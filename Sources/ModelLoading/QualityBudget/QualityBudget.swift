@@ -269,6 +269,10 @@ public enum QualityBudget {
         let fixedBytes = try fixedTensorBytes(model, excluding: Set(names), keep: options.keepPatterns)
         // Header and alignment, so that a size budget bounds the file and not only its tensors.
         let overhead = 64 * 1024 + model.store.tensors.count * 512
+        // A size no mix reaches is refused now, not after the runs that take most of the time.
+        if case .bytes(let limit) = options.goal, smallestBytes(tensors, fixedBytes: fixedBytes) > limit - overhead {
+            throw unreachable(options.goal, tensors: tensors, fixedBytes: fixedBytes, overhead: overhead, offset: options.offset ?? defaultOffset)
+        }
 
         // The source's half of every proof, run once for all attempts.
         events?(.phase("reference", attempt: nil))
@@ -573,7 +577,6 @@ public enum QualityBudget {
     )
         -> ModelLoadingError
     {
-        let smallest = BudgetAllocator.uniform(tensors, storage: .ggml(.q2_K), fixedBytes: fixedBytes)
         let best = BudgetAllocator.allocate(tensors, fixedBytes: fixedBytes, goal: .bytes(.max), offset: offset)
         switch goal {
         case .psnr(let target):
@@ -584,8 +587,14 @@ public enum QualityBudget {
         case .bytes(let limit):
             return ModelLoadingError(
                 .budgetUnreachable,
-                "the smallest mix of the ladder needs about \(smallest.bytes + overhead) bytes, more than --max-size \(limit)")
+                "the smallest mix of the ladder needs about \(smallestBytes(tensors, fixedBytes: fixedBytes) + overhead) bytes, more than --max-size \(limit)"
+            )
         }
+    }
+
+    /// The tensor bytes of the smallest mix: each tensor in its smallest storage, and the rest.
+    static func smallestBytes(_ tensors: [Sensitivity.TensorOptions], fixedBytes: Int) -> Int {
+        tensors.reduce(fixedBytes) { $0 + ($1.candidates.map(\.bytes).min() ?? 0) }
     }
 
     /// `12.34`, `inf`, `-inf`, `nan`: dB for messages.
