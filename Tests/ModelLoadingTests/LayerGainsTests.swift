@@ -125,7 +125,7 @@ struct LayerGainsTests {
         for goal in [QualityBudget.Goal.bytes(5_600_000), .bytes(3_600_000)] {
             var options = QualityBudget.Options(goal: goal)
             options.maxAttempts = 1
-            // The prediction models float compute (int8 products add noise it does not know).
+            // Float compute: the layer gains alone (Int8InputNoiseTests covers the int8 proof).
             options.compute = .f32
             let result = try QualityBudget.run(source, to: folder.appendingPathComponent("auto.wpk").path, options: options)
             let gains = try #require(result.gains)
