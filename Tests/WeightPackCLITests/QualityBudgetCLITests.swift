@@ -158,6 +158,17 @@ struct QualityBudgetCLITests {
         #expect(!tensors.keys.contains { $0.contains("embedding") })
     }
 
+    @Test("a diffusers folder with a tokenizer of its own is proved with its own configurations, no --config needed")
+    func diffusersSourceProvesWithItsFolder() throws {
+        let folder = try makeTemporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let out = folder.appendingPathComponent("sd2.wpk").path
+        // tiny-sd2's vocabulary is 514 tokens: the bundled CLIP tokenizer's ids do not fit it.
+        let r = try run(["convert", fixturePath("tiny-sd2/diffusers"), out, "--dtype", "auto", "--max-size", "2500000", "--attempts", "1"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(FileManager.default.fileExists(atPath: out))
+    }
+
     @Test("a budget no mix meets exits 1 with one line and writes nothing", arguments: [["--target-psnr", "150"], ["--max-size", "1MB"]])
     func unreachable(_ goal: [String]) throws {
         let folder = try makeTemporaryFolder()
