@@ -1,7 +1,8 @@
 // dnnl_sgemm against dnnl_gemm_bf16bf16f32 (bfloat16 operands, float sums: what
 // `generate --compute bf16` calls) on the engine's product shapes, best of 5 each, interleaved.
 // The operands are rounded to bfloat16 before timing; the rounding's own cost is printed apart.
-//   cc -O2 bf16.c -o bf16 -ldnnl -lm && OMP_NUM_THREADS=1 ./bf16
+//   cc -O2 bf16.c -o bf16 -ldnnl -lm && OMP_NUM_THREADS=1 ./bf16 [M N K ...]
+// With arguments, the shapes are those triples instead of the engine's.
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -28,12 +29,18 @@ static bf16 rounded(float f) {
 
 static float filled(long i) { return (float)((i * 7919) % 2001 - 1000) / 1000.0f; }
 
-int main(void) {
+int main(int argc, char **argv) {
     // m x n x k, B transposed as the engine's linear layers store it: SD 1.5 linear layers at
     // 4096 tokens, a 16x16 im2col convolution (1280 filters, 256 pixels, 11520 taps), a
     // Winograd product at 32x32, attention's two products (one head of 40).
-    static const long shapes[][3] = {{4096, 1280, 1280}, {4096, 320, 320}, {1280, 256, 11520}, {640, 1024, 640}, {4096, 4096, 40}, {4096, 40, 4096}};
-    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    static long shapes[16][3] = {{4096, 1280, 1280}, {4096, 320, 320}, {1280, 256, 11520}, {640, 1024, 640}, {4096, 4096, 40}, {4096, 40, 4096}};
+    size_t count = 6;
+    if (argc > 1) {
+        count = 0;
+        for (int i = 1; i + 2 < argc && count < 16; i += 3, count++)
+            for (int j = 0; j < 3; j++) shapes[count][j] = strtol(argv[i + j], NULL, 10);
+    }
+    for (size_t s = 0; s < count; s++) {
         long m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
         float *a = malloc(sizeof(float) * m * k), *b = malloc(sizeof(float) * n * k), *c = malloc(sizeof(float) * m * n);
         bf16 *a16 = malloc(sizeof(bf16) * m * k), *b16 = malloc(sizeof(bf16) * n * k);

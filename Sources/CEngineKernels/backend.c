@@ -16,6 +16,7 @@ static wp_kernels selected = WP_KERNELS_BASELINE;
 static wp_request_status request = WP_REQUEST_NONE;
 static char requestText[32];
 static int bf16Products = 0;
+static int amxProducts = 0;
 static void (*setThreads)(int);
 static int (*maxThreads)(void);
 
@@ -68,6 +69,7 @@ done:
     case WP_KERNELS_BASELINE: dnnl_set_max_cpu_isa(dnnl_cpu_isa_sse41); break;
     }
     bf16Products = selected == WP_KERNELS_AVX512 && detectBF16();
+    amxProducts = bf16Products && dnnl_get_effective_cpu_isa() == dnnl_cpu_isa_avx512_core_amx;
     // oneDNN in Debian threads with OpenMP (libgomp, loaded with it); the thread count is a
     // per-thread setting, reached here without linking the OpenMP library directly.
     setThreads = (void (*)(int))dlsym(RTLD_DEFAULT, "omp_set_num_threads");
@@ -148,6 +150,8 @@ static void rowsToBF16(const float *source, int64_t rows, int64_t columns, int64
 typedef struct {
     wp_bf16 *buffer[2];
     size_t capacity[2];
+    float *widened[2];
+    size_t widenedCapacity[2];
 } operand_buffers;
 
 static pthread_key_t buffersKey;
@@ -157,6 +161,8 @@ static void freeBuffers(void *value) {
     operand_buffers *b = value;
     free(b->buffer[0]);
     free(b->buffer[1]);
+    free(b->widened[0]);
+    free(b->widened[1]);
     free(b);
 }
 
@@ -172,19 +178,24 @@ static operand_buffers *threadBuffers(void) {
     return b;
 }
 
-static wp_bf16 *grow(operand_buffers *b, int which, int64_t rows, int64_t columns) {
+// `*buffer` holding at least rows x columns elements of `size` bytes, reallocated (64-byte
+// aligned) when it holds fewer; NULL when the count overflows or memory is short.
+static void *growBuffer(void **buffer, size_t *capacity, size_t size, int64_t rows, int64_t columns) {
     size_t count;
     if (rows < 0 || columns < 0 || __builtin_mul_overflow((size_t)rows, (size_t)columns, &count)) return NULL;
     if (count == 0) count = 1;
-    if (count > b->capacity[which]) {
+    if (count > *capacity) {
         size_t bytes;
-        if (__builtin_mul_overflow(count, sizeof(wp_bf16), &bytes) || bytes > SIZE_MAX - 63) return NULL;
-        free(b->buffer[which]);
-        b->buffer[which] = aligned_alloc(64, (bytes + 63) / 64 * 64);
-        b->capacity[which] = b->buffer[which] ? count : 0;
-        if (!b->buffer[which]) return NULL;
+        if (__builtin_mul_overflow(count, size, &bytes) || bytes > SIZE_MAX - 63) return NULL;
+        free(*buffer);
+        *buffer = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        *capacity = *buffer ? count : 0;
     }
-    return b->buffer[which];
+    return *buffer;
+}
+
+static wp_bf16 *grow(operand_buffers *b, int which, int64_t rows, int64_t columns) {
+    return growBuffer((void **)&b->buffer[which], &b->capacity[which], sizeof(wp_bf16), rows, columns);
 }
 
 int wp_round_bf16(const float *source, int64_t rows, int64_t columns, int64_t ld, uint16_t *target, int64_t targetLd) {
@@ -213,11 +224,79 @@ static const wp_bf16 *operand(const float *source, const wp_bf16 *rounded, int64
     return buffer;
 }
 
+// Rows of floats rounded to bfloat16 as rowsToBF16 rounds them, stored back as floats (exact).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+static void rowsToRoundedFloats(const float *source, int64_t rows, int64_t columns, int64_t ld, float *target, int64_t targetLd) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *s = source + r * ld;
+        float *t = target + r * targetLd;
+        for (int64_t c = 0; c < columns; c += 16) {
+            int64_t left = columns - c;
+            __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, s + c));
+            __m512i wide = _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16);
+            _mm512_mask_storeu_ps(t + c, mask, _mm512_castsi512_ps(wide));
+        }
+    }
+}
+
+// Rows of bfloat16 widened to floats (exact).
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static void rowsFromBF16(const wp_bf16 *source, int64_t rows, int64_t columns, int64_t ld, float *target, int64_t targetLd) {
+    for (int64_t r = 0; r < rows; r++) {
+        const wp_bf16 *s = source + r * ld;
+        float *t = target + r * targetLd;
+        for (int64_t c = 0; c < columns; c += 16) {
+            int64_t left = columns - c;
+            __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            __m256i h = _mm256_maskz_loadu_epi16(mask, s + c);
+            __m512i wide = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+            _mm512_mask_storeu_ps(t + c, mask, _mm512_castsi512_ps(wide));
+        }
+    }
+}
+
+// An operand of wp_gemm_bf16_widened as floats holding bfloat16 values, in the calling thread's
+// buffer `which` (rows of `columns`, replacing `*ld`). NULL when the buffer cannot be had.
+static const float *widenedOperand(const float *source, const wp_bf16 *rounded, int64_t rows, int64_t columns, int64_t *ld, int which) {
+    operand_buffers *buffers = threadBuffers();
+    float *buffer = buffers ? growBuffer((void **)&buffers->widened[which], &buffers->widenedCapacity[which], sizeof(float), rows, columns) : NULL;
+    if (!buffer) return NULL;
+    if (rounded) rowsFromBF16(rounded, rows, columns, *ld, buffer, columns);
+    else rowsToRoundedFloats(source, rows, columns, *ld, buffer, columns);
+    *ld = columns > 0 ? columns : 1;
+    return buffer;
+}
+
+// With AMX, oneDNN 2.6's bfloat16 product computes into a buffer of its own and then adds that
+// into C one element at a time: about 1 ns per element of C whatever the depth
+// (`Benchmarks/gemm-bf16.sh`), so a product of little depth, attention's q·kᵀ over a head of 40
+// or 64, ran at a third to four fifths of dnnl_sgemm's speed. Such products take the operands
+// rounded to bfloat16 and widened back to floats through dnnl_sgemm instead: the same products
+// (a product of two bfloat16 values is exact in float), summed in float.
+enum { WIDENED_MAX_DEPTH = 64 };
+
+int wp_gemm_bf16_widened(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, float alpha,
+                         const float *a, const uint16_t *a16, int64_t lda, const float *b, const uint16_t *b16, int64_t ldb,
+                         float beta, float *c, int64_t ldc, int threads) {
+    wp_backend_init();
+    if (!bf16Products) return -1;
+    int64_t rowsA = transposeA ? k : m, columnsA = transposeA ? m : k;
+    int64_t rowsB = transposeB ? n : k, columnsB = transposeB ? k : n;
+    int64_t ldWA = lda, ldWB = ldb;
+    const float *wa = widenedOperand(a, a16, rowsA, columnsA, &ldWA, 0);
+    const float *wb = widenedOperand(b, b16, rowsB, columnsB, &ldWB, 1);
+    if (!wa || !wb) return -2;
+    return wp_sgemm(transposeA, transposeB, m, n, k, alpha, wa, ldWA, wb, ldWB, beta, c, ldc, threads);
+}
+
 int wp_gemm_bf16_rounded(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, float alpha,
                          const float *a, const uint16_t *a16, int64_t lda, const float *b, const uint16_t *b16, int64_t ldb,
                          float beta, float *c, int64_t ldc, int threads) {
     wp_backend_init();
     if (!bf16Products) return -1;
+    if (amxProducts && k <= WIDENED_MAX_DEPTH)
+        return wp_gemm_bf16_widened(transposeA, transposeB, m, n, k, alpha, a, a16, lda, b, b16, ldb, beta, c, ldc, threads);
     if (setThreads && maxThreads && threads > 0 && maxThreads() != threads) setThreads(threads);
     // op(A) is m x k: stored m rows of k, or (transposed) k rows of m; likewise op(B), k x n.
     int64_t rowsA = transposeA ? k : m, columnsA = transposeA ? m : k;

@@ -1,3 +1,4 @@
+import CEngineKernels
 import CheckpointFormats
 import Foundation
 import TensorCore
@@ -18,16 +19,26 @@ struct BF16ComputeTests {
         return Float(bitPattern: (u &+ 0x7FFF &+ ((u >> 16) & 1)) & 0xFFFF_0000)
     }
 
+    /// How a test asks for a bf16 product: through `GEMM.multiply` (oneDNN's bfloat16 product,
+    /// or, where oneDNN uses AMX and the depth is at most 64, the widened route), or through the
+    /// widened route itself (`wp_gemm_bf16_widened`: the operands rounded, widened back to
+    /// floats and multiplied by `dnnl_sgemm`), which any processor with AVX512_BF16 runs.
+    enum Route: String, Sendable { case engine, widened }
+
     /// `C = 1.5 · op(A) · op(B) + 0.5 · C` with padded leading dimensions and sizes that leave
     /// vector tails: within float's reassociation bound of the exact product of the *rounded*
-    /// operands, and (the rounding is real) beyond it of the product of the unrounded ones.
-    @Test(arguments: [(false, false), (true, false), (false, true), (true, true)])
-    func productsAreTheRoundedOperandsProduct(_ transposeA: Bool, _ transposeB: Bool) throws {
+    /// operands, and (the rounding is real) beyond it of the product of the unrounded ones. The
+    /// depths are one above the widened route's limit and one within it (a head of 40).
+    @Test(
+        arguments: [(false, false), (true, false), (false, true), (true, true)],
+        [(Route.engine, 301), (.engine, 40), (.widened, 301), (.widened, 40)])
+    func productsAreTheRoundedOperandsProduct(_ transposes: (Bool, Bool), _ route: (Route, Int)) throws {
         guard ComputeBackend.current.bf16Products else {
             #expect(throws: EngineError.self) { try UNet2DConditionModel.checkAvailable(.bf16) }
             return
         }
-        let m = 37, n = 29, k = 301
+        let (transposeA, transposeB) = transposes
+        let m = 37, n = 29, k = route.1
         let (rowsA, columnsA) = transposeA ? (k, m) : (m, k)
         let (rowsB, columnsB) = transposeB ? (n, k) : (k, n)
         let lda = columnsA + 3, ldb = columnsB + 5, ldc = n + 2
@@ -35,10 +46,18 @@ struct BF16ComputeTests {
         let a = random.values(rowsA * lda), b = random.values(rowsB * ldb, scale: 3)
         let c0 = random.values(m * ldc)
         var c = c0
-        GEMM.withPrecision(.bf16) {
-            GEMM.multiply(
-                m: m, n: n, k: k, a: a, lda: lda, transposeA: transposeA, b: b, ldb: ldb, transposeB: transposeB,
-                c: &c, ldc: ldc, alpha: 1.5, beta: 0.5)
+        switch route.0 {
+        case .engine:
+            GEMM.withPrecision(.bf16) {
+                GEMM.multiply(
+                    m: m, n: n, k: k, a: a, lda: lda, transposeA: transposeA, b: b, ldb: ldb, transposeB: transposeB,
+                    c: &c, ldc: ldc, alpha: 1.5, beta: 0.5)
+            }
+        case .widened:
+            let status = wp_gemm_bf16_widened(
+                transposeA ? 1 : 0, transposeB ? 1 : 0, Int64(m), Int64(n), Int64(k), 1.5, a, nil, Int64(lda), b, nil, Int64(ldb), 0.5, &c,
+                Int64(ldc), 1)
+            #expect(status == 0)
         }
         func aAt(_ i: Int, _ p: Int) -> Float { transposeA ? a[p * lda + i] : a[i * lda + p] }
         func bAt(_ p: Int, _ j: Int) -> Float { transposeB ? b[j * ldb + p] : b[p * ldb + j] }
@@ -59,7 +78,8 @@ struct BF16ComputeTests {
                 magnitude.append(1.5 * size + abs(old))
             }
         }
-        let r = expectWithinReassociationBound(actual, reference: rounded, magnitude: magnitude, terms: k + 2, "bf16 \(transposeA)/\(transposeB)")
+        let r = expectWithinReassociationBound(
+            actual, reference: rounded, magnitude: magnitude, terms: k + 2, "bf16 \(transposeA)/\(transposeB) \(route.0) k=\(k)")
         var beyond = 0
         for i in actual.indices {
             let bound = Reassociation.gamma(k + 2) * magnitude[i] + Reassociation.unitRoundoff * abs(unrounded[i])
@@ -69,7 +89,7 @@ struct BF16ComputeTests {
         // The padding between rows is left alone.
         for i in 0..<m { for j in n..<ldc { #expect(c[i * ldc + j] == c0[i * ldc + j]) } }
         print(
-            "bf16 product \(transposeA)/\(transposeB): worst error/bound \(r.worstRatio), \(beyond) of \(actual.count) beyond float's bound of the unrounded product"
+            "bf16 product \(transposeA)/\(transposeB) \(route.0) k=\(k): worst error/bound \(r.worstRatio), \(beyond) of \(actual.count) beyond float's bound of the unrounded product"
         )
     }
 

@@ -114,6 +114,14 @@ int wp_gemm_bf16_rounded(int transposeA, int transposeB, int64_t m, int64_t n, i
                          const float *a, const uint16_t *a16, int64_t lda, const float *b, const uint16_t *b16, int64_t ldb,
                          float beta, float *c, int64_t ldc, int threads);
 
+/// `wp_gemm_bf16_rounded` through `dnnl_sgemm` on the operands rounded to bfloat16 and widened
+/// back to floats: the same products, summed in float. `wp_gemm_bf16_rounded` takes this route
+/// itself where oneDNN uses AMX and the depth `k` is at most 64 (oneDNN's AMX product adds its
+/// result into C one element at a time, which dominates at little depth). Same returns.
+int wp_gemm_bf16_widened(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, float alpha,
+                         const float *a, const uint16_t *a16, int64_t lda, const float *b, const uint16_t *b16, int64_t ldb,
+                         float beta, float *c, int64_t ldc, int threads);
+
 /// `rows` rows of `columns` floats, `ld` apart, rounded to bfloat16 (nearest even; subnormal
 /// inputs read as zero) into `target`, `targetLd` apart: what `wp_gemm_bf16` does to its
 /// operands. Returns 0, or -1 when `wp_bf16_products()` is 0 (nothing written).
