@@ -224,32 +224,18 @@ static const wp_bf16 *operand(const float *source, const wp_bf16 *rounded, int64
     return buffer;
 }
 
-// Rows of floats rounded to bfloat16 as rowsToBF16 rounds them, stored back as floats (exact).
+// Rows of bfloat16 values as floats (exact): `rounded`'s widened, or else `source`'s rounded as
+// rowsToBF16 rounds them and widened back.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-static void rowsToRoundedFloats(const float *source, int64_t rows, int64_t columns, int64_t ld, float *target, int64_t targetLd) {
+static void rowsToWidened(const float *source, const wp_bf16 *rounded, int64_t rows, int64_t columns, int64_t ld, float *target,
+                          int64_t targetLd) {
     for (int64_t r = 0; r < rows; r++) {
-        const float *s = source + r * ld;
         float *t = target + r * targetLd;
         for (int64_t c = 0; c < columns; c += 16) {
             int64_t left = columns - c;
             __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-            __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, s + c));
-            __m512i wide = _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16);
-            _mm512_mask_storeu_ps(t + c, mask, _mm512_castsi512_ps(wide));
-        }
-    }
-}
-
-// Rows of bfloat16 widened to floats (exact).
-__attribute__((target("avx512f,avx512bw,avx512vl")))
-static void rowsFromBF16(const wp_bf16 *source, int64_t rows, int64_t columns, int64_t ld, float *target, int64_t targetLd) {
-    for (int64_t r = 0; r < rows; r++) {
-        const wp_bf16 *s = source + r * ld;
-        float *t = target + r * targetLd;
-        for (int64_t c = 0; c < columns; c += 16) {
-            int64_t left = columns - c;
-            __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-            __m256i h = _mm256_maskz_loadu_epi16(mask, s + c);
+            __m256i h = rounded ? _mm256_maskz_loadu_epi16(mask, rounded + r * ld + c)
+                                : (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, source + r * ld + c));
             __m512i wide = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
             _mm512_mask_storeu_ps(t + c, mask, _mm512_castsi512_ps(wide));
         }
@@ -262,10 +248,17 @@ static const float *widenedOperand(const float *source, const wp_bf16 *rounded, 
     operand_buffers *buffers = threadBuffers();
     float *buffer = buffers ? growBuffer((void **)&buffers->widened[which], &buffers->widenedCapacity[which], sizeof(float), rows, columns) : NULL;
     if (!buffer) return NULL;
-    if (rounded) rowsFromBF16(rounded, rows, columns, *ld, buffer, columns);
-    else rowsToRoundedFloats(source, rows, columns, *ld, buffer, columns);
+    rowsToWidened(source, rounded, rows, columns, *ld, buffer, columns);
     *ld = columns > 0 ? columns : 1;
     return buffer;
+}
+
+// The operands of a product as stored: op(A) is m x k, stored m rows of k or (transposed) k rows
+// of m; likewise op(B), k x n.
+typedef struct { int64_t rowsA, columnsA, rowsB, columnsB; } stored_shapes;
+
+static stored_shapes storedShapes(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k) {
+    return (stored_shapes){transposeA ? k : m, transposeA ? m : k, transposeB ? n : k, transposeB ? k : n};
 }
 
 // With AMX, oneDNN 2.6's bfloat16 product computes into a buffer of its own and then adds that
@@ -281,11 +274,10 @@ int wp_gemm_bf16_widened(int transposeA, int transposeB, int64_t m, int64_t n, i
                          float beta, float *c, int64_t ldc, int threads) {
     wp_backend_init();
     if (!bf16Products) return -1;
-    int64_t rowsA = transposeA ? k : m, columnsA = transposeA ? m : k;
-    int64_t rowsB = transposeB ? n : k, columnsB = transposeB ? k : n;
+    stored_shapes shape = storedShapes(transposeA, transposeB, m, n, k);
     int64_t ldWA = lda, ldWB = ldb;
-    const float *wa = widenedOperand(a, a16, rowsA, columnsA, &ldWA, 0);
-    const float *wb = widenedOperand(b, b16, rowsB, columnsB, &ldWB, 1);
+    const float *wa = widenedOperand(a, a16, shape.rowsA, shape.columnsA, &ldWA, 0);
+    const float *wb = widenedOperand(b, b16, shape.rowsB, shape.columnsB, &ldWB, 1);
     if (!wa || !wb) return -2;
     return wp_sgemm(transposeA, transposeB, m, n, k, alpha, wa, ldWA, wb, ldWB, beta, c, ldc, threads);
 }
@@ -298,12 +290,10 @@ int wp_gemm_bf16_rounded(int transposeA, int transposeB, int64_t m, int64_t n, i
     if (amxProducts && k <= WIDENED_MAX_DEPTH)
         return wp_gemm_bf16_widened(transposeA, transposeB, m, n, k, alpha, a, a16, lda, b, b16, ldb, beta, c, ldc, threads);
     if (setThreads && maxThreads && threads > 0 && maxThreads() != threads) setThreads(threads);
-    // op(A) is m x k: stored m rows of k, or (transposed) k rows of m; likewise op(B), k x n.
-    int64_t rowsA = transposeA ? k : m, columnsA = transposeA ? m : k;
-    int64_t rowsB = transposeB ? n : k, columnsB = transposeB ? k : n;
+    stored_shapes shape = storedShapes(transposeA, transposeB, m, n, k);
     int64_t ldRA = lda, ldRB = ldb;
-    const wp_bf16 *ra = operand(a, a16, rowsA, columnsA, &ldRA, 0);
-    const wp_bf16 *rb = operand(b, b16, rowsB, columnsB, &ldRB, 1);
+    const wp_bf16 *ra = operand(a, a16, shape.rowsA, shape.columnsA, &ldRA, 0);
+    const wp_bf16 *rb = operand(b, b16, shape.rowsB, shape.columnsB, &ldRB, 1);
     if (!ra || !rb) return -2;
     dnnl_status_t status = dnnl_gemm_bf16bf16f32(transposeA ? 'T' : 'N', transposeB ? 'T' : 'N', m, n, k, alpha,
                                                  ra, ldRA, rb, ldRB, beta, c, ldc);
