@@ -124,14 +124,27 @@ public final class StableDiffusionModel {
         guard let firstSlot = family.textEncoders.first(where: { !$0.pooledProjection }) ?? family.textEncoders.first else {
             throw ModelLoadingError(.notAModel, "\(family.name) has no text encoder", path: canonical.path)
         }
+        // A text encoder whose vocabulary lacks the tokenizer's start or end token (a model with a
+        // tokenizer of its own, read without it) would fail at the first prompt: say so now, and how.
+        func checkVocabulary(_ tokenizer: CLIPTokenizer, _ model: CLIPTextModel, _ component: Component) throws {
+            let rows = model.configuration.vocabularySize
+            guard max(tokenizer.startTokenID, tokenizer.endTokenID) >= rows else { return }
+            let source = folders.isEmpty ? "the bundled CLIP tokenizer" : "the tokenizer found"
+            throw ModelLoadingError(
+                .missingConfiguration,
+                "\(component.rawValue) has a vocabulary of \(rows) tokens, too small for \(source) (start \(tokenizer.startTokenID), end \(tokenizer.endTokenID)); give the model's diffusers folder, with its tokenizer, as the configuration folder (--config)",
+                path: canonical.path)
+        }
         let (tokenizer1, pad1) = try tokenizer(firstSlot)
         let text1 = try textModel(firstSlot.component)
+        try checkVocabulary(tokenizer1, text1, firstSlot.component)
         var second: StableDiffusionPipeline.SecondTextEncoder? = nil
         if let pooled = family.pooledTextEncoder, pooled.component != firstSlot.component {
             let (tokenizer2, pad2) = try tokenizer(pooled)
+            let text2 = try textModel(pooled.component)
+            try checkVocabulary(tokenizer2, text2, pooled.component)
             second = .init(
-                tokenizer: tokenizer2, model: try textModel(pooled.component), padTokenID: pad2,
-                projectionName: pooled.component.rawValue + ".text_projection.weight")
+                tokenizer: tokenizer2, model: text2, padTokenID: pad2, projectionName: pooled.component.rawValue + ".text_projection.weight")
         }
         let forceZeros = configs["model_index.json"]?.value.objectValue?["force_zeros_for_empty_prompt"]?.boolValue ?? family.forceZerosForEmptyPrompt
         _ = name

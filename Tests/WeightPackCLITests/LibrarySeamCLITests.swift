@@ -63,6 +63,23 @@ struct LibrarySeamCLITests {
         #expect(bytes.starts(with: [0x89, 0x50, 0x4E, 0x47]))
     }
 
+    /// A model with a tokenizer of its own, opened without it (tiny-sdxl's single file: its text
+    /// encoders have 514 tokens, too few for the bundled CLIP tokenizer's start and end ids), is
+    /// refused when it is opened, with one line naming the way out, and nothing is written.
+    @Test(arguments: ["generate", "verify"])
+    func aVocabularyTooSmallForTheTokenizerIsRefusedAtOpen(_ command: String) throws {
+        let folder = try makeTemporaryFolder()
+        let file = Self.fixtures.appendingPathComponent("tiny-sdxl/tiny-sdxl.safetensors").path
+        let png = folder.appendingPathComponent("x.png").path
+        let arguments = command == "generate" ? ["generate", file, "--steps", "1", "--size", "64", "-o", png] : ["verify", file, file, "--steps", "1", "--size", "64"]
+        let r = try run(arguments)
+        #expect(r.status == 65, "\(r.stderr)")
+        #expect(r.stderr.contains("vocabulary of 514 tokens, too small for the bundled CLIP tokenizer"), "\(r.stderr)")
+        #expect(r.stderr.contains("--config"))
+        #expect(r.stderr.split(separator: "\n").count == 1, "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: png))
+    }
+
     @Test func inspectOfANonModelSaysItIsNotRecognised() throws {
         let folder = try makeTemporaryFolder()
         let path = folder.appendingPathComponent("plain.safetensors").path
