@@ -71,7 +71,9 @@ struct LibrarySeamCLITests {
         let folder = try makeTemporaryFolder()
         let file = Self.fixtures.appendingPathComponent("tiny-sdxl/tiny-sdxl.safetensors").path
         let png = folder.appendingPathComponent("x.png").path
-        let arguments = command == "generate" ? ["generate", file, "--steps", "1", "--size", "64", "-o", png] : ["verify", file, file, "--steps", "1", "--size", "64"]
+        let arguments =
+            command == "generate"
+            ? ["generate", file, "--steps", "1", "--size", "64", "-o", png] : ["verify", file, file, "--steps", "1", "--size", "64"]
         let r = try run(arguments)
         #expect(r.status == 65, "\(r.stderr)")
         #expect(r.stderr.contains("vocabulary of 514 tokens, too small for the bundled CLIP tokenizer"), "\(r.stderr)")
