@@ -96,19 +96,27 @@ public final class StableDiffusionModel {
         let unetConfiguration = try UNetConfiguration(json: try config("unet/config.json"))
         let vaeConfiguration = try AutoencoderKLConfiguration(json: try config("vae/config.json"))
         let schedulerConfiguration = try SchedulerConfiguration(json: try config("scheduler/scheduler_config.json"))
-        // Tokenizer files: the configuration folder's, the model folder's, or the bundled CLIP vocabulary
-        // padded as the family's published tokenizer pads.
+        // Tokenizer files: the configuration folder's, the model folder's, those the model records
+        // (a `.wpk` converted from a diffusers folder), or the bundled CLIP vocabulary padded as
+        // the family's published tokenizer pads. Each comes with where it came from, for errors.
         let folders = [configurationFolder, canonical.source.formatName == "diffusers" ? canonical.path : nil].compactMap { $0 }
-        func tokenizer(_ slot: ArchitectureCatalog.TextEncoderSlot) throws -> (CLIPTokenizer, Int?) {
+        func tokenizer(_ slot: ArchitectureCatalog.TextEncoderSlot) throws -> (CLIPTokenizer, Int?, origin: String) {
             let sub = slot.component == .textEncoder ? "tokenizer" : "tokenizer_2"
             for folder in folders {
                 let dir = URL(fileURLWithPath: folder).appendingPathComponent(sub)
                 var isDirectory: ObjCBool = false
                 if FileManager.default.fileExists(atPath: dir.path, isDirectory: &isDirectory), isDirectory.boolValue {
-                    return (try CLIPTokenizer(directory: dir), nil)
+                    return (try CLIPTokenizer(directory: dir), nil, "the tokenizer in \(dir.path)")
                 }
             }
-            return (try CLIPTokenizer.bundled(), slot.padsWithZero ? 0 : nil)
+            var recorded: [String: [UInt8]] = [:]
+            for file in canonical.auxiliaryFiles where file.path.hasPrefix(sub + "/") {
+                recorded[String(file.path.dropFirst(sub.count + 1))] = file.bytes
+            }
+            if !recorded.isEmpty {
+                return (try CLIPTokenizer(files: recorded, location: "\(name): \(sub)"), nil, "the \(sub) it records")
+            }
+            return (try CLIPTokenizer.bundled(), slot.padsWithZero ? 0 : nil, "the bundled CLIP tokenizer")
         }
         func textModel(_ component: Component) throws -> CLIPTextModel {
             let anchor = "embeddings.token_embedding.weight"
@@ -126,28 +134,26 @@ public final class StableDiffusionModel {
         }
         // A text encoder whose vocabulary lacks the tokenizer's start or end token (a model with a
         // tokenizer of its own, read without it) would fail at the first prompt: say so now, and how.
-        func checkVocabulary(_ tokenizer: CLIPTokenizer, _ model: CLIPTextModel, _ component: Component) throws {
+        func checkVocabulary(_ tokenizer: CLIPTokenizer, origin source: String, _ model: CLIPTextModel, _ component: Component) throws {
             let rows = model.configuration.vocabularySize
             guard max(tokenizer.startTokenID, tokenizer.endTokenID) >= rows else { return }
-            let source = folders.isEmpty ? "the bundled CLIP tokenizer" : "the tokenizer found"
             throw ModelLoadingError(
                 .missingConfiguration,
                 "\(component.rawValue) has a vocabulary of \(rows) tokens, too small for \(source) (start \(tokenizer.startTokenID), end \(tokenizer.endTokenID)); give the model's diffusers folder, with its tokenizer, as the configuration folder (--config)",
                 path: canonical.path)
         }
-        let (tokenizer1, pad1) = try tokenizer(firstSlot)
+        let (tokenizer1, pad1, origin1) = try tokenizer(firstSlot)
         let text1 = try textModel(firstSlot.component)
-        try checkVocabulary(tokenizer1, text1, firstSlot.component)
+        try checkVocabulary(tokenizer1, origin: origin1, text1, firstSlot.component)
         var second: StableDiffusionPipeline.SecondTextEncoder? = nil
         if let pooled = family.pooledTextEncoder, pooled.component != firstSlot.component {
-            let (tokenizer2, pad2) = try tokenizer(pooled)
+            let (tokenizer2, pad2, origin2) = try tokenizer(pooled)
             let text2 = try textModel(pooled.component)
-            try checkVocabulary(tokenizer2, text2, pooled.component)
+            try checkVocabulary(tokenizer2, origin: origin2, text2, pooled.component)
             second = .init(
                 tokenizer: tokenizer2, model: text2, padTokenID: pad2, projectionName: pooled.component.rawValue + ".text_projection.weight")
         }
         let forceZeros = configs["model_index.json"]?.value.objectValue?["force_zeros_for_empty_prompt"]?.boolValue ?? family.forceZerosForEmptyPrompt
-        _ = name
         let unet = try UNet2DConditionModel(store: store, configuration: unetConfiguration, prefix: "unet.")
         let vae = try AutoencoderKL(store: store, configuration: vaeConfiguration, prefix: "vae.")
         // Run-time adapters: one table shared by the networks (names carry each one's prefix).

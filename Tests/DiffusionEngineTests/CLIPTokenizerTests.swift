@@ -106,4 +106,46 @@ struct CLIPTokenizerTests {
         let error = #expect(throws: EngineError.self) { try CLIPTokenizer(directory: dir) }
         #expect(error?.code == .invalidTokenizer)
     }
+
+    /// A `.wpk` records a diffusers folder's tokenizer files in its header; read from there they
+    /// give the folder's tokenizer: the same ids for every golden case, with either file set.
+    @Test(arguments: [["vocab.json", "merges.txt", "tokenizer_config.json"], ["tokenizer.json", "tokenizer_config.json"]])
+    func filesHeldInMemoryGiveTheFoldersTokenizer(_ names: [String]) throws {
+        var files: [String: [UInt8]] = [:]
+        for name in names {
+            files[name] = Array(try Data(contentsOf: Fixture.diffusers.appendingPathComponent("tokenizer/" + name)))
+        }
+        let tokenizer = try CLIPTokenizer(files: files, location: "test: tokenizer")
+        #expect(tokenizer.vocabulary == Self.folder.vocabulary)
+        for c in TokenizerCase.all { #expect(tokenizer.encode(c.prompt) == c.ids, "\(c.name)") }
+    }
+
+    /// Hostile or broken recorded files: refused with `invalidTokenizer`, naming the file.
+    @Test(arguments: [
+        ("no files", [String: String](), "no vocab.json with merges.txt, and no tokenizer.json"),
+        ("vocab without merges, no tokenizer.json", ["vocab.json": #"{"a": 0}"#], "no vocab.json with merges.txt"),
+        ("malformed vocabulary", ["vocab.json": "{", "merges.txt": ""], "test: tokenizer/vocab.json"),
+        ("negative id", ["vocab.json": #"{"a": -1}"#, "merges.txt": ""], "not a non-negative integer"),
+        ("malformed configuration", ["tokenizer_config.json": "[", "tokenizer.json": "{}"], "test: tokenizer/tokenizer_config.json"),
+        ("tokenizer.json without a model", ["tokenizer.json": #"{"model": 1}"#], "no BPE model"),
+    ])
+    func brokenFilesHeldInMemoryAreRefused(_ name: String, _ files: [String: String], _ message: String) {
+        let error = #expect(throws: EngineError.self, "\(name)") {
+            try CLIPTokenizer(files: files.mapValues { Array($0.utf8) }, location: "test: tokenizer")
+        }
+        #expect(error?.code == .invalidTokenizer, "\(name)")
+        #expect("\(error.map { "\($0)" } ?? "")".contains(message), "\(name): \(error.map { "\($0)" } ?? "")")
+    }
+
+    @Test func aFileHeldInMemoryThatIsNotUTF8OrTooLargeIsRefused() {
+        let notUTF8 = #expect(throws: EngineError.self) {
+            try CLIPTokenizer(files: ["tokenizer.json": [0xFF, 0xFE]], location: "test: tokenizer")
+        }
+        #expect(notUTF8?.code == .invalidTokenizer)
+        let huge = #expect(throws: EngineError.self) {
+            try CLIPTokenizer(
+                files: ["tokenizer.json": [UInt8](repeating: 0x20, count: CLIPTokenizer.maximumFileSize + 1)], location: "test: tokenizer")
+        }
+        #expect(huge?.code == .invalidTokenizer)
+    }
 }

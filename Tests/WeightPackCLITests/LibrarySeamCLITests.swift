@@ -82,6 +82,22 @@ struct LibrarySeamCLITests {
         #expect(!FileManager.default.fileExists(atPath: png))
     }
 
+    /// A `.wpk` converted from a diffusers folder with a tokenizer of its own (tiny-sd2: 514
+    /// tokens) carries that tokenizer: `verify FOLDER FILE` and `generate FILE` need no --config.
+    @Test func aConvertedFileCarriesItsTokenizer() throws {
+        let folder = try makeTemporaryFolder()
+        let source = Self.fixtures.appendingPathComponent("tiny-sd2/diffusers").path
+        let file = folder.appendingPathComponent("sd2.wpk").path
+        let convert = try run(["convert", source, file, "--dtype", "f16"])
+        #expect(convert.status == 0, "\(convert.stderr)")
+        let verify = try run(["verify", source, file, "--steps", "2"])
+        #expect(verify.status == 0, "\(verify.stderr)")
+        let png = folder.appendingPathComponent("sd2.png").path
+        let generate = try run(["generate", file, "--steps", "1", "-o", png])
+        #expect(generate.status == 0, "\(generate.stderr)")
+        #expect(FileManager.default.fileExists(atPath: png))
+    }
+
     @Test func inspectOfANonModelSaysItIsNotRecognised() throws {
         let folder = try makeTemporaryFolder()
         let path = folder.appendingPathComponent("plain.safetensors").path

@@ -158,7 +158,7 @@ struct QualityBudgetCLITests {
         #expect(!tensors.keys.contains { $0.contains("embedding") })
     }
 
-    @Test("a diffusers folder with a tokenizer of its own is proved with its own configurations, no --config needed")
+    @Test("a diffusers folder with a tokenizer of its own is proved with the tokenizer the written file records, no --config needed")
     func diffusersSourceProvesWithItsFolder() throws {
         let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }

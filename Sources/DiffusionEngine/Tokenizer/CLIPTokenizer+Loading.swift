@@ -10,42 +10,89 @@ extension CLIPTokenizer {
     ///
     /// - Throws: ``EngineError`` with `readFailed` or `invalidTokenizer`.
     public convenience init(directory: URL) throws(EngineError) {
-        let config = try Self.readJSONIfPresent(directory.appendingPathComponent("tokenizer_config.json"))
-        let specials = try Self.readJSONIfPresent(directory.appendingPathComponent("special_tokens_map.json"))
+        try self.init(
+            source: TokenizerFiles(location: directory.path) { (name) throws(EngineError) -> String? in
+                let url = directory.appendingPathComponent(name)
+                return FileManager.default.fileExists(atPath: url.path) ? try CLIPTokenizer.readText(url) : nil
+            })
+    }
+
+    /// Loads a tokenizer from the files of a diffusers `tokenizer/` folder held in memory, by
+    /// file name (a `.wpk` converted from a diffusers folder records them in its header), read
+    /// as ``init(directory:)`` reads the folder; `location` names them in errors.
+    ///
+    /// - Throws: ``EngineError`` with `invalidTokenizer`.
+    public convenience init(files: [String: [UInt8]], location: String) throws(EngineError) {
+        try self.init(
+            source: TokenizerFiles(location: location) { (name) throws(EngineError) -> String? in
+                guard let bytes = files[name] else { return nil }
+                let path = location + "/" + name
+                guard bytes.count <= CLIPTokenizer.maximumFileSize else {
+                    throw EngineError(
+                        .invalidTokenizer,
+                        "file is \(bytes.count) bytes, more than the \(CLIPTokenizer.maximumFileSize >> 20) MiB a tokenizer file may have",
+                        path: path)
+                }
+                guard let text = String(validating: bytes, as: UTF8.self) else {
+                    throw EngineError(.invalidTokenizer, "file is not UTF-8", path: path)
+                }
+                return text
+            })
+    }
+
+    /// A tokenizer folder's files, wherever they are: `read` gives a file's text by name, or
+    /// `nil` when there is no such file.
+    private struct TokenizerFiles {
+        let location: String
+        let read: (String) throws(EngineError) -> String?
+
+        func path(_ name: String) -> String { location + "/" + name }
+
+        func json(_ name: String) throws(EngineError) -> JSONValue? {
+            guard let text = try read(name) else { return nil }
+            do { return try JSONParser.parse(text) } catch {
+                throw EngineError(.invalidTokenizer, "malformed JSON", path: path(name), underlying: error)
+            }
+        }
+    }
+
+    private convenience init(source: TokenizerFiles) throws(EngineError) {
+        let config = try source.json("tokenizer_config.json")
+        let specials = try source.json("special_tokens_map.json")
         let padToken =
             Self.tokenString(config?.objectValue?["pad_token"]) ?? Self.tokenString(specials?.objectValue?["pad_token"])
             ?? CLIPTextNormalization.endOfText
         var maximumLength = 77
         if let m = config?.objectValue?["model_max_length"]?.doubleValue, m >= 2, m < 100_000 { maximumLength = Int(m) }
 
-        let vocabURL = directory.appendingPathComponent("vocab.json")
-        let mergesURL = directory.appendingPathComponent("merges.txt")
         let vocabulary: [String: Int]
         let merges: [(String, String)]
-        if FileManager.default.fileExists(atPath: vocabURL.path), FileManager.default.fileExists(atPath: mergesURL.path) {
-            vocabulary = try Self.parseVocabulary(try Self.readJSON(vocabURL), path: vocabURL.path)
-            merges = try Self.parseMerges(text: try Self.readText(mergesURL), path: mergesURL.path)
+        if let vocabularyJSON = try source.json("vocab.json"), let mergesText = try source.read("merges.txt") {
+            vocabulary = try Self.parseVocabulary(vocabularyJSON, path: source.path("vocab.json"))
+            merges = try Self.parseMerges(text: mergesText, path: source.path("merges.txt"))
         } else {
-            let url = directory.appendingPathComponent("tokenizer.json")
-            guard let model = try Self.readJSON(url).objectValue?["model"]?.objectValue,
-                let vocab = model["vocab"], let list = model["merges"]?.arrayValue
-            else {
-                throw EngineError(.invalidTokenizer, "tokenizer.json has no BPE model with vocab and merges", path: url.path)
+            let path = source.path("tokenizer.json")
+            guard let document = try source.json("tokenizer.json") else {
+                throw EngineError(.invalidTokenizer, "no vocab.json with merges.txt, and no tokenizer.json", path: source.location)
             }
-            vocabulary = try Self.parseVocabulary(vocab, path: url.path)
+            guard let model = document.objectValue?["model"]?.objectValue, let vocab = model["vocab"], let list = model["merges"]?.arrayValue
+            else {
+                throw EngineError(.invalidTokenizer, "tokenizer.json has no BPE model with vocab and merges", path: path)
+            }
+            vocabulary = try Self.parseVocabulary(vocab, path: path)
             merges = try list.map { (item) throws(EngineError) -> (String, String) in
                 if let pair = item.arrayValue, pair.count == 2, let a = pair[0].stringValue, let b = pair[1].stringValue { return (a, b) }
                 if let line = item.stringValue {
                     let parts = line.split(separator: " ", omittingEmptySubsequences: false)
                     if parts.count == 2 { return (String(parts[0]), String(parts[1])) }
                 }
-                throw EngineError(.invalidTokenizer, "malformed merge \(item)", path: url.path)
+                throw EngineError(.invalidTokenizer, "malformed merge \(item)", path: path)
             }
         }
         do {
             try self.init(vocabulary: vocabulary, merges: merges, padToken: padToken, maximumLength: maximumLength)
         } catch {
-            throw EngineError(.invalidTokenizer, error.message, path: directory.path)
+            throw EngineError(.invalidTokenizer, error.message, path: source.location)
         }
     }
 
@@ -148,7 +195,8 @@ extension CLIPTokenizer {
         }
         guard Int(info.st_size) <= maximumFileSize else {
             throw EngineError(
-                .invalidTokenizer, "file is \(info.st_size) bytes, more than the \(maximumFileSize >> 20) MiB a tokenizer file may have",
+                .invalidTokenizer,
+                "file is \(info.st_size) bytes, more than the \(CLIPTokenizer.maximumFileSize >> 20) MiB a tokenizer file may have",
                 path: url.path)
         }
         do {
@@ -162,17 +210,6 @@ extension CLIPTokenizer {
         } catch {
             throw EngineError(.readFailed, "cannot read file", path: url.path, underlying: error)
         }
-    }
-
-    static func readJSON(_ url: URL) throws(EngineError) -> JSONValue {
-        let text = try readText(url)
-        do { return try JSONParser.parse(text) } catch {
-            throw EngineError(.invalidTokenizer, "malformed JSON", path: url.path, underlying: error)
-        }
-    }
-
-    private static func readJSONIfPresent(_ url: URL) throws(EngineError) -> JSONValue? {
-        FileManager.default.fileExists(atPath: url.path) ? try readJSON(url) : nil
     }
 
     private static func parseVocabulary(_ value: JSONValue, path: String) throws(EngineError) -> [String: Int] {

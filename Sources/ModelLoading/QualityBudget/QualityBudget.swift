@@ -77,8 +77,7 @@ public enum QualityBudget {
         public var offset: Double?
         /// Tensors kept out of the ladder (F16/F32), as `--keep`.
         public var keepPatterns: [String] = []
-        /// A diffusers folder whose configurations the source needed (`--config`), for the proof;
-        /// `nil` reads the written file with the source's own folder when the source is one.
+        /// A diffusers folder whose configurations the source needed (`--config`), for the proof.
         public var configurationFolder: String?
         public var overwrite = false
         public var tool = "weightpack"
@@ -320,11 +319,6 @@ public enum QualityBudget {
             }
         }
 
-        // The written file is read with the source's configurations when the source is a
-        // diffusers folder and no other folder was given (a tokenizer of its own, say).
-        let proofConfiguration =
-            options.configurationFolder ?? model.path.flatMap { path in (try? ModelInput.detect(path)) == .diffusers ? path : nil }
-
         // 3–4: allocate, write, prove; again with a corrected offset while the target is missed.
         var offset = options.offset ?? gains?.offset ?? defaultOffset
         var attempts: [Attempt] = []
@@ -361,7 +355,7 @@ public enum QualityBudget {
             let reference = SameThread(referenceRun)
             let prove: @Sendable (String, [String: QuantizationMetrics]) throws -> JSONValue = { path, metrics in
                 events?(.phase("verify", attempt: number))
-                let candidate = try StableDiffusionModel(path: path, configurationFolder: proofConfiguration)
+                let candidate = try StableDiffusionModel(path: path, configurationFolder: options.configurationFolder)
                 let report = try Verification.verify(
                     reference.value, candidate: candidate, compute: options.compute ?? .automatic(for: candidate.pipeline.unet))
                 let image = report.stages.first { $0.name == "image" }?.metrics.psnr ?? -.infinity
