@@ -49,5 +49,9 @@ let package = Package(
             name: "FuzzJSON",
             dependencies: ["FuzzSupport", .product(name: "CheckpointFormats", package: "WeightPack")],
             swiftSettings: fuzzSettings),
+        .executableTarget(
+            name: "FuzzTokenizer",
+            dependencies: ["FuzzSupport", .product(name: "DiffusionEngine", package: "WeightPack")],
+            swiftSettings: fuzzSettings),
     ]
 )

@@ -15,7 +15,7 @@ set -euo pipefail
 export SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=no}
 
 if [[ $# -lt 2 ]]; then
-    echo "usage: $0 safetensors|wpk|gguf|torch|pickle|json SECONDS [libFuzzer options...]" >&2
+    echo "usage: $0 safetensors|wpk|gguf|torch|pickle|json|tokenizer SECONDS [libFuzzer options...]" >&2
     exit 64
 fi
 target=$1
@@ -34,7 +34,8 @@ case "$target" in
     torch)       product=FuzzTorch;       max_len=16384 ;;
     pickle)      product=FuzzPickle;      max_len=4096 ;;
     json)        product=FuzzJSON;        max_len=4096 ;;
-    *) echo "unknown target '$target' (safetensors, wpk, gguf, torch, pickle, json)" >&2; exit 64 ;;
+    tokenizer)   product=FuzzTokenizer;   max_len=16384 ;;
+    *) echo "unknown target '$target' (safetensors, wpk, gguf, torch, pickle, json, tokenizer)" >&2; exit 64 ;;
 esac
 
 # Instrument every module (the main package's parsers too) for coverage and AddressSanitizer,
@@ -111,6 +112,12 @@ case "$target" in
     json)
         seed_files "${fixtures[@]}"
         seed_safetensors_headers "$root"/Fixtures/malformed/safetensors/*.safetensors ;;
+    tokenizer)
+        # tiny-sd2's 514-token tokenizer: tokenizer.json, and vocab.json NUL merges.txt.
+        seed_files "$root"/Fixtures/tiny-sd2/diffusers/tokenizer/tokenizer.json "${fixtures[@]}"
+        tokenizer_pair="$seeds/vocab-merges"
+        [[ -f "$tokenizer_pair" ]] || { cat "$root"/Fixtures/tiny-sd2/diffusers/tokenizer/vocab.json; printf '\0';
+            cat "$root"/Fixtures/tiny-sd2/diffusers/tokenizer/merges.txt; } > "$tokenizer_pair" ;;
 esac
 
 # Given an input file (replay, -minimize_crash=1), run on it alone, without the corpus.

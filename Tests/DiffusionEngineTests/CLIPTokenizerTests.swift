@@ -1,5 +1,6 @@
 import Foundation
 import StrictJSON
+import TestSupport
 import Testing
 
 @testable import DiffusionEngine
@@ -147,5 +148,37 @@ struct CLIPTokenizerTests {
                 files: ["tokenizer.json": [UInt8](repeating: 0x20, count: CLIPTokenizer.maximumFileSize + 1)], location: "test: tokenizer")
         }
         #expect(huge?.code == .invalidTokenizer)
+    }
+
+    /// The files of `Fixtures/fuzz/tokenizer/` through the fuzz target's reading (up to a NUL byte
+    /// `vocab.json`, after it `merges.txt`; without one `tokenizer.json`): each loads or throws
+    /// `EngineError`. `crash-id-beyond-int32.json` (tiny-sd2's tokenizer.json with one id made
+    /// 31922222222222 by the fuzzer) trapped converting that id to Int32; it is refused now.
+    @Test func fuzzRegressionFilesLoadOrThrow() throws {
+        let folder = repositoryURL.appendingPathComponent("Fixtures/fuzz/tokenizer")
+        let names = try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted()
+        #expect(names.contains("crash-id-beyond-int32.json"))
+        for name in names {
+            let bytes = Array(try Data(contentsOf: folder.appendingPathComponent(name)))
+            var files: [String: [UInt8]] = [:]
+            if let nul = bytes.firstIndex(of: 0) {
+                files["vocab.json"] = Array(bytes[..<nul])
+                files["merges.txt"] = Array(bytes[(nul + 1)...])
+            } else {
+                files["tokenizer.json"] = bytes
+            }
+            do {
+                let tokenizer = try CLIPTokenizer(files: files, location: name)
+                #expect(tokenizer.encode("a cat").count == tokenizer.maximumLength, "\(name)")
+            } catch {
+                #expect(error.code == .invalidTokenizer, "\(name): \(error)")
+                if name == "crash-id-beyond-int32.json" { #expect("\(error)".contains("31922222222222"), "\(error)") }
+            }
+        }
+        let reproducer = #expect(throws: EngineError.self) {
+            try CLIPTokenizer(
+                files: ["tokenizer.json": Array(try Data(contentsOf: folder.appendingPathComponent("crash-id-beyond-int32.json")))], location: "x")
+        }
+        #expect(reproducer?.code == .invalidTokenizer)
     }
 }

@@ -8,6 +8,10 @@ import Foundation
 /// Thread-safe: the BPE cache is behind a lock.
 public final class CLIPTokenizer: @unchecked Sendable {
     /// The maximum merges CLIP uses (49152 - 256 - 2), as transformers and OpenCLIP cap them.
+    /// The largest token id a vocabulary may use, plus one: twice the most rows a text encoder
+    /// configuration may have (`CLIPTextConfiguration.Limits`), so every id can be embedded.
+    public static let maximumTokenID = 2_000_000
+
     public static let mergeLimit = 48_894
 
     /// Token string to id.
@@ -53,6 +57,11 @@ public final class CLIPTokenizer: @unchecked Sendable {
                 throw EngineError(.invalidTokenizer, "token '\(token)' is not in the vocabulary")
             }
             return id
+        }
+        // Ids are kept as Int32 in the merge table and index the id → token table: one beyond
+        // any text encoder's rows (a hostile vocab.json or tokenizer.json) is refused here.
+        if let (token, id) = vocabulary.first(where: { $0.value < 0 || $0.value >= Self.maximumTokenID }) {
+            throw EngineError(.invalidTokenizer, "token '\(token.prefix(40))' has the id \(id), outside 0..<\(Self.maximumTokenID)")
         }
         guard maximumLength >= 2 else {
             throw EngineError(.invalidTokenizer, "maximum length \(maximumLength) leaves no room for the start and end tokens")
