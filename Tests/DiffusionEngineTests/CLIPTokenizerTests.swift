@@ -181,4 +181,21 @@ struct CLIPTokenizerTests {
         }
         #expect(reproducer?.code == .invalidTokenizer)
     }
+
+    /// The id bound sits exactly at `maximumTokenID`: the folder's vocabulary with one token moved
+    /// to the last id allowed loads (and still encodes), moved one further it is refused.
+    @Test func vocabularyIDsAreBoundedAtTheMaximum() throws {
+        var vocabulary = Self.folder.vocabulary
+        let token = "cat</w>"
+        #expect(vocabulary[token] != nil)
+        let merges = try CLIPTokenizer.parseMerges(
+            text: String(decoding: try Data(contentsOf: Fixture.diffusers.appendingPathComponent("tokenizer/merges.txt")), as: UTF8.self),
+            path: "merges.txt")
+        vocabulary[token] = CLIPTokenizer.maximumTokenID - 1
+        let last = try CLIPTokenizer(vocabulary: vocabulary, merges: merges)
+        #expect(last.encode("a cat").contains(CLIPTokenizer.maximumTokenID - 1))
+        vocabulary[token] = CLIPTokenizer.maximumTokenID
+        let error = #expect(throws: EngineError.self) { try CLIPTokenizer(vocabulary: vocabulary, merges: merges) }
+        #expect(error?.code == .invalidTokenizer)
+    }
 }

@@ -69,6 +69,7 @@ struct LibrarySeamCLITests {
     @Test(arguments: ["generate", "verify"])
     func aVocabularyTooSmallForTheTokenizerIsRefusedAtOpen(_ command: String) throws {
         let folder = try makeTemporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
         let file = Self.fixtures.appendingPathComponent("tiny-sdxl/tiny-sdxl.safetensors").path
         let png = folder.appendingPathComponent("x.png").path
         let arguments =
@@ -86,6 +87,7 @@ struct LibrarySeamCLITests {
     /// tokens) carries that tokenizer: `verify FOLDER FILE` and `generate FILE` need no --config.
     @Test func aConvertedFileCarriesItsTokenizer() throws {
         let folder = try makeTemporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
         let source = Self.fixtures.appendingPathComponent("tiny-sd2/diffusers").path
         let file = folder.appendingPathComponent("sd2.wpk").path
         let convert = try run(["convert", source, file, "--dtype", "f16"])

@@ -159,7 +159,7 @@ struct QualityBudgetCLITests {
     }
 
     @Test("a diffusers folder with a tokenizer of its own is proved with the tokenizer the written file records, no --config needed")
-    func diffusersSourceProvesWithItsFolder() throws {
+    func diffusersSourceProvesWithTheRecordedTokenizer() throws {
         let folder = try makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let out = folder.appendingPathComponent("sd2.wpk").path
