@@ -8,8 +8,10 @@ struct Version: ParsableCommand {
             --verbose names the kernel family chosen from the processor's CPUID feature bits \
             (avx512, avx2 or baseline; WEIGHTPACK_KERNELS can force a narrower one) and the \
             library doing the matrix products, so a slow machine can be told from a slow model, \
-            and says "bf16 compute available" and "int8 compute available" where generate \
-            --compute bf16 and --compute int8 can run.
+            says "bf16 compute available" and "int8 compute available" where generate \
+            --compute bf16 and --compute int8 can run, and how attention runs: fused kernels \
+            (AVX-512 family, for heads whose keys and values fit in the L2 cache) or the \
+            library's products around a softmax.
             """)
 
     @Flag(help: "Also print the compute back end (kernel family, matrix-product library).")

@@ -225,10 +225,54 @@ struct KernelTests {
 
     // MARK: Attention
 
-    /// Both product paths (BLAS, and the packed kernels of Attention+Packed.swift), causal or
-    /// not, against a double-precision reference, for head widths that fill, straddle and
-    /// exceed the packed kernels' vectors (8, 40 as in SD 1.5, 72), 50 tokens (not a multiple
-    /// of the 4-row or 32-key blocks) and several chunk sizes.
+    /// Attention of `queries` rows against `keys` keys for each head, in double precision.
+    static func referenceAttention(
+        q: [Float], k: [Float], v: [Float], queries: Int, keys: Int, heads: Int, d: Int, scale: Float, causal: Bool
+    ) -> [Float] {
+        let width = heads * d
+        var expected = [Float](repeating: 0, count: queries * width)
+        for h in 0..<heads {
+            for i in 0..<queries {
+                var s = [Double](repeating: -.infinity, count: keys)
+                for j in 0..<keys where !causal || j <= i {
+                    var dot: Double = 0
+                    for p in 0..<d { dot += Double(q[i * width + h * d + p]) * Double(k[j * width + h * d + p]) }
+                    s[j] = dot * Double(scale)
+                }
+                let m = s.max()!
+                let e = s.map { exp($0 - m) }
+                let sum = e.reduce(0, +)
+                for p in 0..<d {
+                    var acc: Double = 0
+                    for j in 0..<keys { acc += e[j] / sum * Double(v[j * width + h * d + p]) }
+                    expected[i * width + h * d + p] = Float(acc)
+                }
+            }
+        }
+        return expected
+    }
+
+    /// `Attention.forward` on `packed` (the fused kernels where they run) or BLAS.
+    static func attention(
+        q: [Float], k: [Float], v: [Float], queries: Int, keys: Int, heads: Int, d: Int, scale: Float,
+        causal: Bool = false, chunk: Int, packed: Bool
+    ) -> [Float] {
+        let width = heads * d
+        var out = [Float](repeating: .nan, count: queries * width)
+        var scores = [Float](
+            repeating: .nan,
+            count: Attention.scratchCount(queries: queries, keys: keys, heads: heads, headDimension: d, chunk: chunk, packed: packed))
+        Attention.forward(
+            q: q, qStride: width, k: k, kStride: width, v: v, vStride: width, out: &out, outStride: width,
+            queries: queries, keys: keys, heads: heads, headDimension: d, scale: scale,
+            causal: causal, chunk: chunk, scores: &scores, packed: packed)
+        return out
+    }
+
+    /// Both product paths (BLAS, and the fused kernels of attention.c where the AVX-512 family
+    /// is selected), causal (always BLAS) or not, against a double-precision reference, for head
+    /// widths that fill, straddle and exceed 16-float vectors (8, 40 as in SD 1.5, 72), 50
+    /// tokens (not a multiple of the 8-row or 16-key blocks) and several chunk sizes.
     @Test(arguments: [false, true], [false, true])
     func chunkedAttentionEqualsUnchunked(_ causal: Bool, _ packed: Bool) {
         for d in [8, 40, 72] {
@@ -237,43 +281,44 @@ struct KernelTests {
             let q = random.values(tokens * width), k = random.values(tokens * width), v = random.values(tokens * width)
             let scale = 1 / Float(d).squareRoot()
             func run(chunk: Int) -> [Float] {
-                var out = [Float](repeating: .nan, count: tokens * width)
-                var scores = [Float](
-                    repeating: .nan,
-                    count: Attention.scratchCount(
-                        queries: tokens, keys: tokens, heads: heads, headDimension: d,
-                        chunk: chunk, packed: packed))
-                Attention.forward(
-                    q: q, qStride: width, k: k, kStride: width, v: v, vStride: width, out: &out, outStride: width,
-                    queries: tokens, keys: tokens, heads: heads, headDimension: d, scale: scale,
-                    causal: causal, chunk: chunk, scores: &scores, packed: packed)
-                return out
+                Self.attention(
+                    q: q, k: k, v: v, queries: tokens, keys: tokens, heads: heads, d: d, scale: scale, causal: causal,
+                    chunk: chunk, packed: packed)
             }
             let whole = run(chunk: tokens)
-            // Reference in double precision.
-            var expected = [Float](repeating: 0, count: tokens * width)
-            for h in 0..<heads {
-                for i in 0..<tokens {
-                    var s = [Double](repeating: -.infinity, count: tokens)
-                    for j in 0..<tokens where !causal || j <= i {
-                        var dot: Double = 0
-                        for p in 0..<d { dot += Double(q[i * width + h * d + p]) * Double(k[j * width + h * d + p]) }
-                        s[j] = dot * Double(scale)
-                    }
-                    let m = s.max()!
-                    let e = s.map { exp($0 - m) }
-                    let sum = e.reduce(0, +)
-                    for p in 0..<d {
-                        var acc: Double = 0
-                        for j in 0..<tokens { acc += e[j] / sum * Double(v[j * width + h * d + p]) }
-                        expected[i * width + h * d + p] = Float(acc)
-                    }
-                }
-            }
+            let expected = Self.referenceAttention(
+                q: q, k: k, v: v, queries: tokens, keys: tokens, heads: heads, d: d, scale: scale, causal: causal)
             expectClose(whole, expected, shape: [tokens, width], tolerance: 1e-5, "attention d \(d) packed \(packed)")
             for chunk in [1, 7, 16] {
                 expectClose(run(chunk: chunk), whole, shape: [tokens, width], tolerance: 1e-6, "d \(d) chunk \(chunk)")
             }
+        }
+    }
+
+    /// The fused kernels on the shapes their tiles split unevenly: queries not a multiple of 8
+    /// rows, keys not of the 48-key score tile (77 as in cross-attention: 48 + 32 padded to 80;
+    /// 16; 100: 48 + 48 + 16), widths not of the 48-column sum tile; scores far below zero (where
+    /// the padded keys' zero scores, if they entered the row maximum, would underflow every
+    /// exponential) and far above it (where `exp` without the maximum would overflow).
+    @Test func fusedAttentionMatchesTheReferenceOnUnevenShapes() {
+        #expect(Attention.usesPackedKernels == (ComputeBackend.current.kernels == .avx512))
+        for (queries, keys, heads, d, offset) in [
+            (37, 77, 2, 40, Float(0)), (20, 16, 1, 64, 0), (9, 100, 3, 80, 0), (13, 77, 2, 40, -5), (13, 50, 1, 24, 5),
+        ] {
+            var random = TestRandom(seed: 18)
+            let width = heads * d
+            // Offsets on the queries and keys move every score by about ±offset²·d·scale (±158 at
+            // d 40): beyond `exp`'s range either way. Scores that large carry float rounding of
+            // about 6e-5 before any kernel sees them (BLAS and fused alike), hence the tolerance;
+            // a row maximum taken over the padding would give the mean of the values instead.
+            let q = random.values(queries * width).map { $0 + offset }, k = random.values(keys * width).map { $0 + abs(offset) }
+            let v = random.values(keys * width)
+            let scale = 1 / Float(d).squareRoot()
+            #expect(Attention.fusedFits(keys: keys, headDimension: d) == Attention.usesPackedKernels)
+            let fused = Self.attention(q: q, k: k, v: v, queries: queries, keys: keys, heads: heads, d: d, scale: scale, chunk: 16, packed: true)
+            let expected = Self.referenceAttention(
+                q: q, k: k, v: v, queries: queries, keys: keys, heads: heads, d: d, scale: scale, causal: false)
+            expectClose(fused, expected, shape: [queries, width], tolerance: offset == 0 ? 1e-5 : 3e-4, "fused \(queries)x\(keys), d \(d), offset \(offset)")
         }
     }
 

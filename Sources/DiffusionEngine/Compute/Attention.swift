@@ -28,8 +28,11 @@ enum Attention {
         lanes(queries: queries, heads: heads, chunk: chunk) * laneScratchCount(keys: keys, headDimension: d, chunk: chunk, packed: packed)
     }
 
+    /// With the fused kernels, room for them or for the BLAS products, which a causal mask or
+    /// bf16 compute still take.
     static func laneScratchCount(keys: Int, headDimension d: Int, chunk: Int, packed: Bool) -> Int {
-        packed ? packedScratchCount(keys: keys, headDimension: d, chunk: chunk) : chunk * keys
+        packed && fusedFits(keys: keys, headDimension: d)
+            ? max(packedScratchCount(keys: keys, headDimension: d), chunk * keys) : chunk * keys
     }
 
     /// Floats of the optional scratch ``forward`` rounds the keys and values into under
@@ -49,7 +52,8 @@ enum Attention {
     ///   - causal: query `i` sees keys `0...i` (CLIP's text transformer).
     ///   - scores: scratch of at least ``scratchCount(queries:keys:heads:headDimension:chunk:packed:)``
     ///     floats for the same `packed`.
-    ///   - packed: the packed SIMD kernels (``usesPackedKernels``) or BLAS for the products.
+    ///   - packed: the fused kernels (``usesPackedKernels``; not for a causal mask or bf16
+    ///     compute, which take the BLAS products) or BLAS for the products.
     ///   - rounded: on a thread computing in bf16 with the BLAS products, optional scratch of
     ///     ``roundedScratchCount(keys:kStride:vStride:)`` floats: the keys and values are then
     ///     rounded to bfloat16 once for every head and chunk instead of in each product. In bf16
@@ -65,7 +69,11 @@ enum Attention {
         packed: Bool = usesPackedKernels, rounded: UnsafeMutablePointer<Float>? = nil
     ) {
         precondition(chunk >= 1)
-        let bf16 = !packed && Parallel.productsInBF16OnThisThread
+        let bf16 = Parallel.productsInBF16OnThisThread
+        // The fused kernels take neither a mask nor bfloat16 operands, scale after the row
+        // maximum (which a negative scale would turn into the minimum), and pay only while a
+        // head's packed keys and values stay in the core's L2 cache.
+        let fused = packed && !causal && !bf16 && scale > 0 && fusedFits(keys: keys, headDimension: d)
         // Keys and values as product operands: floats, or rounded once here.
         var kOperand = GEMM.Operand.floats(k), vOperand = GEMM.Operand.floats(v)
         if bf16, let rounded {
@@ -84,39 +92,38 @@ enum Attention {
         let laneFloats = laneScratchCount(keys: keys, headDimension: d, chunk: chunk, packed: packed)
         func run(lane: Int) {
             let scores = scoreBase.pointer + lane * laneFloats
-            // Packed kernels: scores rows of `paddedKeys` floats, then the packed head.
-            let kp = packed ? paddedKeys(keys) : keys
-            let kt = scores + chunk * kp, vp = kt + d * kp
             var packedHead = -1
             var piece = lane
             while piece < pieces {
                 let h = piece / chunks, q0 = (piece % chunks) * chunk
                 let rows = min(chunk, queries - q0)
-                if packed {
+                if fused {
                     if packedHead != h {
-                        packKeys(ks.pointer + h * d, stride: kStride, keys: keys, d: d, into: kt)
-                        packValues(vs.pointer + h * d, stride: vStride, keys: keys, d: d, into: vp)
+                        packHead(
+                            k: ks.pointer + h * d, kStride: kStride, v: vs.pointer + h * d, vStride: vStride,
+                            keys: keys, d: d, into: scores)
                         packedHead = h
                     }
-                    packedScores(
-                        q: qs.pointer + q0 * qStride + h * d, qStride: qStride, rows: rows, kt: kt,
-                        keys: keys, d: d, scale: scale, into: scores)
-                } else {
-                    GEMM.multiply(
-                        m: rows, n: keys, k: d,
-                        a: .floats(qs.pointer + q0 * qStride + h * d), lda: qStride,
-                        b: operands.value.0.advanced(by: h * d), ldb: kStride, transposeB: true,
-                        c: scores, ldc: keys, alpha: scale)
+                    fusedRows(
+                        q: qs.pointer + q0 * qStride + h * d, qStride: qStride, rows: rows, scratch: scores,
+                        keys: keys, d: d, scale: scale, out: outs.pointer + q0 * outStride + h * d, outStride: outStride)
+                    piece += lanes
+                    continue
                 }
+                GEMM.multiply(
+                    m: rows, n: keys, k: d,
+                    a: .floats(qs.pointer + q0 * qStride + h * d), lda: qStride,
+                    b: operands.value.0.advanced(by: h * d), ldb: kStride, transposeB: true,
+                    c: scores, ldc: keys, alpha: scale)
                 if causal {
                     for i in 0..<rows {
                         let first = q0 + i + 1
-                        if first < keys { (scores + i * kp + first).update(repeating: -.infinity, count: keys - first) }
+                        if first < keys { (scores + i * keys + first).update(repeating: -.infinity, count: keys - first) }
                     }
                 }
                 if bf16 {
                     // Row i's probabilities as bfloat16 where its scores began: 2·keys apart.
-                    for i in 0..<rows { Kernels.softmaxRowBF16(scores + i * kp, count: keys) }
+                    for i in 0..<rows { Kernels.softmaxRowBF16(scores + i * keys, count: keys) }
                     GEMM.multiply(
                         m: rows, n: d, k: keys,
                         a: .bf16(UnsafeRawPointer(scores).assumingMemoryBound(to: UInt16.self)), lda: 2 * keys,
@@ -125,18 +132,12 @@ enum Attention {
                     piece += lanes
                     continue
                 }
-                for i in 0..<rows { Kernels.softmaxRow(scores + i * kp, count: keys) }
-                if packed {
-                    packedWeightedSum(
-                        p: scores, rows: rows, vp: vp, keys: keys, d: d,
-                        into: outs.pointer + q0 * outStride + h * d, outStride: outStride)
-                } else {
-                    GEMM.multiply(
-                        m: rows, n: d, k: keys,
-                        a: scores, lda: keys,
-                        b: vs.pointer + h * d, ldb: vStride,
-                        c: outs.pointer + q0 * outStride + h * d, ldc: outStride)
-                }
+                for i in 0..<rows { Kernels.softmaxRow(scores + i * keys, count: keys) }
+                GEMM.multiply(
+                    m: rows, n: d, k: keys,
+                    a: scores, lda: keys,
+                    b: vs.pointer + h * d, ldb: vStride,
+                    c: outs.pointer + q0 * outStride + h * d, ldc: outStride)
                 piece += lanes
             }
         }

@@ -289,36 +289,46 @@ do {
             print(String(format: "wrote %@ in %.1f s", path, t))
         }
     case "attention":
-        // SD 1.5's largest self-attention (4096 tokens, 8 heads of 40) on one core, by chunk size.
-        let tokens = 4096, width = 320, heads = 8
+        // Self-attention shapes of the models on one core: SD 1.5 at 512 px (4096 tokens, 8 heads
+        // of 40; 1024 tokens, 8 of 80), SD 2 at 768 px (9216 tokens, 5 heads of 64), SDXL at
+        // 1024 px (4096 tokens, 10 heads of 64), the VAE's mid-block (4096 tokens, one head of 512).
+        // The BLAS products by chunk size, then the fused kernels (where the AVX-512 family is selected).
         func filled(_ n: Int, _ scale: Float) -> FloatTensor {
             let t = FloatTensor(shape: [n])
             t.withUnsafeMutableBufferPointer { p in for i in 0..<n { p[i] = Float((i * 7919) % 2001 - 1000) * scale / 1000 } }
             return t
         }
-        let q = filled(tokens * width, 1), k = filled(tokens * width, 0.7), v = filled(tokens * width, 1), out = FloatTensor(shape: [tokens * width])
         GEMM.threadCount = 1
-        for chunk in [32, 64, 128, 256, 512, 1024] {
-            let scores = FloatTensor(shape: [
-                Attention.scratchCount(queries: tokens, keys: tokens, heads: heads, headDimension: width / heads, chunk: chunk)
-            ])
-            var best = Double.infinity
-            for _ in 0..<2 {
-                best = min(
-                    best,
-                    seconds {
-                        Parallel.serially {
-                            Attention.forward(
-                                q: q.base, qStride: width, k: k.base, kStride: width, v: v.base, vStride: width,
-                                out: out.base, outStride: width, queries: tokens, keys: tokens, heads: heads,
-                                headDimension: width / heads, scale: 0.158, causal: false, chunk: chunk, scores: scores.base)
-                        }
-                    })
+        let shapes = arguments.count > 2 ? [(4096, 8, 40)] : [(4096, 8, 40), (1024, 8, 80), (256, 8, 160), (1024, 10, 64), (9216, 5, 64), (4096, 10, 64), (4096, 1, 512)]
+        for (tokens, heads, d) in shapes {
+            let width = heads * d
+            let q = filled(tokens * width, 1), k = filled(tokens * width, 0.7), v = filled(tokens * width, 1)
+            let out = FloatTensor(shape: [tokens * width])
+            let fused = Attention.usesPackedKernels && Attention.fusedFits(keys: tokens, headDimension: d)
+            let runs = [64, 256, 1024].map { (chunk: $0, packed: false) } + (fused ? [(chunk: 256, packed: true)] : [])
+            for (chunk, packed) in runs {
+                let scores = FloatTensor(shape: [
+                    Attention.scratchCount(queries: tokens, keys: tokens, heads: heads, headDimension: d, chunk: chunk, packed: packed)
+                ])
+                var best = Double.infinity
+                for _ in 0..<2 {
+                    best = min(
+                        best,
+                        seconds {
+                            Parallel.serially {
+                                Attention.forward(
+                                    q: q.base, qStride: width, k: k.base, kStride: width, v: v.base, vStride: width,
+                                    out: out.base, outStride: width, queries: tokens, keys: tokens, heads: heads,
+                                    headDimension: d, scale: 1 / Float(d).squareRoot(), causal: false, chunk: chunk,
+                                    scores: scores.base, packed: packed)
+                            }
+                        })
+                }
+                print(
+                    String(
+                        format: "attention %5d tokens, %2d heads of %3d, %@ chunk %4d: %.3f s (%.1f GFLOP/s)", tokens, heads, d,
+                        packed ? "fused" : "BLAS ", chunk, best, 4.0 * Double(tokens * tokens * width) / best / 1e9))
             }
-            print(
-                String(
-                    format: "attention 4096x4096, 8 heads of 40, chunk %4d: %.3f s (%.1f GFLOP/s)", chunk, best,
-                    4.0 * Double(tokens * tokens * width) / best / 1e9))
         }
     case "unet-convolutions":
         // The 3x3 convolutions of an SD 1.5 UNet (in, size, out), as one batch element runs them.
