@@ -3,6 +3,7 @@
 // range reduction and Cephes' expf polynomial (https://www.netlib.org/cephes/), branch-free
 // so that it vectorises; 16 partial maxima and sums (a fixed order, whatever the family).
 #include "CEngineKernels.h"
+#include "exp.h"
 
 #include <math.h>
 #if defined(__x86_64__)
@@ -11,27 +12,6 @@
 #include <string.h>
 
 #define INLINE static inline __attribute__((always_inline))
-
-INLINE float expBranchFree(float x) {
-    x = x < -87.33654f ? -87.33654f : x;
-    x = x > 88.0f ? 88.0f : x;
-    const float biased = x * 1.44269504088896341f + 12582912.0f;
-    const float n = biased - 12582912.0f;
-    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    const float e = p * (r * r) + r + 1.0f;
-    uint32_t bits;
-    memcpy(&bits, &biased, 4);
-    uint32_t exponent = (bits - 0x4B400000u + 127u) << 23;
-    float scale;
-    memcpy(&scale, &exponent, 4);
-    return e * scale;
-}
 
 // The maximum and exp passes of the softmax: `row` holds exp(x - max) afterwards and the result
 // is 1 / their sum, or 0 when every entry is -infinity (then `row` is left as it was).
@@ -55,7 +35,7 @@ INLINE float softmaxExp(float *restrict row, size_t count) {
     for (; j + 16 <= count; j += 16) {
         for (int l = 0; l < 16; l++) {
             float v = row[j + l];
-            float e = expBranchFree(v - maximum);
+            float e = wp_exp_branch_free(v - maximum);
             e = v == -INFINITY ? 0.0f : e;
             row[j + l] = e;
             partial[l] += e;
@@ -65,7 +45,7 @@ INLINE float softmaxExp(float *restrict row, size_t count) {
     for (int l = 0; l < 16; l++) sum += partial[l];
     for (; j < count; j++) {
         float v = row[j];
-        float p = v == -INFINITY ? 0.0f : expBranchFree(v - maximum);
+        float p = v == -INFINITY ? 0.0f : wp_exp_branch_free(v - maximum);
         row[j] = p;
         sum += p;
     }

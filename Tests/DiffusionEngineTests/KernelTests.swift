@@ -186,10 +186,14 @@ struct KernelTests {
         }
     }
 
-    @Test func layerNormMatchesDefinition() {
+    /// Widths that fill the C kernel's 8 partial sums (24), leave a tail (27) and are SD 1.5's
+    /// (320, with a mean far from zero), into another buffer and in place.
+    @Test(arguments: [24, 27, 320])
+    func layerNormMatchesDefinition(_ features: Int) {
         var random = TestRandom(seed: 15)
-        let rows = 9, features = 24
-        let x = random.values(rows * features, scale: 2), w = random.values(features), b = random.values(features)
+        let rows = 9
+        let x = random.values(rows * features, scale: 2).map { $0 + (features == 320 ? 40 : 0) }
+        let w = random.values(features), b = random.values(features)
         var y = [Float](repeating: 0, count: x.count)
         Kernels.layerNorm(x, into: &y, rows: rows, features: features, epsilon: 1e-5, weight: w, bias: b)
         var expected = [Float](repeating: 0, count: x.count)
@@ -202,6 +206,11 @@ struct KernelTests {
             }
         }
         expectClose(y, expected, shape: [rows, features], tolerance: 1e-5, "layer norm")
+        var inPlace = x
+        inPlace.withUnsafeMutableBufferPointer { p in
+            Kernels.layerNorm(p.baseAddress!, into: p.baseAddress!, rows: rows, features: features, epsilon: 1e-5, weight: w, bias: b)
+        }
+        #expect(inPlace == y, "in place")
     }
 
     @Test func softmaxRowsSumToOneAndMatchDefinition() {

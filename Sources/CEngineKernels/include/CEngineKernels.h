@@ -176,6 +176,14 @@ void wp_softmax_row(float *row, size_t count);
 /// bfloat16 with twice the float stride. Returns 0, or -1 when `wp_bf16_products()` is 0.
 int wp_softmax_row_bf16(float *row, size_t count);
 
+/// `y[i][j] = x[i][j] * gelu(x[i][features + j])` for `rows` rows of `2 * features` floats
+/// (GEGLU; erf by Abramowitz and Stegun 7.1.26, as Swift's `Kernels.erf`).
+void wp_geglu_rows(const float *x, int64_t rows, int64_t features, float *y);
+/// Layer normalisation of `rows` rows of `features` floats (mean and biased variance in double
+/// precision, 8 partial sums per pass), then `* weight + bias`.
+void wp_layer_norm_rows(const float *x, float *y, int64_t rows, int64_t features, float epsilon, const float *weight,
+                        const float *bias);
+
 /// Whether the fused attention kernels run: the AVX-512 family is selected.
 int wp_attention_fused(void);
 /// Whether they pay for one head of `keys` keys and width `d`: its packed keys and values fit

@@ -1,3 +1,4 @@
+import CEngineKernels
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -29,24 +30,7 @@ extension Kernels {
     static func geglu(_ x: UnsafePointer<Float>, rows: Int, features: Int, into y: UnsafeMutablePointer<Float>) {
         let xs = SharedPointer(x), ys = SharedPointer(y)
         Parallel.forRanges(rows, grain: max(1, 16_384 / max(features, 1))) { r in
-            let x = xs.pointer, y = ys.pointer
-            for i in r {
-                let row = x + i * 2 * features, out = y + i * features
-                let value = UnsafeRawPointer(row), gate = UnsafeRawPointer(row + features)
-                let target = UnsafeMutableRawPointer(out)
-                var j = 0
-                while j + 16 <= features {
-                    let g = gate.loadUnaligned(fromByteOffset: j * 4, as: SIMD16<Float>.self)
-                    let v = value.loadUnaligned(fromByteOffset: j * 4, as: SIMD16<Float>.self)
-                    target.storeBytes(of: v * (0.5 * g * (1 + erf(g * 0.70710678118654752))), toByteOffset: j * 4, as: SIMD16<Float>.self)
-                    j += 16
-                }
-                while j < features {
-                    let g = row[features + j]
-                    out[j] = row[j] * (0.5 * g * (1 + erff(g * 0.70710678118654752)))
-                    j += 1
-                }
-            }
+            wp_geglu_rows(xs.pointer + r.lowerBound * 2 * features, Int64(r.count), Int64(features), ys.pointer + r.lowerBound * features)
         }
     }
 

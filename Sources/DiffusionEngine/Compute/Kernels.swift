@@ -264,18 +264,9 @@ enum Kernels {
     ) {
         let xs = SharedPointer(x), ys = SharedPointer(y), ws = SharedPointer(weight), bs = SharedPointer(bias)
         Parallel.forRanges(rows, grain: max(1, 16_384 / max(features, 1))) { r in
-            let x = xs.pointer, y = ys.pointer, w = ws.pointer, b = bs.pointer
-            for i in r {
-                let row = i * features
-                var sum: Double = 0
-                for j in 0..<features { sum += Double(x[row + j]) }
-                let mean = sum / Double(features)
-                var squares: Double = 0
-                for j in 0..<features { let d = Double(x[row + j]) - mean; squares += d * d }
-                let inverse = Float(1 / (squares / Double(features) + Double(epsilon)).squareRoot())
-                let m = Float(mean)
-                for j in 0..<features { y[row + j] = (x[row + j] - m) * inverse * w[j] + b[j] }
-            }
+            let offset = r.lowerBound * features
+            wp_layer_norm_rows(
+                xs.pointer + offset, ys.pointer + offset, Int64(r.count), Int64(features), epsilon, ws.pointer, bs.pointer)
         }
     }
 

@@ -185,6 +185,23 @@ func kernels() {
         best = .infinity
         for _ in 0..<3 { best = min(best, seconds { Kernels.softmaxRows(s.base, rows: rows, columns: columns) }) }
         print(String(format: "softmax 1024x4096: %.3f s", best))
+        // The feed-forward and normalisation of SD 1.5's 64x64 transformer blocks, one batch element.
+        let tokens = 4096, inner = 1280, width = 320
+        let h = filled(tokens * 2 * inner, 3), g = FloatTensor(shape: [tokens * inner])
+        best = .infinity
+        for _ in 0..<3 { best = min(best, seconds { Kernels.geglu(h.base, rows: tokens, features: inner, into: g.base) }) }
+        print(String(format: "GEGLU 4096x1280: %.4f s (%.0f M values/s)", best, Double(tokens * inner) / best / 1e6))
+        let t = filled(tokens * width, 2), tn = FloatTensor(shape: [tokens * width])
+        let lw = filled(width, 1), lb = filled(width, 0.1)
+        best = .infinity
+        for _ in 0..<3 {
+            best = min(
+                best,
+                seconds {
+                    Kernels.layerNorm(t.base, into: tn.base, rows: tokens, features: width, epsilon: 1e-5, weight: lw.base, bias: lb.base)
+                })
+        }
+        print(String(format: "layer norm 4096x320: %.4f s (%.0f M values/s)", best, Double(tokens * width) / best / 1e6))
     }
     convolutions([(512, 64, 512), (512, 128, 512), (512, 256, 256), (256, 256, 256), (256, 512, 128), (128, 512, 128)])
 }
