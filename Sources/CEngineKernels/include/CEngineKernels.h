@@ -184,6 +184,10 @@ void wp_geglu_rows(const float *x, int64_t rows, int64_t features, float *y);
 void wp_layer_norm_rows(const float *x, float *y, int64_t rows, int64_t features, float epsilon, const float *weight,
                         const float *bias);
 
+/// `y[i] = x[i] * scale + shift` for `count` floats, then SiLU (`v / (1 + exp(-v))`, the
+/// softmax's `exp`) when `silu` is not 0. `x` and `y` may be the same.
+void wp_scale_shift(const float *x, float *y, int64_t count, float scale, float shift, int silu);
+
 /// Whether the fused attention kernels run: the AVX-512 family is selected.
 int wp_attention_fused(void);
 /// Whether they pay for one head of `keys` keys and width `d`: its packed keys and values fit

@@ -235,24 +235,10 @@ enum Kernels {
                 for c in (g * perGroup)..<((g + 1) * perGroup) {
                     let scale = w[c] * inverse
                     let shift = b[c] - m * scale
-                    let source = x + c * plane, target = y + c * plane
-                    if silu {
-                        normalise(source, into: target, count: plane, scale: scale, shift: shift) { v in Kernels.silu(v) }
-                    } else {
-                        normalise(source, into: target, count: plane, scale: scale, shift: shift) { v in v }
-                    }
+                    wp_scale_shift(x + c * plane, y + c * plane, Int64(plane), scale, shift, silu ? 1 : 0)
                 }
             }
         }
-    }
-
-    /// `y = f(x * scale + shift)` over `count` floats.
-    @inline(__always)
-    private static func normalise(
-        _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int,
-        scale: Float, shift: Float, _ f: (Float) -> Float
-    ) {
-        for i in 0..<count { y[i] = f(x[i] * scale + shift) }
     }
 
     /// Layer normalisation over the last dimension of a `[rows, features]` matrix; `x` and `y`
