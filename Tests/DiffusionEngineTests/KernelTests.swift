@@ -327,7 +327,9 @@ struct KernelTests {
             let fused = Self.attention(q: q, k: k, v: v, queries: queries, keys: keys, heads: heads, d: d, scale: scale, chunk: 16, packed: true)
             let expected = Self.referenceAttention(
                 q: q, k: k, v: v, queries: queries, keys: keys, heads: heads, d: d, scale: scale, causal: false)
-            expectClose(fused, expected, shape: [queries, width], tolerance: offset == 0 ? 1e-5 : 3e-4, "fused \(queries)x\(keys), d \(d), offset \(offset)")
+            expectClose(
+                fused, expected, shape: [queries, width], tolerance: offset == 0 ? 1e-5 : 3e-4,
+                "fused \(queries)x\(keys), d \(d), offset \(offset)")
         }
     }
 

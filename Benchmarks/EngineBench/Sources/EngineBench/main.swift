@@ -310,13 +310,16 @@ do {
         // of 40; 1024 tokens, 8 of 80), SD 2 at 768 px (9216 tokens, 5 heads of 64), SDXL at
         // 1024 px (4096 tokens, 10 heads of 64), the VAE's mid-block (4096 tokens, one head of 512).
         // The BLAS products by chunk size, then the fused kernels (where the AVX-512 family is selected).
+        // `attention quick`: the first shape only.
         func filled(_ n: Int, _ scale: Float) -> FloatTensor {
             let t = FloatTensor(shape: [n])
             t.withUnsafeMutableBufferPointer { p in for i in 0..<n { p[i] = Float((i * 7919) % 2001 - 1000) * scale / 1000 } }
             return t
         }
         GEMM.threadCount = 1
-        let shapes = arguments.count > 2 ? [(4096, 8, 40)] : [(4096, 8, 40), (1024, 8, 80), (256, 8, 160), (1024, 10, 64), (9216, 5, 64), (4096, 10, 64), (4096, 1, 512)]
+        let shapes =
+            arguments.count > 2
+            ? [(4096, 8, 40)] : [(4096, 8, 40), (1024, 8, 80), (256, 8, 160), (1024, 10, 64), (9216, 5, 64), (4096, 10, 64), (4096, 1, 512)]
         for (tokens, heads, d) in shapes {
             let width = heads * d
             let q = filled(tokens * width, 1), k = filled(tokens * width, 0.7), v = filled(tokens * width, 1)
