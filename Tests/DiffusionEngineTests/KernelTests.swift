@@ -1,3 +1,4 @@
+import CEngineKernels
 import Foundation
 import TensorCore
 import TestSupport
@@ -184,6 +185,26 @@ struct KernelTests {
             }
             expectClose(y, expected, shape: [channels, plane], tolerance: 1e-5, "group norm silu=\(silu)")
         }
+    }
+
+    /// Group norm's last pass (`wp_scale_shift`) rounds `x * scale` before adding `shift`, as the
+    /// Swift code it replaced did, in every kernel family: a fused multiply-add there moved a
+    /// run-time LoRA 4-10x further from the merged model (rows.c). Values near the group's mean
+    /// with a scale of 1000 (a near-constant group), where the two forms differ.
+    @Test func groupNormScaleShiftRoundsTheProductFirst() {
+        var random = TestRandom(seed: 19)
+        let mean: Float = 0.37, scale: Float = 1000.3, shift = 0.25 - mean * 1000.3
+        let x = random.values(4096, scale: 1e-3).map { $0 + mean }
+        let rounded = x.map { $0 * scale + shift }
+        #expect(zip(x, rounded).contains { shift.addingProduct($0, scale) != $1 }, "the inputs tell the two forms apart")
+        var y = [Float](repeating: .nan, count: x.count)
+        wp_scale_shift(x, &y, Int64(x.count), scale, shift, 0)
+        let differing = zip(y, rounded).filter { $0 != $1 }.count
+        #expect(differing == 0, "\(differing) of \(x.count) values differ (\(ComputeBackend.current.kernels))")
+        wp_scale_shift(x, &y, Int64(x.count), scale, shift, 1)
+        let silu = rounded.map { Double($0) / (1 + exp(-Double($0))) }
+        let worst = zip(y, silu).map { abs(Double($0) - $1) / max(1, abs($1)) }.max() ?? 0
+        #expect(worst <= 1e-6, "SiLU: worst error \(worst)")
     }
 
     /// Widths that fill the C kernel's 8 partial sums (24), leave a tail (27) and are SD 1.5's

@@ -24,7 +24,8 @@ extension Attention {
         Int(wp_attention_scratch_floats(Int64(keys), Int64(d)))
     }
 
-    /// Packs head `h`'s keys and values into the first floats of `scratch`.
+    /// Packs one head's keys and values (`keys` rows of `d` floats) into the first floats of
+    /// `scratch`.
     static func packHead(
         k: UnsafePointer<Float>, kStride: Int, v: UnsafePointer<Float>, vStride: Int, keys: Int, d: Int,
         into scratch: UnsafeMutablePointer<Float>
