@@ -29,8 +29,7 @@ MODEL="$DIR/sd15-random.safetensors"
 for t in $TYPES; do
   [ -f "$DIR/sd15-$t.wpk" ] || /usr/bin/time -f "convert --dtype $t: %e s, %M KB" "$WP" convert "$MODEL" "$DIR/sd15-$t.wpk" --dtype "$t" --no-source-hash
 done
-INPUTS="$OUT/unet-inputs.f32"
-[ -f "$INPUTS" ] || "$PY" -c "import numpy as np; r=np.random.default_rng(7); np.concatenate([r.standard_normal(2*4*64*64), r.standard_normal(2*77*768)*0.5]).astype(np.float32).tofile('$INPUTS')"
+unet_step_inputs
 : > "$OUT/blocks-results.jsonl"
 for round in $(seq 1 "$ROUNDS"); do
   files="f32 $TYPES"

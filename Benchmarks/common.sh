@@ -20,6 +20,24 @@ engine_bench_setup() {
   [ -x "$PY" ] || { echo "no fixture venv at $VENV: run Fixtures/generate/setup_venv.sh" >&2; exit 1; }
 }
 
+# The full-size random SD 1.5 UNet as a diffusers folder and one guidance pair's inputs (a 64x64
+# latent and 77 tokens of context for each element, seed 7) for unet.sh and profile.sh: made
+# when missing, sets INPUTS, and reads the weights into the page cache.
+unet_inputs_setup() {
+  if [ ! -f "$MODELS/unet/diffusion_pytorch_model.safetensors" ]; then
+    [ -f "$DIR/sd15-random.safetensors" ] || "$PY" "$ROOT/Fixtures/generate/make_fullsize_sd15.py" --out "$DIR"
+    "$PY" "$HERE/python/engine_prepare.py" "$DIR/sd15-random.safetensors" "$MODELS"
+  fi
+  unet_step_inputs
+  cat "$MODELS/unet/"*.safetensors >/dev/null
+}
+
+# The guidance pair's inputs alone (sets INPUTS; blocks.sh and int8.sh bring their own weights).
+unet_step_inputs() {
+  INPUTS="$OUT/unet-inputs.f32"
+  [ -f "$INPUTS" ] || "$PY" -c "import numpy as np; r=np.random.default_rng(7); np.concatenate([r.standard_normal(2*4*64*64), r.standard_normal(2*77*768)*0.5]).astype(np.float32).tofile('$INPUTS')"
+}
+
 # Builds Benchmarks/EngineBench (release, with @testable access to the engine) and sets BENCH.
 build_engine_bench() {
   local scratch="${ENGINE_BENCH_SCRATCH:-$ROOT/.build-perf-bench}"

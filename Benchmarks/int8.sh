@@ -27,8 +27,7 @@ F32="$DIR/sd15-f32.wpk"
 INT8="$DIR/sd15-int8.wpk"
 [ -f "$F32" ] || "$WP" convert "$SRC" "$F32" --dtype f32
 [ -f "$INT8" ] || "$WP" convert "$SRC" "$INT8" --dtype int8
-INPUTS="$OUT/unet-inputs.f32"
-[ -f "$INPUTS" ] || "$PY" -c "import numpy as np; r=np.random.default_rng(7); np.concatenate([r.standard_normal(2*4*64*64), r.standard_normal(2*77*768)*0.5]).astype(np.float32).tofile('$INPUTS')"
+unet_step_inputs
 cat "$F32" "$INT8" >/dev/null
 step() {  # FILE COMPUTE
   env ENGINE_BENCH_COMPUTE="$2" WEIGHTPACK_KEEP_RESIDENT=1 "$BENCH" unet "$1" "$INPUTS" 3 "$OUT/int8-$(basename "$1" .wpk)-$2.f32" 2>/dev/null \

@@ -18,13 +18,7 @@ ROUNDS="${1:-2}"
 STEPS="${2:-2}"
 engine_bench_setup
 build_engine_bench
-if [ ! -f "$MODELS/unet/diffusion_pytorch_model.safetensors" ]; then
-  [ -f "$DIR/sd15-random.safetensors" ] || "$PY" "$ROOT/Fixtures/generate/make_fullsize_sd15.py" --out "$DIR"
-  "$PY" "$HERE/python/engine_prepare.py" "$DIR/sd15-random.safetensors" "$MODELS"
-fi
-INPUTS="$OUT/unet-inputs.f32"
-[ -f "$INPUTS" ] || "$PY" -c "import numpy as np; r=np.random.default_rng(7); np.concatenate([r.standard_normal(2*4*64*64), r.standard_normal(2*77*768)*0.5]).astype(np.float32).tofile('$INPUTS')"
-cat "$MODELS/unet/"*.safetensors >/dev/null
+unet_inputs_setup
 : > "$OUT/unet-results.jsonl"
 for round in $(seq 1 "$ROUNDS"); do
   if [ $((round % 2)) -eq 1 ]; then order="engine diffusers"; else order="diffusers engine"; fi

@@ -109,8 +109,10 @@ int wp_sgemm(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, fl
              float *c, int64_t ldc, int threads) {
     wp_backend_init();
     if (setThreads && maxThreads && threads > 0 && maxThreads() != threads) setThreads(threads);
+    const double start = wp_profiling() ? wp_profile_clock() : 0;
     dnnl_status_t status = dnnl_sgemm(transposeA ? 'T' : 'N', transposeB ? 'T' : 'N', m, n, k, alpha,
                                       a, lda, b, ldb, beta, c, ldc);
+    if (start > 0) wp_profile_add(0, (transposeA ? 1 : 0) | (transposeB ? 2 : 0), m, n, k, wp_profile_clock() - start);
     return status == dnnl_success ? 0 : (int)status;
 }
 

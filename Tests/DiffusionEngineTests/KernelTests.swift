@@ -326,14 +326,17 @@ struct KernelTests {
     }
 
     /// The fused kernels on the shapes their tiles split unevenly: queries not a multiple of 8
-    /// rows, keys not of the 48-key score tile (77 as in cross-attention: 48 + 32 padded to 80;
-    /// 16; 100: 48 + 48 + 16), widths not of the 48-column sum tile; scores far below zero (where
+    /// rows (nor of the pairs of rows whose scores are interleaved: 37, 13, 9, 5, 11), keys not of
+    /// the 48-key score tile (77 as in cross-attention: 48 + 32 padded to 80; 16; 100: 48 + 48 +
+    /// 16), widths not of the 48-column sum tile, with the last 8 columns in the pair accumulators
+    /// (8, 24, 40) or padded (56); scores far below zero (where
     /// the padded keys' zero scores, if they entered the row maximum, would underflow every
     /// exponential) and far above it (where `exp` without the maximum would overflow).
     @Test func fusedAttentionMatchesTheReferenceOnUnevenShapes() {
         #expect(Attention.usesPackedKernels == (ComputeBackend.current.kernels == .avx512))
         for (queries, keys, heads, d, offset) in [
             (37, 77, 2, 40, Float(0)), (20, 16, 1, 64, 0), (9, 100, 3, 80, 0), (13, 77, 2, 40, -5), (13, 50, 1, 24, 5),
+            (5, 33, 2, 8, 0), (11, 40, 1, 56, 0),
         ] {
             var random = TestRandom(seed: 18)
             let width = heads * d

@@ -49,6 +49,23 @@ int wp_sgemm(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, fl
              const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
              float *c, int64_t ldc, int threads);
 
+/// Time spent per shape in the products (`wp_sgemm`, kind 0: `flags` 1 for a transposed A, 2
+/// for a transposed B) and in fused attention (kind 1: `m` query rows, `n` keys, `k` width),
+/// recorded between `wp_profile_start` and `wp_profile_stop` for the benchmarks (profile.c).
+/// Kind -1 sums the calls beyond the table's 1024 distinct shapes.
+typedef struct {
+    int32_t kind, flags;
+    int64_t m, n, k, calls;
+    double seconds;
+} wp_profile_record;
+void wp_profile_start(void);
+void wp_profile_stop(void);
+int wp_profiling(void);
+double wp_profile_clock(void);
+void wp_profile_add(int32_t kind, int32_t flags, int64_t m, int64_t n, int64_t k, double seconds);
+/// Copies at most `capacity` records into `into`; returns how many there are.
+int64_t wp_profile_read(wp_profile_record *into, int64_t capacity);
+
 /// Whether `wp_gemm_bf16` can run: the AVX-512 family is selected and the processor has
 /// AVX512_BF16.
 int wp_bf16_products(void);

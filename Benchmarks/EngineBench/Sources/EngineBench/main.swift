@@ -5,11 +5,13 @@
 //   EngineBench text-encoder DIR RUNS OUT.f32   (DIR: a diffusers text_encoder/ folder)
 //   EngineBench vae DIR LATENT.f32 RUNS OUT.f32 (DIR: a diffusers vae/ folder)
 //   EngineBench kernels                         (convolution and sgemm GFLOP/s)
-//   EngineBench unet DIR|FILE.wpk INPUTS RUNS OUT.f32 (DIR: a diffusers unet/ folder)
+//   EngineBench unet DIR|FILE.wpk INPUTS RUNS OUT.f32 (DIR: a diffusers unet/ folder;
+//                                               ENGINE_BENCH_PROFILE=1: time per layer kind)
 //   EngineBench attention | unet-convolutions   (one core, SD 1.5 shapes)
 //   EngineBench unet-dtypes UNETDIR OUTDIR      (writes OUTDIR/unet-f16.wpk and unet-int8.wpk)
 //   EngineBench backend                         (prints ComputeBackend.current)
 //   EngineBench dequant FILE.wpk RUNS           (decoding speed of its packed UNet weights, by type)
+import CEngineKernels
 import CheckpointFormats
 import Foundation
 import StrictJSON
@@ -135,7 +137,17 @@ func unet(_ dir: String, inputsPath: String, runs: Int, out: String) throws {
     let context = FloatTensor(shape: [2, 77, 768], values: Array(values[sampleCount...]))
     var result: FloatTensor!
     var times: [Double] = []
-    for _ in 0..<runs { times.append(try seconds { result = try model.predict(sample, timestep: 999, encoderHiddenStates: context) }) }
+    // ENGINE_BENCH_PROFILE=1: time the products and fused attention of every step after the
+    // first (which includes oneDNN's kernel generation) and print them per layer kind.
+    let profiling = ProcessInfo.processInfo.environment["ENGINE_BENCH_PROFILE"] == "1"
+    for run in 0..<runs {
+        if profiling && run == 1 { wp_profile_start() }
+        times.append(try seconds { result = try model.predict(sample, timestep: 999, encoderHiddenStates: context) })
+    }
+    if profiling {
+        wp_profile_stop()
+        printProfile(steps: runs - 1, wall: times.dropFirst().reduce(0, +))
+    }
     try writeFloats(result, to: out)
     if let shared = model.lastSharedConversions {
         FileHandle.standardError.write(
@@ -144,6 +156,56 @@ func unet(_ dir: String, inputsPath: String, runs: Int, out: String) throws {
     }
     let compute = model.computePrecision == .f32 ? "" : ", compute \(model.computePrecision.rawValue)"
     report("unet_step " + (dir as NSString).lastPathComponent + compute + ", " + ComputeBackend.current.description, load: load, runs: times)
+}
+
+/// The recorded products and fused attention per layer kind (told apart by shape, for the SD
+/// models' UNets: the Winograd weight transform is 36 x 9 times the filters; an unpadded product
+/// whose depth is a multiple of 9 is an im2col convolution; a product with a transposed B is a
+/// linear layer, or attention's products where the fused kernels are not used), on stderr.
+func printProfile(steps: Int, wall: Double) {
+    guard steps > 0 else { return }
+    var records = [wp_profile_record](repeating: wp_profile_record(), count: 2048)
+    let count = Int(records.withUnsafeMutableBufferPointer { wp_profile_read($0.baseAddress, Int64($0.count)) })
+    var kinds: [String: (seconds: Double, flops: Double, calls: Int)] = [:]
+    var shapes: [(String, Double, Double, Int)] = []
+    for r in records.prefix(min(count, records.count)) {
+        let flops = (r.kind == 1 ? 4.0 : 2.0) * Double(r.m) * Double(r.n) * Double(r.k) * Double(r.calls)
+        let kind: String
+        switch (r.kind, r.flags & 2 != 0) {
+        case (1, _): kind = "attention, fused kernels"
+        case (0, _) where r.m == 36 && r.k == 9: kind = "Winograd weight transform"
+        case (0, true): kind = "linear layers (and unfused attention products)"
+        case (0, false) where r.k % 9 == 0 && r.k >= 36: kind = "3x3 convolution, im2col products"
+        case (0, false): kind = "Winograd products, 1x1 convolutions"
+        default: kind = "beyond the table"
+        }
+        kinds[kind, default: (0, 0, 0)].seconds += r.seconds
+        kinds[kind, default: (0, 0, 0)].flops += flops
+        kinds[kind, default: (0, 0, 0)].calls += Int(r.calls)
+        shapes.append(("\(kind): \(r.m) x \(r.n) x \(r.k)", r.seconds, flops, Int(r.calls)))
+    }
+    var lines = [
+        String(
+            format: "profile of %d step(s), %.2f s wall per step; seconds are per calling thread (core-seconds for single-threaded calls)",
+            steps, wall / Double(steps))
+    ]
+    let total = kinds.values.reduce(0) { $0 + $1.seconds }
+    func padded(_ text: String, _ width: Int) -> String { text + String(repeating: " ", count: max(0, width - text.count)) }
+    for (kind, t) in kinds.sorted(by: { $0.value.seconds > $1.value.seconds }) {
+        lines.append(
+            "  " + padded(kind, 48)
+                + String(
+                    format: "%6.2f s per step, %6.1f GFLOP per step, %6.1f GFLOP/s, %6d calls", t.seconds / Double(steps),
+                    t.flops / Double(steps) / 1e9, t.flops / t.seconds / 1e9, t.calls / steps))
+    }
+    lines.append("  " + padded("recorded in all", 48) + String(format: "%6.2f s per step", total / Double(steps)))
+    lines.append("  largest shapes (m x n x k; attention: rows x keys x width):")
+    for (name, t, flops, calls) in shapes.sorted(by: { $0.1 > $1.1 }).prefix(12) {
+        lines.append(
+            "    " + padded(name, 72)
+                + String(format: "%6.3f s per step, %6.1f GFLOP/s, %5d calls", t / Double(steps), flops / t / 1e9, calls / steps))
+    }
+    FileHandle.standardError.write((lines.joined(separator: "\n") + "\n").data(using: .utf8)!)
 }
 
 func kernels() {
