@@ -1,3 +1,4 @@
+import CEngineKernels
 import Foundation
 import Testing
 
@@ -37,4 +38,37 @@ struct ComputeBackendTests {
             : flags.isSuperset(of: ["avx2", "fma", "f16c"]) ? .avx2 : .baseline
         #expect(ComputeBackend.current.processorKernels == expected)
     }
+    /// The benchmarks' profiler (`profile.c`): off, nothing is recorded; on, each product shape
+    /// and fused-attention shape gets its calls and time; past 1024 distinct shapes the rest are
+    /// summed in one record of kind -1 instead of growing the table. One test, so the table is
+    /// not shared with another test's profiling (other tests' products may add records).
+    @Test func profilerRecordsShapesAndStaysBounded() {
+        func product(_ m: Int, _ n: Int, _ k: Int) {
+            let a = [Float](repeating: 1, count: m * k), b = [Float](repeating: 1, count: k * n)
+            var c = [Float](repeating: 0, count: m * n)
+            GEMM.multiply(m: m, n: n, k: k, a: a, lda: k, b: b, ldb: n, c: &c, ldc: n)
+            #expect(c.allSatisfy { $0 == Float(k) })
+        }
+        func records() -> [wp_profile_record] {
+            var all = [wp_profile_record](repeating: wp_profile_record(), count: 4096)
+            let count = Int(all.withUnsafeMutableBufferPointer { wp_profile_read($0.baseAddress, Int64($0.count)) })
+            return Array(all.prefix(count))
+        }
+        wp_profile_stop()
+        product(13, 11, 7)
+        wp_profile_start()
+        #expect(records().isEmpty || records().allSatisfy { !($0.m == 13 && $0.n == 11 && $0.k == 7) })
+        product(13, 11, 7)
+        product(13, 11, 7)
+        let mine = records().filter { $0.kind == 0 && $0.m == 13 && $0.n == 11 && $0.k == 7 && $0.flags == 0 }
+        #expect(mine.count == 1 && mine.first?.calls == 2 && (mine.first?.seconds ?? 0) > 0)
+        for i in 0..<1100 { product(1, 1, 1000 + i) }
+        wp_profile_stop()
+        let all = records()
+        #expect(all.count <= 1025)
+        #expect((all.first { $0.kind == -1 }?.calls ?? 0) >= 1100 - 1024)
+        product(13, 11, 7)
+        #expect(records().first { $0.m == 13 && $0.n == 11 && $0.k == 7 }?.calls == 2, "recorded while off")
+    }
 }
+
