@@ -68,6 +68,19 @@ int wp_attention_fused_fits(int64_t keys, int64_t d) {
     return packedBytes <= level2Bytes() / 4 * 3;
 }
 
+int64_t wp_attention_key_block(int64_t keys, int64_t d) {
+    if (!wp_attention_fused() || keys <= 0 || d <= 0 || keys > ((int64_t)1 << 24) || d > ((int64_t)1 << 16)) return 0;
+    if (wp_attention_fused_fits(keys, d)) return keys;
+    // Packed bytes per key: its column of the transposed keys and its padded row of values.
+    const int64_t perKey = (d + roundUp16(d)) * (int64_t)sizeof(float);
+    const int64_t most = level2Bytes() / 4 * 3 / perKey / 48 * 48;
+    // Blocks of fewer keys lose to the products (measured: the VAE's head of 512 in blocks of 384
+    // keys, 1.0-1.6x their time); equal blocks otherwise, in 48s.
+    if (most < 1024) return 0;
+    const int64_t blocks = (keys + most - 1) / most;
+    return ((keys + blocks - 1) / blocks + 47) / 48 * 48;
+}
+
 void wp_attention_pack(const float *k, int64_t kStride, const float *v, int64_t vStride, int64_t keys, int64_t d,
                        float *scratch) {
     const int64_t kp = roundUp16(keys), dp = roundUp16(d);
@@ -170,8 +183,21 @@ TARGET INLINE void scoreTile(const int nv, const float *const q[ROWS], const flo
 }
 
 // Output columns `c0 ..< c0 + 16 * nv` of the valid rows: Σ_j p[r][j] vp[j] times 1 / sum.
+// How a tile's sums reach the output rows: `out = (out · alpha[r] + sum) · inverse[r]`, or
+// `sum · inverse[r]` for the first block of keys (out not read).
+typedef struct {
+    const float *inverse, *alpha;
+    int first;
+} Finish;
+
+// `value` (columns `c ..< c + 16` of row `r`, the lanes of `m`) finished into `at`.
+TARGET INLINE void finishStore(float *at, __mmask16 m, __m512 value, Finish f, int r) {
+    if (!f.first) value = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, at), _mm512_set1_ps(f.alpha[r]), value);
+    _mm512_mask_storeu_ps(at, m, _mm512_mul_ps(value, _mm512_set1_ps(f.inverse[r])));
+}
+
 TARGET INLINE void sumTile(const int nv, const float *p, int64_t kp, const float *vp, int64_t dp, int64_t keys,
-                           int64_t c0, int64_t d, int64_t rows, const float inverse[ROWS], float *out, int64_t outStride) {
+                           int64_t c0, int64_t d, int64_t rows, Finish finish, float *out, int64_t outStride) {
     __m512 acc[ROWS][3];
     for (int r = 0; r < ROWS; r++)
         for (int v = 0; v < 3; v++) acc[r][v] = _mm512_setzero_ps();
@@ -186,10 +212,9 @@ TARGET INLINE void sumTile(const int nv, const float *p, int64_t kp, const float
     }
     for (int r = 0; r < ROWS; r++) {
         if (r >= rows) break;
-        const __m512 s = _mm512_set1_ps(inverse[r]);
         for (int v = 0; v < nv; v++) {
             const int64_t c = c0 + 16 * v;
-            _mm512_mask_storeu_ps(out + r * outStride + c, lanesBelow(c, d), _mm512_mul_ps(acc[r][v], s));
+            finishStore(out + r * outStride + c, lanesBelow(c, d), acc[r][v], finish, r);
         }
     }
 }
@@ -199,7 +224,7 @@ TARGET INLINE void sumTile(const int nv, const float *p, int64_t kp, const float
 // two rows' column `16 * nv + c`), from a 64-bit broadcast of the two rows' probabilities and the
 // values' duplicated last 16 floats.
 TARGET INLINE void pairTile(const int nv, const float *p, int64_t kp, const float *vp, int64_t dp, int64_t keys,
-                            int64_t rows, const float inverse[ROWS], float *out, int64_t outStride) {
+                            int64_t rows, Finish finish, float *out, int64_t outStride) {
     __m512 acc[ROWS][2], both[ROWS / 2];
     for (int r = 0; r < ROWS; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int i = 0; i < ROWS / 2; i++) both[i] = _mm512_setzero_ps();
@@ -224,21 +249,33 @@ TARGET INLINE void pairTile(const int nv, const float *p, int64_t kp, const floa
         const int r = 2 * i;
         if (r >= rows) break;
         for (int v = 0; v < nv; v++) {
-            _mm512_storeu_ps(out + r * outStride + 16 * v, _mm512_mul_ps(acc[r][v], _mm512_set1_ps(inverse[r])));
-            if (r + 1 < rows) _mm512_storeu_ps(out + (r + 1) * outStride + 16 * v, _mm512_mul_ps(acc[r + 1][v], _mm512_set1_ps(inverse[r + 1])));
+            finishStore(out + r * outStride + 16 * v, 0xFFFF, acc[r][v], finish, r);
+            if (r + 1 < rows) finishStore(out + (r + 1) * outStride + 16 * v, 0xFFFF, acc[r + 1][v], finish, r + 1);
         }
-        // Lanes 0-7: row r's last 8 columns; 8-15: row r + 1's.
-        const __m512 scale = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(inverse[r]), _mm512_set1_ps(inverse[r + 1]));
-        const __m512 last = _mm512_mul_ps(_mm512_permutexvar_ps(split, both[i]), scale);
+        // Lanes 0-7: row r's last 8 columns; 8-15: row r + 1's (its row pointer 8 floats back,
+        // so that lane 8 lands on column c).
         const int64_t c = 16 * nv;
-        _mm512_mask_storeu_ps(out + r * outStride + c, 0x00FF, last);
-        if (r + 1 < rows) _mm512_mask_storeu_ps(out + (r + 1) * outStride + c - 8, 0xFF00, last);
+        const __mmask16 lanes = r + 1 < rows ? 0xFFFF : 0x00FF;
+        float *atR = out + r * outStride + c, *atNext = out + (r + 1) * outStride + c - 8;
+        __m512 last = _mm512_permutexvar_ps(split, both[i]);
+        if (!finish.first) {
+            const __m512 old = _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps(0x00FF, atR), lanes & 0xFF00, atNext);
+            const __m512 alpha = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(finish.alpha[r]), _mm512_set1_ps(finish.alpha[r + 1]));
+            last = _mm512_fmadd_ps(old, alpha, last);
+        }
+        last = _mm512_mul_ps(last, _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(finish.inverse[r]), _mm512_set1_ps(finish.inverse[r + 1])));
+        _mm512_mask_storeu_ps(atR, 0x00FF, last);
+        if (r + 1 < rows) _mm512_mask_storeu_ps(atNext, 0xFF00, last);
     }
 }
 
-// One block of at most 8 rows. Rows past `rows` repeat the last row's query and are not stored.
+// One block of at most 8 rows against one block of keys (all of them, or one of several:
+// `state` then holds each row's running maximum and sum, 2 floats a row, and `out` the sums so
+// far, rescaled here as a larger maximum appears; `first` and `last` say which block this is).
+// Rows past `rows` repeat the last row's query and are neither stored nor given state.
 TARGET static void blockAVX512(const float *q, int64_t qStride, int64_t rows, const float *kt, const float *vp,
-                               int64_t keys, int64_t d, float scale, float *scores, float *out, int64_t outStride) {
+                               int64_t keys, int64_t d, float scale, float *scores, float *out, int64_t outStride,
+                               float *state, int first, int last) {
     const int64_t kp = roundUp16(keys), dp = roundUp16(d);
     const float *rowsOfQ[ROWS];
     __m512 maxima[ROWS];
@@ -251,46 +288,59 @@ TARGET static void blockAVX512(const float *q, int64_t qStride, int64_t rows, co
     if (kp - j == 32) scoreTile(2, rowsOfQ, kt, kp, d, j, keys, scores, maxima);
     if (kp - j == 16) scoreTile(1, rowsOfQ, kt, kp, d, j, keys, scores, maxima);
 
-    // Rows past `rows` (a repeat of the last) are computed and not stored; a row of only
-    // -infinity scores gives zeros, as `wp_softmax_row`.
-    float inverse[ROWS];
+    // A row of only -infinity scores so far gives zeros, as `wp_softmax_row`.
+    float inverse[ROWS], alpha[ROWS];
     for (int r = 0; r < ROWS; r += 2) {
-        float maximum[2], sums[2];
+        float maximum[2], sums[2], before[2], sumBefore[2];
         int live[2];
         for (int h = 0; h < 2; h++) {
-            maximum[h] = _mm512_reduce_max_ps(maxima[r + h]);
+            const int kept = state && r + h < rows && !first;
+            before[h] = kept ? state[2 * (r + h)] : -INFINITY;
+            sumBefore[h] = kept ? state[2 * (r + h) + 1] : 0;
+            const float blockMaximum = _mm512_reduce_max_ps(maxima[r + h]);
+            maximum[h] = blockMaximum > before[h] ? blockMaximum : before[h];
             live[h] = maximum[h] != -INFINITY;
             if (!live[h]) maximum[h] = 0;
+            // The earlier blocks' share rescaled to the new maximum (0 if there was none).
+            alpha[r + h] = before[h] == -INFINITY ? 0 : expf(scale * (before[h] - maximum[h]));
         }
         expPair(scores + r * kp, keys, scale, maximum, live, sums);
-        for (int h = 0; h < 2; h++) inverse[r + h] = live[h] ? 1.0f / sums[h] : 0;
+        for (int h = 0; h < 2; h++) {
+            const float sum = sumBefore[h] * alpha[r + h] + sums[h];
+            if (state && r + h < rows) {
+                state[2 * (r + h)] = live[h] ? maximum[h] : -INFINITY;
+                state[2 * (r + h) + 1] = sum;
+            }
+            inverse[r + h] = !last ? 1.0f : (live[h] && sum > 0 ? 1.0f / sum : 0);
+        }
     }
 
+    const Finish finish = {inverse, alpha, first};
     if (pairedColumns(d)) {
         // A constant `nv` in each call, so that the accumulators stay in registers.
-        if (d == 40) pairTile(2, scores, kp, vp, dp, keys, rows, inverse, out, outStride);
-        else if (d == 24) pairTile(1, scores, kp, vp, dp, keys, rows, inverse, out, outStride);
-        else pairTile(0, scores, kp, vp, dp, keys, rows, inverse, out, outStride);
+        if (d == 40) pairTile(2, scores, kp, vp, dp, keys, rows, finish, out, outStride);
+        else if (d == 24) pairTile(1, scores, kp, vp, dp, keys, rows, finish, out, outStride);
+        else pairTile(0, scores, kp, vp, dp, keys, rows, finish, out, outStride);
         return;
     }
     for (int64_t c0 = 0; c0 < dp;) {
         const int64_t left = (dp - c0) / 16;
         if (left >= 3) {
-            sumTile(3, scores, kp, vp, dp, keys, c0, d, rows, inverse, out, outStride);
+            sumTile(3, scores, kp, vp, dp, keys, c0, d, rows, finish, out, outStride);
             c0 += 48;
         } else if (left == 2) {
-            sumTile(2, scores, kp, vp, dp, keys, c0, d, rows, inverse, out, outStride);
+            sumTile(2, scores, kp, vp, dp, keys, c0, d, rows, finish, out, outStride);
             c0 += 32;
         } else {
-            sumTile(1, scores, kp, vp, dp, keys, c0, d, rows, inverse, out, outStride);
+            sumTile(1, scores, kp, vp, dp, keys, c0, d, rows, finish, out, outStride);
             c0 += 16;
         }
     }
 }
 #endif
 
-int wp_attention_rows(const float *q, int64_t qStride, int64_t rows, float *scratch, int64_t keys, int64_t d,
-                      float scale, float *out, int64_t outStride) {
+int wp_attention_rows_block(const float *q, int64_t qStride, int64_t rows, float *scratch, int64_t keys, int64_t d,
+                            float scale, float *out, int64_t outStride, float *state, int first, int last) {
 #if defined(__x86_64__)
     if (!wp_attention_fused() || keys <= 0 || d <= 0) return -1;
     const int64_t kp = roundUp16(keys), dp = roundUp16(d);
@@ -299,12 +349,19 @@ int wp_attention_rows(const float *q, int64_t qStride, int64_t rows, float *scra
     const double start = wp_profiling() ? wp_profile_clock() : 0;
     for (int64_t i = 0; i < rows; i += ROWS) {
         const int64_t n = rows - i < ROWS ? rows - i : ROWS;
-        blockAVX512(q + i * qStride, qStride, n, kt, vp, keys, d, scale, scores, out + i * outStride, outStride);
+        blockAVX512(q + i * qStride, qStride, n, kt, vp, keys, d, scale, scores, out + i * outStride, outStride,
+                    state ? state + 2 * i : NULL, state ? first : 1, state ? last : 1);
     }
-    if (start > 0) wp_profile_add(1, 0, rows, keys, d, wp_profile_clock() - start);
+    if (start > 0) wp_profile_add(1, state ? 1 : 0, rows, keys, d, wp_profile_clock() - start);
     return 0;
 #else
     (void)q, (void)qStride, (void)rows, (void)scratch, (void)keys, (void)d, (void)scale, (void)out, (void)outStride;
+    (void)state, (void)first, (void)last;
     return -1;
 #endif
+}
+
+int wp_attention_rows(const float *q, int64_t qStride, int64_t rows, float *scratch, int64_t keys, int64_t d,
+                      float scale, float *out, int64_t outStride) {
+    return wp_attention_rows_block(q, qStride, rows, scratch, keys, d, scale, out, outStride, NULL, 1, 1);
 }

@@ -71,4 +71,3 @@ struct ComputeBackendTests {
         #expect(records().first { $0.m == 13 && $0.n == 11 && $0.k == 7 }?.calls == 2, "recorded while off")
     }
 }
-

@@ -285,7 +285,7 @@ struct KernelTests {
     /// `Attention.forward` on `packed` (the fused kernels where they run) or BLAS.
     static func attention(
         q: [Float], k: [Float], v: [Float], queries: Int, keys: Int, heads: Int, d: Int, scale: Float,
-        causal: Bool = false, chunk: Int, packed: Bool
+        causal: Bool = false, chunk: Int, packed: Bool, keyBlockLimit: Int = .max
     ) -> [Float] {
         let width = heads * d
         var out = [Float](repeating: .nan, count: queries * width)
@@ -295,7 +295,7 @@ struct KernelTests {
         Attention.forward(
             q: q, qStride: width, k: k, kStride: width, v: v, vStride: width, out: &out, outStride: width,
             queries: queries, keys: keys, heads: heads, headDimension: d, scale: scale,
-            causal: causal, chunk: chunk, scores: &scores, packed: packed)
+            causal: causal, chunk: chunk, scores: &scores, packed: packed, keyBlockLimit: keyBlockLimit)
         return out
     }
 
@@ -354,6 +354,40 @@ struct KernelTests {
             expectClose(
                 fused, expected, shape: [queries, width], tolerance: offset == 0 ? 1e-5 : 3e-4,
                 "fused \(queries)x\(keys), d \(d), offset \(offset)")
+        }
+    }
+
+    /// Heads too large for L2 go through the fused kernels one block of keys at a time, each
+    /// row's maximum and sum carried between blocks and its sums so far rescaled when a later
+    /// block has a larger maximum. Forced here with blocks of 48 and 96 keys (the last one
+    /// partial), several pieces of rows per head, both widths with pair accumulators and
+    /// without, and scores beyond `exp`'s range: against the double reference, and against the
+    /// whole head in one block.
+    @Test func fusedAttentionInBlocksOfKeysMatchesTheReference() {
+        guard Attention.usesPackedKernels else { return }
+        #expect(Attention.fusedKeyBlock(keys: 4096, headDimension: 40) == 4096)
+        let large = Attention.fusedKeyBlock(keys: 1 << 20, headDimension: 64)
+        #expect(large > 0 && large % 48 == 0 && large < 1 << 20)
+        #expect(!Attention.fusedFits(keys: large + 48, headDimension: 64))
+        for (queries, keys, heads, d, offset, block) in [
+            (37, 200, 2, 40, Float(0), 48), (13, 150, 1, 64, 0, 96), (9, 100, 3, 80, 0, 48), (5, 97, 2, 8, 0, 48),
+            (21, 130, 2, 40, -5, 48), (11, 145, 1, 72, 5, 96),
+        ] {
+            var random = TestRandom(seed: 19)
+            let width = heads * d
+            let q = random.values(queries * width).map { $0 + offset }, k = random.values(keys * width).map { $0 + abs(offset) }
+            let v = random.values(keys * width)
+            let scale = 1 / Float(d).squareRoot()
+            let blocked = Self.attention(
+                q: q, k: k, v: v, queries: queries, keys: keys, heads: heads, d: d, scale: scale, chunk: 8, packed: true,
+                keyBlockLimit: block)
+            let whole = Self.attention(q: q, k: k, v: v, queries: queries, keys: keys, heads: heads, d: d, scale: scale, chunk: 8, packed: true)
+            let expected = Self.referenceAttention(
+                q: q, k: k, v: v, queries: queries, keys: keys, heads: heads, d: d, scale: scale, causal: false)
+            let tolerance: Float = offset == 0 ? 1e-5 : 3e-4
+            expectClose(
+                blocked, expected, shape: [queries, width], tolerance: tolerance, "blocks of \(block): \(queries)x\(keys), d \(d), offset \(offset)")
+            expectClose(blocked, whole, shape: [queries, width], tolerance: tolerance, "blocks of \(block) against one block")
         }
     }
 

@@ -225,6 +225,16 @@ void wp_attention_pack(const float *k, int64_t kStride, const float *v, int64_t 
 /// remaining floats hold the scores. Returns 0, or -1 when `wp_attention_fused()` is 0.
 int wp_attention_rows(const float *q, int64_t qStride, int64_t rows, float *scratch, int64_t keys, int64_t d,
                       float scale, float *out, int64_t outStride);
+/// Keys per block for heads too large for `wp_attention_fused_fits`: the head split into equal
+/// blocks (in 48s) whose packed keys and values fit in three quarters of L2 (`keys` when the
+/// whole head fits; 0 where the fused kernels do not run or fewer than 1024 keys would fit).
+int64_t wp_attention_key_block(int64_t keys, int64_t d);
+/// `wp_attention_rows` for one block of a head's keys, packed into `scratch` alone: `state`
+/// (2 floats per row: the maximum and sum so far) carries each row's softmax from block to
+/// block, `out` holds the unnormalised sums until `last` (flash attention's online softmax);
+/// `first` starts the rows afresh. With `state` NULL, the whole head (first and last).
+int wp_attention_rows_block(const float *q, int64_t qStride, int64_t rows, float *scratch, int64_t keys, int64_t d,
+                            float scale, float *out, int64_t outStride, float *state, int first, int last);
 
 /// Threads a product uses outside single-threaded sections (default: `WEIGHTPACK_GEMM_THREADS`,
 /// else `OMP_NUM_THREADS`, else `OPENBLAS_NUM_THREADS`, else `fallback`).

@@ -31,8 +31,8 @@ enum Attention {
     /// With the fused kernels, room for them or for the BLAS products, which a causal mask or
     /// bf16 compute still take.
     static func laneScratchCount(keys: Int, headDimension d: Int, chunk: Int, packed: Bool) -> Int {
-        packed && fusedFits(keys: keys, headDimension: d)
-            ? max(packedScratchCount(keys: keys, headDimension: d), chunk * keys) : chunk * keys
+        let block = packed ? fusedKeyBlock(keys: keys, headDimension: d) : 0
+        return block > 0 ? max(packedScratchCount(keys: block, headDimension: d), chunk * keys) : chunk * keys
     }
 
     /// Floats of the optional scratch ``forward`` rounds the keys and values into under
@@ -66,14 +66,19 @@ enum Attention {
         out: UnsafeMutablePointer<Float>, outStride: Int,
         queries: Int, keys: Int, heads: Int, headDimension d: Int,
         scale: Float, causal: Bool, chunk: Int, scores: UnsafeMutablePointer<Float>,
-        packed: Bool = usesPackedKernels, rounded: UnsafeMutablePointer<Float>? = nil
+        packed: Bool = usesPackedKernels, rounded: UnsafeMutablePointer<Float>? = nil, keyBlockLimit: Int = .max
     ) {
         precondition(chunk >= 1)
         let bf16 = Parallel.productsInBF16OnThisThread
-        // The fused kernels take neither a mask nor bfloat16 operands, scale after the row
-        // maximum (which a negative scale would turn into the minimum), and pay only while a
-        // head's packed keys and values stay in the core's L2 cache.
-        let fused = packed && !causal && !bf16 && scale > 0 && fusedFits(keys: keys, headDimension: d)
+        // The fused kernels take neither a mask nor bfloat16 operands and scale after the row
+        // maximum (which a negative scale would turn into the minimum). They pay only while the
+        // keys and values they read stay in the core's L2 cache: a larger head goes through them
+        // one block of keys at a time (`keyBlock` < `keys`), each row's softmax carried from block
+        // to block (`keyBlockLimit`, for tests, makes the blocks smaller).
+        let fusable = packed && !causal && !bf16 && scale > 0
+        let keyBlock = fusable ? min(fusedKeyBlock(keys: keys, headDimension: d), max(48, keyBlockLimit / 48 * 48)) : 0
+        let fused = keyBlock >= keys
+        let blocked = keyBlock > 0 && keyBlock < keys
         // Keys and values as product operands: floats, or rounded once here.
         var kOperand = GEMM.Operand.floats(k), vOperand = GEMM.Operand.floats(v)
         if bf16, let rounded {
@@ -92,6 +97,10 @@ enum Attention {
         let laneFloats = laneScratchCount(keys: keys, headDimension: d, chunk: chunk, packed: packed)
         func run(lane: Int) {
             let scores = scoreBase.pointer + lane * laneFloats
+            if blocked {
+                runBlocked(lane: lane, scratch: scores)
+                return
+            }
             var packedHead = -1
             var piece = lane
             while piece < pieces {
@@ -139,6 +148,32 @@ enum Attention {
                     b: vs.pointer + h * d, ldb: vStride,
                     c: outs.pointer + q0 * outStride + h * d, ldc: outStride)
                 piece += lanes
+            }
+        }
+        // The lane's pieces head by head: each block of the head's keys packed once, then every
+        // piece of rows against it, with each row's running maximum and sum in `state`.
+        func runBlocked(lane: Int, scratch: UnsafeMutablePointer<Float>) {
+            var state = [Float](repeating: 0, count: 2 * queries)
+            state.withUnsafeMutableBufferPointer { state in
+                var piece = lane
+                while piece < pieces {
+                    let h = piece / chunks
+                    let mine = Array(stride(from: piece, to: (h + 1) * chunks, by: lanes))
+                    for b0 in stride(from: 0, to: keys, by: keyBlock) {
+                        let blockKeys = min(keyBlock, keys - b0)
+                        packHead(
+                            k: ks.pointer + b0 * kStride + h * d, kStride: kStride, v: vs.pointer + b0 * vStride + h * d, vStride: vStride,
+                            keys: blockKeys, d: d, into: scratch)
+                        for p in mine {
+                            let q0 = (p % chunks) * chunk
+                            fusedRowsBlock(
+                                q: qs.pointer + q0 * qStride + h * d, qStride: qStride, rows: min(chunk, queries - q0), scratch: scratch,
+                                keys: blockKeys, d: d, scale: scale, out: outs.pointer + q0 * outStride + h * d, outStride: outStride,
+                                state: state.baseAddress! + 2 * q0, first: b0 == 0, last: b0 + blockKeys == keys)
+                        }
+                    }
+                    piece = mine.last! + lanes
+                }
             }
         }
         if lanes == 1 {

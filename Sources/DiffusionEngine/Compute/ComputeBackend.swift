@@ -100,7 +100,7 @@ public struct ComputeBackend: Sendable, CustomStringConvertible {
         s += "), products \(library) (\(libraryInstructionSet)"
         if bf16Products { s += "; bf16 compute available" }
         if int8Products { s += "; int8 compute available" }
-        s += "), attention \(kernels == .avx512 ? "fused kernels where a head fits in L2" : "products and softmax")"
+        s += "), attention \(kernels == .avx512 ? "fused kernels (in blocks of keys that fit in L2)" : "products and softmax")"
         return s
     }
 }

@@ -386,7 +386,8 @@ do {
             let width = heads * d
             let q = filled(tokens * width, 1), k = filled(tokens * width, 0.7), v = filled(tokens * width, 1)
             let out = FloatTensor(shape: [tokens * width])
-            let fused = Attention.usesPackedKernels && Attention.fusedFits(keys: tokens, headDimension: d)
+            let keyBlock = Attention.usesPackedKernels ? Attention.fusedKeyBlock(keys: tokens, headDimension: d) : 0
+            let fused = keyBlock > 0
             let runs = [64, 256, 1024].map { (chunk: $0, packed: false) } + (fused ? [(chunk: 256, packed: true)] : [])
             for (chunk, packed) in runs {
                 let scores = FloatTensor(shape: [
@@ -408,8 +409,9 @@ do {
                 }
                 print(
                     String(
-                        format: "attention %5d tokens, %2d heads of %3d, %@ chunk %4d: %.3f s (%.1f GFLOP/s)", tokens, heads, d,
-                        packed ? "fused" : "BLAS ", chunk, best, 4.0 * Double(tokens * tokens * width) / best / 1e9))
+                        format: "attention %5d tokens, %2d heads of %3d, %@ chunk %4d: %.3f s (%.1f GFLOP/s)%@", tokens, heads, d,
+                        packed ? "fused" : "BLAS ", chunk, best, 4.0 * Double(tokens * tokens * width) / best / 1e9,
+                        packed && keyBlock < tokens ? " in blocks of \(keyBlock) keys" : ""))
             }
         }
     case "unet-convolutions":
