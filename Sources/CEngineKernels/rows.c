@@ -1,5 +1,5 @@
 // Row-wise elementwise work of the UNet's blocks, compiled for each kernel family and chosen by
-// wp_selected_kernels(): GEGLU (`value * gelu(gate)`, with Abramowitz and Stegun's erf, as
+// wp_selected_kernels(): transposes (16 x 16 tiles in registers on AVX-512), GEGLU (`value * gelu(gate)`, with Abramowitz and Stegun's erf, as
 // Swift's `Kernels.erf`), layer normalisation (sums in double precision, 8 partial sums per
 // pass in a fixed order whatever the family) and group norm's scale, shift and SiLU. In Swift these ran at SSE width in the portable
 // build, layer norm's double sums one element at a time and group norm's SiLU called libm's
@@ -8,6 +8,10 @@
 #include "exp.h"
 
 #include <math.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -89,6 +93,22 @@ INLINE void scaleShiftBody(const float *x, float *y, int64_t count, float scale,
     }
 }
 
+// Rows `begin ..< end` of `x[rows][columns]` into `y[columns][rows]`, in 32 x 32 blocks.
+INLINE void transposeBody(const float *restrict x, int64_t rows, int64_t columns, int64_t begin, int64_t end,
+                          float *restrict y) {
+    for (int64_t i0 = begin; i0 < end; i0 += 32) {
+        const int64_t i1 = end - i0 < 32 ? end : i0 + 32;
+        for (int64_t j0 = 0; j0 < columns; j0 += 32) {
+            const int64_t j1 = columns - j0 < 32 ? columns : j0 + 32;
+            for (int64_t i = i0; i < i1; i++)
+                for (int64_t j = j0; j < j1; j++) y[j * rows + i] = x[i * columns + j];
+        }
+    }
+}
+
+static void transposeBaseline(const float *x, int64_t rows, int64_t columns, int64_t begin, int64_t end, float *y) {
+    transposeBody(x, rows, columns, begin, end, y);
+}
 static void scaleShiftBaseline(const float *x, float *y, int64_t count, float scale, float shift, int silu) {
     scaleShiftBody(x, y, count, scale, shift, silu);
 }
@@ -116,12 +136,55 @@ AVX2 static void scaleShiftAVX2(const float *x, float *y, int64_t count, float s
 AVX512 static void scaleShiftAVX512(const float *x, float *y, int64_t count, float scale, float shift, int silu) {
     scaleShiftBody(x, y, count, scale, shift, silu);
 }
+AVX2 static void transposeAVX2(const float *x, int64_t rows, int64_t columns, int64_t begin, int64_t end, float *y) {
+    transposeBody(x, rows, columns, begin, end, y);
+}
+// 16 x 16 tiles in registers: 32-bit and 64-bit interleaves within 128-bit lanes, then a 4 x 4
+// transpose of the lanes (`VSHUFF32X4`); the edges as the other families.
+AVX512 static void transposeAVX512(const float *x, int64_t rows, int64_t columns, int64_t begin, int64_t end, float *y) {
+    const int64_t fullColumns = columns / 16 * 16;
+    int64_t i0 = begin;
+    for (; i0 + 16 <= end; i0 += 16) {
+        for (int64_t j0 = 0; j0 < fullColumns; j0 += 16) {
+            __m512 r[16], t[16], u[16];
+            for (int k = 0; k < 16; k++) r[k] = _mm512_loadu_ps(x + (i0 + k) * columns + j0);
+            for (int k = 0; k < 8; k++) {
+                t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+                t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+            }
+            // u[4k + m], lane L: column 4L + m of rows 4k ..< 4k + 4.
+            for (int k = 0; k < 4; k++) {
+                const __m512d a = _mm512_castps_pd(t[4 * k]), b = _mm512_castps_pd(t[4 * k + 1]);
+                const __m512d c = _mm512_castps_pd(t[4 * k + 2]), d = _mm512_castps_pd(t[4 * k + 3]);
+                u[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+                u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+                u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+                u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+            }
+            for (int m = 0; m < 4; m++) {
+                const __m512 v0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88), v1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xDD);
+                const __m512 w0 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88), w1 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xDD);
+                _mm512_storeu_ps(y + (j0 + m) * rows + i0, _mm512_shuffle_f32x4(v0, w0, 0x88));
+                _mm512_storeu_ps(y + (j0 + 4 + m) * rows + i0, _mm512_shuffle_f32x4(v1, w1, 0x88));
+                _mm512_storeu_ps(y + (j0 + 8 + m) * rows + i0, _mm512_shuffle_f32x4(v0, w0, 0xDD));
+                _mm512_storeu_ps(y + (j0 + 12 + m) * rows + i0, _mm512_shuffle_f32x4(v1, w1, 0xDD));
+            }
+        }
+        for (int64_t i = i0; i < i0 + 16; i++)
+            for (int64_t j = fullColumns; j < columns; j++) y[j * rows + i] = x[i * columns + j];
+    }
+    transposeBody(x, rows, columns, i0, end, y);
+}
 #define PICK(name) (wp_selected_kernels() == WP_KERNELS_AVX512 ? name##AVX512 : wp_selected_kernels() == WP_KERNELS_AVX2 ? name##AVX2 : name##Baseline)
 #else
 #define PICK(name) name##Baseline
 #endif
 
 void wp_geglu_rows(const float *x, int64_t rows, int64_t features, float *y) { PICK(geglu)(x, rows, features, y); }
+
+void wp_transpose_rows(const float *x, int64_t rows, int64_t columns, int64_t begin, int64_t end, float *y) {
+    PICK(transpose)(x, rows, columns, begin, end, y);
+}
 
 void wp_layer_norm_rows(const float *x, float *y, int64_t rows, int64_t features, float epsilon, const float *weight,
                         const float *bias) {

@@ -391,6 +391,22 @@ struct KernelTests {
         }
     }
 
+    /// The transpose around each transformer (16 x 16 register tiles on AVX-512, scalar blocks
+    /// otherwise) is an exact copy, on shapes with whole tiles, partial tiles in either
+    /// direction, and more rows than one worker's range (320 x 4096, SD 1.5's 64 x 64 level).
+    @Test func transposeIsAnExactCopy() {
+        for (rows, columns) in [(16, 16), (48, 64), (37, 53), (33, 17), (5, 40), (320, 4096)] {
+            let x = (0..<rows * columns).map { Float($0) * 0.5 - 7 }
+            var y = [Float](repeating: .nan, count: rows * columns)
+            Kernels.transpose(x, rows: rows, columns: columns, into: &y)
+            var wrong = 0
+            for i in 0..<rows {
+                for j in 0..<columns where y[j * rows + i] != x[i * columns + j] { wrong += 1 }
+            }
+            #expect(wrong == 0, "\(rows) x \(columns): \(wrong) elements wrong")
+        }
+    }
+
     @Test func attentionScoreMemoryIsBoundedAt4096Tokens() {
         // 512-px SD: 4096 latent tokens. One chunk of scores stays within the budget.
         let chunk = Attention.defaultChunk(queries: 4096, keys: 4096)

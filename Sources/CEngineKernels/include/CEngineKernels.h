@@ -196,6 +196,9 @@ int wp_softmax_row_bf16(float *row, size_t count);
 /// `y[i][j] = x[i][j] * gelu(x[i][features + j])` for `rows` rows of `2 * features` floats
 /// (GEGLU; erf by Abramowitz and Stegun 7.1.26, as Swift's `Kernels.erf`).
 void wp_geglu_rows(const float *x, int64_t rows, int64_t features, float *y);
+/// Rows `begin ..< end` of the row-major `x[rows][columns]` written transposed into
+/// `y[columns][rows]` (an exact copy, per kernel family).
+void wp_transpose_rows(const float *x, int64_t rows, int64_t columns, int64_t begin, int64_t end, float *y);
 /// Layer normalisation of `rows` rows of `features` floats (mean and biased variance in double
 /// precision, 8 partial sums per pass), then `* weight + bias`.
 void wp_layer_norm_rows(const float *x, float *y, int64_t rows, int64_t features, float epsilon, const float *weight,

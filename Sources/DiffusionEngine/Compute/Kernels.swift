@@ -184,23 +184,15 @@ enum Kernels {
     }
 
     /// Transposes a `[rows, columns]` matrix into `[columns, rows]`.
+    /// In C per kernel family (`wp_transpose_rows`: 16 x 16 tiles in registers on AVX-512, where
+    /// the scalar copy ran at about 1.5 GB/s), over ranges of 16 rows.
     static func transpose(_ x: UnsafePointer<Float>, rows: Int, columns: Int, into y: UnsafeMutablePointer<Float>) {
         let xs = SharedPointer(x), ys = SharedPointer(y)
-        let block = 32
+        let block = 16
         let rowBlocks = (rows + block - 1) / block
         Parallel.forRanges(rowBlocks, grain: max(1, 65_536 / max(columns * block, 1))) { r in
-            let x = xs.pointer, y = ys.pointer
-            for rb in r {
-                let i0 = rb * block, i1 = min(rows, i0 + block)
-                var j0 = 0
-                while j0 < columns {
-                    let j1 = min(columns, j0 + block)
-                    for i in i0..<i1 {
-                        for j in j0..<j1 { y[j * rows + i] = x[i * columns + j] }
-                    }
-                    j0 = j1
-                }
-            }
+            wp_transpose_rows(
+                xs.pointer, Int64(rows), Int64(columns), Int64(r.lowerBound * block), Int64(min(rows, r.upperBound * block)), ys.pointer)
         }
     }
 
