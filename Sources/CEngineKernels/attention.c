@@ -182,7 +182,6 @@ TARGET INLINE void scoreTile(const int nv, const float *const q[ROWS], const flo
     }
 }
 
-// Output columns `c0 ..< c0 + 16 * nv` of the valid rows: Σ_j p[r][j] vp[j] times 1 / sum.
 // How a tile's sums reach the output rows: `out = (out · alpha[r] + sum) · inverse[r]`, or
 // `sum · inverse[r]` for the first block of keys (out not read).
 typedef struct {
@@ -196,6 +195,7 @@ TARGET INLINE void finishStore(float *at, __mmask16 m, __m512 value, Finish f, i
     _mm512_mask_storeu_ps(at, m, _mm512_mul_ps(value, _mm512_set1_ps(f.inverse[r])));
 }
 
+// Output columns `c0 ..< c0 + 16 * nv` of the valid rows: Σ_j p[r][j] vp[j], finished.
 TARGET INLINE void sumTile(const int nv, const float *p, int64_t kp, const float *vp, int64_t dp, int64_t keys,
                            int64_t c0, int64_t d, int64_t rows, Finish finish, float *out, int64_t outStride) {
     __m512 acc[ROWS][3];

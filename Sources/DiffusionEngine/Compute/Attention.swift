@@ -77,7 +77,7 @@ enum Attention {
         // to block (`keyBlockLimit`, for tests, makes the blocks smaller).
         let fusable = packed && !causal && !bf16 && scale > 0
         let keyBlock = fusable ? min(fusedKeyBlock(keys: keys, headDimension: d), max(48, keyBlockLimit / 48 * 48)) : 0
-        let fused = keyBlock >= keys
+        let fused = keyBlock > 0 && keyBlock >= keys
         let blocked = keyBlock > 0 && keyBlock < keys
         // Keys and values as product operands: floats, or rounded once here.
         var kOperand = GEMM.Operand.floats(k), vOperand = GEMM.Operand.floats(v)
