@@ -30,13 +30,39 @@ INLINE float erfAS(float x) {
     return x < 0 ? -y : y;
 }
 
-INLINE void gegluBody(const float *restrict x, int64_t rows, int64_t features, float *restrict y) {
+// With a bias (the projection's, left to this pass), `value + bias[j]` and `gate + bias[F + j]`
+// rounded before use, as when the bias was added to the projection's result first.
+INLINE void gegluBody(const float *restrict x, int64_t rows, int64_t features, const float *restrict bias,
+                      float *restrict y) {
     for (int64_t i = 0; i < rows; i++) {
         const float *value = x + i * 2 * features, *gate = value + features;
         float *out = y + i * features;
-        for (int64_t j = 0; j < features; j++) {
-            const float g = gate[j];
-            out[j] = value[j] * (0.5f * g * (1.0f + erfAS(g * 0.70710678118654752f)));
+        if (bias) {
+            for (int64_t j = 0; j < features; j++) {
+                const float g = gate[j] + bias[features + j];
+                out[j] = (value[j] + bias[j]) * (0.5f * g * (1.0f + erfAS(g * 0.70710678118654752f)));
+            }
+        } else {
+            for (int64_t j = 0; j < features; j++) {
+                const float g = gate[j];
+                out[j] = value[j] * (0.5f * g * (1.0f + erfAS(g * 0.70710678118654752f)));
+            }
+        }
+    }
+}
+
+// `x[i][j] += y[i][j] + bias[j]` (`x += y` without a bias): a layer's result and its bias added
+// to the residual stream in one pass, `y + bias` rounded first as when the bias was added to the
+// result in a pass of its own.
+INLINE void addRowsBody(const float *restrict y, int64_t rows, int64_t columns, const float *restrict bias,
+                        float *restrict x) {
+    for (int64_t i = 0; i < rows; i++) {
+        const float *in = y + i * columns;
+        float *out = x + i * columns;
+        if (bias) {
+            for (int64_t j = 0; j < columns; j++) out[j] += in[j] + bias[j];
+        } else {
+            for (int64_t j = 0; j < columns; j++) out[j] += in[j];
         }
     }
 }
@@ -113,7 +139,12 @@ static void transposeBaseline(const float *x, int64_t rows, int64_t columns, int
 static void scaleShiftBaseline(const float *x, float *y, int64_t count, float scale, float shift, int silu) {
     scaleShiftBody(x, y, count, scale, shift, silu);
 }
-static void gegluBaseline(const float *x, int64_t rows, int64_t features, float *y) { gegluBody(x, rows, features, y); }
+static void gegluBaseline(const float *x, int64_t rows, int64_t features, const float *b, float *y) {
+    gegluBody(x, rows, features, b, y);
+}
+static void addRowsBaseline(const float *y, int64_t rows, int64_t columns, const float *b, float *x) {
+    addRowsBody(y, rows, columns, b, x);
+}
 static void layerNormBaseline(const float *x, float *y, int64_t rows, int64_t features, float epsilon, const float *w,
                               const float *b) {
     layerNormBody(x, y, rows, features, epsilon, w, b);
@@ -121,8 +152,18 @@ static void layerNormBaseline(const float *x, float *y, int64_t rows, int64_t fe
 #if defined(__x86_64__)
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
-AVX2 static void gegluAVX2(const float *x, int64_t rows, int64_t features, float *y) { gegluBody(x, rows, features, y); }
-AVX512 static void gegluAVX512(const float *x, int64_t rows, int64_t features, float *y) { gegluBody(x, rows, features, y); }
+AVX2 static void gegluAVX2(const float *x, int64_t rows, int64_t features, const float *b, float *y) {
+    gegluBody(x, rows, features, b, y);
+}
+AVX512 static void gegluAVX512(const float *x, int64_t rows, int64_t features, const float *b, float *y) {
+    gegluBody(x, rows, features, b, y);
+}
+AVX2 static void addRowsAVX2(const float *y, int64_t rows, int64_t columns, const float *b, float *x) {
+    addRowsBody(y, rows, columns, b, x);
+}
+AVX512 static void addRowsAVX512(const float *y, int64_t rows, int64_t columns, const float *b, float *x) {
+    addRowsBody(y, rows, columns, b, x);
+}
 AVX2 static void layerNormAVX2(const float *x, float *y, int64_t rows, int64_t features, float epsilon, const float *w,
                                const float *b) {
     layerNormBody(x, y, rows, features, epsilon, w, b);
@@ -181,7 +222,13 @@ AVX512 static void transposeAVX512(const float *x, int64_t rows, int64_t columns
 #define PICK(name) name##Baseline
 #endif
 
-void wp_geglu_rows(const float *x, int64_t rows, int64_t features, float *y) { PICK(geglu)(x, rows, features, y); }
+void wp_geglu_rows(const float *x, int64_t rows, int64_t features, const float *bias, float *y) {
+    PICK(geglu)(x, rows, features, bias, y);
+}
+
+void wp_add_rows(const float *y, int64_t rows, int64_t columns, const float *bias, float *x) {
+    PICK(addRows)(y, rows, columns, bias, x);
+}
 
 void wp_transpose_rows(const float *x, int64_t rows, int64_t columns, int64_t begin, int64_t end, float *y) {
     PICK(transpose)(x, rows, columns, begin, end, y);

@@ -463,6 +463,31 @@ struct KernelTests {
         expectClose(out, expected, shape: [rows, features], tolerance: 1e-5, "geglu")
     }
 
+    /// A projection's bias added in GEGLU's pass, or with the result into the residual stream,
+    /// gives bit for bit what adding it in a pass of its own gave (the same roundings, in the
+    /// same order), under whichever kernel family is selected.
+    @Test func biasesAddedInTheNextPassMatchAPassOfTheirOwn() {
+        var random = TestRandom(seed: 11)
+        let rows = 5, features = 37
+        let projection = random.values(rows * 2 * features, scale: 3), bias = random.values(2 * features, scale: 2)
+        var biased = projection
+        Kernels.addRowBias(&biased, rows: rows, columns: 2 * features, bias: bias)
+        var separate = [Float](repeating: .nan, count: rows * features), fused = separate
+        Kernels.geglu(biased, rows: rows, features: features, into: &separate)
+        Kernels.geglu(projection, rows: rows, features: features, bias: bias, into: &fused)
+        #expect(fused.map(\.bitPattern) == separate.map(\.bitPattern))
+        #expect(!fused.contains { $0.isNaN })
+
+        let columns = 2 * features
+        let residual = random.values(rows * columns, scale: 5)
+        var separateSum = residual, fusedSum = residual, plainSum = residual
+        Kernels.add(biased, into: &separateSum, count: biased.count)
+        Kernels.addRows(projection, rows: rows, columns: columns, bias: bias, into: &fusedSum)
+        #expect(fusedSum.map(\.bitPattern) == separateSum.map(\.bitPattern))
+        Kernels.addRows(projection, rows: rows, columns: columns, bias: nil, into: &plainSum)
+        #expect(plainSum == zip(residual, projection).map { $0 + $1 })
+    }
+
     @Test func elementwiseWorkSplitAcrossWorkersCoversEveryElement() {
         var y = [Float](repeating: 1, count: 1_000_003)
         let x = [Float](repeating: 2, count: y.count)

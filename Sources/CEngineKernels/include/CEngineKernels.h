@@ -194,8 +194,12 @@ void wp_softmax_row(float *row, size_t count);
 int wp_softmax_row_bf16(float *row, size_t count);
 
 /// `y[i][j] = x[i][j] * gelu(x[i][features + j])` for `rows` rows of `2 * features` floats
-/// (GEGLU; erf by Abramowitz and Stegun 7.1.26, as Swift's `Kernels.erf`).
-void wp_geglu_rows(const float *x, int64_t rows, int64_t features, float *y);
+/// (GEGLU; erf by Abramowitz and Stegun 7.1.26, as Swift's `Kernels.erf`). With a `bias` of
+/// `2 * features` floats (NULL for none), `x[i][k] + bias[k]` is used for every `x[i][k]`.
+void wp_geglu_rows(const float *x, int64_t rows, int64_t features, const float *bias, float *y);
+/// `x[i][j] += y[i][j] + bias[j]` for `rows` rows of `columns` floats (`x += y` when `bias` is
+/// NULL), `y + bias` rounded first.
+void wp_add_rows(const float *y, int64_t rows, int64_t columns, const float *bias, float *x);
 /// Rows `begin ..< end` of the row-major `x[rows][columns]` written transposed into
 /// `y[columns][rows]` (an exact copy, per kernel family).
 void wp_transpose_rows(const float *x, int64_t rows, int64_t columns, int64_t begin, int64_t end, float *y);

@@ -26,11 +26,17 @@ extension Kernels {
         if dimension % 2 == 1 { y[dimension - 1] = 0 }
     }
 
-    /// GEGLU: `y[r, j] = x[r, j] * gelu(x[r, F + j])` for a `[rows, 2F]` input.
-    static func geglu(_ x: UnsafePointer<Float>, rows: Int, features: Int, into y: UnsafeMutablePointer<Float>) {
-        let xs = SharedPointer(x), ys = SharedPointer(y)
+    /// GEGLU: `y[r, j] = x[r, j] * gelu(x[r, F + j])` for a `[rows, 2F]` input; with a `bias`
+    /// of `2F` floats (the projection's, left to this pass), `x[r, k] + bias[k]` in place of
+    /// every `x[r, k]`, rounded as when the bias was added to `x` first.
+    static func geglu(
+        _ x: UnsafePointer<Float>, rows: Int, features: Int, bias: UnsafePointer<Float>? = nil, into y: UnsafeMutablePointer<Float>
+    ) {
+        let xs = SharedPointer(x), ys = SharedPointer(y), bs = bias.map { SharedPointer($0) }
         Parallel.forRanges(rows, grain: max(1, 16_384 / max(features, 1))) { r in
-            wp_geglu_rows(xs.pointer + r.lowerBound * 2 * features, Int64(r.count), Int64(features), ys.pointer + r.lowerBound * features)
+            wp_geglu_rows(
+                xs.pointer + r.lowerBound * 2 * features, Int64(r.count), Int64(features), bs?.pointer,
+                ys.pointer + r.lowerBound * features)
         }
     }
 

@@ -144,8 +144,19 @@ enum Kernels {
     static func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) {
         let xs = SharedPointer(x), ys = SharedPointer(y)
         Parallel.forRanges(count) { r in
-            let x = xs.pointer, y = ys.pointer
-            for i in r { y[i] += x[i] }
+            wp_add_rows(xs.pointer + r.lowerBound, 1, Int64(r.count), nil, ys.pointer + r.lowerBound)
+        }
+    }
+
+    /// `x[i, j] += y[i, j] + bias[j]` for `[rows, columns]` matrices (`x += y` without a bias):
+    /// a linear layer's result and its bias added to the residual stream in one pass, `y + bias`
+    /// rounded first as when the bias was added to `y` in a pass of its own.
+    static func addRows(
+        _ y: UnsafePointer<Float>, rows: Int, columns: Int, bias: UnsafePointer<Float>?, into x: UnsafeMutablePointer<Float>
+    ) {
+        let ys = SharedPointer(y), xs = SharedPointer(x), bs = bias.map { SharedPointer($0) }
+        Parallel.forRanges(rows, grain: max(1, 16_384 / max(columns, 1))) { r in
+            wp_add_rows(ys.pointer + r.lowerBound * columns, Int64(r.count), Int64(columns), bs?.pointer, xs.pointer + r.lowerBound * columns)
         }
     }
 

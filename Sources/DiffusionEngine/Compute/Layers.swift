@@ -118,6 +118,55 @@ final class Workspace {
         return y
     }
 
+    /// ``linear(_:_:bias:)`` with its bias, if it has one, left to the caller's next pass over
+    /// the result (``geglu(_:bias:)``, ``addToResidual(_:bias:into:)``), which saves a pass
+    /// over it: returns the products and the bias's name. A layer that adapters change gets its
+    /// bias here, before their changes, as ``linear(_:_:bias:)`` adds them, and no name back.
+    func linearLeavingBias(_ x: FloatTensor, _ name: String) throws -> (FloatTensor, bias: String?) {
+        let full = weights.prefix + name
+        if let adapters, adapters.changes(of: full + ".weight") != nil || adapters.changes(of: full + ".bias") != nil {
+            return (try linear(x, name), nil)
+        }
+        let bias = weights.contains(name + ".bias") ? name + ".bias" : nil
+        return (try linear(x, name, bias: false), bias)
+    }
+
+    /// `residual += y + bias` in one pass over `[rows, columns]` rows (the bias named by
+    /// ``linearLeavingBias(_:_:)``, or none).
+    func addToResidual(_ y: FloatTensor, bias: String?, into residual: FloatTensor) throws {
+        let columns = y.shape.last ?? 0
+        guard residual.count == y.count, columns > 0 else {
+            throw EngineError(
+                .shapeMismatch, "result \(y.shape) does not fit the residual \(residual.shape)", tensorName: bias.map { weights.prefix + $0 })
+        }
+        let rows = y.count / columns
+        guard let bias else {
+            Kernels.add(y.base, into: residual.base, count: y.count)
+            return
+        }
+        try weights.withFloats(bias, shape: [columns]) { b in
+            Kernels.addRows(y.base, rows: rows, columns: columns, bias: b, into: residual.base)
+        }
+    }
+
+    /// GEGLU of a `[rows, 2F]` projection into a new `[rows, F]` tensor, adding the
+    /// projection's bias (named by ``linearLeavingBias(_:_:)``, or none) on the way.
+    func geglu(_ p: FloatTensor, bias: String?) throws -> FloatTensor {
+        guard p.shape.count == 2, p.shape[1] % 2 == 0 else {
+            throw EngineError(.shapeMismatch, "GEGLU input \(p.shape) is not [rows, 2F]", tensorName: bias.map { weights.prefix + $0 })
+        }
+        let rows = p.shape[0], features = p.shape[1] / 2
+        let g = pool.take([rows, features])
+        if let bias {
+            try weights.withFloats(bias, shape: [2 * features]) { b in
+                Kernels.geglu(p.base, rows: rows, features: features, bias: b, into: g.base)
+            }
+        } else {
+            Kernels.geglu(p.base, rows: rows, features: features, into: g.base)
+        }
+        return g
+    }
+
     // MARK: Convolution
 
     /// A 2-D convolution of `x[C, H, W]` with the weight `[outC, C, kh, kw]` of `name`.

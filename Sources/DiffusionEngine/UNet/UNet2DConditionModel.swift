@@ -382,34 +382,37 @@ public final class UNet2DConditionModel {
     /// diffusers' `BasicTransformerBlock`: self-attention, cross-attention, GEGLU feed-forward,
     /// each pre-norm with a residual; consumes `x` (`[tokens, inner]`).
     private func transformerBlock(_ x: FloatTensor, _ name: String, heads: Int, context: FloatTensor, _ ws: Workspace) throws -> FloatTensor {
+        // Each output projection's bias is added in the pass after it (the residual's or GEGLU's).
         // Self-attention.
         let n1 = try ws.layerNorm(x, name + ".norm1", epsilon: 1e-5)
-        let a1 = try attention(n1, name + ".attn1", heads: heads, context: n1, ws)
+        let (a1, b1) = try attention(n1, name + ".attn1", heads: heads, context: n1, ws)
         ws.pool.recycle(n1)
-        Kernels.add(a1.base, into: x.base, count: x.count)
+        try ws.addToResidual(a1, bias: b1, into: x)
         ws.pool.recycle(a1)
         // Cross-attention to the text.
         let n2 = try ws.layerNorm(x, name + ".norm2", epsilon: 1e-5)
-        let a2 = try attention(n2, name + ".attn2", heads: heads, context: context, ws)
+        let (a2, b2) = try attention(n2, name + ".attn2", heads: heads, context: context, ws)
         ws.pool.recycle(n2)
-        Kernels.add(a2.base, into: x.base, count: x.count)
+        try ws.addToResidual(a2, bias: b2, into: x)
         ws.pool.recycle(a2)
         // Feed-forward.
         let n3 = try ws.layerNorm(x, name + ".norm3", epsilon: 1e-5)
-        let p = try ws.linear(n3, name + ".ff.net.0.proj")
+        let (p, pb) = try ws.linearLeavingBias(n3, name + ".ff.net.0.proj")
         ws.pool.recycle(n3)
-        let features = p.shape[1] / 2
-        let g = ws.pool.take([p.shape[0], features])
-        Kernels.geglu(p.base, rows: p.shape[0], features: features, into: g.base)
+        let g = try ws.geglu(p, bias: pb)
         ws.pool.recycle(p)
-        let f = try ws.linear(g, name + ".ff.net.2")
+        let (f, fb) = try ws.linearLeavingBias(g, name + ".ff.net.2")
         ws.pool.recycle(g)
-        Kernels.add(f.base, into: x.base, count: x.count)
+        try ws.addToResidual(f, bias: fb, into: x)
         ws.pool.recycle(f)
         return x
     }
 
-    private func attention(_ x: FloatTensor, _ name: String, heads: Int, context: FloatTensor, _ ws: Workspace) throws -> FloatTensor {
+    /// The attention's output projection without its bias, and the bias's name
+    /// (``Workspace/linearLeavingBias(_:_:)``).
+    private func attention(
+        _ x: FloatTensor, _ name: String, heads: Int, context: FloatTensor, _ ws: Workspace
+    ) throws -> (FloatTensor, bias: String?) {
         let q = try ws.linear(x, name + ".to_q")
         let k = try ws.linear(context, name + ".to_k")
         let v = try ws.linear(context, name + ".to_v")
@@ -420,7 +423,7 @@ public final class UNet2DConditionModel {
         }
         let a = ws.attention(q: q, k: k, v: v, heads: heads, causal: false)
         ws.pool.recycle(q); ws.pool.recycle(k); ws.pool.recycle(v)
-        let o = try ws.linear(a, name + ".to_out.0")
+        let o = try ws.linearLeavingBias(a, name + ".to_out.0")
         ws.pool.recycle(a)
         return o
     }
