@@ -434,6 +434,30 @@ public final class WeightProvider {
         return made
     }
 
+    /// Calls `body` with the weight `name` as the IEEE half values it is stored as, where they are
+    /// mapped, and returns true; returns false without calling anything when it is stored
+    /// otherwise (any other dtype, packed, or not 2-byte aligned). For products that read F16
+    /// weights themselves (``GEMM/multiplyF16Weight(m:n:k:a:lda:b:ldb:c:ldc:)``), every core
+    /// reading the same mapped bytes instead of a converted copy.
+    /// - Throws: as ``withFloats(_:shape:_:)``.
+    func withF16Weight(_ name: String, _ body: (UnsafePointer<UInt16>) throws -> Void) throws -> Bool {
+        let full = prefix + name
+        let descriptor = try self.descriptor(name)
+        guard descriptor.dtype == .f16, try packed(full) == nil else { return false }
+        let view: TensorView
+        do { view = try store.tensor(named: full) } catch {
+            throw EngineError(.missingTensor, "cannot read weight", tensorName: full, underlying: error)
+        }
+        defer { release(view.bytes) }
+        return try view.bytes.withUnsafeBytes { raw throws -> Bool in
+            guard let base = raw.baseAddress, raw.count >= descriptor.elementCount * 2,
+                Int(bitPattern: base) % MemoryLayout<UInt16>.alignment == 0
+            else { return false }
+            try body(base.assumingMemoryBound(to: UInt16.self))
+            return true
+        }
+    }
+
     /// Calls `body` with the weight `name` as int8 blocks the int8 products read where they are
     /// mapped (``Int8Weight``), and returns true; returns false without calling anything when
     /// it is not stored so: not int8 blocks of 32 (our int8, or ggml's Q8_0 with its rows the

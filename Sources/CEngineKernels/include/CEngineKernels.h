@@ -50,7 +50,7 @@ int wp_sgemm(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, fl
              float *c, int64_t ldc, int threads);
 
 /// Time spent per shape in the products (`wp_sgemm`, kind 0: `flags` 1 for a transposed A, 2
-/// for a transposed B) and in fused attention (kind 1: `m` query rows, `n` keys, `k` width),
+/// for a transposed B, 4 for `wp_gemm_f16_weight`, 6 for `wp_gemm_f16_weight_linear`) and in fused attention (kind 1: `m` query rows, `n` keys, `k` width),
 /// recorded between `wp_profile_start` and `wp_profile_stop` for the benchmarks (profile.c).
 /// Kind -1 sums the calls beyond the table's 1024 distinct shapes.
 typedef struct {
@@ -65,6 +65,19 @@ double wp_profile_clock(void);
 void wp_profile_add(int32_t kind, int32_t flags, int64_t m, int64_t n, int64_t k, double seconds);
 /// Copies at most `capacity` records into `into`; returns how many there are.
 int64_t wp_profile_read(wp_profile_record *into, int64_t capacity);
+
+/// Whether `wp_gemm_f16_weight` can run: the AVX-512 family is selected (gemm_f16.c).
+int wp_f16_weight_products(void);
+/// `C[m][n] = A[m][k] B[k][n]` (`+=` when `accumulate`), row-major with leading dimensions, A
+/// stored as IEEE half precision (widened exactly), B and C float, every multiply-add in float, on
+/// the calling thread. Returns 0; -1 when `wp_f16_weight_products()` is 0; -2 when memory is
+/// short; -3 for a negative size or a leading dimension shorter than its row.
+int wp_gemm_f16_weight(int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda, const float *b, int64_t ldb, float *c,
+                       int64_t ldc, int accumulate);
+/// A linear layer's product with an F16 weight: `C[m][n] = X[m][k] W[n][k]ᵀ`, X and C float, W
+/// half precision, as `wp_gemm_f16_weight`. Returns as it does.
+int wp_gemm_f16_weight_linear(int64_t m, int64_t n, int64_t k, const float *x, int64_t ldx, const uint16_t *w, int64_t ldw,
+                              float *c, int64_t ldc);
 
 /// Whether `wp_gemm_bf16` can run: the AVX-512 family is selected and the processor has
 /// AVX512_BF16.

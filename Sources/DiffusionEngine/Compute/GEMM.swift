@@ -113,6 +113,59 @@ enum GEMM {
         precondition(status == 0, "dnnl_gemm_bf16bf16f32 failed with status \(status) for \(m)x\(n)x\(k)")
     }
 
+    /// Whether ``multiplyF16Weight(m:n:k:a:lda:b:ldb:c:ldc:)`` can run: the AVX-512 family is
+    /// selected. Elsewhere an F16 weight is converted to floats for `sgemm` as before.
+    static var f16WeightProducts: Bool { wp_f16_weight_products() != 0 }
+
+    /// `C[m, n] = A[m, k] B[k, n]`, row-major, with A an F16 weight read as stored (widened
+    /// exactly; every multiply-add in float, as `sgemm` of the widened weight would do, in its own
+    /// order): `CEngineKernels/gemm_f16.c`. Outside single-threaded sections the rows of C are
+    /// split over the ``Parallel`` workers, each packing B for itself. Needs
+    /// ``f16WeightProducts``; float compute only.
+    static func multiplyF16Weight(
+        m: Int, n: Int, k: Int, a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+        c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        if m == 0 || n == 0 { return }
+        let threads = Parallel.isSerialOnThisThread || wp_single_threaded() != 0 ? 1 : threadCount
+        let am = SharedPointer(a), bm = SharedPointer(b), cm = SharedPointer(c)
+        // Whole tiles of six rows per worker, at least eight tiles each.
+        Parallel.forRanges((m + 5) / 6, grain: threads == 1 ? Int.max : 8) { tiles in
+            let rows = (tiles.lowerBound * 6)..<min(m, tiles.upperBound * 6)
+            let status = wp_gemm_f16_weight(
+                Int64(rows.count), Int64(n), Int64(k), am.pointer + rows.lowerBound * lda, Int64(lda), bm.pointer, Int64(ldb),
+                cm.pointer + rows.lowerBound * ldc, Int64(ldc), 0)
+            // The caller checks availability; only memory can run short.
+            precondition(status == 0, "F16 weight product failed with status \(status) for \(m)x\(n)x\(k)")
+        }
+    }
+
+    /// A linear layer's product with an F16 weight read as stored: `C[m, n] = X[m, k] W[n, k]ᵀ`
+    /// (`CEngineKernels/gemm_f16.c`), split over the workers as
+    /// ``multiplyF16Weight(m:n:k:a:lda:b:ldb:c:ldc:)`` is. Needs ``f16WeightProducts``.
+    static func multiplyF16Linear(
+        m: Int, n: Int, k: Int, x: UnsafePointer<Float>, ldx: Int, w: UnsafePointer<UInt16>, ldw: Int,
+        c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        if m == 0 || n == 0 { return }
+        let threads = Parallel.isSerialOnThisThread || wp_single_threaded() != 0 ? 1 : threadCount
+        let xm = SharedPointer(x), wm = SharedPointer(w), cm = SharedPointer(c)
+        Parallel.forRanges((m + 5) / 6, grain: threads == 1 ? Int.max : 8) { tiles in
+            let rows = (tiles.lowerBound * 6)..<min(m, tiles.upperBound * 6)
+            let status = wp_gemm_f16_weight_linear(
+                Int64(rows.count), Int64(n), Int64(k), xm.pointer + rows.lowerBound * ldx, Int64(ldx), wm.pointer, Int64(ldw),
+                cm.pointer + rows.lowerBound * ldc, Int64(ldc))
+            precondition(status == 0, "F16 weight product failed with status \(status) for \(m)x\(n)x\(k)")
+        }
+    }
+
+    /// The most rows (tokens, or pixels of a convolution) for which the engine reads an F16
+    /// weight through the F16 products rather than converting it for `sgemm`: there the weight
+    /// outweighs the data it meets and its conversion cost 1.1 to 1.5 times the F32 product's time
+    /// (`Benchmarks/gemm-slabs.sh`); with more rows the conversion is at most a few per cent and
+    /// oneDNN's blocking of the larger data does better than ours (`Docs/engine.md`, "F16 weights read as stored").
+    static let f16WeightMaximumRows = 256
+
     /// Rounds `rows` rows of `columns` floats (`ld` apart) to bfloat16 as the bf16 products do,
     /// into rows `targetLd` apart. The processor must have ``ComputeBackend/bf16Products``.
     static func roundToBF16(

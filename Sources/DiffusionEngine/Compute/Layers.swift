@@ -101,7 +101,15 @@ final class Workspace {
                     m: rows, n: outFeatures, k: inFeatures, a: .floats(x.base), lda: inFeatures,
                     b: .bf16(w), ldb: inFeatures, transposeB: true, c: y.base, ldc: outFeatures)
             }
-        if !inInt8 && !sharedBF16 {
+        // An F16 weight meeting few rows, in float: read as stored by the F16 products.
+        let asF16 =
+            try !inInt8 && !sharedBF16 && !Parallel.productsInBF16OnThisThread && GEMM.f16WeightProducts
+            && rows <= GEMM.f16WeightMaximumRows
+            && weights.withF16Weight(weight) { w in
+                GEMM.multiplyF16Linear(
+                    m: rows, n: outFeatures, k: inFeatures, x: x.base, ldx: inFeatures, w: w, ldw: inFeatures, c: y.base, ldc: outFeatures)
+            }
+        if !inInt8 && !sharedBF16 && !asF16 {
             let per = try weights.rowsPerBlock(weight, scratchFloats: weightBlockFloats)
             try weights.withRowBlocks(weight, rowsPerBlock: per) { outputs, w in
                 GEMM.multiply(
@@ -220,6 +228,30 @@ final class Workspace {
                         output: y.base + outputs.lowerBound * plane, scratch: columns)
                 }
             }
+            try applyAdapters(convolution: name, x: x, y: y, geometry: g)
+            return y
+        }
+        // An F16 weight of an im2col or pointwise convolution meeting few pixels, in float: read
+        // as stored by the F16 products where the kernel family has them, not converted first.
+        func fromF16Weight() throws -> Bool {
+            guard !Parallel.productsInBF16OnThisThread, GEMM.f16WeightProducts, plane <= GEMM.f16WeightMaximumRows,
+                g.isPointwise || Convolution.lowersInOneBlock(g)
+            else { return false }
+            return try weights.withF16Weight(weight) { w in
+                var columns = UnsafePointer(x.base)
+                if !g.isPointwise {
+                    let lowered = columnBuffer(g.patchSize * plane)
+                    Convolution.im2col(x.base, geometry: g, pixels: 0..<plane, into: lowered)
+                    columns = UnsafePointer(lowered)
+                }
+                GEMM.multiplyF16Weight(
+                    m: g.outChannels, n: plane, k: g.patchSize, a: w, lda: g.patchSize, b: columns, ldb: plane, c: y.base, ldc: plane)
+                bias.withOptionalBase { b in
+                    if let b { Kernels.addChannelBias(y.base, channels: g.outChannels, plane: plane, bias: b) }
+                }
+            }
+        }
+        if try fromF16Weight() {
             try applyAdapters(convolution: name, x: x, y: y, geometry: g)
             return y
         }

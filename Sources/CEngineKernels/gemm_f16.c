@@ -1,0 +1,295 @@
+// Products with a weight stored as F16 (IEEE half), read where it is mapped: the F16 values
+// widened exactly to float as the product packs them, every multiply-add in float. oneDNN's
+// `sgemm` needs float operands, so an F16 weight had to be converted whole first, a pass that
+// writes twice the weight's bytes for the product to read back: 1.1 to 1.5 times the F32
+// product's time where the weight outweighs the data it meets (SD 1.5's im2col convolutions at
+// 16 x 16 and 8 x 8, its linear layers at 256 tokens; `Benchmarks/gemm-slabs.sh`). Here the
+// weight is read once, at half the F32 bytes, and widened a panel at a time into buffers that stay
+// in L1 and L2.
+//
+// Both products compute C in tiles of 6 rows x 64 columns held in 24 accumulators (four vectors
+// of a packed panel and one broadcast per row and `k`), `k` in blocks of 384, C added to after
+// the first block. A convolution's `C = W B` (`wp_gemm_f16_weight`): W's rows are the tile's
+// broadcast rows, widened six at a time (the next six prefetched meanwhile), over B's rows packed
+// into panels of 64 columns, four panels at a time. A linear layer's `C = X Wᵀ`
+// (`wp_gemm_f16_weight_linear`): X's rows are broadcast in place, over panels of 64 of W's rows
+// widened and transposed in 16 x 16 register blocks (the next panel's rows prefetched by the
+// tiles). AVX-512 only; the other families keep the conversion and `sgemm`.
+#include "CEngineKernels.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#define ROWS 6
+#define COLUMNS 64
+#define DEPTH 384
+// Panels of B per group: the group (at most 384 x 256 floats) stays in L2 while every six rows
+// of A pass over it.
+#define GROUP 4
+
+// B's panels of the calling thread (GROUP panels of DEPTH x COLUMNS) and six widened rows,
+// allocated on its first product and freed when the thread ends.
+typedef struct {
+    float *panels;
+    float *rows;
+} f16_buffers;
+
+static pthread_key_t buffersKey;
+static pthread_once_t buffersOnce = PTHREAD_ONCE_INIT;
+
+static void freeBuffers(void *value) {
+    f16_buffers *b = value;
+    free(b->panels);
+    free(b->rows);
+    free(b);
+}
+
+static void createBuffersKey(void) { (void)pthread_key_create(&buffersKey, freeBuffers); }
+
+// NULL when memory is short.
+static f16_buffers *threadBuffers(void) {
+    pthread_once(&buffersOnce, createBuffersKey);
+    f16_buffers *b = pthread_getspecific(buffersKey);
+    if (b) return b;
+    b = calloc(1, sizeof *b);
+    if (!b) return NULL;
+    b->panels = aligned_alloc(64, sizeof(float) * GROUP * DEPTH * COLUMNS);
+    b->rows = aligned_alloc(64, sizeof(float) * ROWS * DEPTH);
+    if (!b->panels || !b->rows || pthread_setspecific(buffersKey, b) != 0) {
+        freeBuffers(b);
+        return NULL;
+    }
+    return b;
+}
+
+int wp_f16_weight_products(void) {
+#if defined(__x86_64__)
+    return wp_selected_kernels() == WP_KERNELS_AVX512;
+#else
+    return 0;
+#endif
+}
+
+#if defined(__x86_64__)
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+
+// One `k` of the 6 x 64 tile: four vectors of B's panel, a broadcast of each row's A.
+#define TILE_STEP(k)                                                                                  \
+    do {                                                                                              \
+        const __m512 b0 = _mm512_load_ps(panel + (k) * COLUMNS), b1 = _mm512_load_ps(panel + (k) * COLUMNS + 16); \
+        const __m512 b2 = _mm512_load_ps(panel + (k) * COLUMNS + 32), b3 = _mm512_load_ps(panel + (k) * COLUMNS + 48); \
+        for (int r = 0; r < ROWS; r++) {                                                              \
+            const __m512 a = _mm512_set1_ps(rows[r * rowStride + (k)]);                               \
+            acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);                                            \
+            acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);                                            \
+            acc[r][2] = _mm512_fmadd_ps(a, b2, acc[r][2]);                                            \
+            acc[r][3] = _mm512_fmadd_ps(a, b3, acc[r][3]);                                            \
+        }                                                                                             \
+    } while (0)
+
+// C's tile (`height` rows, `width` columns) from `depth` values of six float rows (`rowStride`
+// apart; rows past `height` are read but their sums dropped, so they must be readable) and a
+// panel; stored, or added to C when `add`. While it runs, one cache line a `k` of the next six
+// F16 rows (`next`, rows `nextStride` bytes apart, `nextLines` lines each) is prefetched.
+AVX512 static void tile(int64_t depth, const float *rows, int64_t rowStride, const float *panel, float *c, int64_t ldc, int height,
+                        int width, int add, const char *next, int64_t nextStride, int64_t nextLines) {
+    __m512 acc[ROWS][4];
+    for (int r = 0; r < ROWS; r++)
+        for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
+    int64_t k = 0;
+    if (next) {
+        const int64_t lines = ROWS * nextLines < depth ? ROWS * nextLines : depth;
+        for (int64_t row = 0, line = 0; k < lines; k++) {
+            _mm_prefetch(next + row * nextStride + line * 64, _MM_HINT_T0);
+            if (++line == nextLines) { line = 0; row++; }
+            TILE_STEP(k);
+        }
+    }
+    for (; k < depth; k++) TILE_STEP(k);
+    for (int r = 0; r < height; r++) {
+        float *out = c + r * ldc;
+        for (int j = 0; j < 4 && 16 * j < width; j++) {
+            const int left = width - 16 * j;
+            const __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            __m512 v = acc[r][j];
+            if (add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, out + 16 * j));
+            _mm512_mask_storeu_ps(out + 16 * j, mask, v);
+        }
+    }
+}
+
+// Rows `k0 ..< k0 + depth` of B into panels of 64 columns, `depth` x 64 floats each, zero-padded.
+AVX512 static void packPanels(const float *b, int64_t ldb, int64_t n, int64_t k0, int64_t depth, float *panels) {
+    for (int64_t n0 = 0, p = 0; n0 < n; n0 += COLUMNS, p++) {
+        float *panel = panels + p * depth * COLUMNS;
+        const int64_t width = n - n0 < COLUMNS ? n - n0 : COLUMNS;
+        for (int64_t k = 0; k < depth; k++) {
+            const float *source = b + (k0 + k) * ldb + n0;
+            for (int j = 0; j < 4; j++) {
+                const int64_t left = width - 16 * j;
+                const __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+                _mm512_store_ps(panel + k * COLUMNS + 16 * j, _mm512_maskz_loadu_ps(mask, source + 16 * j));
+            }
+        }
+    }
+}
+
+// Six rows of A (`height` of them; the rest zero), columns `k0 ..< k0 + depth`, widened to float.
+AVX512 static void widenRows(const uint16_t *a, int64_t lda, int height, int64_t k0, int64_t depth, float *rows) {
+    for (int r = 0; r < ROWS; r++) {
+        float *out = rows + r * depth;
+        if (r >= height) {
+            memset(out, 0, sizeof(float) * (size_t)depth);
+            continue;
+        }
+        const uint16_t *source = a + r * lda + k0;
+        int64_t k = 0;
+        for (; k + 16 <= depth; k += 16) _mm512_storeu_ps(out + k, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(source + k))));
+        if (k < depth) {
+            const __mmask16 mask = (__mmask16)((1u << (depth - k)) - 1);
+            _mm512_mask_storeu_ps(out + k, mask, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, source + k)));
+        }
+    }
+}
+
+AVX512 static void productAVX512(int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda, const float *b, int64_t ldb,
+                                 float *c, int64_t ldc, int accumulate, f16_buffers *buffers) {
+    for (int64_t k0 = 0; k0 < k; k0 += DEPTH) {
+        const int64_t depth = k - k0 < DEPTH ? k - k0 : DEPTH;
+        const int add = accumulate || k0 > 0;
+        const int64_t nextLines = (depth * 2 + 63) / 64;
+        for (int64_t g0 = 0; g0 < n; g0 += GROUP * COLUMNS) {
+            const int64_t groupWidth = n - g0 < GROUP * COLUMNS ? n - g0 : GROUP * COLUMNS;
+            packPanels(b + g0, ldb, groupWidth, k0, depth, buffers->panels);
+            for (int64_t m0 = 0; m0 < m; m0 += ROWS) {
+                const int height = m - m0 < ROWS ? (int)(m - m0) : ROWS;
+                widenRows(a + m0 * lda, lda, height, k0, depth, buffers->rows);
+                // The next six rows (when whole) are prefetched during the group's first tile.
+                const char *next = m0 + 2 * ROWS <= m ? (const char *)(a + (m0 + ROWS) * lda + k0) : NULL;
+                for (int64_t n0 = 0, p = 0; n0 < groupWidth; n0 += COLUMNS, p++) {
+                    const int width = groupWidth - n0 < COLUMNS ? (int)(groupWidth - n0) : COLUMNS;
+                    tile(depth, buffers->rows, depth, buffers->panels + p * depth * COLUMNS, c + m0 * ldc + g0 + n0, ldc, height, width,
+                         add, p == 0 ? next : NULL, lda * 2, nextLines);
+                }
+            }
+        }
+    }
+}
+
+// Rows `n0 ..< n0 + width` (at most 64) of the F16 `w[n][ldw]`, columns `k0 ..< k0 + depth`,
+// widened and transposed into one panel: `panel[k][j] = w[n0 + j][k0 + k]`, zero past `width`.
+// 16 x 16 blocks: 16 rows' halves widened, then transposed in registers (32-bit and 64-bit
+// interleaves within 128-bit lanes, then a 4 x 4 transpose of the lanes).
+AVX512 static void packTransposedHalves(const uint16_t *w, int64_t ldw, int64_t n0, int64_t width, int64_t k0, int64_t depth,
+                                        float *panel) {
+    for (int64_t j0 = 0; j0 < COLUMNS; j0 += 16) {
+        for (int64_t kk = 0; kk < depth; kk += 16) {
+            const int64_t left = depth - kk < 16 ? depth - kk : 16;
+            const __mmask16 mask = (__mmask16)(left >= 16 ? 0xFFFF : (1u << left) - 1);
+            __m512 r[16], t[16], u[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = j0 + i < width ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w + (n0 + j0 + i) * ldw + k0 + kk))
+                                      : _mm512_setzero_ps();
+            for (int i = 0; i < 8; i++) {
+                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            for (int i = 0; i < 4; i++) {
+                const __m512d p = _mm512_castps_pd(t[4 * i]), q = _mm512_castps_pd(t[4 * i + 1]);
+                const __m512d x = _mm512_castps_pd(t[4 * i + 2]), y = _mm512_castps_pd(t[4 * i + 3]);
+                u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(p, x));
+                u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(p, x));
+                u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(q, y));
+                u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(q, y));
+            }
+            // u[4i + e], lane L: element 4L + e of rows 4i ..< 4i + 4; row kk + x of the block
+            // is element x of every row, x = 4L + e.
+            __m512 out[16];
+            for (int e = 0; e < 4; e++) {
+                const __m512 v0 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0x88), v1 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0xDD);
+                const __m512 w0 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0x88), w1 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0xDD);
+                out[e] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+                out[4 + e] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+                out[8 + e] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
+                out[12 + e] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
+            }
+            for (int x = 0; x < left; x++) _mm512_store_ps(panel + (kk + x) * COLUMNS + j0, out[x]);
+        }
+    }
+}
+
+// `C[m][n] = X[m][k] W[n][k]ᵀ`: rows of X broadcast in place, W's rows in panels of 64.
+AVX512 static void linearAVX512(int64_t m, int64_t n, int64_t k, const float *x, int64_t ldx, const uint16_t *w, int64_t ldw,
+                                float *c, int64_t ldc, float *panel, float *rows) {
+    for (int64_t k0 = 0; k0 < k; k0 += DEPTH) {
+        const int64_t depth = k - k0 < DEPTH ? k - k0 : DEPTH;
+        for (int64_t n0 = 0; n0 < n; n0 += COLUMNS) {
+            const int width = n - n0 < COLUMNS ? (int)(n - n0) : COLUMNS;
+            packTransposedHalves(w, ldw, n0, width, k0, depth, panel);
+            for (int64_t m0 = 0; m0 < m; m0 += ROWS) {
+                const int height = m - m0 < ROWS ? (int)(m - m0) : ROWS;
+                // Tile t prefetches rows 6t ..< 6t + 6 of the next panel's weight rows.
+                const int64_t ahead = n0 + COLUMNS + m0;
+                const char *next = m0 < COLUMNS && ahead + ROWS <= n ? (const char *)(w + ahead * ldw + k0) : NULL;
+                if (height == ROWS) {
+                    tile(depth, x + m0 * ldx + k0, ldx, panel, c + m0 * ldc + n0, ldc, height, width, k0 > 0, next, ldw * 2,
+                         (depth * 2 + 63) / 64);
+                } else {
+                    // The last rows copied beside zeros: the tile reads six rows whatever `m` is.
+                    memset(rows, 0, sizeof(float) * (size_t)(ROWS * depth));
+                    for (int r = 0; r < height; r++) memcpy(rows + r * depth, x + (m0 + r) * ldx + k0, sizeof(float) * (size_t)depth);
+                    tile(depth, rows, depth, panel, c + m0 * ldc + n0, ldc, height, width, k0 > 0, NULL, 0, 0);
+                }
+            }
+        }
+    }
+}
+#endif
+
+int wp_gemm_f16_weight(int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda, const float *b, int64_t ldb, float *c,
+                       int64_t ldc, int accumulate) {
+    if (m < 0 || n < 0 || k < 0 || lda < k || ldb < n || ldc < n) return -3;
+    if (m == 0 || n == 0) return 0;
+    if (!wp_f16_weight_products()) return -1;
+#if defined(__x86_64__)
+    if (k == 0) {
+        if (!accumulate)
+            for (int64_t i = 0; i < m; i++) memset(c + i * ldc, 0, sizeof(float) * (size_t)n);
+        return 0;
+    }
+    f16_buffers *buffers = threadBuffers();
+    if (!buffers) return -2;
+    const double start = wp_profiling() ? wp_profile_clock() : 0;
+    productAVX512(m, n, k, a, lda, b, ldb, c, ldc, accumulate, buffers);
+    if (start > 0) wp_profile_add(0, 4, m, n, k, wp_profile_clock() - start);
+    return 0;
+#else
+    return -1;
+#endif
+}
+
+int wp_gemm_f16_weight_linear(int64_t m, int64_t n, int64_t k, const float *x, int64_t ldx, const uint16_t *w, int64_t ldw,
+                              float *c, int64_t ldc) {
+    if (m < 0 || n < 0 || k < 0 || ldx < k || ldw < k || ldc < n) return -3;
+    if (m == 0 || n == 0) return 0;
+    if (!wp_f16_weight_products()) return -1;
+#if defined(__x86_64__)
+    if (k == 0) {
+        for (int64_t i = 0; i < m; i++) memset(c + i * ldc, 0, sizeof(float) * (size_t)n);
+        return 0;
+    }
+    f16_buffers *buffers = threadBuffers();
+    if (!buffers) return -2;
+    const double start = wp_profiling() ? wp_profile_clock() : 0;
+    linearAVX512(m, n, k, x, ldx, w, ldw, c, ldc, buffers->panels, buffers->rows);
+    if (start > 0) wp_profile_add(0, 6, m, n, k, wp_profile_clock() - start);
+    return 0;
+#else
+    return -1;
+#endif
+}
