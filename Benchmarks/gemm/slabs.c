@@ -1,10 +1,14 @@
-// F16 weights in a product, three ways, on one thread (as each core runs its element in a UNet
+// F16 weights in a product, four ways, on one thread (as each core runs its element in a UNet
 // step): F32 weights read by `dnnl_sgemm` where they are; F16 weights converted whole to F32
-// first (what the engine does); F16 weights converted a slab at a time into a buffer that stays in
-// L2, each slab multiplied as soon as it is made (rows of a linear layer's weight; columns of a
-// convolution's, accumulating). Weights are cycled through copies that do not fit the cache, as
-// a step meets them. Built and run by Benchmarks/gemm-slabs.sh.
+// first (the engine's way with more than 256 rows); F16 weights converted a slab at a time into
+// a buffer that stays in L2, each slab multiplied as soon as it is made (rows of a linear layer's
+// weight; columns of a convolution's, accumulating); and the engine's own products reading the
+// F16 weight as stored (`CEngineKernels/gemm_f16.c`, linked in). Weights are cycled through
+// copies that do not fit the cache, as a step meets them. Built and run by
+// Benchmarks/gemm-slabs.sh.
 //   slabs [SLAB_KIB] [ROUNDS]
+#include "CEngineKernels.h"
+
 #include <immintrin.h>
 #include <oneapi/dnnl/dnnl.h>
 #include <stdint.h>
@@ -47,6 +51,8 @@ int main(int argc, char **argv) {
         {1280, 256, 11520, 0, "conv 3x3 im2col 1280ch 16x16"},
         {1280, 64, 11520, 0, "conv 3x3 im2col 1280ch 8x8"},
         {1280, 64, 23040, 0, "conv 3x3 im2col 2560->1280 8x8"},
+        {640, 256, 5760, 0, "conv 3x3 stride 2 640ch to 16x16"},
+        {1280, 256, 1280, 0, "conv 1x1 1280ch 16x16"},
     };
     printf("slab %ld KiB, best of %d rounds, one thread\n", slabFloats / 256, rounds);
     float *slab = aligned_alloc(64, 4 * slabFloats + 64);
@@ -71,10 +77,10 @@ int main(int argc, char **argv) {
         float *whole = aligned_alloc(64, 4 * weightCount);
         float *x = aligned_alloc(64, 4 * inputCount), *y = aligned_alloc(64, 4 * m * n);
         for (long i = 0; i < inputCount; i++) x[i] = (float)(i % 13 - 6) * 0.1f;
-        double best[3] = {1e9, 1e9, 1e9};
+        double best[4] = {1e9, 1e9, 1e9, 1e9};
         const double flops = 2.0 * m * n * k;
         for (int r = 0; r < rounds; r++) {
-            for (int variant = 0; variant < 3; variant++) {
+            for (int variant = 0; variant < 4; variant++) {
                 double t0 = now();
                 for (int c = 0; c < copies; c++) {
                     if (variant == 0) {
@@ -84,6 +90,13 @@ int main(int argc, char **argv) {
                         toFloat(w16[c], weightCount, whole);
                         if (tb) dnnl_sgemm('N', 'T', m, n, k, 1, x, k, whole, k, 0, y, n);
                         else dnnl_sgemm('N', 'N', m, n, k, 1, whole, k, x, n, 0, y, n);
+                    } else if (variant == 3) {
+                        const int status = tb ? wp_gemm_f16_weight_linear(m, n, k, x, k, w16[c], k, y, n)
+                                              : wp_gemm_f16_weight(m, n, k, w16[c], k, x, n, y, n, 0);
+                        if (status != 0) {
+                            fprintf(stderr, "F16 products unavailable here (status %d)\n", status);
+                            return 1;
+                        }
                     } else if (tb && k * 64 <= slabFloats) {
                         // Rows of the weight: whole output columns of C.
                         long rows = slabFloats / k / 16 * 16;
@@ -109,8 +122,8 @@ int main(int argc, char **argv) {
                 if (t < best[variant]) best[variant] = t;
             }
         }
-        printf("%-40s f32 %7.2f ms (%5.1f GFLOP/s)  f16 whole %7.2f ms (%.2fx)  f16 slabs %7.2f ms (%.2fx)\n", shapes[s].what,
-               best[0] * 1e3, flops / best[0] / 1e9, best[1] * 1e3, best[1] / best[0], best[2] * 1e3, best[2] / best[0]);
+        printf("%-40s f32 %7.2f ms (%5.1f GFLOP/s)  f16 whole %.2fx  f16 slabs %.2fx  f16 as stored %.2fx\n", shapes[s].what,
+               best[0] * 1e3, flops / best[0] / 1e9, best[1] / best[0], best[2] / best[0], best[3] / best[0]);
         for (int c = 0; c < copies; c++) { free(w32[c]); free(w16[c]); }
         free(w32); free(w16); free(whole); free(x); free(y);
     }

@@ -78,18 +78,30 @@ int wp_f16_weight_products(void) {
 #if defined(__x86_64__)
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 
-// One `k` of the 6 x 64 tile: four vectors of B's panel, a broadcast of each row's A.
-#define TILE_STEP(k)                                                                                  \
-    do {                                                                                              \
-        const __m512 b0 = _mm512_load_ps(panel + (k) * COLUMNS), b1 = _mm512_load_ps(panel + (k) * COLUMNS + 16); \
-        const __m512 b2 = _mm512_load_ps(panel + (k) * COLUMNS + 32), b3 = _mm512_load_ps(panel + (k) * COLUMNS + 48); \
-        for (int r = 0; r < ROWS; r++) {                                                              \
-            const __m512 a = _mm512_set1_ps(rows[r * rowStride + (k)]);                               \
-            acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);                                            \
-            acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);                                            \
-            acc[r][2] = _mm512_fmadd_ps(a, b2, acc[r][2]);                                            \
-            acc[r][3] = _mm512_fmadd_ps(a, b3, acc[r][3]);                                            \
-        }                                                                                             \
+// One row of the tile at one `k`: a broadcast of the row's value times the panel's four vectors.
+#define TILE_ROW(r, k)                                                       \
+    do {                                                                     \
+        const __m512 a = _mm512_set1_ps(rows[(r) * rowStride + (k)]);        \
+        c##r##0 = _mm512_fmadd_ps(a, b0, c##r##0);                           \
+        c##r##1 = _mm512_fmadd_ps(a, b1, c##r##1);                           \
+        c##r##2 = _mm512_fmadd_ps(a, b2, c##r##2);                           \
+        c##r##3 = _mm512_fmadd_ps(a, b3, c##r##3);                           \
+    } while (0)
+
+// One `k` of the 6 x 64 tile. The 24 accumulators are named variables, not an array indexed in a
+// loop, so that every compiler keeps them in registers (gcc did not with the array).
+#define TILE_STEP(k)                                                                   \
+    do {                                                                               \
+        const __m512 b0 = _mm512_load_ps(panel + (k) * COLUMNS);                       \
+        const __m512 b1 = _mm512_load_ps(panel + (k) * COLUMNS + 16);                  \
+        const __m512 b2 = _mm512_load_ps(panel + (k) * COLUMNS + 32);                  \
+        const __m512 b3 = _mm512_load_ps(panel + (k) * COLUMNS + 48);                  \
+        TILE_ROW(0, k);                                                                \
+        TILE_ROW(1, k);                                                                \
+        TILE_ROW(2, k);                                                                \
+        TILE_ROW(3, k);                                                                \
+        TILE_ROW(4, k);                                                                \
+        TILE_ROW(5, k);                                                                \
     } while (0)
 
 // C's tile (`height` rows, `width` columns) from `depth` values of six float rows (`rowStride`
@@ -98,19 +110,27 @@ int wp_f16_weight_products(void) {
 // F16 rows (`next`, rows `nextStride` bytes apart, `nextLines` lines each) is prefetched.
 AVX512 static void tile(int64_t depth, const float *rows, int64_t rowStride, const float *panel, float *c, int64_t ldc, int height,
                         int width, int add, const char *next, int64_t nextStride, int64_t nextLines) {
-    __m512 acc[ROWS][4];
-    for (int r = 0; r < ROWS; r++)
-        for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+    __m512 c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+    __m512 c40 = c00, c41 = c00, c42 = c00, c43 = c00, c50 = c00, c51 = c00, c52 = c00, c53 = c00;
     int64_t k = 0;
     if (next) {
         const int64_t lines = ROWS * nextLines < depth ? ROWS * nextLines : depth;
-        for (int64_t row = 0, line = 0; k < lines; k++) {
-            _mm_prefetch(next + row * nextStride + line * 64, _MM_HINT_T0);
-            if (++line == nextLines) { line = 0; row++; }
+        const char *line = next;
+        int64_t inRow = 0;
+        for (; k < lines; k++) {
+            _mm_prefetch(line, _MM_HINT_T0);
+            line += 64;
+            if (++inRow == nextLines) {
+                inRow = 0;
+                line += nextStride - nextLines * 64;
+            }
             TILE_STEP(k);
         }
     }
     for (; k < depth; k++) TILE_STEP(k);
+    const __m512 acc[ROWS][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13}, {c20, c21, c22, c23},
+                                 {c30, c31, c32, c33}, {c40, c41, c42, c43}, {c50, c51, c52, c53}};
     for (int r = 0; r < height; r++) {
         float *out = c + r * ldc;
         for (int j = 0; j < 4 && 16 * j < width; j++) {

@@ -58,6 +58,10 @@ public struct ComputeBackend: Sendable, CustomStringConvertible {
     /// processor has AVX512_VNNI (the engine's own kernels, `CEngineKernels/q8.c`). Without VNNI
     /// the byte products would saturate in 16 bits (`VPMADDUBSW`), so there is no fallback.
     public let int8Products: Bool
+    /// Whether products of our own read F16 weights as stored (`CEngineKernels/gemm_f16.c`, the
+    /// AVX-512 family) where a weight meets few rows, instead of converting it for `sgemm`
+    /// (``GEMM/f16WeightMaximumRows``).
+    public let f16WeightProducts: Bool
 
     /// Whether `precision` can run here.
     public func supports(_ precision: ComputePrecision) -> Bool {
@@ -91,6 +95,7 @@ public struct ComputeBackend: Sendable, CustomStringConvertible {
         libraryInstructionSet = String(cString: wp_dnnl_isa_name())
         bf16Products = wp_bf16_products() != 0
         int8Products = wp_q8_products() != 0
+        f16WeightProducts = wp_f16_weight_products() != 0
     }
 
     /// One line, e.g. `kernels avx2 (AVX2+FMA; processor avx2), products oneDNN 2.6.3 (AVX2)`.
@@ -100,6 +105,7 @@ public struct ComputeBackend: Sendable, CustomStringConvertible {
         s += "), products \(library) (\(libraryInstructionSet)"
         if bf16Products { s += "; bf16 compute available" }
         if int8Products { s += "; int8 compute available" }
+        if f16WeightProducts { s += "; F16 weights read as stored" }
         s += "), attention \(kernels == .avx512 ? "fused kernels (in blocks of keys that fit in L2)" : "products and softmax")"
         return s
     }

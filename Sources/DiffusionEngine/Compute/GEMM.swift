@@ -115,7 +115,7 @@ enum GEMM {
 
     /// Whether ``multiplyF16Weight(m:n:k:a:lda:b:ldb:c:ldc:)`` can run: the AVX-512 family is
     /// selected. Elsewhere an F16 weight is converted to floats for `sgemm` as before.
-    static var f16WeightProducts: Bool { wp_f16_weight_products() != 0 }
+    static var f16WeightProducts: Bool { ComputeBackend.current.f16WeightProducts }
 
     /// `C[m, n] = A[m, k] B[k, n]`, row-major, with A an F16 weight read as stored (widened
     /// exactly; every multiply-add in float, as `sgemm` of the widened weight would do, in its own
