@@ -16,6 +16,7 @@
 // widened and transposed in 16 x 16 register blocks (the next panel's rows prefetched by the
 // tiles). AVX-512 only; the other families keep the conversion and `sgemm`.
 #include "CEngineKernels.h"
+#include "transpose16.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -203,41 +204,19 @@ AVX512 static void productAVX512(int64_t m, int64_t n, int64_t k, const uint16_t
 
 // Rows `n0 ..< n0 + width` (at most 64) of the F16 `w[n][ldw]`, columns `k0 ..< k0 + depth`,
 // widened and transposed into one panel: `panel[k][j] = w[n0 + j][k0 + k]`, zero past `width`.
-// 16 x 16 blocks: 16 rows' halves widened, then transposed in registers (32-bit and 64-bit
-// interleaves within 128-bit lanes, then a 4 x 4 transpose of the lanes).
+// 16 x 16 blocks: 16 rows' halves widened, then transposed in registers (`wp_transpose16`).
 AVX512 static void packTransposedHalves(const uint16_t *w, int64_t ldw, int64_t n0, int64_t width, int64_t k0, int64_t depth,
                                         float *panel) {
     for (int64_t j0 = 0; j0 < COLUMNS; j0 += 16) {
         for (int64_t kk = 0; kk < depth; kk += 16) {
             const int64_t left = depth - kk < 16 ? depth - kk : 16;
             const __mmask16 mask = (__mmask16)(left >= 16 ? 0xFFFF : (1u << left) - 1);
-            __m512 r[16], t[16], u[16];
+            __m512 r[16], out[16];
             for (int i = 0; i < 16; i++)
                 r[i] = j0 + i < width ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w + (n0 + j0 + i) * ldw + k0 + kk))
                                       : _mm512_setzero_ps();
-            for (int i = 0; i < 8; i++) {
-                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-            }
-            for (int i = 0; i < 4; i++) {
-                const __m512d p = _mm512_castps_pd(t[4 * i]), q = _mm512_castps_pd(t[4 * i + 1]);
-                const __m512d x = _mm512_castps_pd(t[4 * i + 2]), y = _mm512_castps_pd(t[4 * i + 3]);
-                u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(p, x));
-                u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(p, x));
-                u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(q, y));
-                u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(q, y));
-            }
-            // u[4i + e], lane L: element 4L + e of rows 4i ..< 4i + 4; row kk + x of the block
-            // is element x of every row, x = 4L + e.
-            __m512 out[16];
-            for (int e = 0; e < 4; e++) {
-                const __m512 v0 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0x88), v1 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0xDD);
-                const __m512 w0 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0x88), w1 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0xDD);
-                out[e] = _mm512_shuffle_f32x4(v0, w0, 0x88);
-                out[4 + e] = _mm512_shuffle_f32x4(v1, w1, 0x88);
-                out[8 + e] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
-                out[12 + e] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
-            }
+            // Row kk + x of the panel block is element x of every weight row.
+            wp_transpose16(r, out);
             for (int x = 0; x < left; x++) _mm512_store_ps(panel + (kk + x) * COLUMNS + j0, out[x]);
         }
     }

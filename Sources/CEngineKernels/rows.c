@@ -7,6 +7,7 @@
 // libm's `expf` per element, and the transpose's scalar copy moved about 1.5 GB/s.
 #include "CEngineKernels.h"
 #include "exp.h"
+#include "transpose16.h"
 
 #include <math.h>
 
@@ -181,36 +182,16 @@ AVX512 static void scaleShiftAVX512(const float *x, float *y, int64_t count, flo
 AVX2 static void transposeAVX2(const float *x, int64_t rows, int64_t columns, int64_t begin, int64_t end, float *y) {
     transposeBody(x, rows, columns, begin, end, y);
 }
-// 16 x 16 tiles in registers: 32-bit and 64-bit interleaves within 128-bit lanes, then a 4 x 4
-// transpose of the lanes (`VSHUFF32X4`); the edges as the other families.
+// 16 x 16 tiles in registers (`wp_transpose16`); the edges as the other families.
 AVX512 static void transposeAVX512(const float *x, int64_t rows, int64_t columns, int64_t begin, int64_t end, float *y) {
     const int64_t fullColumns = columns / 16 * 16;
     int64_t i0 = begin;
     for (; i0 + 16 <= end; i0 += 16) {
         for (int64_t j0 = 0; j0 < fullColumns; j0 += 16) {
-            __m512 r[16], t[16], u[16];
+            __m512 r[16], out[16];
             for (int k = 0; k < 16; k++) r[k] = _mm512_loadu_ps(x + (i0 + k) * columns + j0);
-            for (int k = 0; k < 8; k++) {
-                t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
-                t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
-            }
-            // u[4k + m], lane L: column 4L + m of rows 4k ..< 4k + 4.
-            for (int k = 0; k < 4; k++) {
-                const __m512d a = _mm512_castps_pd(t[4 * k]), b = _mm512_castps_pd(t[4 * k + 1]);
-                const __m512d c = _mm512_castps_pd(t[4 * k + 2]), d = _mm512_castps_pd(t[4 * k + 3]);
-                u[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-                u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-                u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-                u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-            }
-            for (int m = 0; m < 4; m++) {
-                const __m512 v0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88), v1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xDD);
-                const __m512 w0 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88), w1 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xDD);
-                _mm512_storeu_ps(y + (j0 + m) * rows + i0, _mm512_shuffle_f32x4(v0, w0, 0x88));
-                _mm512_storeu_ps(y + (j0 + 4 + m) * rows + i0, _mm512_shuffle_f32x4(v1, w1, 0x88));
-                _mm512_storeu_ps(y + (j0 + 8 + m) * rows + i0, _mm512_shuffle_f32x4(v0, w0, 0xDD));
-                _mm512_storeu_ps(y + (j0 + 12 + m) * rows + i0, _mm512_shuffle_f32x4(v1, w1, 0xDD));
-            }
+            wp_transpose16(r, out);
+            for (int k = 0; k < 16; k++) _mm512_storeu_ps(y + (j0 + k) * rows + i0, out[k]);
         }
         for (int64_t i = i0; i < i0 + 16; i++)
             for (int64_t j = fullColumns; j < columns; j++) y[j * rows + i] = x[i * columns + j];

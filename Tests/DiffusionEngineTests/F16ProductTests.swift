@@ -29,31 +29,15 @@ struct F16ProductTests {
             #expect(c.allSatisfy { $0 == 7 })
             return
         }
-        var reference = [Double](repeating: 0, count: m * n), magnitude = reference
-        for i in 0..<m {
-            for j in 0..<n {
-                for p in 0..<k {
-                    let term = Double(Float(Float16(bitPattern: halves[i * lda + p]))) * Double(b[p * ldb + j])
-                    reference[i * n + j] += term
-                    magnitude[i * n + j] += abs(term)
+        let weight = { (i: Int, p: Int) in Double(Float(Float16(bitPattern: halves[i * lda + p]))) }
+        let (reference, magnitude) = Self.exactProduct(m, n, k, a: weight, b: { p, j in Double(b[p * ldb + j]) })
+        halves.withUnsafeBufferPointer { a in
+            b.withUnsafeBufferPointer { b in
+                let (a, b) = (a.baseAddress!, b.baseAddress!)
+                Self.expectProduct(m, n, k, ldc: ldc, reference: reference, magnitude: magnitude, "\(m)x\(n)x\(k)") { out in
+                    GEMM.multiplyF16Weight(m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, c: out, ldc: ldc)
                 }
             }
-        }
-        for serial in [true, false] {
-            let out = UnsafeMutablePointer<Float>.allocate(capacity: m * ldc)
-            defer { out.deallocate() }
-            out.initialize(repeating: .nan, count: m * ldc)
-            halves.withUnsafeBufferPointer { a in
-                b.withUnsafeBufferPointer { b in
-                    let (a, b) = (a.baseAddress!, b.baseAddress!)
-                    let run = { GEMM.multiplyF16Weight(m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, c: out, ldc: ldc) }
-                    if serial { Parallel.serially(run) } else { run() }
-                }
-            }
-            let c = Array(UnsafeBufferPointer(start: out, count: m * ldc))
-            let values = (0..<m).flatMap { i in c[(i * ldc)..<(i * ldc + n)] }
-            expectWithinReassociationBound(values, reference: reference, magnitude: magnitude, terms: k, "\(m)x\(n)x\(k) serial \(serial)")
-            #expect((0..<m).allSatisfy { i in c[(i * ldc + n)..<(i * ldc + ldc)].allSatisfy(\.isNaN) }, "wrote past a row")
         }
         // Accumulating adds to what C holds.
         var c = [Float](repeating: 1, count: m * ldc)
@@ -79,31 +63,15 @@ struct F16ProductTests {
             #expect(c.allSatisfy { $0 == 7 })
             return
         }
-        var reference = [Double](repeating: 0, count: m * n), magnitude = reference
-        for i in 0..<m {
-            for j in 0..<n {
-                for p in 0..<k {
-                    let term = Double(x[i * ldx + p]) * Double(Float(Float16(bitPattern: halves[j * ldw + p])))
-                    reference[i * n + j] += term
-                    magnitude[i * n + j] += abs(term)
+        let weight = { (p: Int, j: Int) in Double(Float(Float16(bitPattern: halves[j * ldw + p]))) }
+        let (reference, magnitude) = Self.exactProduct(m, n, k, a: { i, p in Double(x[i * ldx + p]) }, b: weight)
+        x.withUnsafeBufferPointer { x in
+            halves.withUnsafeBufferPointer { w in
+                let (x, w) = (x.baseAddress!, w.baseAddress!)
+                Self.expectProduct(m, n, k, ldc: ldc, reference: reference, magnitude: magnitude, "linear \(m)x\(n)x\(k)") { out in
+                    GEMM.multiplyF16Linear(m: m, n: n, k: k, x: x, ldx: ldx, w: w, ldw: ldw, c: out, ldc: ldc)
                 }
             }
-        }
-        for serial in [true, false] {
-            let out = UnsafeMutablePointer<Float>.allocate(capacity: m * ldc)
-            defer { out.deallocate() }
-            out.initialize(repeating: .nan, count: m * ldc)
-            x.withUnsafeBufferPointer { x in
-                halves.withUnsafeBufferPointer { w in
-                    let (x, w) = (x.baseAddress!, w.baseAddress!)
-                    let run = { GEMM.multiplyF16Linear(m: m, n: n, k: k, x: x, ldx: ldx, w: w, ldw: ldw, c: out, ldc: ldc) }
-                    if serial { Parallel.serially(run) } else { run() }
-                }
-            }
-            let c = Array(UnsafeBufferPointer(start: out, count: m * ldc))
-            let values = (0..<m).flatMap { i in c[(i * ldc)..<(i * ldc + n)] }
-            expectWithinReassociationBound(values, reference: reference, magnitude: magnitude, terms: k, "linear \(m)x\(n)x\(k) serial \(serial)")
-            #expect((0..<m).allSatisfy { i in c[(i * ldc + n)..<(i * ldc + ldc)].allSatisfy(\.isNaN) }, "wrote past a row")
         }
     }
 
@@ -181,5 +149,41 @@ struct F16ProductTests {
             }
         }
         expectClose(try run(half), try run(full), shape: [outC, g.outHeight, g.outWidth], tolerance: 1e-5, "conv \(geometry)")
+    }
+
+    /// The exact `m × n` product of `a(i, p)` and `b(p, j)` over `k` terms, and `Σ|terms|` of each element.
+    static func exactProduct(
+        _ m: Int, _ n: Int, _ k: Int, a: (Int, Int) -> Double, b: (Int, Int) -> Double
+    ) -> (reference: [Double], magnitude: [Double]) {
+        var reference = [Double](repeating: 0, count: m * n), magnitude = reference
+        for i in 0..<m {
+            for j in 0..<n {
+                for p in 0..<k {
+                    let term = a(i, p) * b(p, j)
+                    reference[i * n + j] += term
+                    magnitude[i * n + j] += abs(term)
+                }
+            }
+        }
+        return (reference, magnitude)
+    }
+
+    /// Runs `product` into `m` rows of `ldc` floats filled with NaN, on one thread and then split
+    /// over the workers: each row's first `n` floats within the reassociation bound of the exact
+    /// product, the rest untouched.
+    static func expectProduct(
+        _ m: Int, _ n: Int, _ k: Int, ldc: Int, reference: [Double], magnitude: [Double], _ label: String,
+        _ product: @escaping (UnsafeMutablePointer<Float>) -> Void
+    ) {
+        for serial in [true, false] {
+            let out = UnsafeMutablePointer<Float>.allocate(capacity: m * ldc)
+            defer { out.deallocate() }
+            out.initialize(repeating: .nan, count: m * ldc)
+            if serial { Parallel.serially { product(out) } } else { product(out) }
+            let c = Array(UnsafeBufferPointer(start: out, count: m * ldc))
+            let values = (0..<m).flatMap { i in c[(i * ldc)..<(i * ldc + n)] }
+            expectWithinReassociationBound(values, reference: reference, magnitude: magnitude, terms: k, "\(label) serial \(serial)")
+            #expect((0..<m).allSatisfy { i in c[(i * ldc + n)..<(i * ldc + ldc)].allSatisfy(\.isNaN) }, "\(label): wrote past a row")
+        }
     }
 }

@@ -126,17 +126,24 @@ enum GEMM {
         m: Int, n: Int, k: Int, a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
         c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
-        if m == 0 || n == 0 { return }
-        let threads = Parallel.isSerialOnThisThread || wp_single_threaded() != 0 ? 1 : threadCount
         let am = SharedPointer(a), bm = SharedPointer(b), cm = SharedPointer(c)
-        // Whole tiles of six rows per worker, at least eight tiles each.
-        Parallel.forRanges((m + 5) / 6, grain: threads == 1 ? Int.max : 8) { tiles in
-            let rows = (tiles.lowerBound * 6)..<min(m, tiles.upperBound * 6)
-            let status = wp_gemm_f16_weight(
+        splittingF16Rows(m) { rows in
+            wp_gemm_f16_weight(
                 Int64(rows.count), Int64(n), Int64(k), am.pointer + rows.lowerBound * lda, Int64(lda), bm.pointer, Int64(ldb),
                 cm.pointer + rows.lowerBound * ldc, Int64(ldc), 0)
+        }
+    }
+
+    /// Runs `product(rows)` over the `m` rows of an F16 product: whole on this thread in
+    /// single-threaded sections, else split over the ``Parallel`` workers in whole tiles of six
+    /// rows, at least eight tiles each (each worker packs the other operand for itself).
+    private static func splittingF16Rows(_ m: Int, _ product: (Range<Int>) -> Int32) {
+        if m == 0 { return }
+        let threads = Parallel.isSerialOnThisThread || wp_single_threaded() != 0 ? 1 : threadCount
+        Parallel.forRanges((m + 5) / 6, grain: threads == 1 ? Int.max : 8) { tiles in
+            let status = product((tiles.lowerBound * 6)..<min(m, tiles.upperBound * 6))
             // The caller checks availability; only memory can run short.
-            precondition(status == 0, "F16 weight product failed with status \(status) for \(m)x\(n)x\(k)")
+            precondition(status == 0, "F16 weight product failed with status \(status) for \(m) rows")
         }
     }
 
@@ -147,15 +154,11 @@ enum GEMM {
         m: Int, n: Int, k: Int, x: UnsafePointer<Float>, ldx: Int, w: UnsafePointer<UInt16>, ldw: Int,
         c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
-        if m == 0 || n == 0 { return }
-        let threads = Parallel.isSerialOnThisThread || wp_single_threaded() != 0 ? 1 : threadCount
         let xm = SharedPointer(x), wm = SharedPointer(w), cm = SharedPointer(c)
-        Parallel.forRanges((m + 5) / 6, grain: threads == 1 ? Int.max : 8) { tiles in
-            let rows = (tiles.lowerBound * 6)..<min(m, tiles.upperBound * 6)
-            let status = wp_gemm_f16_weight_linear(
+        splittingF16Rows(m) { rows in
+            wp_gemm_f16_weight_linear(
                 Int64(rows.count), Int64(n), Int64(k), xm.pointer + rows.lowerBound * ldx, Int64(ldx), wm.pointer, Int64(ldw),
                 cm.pointer + rows.lowerBound * ldc, Int64(ldc))
-            precondition(status == 0, "F16 weight product failed with status \(status) for \(m)x\(n)x\(k)")
         }
     }
 
