@@ -391,22 +391,8 @@ public final class WeightProvider {
     func withSharedBF16Weight(_ name: String, _ body: (UnsafePointer<UInt16>) throws -> Void) throws -> Bool {
         guard let shared = sharedConversions else { return false }
         let full = prefix + name
+        if try withMappedHalves(name, stored: .bf16, body) { return true }
         let descriptor = try self.descriptor(name)
-        if descriptor.dtype == .bf16, try packed(full) == nil {
-            let view: TensorView
-            do { view = try store.tensor(named: full) } catch {
-                throw EngineError(.missingTensor, "cannot read weight", tensorName: full, underlying: error)
-            }
-            defer { release(view.bytes) }
-            let used = try view.bytes.withUnsafeBytes { raw throws -> Bool in
-                guard let base = raw.baseAddress, raw.count >= descriptor.elementCount * 2,
-                    Int(bitPattern: base) % MemoryLayout<UInt16>.alignment == 0
-                else { return false }
-                try body(base.assumingMemoryBound(to: UInt16.self))
-                return true
-            }
-            if used { return true }
-        }
         let rows = descriptor.shape.dimensions.first ?? 1
         let count = descriptor.elementCount
         guard rows > 0, count > 0, count % rows == 0, (count + 1) / 2 >= shared.minimumFloats else { return false }
@@ -441,9 +427,16 @@ public final class WeightProvider {
     /// reading the same mapped bytes instead of a converted copy.
     /// - Throws: as ``withFloats(_:shape:_:)``.
     func withF16Weight(_ name: String, _ body: (UnsafePointer<UInt16>) throws -> Void) throws -> Bool {
+        try withMappedHalves(name, stored: .f16, body)
+    }
+
+    /// Calls `body` with the 16-bit values of `name` where they are mapped, and returns true, when
+    /// it is stored unpacked as `dtype` (F16 or BF16), whole and 2-byte aligned; returns false
+    /// without calling anything otherwise.
+    private func withMappedHalves(_ name: String, stored dtype: DType, _ body: (UnsafePointer<UInt16>) throws -> Void) throws -> Bool {
         let full = prefix + name
         let descriptor = try self.descriptor(name)
-        guard descriptor.dtype == .f16, try packed(full) == nil else { return false }
+        guard descriptor.dtype == dtype, try packed(full) == nil else { return false }
         let view: TensorView
         do { view = try store.tensor(named: full) } catch {
             throw EngineError(.missingTensor, "cannot read weight", tensorName: full, underlying: error)

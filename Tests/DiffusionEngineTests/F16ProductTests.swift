@@ -117,6 +117,9 @@ struct F16ProductTests {
         #expect(c.allSatisfy { $0 == 5 })
         #expect(wp_gemm_f16_weight(4, 4, 0, a, 4, b, 4, &c, 4, 0) == 0)
         #expect(c[0..<16].allSatisfy { $0 == 0 } && c[16...].allSatisfy { $0 == 5 })
+        c = [Float](repeating: 5, count: 64)
+        #expect(wp_gemm_f16_weight_linear(4, 4, 0, b, 4, a, 4, &c, 4) == 0)
+        #expect(c[0..<16].allSatisfy { $0 == 0 } && c[16...].allSatisfy { $0 == 5 })
     }
 
     /// A convolution whose F16 weight the products read as stored (im2col at 8x8, a stride-2
