@@ -7,6 +7,7 @@
 //   EngineBench kernels                         (convolution and sgemm GFLOP/s)
 //   EngineBench unet DIR|FILE.wpk INPUTS RUNS OUT.f32 (DIR: a diffusers unet/ folder;
 //                                               ENGINE_BENCH_PROFILE=1: time per layer kind)
+//   EngineBench unet-pair A B INPUTS PAIRS      (two UNets, A and B as for `unet`, steps alternated)
 //   EngineBench attention | unet-convolutions   (one core, SD 1.5 shapes)
 //   EngineBench unet-dtypes UNETDIR OUTDIR      (writes OUTDIR/unet-f16.wpk and unet-int8.wpk)
 //   EngineBench backend                         (prints ComputeBackend.current)
@@ -99,20 +100,20 @@ func vae(_ dir: String, latentPath: String, runs: Int, out: String) throws {
 /// GFLOP/s of the convolution paths on the VAE decoder's 3x3 shapes, and of sgemm alone.
 /// One SD 1.5 UNet step with guidance: batch 2 at 64x64, timestep 999, inputs from a file
 /// (sample [2,4,64,64] then text embeddings [2,77,768]); the same as `engine_unet.py`.
-func unet(_ dir: String, inputsPath: String, runs: Int, out: String) throws {
-    var model: UNet2DConditionModel!
-    let load = try seconds {
-        if dir.hasSuffix(".wpk") {
-            // A canonical .wpk (any dtype, int8 included): the UNet under `unet.`, or a UNet alone
-            // (`unet-dtypes` writes those).
-            let file = try WPKFile(path: dir)
-            let prefix = file.descriptor(named: "unet.conv_in.weight") != nil ? "unet." : ""
-            model = try UNet2DConditionModel(store: file, configuration: .sd15, prefix: prefix)
-        } else {
-            let config = try UNetConfiguration(jsonText: String(contentsOfFile: dir + "/config.json", encoding: .utf8))
-            let store = try SafetensorsFile(path: dir + "/diffusion_pytorch_model.safetensors")
-            model = try UNet2DConditionModel(store: store, configuration: config)
-        }
+/// A UNet from a diffusers folder or a `.wpk`, with the benchmark's environment applied
+/// (WEIGHTPACK_KEEP_RESIDENT, ENGINE_BENCH_SHARED_MIB, ENGINE_BENCH_COMPUTE).
+func loadUNet(_ dir: String) throws -> UNet2DConditionModel {
+    let model: UNet2DConditionModel
+    if dir.hasSuffix(".wpk") {
+        // A canonical .wpk (any dtype, int8 included): the UNet under `unet.`, or a UNet alone
+        // (`unet-dtypes` writes those).
+        let file = try WPKFile(path: dir)
+        let prefix = file.descriptor(named: "unet.conv_in.weight") != nil ? "unet." : ""
+        model = try UNet2DConditionModel(store: file, configuration: .sd15, prefix: prefix)
+    } else {
+        let config = try UNetConfiguration(jsonText: String(contentsOfFile: dir + "/config.json", encoding: .utf8))
+        let store = try SafetensorsFile(path: dir + "/diffusion_pytorch_model.safetensors")
+        model = try UNet2DConditionModel(store: store, configuration: config)
     }
     // WEIGHTPACK_KEEP_RESIDENT=1: leave mapped weight pages resident (the engine drops them
     // after each layer by default).
@@ -130,11 +131,71 @@ func unet(_ dir: String, inputsPath: String, runs: Int, out: String) throws {
     } else if let compute = requested.flatMap(ComputePrecision.init(rawValue:)) {
         model.computePrecision = compute
     }
-    let data = try Data(contentsOf: URL(fileURLWithPath: inputsPath))
+    return model
+}
+
+/// The guidance pair's inputs from a file: sample [2,4,64,64] then text embeddings [2,77,768].
+func unetInputs(_ path: String) throws -> (sample: FloatTensor, context: FloatTensor) {
+    let data = try Data(contentsOf: URL(fileURLWithPath: path))
     let values = data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
     let sampleCount = 2 * 4 * 64 * 64
-    let sample = FloatTensor(shape: [2, 4, 64, 64], values: Array(values[0..<sampleCount]))
-    let context = FloatTensor(shape: [2, 77, 768], values: Array(values[sampleCount...]))
+    precondition(values.count == sampleCount + 2 * 77 * 768, "inputs file must hold 2x4x64x64 then 2x77x768 f32")
+    return (
+        FloatTensor(shape: [2, 4, 64, 64], values: Array(values[0..<sampleCount])),
+        FloatTensor(shape: [2, 77, 768], values: Array(values[sampleCount...]))
+    )
+}
+
+/// Two UNets in one process, their steps alternated (A B, then B A, and so on), so that the
+/// machine's slow and fast spells fall on both alike: per model the median and best step, and
+/// the median of B's time over A's in each pair, with the largest difference of their predictions.
+func unetPair(_ first: String, _ second: String, inputsPath: String, pairs: Int) throws {
+    var a: UNet2DConditionModel!, b: UNet2DConditionModel!
+    let load = try seconds {
+        a = try loadUNet(first)
+        b = try loadUNet(second)
+    }
+    let (sample, context) = try unetInputs(inputsPath)
+    var outA = try a.predict(sample, timestep: 999, encoderHiddenStates: context)  // warm-up
+    var outB = try b.predict(sample, timestep: 999, encoderHiddenStates: context)
+    var timesA: [Double] = [], timesB: [Double] = [], ratios: [Double] = []
+    for pair in 0..<pairs {
+        let stepA = { try seconds { outA = try a.predict(sample, timestep: 999, encoderHiddenStates: context) } }
+        let stepB = { try seconds { outB = try b.predict(sample, timestep: 999, encoderHiddenStates: context) } }
+        let (ta, tb): (Double, Double)
+        if pair % 2 == 0 {
+            ta = try stepA()
+            tb = try stepB()
+        } else {
+            tb = try stepB()
+            ta = try stepA()
+        }
+        timesA.append(ta)
+        timesB.append(tb)
+        ratios.append(tb / ta)
+    }
+    func median(_ v: [Double]) -> Double {
+        let s = v.sorted()
+        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+    }
+    var largest: Float = 0
+    outA.withUnsafeBufferPointer { pa in outB.withUnsafeBufferPointer { pb in for i in 0..<pa.count { largest = max(largest, abs(pa[i] - pb[i])) } } }
+    func list(_ v: [Double]) -> String { v.map { String(format: "%.4f", $0) }.joined(separator: ", ") }
+    func name(_ path: String, _ model: UNet2DConditionModel) -> String {
+        (path as NSString).lastPathComponent + (model.computePrecision == .f32 ? "" : " (compute \(model.computePrecision.rawValue))")
+    }
+    print(
+        String(
+            format:
+                "{\"side\": \"weightpack\", \"task\": \"unet_step pair: %@ then %@, %@\", \"a_median\": %.4f, \"b_median\": %.4f, \"a_best\": %.4f, \"b_best\": %.4f, \"ratio_median\": %.4f, \"ratios\": [%@], \"a_runs\": [%@], \"b_runs\": [%@], \"largest_difference\": %.3g, \"load_seconds\": %.3f, \"peak_rss_mib\": %.1f, \"loadavg\": \"%@\"}",
+            name(first, a), name(second, b), ComputeBackend.current.description, median(timesA), median(timesB), timesA.min()!,
+            timesB.min()!, median(ratios), list(ratios), list(timesA), list(timesB), Double(largest), load, peakRSSMiB(), loadAverage()))
+}
+
+func unet(_ dir: String, inputsPath: String, runs: Int, out: String) throws {
+    var model: UNet2DConditionModel!
+    let load = try seconds { model = try loadUNet(dir) }
+    let (sample, context) = try unetInputs(inputsPath)
     var result: FloatTensor!
     var times: [Double] = []
     // ENGINE_BENCH_PROFILE=1: time the products and fused attention of every step after the
@@ -347,6 +408,8 @@ do {
         try vae(arguments[2], latentPath: arguments[3], runs: Int(arguments[4])!, out: arguments[5])
     case "unet" where arguments.count == 6:
         try unet(arguments[2], inputsPath: arguments[3], runs: Int(arguments[4])!, out: arguments[5])
+    case "unet-pair" where arguments.count == 6:
+        try unetPair(arguments[2], arguments[3], inputsPath: arguments[4], pairs: Int(arguments[5])!)
     case "kernels":
         kernels()
     case "dequant" where arguments.count == 4:
