@@ -76,9 +76,11 @@ let package = Package(
 
         // The library, in layers (see Docs/architecture.md).
         .target(name: "TensorCore", swiftSettings: strict),
+        // One Linux file call that Swift's Glibc module does not import (`sync_file_range`).
+        .target(name: "CFileSync"),
         .target(
             name: "MappedIO",
-            dependencies: ["TensorCore", "CCrypto", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["TensorCore", "CCrypto", "CFileSync", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
         .target(name: "StrictJSON", dependencies: ["CJSONC"], swiftSettings: strict),
         .target(name: "SafePickle", dependencies: ["TensorCore"], swiftSettings: strict),
@@ -125,7 +127,7 @@ let package = Package(
         // What the test targets share (fixture paths, scratch folders, an in-memory store, comparisons).
         .target(name: "TestSupport", dependencies: ["StrictJSON", "TensorCore"], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"], swiftSettings: strict),
-        .testTarget(name: "MappedIOTests", dependencies: ["MappedIO"], swiftSettings: strict),
+        .testTarget(name: "MappedIOTests", dependencies: ["MappedIO", "CFileSync"], swiftSettings: strict),
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "TensorCore"], swiftSettings: strict),
         .testTarget(name: "StrictJSONTests", dependencies: ["StrictJSON"], swiftSettings: strict),
         .testTarget(

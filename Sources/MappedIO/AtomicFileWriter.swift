@@ -1,3 +1,4 @@
+import CFileSync
 import SystemPackage
 
 #if canImport(Glibc)
@@ -9,8 +10,9 @@ import Darwin
 /// Writes a file so that it appears under its final name whole or not at all.
 ///
 /// Bytes go to an unnamed temporary file in the target's folder (`O_TMPFILE`; where the file
-/// system lacks it, a named one, `.NAME.tmp-XXXXXX`: see ``TemporaryName``); `commit()`
-/// flushes, `fsync`s, gives it the target's name and syncs the folder. Without `commit()`
+/// system lacks it, a named one, `.NAME.tmp-XXXXXX`: see ``TemporaryName``), their write-back to
+/// the disk started as they gather; `commit()` flushes, `fsync`s, gives it the target's name and
+/// syncs the folder. Without `commit()`
 /// (an error, a thrown conversion) the temporary is removed when the writer goes away.
 /// A target that is a folder, or one of this process's inputs (``InputFiles``), is refused
 /// whatever `overwrite` says. Writes are buffered; `position` is the logical offset of the
@@ -26,16 +28,28 @@ public final class AtomicFileWriter {
     private var committed = false
     /// Bytes written so far (including buffered ones).
     public private(set) var position = 0
+    /// Bytes handed to the kernel so far, and how many of them it has been asked to write back.
+    private var flushedBytes = 0
+    private var writeBackStarted = 0
+    /// Written bytes that start their write-back to the disk together (Linux).
+    private let writeBackChunk: Int
+    /// How many ranges the kernel has accepted to write back early (0 where the call is missing).
+    public private(set) var writeBackRequests = 0
 
     /// Creates the temporary file next to `path`.
     ///
     /// - Parameter overwrite: when `false`, an existing `path` is refused now with `.exists`,
     ///   and again at commit time (the final link never replaces a file that appeared meanwhile).
+    /// - Parameter writeBackChunk: once this many written bytes have gathered, the kernel is
+    ///   asked to start writing them to the disk (Linux), so that `commit()`'s `fsync` waits for
+    ///   the last of them only. Measured on the full-size SD 1.5 `convert --dtype f16`: 4.3–4.5 s
+    ///   wall without, 3.3–3.6 s with 32 MiB chunks (`Docs/performance.md`).
     /// - Throws: `.outputIsFolder` when `path` names a folder (or ends in `/`), `.outputIsInput`
     ///   when it is one of this process's inputs, `.exists`, `.cannotCreate`, `.noSpace`.
-    public init(path: String, overwrite: Bool, bufferSize: Int = 8 << 20) throws(IOError) {
+    public init(path: String, overwrite: Bool, bufferSize: Int = 8 << 20, writeBackChunk: Int = 32 << 20) throws(IOError) {
         self.path = path
         self.overwrite = overwrite
+        self.writeBackChunk = max(1, writeBackChunk)
         try Self.checkTarget(path, overwrite: overwrite)
         let (folder, template) = TemporaryName.template(for: path)
         let unnamed = Self.openUnnamed(in: folder)
@@ -164,6 +178,19 @@ public final class AtomicFileWriter {
         } catch {
             throw IOError.from(error, path: path, call: "write", fallback: .writeFailed)
         }
+        flushedBytes += bytes.count
+        startWriteBack(fd)
+    }
+
+    /// Asks the kernel to start writing the flushed bytes to the disk once a chunk of them has
+    /// gathered, without waiting for it (`sync_file_range` with `SYNC_FILE_RANGE_WRITE`, Linux), so
+    /// that the disk works while the caller computes the next bytes and `commit()`'s `fsync`
+    /// does not find gigabytes of dirty pages waiting. Durability still comes from that `fsync`
+    /// alone; a file system that does not support the call just leaves the work to it.
+    private func startWriteBack(_ fd: FileDescriptor) {
+        guard flushedBytes - writeBackStarted >= writeBackChunk else { return }
+        if wp_start_write_back(fd.rawValue, Int64(writeBackStarted), Int64(flushedBytes - writeBackStarted)) == 0 { writeBackRequests += 1 }
+        writeBackStarted = flushedBytes
     }
 
     /// Replaces bytes already written at `offset` (flushing first); `position` does not move.

@@ -1,3 +1,4 @@
+import CFileSync
 import Foundation
 import MappedIO
 import Testing
@@ -150,6 +151,76 @@ struct AtomicFileWriterTests {
         expectIOError(.outputIsInput) { try writer.commit() }
         #expect(read(input) == "weights")
         withExtendedLifetime(mapped) {}
+    }
+
+    /// Bytes `0 ..< count` of a pattern that differs from chunk to chunk (so a chunk written
+    /// twice or out of place would show).
+    private static func pattern(_ count: Int, from start: Int) -> [UInt8] {
+        (start..<(start + count)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 12) }
+    }
+
+    @Test("with write-back started every few KiB, the committed file holds every byte, a rewritten header included")
+    func writesBackAsItGoes() throws {
+        let folder = try scratchFolder()
+        let target = folder + "/out.bin"
+        // A 4 KiB buffer and 16 KiB chunks: hundreds of write-back calls, through buffered writes,
+        // writes larger than the buffer and an output buffer filled in place.
+        let writer = try AtomicFileWriter(path: target, overwrite: false, bufferSize: 4096, writeBackChunk: 16 << 10)
+        var expected: [UInt8] = []
+        var sizes = [1, 4095, 4096, 10_000, 3, 70_000]
+        for round in 0..<40 {
+            let size = sizes[round % sizes.count]
+            let bytes = Self.pattern(size, from: expected.count)
+            if round % 3 == 2 && size <= 4096 {
+                try writer.withUnsafeOutputBuffer(count: size) { out in out.copyBytes(from: bytes) }
+            } else {
+                try writer.write(bytes)
+            }
+            expected += bytes
+            sizes.swapAt(round % sizes.count, (round * 7) % sizes.count)
+        }
+        // The header rewritten after its bytes have gone to the disk, as the writers do.
+        let header: [UInt8] = Array("HEADER".utf8)
+        try header.withUnsafeBytes { try writer.overwrite($0, at: 0) }
+        expected.replaceSubrange(0..<header.count, with: header)
+        #expect(writer.position == expected.count)
+        // A request covers what gathered since the last one: under 16 KiB plus one flush (a
+        // full buffer, or a write larger than it), so at most 16 KiB + 70 000 + 4096 bytes.
+        #expect(writer.writeBackRequests >= expected.count / ((16 << 10) + 70_000 + 4096))
+        #expect(writer.writeBackRequests > 0)
+        try writer.commit()
+        let written = try #require(FileManager.default.contents(atPath: target))
+        #expect(written.count == expected.count)
+        #expect(Array(written) == expected)
+        #expect(contents(folder) == ["out.bin"])
+    }
+
+    @Test("a writer dropped after its write-back started still leaves nothing")
+    func abandonsAfterWriteBack() throws {
+        let folder = try scratchFolder()
+        do {
+            let writer = try AtomicFileWriter(path: folder + "/out.bin", overwrite: true, bufferSize: 4096, writeBackChunk: 8192)
+            try writer.write(Self.pattern(100_000, from: 0))
+        }
+        #expect(contents(folder).isEmpty)
+    }
+
+    @Test("starting write-back refuses a negative offset, an empty range and a closed descriptor")
+    func writeBackArguments() throws {
+        #expect(wp_start_write_back(0, -1, 10) == -1)
+        #expect(errno == EINVAL)
+        #expect(wp_start_write_back(0, 0, 0) == -1)
+        #expect(errno == EINVAL)
+        #expect(wp_start_write_back(-1, 0, 4096) == -1)
+        #expect(errno == EBADF)
+        // An open file: accepted.
+        let folder = try scratchFolder()
+        let path = folder + "/f.bin"
+        try write(String(repeating: "x", count: 8192), to: path)
+        let fd = open(path, O_RDWR)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        #expect(wp_start_write_back(fd, 0, 8192) == 0)
     }
 }
 
