@@ -21,14 +21,8 @@ TYPES="${3:-q4_k q8_0}"
 engine_bench_setup
 build_engine_bench
 # WEIGHTPACK_BIN: a weightpack binary to use instead of building one.
-WP="${WEIGHTPACK_BIN:-$ROOT/.build/release/weightpack}"
-[ -n "${WEIGHTPACK_BIN:-}" ] || (cd "$ROOT" && swift build -c release --static-swift-stdlib >/dev/null)
-MODEL="$DIR/sd15-random.safetensors"
-[ -f "$MODEL" ] || "$PY" "$ROOT/Fixtures/generate/make_fullsize_sd15.py" --out "$DIR"
-[ -f "$DIR/sd15-f32.wpk" ] || "$WP" convert "$MODEL" "$DIR/sd15-f32.wpk" --no-source-hash
-for t in $TYPES; do
-  [ -f "$DIR/sd15-$t.wpk" ] || /usr/bin/time -f "convert --dtype $t: %e s, %M KB" "$WP" convert "$MODEL" "$DIR/sd15-$t.wpk" --dtype "$t" --no-source-hash
-done
+# shellcheck disable=SC2086
+wpk_models_setup $TYPES
 unet_step_inputs
 : > "$OUT/blocks-results.jsonl"
 for round in $(seq 1 "$ROUNDS"); do

@@ -57,3 +57,18 @@ fullsize_diffusers_setup() {
   [ -f "$MODEL/model_index.json" ] || "$WP" export "$DIR/sd15-random.safetensors" "$MODEL" --layout diffusers
   cat "$MODEL"/*/*.safetensors >/dev/null
 }
+
+# The full-size random SD 1.5 as `.wpk` files for blocks.sh and pair.sh: sets WP (WEIGHTPACK_BIN,
+# else a release build) and MODEL, and makes $DIR/sd15-f32.wpk and $DIR/sd15-TYPE.wpk for each
+# TYPE given (`convert --dtype TYPE --no-source-hash`) when missing.
+wpk_models_setup() {
+  WP="${WEIGHTPACK_BIN:-$ROOT/.build/release/weightpack}"
+  [ -n "${WEIGHTPACK_BIN:-}" ] || (cd "$ROOT" && swift build -c release --static-swift-stdlib >/dev/null)
+  MODEL="$DIR/sd15-random.safetensors"
+  [ -f "$MODEL" ] || "$PY" "$ROOT/Fixtures/generate/make_fullsize_sd15.py" --out "$DIR"
+  [ -f "$DIR/sd15-f32.wpk" ] || "$WP" convert "$MODEL" "$DIR/sd15-f32.wpk" --no-source-hash
+  local t
+  for t in "$@"; do
+    [ "$t" = f32 ] || [ -f "$DIR/sd15-$t.wpk" ] || /usr/bin/time -f "convert --dtype $t: %e s, %M KB" "$WP" convert "$MODEL" "$DIR/sd15-$t.wpk" --dtype "$t" --no-source-hash
+  done
+}

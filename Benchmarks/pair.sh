@@ -9,9 +9,10 @@
 #   Benchmarks/pair.sh [PAIRS] [TYPE]   (defaults 10 and f16)
 #
 # The weights are `weightpack convert` outputs of $WEIGHTPACK_BENCH_DIR/sd15-random.safetensors
-# (made when missing, as blocks.sh does), their mapped pages kept resident as blocks.sh keeps
+# (made when missing, as blocks.sh does; WEIGHTPACK_BIN: a weightpack binary to use), their mapped pages kept resident as blocks.sh keeps
 # them (RESIDENT=0: released after each layer, as `generate` does by default).
-# COMPUTE (default f32) sets the products' arithmetic for both, as ENGINE_BENCH_COMPUTE does.
+# COMPUTE (default f32) sets the products' arithmetic for both, as ENGINE_BENCH_COMPUTE does;
+# COMPUTE=auto runs each as `generate` would (int8 products for int8 and Q8_0 weights with VNNI).
 # Prints EngineBench's JSON line, then the median and mean of B/A over the pairs and the mean's
 # 95 % interval (t distribution).
 set -euo pipefail
@@ -20,16 +21,7 @@ PAIRS="${1:-10}"
 TYPE="${2:-f16}"
 engine_bench_setup
 build_engine_bench
-WP="${WEIGHTPACK_BIN:-$ROOT/.build/release/weightpack}"
-[ -n "${WEIGHTPACK_BIN:-}" ] || (cd "$ROOT" && swift build -c release --static-swift-stdlib >/dev/null)
-MODEL="$DIR/sd15-random.safetensors"
-[ -f "$MODEL" ] || "$PY" "$ROOT/Fixtures/generate/make_fullsize_sd15.py" --out "$DIR"
-for t in f32 "$TYPE"; do
-  if [ ! -f "$DIR/sd15-$t.wpk" ]; then
-    if [ "$t" = f32 ]; then "$WP" convert "$MODEL" "$DIR/sd15-f32.wpk" --no-source-hash
-    else "$WP" convert "$MODEL" "$DIR/sd15-$t.wpk" --dtype "$t" --no-source-hash; fi
-  fi
-done
+wpk_models_setup "$TYPE"
 unet_step_inputs
 cat "$DIR/sd15-f32.wpk" "$DIR/sd15-$TYPE.wpk" >/dev/null
 echo "uptime: $(uptime)"
