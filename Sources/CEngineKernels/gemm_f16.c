@@ -15,6 +15,13 @@
 // (`wp_gemm_f16_weight_linear`): X's rows are broadcast in place, over panels of 64 of W's rows
 // widened and transposed in 16 x 16 register blocks (the next panel's rows prefetched by the
 // tiles). AVX-512 only; the other families keep the conversion and `sgemm`.
+//
+// The convolution's product also runs with a float A (`wp_gemm_f32_tiles`: A's rows broadcast
+// where they are), for the shapes where oneDNN 2.6's `sgemm` falls well below its own rate
+// elsewhere: 64 columns (a Winograd product at 32 x 32, a convolution at 8 x 8) and 4096 or more
+// columns with a depth and row count of at most 480 (pointwise convolutions of 320 channels at
+// 64 x 64 and above). See
+// `GEMM.f32TilesSuit` and Docs/engine.md.
 #include "CEngineKernels.h"
 #include "transpose16.h"
 
@@ -178,24 +185,40 @@ AVX512 static void widenRows(const uint16_t *a, int64_t lda, int height, int64_t
     }
 }
 
-AVX512 static void productAVX512(int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda, const float *b, int64_t ldb,
-                                 float *c, int64_t ldc, int accumulate, f16_buffers *buffers) {
+// `C = A B` with A's rows F16 (`half`, widened six at a time into `buffers->rows`) or float
+// (`single`, broadcast where they are; the last rows, when fewer than six, copied beside zeros).
+AVX512 static void productAVX512(int64_t m, int64_t n, int64_t k, const uint16_t *half, const float *single, int64_t lda,
+                                 const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate, f16_buffers *buffers) {
+    const int64_t elementBytes = half ? 2 : 4;
     for (int64_t k0 = 0; k0 < k; k0 += DEPTH) {
         const int64_t depth = k - k0 < DEPTH ? k - k0 : DEPTH;
         const int add = accumulate || k0 > 0;
-        const int64_t nextLines = (depth * 2 + 63) / 64;
+        const int64_t nextLines = (depth * elementBytes + 63) / 64;
         for (int64_t g0 = 0; g0 < n; g0 += GROUP * COLUMNS) {
             const int64_t groupWidth = n - g0 < GROUP * COLUMNS ? n - g0 : GROUP * COLUMNS;
             packPanels(b + g0, ldb, groupWidth, k0, depth, buffers->panels);
             for (int64_t m0 = 0; m0 < m; m0 += ROWS) {
                 const int height = m - m0 < ROWS ? (int)(m - m0) : ROWS;
-                widenRows(a + m0 * lda, lda, height, k0, depth, buffers->rows);
+                const float *rows = buffers->rows;
+                int64_t rowStride = depth;
+                if (half) {
+                    widenRows(half + m0 * lda, lda, height, k0, depth, buffers->rows);
+                } else if (height == ROWS) {
+                    rows = single + m0 * lda + k0;
+                    rowStride = lda;
+                } else {
+                    memset(buffers->rows, 0, sizeof(float) * (size_t)(ROWS * depth));
+                    for (int r = 0; r < height; r++)
+                        memcpy(buffers->rows + r * depth, single + (m0 + r) * lda + k0, sizeof(float) * (size_t)depth);
+                }
                 // The next six rows (when whole) are prefetched during the group's first tile.
-                const char *next = m0 + 2 * ROWS <= m ? (const char *)(a + (m0 + ROWS) * lda + k0) : NULL;
+                const char *next = m0 + 2 * ROWS > m ? NULL
+                                   : half        ? (const char *)(half + (m0 + ROWS) * lda + k0)
+                                                 : (const char *)(single + (m0 + ROWS) * lda + k0);
                 for (int64_t n0 = 0, p = 0; n0 < groupWidth; n0 += COLUMNS, p++) {
                     const int width = groupWidth - n0 < COLUMNS ? (int)(groupWidth - n0) : COLUMNS;
-                    tile(depth, buffers->rows, depth, buffers->panels + p * depth * COLUMNS, c + m0 * ldc + g0 + n0, ldc, height, width,
-                         add, p == 0 ? next : NULL, lda * 2, nextLines);
+                    tile(depth, rows, rowStride, buffers->panels + p * depth * COLUMNS, c + m0 * ldc + g0 + n0, ldc, height, width,
+                         add, p == 0 ? next : NULL, lda * elementBytes, nextLines);
                 }
             }
         }
@@ -250,8 +273,10 @@ AVX512 static void linearAVX512(int64_t m, int64_t n, int64_t k, const float *x,
 }
 #endif
 
-int wp_gemm_f16_weight(int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda, const float *b, int64_t ldb, float *c,
-                       int64_t ldc, int accumulate) {
+// `C = A B` with A's rows F16 (`half`) or float (`single`): the checks, the empty depth, the
+// thread's buffers and the profile record (`flags`) around `productAVX512`.
+static int product(int64_t m, int64_t n, int64_t k, const uint16_t *half, const float *single, int64_t lda, const float *b, int64_t ldb,
+                   float *c, int64_t ldc, int accumulate, int32_t flags) {
     if (m < 0 || n < 0 || k < 0 || lda < k || ldb < n || ldc < n) return -3;
     if (m == 0 || n == 0) return 0;
     if (!wp_f16_weight_products()) return -1;
@@ -264,12 +289,23 @@ int wp_gemm_f16_weight(int64_t m, int64_t n, int64_t k, const uint16_t *a, int64
     f16_buffers *buffers = threadBuffers();
     if (!buffers) return -2;
     const double start = wp_profiling() ? wp_profile_clock() : 0;
-    productAVX512(m, n, k, a, lda, b, ldb, c, ldc, accumulate, buffers);
-    if (start > 0) wp_profile_add(0, 4, m, n, k, wp_profile_clock() - start);
+    productAVX512(m, n, k, half, single, lda, b, ldb, c, ldc, accumulate, buffers);
+    if (start > 0) wp_profile_add(0, flags, m, n, k, wp_profile_clock() - start);
     return 0;
 #else
+    (void)half, (void)single, (void)b, (void)c, (void)accumulate, (void)flags;
     return -1;
 #endif
+}
+
+int wp_gemm_f16_weight(int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda, const float *b, int64_t ldb, float *c,
+                       int64_t ldc, int accumulate) {
+    return product(m, n, k, a, NULL, lda, b, ldb, c, ldc, accumulate, 4);
+}
+
+int wp_gemm_f32_tiles(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb, float *c, int64_t ldc,
+                      int accumulate) {
+    return product(m, n, k, NULL, a, lda, b, ldb, c, ldc, accumulate, 8);
 }
 
 int wp_gemm_f16_weight_linear(int64_t m, int64_t n, int64_t k, const float *x, int64_t ldx, const uint16_t *w, int64_t ldw,

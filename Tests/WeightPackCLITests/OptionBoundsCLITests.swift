@@ -59,8 +59,10 @@ struct OptionBoundsCLITests {
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.contains("weightpack \(WeightPackCommand.version)"))
         #expect(result.stdout.contains("compute: kernels"), "\(result.stdout)")
-        // Products reading F16 weights as stored come with the AVX-512 family, and only with it.
+        // Products reading F16 weights as stored, and our float tiles, come with the AVX-512
+        // family, and only with it.
         #expect(result.stdout.contains("F16 weights read as stored") == result.stdout.contains("kernels avx512"), "\(result.stdout)")
+        #expect(result.stdout.contains("our float tiles where sgemm is slow") == result.stdout.contains("kernels avx512"), "\(result.stdout)")
     }
 
     @Test("a negative seed runs from the command line (exit 0), and an out-of-range size is exit 64 with one line")

@@ -50,7 +50,7 @@ int wp_sgemm(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, fl
              float *c, int64_t ldc, int threads);
 
 /// Time spent per shape in the products (`wp_sgemm`, kind 0: `flags` 1 for a transposed A, 2
-/// for a transposed B, 4 for `wp_gemm_f16_weight`, 6 for `wp_gemm_f16_weight_linear`) and in fused attention (kind 1: `m` query rows, `n` keys, `k` width),
+/// for a transposed B, 4 for `wp_gemm_f16_weight`, 6 for `wp_gemm_f16_weight_linear`, 8 for `wp_gemm_f32_tiles`) and in fused attention (kind 1: `m` query rows, `n` keys, `k` width),
 /// recorded between `wp_profile_start` and `wp_profile_stop` for the benchmarks (profile.c).
 /// Kind -1 sums the calls beyond the table's 1024 distinct shapes.
 typedef struct {
@@ -74,6 +74,12 @@ int wp_f16_weight_products(void);
 /// short; -3 for a negative size or a leading dimension shorter than its row.
 int wp_gemm_f16_weight(int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda, const float *b, int64_t ldb, float *c,
                        int64_t ldc, int accumulate);
+/// `C[m][n] = A[m][k] B[k][n]` (`+=` when `accumulate`), all float, with the tiles of
+/// `wp_gemm_f16_weight` (A's rows broadcast where they are), on the calling thread; its own
+/// order of the multiply-adds, each row of C independent of the others. Returns as
+/// `wp_gemm_f16_weight` (-1 when `wp_f16_weight_products()` is 0).
+int wp_gemm_f32_tiles(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb, float *c, int64_t ldc,
+                      int accumulate);
 /// A linear layer's product with an F16 weight: `C[m][n] = X[m][k] W[n][k]ᵀ`, X and C float, W
 /// half precision, as `wp_gemm_f16_weight`. Returns as it does.
 int wp_gemm_f16_weight_linear(int64_t m, int64_t n, int64_t k, const float *x, int64_t ldx, const uint16_t *w, int64_t ldw,

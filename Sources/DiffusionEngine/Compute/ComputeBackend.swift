@@ -60,7 +60,8 @@ public struct ComputeBackend: Sendable, CustomStringConvertible {
     public let int8Products: Bool
     /// Whether products of our own read F16 weights as stored (`CEngineKernels/gemm_f16.c`, the
     /// AVX-512 family) where a weight meets few rows, instead of converting it for `sgemm`
-    /// (``GEMM/f16WeightMaximumRows``).
+    /// (``GEMM/f16WeightMaximumRows``), and run the float products of the shapes where `sgemm`
+    /// is slow on the same tiles (``GEMM/f32TilesSuit(m:n:k:)``).
     public let f16WeightProducts: Bool
 
     /// Whether `precision` can run here.
@@ -105,7 +106,7 @@ public struct ComputeBackend: Sendable, CustomStringConvertible {
         s += "), products \(library) (\(libraryInstructionSet)"
         if bf16Products { s += "; bf16 compute available" }
         if int8Products { s += "; int8 compute available" }
-        if f16WeightProducts { s += "; F16 weights read as stored" }
+        if f16WeightProducts { s += "; F16 weights read as stored; our float tiles where sgemm is slow" }
         s += "), attention \(kernels == .avx512 ? "fused kernels (in blocks of keys that fit in L2)" : "products and softmax")"
         return s
     }

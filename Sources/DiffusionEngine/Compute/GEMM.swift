@@ -38,6 +38,15 @@ enum GEMM {
     ) {
         if m == 0 || n == 0 { return }
         let threads = threads ?? (Parallel.isSerialOnThisThread || wp_single_threaded() != 0 ? 1 : threadCount)
+        if threads == 1, !transposeA, !transposeB, alpha == 1, beta == 0 || beta == 1, f32TilesSuit(m: m, n: n, k: k),
+            f16WeightProducts
+        {
+            let status = wp_gemm_f32_tiles(
+                Int64(m), Int64(n), Int64(k), a, Int64(lda), b, Int64(ldb), c, Int64(ldc), beta == 1 ? 1 : 0)
+            // The shapes are the engine's own and the family is checked: only memory can run short.
+            precondition(status == 0, "float tile product failed with status \(status) for \(m)x\(n)x\(k)")
+            return
+        }
         let status = wp_sgemm(
             transposeA ? 1 : 0, transposeB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
             a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc), Int32(threads))
@@ -168,6 +177,24 @@ enum GEMM {
     /// (`Benchmarks/gemm-slabs.sh`); with more rows the conversion is at most a few per cent and
     /// oneDNN's blocking of the larger data does better than ours (`Docs/engine.md`, "F16 weights read as stored").
     static let f16WeightMaximumRows = 256
+
+    /// `false` sends every float product to oneDNN: for tests and benchmarks that compare the two
+    /// routes. Set it only while no product runs.
+    nonisolated(unsafe) static var f32TilesEnabled = true
+
+    /// Whether a single-threaded float product `C[m, n] (+)= A[m, k] B[k, n]` (no transposes)
+    /// runs on our own tiles (`wp_gemm_f32_tiles`, the AVX-512 family) rather than oneDNN's
+    /// `sgemm`: where oneDNN 2.6.3 falls well below its rate on the neighbouring shapes, measured
+    /// one thread at a time (`Benchmarks/gemm-tiles.sh`): 64 columns with a depth of at most 640
+    /// (a Winograd product at 32 x 32: 0.77–0.94× oneDNN's time), and 4096 or more columns with
+    /// a depth and a row count of at most 480 (a pointwise convolution of 320 channels at 64 x 64
+    /// and up: 0.42–0.97×). With at least 160 rows and a depth of at least 320, as measured;
+    /// everywhere else oneDNN does as well or better (within a few per cent; with 640 rows or
+    /// more and 4096 columns, 1.01–1.07×) or the shape was not measured.
+    static func f32TilesSuit(m: Int, n: Int, k: Int) -> Bool {
+        guard f32TilesEnabled, m >= 160, k >= 320, n % 64 == 0 else { return false }
+        return (n == 64 && k <= 640) || (n >= 4096 && k <= 480 && m <= 480)
+    }
 
     /// Rounds `rows` rows of `columns` floats (`ld` apart) to bfloat16 as the bf16 products do,
     /// into rows `targetLd` apart. The processor must have ``ComputeBackend/bf16Products``.

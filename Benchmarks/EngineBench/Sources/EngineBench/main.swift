@@ -7,7 +7,8 @@
 //   EngineBench kernels                         (convolution and sgemm GFLOP/s)
 //   EngineBench unet DIR|FILE.wpk INPUTS RUNS OUT.f32 (DIR: a diffusers unet/ folder;
 //                                               ENGINE_BENCH_PROFILE=1: time per layer kind)
-//   EngineBench unet-pair A B INPUTS PAIRS      (two UNets, A and B as for `unet`, steps alternated)
+//   EngineBench unet-pair A B INPUTS PAIRS      (two UNets, A and B as for `unet`, steps alternated;
+//                                               ENGINE_BENCH_PROFILE=1: time per shape and route)
 //   EngineBench attention | unet-convolutions   (one core, SD 1.5 shapes)
 //   EngineBench unet-dtypes UNETDIR OUTDIR      (writes OUTDIR/unet-f16.wpk and unet-int8.wpk)
 //   EngineBench backend                         (prints ComputeBackend.current)
@@ -158,10 +159,20 @@ func unetPair(_ first: String, _ second: String, inputsPath: String, pairs: Int)
     let (sample, context) = try unetInputs(inputsPath)
     var outA = try a.predict(sample, timestep: 999, encoderHiddenStates: context)  // warm-up
     var outB = try b.predict(sample, timestep: 999, encoderHiddenStates: context)
+    // ENGINE_BENCH_PROFILE=1: the products of both models' timed steps, per shape and route.
+    let profiling = ProcessInfo.processInfo.environment["ENGINE_BENCH_PROFILE"] == "1"
+    if profiling { wp_profile_start() }
+    let withoutTiles = ProcessInfo.processInfo.environment["ENGINE_BENCH_B_WITHOUT_F32_TILES"] == "1"
     var timesA: [Double] = [], timesB: [Double] = [], ratios: [Double] = []
     for pair in 0..<pairs {
         let stepA = { try seconds { outA = try a.predict(sample, timestep: 999, encoderHiddenStates: context) } }
-        let stepB = { try seconds { outB = try b.predict(sample, timestep: 999, encoderHiddenStates: context) } }
+        // ENGINE_BENCH_B_WITHOUT_F32_TILES=1: B's steps send every float product to oneDNN
+        // (`GEMM.f32TilesEnabled`), to compare the routes on one model (A and B the same file).
+        let stepB = {
+            GEMM.f32TilesEnabled = !withoutTiles
+            defer { GEMM.f32TilesEnabled = true }
+            return try seconds { outB = try b.predict(sample, timestep: 999, encoderHiddenStates: context) }
+        }
         let (ta, tb): (Double, Double)
         if pair % 2 == 0 {
             ta = try stepA()
@@ -174,6 +185,10 @@ func unetPair(_ first: String, _ second: String, inputsPath: String, pairs: Int)
         timesB.append(tb)
         ratios.append(tb / ta)
     }
+    if profiling {
+        wp_profile_stop()
+        printProfile(steps: 2 * pairs, wall: timesA.reduce(0, +) + timesB.reduce(0, +))
+    }
     func median(_ v: [Double]) -> Double {
         let s = v.sorted()
         return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
@@ -184,11 +199,12 @@ func unetPair(_ first: String, _ second: String, inputsPath: String, pairs: Int)
     func name(_ path: String, _ model: UNet2DConditionModel) -> String {
         (path as NSString).lastPathComponent + (model.computePrecision == .f32 ? "" : " (compute \(model.computePrecision.rawValue))")
     }
+    let nameB = name(second, b) + (withoutTiles ? " (every float product by oneDNN)" : "")
     print(
         String(
             format:
                 "{\"side\": \"weightpack\", \"task\": \"unet_step pair: %@ then %@, %@\", \"a_median\": %.4f, \"b_median\": %.4f, \"a_best\": %.4f, \"b_best\": %.4f, \"ratio_median\": %.4f, \"ratios\": [%@], \"a_runs\": [%@], \"b_runs\": [%@], \"largest_difference\": %.3g, \"load_seconds\": %.3f, \"peak_rss_mib\": %.1f, \"loadavg\": \"%@\"}",
-            name(first, a), name(second, b), ComputeBackend.current.description, median(timesA), median(timesB), timesA.min()!,
+            name(first, a), nameB, ComputeBackend.current.description, median(timesA), median(timesB), timesA.min()!,
             timesB.min()!, median(ratios), list(ratios), list(timesA), list(timesB), Double(largest), load, peakRSSMiB(), loadAverage()))
 }
 
@@ -243,7 +259,8 @@ func printProfile(steps: Int, wall: Double) {
         kinds[kind, default: (0, 0, 0)].seconds += r.seconds
         kinds[kind, default: (0, 0, 0)].flops += flops
         kinds[kind, default: (0, 0, 0)].calls += Int(r.calls)
-        shapes.append(("\(kind): \(r.m) x \(r.n) x \(r.k)", r.seconds, flops, Int(r.calls)))
+        let route = r.kind != 0 ? "" : r.flags & 8 != 0 ? " [our float tiles]" : r.flags & 4 != 0 ? " [F16 as stored]" : ""
+        shapes.append(("\(kind): \(r.m) x \(r.n) x \(r.k)\(route)", r.seconds, flops, Int(r.calls)))
     }
     var lines = [
         String(
@@ -261,7 +278,9 @@ func printProfile(steps: Int, wall: Double) {
     }
     lines.append("  " + padded("recorded in all", 48) + String(format: "%6.2f s per step", total / Double(steps)))
     lines.append("  largest shapes (m x n x k; attention: rows x keys x width):")
-    for (name, t, flops, calls) in shapes.sorted(by: { $0.1 > $1.1 }).prefix(12) {
+    // ENGINE_BENCH_PROFILE_SHAPES: how many shapes to list (12 by default).
+    let listed = ProcessInfo.processInfo.environment["ENGINE_BENCH_PROFILE_SHAPES"].flatMap(Int.init) ?? 12
+    for (name, t, flops, calls) in shapes.sorted(by: { $0.1 > $1.1 }).prefix(max(0, listed)) {
         lines.append(
             "    " + padded(name, 72)
                 + String(format: "%6.3f s per step, %6.1f GFLOP/s, %5d calls", t / Double(steps), flops / t / 1e9, calls / steps))
