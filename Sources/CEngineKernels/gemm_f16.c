@@ -20,8 +20,7 @@
 // where they are), for the shapes where oneDNN 2.6's `sgemm` falls well below its own rate
 // elsewhere: 64 columns (a Winograd product at 32 x 32, a convolution at 8 x 8) and 4096 or more
 // columns with a depth and row count of at most 480 (pointwise convolutions of 320 channels at
-// 64 x 64 and above). See
-// `GEMM.f32TilesSuit` and Docs/engine.md.
+// 64 x 64 and above). See `GEMM.f32TilesSuit` and Docs/engine.md.
 #include "CEngineKernels.h"
 #include "transpose16.h"
 
