@@ -430,6 +430,13 @@ public final class WeightProvider {
         try withMappedHalves(name, stored: .f16, body)
     }
 
+    /// Whether `name` is stored as unpacked F16 values: the weights whose products may run in
+    /// split bfloat16 (``GEMM/multiplySplit(m:n:k:a:lda:b:ldb:c:ldc:accumulate:)``), decoded
+    /// or transformed first where the product needs floats (Winograd).
+    func isStoredAsF16(_ name: String) throws -> Bool {
+        try descriptor(name).dtype == .f16 && packed(prefix + name) == nil
+    }
+
     /// Calls `body` with the 16-bit values of `name` where they are mapped, and returns true, when
     /// it is stored unpacked as `dtype` (F16 or BF16), whole and 2-byte aligned; returns false
     /// without calling anything otherwise.

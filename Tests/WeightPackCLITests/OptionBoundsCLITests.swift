@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import TestSupport
 import Testing
 
@@ -63,6 +64,12 @@ struct OptionBoundsCLITests {
         // family, and only with it.
         #expect(result.stdout.contains("F16 weights read as stored") == result.stdout.contains("kernels avx512"), "\(result.stdout)")
         #expect(result.stdout.contains("our float tiles where sgemm is slow") == result.stdout.contains("kernels avx512"), "\(result.stdout)")
+        // F16 weights on AMX tiles: with the AVX-512 family on a processor with AMX-BF16 (Linux
+        // grants the tile state to any process that asks), unless WEIGHTPACK_AMX=0.
+        let amx =
+            (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?.split(whereSeparator: \.isWhitespace).contains("amx_bf16") ?? false
+        let amxOn = amx && result.stdout.contains("kernels avx512") && ProcessInfo.processInfo.environment["WEIGHTPACK_AMX"] != "0"
+        #expect(result.stdout.contains("F16 weights on AMX tiles in split bfloat16") == amxOn, "\(result.stdout)")
     }
 
     @Test("a negative seed runs from the command line (exit 0), and an out-of-range size is exit 64 with one line")

@@ -50,7 +50,7 @@ int wp_sgemm(int transposeA, int transposeB, int64_t m, int64_t n, int64_t k, fl
              float *c, int64_t ldc, int threads);
 
 /// Time spent per shape in the products (`wp_sgemm`, kind 0: `flags` 1 for a transposed A, 2
-/// for a transposed B, 4 for `wp_gemm_f16_weight`, 6 for `wp_gemm_f16_weight_linear`, 8 for `wp_gemm_f32_tiles`) and in fused attention (kind 1: `m` query rows, `n` keys, `k` width),
+/// for a transposed B, 4 for `wp_gemm_f16_weight`, 6 for `wp_gemm_f16_weight_linear`, 8 for `wp_gemm_f32_tiles`, 16 for `wp_gemm_amx_split` (18 with a transposed F16 B)) and in fused attention (kind 1: `m` query rows, `n` keys, `k` width),
 /// recorded between `wp_profile_start` and `wp_profile_stop` for the benchmarks (profile.c).
 /// Kind -1 sums the calls beyond the table's 1024 distinct shapes.
 typedef struct {
@@ -84,6 +84,22 @@ int wp_gemm_f32_tiles(int64_t m, int64_t n, int64_t k, const float *a, int64_t l
 /// half precision, as `wp_gemm_f16_weight`. Returns as it does.
 int wp_gemm_f16_weight_linear(int64_t m, int64_t n, int64_t k, const float *x, int64_t ldx, const uint16_t *w, int64_t ldw,
                               float *c, int64_t ldc);
+
+/// Whether the processor has AMX tiles with bfloat16 products that Linux lets this process use
+/// (CPUID, XCR0, then `ARCH_REQ_XCOMP_PERM`), with the AVX-512 family and AVX512_BF16 selected.
+int wp_amx_processor(void);
+/// Whether `wp_gemm_amx_split` runs: `wp_amx_processor()`, unless `WEIGHTPACK_AMX=0` at start-up
+/// (which keeps every F16 product in float, for tests and comparisons).
+int wp_amx_products(void);
+/// `C = A B` (`+ C` when `accumulate`) on AMX tiles in split bfloat16 (gemm_amx.c): every operand
+/// value as the sum of two bfloat16 parts, the products hi·hi + hi·lo + lo·hi summed in float.
+/// A is row-major `m x k`, floats or (`aHalf`) F16; B is row-major `k x n` floats, or
+/// (`bTransposedHalf`) an F16 `n x k` whose transpose is B (a linear layer's weight). Within
+/// about 2^-16 of Σ|a||b| of the exact product: for products with an F16 weight only (see the
+/// file). On the calling thread. Returns 0, -1 when `wp_amx_products()` is 0, -2 when its buffers
+/// cannot be allocated, -3 for a negative size or a leading dimension shorter than its row.
+int wp_gemm_amx_split(int64_t m, int64_t n, int64_t k, const void *a, int aHalf, int64_t lda, const void *b, int bTransposedHalf,
+                      int64_t ldb, float *c, int64_t ldc, int accumulate);
 
 /// Whether `wp_gemm_bf16` can run: the AVX-512 family is selected and the processor has
 /// AVX512_BF16.

@@ -63,6 +63,14 @@ public struct ComputeBackend: Sendable, CustomStringConvertible {
     /// (``GEMM/f16WeightMaximumRows``), and run the float products of the shapes where `sgemm`
     /// is slow on the same tiles (``GEMM/f32TilesSuit(m:n:k:)``).
     public let f16WeightProducts: Bool
+    /// Whether products with an F16 weight run on AMX tiles in split bfloat16
+    /// (`CEngineKernels/gemm_amx.c`, ``GEMM/multiplySplit(m:n:k:a:lda:b:ldb:c:ldc:accumulate:)``):
+    /// the processor has AMX-BF16 that Linux lets this process use, the AVX-512 family is selected,
+    /// and `WEIGHTPACK_AMX` is not `0`.
+    public let splitF16Products: Bool
+    /// Whether the processor has the AMX tiles ``splitF16Products`` needs (whether or not
+    /// `WEIGHTPACK_AMX=0` turned them off).
+    public let amxTiles: Bool
 
     /// Whether `precision` can run here.
     public func supports(_ precision: ComputePrecision) -> Bool {
@@ -97,6 +105,8 @@ public struct ComputeBackend: Sendable, CustomStringConvertible {
         bf16Products = wp_bf16_products() != 0
         int8Products = wp_q8_products() != 0
         f16WeightProducts = wp_f16_weight_products() != 0
+        splitF16Products = wp_amx_products() != 0
+        amxTiles = wp_amx_processor() != 0
     }
 
     /// One line, e.g. `kernels avx2 (AVX2+FMA; processor avx2), products oneDNN 2.6.3 (AVX2)`.
@@ -107,6 +117,11 @@ public struct ComputeBackend: Sendable, CustomStringConvertible {
         if bf16Products { s += "; bf16 compute available" }
         if int8Products { s += "; int8 compute available" }
         if f16WeightProducts { s += "; F16 weights read as stored; our float tiles where sgemm is slow" }
+        if splitF16Products {
+            s += "; F16 weights on AMX tiles in split bfloat16"
+        } else if amxTiles {
+            s += "; AMX tiles off (WEIGHTPACK_AMX=0)"
+        }
         s += "), attention \(kernels == .avx512 ? "fused kernels (in blocks of keys that fit in L2)" : "products and softmax")"
         return s
     }

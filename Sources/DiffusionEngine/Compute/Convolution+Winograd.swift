@@ -62,13 +62,13 @@ extension Convolution {
         _ input: UnsafePointer<Float>, geometry g: Geometry,
         weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, residual: UnsafePointer<Float>?,
         output: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
-        budget: Int = winogradBlockBudget
+        budget: Int = winogradBlockBudget, splitProducts: Bool = false
     ) {
         let uStride = matrixStride(g.outChannels * g.inChannels)
         transformWeights(weight, outChannels: g.outChannels, inChannels: g.inChannels, into: scratch, stride: uStride)
         winogradProducts(
             input, geometry: g, transformed: .floats(scratch), stride: uStride, bias: bias, residual: residual, output: output,
-            scratch: scratch + 36 * uStride, budget: budget)
+            scratch: scratch + 36 * uStride, budget: budget, splitProducts: splitProducts)
     }
 
     /// Floats of scratch ``winogradProducts(_:geometry:transformed:stride:bias:residual:output:scratch:budget:)``
@@ -83,11 +83,13 @@ extension Convolution {
     /// floats apart (``transformWeights(_:outChannels:inChannels:into:stride:)``; for a thread
     /// computing in bf16 they may be rounded to bfloat16 already), which may be shared with
     /// other cores (read only); `scratch` holds ``winogradProductScratchCount(_:budget:)`` floats.
+    /// With `splitProducts` (the transform of an F16 weight, on AMX: ``GEMM/splitF16Products``)
+    /// float `u` is multiplied in split bfloat16 (``GEMM/multiplySplit(m:n:k:a:lda:b:ldb:c:ldc:accumulate:)``).
     static func winogradProducts(
         _ input: UnsafePointer<Float>, geometry g: Geometry,
         transformed u: GEMM.Operand, stride uStride: Int, bias: UnsafePointer<Float>?, residual: UnsafePointer<Float>?,
         output: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
-        budget: Int = winogradBlockBudget
+        budget: Int = winogradBlockBudget, splitProducts: Bool = false
     ) {
         let inC = g.inChannels, outC = g.outChannels
         let tilesHigh = (g.height + 3) / 4, tilesWide = (g.width + 3) / 4
@@ -106,6 +108,12 @@ extension Convolution {
             GEMM.withSingleThreadedCalls {
                 Parallel.forRanges(36, grain: 1) { r in
                     for xi in r {
+                        if splitProducts, let floats = us.value.floats {
+                            GEMM.multiplySplit(
+                                m: outC, n: n, k: inC, a: .floats(floats + xi * uStride), lda: inC, b: .floats(vs.pointer + xi * vStride),
+                                ldb: n, c: ms.pointer + xi * mStride, ldc: n)
+                            continue
+                        }
                         GEMM.multiply(
                             m: outC, n: n, k: inC,
                             a: us.value.advanced(by: xi * uStride), lda: inC,

@@ -67,11 +67,13 @@ enum Convolution {
         _ input: UnsafePointer<Float>, geometry g: Geometry,
         weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
         output: UnsafeMutablePointer<Float>, columns: UnsafeMutablePointer<Float>?,
-        residual: UnsafePointer<Float>? = nil
+        residual: UnsafePointer<Float>? = nil, splitProducts: Bool = false
     ) {
         if usesWinograd(g) {
             guard let columns else { preconditionFailure("convolution needs a scratch buffer") }
-            winogradForward(input, geometry: g, weight: weight, bias: bias, residual: residual, output: output, scratch: columns)
+            winogradForward(
+                input, geometry: g, weight: weight, bias: bias, residual: residual, output: output, scratch: columns,
+                splitProducts: splitProducts)
         } else {
             loweredForward(input, geometry: g, weight: weight, bias: bias, output: output, columns: columns, residual: residual)
         }

@@ -144,16 +144,70 @@ enum GEMM {
     }
 
     /// Runs `product(rows)` over the `m` rows of an F16 product: whole on this thread in
-    /// single-threaded sections, else split over the ``Parallel`` workers in whole tiles of six
-    /// rows, at least eight tiles each (each worker packs the other operand for itself).
-    private static func splittingF16Rows(_ m: Int, _ product: (Range<Int>) -> Int32) {
+    /// single-threaded sections, else split over the ``Parallel`` workers in whole tiles of
+    /// `tile` rows, at least `grain` tiles each (each worker packs the other operand for itself).
+    private static func splittingF16Rows(_ m: Int, tile: Int = 6, grain: Int = 8, _ product: (Range<Int>) -> Int32) {
         if m == 0 { return }
         let threads = Parallel.isSerialOnThisThread || wp_single_threaded() != 0 ? 1 : threadCount
-        Parallel.forRanges((m + 5) / 6, grain: threads == 1 ? Int.max : 8) { tiles in
-            let status = product((tiles.lowerBound * 6)..<min(m, tiles.upperBound * 6))
+        Parallel.forRanges((m + tile - 1) / tile, grain: threads == 1 ? Int.max : grain) { tiles in
+            let status = product((tiles.lowerBound * tile)..<min(m, tiles.upperBound * tile))
             // The caller checks availability; only memory can run short.
             precondition(status == 0, "F16 weight product failed with status \(status) for \(m) rows")
         }
+    }
+
+    /// Whether products with an F16 weight run on AMX tiles in split bfloat16
+    /// (``multiplySplit(m:n:k:a:lda:b:ldb:c:ldc:accumulate:)``): the processor has AMX-BF16
+    /// that Linux lets us use, the AVX-512 family is selected and `WEIGHTPACK_AMX` is not `0`.
+    static var splitF16Products: Bool { ComputeBackend.current.splitF16Products }
+
+    /// An operand of ``multiplySplit(m:n:k:a:lda:b:ldb:c:ldc:accumulate:)``.
+    enum SplitOperand {
+        /// Row-major floats (A: `m x k`; B: `k x n`).
+        case floats(UnsafePointer<Float>)
+        /// A as row-major F16 halves, `m x k` (a convolution's weight as stored).
+        case halves(UnsafePointer<UInt16>)
+        /// B as the transpose of row-major F16 halves, `n x k` (a linear layer's weight as stored).
+        case transposedHalves(UnsafePointer<UInt16>)
+    }
+
+    /// `C[m, n] (+)= A[m, k] B[k, n]` on AMX tiles in split bfloat16 (`CEngineKernels/gemm_amx.c`):
+    /// each value as the sum of two bfloat16 parts, three bfloat16 products summed in float.
+    /// Within about 2⁻¹⁶ of `Σ|a||b|` of the exact product, far below the error of the F16 weight
+    /// itself (about 2⁻¹²), so it is used only for products with an F16 weight, and only under
+    /// float compute: an F32 weight keeps float products. Outside single-threaded sections the
+    /// rows of C are split over the ``Parallel`` workers in tiles of 32. Needs ``splitF16Products``.
+    static func multiplySplit(
+        m: Int, n: Int, k: Int, a: SplitOperand, lda: Int, b: SplitOperand, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int,
+        accumulate: Bool = false
+    ) {
+        let (aBase, aHalf, aElement): (UnsafeRawPointer, Int32, Int) =
+            switch a {
+            case .floats(let p): (UnsafeRawPointer(p), 0, 4)
+            case .halves(let p): (UnsafeRawPointer(p), 1, 2)
+            case .transposedHalves: preconditionFailure("a transposed operand as A")
+            }
+        let (bBase, bTransposed): (UnsafeRawPointer, Int32) =
+            switch b {
+            case .floats(let p): (UnsafeRawPointer(p), 0)
+            case .transposedHalves(let p): (UnsafeRawPointer(p), 1)
+            case .halves: preconditionFailure("untransposed halves as B")
+            }
+        let am = SharedPointer(aBase.assumingMemoryBound(to: UInt8.self)), bm = SharedPointer(bBase.assumingMemoryBound(to: UInt8.self)),
+            cm = SharedPointer(c)
+        splittingF16Rows(m, tile: 32, grain: 2) { rows in
+            wp_gemm_amx_split(
+                Int64(rows.count), Int64(n), Int64(k), am.pointer + rows.lowerBound * lda * aElement, aHalf, Int64(lda), bm.pointer,
+                bTransposed, Int64(ldb), cm.pointer + rows.lowerBound * ldc, Int64(ldc), accumulate ? 1 : 0)
+        }
+    }
+
+    /// Whether a product with an F16 weight of this shape takes ``multiplySplit(m:n:k:a:lda:b:ldb:c:ldc:accumulate:)``:
+    /// ``splitF16Products``, and at least 16 rows and 16 columns (a 16 x 16 tile is AMX's
+    /// smallest; below that the padding costs more than the float products: a 4-channel
+    /// convolution output ran 3.7× slower).
+    static func splitSuits(m: Int, n: Int) -> Bool {
+        m >= 16 && n >= 16 && splitF16Products
     }
 
     /// A linear layer's product with an F16 weight read as stored: `C[m, n] = X[m, k] W[n, k]ᵀ`

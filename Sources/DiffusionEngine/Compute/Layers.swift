@@ -101,15 +101,23 @@ final class Workspace {
                     m: rows, n: outFeatures, k: inFeatures, a: .floats(x.base), lda: inFeatures,
                     b: .bf16(w), ldb: inFeatures, transposeB: true, c: y.base, ldc: outFeatures)
             }
+        // An F16 weight under float compute on AMX: read as stored by the split bfloat16 products.
+        let split =
+            try !inInt8 && !sharedBF16 && !Parallel.productsInBF16OnThisThread && GEMM.splitSuits(m: rows, n: outFeatures)
+            && weights.withF16Weight(weight) { w in
+                GEMM.multiplySplit(
+                    m: rows, n: outFeatures, k: inFeatures, a: .floats(x.base), lda: inFeatures, b: .transposedHalves(w), ldb: inFeatures,
+                    c: y.base, ldc: outFeatures)
+            }
         // An F16 weight meeting few rows, in float: read as stored by the F16 products.
         let asF16 =
-            try !inInt8 && !sharedBF16 && !Parallel.productsInBF16OnThisThread && GEMM.f16WeightProducts
+            try !inInt8 && !sharedBF16 && !split && !Parallel.productsInBF16OnThisThread && GEMM.f16WeightProducts
             && rows <= GEMM.f16WeightMaximumRows
             && weights.withF16Weight(weight) { w in
                 GEMM.multiplyF16Linear(
                     m: rows, n: outFeatures, k: inFeatures, x: x.base, ldx: inFeatures, w: w, ldw: inFeatures, c: y.base, ldc: outFeatures)
             }
-        if !inInt8 && !sharedBF16 && !asF16 {
+        if !inInt8 && !sharedBF16 && !split && !asF16 {
             let per = try weights.rowsPerBlock(weight, scratchFloats: weightBlockFloats)
             try weights.withRowBlocks(weight, rowsPerBlock: per) { outputs, w in
                 GEMM.multiply(
@@ -212,6 +220,9 @@ final class Workspace {
             try applyAdapters(convolution: name, x: x, y: y, geometry: g)
             return y
         }
+        // An F16 weight under float compute on AMX: its products in split bfloat16.
+        let splitF16 =
+            try !Parallel.productsInBF16OnThisThread && GEMM.splitSuits(m: g.outChannels, n: plane) && weights.isStoredAsF16(weight)
         if Convolution.usesWinograd(g), weights.sharedConversions != nil {
             // Several cores run this layer at once: each block's transformed weights are made
             // once for all of them, straight from the stored weight (in bf16, rounded once too).
@@ -225,7 +236,7 @@ final class Workspace {
                 bias.withOptionalBase { b in
                     Convolution.winogradProducts(
                         x.base, geometry: block, transformed: u, stride: stride, bias: b.map { $0 + outputs.lowerBound }, residual: nil,
-                        output: y.base + outputs.lowerBound * plane, scratch: columns)
+                        output: y.base + outputs.lowerBound * plane, scratch: columns, splitProducts: splitF16)
                 }
             }
             try applyAdapters(convolution: name, x: x, y: y, geometry: g)
@@ -251,7 +262,34 @@ final class Workspace {
                 }
             }
         }
-        if try fromF16Weight() {
+        // The same on AMX, for any number of pixels: split bfloat16 products over the F16 weight
+        // as stored, the input lowered a block of pixels at a time.
+        func splitFromF16Weight() throws -> Bool {
+            guard splitF16, !Convolution.usesWinograd(g) else { return false }
+            return try weights.withF16Weight(weight) { w in
+                if g.isPointwise {
+                    GEMM.multiplySplit(
+                        m: g.outChannels, n: plane, k: g.patchSize, a: .halves(w), lda: g.patchSize, b: .floats(x.base), ldb: plane,
+                        c: y.base, ldc: plane)
+                } else {
+                    let block = Convolution.im2colBlockPixels(g)
+                    let columns = columnBuffer(Convolution.scratchCount(g))
+                    var start = 0
+                    while start < plane {
+                        let n = min(block, plane - start)
+                        Convolution.im2col(x.base, geometry: g, pixels: start..<(start + n), into: columns)
+                        GEMM.multiplySplit(
+                            m: g.outChannels, n: n, k: g.patchSize, a: .halves(w), lda: g.patchSize, b: .floats(columns), ldb: n,
+                            c: y.base + start, ldc: plane)
+                        start += n
+                    }
+                }
+                bias.withOptionalBase { b in
+                    if let b { Kernels.addChannelBias(y.base, channels: g.outChannels, plane: plane, bias: b) }
+                }
+            }
+        }
+        if try splitFromF16Weight() || fromF16Weight() {
             try applyAdapters(convolution: name, x: x, y: y, geometry: g)
             return y
         }
@@ -288,7 +326,7 @@ final class Workspace {
                     Convolution.lowered(columns: lowered, geometry: block, weight: .floats(w), bias: b, output: out)
                 } else {
                     let columns = block.isPointwise ? nil : columnBuffer(Convolution.scratchCount(block))
-                    Convolution.forward(x.base, geometry: block, weight: w, bias: b, output: out, columns: columns)
+                    Convolution.forward(x.base, geometry: block, weight: w, bias: b, output: out, columns: columns, splitProducts: splitF16)
                 }
             }
         }

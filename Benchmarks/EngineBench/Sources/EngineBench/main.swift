@@ -259,7 +259,14 @@ func printProfile(steps: Int, wall: Double) {
         kinds[kind, default: (0, 0, 0)].seconds += r.seconds
         kinds[kind, default: (0, 0, 0)].flops += flops
         kinds[kind, default: (0, 0, 0)].calls += Int(r.calls)
-        let route = r.kind != 0 ? "" : r.flags & 8 != 0 ? " [our float tiles]" : r.flags & 4 != 0 ? " [F16 as stored]" : ""
+        let route =
+            r.kind != 0
+            ? ""
+            : r.flags & 16 != 0
+                ? " [split bf16 on AMX]"
+                : r.flags & 8 != 0
+                    ? " [our float tiles]"
+                    : r.flags & 4 != 0 ? " [F16 as stored]" : ""
         shapes.append(("\(kind): \(r.m) x \(r.n) x \(r.k)\(route)", r.seconds, flops, Int(r.calls)))
     }
     var lines = [
