@@ -9,7 +9,7 @@
 // arithmetic is matched to the weight's own precision. Three bfloat16 products on AMX (1 TFLOP/s
 // a core for bfloat16 here) cost well under one float product on AVX-512 (about 150 GFLOP/s).
 //
-// Blocking: `k` in blocks of KC (a multiple of 32, one tile's depth), `m` in blocks of MC rows
+// Blocking: `k` in equal blocks of at most KC (whole chunks of 32, one tile's depth), `m` in blocks of MC rows
 // packed once per `k` block (two 1 KiB tiles, hi and lo, per 16 rows and 32 of depth), B packed
 // 32 columns at a time (VNNI order: 16 pairs of depth x 16 columns per tile, hi and lo) into a
 // buffer that stays in L1, and C in blocks of 32 x 32 (four accumulator tiles) over the packed
@@ -29,9 +29,10 @@
 #include <sys/syscall.h>
 #endif
 
-#define KC 256
+// The deepest `k` block (the depth is cut into equal blocks of at most this, whole chunks of 32)
+// and the most rows packed at a time: A's packed block is then at most 1 MiB (half of L2).
+#define KC 512
 #define MC 512
-#define CHUNKS (KC / 32)
 
 static pthread_once_t amxOnce = PTHREAD_ONCE_INIT;
 static int amxAvailable = 0;
@@ -140,16 +141,23 @@ AMX_TARGET static inline __m512 load16(const void *row, int half, int64_t at, in
 
 // Rows `m0 ..< m0 + rows` of A, depth `k0 ..< k0 + depth`, packed: per 16 rows and 32 of depth a
 // hi tile then a lo tile (16 rows of 32 bfloat16), rows past `rows` and depth past `depth` zero.
+// The rows are read 16 ahead (one group) by prefetches: a weight's rows lie far apart (tens of
+// KiB for SD's 3x3 convolutions), too many streams for the hardware prefetcher to follow.
 AMX_TARGET static void packA(const void *a, int half, int64_t lda, int64_t m0, int64_t rows, int64_t k0, int64_t depth,
-                             uint16_t *out) {
+                             int64_t chunks, uint16_t *out) {
     const int64_t groups = (rows + 15) / 16;
     const int64_t elementBytes = half ? 2 : 4;
+    const int64_t lines = (depth * elementBytes + 63) / 64;
     for (int64_t g = 0; g < groups; g++) {
         for (int64_t r = 0; r < 16; r++) {
             const int64_t row = g * 16 + r;
             const char *source = row < rows ? (const char *)a + ((m0 + row) * lda + k0) * elementBytes : NULL;
-            for (int64_t c = 0; c < CHUNKS; c++) {
-                uint16_t *hiTile = out + ((g * CHUNKS + c) * 2) * 512;
+            if (row + 16 < rows) {
+                const char *ahead = (const char *)a + ((m0 + row + 16) * lda + k0) * elementBytes;
+                for (int64_t l = 0; l < lines; l++) _mm_prefetch(ahead + 64 * l, _MM_HINT_T0);
+            }
+            for (int64_t c = 0; c < chunks; c++) {
+                uint16_t *hiTile = out + ((g * chunks + c) * 2) * 512;
                 uint16_t *loTile = hiTile + 512;
                 __m256i h0 = _mm256_setzero_si256(), l0 = h0, h1 = h0, l1 = h0;
                 if (source) {
@@ -174,8 +182,9 @@ AMX_TARGET static inline __m512i pairs(__m256i even, __m256i odd) {
 // Columns `n0 ..< n0 + width` (at most 32) of a row-major float B (`ldb` floats a row), depth
 // `k0 ..< k0 + depth`, packed: per 32 of depth and 16 columns a hi tile then a lo tile, each 16
 // rows of 16 pairs (depth 2p and 2p + 1 of one column per 32 bits); zero past the edges.
-AMX_TARGET static void packBRows(const float *b, int64_t ldb, int64_t n0, int64_t width, int64_t k0, int64_t depth, uint16_t *out) {
-    for (int64_t c = 0; c < CHUNKS; c++) {
+AMX_TARGET static void packBRows(const float *b, int64_t ldb, int64_t n0, int64_t width, int64_t k0, int64_t depth, int64_t chunks,
+                                 uint16_t *out) {
+    for (int64_t c = 0; c < chunks; c++) {
         for (int64_t h = 0; h < 2; h++) {
             uint16_t *hiTile = out + ((c * 2 + h) * 2) * 512;
             uint16_t *loTile = hiTile + 512;
@@ -199,8 +208,8 @@ AMX_TARGET static void packBRows(const float *b, int64_t ldb, int64_t n0, int64_
 // columns of B. A row's 32 values of one chunk, split, are already 16 VNNI pairs; 16 such rows
 // transposed as 32-bit elements make the tile.
 AMX_TARGET static void packBTransposedHalves(const uint16_t *w, int64_t ldw, int64_t n0, int64_t width, int64_t k0, int64_t depth,
-                                             uint16_t *out) {
-    for (int64_t c = 0; c < CHUNKS; c++) {
+                                             int64_t chunks, uint16_t *out) {
+    for (int64_t c = 0; c < chunks; c++) {
         const int64_t at = 32 * c;
         for (int64_t h = 0; h < 2; h++) {
             __m512 hiRows[16], loRows[16], hiT[16], loT[16];
@@ -291,21 +300,24 @@ AMX_TARGET static void productAMX(int64_t m, int64_t n, int64_t k, const void *a
     }
     _tile_loadconfig(&config);
     float edge[32 * 32] __attribute__((aligned(64)));
-    for (int64_t k0 = 0; k0 < k; k0 += KC) {
-        const int64_t depth = k - k0 < KC ? k - k0 : KC;
+    // The depth in equal blocks of whole chunks, at most KC each (640 as 320 + 320, not 512 + 128).
+    const int64_t blocks = (k + KC - 1) / KC;
+    const int64_t blockDepth = ((k + blocks - 1) / blocks + 31) / 32 * 32;
+    for (int64_t k0 = 0; k0 < k; k0 += blockDepth) {
+        const int64_t depth = k - k0 < blockDepth ? k - k0 : blockDepth;
         const int64_t chunks = (depth + 31) / 32;
         const int add = accumulate || k0 > 0;
         for (int64_t m0 = 0; m0 < m; m0 += MC) {
             const int64_t rows = m - m0 < MC ? m - m0 : MC;
-            packA(a, aHalf, lda, m0, rows, k0, depth, buffers->a);
+            packA(a, aHalf, lda, m0, rows, k0, depth, chunks, buffers->a);
             for (int64_t n0 = 0; n0 < n; n0 += 32) {
                 const int64_t width = n - n0 < 32 ? n - n0 : 32;
-                if (bTransposedHalf) packBTransposedHalves(b, ldb, n0, width, k0, depth, buffers->b);
-                else packBRows(b, ldb, n0, width, k0, depth, buffers->b);
+                if (bTransposedHalf) packBTransposedHalves(b, ldb, n0, width, k0, depth, chunks, buffers->b);
+                else packBRows(b, ldb, n0, width, k0, depth, chunks, buffers->b);
                 for (int64_t r0 = 0; r0 < rows; r0 += 32) {
                     const int64_t height = rows - r0 < 32 ? rows - r0 : 32;
-                    const uint16_t *a0 = buffers->a + (r0 / 16) * CHUNKS * 1024;
-                    const uint16_t *a1 = a0 + CHUNKS * 1024; // past the packed rows when height <= 16: zero or unused
+                    const uint16_t *a0 = buffers->a + (r0 / 16) * chunks * 1024;
+                    const uint16_t *a1 = a0 + chunks * 1024; // the next group: zero-padded, or unused when height <= 16
                     float *out = c + (m0 + r0) * ldc + n0;
                     if (height == 32 && width == 32) {
                         block(a0, a1, buffers->b, chunks, out, ldc, add);
