@@ -82,20 +82,9 @@ struct F16ProductTests {
         let inF = 72, outF = 136
         var random = TestRandom(seed: UInt64(tokens))
         let weights = random.values(outF * inF, scale: 0.3), bias = random.values(outF)
-        let half = MemoryStore(), full = MemoryStore()
-        half.add("fc.weight", shape: [outF, inF], values: weights, dtype: .f16)
-        full.add("fc.weight", shape: [outF, inF], values: weights.map { Float(Float16($0)) }, dtype: .f32)
-        for store in [half, full] { store.add("fc.bias", shape: [outF], values: bias, dtype: .f32) }
+        let (half, full) = Self.halfAndConverted("fc", shape: [outF, inF], weights: weights, bias: bias)
         let input = random.values(tokens * inF)
-        func run(_ store: MemoryStore) throws -> [Float] {
-            try Parallel.serially {
-                let ws = Workspace(weights: WeightProvider(store: store))
-                let x = ws.pool.take([tokens, inF])
-                x.base.update(from: input, count: input.count)
-                let y = try ws.linear(x, "fc")
-                return Array(UnsafeBufferPointer(start: y.base, count: y.count))
-            }
-        }
+        func run(_ store: MemoryStore) throws -> [Float] { try Self.runLinear(store, input: input, tokens: tokens, inF: inF) }
         // On AMX the split bfloat16 products take it (SplitProductTests): 2⁻¹⁶ of Σ|a b| rather than float's reassociation.
         let tolerance: Float = GEMM.splitSuits(m: tokens, n: outF) ? 1e-4 : 1e-5
         expectClose(try run(half), try run(full), shape: [tokens, outF], tolerance: tolerance, "linear, \(tokens) tokens")
@@ -133,28 +122,50 @@ struct F16ProductTests {
         let inC = 24, outC = 40
         var random = TestRandom(seed: UInt64(kernel * 100 + stride * 10 + size))
         let weights = random.values(outC * inC * kernel * kernel, scale: 0.2), bias = random.values(outC)
-        let half = MemoryStore(), full = MemoryStore()
-        half.add("conv.weight", shape: [outC, inC, kernel, kernel], values: weights, dtype: .f16)
-        half.add("conv.bias", shape: [outC], values: bias, dtype: .f32)
-        let rounded = weights.map { Float(Float16($0)) }
-        full.add("conv.weight", shape: [outC, inC, kernel, kernel], values: rounded, dtype: .f32)
-        full.add("conv.bias", shape: [outC], values: bias, dtype: .f32)
+        let (half, full) = Self.halfAndConverted("conv", shape: [outC, inC, kernel, kernel], weights: weights, bias: bias)
         let g = Convolution.Geometry(
             inChannels: inC, height: size, width: size, outChannels: outC, kernelHeight: kernel, kernelWidth: kernel, stride: stride,
             padding: .init(kernel / 2))
         #expect(!Convolution.usesWinograd(g))
         let input = random.values(inC * size * size)
         func run(_ store: MemoryStore) throws -> [Float] {
-            try Parallel.serially {
-                let ws = Workspace(weights: WeightProvider(store: store))
-                let x = ws.pool.take([inC, size, size])
-                x.base.update(from: input, count: input.count)
-                let y = try ws.conv2d(x, "conv", stride: stride, padding: .init(kernel / 2))
-                return Array(UnsafeBufferPointer(start: y.base, count: y.count))
-            }
+            try Self.runConvolution(store, input: input, inC: inC, size: size, kernel: kernel, stride: stride)
         }
         let tolerance: Float = GEMM.splitSuits(m: outC, n: g.outHeight * g.outWidth) ? 1e-4 : 1e-5
         expectClose(try run(half), try run(full), shape: [outC, g.outHeight, g.outWidth], tolerance: tolerance, "conv \(geometry)")
+    }
+
+    /// The weight `<name>.weight` as F16 in one store and as the same values converted to F32 in
+    /// another, each with the F32 bias `<name>.bias`.
+    static func halfAndConverted(_ name: String, shape: [Int], weights: [Float], bias: [Float]) -> (half: MemoryStore, converted: MemoryStore) {
+        let half = MemoryStore(), converted = MemoryStore()
+        half.add(name + ".weight", shape: shape, values: weights, dtype: .f16)
+        converted.add(name + ".weight", shape: shape, values: weights.map { Float(Float16($0)) }, dtype: .f32)
+        for store in [half, converted] { store.add(name + ".bias", shape: [shape[0]], values: bias, dtype: .f32) }
+        return (half, converted)
+    }
+
+    /// The linear layer `fc` of `store` on `input` (`tokens` rows of `inF`), on one thread.
+    static func runLinear(_ store: MemoryStore, input: [Float], tokens: Int, inF: Int) throws -> [Float] {
+        try Parallel.serially {
+            let ws = Workspace(weights: WeightProvider(store: store))
+            let x = ws.pool.take([tokens, inF])
+            x.base.update(from: input, count: input.count)
+            let y = try ws.linear(x, "fc")
+            return Array(UnsafeBufferPointer(start: y.base, count: y.count))
+        }
+    }
+
+    /// The convolution `conv` of `store` on `input` (`inC × size × size`), padded by half its
+    /// kernel, on one thread.
+    static func runConvolution(_ store: MemoryStore, input: [Float], inC: Int, size: Int, kernel: Int, stride: Int) throws -> [Float] {
+        try Parallel.serially {
+            let ws = Workspace(weights: WeightProvider(store: store))
+            let x = ws.pool.take([inC, size, size])
+            x.base.update(from: input, count: input.count)
+            let y = try ws.conv2d(x, "conv", stride: stride, padding: .init(kernel / 2))
+            return Array(UnsafeBufferPointer(start: y.base, count: y.count))
+        }
     }
 
     /// The exact `m × n` product of `a(i, p)` and `b(p, j)` over `k` terms, and `Σ|terms|` of each element.

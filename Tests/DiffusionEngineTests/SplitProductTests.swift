@@ -194,20 +194,9 @@ struct SplitProductTests {
         let inF = 72, outF = 136
         var random = TestRandom(seed: UInt64(tokens) + 900)
         let weights = random.values(outF * inF, scale: 0.3), bias = random.values(outF)
-        let half = MemoryStore(), full = MemoryStore()
-        half.add("fc.weight", shape: [outF, inF], values: weights, dtype: .f16)
-        full.add("fc.weight", shape: [outF, inF], values: weights.map { Float(Float16($0)) }, dtype: .f32)
-        for store in [half, full] { store.add("fc.bias", shape: [outF], values: bias, dtype: .f32) }
+        let (half, full) = F16ProductTests.halfAndConverted("fc", shape: [outF, inF], weights: weights, bias: bias)
         let input = random.values(tokens * inF)
-        func run(_ store: MemoryStore) throws -> [Float] {
-            try Parallel.serially {
-                let ws = Workspace(weights: WeightProvider(store: store))
-                let x = ws.pool.take([tokens, inF])
-                x.base.update(from: input, count: input.count)
-                let y = try ws.linear(x, "fc")
-                return Array(UnsafeBufferPointer(start: y.base, count: y.count))
-            }
-        }
+        func run(_ store: MemoryStore) throws -> [Float] { try F16ProductTests.runLinear(store, input: input, tokens: tokens, inF: inF) }
         let engine = try run(half), converted = try run(full)
         expectClose(engine, converted, shape: [tokens, outF], tolerance: 1e-4, "linear, \(tokens) tokens")
         guard GEMM.splitSuits(m: tokens, n: outF) else { return }
@@ -240,22 +229,13 @@ struct SplitProductTests {
         let inC = 24, outC = 40
         var random = TestRandom(seed: UInt64(kernel * 1000 + stride * 100 + size))
         let weights = random.values(outC * inC * kernel * kernel, scale: 0.2), bias = random.values(outC)
-        let half = MemoryStore(), full = MemoryStore()
-        half.add("conv.weight", shape: [outC, inC, kernel, kernel], values: weights, dtype: .f16)
-        full.add("conv.weight", shape: [outC, inC, kernel, kernel], values: weights.map { Float(Float16($0)) }, dtype: .f32)
-        for store in [half, full] { store.add("conv.bias", shape: [outC], values: bias, dtype: .f32) }
+        let (half, full) = F16ProductTests.halfAndConverted("conv", shape: [outC, inC, kernel, kernel], weights: weights, bias: bias)
         let g = Convolution.Geometry(
             inChannels: inC, height: size, width: size, outChannels: outC, kernelHeight: kernel, kernelWidth: kernel, stride: stride,
             padding: .init(kernel / 2))
         let input = random.values(inC * size * size)
         func run(_ store: MemoryStore) throws -> [Float] {
-            try Parallel.serially {
-                let ws = Workspace(weights: WeightProvider(store: store))
-                let x = ws.pool.take([inC, size, size])
-                x.base.update(from: input, count: input.count)
-                let y = try ws.conv2d(x, "conv", stride: stride, padding: .init(kernel / 2))
-                return Array(UnsafeBufferPointer(start: y.base, count: y.count))
-            }
+            try F16ProductTests.runConvolution(store, input: input, inC: inC, size: size, kernel: kernel, stride: stride)
         }
         let engine = try run(half), converted = try run(full)
         let plane = g.outHeight * g.outWidth
