@@ -32,8 +32,11 @@ struct Generate: ParsableCommand {
             values per scale, exact byte dot products (about 0.7x the fp32 step's time on SD \
             1.5); other weights, attention, the text encoder and the VAE stay fp32. A model \
             whose UNet weights are all BF16 runs its products on bfloat16 operands by default \
-            where the processor has AVX512_BF16. --compute f32 keeps every product in float; \
-            --compute bf16 rounds both operands of the UNet's products to bfloat16 and sums in \
+            where the processor has AVX512_BF16. F16 weights (what convert writes by default) are \
+            multiplied on AMX tiles where the processor has them, each value as two bfloat16 parts \
+            summed in float: within 2^-16 of each product, far below the F16 weight's own rounding \
+            (about 0.7x the F32 file's step on SD 1.5; WEIGHTPACK_AMX=0 keeps them in float). \
+            --compute f32 keeps every other product in float; --compute bf16 rounds both operands of the UNet's products to bfloat16 and sums in \
             float whatever the storage (about 0.7x the fp32 time). \
             Both change the image a little (Docs/engine.md gives the measured PSNR); the PNG \
             records any compute other than f32.
