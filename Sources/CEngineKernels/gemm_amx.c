@@ -307,8 +307,11 @@ AMX_TARGET static void productAMX(int64_t m, int64_t n, int64_t k, const void *a
         const int64_t depth = k - k0 < blockDepth ? k - k0 : blockDepth;
         const int64_t chunks = (depth + 31) / 32;
         const int add = accumulate || k0 > 0;
-        for (int64_t m0 = 0; m0 < m; m0 += MC) {
-            const int64_t rows = m - m0 < MC ? m - m0 : MC;
+        // As many rows as the packed-A buffer holds at this depth (whole groups of 32), so a
+        // shallow product repacks B for fewer row blocks.
+        const int64_t blockRows = (MC * (KC / 32) / chunks) / 32 * 32;
+        for (int64_t m0 = 0; m0 < m; m0 += blockRows) {
+            const int64_t rows = m - m0 < blockRows ? m - m0 : blockRows;
             packA(a, aHalf, lda, m0, rows, k0, depth, chunks, buffers->a);
             for (int64_t n0 = 0; n0 < n; n0 += 32) {
                 const int64_t width = n - n0 < 32 ? n - n0 : 32;

@@ -27,10 +27,10 @@ struct SplitProductTests {
 
     /// Within ``bound(terms:)`` of the exact product on shapes with every edge (rows and columns
     /// not multiples of 16 or 32, so partial tiles go through the edge buffer; depth beyond one
-    /// block of 256 and not a multiple of 32), with leading dimensions longer than the rows
-    /// (their extra floats untouched), stored and accumulated, on one thread and with the rows
-    /// split over the workers.
-    @Test(arguments: [[13, 70, 777], [32, 32, 32], [1, 1, 1], [50, 300, 40], [100, 129, 500], [33, 17, 257]])
+    /// block of 512 and not a multiple of 32; more rows than one packed block of A holds), with
+    /// leading dimensions longer than the rows (their extra floats untouched), stored and
+    /// accumulated, on one thread and with the rows split over the workers.
+    @Test(arguments: [[13, 70, 777], [32, 32, 32], [1, 1, 1], [50, 300, 40], [100, 129, 500], [33, 17, 257], [1100, 20, 1000]])
     func productsAreWithinTheSplitBound(_ shape: [Int]) throws {
         let (m, n, k) = (shape[0], shape[1], shape[2])
         for form in Form.allCases {
