@@ -9,11 +9,12 @@
 // arithmetic is matched to the weight's own precision. Three bfloat16 products on AMX (1 TFLOP/s
 // a core for bfloat16 here) cost well under one float product on AVX-512 (about 150 GFLOP/s).
 //
-// Blocking: `k` in equal blocks of at most KC (whole chunks of 32, one tile's depth), `m` in blocks of MC rows
-// packed once per `k` block (two 1 KiB tiles, hi and lo, per 16 rows and 32 of depth), B packed
-// 32 columns at a time (VNNI order: 16 pairs of depth x 16 columns per tile, hi and lo) into a
-// buffer that stays in L1, and C in blocks of 32 x 32 (four accumulator tiles) over the packed
-// rows. Tails of every dimension are zero-padded in the packing; C's partial blocks go through a
+// Blocking: `k` in equal blocks of at most KC (whole chunks of 32, one tile's depth); `m` in
+// blocks of as many rows as A's 1 MiB buffer holds at that depth (MC x KC values: 512 rows at
+// depth 512, 800 at 320), packed once per `k` block (two 1 KiB tiles, hi and lo, per 16 rows and
+// 32 of depth); B packed 32 columns at a time (VNNI order: 16 pairs of depth x 16 columns per
+// tile, hi and lo) into a buffer of at most 64 KiB, reused by every row block; C in blocks of
+// 32 x 32 (four accumulator tiles) over the packed rows. Tails of every dimension are zero-padded in the packing; C's partial blocks go through a
 // buffer. The tile state is configured on each call and released after it.
 #define _GNU_SOURCE
 #include "CEngineKernels.h"
